@@ -1,0 +1,20 @@
+"""Decoder-only transformer models: policy and value heads on one trunk."""
+
+from start_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
+from start_jax.models.transformer import (
+    CACHE_LOGICAL_AXES,
+    ForwardOutput,
+    KVCache,
+    apply,
+    forward,
+    head_logits,
+    head_values,
+    init_cache,
+    init_params,
+    param_logical_axes,
+    param_shapes,
+    sequence_scores,
+    value_model_from_policy,
+)
+
+from start_jax.checkpoints.hf import CheckpointError, load_pretrained, save_pretrained  # noqa: E402

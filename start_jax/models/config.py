@@ -1,0 +1,235 @@
+"""Model configuration: one frozen dataclass for every supported family.
+
+`ModelConfig` is hashable, so it can be passed to `jax.jit` as a static
+argument. It is built from a Hugging Face `config.json` with
+`ModelConfig.from_hf_dict` and written back with `to_hf_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+
+# Hugging Face architecture names we write back, per (model_type, head).
+_ARCHITECTURES = {
+        ("llama", "lm"): "LlamaForCausalLM",
+        ("qwen2", "lm"): "Qwen2ForCausalLM",
+        ("qwen3", "lm"): "Qwen3ForCausalLM",
+        ("llama", "score"): "LlamaForSequenceClassification",
+        ("qwen2", "score"): "Qwen2ForSequenceClassification",
+        ("qwen3", "score"): "Qwen3ForSequenceClassification",
+}
+
+_DTYPES = {
+        "float32": jnp.float32,
+        "bfloat16": jnp.bfloat16,
+        "float16": jnp.float16,
+}
+
+
+def as_dtype(dtype: Any) -> jnp.dtype:
+    """Accepts a dtype object or its name ('float32', 'bfloat16', ...)."""
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
+        return jnp.dtype(_DTYPES[dtype])
+    return jnp.dtype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 style frequency-dependent RoPE scaling ('llama3' rope_type)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a decoder-only transformer."""
+
+    model_type: str = "qwen3"          # 'llama', 'qwen2' or 'qwen3'.
+    vocab_size: int = 128              # Rows of the embedding table.
+    hidden_size: int = 64              # Width of the residual stream, D.
+    intermediate_size: int = 128       # Hidden width of the SwiGLU MLP, F.
+    num_layers: int = 2                # Number of decoder blocks, L.
+    num_heads: int = 4                 # Query heads, N.
+    num_kv_heads: int = 2              # Key/value heads, K (GQA: N % K == 0).
+    head_dim: int = 16                 # Width of one head, H.
+    rope_theta: float = 10_000.0       # RoPE base frequency.
+    rope_scaling: RopeScaling | None = None  # None: plain RoPE.
+    rms_norm_eps: float = 1e-6         # Epsilon of every RMSNorm.
+    qkv_bias: bool = False             # Qwen2: bias on q/k/v projections.
+    qk_norm: bool = False              # Qwen3: RMSNorm on each q and k head.
+    tie_embeddings: bool = False       # Logits use the embedding table.
+    lm_head: bool = True               # Policy head: per-token logits.
+    value_head: bool = False           # Value head: one scalar per token.
+    max_position_embeddings: int = 4096  # Informational; written back to HF.
+    param_dtype: str = "float32"       # Storage dtype of the parameters.
+    dtype: str = "float32"             # Compute dtype of activations/matmuls.
+    remat: bool = False                # Recompute each block in the backward pass.
+    bos_token_id: int | None = None    # Carried through for export.
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                    f"unsupported model_type {self.model_type!r}; supported: "
+                    f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                    f"num_heads={self.num_heads} is not a multiple of "
+                    f"num_kv_heads={self.num_kv_heads}")
+        if not (self.lm_head or self.value_head):
+            raise ValueError("a model needs lm_head=True or value_head=True")
+        as_dtype(self.param_dtype)
+        as_dtype(self.dtype)
+
+    @property
+    def jnp_param_dtype(self) -> jnp.dtype:
+        return as_dtype(self.param_dtype)
+
+    @property
+    def jnp_dtype(self) -> jnp.dtype:
+        return as_dtype(self.dtype)
+
+    def replace(self, **kwargs) -> "ModelConfig":
+        return dataclasses.replace(self, **kwargs)
+
+    # ------------------------------------------------------------------ HF I/O
+
+    @classmethod
+    def from_hf_dict(cls, hf: Mapping[str, Any], *, source: str = "config.json",
+                                      **overrides) -> "ModelConfig":
+        """Reads a Hugging Face `config.json` dict (transformers 4.x or 5.x)."""
+        model_type = hf.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                    f"{source}: unsupported model_type {model_type!r}; supported: "
+                    f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+
+        def need(key):
+            if key not in hf:
+                raise ValueError(f"{source}: missing field {key!r}")
+            return hf[key]
+
+        if hf.get("use_sliding_window"):
+            raise ValueError(f"{source}: use_sliding_window=true is not supported")
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"{source}: hidden_act={act!r} is not supported (silu only)")
+        if hf.get("mlp_bias"):
+            raise ValueError(f"{source}: mlp_bias=true is not supported")
+
+        # transformers 5 keeps theta and scaling in `rope_parameters`; 4.x uses
+        # `rope_theta` and `rope_scaling`.
+        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+        theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        scaling = None
+        if rope_type == "llama3":
+            try:
+                scaling = RopeScaling(
+                        factor=float(rope["factor"]),
+                        low_freq_factor=float(rope["low_freq_factor"]),
+                        high_freq_factor=float(rope["high_freq_factor"]),
+                        original_max_position_embeddings=int(
+                                rope["original_max_position_embeddings"]))
+            except KeyError as e:
+                raise ValueError(f"{source}: llama3 rope scaling lacks field {e}") from None
+        elif rope_type not in ("default", None):
+            raise ValueError(
+                    f"{source}: rope_type {rope_type!r} is not supported "
+                    "(supported: default, llama3)")
+
+        hidden = int(need("hidden_size"))
+        heads = int(need("num_attention_heads"))
+        head_dim = hf.get("head_dim") or hidden // heads
+        archs = hf.get("architectures") or []
+        is_score = any(a.endswith("ForSequenceClassification") for a in archs)
+        if is_score:
+            num_labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 1)
+            if num_labels != 1:
+                raise ValueError(
+                        f"{source}: sequence-classification checkpoints need num_labels=1 "
+                        f"for a scalar reward, found {num_labels}")
+        if model_type == "qwen2":
+            qkv_bias = True
+        else:
+            qkv_bias = bool(hf.get("attention_bias", False))
+        eos = hf.get("eos_token_id")
+        if isinstance(eos, list):
+            eos = tuple(eos)
+        fields = dict(
+                model_type=model_type,
+                vocab_size=int(need("vocab_size")),
+                hidden_size=hidden,
+                intermediate_size=int(need("intermediate_size")),
+                num_layers=int(need("num_hidden_layers")),
+                num_heads=heads,
+                num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+                head_dim=int(head_dim),
+                rope_theta=float(theta),
+                rope_scaling=scaling,
+                rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                qkv_bias=qkv_bias,
+                qk_norm=model_type == "qwen3",
+                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                lm_head=not is_score,
+                value_head=is_score,
+                max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+                bos_token_id=hf.get("bos_token_id"),
+                eos_token_id=eos,
+                pad_token_id=hf.get("pad_token_id"),
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A `config.json` dict that transformers 4.x and 5.x both read."""
+        head = "lm" if self.lm_head else "score"
+        rope: dict[str, Any] = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.rope_scaling is not None:
+            rope = {"rope_type": "llama3", "rope_theta": self.rope_theta,
+                            **dataclasses.asdict(self.rope_scaling)}
+        hf = {
+                "architectures": [_ARCHITECTURES[(self.model_type, head)]],
+                "model_type": self.model_type,
+                "vocab_size": self.vocab_size,
+                "hidden_size": self.hidden_size,
+                "intermediate_size": self.intermediate_size,
+                "num_hidden_layers": self.num_layers,
+                "num_attention_heads": self.num_heads,
+                "num_key_value_heads": self.num_kv_heads,
+                "head_dim": self.head_dim,
+                "hidden_act": "silu",
+                "rms_norm_eps": self.rms_norm_eps,
+                "rope_theta": self.rope_theta,
+                "rope_parameters": rope,
+                "rope_scaling": None if self.rope_scaling is None else rope,
+                "tie_word_embeddings": self.tie_embeddings,
+                "max_position_embeddings": self.max_position_embeddings,
+                "torch_dtype": self.param_dtype,
+                "bos_token_id": self.bos_token_id,
+                "eos_token_id": (list(self.eos_token_id)
+                                                  if isinstance(self.eos_token_id, tuple)
+                                                  else self.eos_token_id),
+                "pad_token_id": self.pad_token_id,
+        }
+        if self.model_type == "llama":
+            hf["attention_bias"] = self.qkv_bias
+            hf["mlp_bias"] = False
+        if self.model_type == "qwen3":
+            hf["attention_bias"] = self.qkv_bias
+        if self.value_head and not self.lm_head:
+            hf["num_labels"] = 1
+            hf["id2label"] = {"0": "LABEL_0"}
+            hf["label2id"] = {"LABEL_0": 0}
+        return hf

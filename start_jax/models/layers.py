@@ -1,0 +1,182 @@
+"""Building blocks of the decoder: RMSNorm, RoPE, attention and SwiGLU MLP.
+
+Shape letters used in einsum strings and comments:
+    B batch, T new tokens, S key/cache slots, D model width, N query heads,
+    K key/value heads, G = N // K query heads per key/value head, H head width,
+    F MLP width, V vocabulary.
+
+Every parameter is created with `nn.with_logical_partitioning`, so its logical
+axis names travel with it; `start_jax.sharding` maps them to mesh axes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from start_jax.models.config import ModelConfig
+
+# Large negative logit for masked attention entries; finite so that a query
+# with no visible key (a padding query) gives a uniform row instead of NaN.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def dense_init(fan_in: int):
+    del fan_in  # Same scale as the HF models' `initializer_range` default.
+    return nn.initializers.normal(stddev=0.02)
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * scale, computed in float32 as the HF models do."""
+
+    eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+    axis_name: str = "norm"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],),
+                                      (self.axis_name,), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        # HF casts back to the input dtype before the multiply; do the same so
+        # that bfloat16 runs round at the same place.
+        return scale.astype(self.dtype) * y.astype(self.dtype)
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [H/2] in float32, with optional llama3 scaling."""
+    dim = config.head_dim
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
+    inv_freq = (1.0 / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq
+    # Llama 3.1: keep high frequencies, divide low ones by `factor`, and blend
+    # smoothly in between (wavelength measured against the original context).
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor))
+    blended = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, blended, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates x [B, T, heads, H] by positions [B, T] (rotate-half layout)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B,T,H/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]         # [B,T,1,H]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention over an optional KV cache."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, attn_mask, kv, cache_index):
+        """Attends x [B, T, D] to itself and to cached keys.
+
+        Args:
+            x: [B, T, D] normalised hidden states.
+            positions: [B, T] RoPE positions.
+            attn_mask: [B, T, S] True where query t may see key slot s.
+            kv: None (no cache: S == T) or (k, v), each [B, S, K, H]; the T new
+                keys are written at slots [cache_index, cache_index + T).
+            cache_index: int32 scalar write offset into the cache.
+
+        Returns:
+            ([B, T, D] output, updated (k, v) or None).
+        """
+        cfg = self.config
+        dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
+        d, n, k_heads, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        init = dense_init(d)
+        wq = _param(self, "q_proj", init, (d, n, h), ("embed", "q_heads", "head_dim"), pdt)
+        wk = _param(self, "k_proj", init, (d, k_heads, h), ("embed", "kv_heads", "head_dim"), pdt)
+        wv = _param(self, "v_proj", init, (d, k_heads, h), ("embed", "kv_heads", "head_dim"), pdt)
+        wo = _param(self, "o_proj", init, (n, h, d), ("q_heads", "head_dim", "embed"), pdt)
+
+        q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(dt))
+        k = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(dt))
+        v = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(dt))
+        if cfg.qkv_bias:
+            zeros = nn.initializers.zeros
+            q = q + _param(self, "q_bias", zeros, (n, h), ("q_heads", "head_dim"), pdt).astype(dt)
+            k = k + _param(self, "k_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt).astype(dt)
+            v = v + _param(self, "v_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt).astype(dt)
+        if cfg.qk_norm:  # Qwen3 normalises each head before RoPE.
+            q = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="k_norm")(k)
+        inv_freq = rope_inverse_frequencies(cfg)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+
+        if kv is not None:
+            cache_k, cache_v = kv
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+            kv = (k, v)
+
+        b, t = x.shape[:2]
+        g = n // k_heads
+        q = q.reshape(b, t, k_heads, g, h) * jnp.asarray(1.0 / math.sqrt(h), dt)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k.astype(dt),
+                                                preferred_element_type=jnp.float32)
+        scores = jnp.where(attn_mask[:, None, None, :, :], scores, _MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(dt)).reshape(b, t, n, h)
+        return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt)), kv
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        gate = _param(self, "gate_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
+        up = _param(self, "up_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
+        down = _param(self, "down_proj", dense_init(f), (f, d), ("mlp", "embed"), pdt)
+        hidden = (jax.nn.silu(jnp.einsum("BTD,DF->BTF", x, gate.astype(dt)))
+                            * jnp.einsum("BTD,DF->BTF", x, up.astype(dt)))
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
+        return jnp.einsum("BTF,FD->BTD", hidden, down.astype(dt))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm residual block; the scan body over layers."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, attn_mask, cache_index, kv):
+        cfg = self.config
+        dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
+        h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
+        attn_out, kv = Attention(cfg, name="attn")(h, positions, attn_mask, kv, cache_index)
+        x = x + attn_out
+        h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
+        x = x + MLP(cfg, name="mlp")(h)
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        return x, kv

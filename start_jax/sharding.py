@@ -1,0 +1,228 @@
+"""Device mesh and the one rules table that maps logical axes to mesh axes.
+
+Mesh axes:
+    data    pure data parallelism (parameters replicated);
+    fsdp    data parallelism with parameters sharded along their `embed` axis;
+    tensor  tensor parallelism over heads, MLP width and vocabulary.
+
+Parameters carry logical axis names (`models.param_logical_axes`); `ShardingRules`
+turns a tuple of names into a `PartitionSpec`, raising when two axes of one
+array would land on the same mesh axis. A dimension that the mesh axes do not
+divide evenly is replicated instead (logged), so small models still run on any
+mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+MeshAxes = str | tuple[str, ...] | None
+
+# logical axis -> mesh axes. Activations use the `act_*` names and `batch`.
+DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
+        ("batch", ("data", "fsdp")),
+        ("length", None),
+        ("cache_length", None),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("q_heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("head_dim", None),
+        ("norm", None),
+        ("layers", None),
+        ("act_embed", None),
+        ("act_mlp", "tensor"),
+        ("act_heads", "tensor"),
+        ("act_vocab", "tensor"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh shape; one axis may be -1 to take the remaining devices."""
+
+    data: int = 1    # Replicated-parameter data parallelism.
+    fsdp: int = -1   # Sharded-parameter data parallelism.
+    tensor: int = 1  # Tensor parallelism.
+
+
+def make_mesh(config: MeshConfig | None = None, devices: Sequence[jax.Device] | None = None,
+                            **sizes) -> Mesh:
+    """Builds a ('data', 'fsdp', 'tensor') mesh.
+
+    Either pass a `MeshConfig` or the sizes as keywords (`make_mesh(fsdp=8)`).
+    Axes not given default to 1, except that one -1 axis absorbs the rest; by
+    default `fsdp` takes all devices.
+    """
+    if config is None:
+        fields = {"data": 1, "fsdp": 1, "tensor": 1}
+        fields.update(sizes)
+        if not sizes:
+            fields["fsdp"] = -1
+        config = MeshConfig(**fields)
+    devices = list(jax.devices() if devices is None else devices)
+    shape = [config.data, config.fsdp, config.tensor]
+    if sum(s == -1 for s in shape) > 1:
+        raise ValueError(f"mesh {config}: at most one axis may be -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if len(devices) % known:
+            raise ValueError(f"mesh {config}: {len(devices)} devices are not divisible by {known}")
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise ValueError(
+                f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
+                f"but {len(devices)} are available")
+    try:
+        from jax.experimental import mesh_utils
+        grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    except (ValueError, AssertionError, NotImplementedError):
+        grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
+    if axes is None:
+        return ()
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRules:
+    """Maps logical axis names to mesh axes."""
+
+    rules: tuple[tuple[str, MeshAxes], ...] = DEFAULT_RULES
+
+    def __post_init__(self):
+        names = [name for name, _ in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sharding rules name these logical axes twice: {dupes}")
+        for name, axes in self.rules:
+            for a in _as_tuple(axes):
+                if a not in MESH_AXES:
+                    raise ValueError(f"sharding rule {name!r} -> {axes!r}: unknown mesh axis {a!r}; "
+                                                      f"mesh axes are {MESH_AXES}")
+
+    def replace(self, **updates: MeshAxes) -> "ShardingRules":
+        """A copy with some logical axes remapped (`rules.replace(vocab=None)`)."""
+        table = dict(self.rules)
+        table.update(updates)
+        return ShardingRules(tuple(table.items()))
+
+    def mesh_axes(self, logical: str | None) -> tuple[str, ...]:
+        if logical is None:
+            return ()
+        table = dict(self.rules)
+        if logical not in table:
+            raise KeyError(f"no sharding rule for logical axis {logical!r}; "
+                                          f"known: {sorted(table)}")
+        return _as_tuple(table[logical])
+
+    def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None,
+                      mesh: Mesh | None = None) -> PartitionSpec:
+        """PartitionSpec for an array with the given logical axes.
+
+        Raises if two of its dimensions map to the same mesh axis. With `shape`
+        and `mesh`, a dimension that is not divisible by its mesh axes' size is
+        replicated.
+        """
+        used: dict[str, str] = {}
+        out = []
+        for dim, name in enumerate(logical_axes):
+            axes = self.mesh_axes(name)
+            for a in axes:
+                if a in used:
+                    raise ValueError(
+                            f"logical axes {tuple(logical_axes)}: {used[a]!r} and {name!r} both map "
+                            f"to mesh axis {a!r}")
+                used[a] = name
+            if axes and shape is not None and mesh is not None:
+                size = math.prod(mesh.shape[a] for a in axes)
+                if shape[dim] % size:
+                    logging.info("replicating dim %d (%s, size %d) of %s: not divisible by %d",
+                                              dim, name, shape[dim], tuple(logical_axes), size)
+                    axes = ()
+            out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+        return PartitionSpec(*out)
+
+    def sharding(self, mesh: Mesh, logical_axes: Sequence[str | None],
+                              shape: Sequence[int] | None = None) -> NamedSharding:
+        return NamedSharding(mesh, self.spec(logical_axes, shape, mesh))
+
+    def tree_shardings(self, mesh: Mesh, logical_tree, shape_tree):
+        """Maps a pytree of logical-axis tuples (+ matching shapes) to shardings."""
+        return jax.tree.map(
+                lambda axes, s: self.sharding(mesh, axes, s.shape),
+                logical_tree, shape_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def param_shardings(model_config, mesh: Mesh, rules: ShardingRules | None = None):
+    """NamedSharding for every parameter of a model."""
+    from start_jax import models
+    rules = rules or ShardingRules()
+    return rules.tree_shardings(mesh, models.param_logical_axes(model_config),
+                                                            models.param_shapes(model_config))
+
+
+def init_sharded(model_config, rng: jax.Array, mesh: Mesh,
+                                  rules: ShardingRules | None = None):
+    """Random parameters created directly in their sharded layout.
+
+    `jax.eval_shape` gives shapes and logical axes, the rules give shardings,
+    and the init is jitted with those `out_shardings`, so no device ever holds a
+    full copy of a sharded parameter.
+    """
+    from start_jax import models
+    shardings = param_shardings(model_config, mesh, rules)
+    return jax.jit(models.init_params, static_argnums=0, out_shardings=shardings)(
+            model_config, rng)
+
+
+def shard_params(model_config, params, mesh: Mesh, rules: ShardingRules | None = None):
+    """Places existing parameters (host or device arrays) on the mesh."""
+    return jax.device_put(params, param_shardings(model_config, mesh, rules))
+
+
+def cache_shardings(model_config, mesh: Mesh, batch_size: int, max_length: int,
+                                        rules: ShardingRules | None = None):
+    """NamedShardings for a `KVCache` of the given size."""
+    from start_jax import models
+    rules = rules or ShardingRules()
+    shapes = jax.eval_shape(
+            lambda: models.init_cache(model_config, batch_size, max_length))
+    return jax.tree.map(
+            lambda axes, s: rules.sharding(mesh, axes, s.shape),
+            models.CACHE_LOGICAL_AXES, shapes, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: ShardingRules | None = None,
+                                      batch_size: int | None = None) -> NamedSharding:
+    """Sharding of a [B, ...] input: batch over the data axes, rest replicated."""
+    rules = rules or ShardingRules()
+    shape = None if batch_size is None else (batch_size,) + (1,) * (ndim - 1)
+    return rules.sharding(mesh, ("batch",) + (None,) * (ndim - 1), shape)
+
+
+def logical_constraint_context(mesh: Mesh, rules: ShardingRules | None = None):
+    """Context under which `nn.with_logical_constraint` calls take effect."""
+    import contextlib
+    import flax.linen as nn
+    rules = rules or ShardingRules()
+    stack = contextlib.ExitStack()
+    set_mesh = getattr(jax, "set_mesh", None) or getattr(jax.sharding, "use_mesh", None)
+    stack.enter_context(set_mesh(mesh) if set_mesh is not None else mesh)
+    stack.enter_context(nn.logical_axis_rules(rules.rules))
+    return stack
+

@@ -1,0 +1,434 @@
+"""Tokenizers for thinking-model post-training.
+
+Completions have the shape ``<prompt> <think> thinking </think> response <eos>``,
+so every tokenizer must expose the ids of the think tags and of eos/pad in
+addition to encode/decode. Two implementations share the `Tokenizer` protocol:
+
+* `HFTokenizer`: a thin wrapper over a Hugging Face ``tokenizer.json`` (loaded
+  with the ``tokenizers`` library, no ``transformers`` dependency at runtime).
+* `CharTokenizer`: a tiny character-level tokenizer for synthetic tasks, which
+  can export itself as an equivalent ``tokenizer.json`` directory.
+
+Use `load_tokenizer` to get either from a name or path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import string
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+import tokenizers
+
+THINK_TOKEN = "<think>"
+END_THINK_TOKEN = "</think>"
+
+DEFAULT_ALPHABET = (
+    string.ascii_lowercase
+    + string.ascii_uppercase
+    + string.digits
+    + " .,;:?!=+-*/()'\"\n"
+)
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Interface shared by all tokenizers used in training and sampling."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def pad_id(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int: ...
+
+    @property
+    def think_id(self) -> int: ...
+
+    @property
+    def end_think_id(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
+
+    def apply_chat_template(
+        self, messages: list[dict], add_generation_prompt: bool = True
+    ) -> str: ...
+
+    def token_to_id(self, token: str) -> int | None: ...
+
+
+def _token_content(value: Any) -> str | None:
+    """Returns a special token string from a tokenizer_config.json entry.
+
+    HF configs store special tokens either as plain strings or as serialized
+    AddedToken dicts (``{"content": "<eos>", ...}``).
+    """
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _chat_template(directory: pathlib.Path, tok_config: dict[str, Any]) -> str | None:
+    """Finds the chat template in the formats HF has used over time."""
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):  # Named templates: [{"name", "template"}].
+        named = {t["name"]: t["template"] for t in template}
+        template = named.get("default")
+    # Recent transformers versions save the template to its own file.
+    jinja_file = directory / "chat_template.jinja"
+    if template is None and jinja_file.is_file():
+        template = jinja_file.read_text(encoding="utf-8")
+    return template
+
+
+def _raise_template_exception(message: str) -> None:
+    # Same helper HF exposes to chat templates (e.g. for unsupported roles).
+    raise jinja2.exceptions.TemplateError(message)
+
+
+class HFTokenizer:
+    """Wrapper over a Hugging Face ``tokenizer.json`` with think-tag ids.
+
+    Build it with `HFTokenizer.from_pretrained`. Encoding never adds special
+    tokens (no BOS/EOS post-processing); special tokens written literally in
+    the text, such as ``<think>``, map to their single id.
+    """
+
+    def __init__(
+        self,
+        tok: tokenizers.Tokenizer,
+        *,
+        eos_id: int,
+        pad_id: int,
+        think_id: int,
+        end_think_id: int,
+        chat_template: str | None = None,
+        eos_token: str = "",
+        bos_token: str = "",
+        source: str = "<memory>",
+    ):
+        self._tok = tok
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+        self.think_id = think_id
+        self.end_think_id = end_think_id
+        self._chat_template = chat_template
+        self._eos_token = eos_token
+        self._bos_token = bos_token
+        self._source = source
+        # Compiled lazily: most training code never needs the template.
+        self._compiled_template: jinja2.Template | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        think_token: str = THINK_TOKEN,
+        end_think_token: str = END_THINK_TOKEN,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+    ) -> HFTokenizer:
+        """Loads ``tokenizer.json`` (plus optional configs) from a directory.
+
+        Resolution of special tokens:
+          * eos: the ``eos_token`` argument, else ``eos_token`` from
+            ``tokenizer_config.json``, else ``eos_token_id`` from ``config.json``
+            (the first one if it is a list).
+          * pad: the ``pad_token`` argument, else ``pad_token`` from
+            ``tokenizer_config.json``, else falls back to the eos token (padding
+            is always masked out, so reusing eos is harmless).
+          * chat template: ``chat_template`` from ``tokenizer_config.json``
+            (a string, or the "default" of a list of named templates), else
+            the contents of ``chat_template.jinja``.
+
+        Args:
+          path: Directory containing ``tokenizer.json``.
+          think_token: Token that opens the thinking segment.
+          end_think_token: Token that closes the thinking segment.
+          eos_token: Overrides the configured eos token.
+          pad_token: Overrides the configured pad token.
+
+        Returns:
+          The loaded tokenizer.
+
+        Raises:
+          FileNotFoundError: ``tokenizer.json`` does not exist.
+          ValueError: A needed special token is not in the vocabulary, or no
+            eos token is configured.
+        """
+        directory = pathlib.Path(path)
+        tok_file = directory / "tokenizer.json"
+        if not tok_file.is_file():
+            raise FileNotFoundError(f"tokenizer file {tok_file} not found")
+        tok = tokenizers.Tokenizer.from_file(str(tok_file))
+        # Padding/truncation baked into tokenizer.json would silently change
+        # encode() lengths; batching and padding are done by our own code.
+        tok.no_padding()
+        tok.no_truncation()
+        tok_config = _read_json(directory / "tokenizer_config.json")
+        model_config = _read_json(directory / "config.json")
+
+        def lookup(token: str, purpose: str, hint: str) -> int:
+            token_id = tok.token_to_id(token)
+            if token_id is None:
+                raise ValueError(
+                    f"tokenizer {tok_file} has no token {token!r} (needed for "
+                    f"{purpose}); add it as an added token or pass {hint}=..."
+                )
+            return token_id
+
+        think_id = lookup(think_token, "the thinking segment", "think_token")
+        end_think_id = lookup(end_think_token, "the thinking segment", "end_think_token")
+
+        eos_token = eos_token or _token_content(tok_config.get("eos_token"))
+        if eos_token:
+            eos_id = lookup(eos_token, "end of sequence", "eos_token")
+        else:
+            config_eos = model_config.get("eos_token_id")
+            if isinstance(config_eos, list):
+                config_eos = config_eos[0] if config_eos else None
+            if config_eos is None:
+                raise ValueError(
+                    f"tokenizer {tok_file} has no eos token: neither "
+                    "tokenizer_config.json 'eos_token' nor config.json "
+                    "'eos_token_id' is set; pass eos_token=..."
+                )
+            eos_id = int(config_eos)
+            eos_token = tok.id_to_token(eos_id)
+            if eos_token is None:
+                raise ValueError(
+                    f"config.json eos_token_id {eos_id} is outside the vocabulary "
+                    f"of {tok_file}; pass eos_token=..."
+                )
+
+        pad_token = pad_token or _token_content(tok_config.get("pad_token"))
+        pad_id = lookup(pad_token, "padding", "pad_token") if pad_token else eos_id
+
+        return cls(
+            tok,
+            eos_id=eos_id,
+            pad_id=pad_id,
+            think_id=think_id,
+            end_think_id=end_think_id,
+            chat_template=_chat_template(directory, tok_config),
+            eos_token=eos_token,
+            bos_token=_token_content(tok_config.get("bos_token")) or "",
+            source=str(directory),
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        # Includes added tokens; the model's embedding table may be larger.
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Encodes text to ids without adding any special tokens."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Encodes several texts (in parallel in the Rust library)."""
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Decodes ids to text; ``skip_special_tokens`` drops special added tokens."""
+        # int() accepts numpy / jax scalars, which the Rust binding rejects.
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(
+        self, messages: list[dict], add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
+        """Renders messages with the checkpoint's Jinja chat template.
+
+        Args:
+          messages: Dicts with at least ``role`` and ``content``.
+          add_generation_prompt: Whether to append the assistant turn header.
+          **kwargs: Extra template variables (e.g. ``enable_thinking``).
+
+        Returns:
+          The rendered prompt string (not tokenized).
+
+        Raises:
+          ValueError: The tokenizer has no chat template.
+          jinja2.exceptions.TemplateError: The template called raise_exception.
+        """
+        if not self._chat_template:
+            raise ValueError(
+                f"tokenizer in {self._source} has no chat template: no "
+                "'chat_template' in tokenizer_config.json and no chat_template.jinja"
+            )
+        if self._compiled_template is None:
+            # Mirrors the environment transformers uses for chat templates.
+            env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+                trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+            )
+            env.globals["raise_exception"] = _raise_template_exception
+            self._compiled_template = env.from_string(self._chat_template)
+        return self._compiled_template.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            eos_token=self._eos_token,
+            bos_token=self._bos_token,
+            **kwargs,
+        )
+
+    def token_to_id(self, token: str) -> int | None:
+        """Returns the id of ``token``, or None if it is not in the vocabulary."""
+        return self._tok.token_to_id(token)
+
+
+class CharTokenizer:
+    """Character-level tokenizer for synthetic tasks.
+
+    Ids: ``<pad>``=0, ``<eos>``=1, ``<think>``=2, ``</think>``=3, ``<unk>``=4,
+    then the alphabet characters in order. Characters outside the alphabet
+    map to ``<unk>``. Special token strings written literally in the text are
+    recognised as single tokens.
+
+    Chat format: each message renders as ``"{role}: {content}\\n"``, and the
+    generation prompt is ``"assistant: "``.
+    """
+
+    SPECIAL_TOKENS = ("<pad>", "<eos>", THINK_TOKEN, END_THINK_TOKEN, "<unk>")
+    CHAT_TEMPLATE = (
+        "{% for message in messages %}"
+        "{{ message['role'] }}: {{ message['content'] }}\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+
+    def __init__(self, alphabet: str = DEFAULT_ALPHABET):
+        """Creates the tokenizer.
+
+        Args:
+          alphabet: Characters of the vocabulary, each given once.
+
+        Raises:
+          ValueError: The alphabet contains a repeated character.
+        """
+        if len(set(alphabet)) != len(alphabet):
+            raise ValueError(f"alphabet has repeated characters: {alphabet!r}")
+        self.alphabet = alphabet
+        self._vocab = {t: i for i, t in enumerate(self.SPECIAL_TOKENS)}
+        for ch in alphabet:
+            self._vocab[ch] = len(self._vocab)
+        self._inverse = {i: t for t, i in self._vocab.items()}
+        self.pad_id, self.eos_id, self.think_id, self.end_think_id, self.unk_id = (
+            self._vocab[t] for t in self.SPECIAL_TOKENS
+        )
+        # Capturing group keeps the special tokens in re.split's output.
+        self._special_re = re.compile(
+            "(" + "|".join(re.escape(t) for t in self.SPECIAL_TOKENS) + ")"
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab)
+
+    def encode(self, text: str) -> list[int]:
+        """Encodes text one character at a time, keeping special tokens whole."""
+        ids = []
+        for i, piece in enumerate(self._special_re.split(text)):
+            if i % 2:  # Odd pieces are the captured special tokens.
+                ids.append(self._vocab[piece])
+            else:
+                ids.extend(self._vocab.get(ch, self.unk_id) for ch in piece)
+        return ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Encodes each text with `encode`."""
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Decodes ids; ``skip_special_tokens`` drops all five special tokens.
+
+        ``<unk>`` is dropped too, matching the Hugging Face behaviour of the
+        exported ``tokenizer.json`` where it is a special token.
+        """
+        n_special = len(self.SPECIAL_TOKENS)
+        return "".join(
+            self._inverse[int(i)]
+            for i in ids
+            if not (skip_special_tokens and int(i) < n_special)
+        )
+
+    def apply_chat_template(
+        self, messages: list[dict], add_generation_prompt: bool = True
+    ) -> str:
+        """Renders messages as ``"role: content\\n"`` lines (see class docstring)."""
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        return text + ("assistant: " if add_generation_prompt else "")
+
+    def token_to_id(self, token: str) -> int | None:
+        """Returns the id of a special token or alphabet character, else None."""
+        return self._vocab.get(token)
+
+    def to_hf_tokenizer_json(self, path: str | os.PathLike) -> None:
+        """Writes an equivalent Hugging Face ``tokenizer.json`` to ``path``."""
+        tok = tokenizers.Tokenizer(
+            tokenizers.models.WordLevel(dict(self._vocab), unk_token="<unk>")
+        )
+        # One pre-token per character; [\s\S] (unlike ".") also matches "\n".
+        # No normalizer, so spaces are kept as their own tokens.
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.Split(
+            tokenizers.Regex(r"[\s\S]"), behavior="isolated"
+        )
+        # WordLevel decoding joins tokens with spaces by default; Fuse does not.
+        tok.decoder = tokenizers.decoders.Fuse()
+        tok.add_special_tokens(
+            [
+                tokenizers.AddedToken(t, special=True, normalized=False)
+                for t in self.SPECIAL_TOKENS
+            ]
+        )
+        tok.save(str(path))
+
+    def save_pretrained(self, dirpath: str | os.PathLike) -> pathlib.Path:
+        """Writes ``tokenizer.json`` and ``tokenizer_config.json`` to a directory.
+
+        ``HFTokenizer.from_pretrained(dirpath)`` then reproduces this
+        tokenizer's ids, decoding, special ids and chat template.
+
+        Returns:
+          The directory path.
+        """
+        directory = pathlib.Path(dirpath)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.to_hf_tokenizer_json(directory / "tokenizer.json")
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": "<eos>",
+            "pad_token": "<pad>",
+            "unk_token": "<unk>",
+            "chat_template": self.CHAT_TEMPLATE,
+        }
+        with (directory / "tokenizer_config.json").open("w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        return directory
+
+
+def load_tokenizer(path_or_name: str | os.PathLike) -> Tokenizer:
+    """Returns `CharTokenizer` for ``"char"``, else loads an `HFTokenizer` dir."""
+    if str(path_or_name) == "char":
+        return CharTokenizer()
+    return HFTokenizer.from_pretrained(path_or_name)
