@@ -1,0 +1,127 @@
+"""Host entry point of the sampler and text helpers for logging."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from start_jax import segments
+from start_jax.models.config import ModelConfig
+from start_jax.sampling import sampler as core
+from start_jax.sampling.ops import SamplingConfig
+
+
+def num_decode_steps(config: SamplingConfig, any_thinking: bool) -> int:
+    """Decode columns a batch needs: thinking, a closing tag, then the response."""
+    return (config.think_budget + 1 + config.response_budget if any_thinking
+            else config.response_budget)
+
+
+def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
+           config: SamplingConfig, rng: jax.Array | int, special: core.SpecialTokens, *,
+           thinking: Sequence[Sequence[int] | None] | None = None,
+           thinking_truncated: Sequence[bool] | None = None,
+           no_thinking: bool = False, row_ids: Sequence[int] | None = None,
+           mesh: jax.sharding.Mesh | None = None, rules=None, pad_multiple: int = 8,
+           max_length: int | None = None,
+           logits_processor: core.LogitsProcessor | None = None) -> core.Rollout:
+    """Samples segmented completions for a batch of token-id prompts.
+
+    Modes:
+      * default: the model writes thinking and response;
+      * `thinking=[...]`: rows with given thinking (token ids, tags excluded)
+        only get a response, written by `params` (a responder or answerer);
+        a None entry makes that row think itself;
+      * `no_thinking=True`: `<think></think>` is forced and only the response
+        is written.
+
+    Args:
+      model_config / params: the model that samples (any parameter set with
+        these shapes; a new set does not recompile).
+      prompts: B lists of token ids (different lengths are left-padded).
+      config: temperature, top-k/top-p and the two segment budgets.
+      rng: a PRNG key or an int seed; row i uses fold_in(rng, row_ids[i]).
+      special: ids of <think>, </think>, eos and pad.
+      row_ids: global ids of the rows (default 0..B-1), so that a row's
+        sample does not depend on the rest of the batch.
+      mesh, rules: shard the batch over ('data', 'fsdp') and the cache by
+        the rules table; params should already be sharded on `mesh`.
+      max_length: context limit (default: the model's max positions).
+
+    Returns:
+      A `Rollout` of [B, P + N] arrays.
+    """
+    if no_thinking:
+        if thinking is not None:
+            raise ValueError("pass either thinking= or no_thinking=True, not both")
+        thinking = [[] for _ in prompts]
+    prefix = core.build_prefix(prompts, special, thinking, thinking_truncated,
+                               config.response_budget, pad_multiple)
+    any_thinking = bool(np.any(prefix.start_phase == segments.THINK))
+    steps = num_decode_steps(config, any_thinking)
+    limit = model_config.max_position_embeddings if max_length is None else max_length
+    longest = int(prefix.mask.sum(1).max())
+    if longest + steps > limit:
+        raise ValueError(f"prompt + thinking ({longest} tokens) + {steps} decode steps exceed "
+                         f"the context of {limit} tokens")
+    batch = len(prompts)
+    if isinstance(rng, int):
+        rng = jax.random.key(rng)
+    ids = np.arange(batch) if row_ids is None else np.asarray(row_ids)
+    arrays = dict(prefix=prefix.tokens, prefix_mask=prefix.mask,
+                  start_phase=prefix.start_phase, think_count=prefix.think_count,
+                  think_truncated=prefix.think_truncated,
+                  row_ids=ids.astype(np.uint32))
+    cache_sharding = None
+    ctx = contextlib.nullcontext()
+    if mesh is not None:
+        from start_jax import sharding
+        arrays = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, rules, batch))
+                  for k, v in arrays.items()}
+        cache_sharding = sharding.cache_shardings(model_config, mesh, batch,
+                                                  prefix.tokens.shape[1] + steps, rules)
+        ctx = sharding.logical_constraint_context(mesh, rules)
+    with ctx:
+        state = core.prefill(model_config, params, rng=rng, sampling=config, tokens_=special,
+                             num_steps=steps, cache_sharding=cache_sharding, **arrays)
+        state = core.decode(model_config, params, state, sampling=config, tokens_=special,
+                            logits_processor=logits_processor)
+    return core.assemble(state, jnp.asarray(prefix.tokens), jnp.asarray(prefix.segment_ids),
+                         jnp.asarray(prefix.forced))
+
+
+def thinking_of(rollout: core.Rollout, end_think: int) -> tuple[list[list[int]], list[bool]]:
+    """Per-row thinking tokens (tags excluded) and truncation flags.
+
+    Feeds a rollout's thinking to another model with `sample(thinking=...)`.
+    """
+    tokens = np.asarray(rollout.tokens)
+    segs = np.asarray(rollout.segment_ids)
+    forced = np.asarray(rollout.forced)
+    out = []
+    for row, seg, frc in zip(tokens, segs, forced):
+        think = row[(seg == segments.THINK) & ~frc]
+        if len(think) and think[-1] == end_think:
+            think = think[:-1]  # A natural closing tag.
+        out.append([int(t) for t in think])
+    return out, [bool(x) for x in np.asarray(rollout.think_truncated)]
+
+
+def decode_segments(tokenizer, rollout: core.Rollout) -> list[dict]:
+    """Decodes each row to text per segment, for logs and notebooks."""
+    tokens = np.asarray(rollout.tokens)
+    segs = np.asarray(rollout.segment_ids)
+    rows = []
+    for i, (row, seg) in enumerate(zip(tokens, segs)):
+        def text(kind, skip=True, row=row, seg=seg):
+            return tokenizer.decode([int(t) for t in row[seg == kind]], skip_special_tokens=skip)
+        rows.append(dict(
+            prompt=text(segments.PROMPT), thinking=text(segments.THINK),
+            response=text(segments.RESPONSE),
+            think_truncated=bool(rollout.think_truncated[i]),
+            response_truncated=bool(rollout.response_truncated[i])))
+    return rows

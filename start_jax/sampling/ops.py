@@ -1,0 +1,100 @@
+"""Per-step sampling maths: filtering, drawing and log-probabilities.
+
+All functions work on one decode step: logits [B, V] float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How tokens are drawn and how long each segment may be.
+
+    Hashable, so it is a static argument of the jitted sampler: a change
+    recompiles, switching parameters or prompts of the same shape does not.
+    """
+
+    temperature: float = 1.0    # Softmax temperature; 0 means greedy.
+    top_k: int = 0              # Keep the k most likely tokens; 0 keeps all.
+    top_p: float = 1.0          # Keep the smallest set with mass >= top_p.
+    think_budget: int = 64      # Thinking tokens allowed (tags excluded).
+    response_budget: int = 64   # Response tokens allowed (eos included).
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.think_budget < 0 or self.response_budget < 0:
+            raise ValueError("segment budgets must be >= 0, got "
+                             f"think_budget={self.think_budget}, "
+                             f"response_budget={self.response_budget}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def replace(self, **kwargs) -> "SamplingConfig":
+        return dataclasses.replace(self, **kwargs)
+
+
+def scaled_log_probs(logits: jax.Array, temperature: float) -> jax.Array:
+    """log softmax(logits / T) [B, V]: the policy the trainer recomputes.
+
+    Greedy decoding (T = 0) reports the T = 1 log-probabilities.
+    """
+    t = 1.0 if temperature == 0.0 else temperature
+    return jax.nn.log_softmax(logits.astype(jnp.float32) / t, axis=-1)
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Sets logits outside the top-k / top-p (nucleus) set to -inf.
+
+    top-k keeps the k largest logits; top-p then keeps the smallest prefix of
+    the sorted distribution whose probability reaches `top_p` (the most likely
+    token is always kept). Ties at the boundary are broken by the sort order.
+    """
+    vocab = logits.shape[-1]
+    if top_k == 0 and top_p >= 1.0:
+        return logits
+    k = vocab if top_k == 0 else min(top_k, vocab)
+    values, indices = jax.lax.top_k(logits, k)               # [B, k], descending.
+    keep = jnp.ones_like(values, bool)
+    if top_p < 1.0:
+        probs = jax.nn.softmax(values, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs     # Mass of better tokens.
+        keep = mass_before < top_p
+    kept = jnp.where(keep, values, NEG_INF)
+    rows = jnp.arange(logits.shape[0])[:, None]
+    return jnp.full_like(logits, NEG_INF).at[rows, indices].set(kept)
+
+
+def draw(keys: jax.Array, logits: jax.Array, config: SamplingConfig) -> jax.Array:
+    """Draws one token per row [B] with one PRNG key per row [B]."""
+    if config.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits.astype(jnp.float32) / config.temperature
+    scaled = filter_logits(scaled, config.top_k, config.top_p)
+    return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+
+
+def row_keys(rng: jax.Array, row_ids: jax.Array) -> jax.Array:
+    """One key per row, folded from the run's key and the row's global id.
+
+    A row's tokens then depend only on (rng, row id, step), never on which
+    other rows share the batch or how the batch is sharded.
+    """
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids)
+
+
+def step_keys(keys: jax.Array, step: jax.Array) -> jax.Array:
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)

@@ -1,0 +1,301 @@
+"""The segmented sampler: prefill, then one `lax.while_loop` of decode steps.
+
+Each row is laid out as
+
+    [left padding] prompt <think> (given thinking </think>) | decoded tokens ...
+    \____________________ prefix, P columns ______________/   \__ N columns __/
+
+and the decode loop writes one token per row per step. A row moves through
+phases THINK -> RESPONSE -> DONE:
+
+* THINK: sampled tokens are thinking. `</think>` ends it. When the thinking
+  budget is spent, or right after an eos sampled inside the thinking, the
+  sampler writes `</think>` itself (budget forcing), marks that token
+  `forced` and sets `think_truncated`.
+* RESPONSE: sampled tokens are the response; eos or the response budget ends
+  it (`response_truncated` when the budget did).
+* DONE: PAD is written and the row no longer enters the cache.
+
+Continuation modes follow from the prefix: a row without given thinking
+starts in THINK after `<think>`; a row with given thinking (possibly empty,
+i.e. `<think></think>`) starts in RESPONSE, so another parameter set (a
+responder or an answerer) can write the response. Params are a traced
+argument, so switching parameter sets of the same shapes does not recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from start_jax import segments
+from start_jax.models import transformer
+from start_jax.models.config import ModelConfig
+from start_jax.sampling import ops
+from start_jax.sampling.ops import SamplingConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+    """Ids the sampler needs; build from a tokenizer with `from_tokenizer`."""
+
+    think: int
+    end_think: int
+    eos: int
+    pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "SpecialTokens":
+        return cls(think=tokenizer.think_id, end_think=tokenizer.end_think_id,
+                   eos=tokenizer.eos_id, pad=tokenizer.pad_id)
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """Carry of the decode loop (B rows, N decode columns)."""
+
+    cache: transformer.KVCache
+    logits: jax.Array          # [B, V] float32 model logits for the next token.
+    tokens: jax.Array          # [B, N] int32 decoded tokens; pad where none.
+    segment_ids: jax.Array     # [B, N] int32 segment of each decoded token.
+    logprobs: jax.Array        # [B, N] float32 log p_T(token); 0 if not sampled.
+    forced: jax.Array          # [B, N] bool: written by rule, not sampled.
+    phase: jax.Array           # [B] int32: THINK, RESPONSE or PAD (= done).
+    think_count: jax.Array     # [B] int32 thinking tokens so far (tags excluded).
+    response_count: jax.Array  # [B] int32 response tokens so far (eos included).
+    close_think: jax.Array     # [B] bool: next token is a forced </think> (eos seen).
+    think_truncated: jax.Array     # [B] bool: </think> was forced.
+    response_truncated: jax.Array  # [B] bool: the response budget ran out.
+    keys: jax.Array            # [B] per-row PRNG keys.
+    step: jax.Array            # [] int32 decode steps taken.
+
+
+@flax.struct.dataclass
+class Rollout:
+    """A batch of segmented completions, prefix and decoded part joined.
+
+    Arrays are [B, L] with L = prefix columns + decode columns; rows are
+    left-padded before the prompt and right-padded after their last token.
+    """
+
+    tokens: jax.Array              # [B, L] int32.
+    segment_ids: jax.Array         # [B, L] int32 PAD/PROMPT/THINK/RESPONSE.
+    logprobs: jax.Array            # [B, L] float32 log-prob of sampled tokens.
+    forced: jax.Array              # [B, L] bool: tags and forced </think>.
+    sampled: jax.Array             # [B, L] bool: drawn from the policy here.
+    think_length: jax.Array        # [B] thinking tokens, tags excluded.
+    response_length: jax.Array     # [B] response tokens, eos included.
+    think_truncated: jax.Array     # [B] bool.
+    response_truncated: jax.Array  # [B] bool.
+    prefix_length: int = flax.struct.field(pytree_node=False, default=0)
+
+    def attention_mask(self) -> jax.Array:
+        return self.segment_ids != segments.PAD
+
+    def positions(self) -> jax.Array:
+        return jnp.maximum(jnp.cumsum(self.attention_mask(), axis=-1) - 1, 0)
+
+
+def _prefill(model_config: ModelConfig, params, prefix, prefix_mask, cache_length,
+             cache_sharding):
+    """Runs the prefix through the model; returns the cache and next logits."""
+    batch = prefix.shape[0]
+    cache = transformer.init_cache(model_config, batch, cache_length)
+    if cache_sharding is not None:
+        cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
+    out = transformer.apply(model_config, params, prefix, cache=cache,
+                            attention_mask=prefix_mask, heads=False)
+    # Rows are left-padded, so the last column is every row's last token;
+    # only that position goes through the (possibly large) vocabulary head.
+    logits = transformer.head_logits(model_config, params, out.hidden[:, -1:])[:, 0]
+    return out.cache, logits
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "model_config", "sampling", "tokens_", "num_steps", "cache_sharding"))
+def prefill(model_config, params, prefix, prefix_mask, start_phase, think_count,
+            think_truncated, rng, row_ids, *, sampling: SamplingConfig, tokens_: SpecialTokens, num_steps: int,
+            cache_sharding=None) -> DecodeState:
+    """Jitted prefill: builds the initial `DecodeState`."""
+    batch = prefix.shape[0]
+    cache, logits = _prefill(model_config, params, prefix, prefix_mask,
+                             prefix.shape[1] + num_steps, cache_sharding)
+    zeros = jnp.zeros((batch, num_steps), jnp.int32)
+    false = jnp.zeros((batch,), bool)
+    return DecodeState(
+        cache=cache, logits=logits,
+        tokens=jnp.full((batch, num_steps), tokens_.pad, jnp.int32),
+        segment_ids=zeros, logprobs=jnp.zeros((batch, num_steps), jnp.float32),
+        forced=jnp.zeros((batch, num_steps), bool),
+        phase=start_phase.astype(jnp.int32), think_count=think_count.astype(jnp.int32),
+        response_count=jnp.zeros((batch,), jnp.int32), close_think=false,
+        think_truncated=think_truncated.astype(bool), response_truncated=false,
+        keys=ops.row_keys(rng, row_ids), step=jnp.zeros((), jnp.int32))
+
+
+def _advance(state: DecodeState, drawn, logp, sampling: SamplingConfig, tok: SpecialTokens):
+    """Applies the segment rules to the drawn tokens [B]; pure, no model call.
+
+    Returns (token, segment, logprob, forced, active, new state fields).
+    """
+    thinking = state.phase == segments.THINK
+    responding = state.phase == segments.RESPONSE
+    active = thinking | responding
+    force_close = thinking & (state.close_think | (state.think_count >= sampling.think_budget))
+    token = jnp.where(force_close, tok.end_think, drawn)
+    token = jnp.where(active, token, tok.pad)
+    segment = jnp.where(active, state.phase, segments.PAD)
+    logprob = jnp.where(active & ~force_close, logp, 0.0)
+
+    ends_think = thinking & (token == tok.end_think)
+    think_content = thinking & ~ends_think
+    think_count = state.think_count + think_content
+    close_think = think_content & (token == tok.eos)
+    response_count = state.response_count + responding
+    eos = responding & (token == tok.eos)
+    out_of_budget = responding & ~eos & (response_count >= sampling.response_budget)
+    after_think = segments.RESPONSE if sampling.response_budget > 0 else segments.PAD
+    phase = jnp.where(ends_think, after_think, state.phase)
+    phase = jnp.where(eos | out_of_budget, segments.PAD, phase)
+    fields = dict(
+        phase=phase, think_count=think_count, response_count=response_count,
+        close_think=close_think,
+        think_truncated=state.think_truncated | force_close,
+        response_truncated=state.response_truncated | out_of_budget)
+    return token, segment, logprob, force_close, active, fields
+
+
+LogitsProcessor = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "model_config", "sampling", "tokens_", "logits_processor"), donate_argnames=("state",))
+def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig,
+           tokens_: SpecialTokens, logits_processor: LogitsProcessor | None = None
+           ) -> DecodeState:
+    """Jitted decode loop; `state` (cache and buffers) is donated.
+
+    `logits_processor(logits [B, V], step []) -> logits` may reshape the
+    distribution that tokens are drawn from (e.g. to ban tokens); reported
+    log-probabilities stay those of the unprocessed model at temperature T.
+    """
+    num_steps = state.tokens.shape[1]
+
+    def cond(s: DecodeState):
+        return (s.step < num_steps) & jnp.any(s.phase != segments.PAD)
+
+    def body(s: DecodeState):
+        logits = s.logits if logits_processor is None else logits_processor(s.logits, s.step)
+        drawn = ops.draw(ops.step_keys(s.keys, s.step), logits, sampling)
+        logp_all = ops.scaled_log_probs(s.logits, sampling.temperature)
+        token, segment, logprob, forced, active, fields = _advance(
+            s, drawn, jnp.take_along_axis(logp_all, drawn[:, None], -1)[:, 0], sampling, tokens_)
+        column = lambda buf, x: jax.lax.dynamic_update_slice(  # noqa: E731
+            buf, x[:, None].astype(buf.dtype), (0, s.step))
+        out = transformer.apply(model_config, params, token[:, None], cache=s.cache,
+                                attention_mask=active[:, None], heads=False)
+        next_logits = transformer.head_logits(model_config, params, out.hidden)[:, 0]
+        return s.replace(
+            cache=out.cache, logits=next_logits,
+            tokens=column(s.tokens, token), segment_ids=column(s.segment_ids, segment),
+            logprobs=column(s.logprobs, logprob), forced=column(s.forced, forced),
+            step=s.step + 1, **fields)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+def assemble(state: DecodeState, prefix, prefix_segments, prefix_forced) -> Rollout:
+    """Joins the prefix and the decoded columns into a `Rollout`."""
+    pad = jnp.zeros(prefix.shape, jnp.float32)
+    return Rollout(
+        tokens=jnp.concatenate([prefix, state.tokens], axis=1),
+        segment_ids=jnp.concatenate([prefix_segments, state.segment_ids], axis=1),
+        logprobs=jnp.concatenate([pad, state.logprobs], axis=1),
+        forced=jnp.concatenate([prefix_forced, state.forced], axis=1),
+        sampled=jnp.concatenate(
+            [jnp.zeros(prefix.shape, bool),
+             (state.segment_ids != segments.PAD) & ~state.forced], axis=1),
+        think_length=state.think_count, response_length=state.response_count,
+        think_truncated=state.think_truncated, response_truncated=state.response_truncated,
+        prefix_length=prefix.shape[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefix:
+    """Host-built, left-padded prefixes of one batch."""
+
+    tokens: np.ndarray       # [B, P] int32.
+    mask: np.ndarray         # [B, P] bool.
+    segment_ids: np.ndarray  # [B, P] int32.
+    forced: np.ndarray       # [B, P] bool.
+    start_phase: np.ndarray  # [B] int32 THINK or RESPONSE (or PAD: nothing to do).
+    think_count: np.ndarray  # [B] int32 length of the given thinking.
+    think_truncated: np.ndarray  # [B] bool: the given thinking was truncated.
+
+
+def build_prefix(prompts: Sequence[Sequence[int]], tok: SpecialTokens,
+                 thinking: Sequence[Sequence[int] | None] | None = None,
+                 thinking_truncated: Sequence[bool] | None = None,
+                 response_budget: int = 1, pad_multiple: int = 8,
+                 max_prefix: int | None = None) -> Prefix:
+    """Left-pads `prompt <think> [thinking </think>]` rows to a common width.
+
+    `thinking[i]` is None for a row that thinks itself, else the thinking
+    tokens to continue from (tags excluded; [] gives `<think></think>`). The
+    closing tag after given thinking is marked forced when
+    `thinking_truncated[i]`, so a trainer can leave it out of the loss.
+    """
+    batch = len(prompts)
+    thinking = [None] * batch if thinking is None else list(thinking)
+    truncated = [False] * batch if thinking_truncated is None else list(thinking_truncated)
+    if len(thinking) != batch or len(truncated) != batch:
+        raise ValueError(f"thinking/thinking_truncated have {len(thinking)}/{len(truncated)} "
+                         f"rows, prompts have {batch}")
+    rows, segs, forced, phase, counts = [], [], [], [], []
+    for i, prompt in enumerate(prompts):
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise ValueError(f"prompt {i} is empty")
+        row = prompt + [tok.think]
+        seg = [segments.PROMPT] * len(prompt) + [segments.THINK]
+        frc = [False] * len(prompt) + [True]
+        if thinking[i] is None:
+            phase.append(segments.THINK)
+            counts.append(0)
+        else:
+            given = [int(t) for t in thinking[i]]
+            row += given + [tok.end_think]
+            seg += [segments.THINK] * (len(given) + 1)
+            frc += [False] * len(given) + [bool(truncated[i])]
+            phase.append(segments.RESPONSE if response_budget > 0 else segments.PAD)
+            counts.append(len(given))
+        rows.append(row)
+        segs.append(seg)
+        forced.append(frc)
+    width = max(len(r) for r in rows)
+    width = -(-width // pad_multiple) * pad_multiple
+    if max_prefix is not None and width > max_prefix:
+        longest = int(np.argmax([len(r) for r in rows]))
+        raise ValueError(f"row {longest}: prompt + thinking is {len(rows[longest])} tokens, "
+                         f"more than the context allows ({max_prefix})")
+    out = Prefix(tokens=np.full((batch, width), tok.pad, np.int32),
+                 mask=np.zeros((batch, width), bool),
+                 segment_ids=np.zeros((batch, width), np.int32),
+                 forced=np.zeros((batch, width), bool),
+                 start_phase=np.asarray(phase, np.int32),
+                 think_count=np.asarray(counts, np.int32),
+                 think_truncated=np.asarray(
+                     [t is not None and bool(f) for t, f in zip(thinking, truncated)]))
+    for i, (row, seg, frc) in enumerate(zip(rows, segs, forced)):
+        n = len(row)
+        out.tokens[i, width - n:] = row
+        out.mask[i, width - n:] = True
+        out.segment_ids[i, width - n:] = seg
+        out.forced[i, width - n:] = frc
+    return out
