@@ -1,0 +1,210 @@
+"""Decode throughput: our jitted sampler vs `transformers` `generate`.
+
+Run from the repository root:
+
+    python experiments/bench_sampler.py [--batch 16 --new_tokens 64 --prompt_len 32 --repeats 3]
+
+It builds a ~10M-parameter random Qwen3-shaped checkpoint in a temporary
+directory with `transformers`, loads it with `start_jax.models.load_pretrained`
+(float32), and times, on the same checkpoint, batch, prompt ids and token
+counts, with sampling on (temperature 1.0, no top-k / top-p) and fixed lengths
+(no early stopping):
+
+* ours: `start_jax.sampling.sample` with think_budget = new_tokens - 2 and
+  response_budget = 1 (exactly `new_tokens` decode steps) and a logits
+  processor that bans `</think>` and eos; the prefix is the prompt plus the
+  forced `<think>` token;
+* transformers: `model.generate` on the same prompt plus the `<think>` id
+  (prompt_len + 1 tokens) with max_new_tokens = min_new_tokens = new_tokens,
+  under `torch.no_grad()`.
+
+It prints the parameter count, jax / torch / transformers versions, devices,
+torch threads and the exact configuration; then ours' compile + first-call
+time, each side's warm-up and timed call wall times; and finally a table with
+the median end-to-end wall time of one call (prefill included) per side,
+decode tokens/s = batch * new_tokens / median time, and the ratio
+ours / transformers in tokens/s (> 1: ours is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+# Allow `python experiments/bench_sampler.py` from the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from start_jax import models, sampling  # noqa: E402
+
+SPECIAL = sampling.SpecialTokens(think=3, end_think=4, eos=1, pad=0)
+
+
+def ban_end_think_and_eos(logits, step):
+    """Fixed lengths: `</think>` and eos are never drawn.
+
+    Module level, so the same object (a static jit argument) is passed to
+    every call and the sampler does not recompile.
+    """
+    del step
+    return logits.at[:, [SPECIAL.end_think, SPECIAL.eos]].set(-jnp.inf)
+
+
+def build_checkpoint(path: str) -> tuple[transformers.PreTrainedModel, int]:
+    config = transformers.Qwen3Config(
+        vocab_size=16384, hidden_size=256, intermediate_size=768, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=4, head_dim=32, tie_word_embeddings=True,
+        max_position_embeddings=1024, eos_token_id=SPECIAL.eos, pad_token_id=SPECIAL.pad,
+        bos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.Qwen3ForCausalLM(config).eval()
+    model.save_pretrained(path)
+    num_params = sum(p.numel() for p in model.parameters())  # Tied weights counted once.
+    return model, num_params
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def fmt_times(times: list[float]) -> str:
+    return ", ".join(f"{t:.3f}" for t in times)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--prompt_len", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.new_tokens < 3:
+        parser.error("--new_tokens must be >= 3 (think_budget = new_tokens - 2 >= 1)")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+
+    with tempfile.TemporaryDirectory(prefix="bench_sampler_") as ckpt:
+        hf_model, num_params = build_checkpoint(ckpt)
+        config, params = models.load_pretrained(ckpt)  # float32.
+    params = jax.block_until_ready(params)
+    num_jax_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+    rs = np.random.RandomState(args.seed)
+    prompt_ids = rs.randint(5, config.vocab_size, size=(args.batch, args.prompt_len))
+    prompts = [[int(t) for t in row] for row in prompt_ids]
+    think_budget, response_budget = args.new_tokens - 2, 1
+    cfg = sampling.SamplingConfig(temperature=1.0, top_k=0, top_p=1.0,
+                                  think_budget=think_budget, response_budget=response_budget)
+    steps = sampling.num_decode_steps(cfg, any_thinking=True)
+    assert steps == args.new_tokens, (steps, args.new_tokens)
+    prefix_width = sampling.build_prefix(prompts, SPECIAL, response_budget=response_budget).tokens.shape[1]
+
+    hf_input = torch.tensor(
+        np.concatenate([prompt_ids, np.full((args.batch, 1), SPECIAL.think)], axis=1),
+        dtype=torch.long)
+    hf_mask = torch.ones_like(hf_input)
+
+    print("== environment")
+    print(f"python {platform.python_version()}  jax {jax.__version__}  torch {torch.__version__}"
+          f"  transformers {transformers.__version__}")
+    print(f"jax devices: {jax.devices()}  (backend {jax.default_backend()})")
+    print(f"torch device: cpu  torch.get_num_threads() = {torch.get_num_threads()}"
+          f"  (os.cpu_count() = {os.cpu_count()})")
+    print(f"platform: {platform.platform()}  processor: {platform.processor() or '?'}")
+    print("== configuration")
+    print(f"model: random Qwen3 vocab={config.vocab_size} hidden={config.hidden_size} "
+          f"mlp={config.intermediate_size} layers={config.num_layers} heads={config.num_heads} "
+          f"kv_heads={config.num_kv_heads} head_dim={config.head_dim} tied embeddings, float32")
+    print(f"parameters: {num_params:,} (transformers), {num_jax_params:,} (ours)")
+    print(f"batch={args.batch} prompt_len={args.prompt_len} new_tokens={args.new_tokens} "
+          f"repeats={args.repeats} seed={args.seed}")
+    print("sampling: temperature=1.0 top_k=0 top_p=1.0; fixed lengths (no early stop)")
+    print(f"ours: think_budget={think_budget} response_budget={response_budget} -> {steps} "
+          f"decode steps; </think> and eos banned; prefix = prompt + <think> = "
+          f"{args.prompt_len + 1} tokens, left-padded to {prefix_width}; KV cache "
+          f"{prefix_width + steps} slots")
+    print(f"transformers: generate(input [{args.batch}, {args.prompt_len + 1}] = prompt + <think>, "
+          f"do_sample=True, temperature=1.0, top_k=0, top_p=1.0, "
+          f"max_new_tokens=min_new_tokens={args.new_tokens}, pad_token_id={SPECIAL.pad})")
+    sys.stdout.flush()
+
+    # --- ours -----------------------------------------------------------------
+    def run_ours(i: int):
+        rollout = sampling.sample(config, params, prompts, cfg, args.seed + i, SPECIAL,
+                                  logits_processor=ban_end_think_and_eos)
+        jax.block_until_ready(rollout.tokens)
+        return rollout
+
+    print("== ours (start_jax.sampling.sample)")
+    start = time.perf_counter()
+    rollout = run_ours(1000)
+    ours_first = time.perf_counter() - start
+    tokens = np.asarray(rollout.tokens)
+    assert tokens.shape == (args.batch, prefix_width + args.new_tokens), tokens.shape
+    decoded = tokens[:, prefix_width:]
+    assert (decoded != SPECIAL.pad).all(), "a row stopped early"
+    assert (np.asarray(rollout.think_length) == think_budget).all()
+    print(f"compile + first call: {ours_first:.3f} s")
+    ours_times = timed(run_ours, args.repeats)
+    print(f"timed calls (s): {fmt_times(ours_times)}")
+    sys.stdout.flush()
+
+    # --- transformers ---------------------------------------------------------
+    def run_hf(i: int):
+        torch.manual_seed(args.seed + i)
+        with torch.no_grad():
+            return hf_model.generate(
+                hf_input, attention_mask=hf_mask, do_sample=True, temperature=1.0, top_k=0,
+                top_p=1.0, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                pad_token_id=SPECIAL.pad)
+
+    print("== transformers (generate)")
+    start = time.perf_counter()
+    out = run_hf(1000)
+    hf_first = time.perf_counter() - start
+    assert tuple(out.shape) == (args.batch, args.prompt_len + 1 + args.new_tokens), out.shape
+    print(f"warm-up call: {hf_first:.3f} s")
+    hf_times = timed(run_hf, args.repeats)
+    print(f"timed calls (s): {fmt_times(hf_times)}")
+
+    # --- summary --------------------------------------------------------------
+    decode_tokens = args.batch * args.new_tokens
+    ours_med, hf_med = statistics.median(ours_times), statistics.median(hf_times)
+    ours_tps, hf_tps = decode_tokens / ours_med, decode_tokens / hf_med
+    print("== summary")
+    print(f"decode tokens per call = batch * new_tokens = {decode_tokens}; times are the median "
+          f"of {args.repeats} end-to-end calls (prefill included)")
+    rows = [("sampler", "first call s", "median s", "tokens/s"),
+            ("ours (jax)", f"{ours_first:.3f}", f"{ours_med:.3f}", f"{ours_tps:.1f}"),
+            ("transformers", f"{hf_first:.3f}", f"{hf_med:.3f}", f"{hf_tps:.1f}")]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for j, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
+                        for c, (cell, w) in enumerate(zip(row, widths))))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    print(f"ratio ours/transformers (tokens/s): {ours_tps / hf_tps:.2f}x")
+    print("(ours' first call includes jit compilation; transformers' is its warm-up call)")
+
+
+if __name__ == "__main__":
+    main()
