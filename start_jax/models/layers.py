@@ -74,11 +74,17 @@ def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
     return np.where(medium, blended, scaled).astype(np.float32)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotates x [B, T, heads, H] by positions [B, T] (rotate-half layout)."""
+def rope_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, T, 1, H] for positions [B, T]; computed once per forward."""
+    inv_freq = rope_inverse_frequencies(config)
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B,T,H/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]         # [B,T,1,H]
-    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotates x [B, T, heads, H] by the `rope_tables` (rotate-half layout)."""
+    cos, sin = rope[0].astype(x.dtype), rope[1].astype(x.dtype)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
@@ -90,16 +96,19 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, attn_mask, kv, cache_index):
+    def __call__(self, x, rope, attn_mask, kv, cache_index, layer):
         """Attends x [B, T, D] to itself and to cached keys.
 
         Args:
             x: [B, T, D] normalised hidden states.
-            positions: [B, T] RoPE positions.
+            rope: `rope_tables` of the token positions.
             attn_mask: [B, T, S] True where query t may see key slot s.
-            kv: None (no cache: S == T) or (k, v), each [B, S, K, H]; the T new
-                keys are written at slots [cache_index, cache_index + T).
+            kv: None (no cache: S == T) or the whole cache (k, v), each
+                [L, B, K, S, H]; this layer's T new keys are written at
+                [layer, :, :, cache_index:cache_index + T]. The full cache is
+                carried (not sliced per layer) so XLA updates it in place.
             cache_index: int32 scalar write offset into the cache.
+            layer: int32 scalar index of this layer.
 
         Returns:
             ([B, T, D] output, updated (k, v) or None).
@@ -124,24 +133,29 @@ class Attention(nn.Module):
         if cfg.qk_norm:  # Qwen3 normalises each head before RoPE.
             q = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="k_norm")(k)
-        inv_freq = rope_inverse_frequencies(cfg)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
-
-        if kv is not None:
-            cache_k, cache_v = kv
-            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
-            kv = (k, v)
+        q = apply_rope(q, rope)
+        k = apply_rope(k, rope)
 
         b, t = x.shape[:2]
         g = n // k_heads
         q = q.reshape(b, t, k_heads, g, h) * jnp.asarray(1.0 / math.sqrt(h), dt)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k.astype(dt),
-                                                preferred_element_type=jnp.float32)
+        # Keys and values as [B, K, S, H]: the layout of the cache, so that
+        # the attention dots read the cache without a transposed copy.
+        k = k.transpose(0, 2, 1, 3)
+        v = v.transpose(0, 2, 1, 3)
+        if kv is not None:
+            start = (layer, 0, 0, cache_index, 0)
+            cache_k = jax.lax.dynamic_update_slice(kv[0], k[None].astype(kv[0].dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(kv[1], v[None].astype(kv[1].dtype), start)
+            kv = (cache_k, cache_v)
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)  # [B, K, S, H]
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
+
+        scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k.astype(dt),
+                            preferred_element_type=jnp.float32)
         scores = jnp.where(attn_mask[:, None, None, :, :], scores, _MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(dt)).reshape(b, t, n, h)
+        out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v.astype(dt)).reshape(b, t, n, h)
         return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt)), kv
 
 
@@ -170,13 +184,16 @@ class DecoderBlock(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, attn_mask, cache_index, kv):
+    def __call__(self, carry, rope, attn_mask, cache_index):
+        """carry = (x [B, T, D], whole cache or None, layer index)."""
+        x, kv, layer = carry
         cfg = self.config
         dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
         h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
-        attn_out, kv = Attention(cfg, name="attn")(h, positions, attn_mask, kv, cache_index)
+        attn_out, kv = Attention(cfg, name="attn")(h, rope, attn_mask, kv, cache_index,
+                                                   layer)
         x = x + attn_out
         h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
         x = x + MLP(cfg, name="mlp")(h)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        return x, kv
+        return (x, kv, layer + 1), None

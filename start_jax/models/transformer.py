@@ -22,21 +22,21 @@ import jax
 import jax.numpy as jnp
 
 from start_jax.models.config import ModelConfig
-from start_jax.models.layers import DecoderBlock, RMSNorm, _param
+from start_jax.models.layers import DecoderBlock, RMSNorm, _param, rope_tables
 
 
 @flax.struct.dataclass
 class KVCache:
     """Keys and values of every layer for B rows and S slots."""
 
-    k: jax.Array      # [L, B, S, K, H] keys, already rotated by RoPE.
-    v: jax.Array      # [L, B, S, K, H] values.
+    k: jax.Array      # [L, B, K, S, H] keys, already rotated by RoPE.
+    v: jax.Array      # [L, B, K, S, H] values.
     valid: jax.Array  # [B, S] bool: the slot holds a real (non-padding) token.
     end: jax.Array    # [] int32: slots [0, end) have been written.
 
     @property
     def max_length(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     def next_positions(self) -> jax.Array:
         """[B] RoPE position the next real token of each row will take."""
@@ -55,8 +55,8 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int,
                               dtype=None) -> KVCache:
     """An empty cache with room for `max_length` slots per row."""
     dtype = config.jnp_dtype if dtype is None else dtype
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads,
-                      config.head_dim)
+    shape = (config.num_layers, batch_size, config.num_kv_heads, max_length,
+             config.head_dim)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                                   valid=jnp.zeros((batch_size, max_length), bool),
                                   end=jnp.zeros((), jnp.int32))
@@ -89,7 +89,7 @@ class Transformer(nn.Module):
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
@@ -105,7 +105,9 @@ class Transformer(nn.Module):
         """tokens [B, T] -> final-norm hidden [B, T, D] and the new per-layer kv."""
         x = self.embed(tokens)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        x, kv = self.layers(x, positions, attn_mask, cache_index, kv)
+        rope = rope_tables(self.config, positions)
+        (x, kv, _), _ = self.layers((x, kv, jnp.zeros((), jnp.int32)), rope, attn_mask,
+                                    cache_index)
         return self.final_norm(x), kv
 
     def logits(self, hidden):

@@ -191,11 +191,16 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
         return (s.step < num_steps) & jnp.any(s.phase != segments.PAD)
 
     def body(s: DecodeState):
-        logits = s.logits if logits_processor is None else logits_processor(s.logits, s.step)
-        drawn = ops.draw(ops.step_keys(s.keys, s.step), logits, sampling)
-        logp_all = ops.scaled_log_probs(s.logits, sampling.temperature)
+        keys = ops.step_keys(s.keys, s.step)
+        if logits_processor is None:
+            drawn, logp = ops.draw(keys, s.logits, sampling)
+        else:
+            drawn, _ = ops.draw(keys, logits_processor(s.logits, s.step), sampling)
+            # Report the unprocessed model's log-probability of the token.
+            logp = jnp.take_along_axis(
+                ops.scaled_log_probs(s.logits, sampling.temperature), drawn[:, None], -1)[:, 0]
         token, segment, logprob, forced, active, fields = _advance(
-            s, drawn, jnp.take_along_axis(logp_all, drawn[:, None], -1)[:, 0], sampling, tokens_)
+            s, drawn, logp, sampling, tokens_)
         column = lambda buf, x: jax.lax.dynamic_update_slice(  # noqa: E731
             buf, x[:, None].astype(buf.dtype), (0, s.step))
         out = transformer.apply(model_config, params, token[:, None], cache=s.cache,
@@ -210,6 +215,7 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
     return jax.lax.while_loop(cond, body, state)
 
 
+@jax.jit
 def assemble(state: DecodeState, prefix, prefix_segments, prefix_forced) -> Rollout:
     """Joins the prefix and the decoded columns into a `Rollout`."""
     pad = jnp.zeros(prefix.shape, jnp.float32)

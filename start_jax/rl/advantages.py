@@ -1,0 +1,125 @@
+"""Advantage estimators, chosen by name.
+
+Sequence-level estimators map rewards [B] to advantages [B]; rows come in
+groups of G consecutive completions of the same prompt. `broadcast` spreads a
+sequence advantage over the tokens of a mask. GAE works per token with a value
+model, over the action tokens of a mask only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+EPS = 1e-6
+
+
+def _groups(rewards: jax.Array, group_size: int) -> jax.Array:
+    if rewards.shape[0] % group_size:
+        raise ValueError(f"batch of {rewards.shape[0]} rows is not a multiple of "
+                         f"group_size={group_size}")
+    return rewards.reshape(-1, group_size).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("group_size", "scale"))
+def grpo(rewards: jax.Array, group_size: int, scale: str = "std") -> jax.Array:
+    """GRPO: A_i = (r_i - mean_g r) / (std_g r + eps).
+
+    `std_g` is the unbiased (ddof=1) standard deviation of the group.
+    `scale='none'` is Dr.GRPO: A_i = r_i - mean_g r. A group whose rewards are
+    all equal gets zero advantages.
+    """
+    r = _groups(rewards, group_size)
+    centred = r - r.mean(axis=1, keepdims=True)
+    if scale == "none":
+        return centred.reshape(-1)
+    if scale != "std":
+        raise ValueError(f"unknown GRPO scale {scale!r}; expected 'std' or 'none'")
+    std = jnp.std(r, axis=1, keepdims=True, ddof=1) if group_size > 1 else jnp.zeros_like(centred)
+    return (centred / (std + EPS)).reshape(-1)
+
+
+@functools.partial(jax.jit, static_argnames=("group_size",))
+def rloo(rewards: jax.Array, group_size: int) -> jax.Array:
+    """RLOO: A_i = r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean_g r)."""
+    if group_size < 2:
+        raise ValueError("RLOO needs group_size >= 2")
+    r = _groups(rewards, group_size)
+    loo_mean = (r.sum(axis=1, keepdims=True) - r) / (group_size - 1)
+    return (r - loo_mean).reshape(-1)
+
+
+@functools.partial(jax.jit, static_argnames=("group_size", "group_baseline"))
+def reinforce_pp(rewards: jax.Array, group_size: int = 1,
+                 group_baseline: bool = False) -> jax.Array:
+    """REINFORCE++: a_i = r_i - b_i, then whitened over the batch rows.
+
+    b_i = mean of the row's group when `group_baseline`, else 0;
+    A_i = (a_i - mean(a)) / (std(a) + eps) with the population std of the batch.
+    """
+    r = rewards.astype(jnp.float32)
+    if group_baseline:
+        g = _groups(r, group_size)
+        r = (g - g.mean(axis=1, keepdims=True)).reshape(-1)
+    return (r - r.mean()) / (jnp.std(r) + EPS)
+
+
+SEQUENCE_ESTIMATORS = {"grpo": grpo, "rloo": rloo, "reinforce_pp": reinforce_pp}
+
+
+def sequence_advantages(name: str, rewards: jax.Array, group_size: int, **kwargs) -> jax.Array:
+    """Dispatches to a sequence-level estimator by name."""
+    if name not in SEQUENCE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; known: "
+                         f"{sorted(SEQUENCE_ESTIMATORS) + ['gae']}")
+    return SEQUENCE_ESTIMATORS[name](rewards, group_size=group_size, **kwargs)
+
+
+def broadcast(advantages: jax.Array, mask: jax.Array) -> jax.Array:
+    """[B] sequence advantages -> [B, L] on mask tokens, 0 elsewhere."""
+    return jnp.where(mask, advantages[:, None], 0.0).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("gamma", "lam"))
+def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0,
+        lam: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """GAE over the action tokens of `mask` only.
+
+    Tokens outside the mask are transitions of the environment: they are
+    skipped, so the next action's value bootstraps across them. The terminal
+    reward is credited to the last action token. With actions at positions
+    t_1 < ... < t_n of a row:
+
+      delta_k = [k = n] R + gamma V(t_{k+1}) [k < n] - V(t_k)
+      A_k     = delta_k + gamma lam A_{k+1}          (A_{n+1} = 0)
+      returns_k = A_k + V(t_k)
+
+    Args:
+      rewards: [B] terminal rewards.
+      values: [B, L] value of the state before each token.
+      mask: [B, L] bool action tokens.
+
+    Returns:
+      (advantages [B, L], returns [B, L]), zero outside the mask.
+    """
+    values = values.astype(jnp.float32)
+    mask = mask.astype(bool)
+
+    def step(carry, x):
+        next_value, next_adv, seen = carry
+        v, m = x
+        reward = jnp.where(seen, 0.0, rewards.astype(jnp.float32))
+        boot = jnp.where(seen, next_value, 0.0)
+        delta = reward + gamma * boot - v
+        adv = delta + gamma * lam * jnp.where(seen, next_adv, 0.0)
+        carry = (jnp.where(m, v, next_value), jnp.where(m, adv, next_adv), seen | m)
+        return carry, jnp.where(m, adv, 0.0)
+
+    b = values.shape[0]
+    init = (jnp.zeros(b), jnp.zeros(b), jnp.zeros(b, bool))
+    _, adv = jax.lax.scan(step, init, (values.T, mask.T), reverse=True)
+    adv = adv.T
+    returns = jnp.where(mask, adv + values, 0.0)
+    return adv, returns
