@@ -1,0 +1,25 @@
+"""RL core: segment masks, advantages, losses and the train step."""
+
+from start_jax.rl import advantages, losses, masks
+from start_jax.rl.logprobs import (
+    logits_log_probs,
+    rollout_log_probs,
+    rollout_values,
+    token_log_probs,
+    token_values,
+)
+from start_jax.rl.losses import LossConfig
+from start_jax.rl.masks import kl_mask, loss_mask
+from start_jax.rl.train_step import (
+    Batch,
+    NonFiniteError,
+    TrainConfig,
+    TrainState,
+    check_finite,
+    init_state,
+    jit_train_step,
+    loss_counts,
+    make_optimizer,
+    policy_loss_terms,
+    train_step,
+)

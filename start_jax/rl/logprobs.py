@@ -1,0 +1,105 @@
+"""Token log-probabilities, entropies and values of a rollout, chunked.
+
+Arrays are aligned with the tokens: `logp[b, t]` is log p(tokens[b, t] |
+tokens[b, :t]) (0 at t = 0), and `values[b, t]` is the value of the state
+before token t. The vocabulary head runs on `chunk` positions at a time inside
+a rematerialised scan, so neither the forward nor the backward pass ever holds
+a [B, L, V] float32 logits array: the peak is [B, chunk, V].
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from start_jax import segments
+from start_jax.models import transformer
+from start_jax.models.config import ModelConfig
+
+
+def _shifted_hidden(config: ModelConfig, params, tokens, segment_ids):
+    """Hidden states that predict each token: [B, L - 1, D] for tokens[:, 1:]."""
+    mask = segment_ids != segments.PAD
+    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    out = transformer.apply(config, params, tokens, positions=positions,
+                            attention_mask=mask, heads=False)
+    return out.hidden[:, :-1]
+
+
+def _pad_front(x: jax.Array) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (1, 0)))
+
+
+def _chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """[B, T, ...] -> [T / chunk, B, chunk, ...] (T padded up to a multiple)."""
+    b, t = x.shape[:2]
+    pad = (-t) % chunk
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((b, (t + pad) // chunk, chunk) + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+
+def _unchunk(x: jax.Array, t: int) -> jax.Array:
+    """[n, B, chunk] -> [B, t]."""
+    n, b, c = x.shape
+    return jnp.moveaxis(x, 0, 1).reshape(b, n * c)[:, :t]
+
+
+def logits_log_probs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0
+                     ) -> tuple[jax.Array, jax.Array]:
+    """log p_T(targets) and entropy of p_T, from logits [..., V] and targets [...]."""
+    logits = logits.astype(jnp.float32) / temperature
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    probs = jnp.exp(logits - logz[..., None])
+    return picked - logz, logz - jnp.sum(probs * logits, axis=-1)
+
+
+def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.Array,
+                   temperature: float = 1.0, chunk: int = 256
+                   ) -> tuple[jax.Array, jax.Array]:
+    """log p_T(targets) and entropies [B, T] from hidden states [B, T, D].
+
+    p_T = softmax(logits / temperature): the distribution the sampler drew
+    from. Logits exist for one chunk of positions at a time.
+    """
+    t = hidden.shape[1]
+    chunk = max(1, min(chunk, t))
+
+    @jax.checkpoint
+    def one_chunk(h, y):
+        return logits_log_probs(transformer.head_logits(config, params, h), y, temperature)
+
+    def body(carry, xs):
+        return carry, one_chunk(*xs)
+
+    _, (logp, entropy) = jax.lax.scan(body, None, (_chunks(hidden, chunk), _chunks(targets, chunk)))
+    return _unchunk(logp, t), _unchunk(entropy, t)
+
+
+def token_log_probs(config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array,
+                    temperature: float = 1.0, chunk: int = 256
+                    ) -> tuple[jax.Array, jax.Array]:
+    """(logp, entropy), each [B, L] aligned with `tokens`; 0 at t = 0."""
+    hidden = _shifted_hidden(config, params, tokens, segment_ids)
+    logp, entropy = head_log_probs(config, params, hidden, tokens[:, 1:], temperature, chunk)
+    return _pad_front(logp), _pad_front(entropy)
+
+
+def token_values(config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array
+                 ) -> jax.Array:
+    """Value of the state before each token [B, L] (0 at t = 0)."""
+    hidden = _shifted_hidden(config, params, tokens, segment_ids)
+    return _pad_front(transformer.head_values(config, params, hidden))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "temperature", "chunk"))
+def rollout_log_probs(config: ModelConfig, params, tokens, segment_ids, temperature=1.0,
+                      chunk=256) -> jax.Array:
+    """Jitted, gradient-free log-probabilities for old and reference policies."""
+    return token_log_probs(config, params, tokens, segment_ids, temperature, chunk)[0]
+
+
+rollout_values = jax.jit(token_values, static_argnames=("config",))

@@ -1,0 +1,273 @@
+"""The update of one rollout batch: one pure function (state, batch, rng) -> (state, metrics).
+
+`mu` epochs over the batch, each split into `minibatches` optimizer updates;
+each update accumulates gradients over `micro_batches` slices. Loss terms are
+(sum, count) pairs whose counts are taken over the whole minibatch before the
+micro-batch loop, so accumulation gives exactly the minibatch gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from start_jax import segments
+from start_jax.models.config import ModelConfig
+from start_jax.rl import logprobs as lp
+from start_jax.rl import losses
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array                 # [] int32 optimizer updates so far.
+    params: Any                     # Policy parameters.
+    opt_state: Any                  # Policy optimizer state.
+    critic_params: Any = None       # Value-model parameters (PPO with GAE).
+    critic_opt_state: Any = None
+
+
+@flax.struct.dataclass
+class Batch:
+    """A rollout batch ready for the loss; every array is [B, L] unless noted."""
+
+    tokens: jax.Array           # int32.
+    segment_ids: jax.Array      # int32 PAD/PROMPT/THINK/RESPONSE.
+    loss_mask: jax.Array        # bool: tokens the policy loss trains.
+    kl_mask: jax.Array          # bool: tokens that carry the KL penalty.
+    advantages: jax.Array       # float32, 0 outside loss_mask.
+    old_logprobs: jax.Array     # float32 log p_old(token).
+    ref_logprobs: jax.Array     # float32 log p_ref(token).
+    returns: jax.Array          # float32 value targets (critic).
+    old_values: jax.Array       # float32 critic values at sampling time.
+    rewards: jax.Array          # [B] float32 response-only rewards.
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Static settings of the update."""
+
+    loss: losses.LossConfig = losses.LossConfig()
+    ppo_epochs: int = 1        # mu: passes over one rollout batch.
+    minibatches: int = 1       # Optimizer updates per pass.
+    micro_batches: int = 1     # Gradient-accumulation slices per update.
+    logprob_chunk: int = 256   # Positions per vocabulary-head chunk.
+    use_critic: bool = False   # Train a value model (PPO with GAE).
+
+
+def make_optimizer(learning_rate: float = 1e-6, warmup_steps: int = 0, total_steps: int = 0,
+                   schedule: str = "constant", weight_decay: float = 0.0,
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   max_grad_norm: float = 1.0) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping and a warmup + constant/cosine schedule.
+
+    Gradient accumulation is done by the train step (exact for every
+    aggregation mode), not by `optax.MultiSteps`, which averages per step.
+    """
+    if schedule == "constant":
+        decay = optax.constant_schedule(learning_rate)
+    elif schedule == "cosine":
+        decay = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; expected 'constant' or 'cosine'")
+    lr = (optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), decay],
+                               [warmup_steps]) if warmup_steps else decay)
+    parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm > 0 else []
+    parts.append(optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    return optax.chain(*parts)
+
+
+def init_state(params, tx, critic_params=None, critic_tx=None) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      critic_params=critic_params,
+                      critic_opt_state=None if critic_params is None else critic_tx.init(critic_params))
+
+
+def _l2(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def loss_counts(batch: Batch, loss_config: losses.LossConfig) -> dict[str, jax.Array]:
+    """Loss denominators over the whole minibatch (parameter-free)."""
+    agg, norm = loss_config.aggregation, loss_config.norm_length
+    zeros = jnp.zeros(batch.loss_mask.shape, jnp.float32)
+    return dict(
+        policy=losses.aggregate(zeros, batch.loss_mask, agg, norm)[1],
+        kl=losses.aggregate(zeros, batch.kl_mask, agg, norm)[1],
+        value=jnp.maximum(batch.loss_mask.sum().astype(jnp.float32), 0.0),
+    )
+
+
+def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.LossConfig):
+    """(loss, aux) from token log-probabilities and entropies [B, L] of a micro-batch.
+
+    loss = pg + kl_coef * kl - entropy_coef * entropy, each term a (sum,
+    count) ratio with counts from the whole minibatch.
+    """
+    lc = loss_config
+    parts = losses.policy_token_losses(logp, batch.old_logprobs, batch.advantages,
+                                       batch.loss_mask, lc)
+    agg = lambda x, m: losses.aggregate(x, m, lc.aggregation, lc.norm_length)[0]  # noqa: E731
+    pg = agg(parts["loss"], batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
+    kl = agg(losses.kl_penalty(logp, batch.ref_logprobs, lc.kl_estimator),
+             batch.kl_mask) / jnp.maximum(counts["kl"], 1e-8)
+    ent = agg(entropy, batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
+    total = pg + lc.kl_coef * kl - lc.entropy_coef * ent
+    mask = batch.loss_mask.astype(jnp.float32)
+    tokens = jnp.maximum(counts["value"], 1.0)  # Token-mean diagnostics.
+    aux = dict(
+        pg_loss=pg, kl=kl, entropy_loss=ent,
+        entropy=jnp.sum(jnp.where(batch.loss_mask, entropy, 0.0) * mask) / tokens,
+        clip_frac_low=jnp.sum(parts["clip_low"]) / tokens,
+        clip_frac_high=jnp.sum(parts["clip_high"]) / tokens,
+        approx_kl=jnp.sum(parts["approx_kl"]) / tokens,
+    )
+    return total, aux
+
+
+def policy_loss(params, batch: Batch, counts, model_config: ModelConfig, config: TrainConfig):
+    """Loss of one micro-batch, scaled by the whole minibatch's counts."""
+    logp, entropy = lp.token_log_probs(model_config, params, batch.tokens, batch.segment_ids,
+                                       config.loss.temperature, config.logprob_chunk)
+    return policy_loss_terms(logp, entropy, batch, counts, config.loss)
+
+
+def critic_loss(critic_params, batch: Batch, counts, critic_config: ModelConfig,
+                config: TrainConfig):
+    values = lp.token_values(critic_config, critic_params, batch.tokens, batch.segment_ids)
+    per_token = losses.value_token_losses(values, batch.old_values, batch.returns,
+                                          config.loss.value_clip)
+    total = jnp.sum(jnp.where(batch.loss_mask, per_token, 0.0)) / jnp.maximum(counts["value"], 1.0)
+    return config.loss.value_coef * total, dict(value_loss=total)
+
+
+def _accumulate(loss_fn, params, batch: Batch, counts, micro_batches: int):
+    """Sum of micro-batch gradients (each already divided by global counts)."""
+    b = batch.tokens.shape[0]
+    if b % micro_batches:
+        raise ValueError(f"minibatch of {b} rows is not divisible by micro_batches={micro_batches}")
+    micro = jax.tree.map(lambda x: x.reshape((micro_batches, b // micro_batches) + x.shape[1:]),
+                         batch)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def body(acc, mb):
+        (loss, aux), grads = grad_fn(params, mb, counts)
+        acc_grads, acc_loss, acc_aux = acc
+        return (jax.tree.map(jnp.add, acc_grads, grads), acc_loss + loss,
+                jax.tree.map(jnp.add, acc_aux, aux)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    first_aux = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro),
+                                               counts)[0][1])
+    aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first_aux)
+    (grads, loss, aux), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), aux0), micro)
+    return grads, loss, aux
+
+
+def _update(state: TrainState, batch: Batch, model_config, critic_config, config: TrainConfig,
+            tx, critic_tx):
+    counts = loss_counts(batch, config.loss)
+    grads, loss, aux = _accumulate(
+        lambda p, mb, c: policy_loss(p, mb, c, model_config, config),
+        state.params, batch, counts, config.micro_batches)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(loss=loss, **aux, l2_grads=_l2(grads), l2_params=_l2(params),
+                   l2_updates=_l2(updates))
+    critic_params, critic_opt = state.critic_params, state.critic_opt_state
+    if config.use_critic:
+        c_grads, _, c_aux = _accumulate(
+            lambda p, mb, c: critic_loss(p, mb, c, critic_config, config),
+            critic_params, batch, counts, config.micro_batches)
+        c_updates, critic_opt = critic_tx.update(c_grads, critic_opt, critic_params)
+        critic_params = optax.apply_updates(critic_params, c_updates)
+        metrics.update(c_aux, critic_l2_grads=_l2(c_grads), critic_l2_updates=_l2(c_updates))
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           critic_params=critic_params, critic_opt_state=critic_opt)
+    return new_state, metrics
+
+
+def batch_statistics(batch: Batch) -> dict[str, jax.Array]:
+    """Rollout-level metrics: rewards, advantages and mask token counts."""
+    mask = batch.loss_mask
+    n = jnp.maximum(mask.sum(), 1)
+    adv = jnp.where(mask, batch.advantages, 0.0)
+    adv_mean = adv.sum() / n
+    return dict(
+        reward_mean=batch.rewards.mean(), reward_std=batch.rewards.std(),
+        adv_mean=adv_mean,
+        adv_std=jnp.sqrt(jnp.sum(jnp.where(mask, jnp.square(adv - adv_mean), 0.0)) / n),
+        adv_nonzero_frac=jnp.sum(mask & (batch.advantages != 0)) / n,
+        mask_think_tokens=jnp.sum(mask & (batch.segment_ids == segments.THINK)),
+        mask_response_tokens=jnp.sum(mask & (batch.segment_ids == segments.RESPONSE)),
+        mask_other_tokens=jnp.sum(mask & (batch.segment_ids != segments.THINK)
+                                  & (batch.segment_ids != segments.RESPONSE)),
+    )
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model_config: ModelConfig,
+               config: TrainConfig, tx: optax.GradientTransformation,
+               critic_config: ModelConfig | None = None,
+               critic_tx: optax.GradientTransformation | None = None):
+    """All updates of one rollout batch: `ppo_epochs` x `minibatches`.
+
+    Rows are shuffled with `rng` in every epoch (not when there is a single
+    minibatch). Metrics are averaged over the updates.
+    """
+    b = batch.tokens.shape[0]
+    if b % config.minibatches:
+        raise ValueError(f"batch of {b} rows is not divisible by minibatches={config.minibatches}")
+    size = b // config.minibatches
+
+    def epoch(carry, key):
+        st = carry
+        order = (jnp.arange(b) if config.minibatches == 1
+                 else jax.random.permutation(key, b))
+        shuffled = jax.tree.map(lambda x: x[order], batch)
+        mbs = jax.tree.map(lambda x: x.reshape((config.minibatches, size) + x.shape[1:]), shuffled)
+
+        def update(s, mb):
+            return _update(s, mb, model_config, critic_config, config, tx, critic_tx)
+        st, metrics = jax.lax.scan(update, st, mbs)
+        return st, metrics
+
+    state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, config.ppo_epochs))
+    metrics = jax.tree.map(lambda x: jnp.mean(x.astype(jnp.float32)), metrics)
+    metrics.update(jax.tree.map(lambda x: x.astype(jnp.float32), batch_statistics(batch)))
+    return state, metrics
+
+
+def jit_train_step(model_config: ModelConfig, config: TrainConfig, tx, critic_config=None,
+                   critic_tx=None, state_shardings=None, batch_shardings=None):
+    """`train_step` jitted with donated state (and explicit shardings when given)."""
+    fn = lambda state, batch, rng: train_step(  # noqa: E731
+        state, batch, rng, model_config=model_config, config=config, tx=tx,
+        critic_config=critic_config, critic_tx=critic_tx)
+    kwargs = {}
+    if state_shardings is not None:
+        replicated = jax.sharding.NamedSharding(
+            jax.tree.leaves(state_shardings)[0].mesh, jax.sharding.PartitionSpec())
+        kwargs = dict(in_shardings=(state_shardings, batch_shardings, replicated),
+                      out_shardings=(state_shardings, replicated))
+    return jax.jit(fn, donate_argnums=(0,), **kwargs)
+
+
+class NonFiniteError(FloatingPointError):
+    """A metric became NaN or infinite."""
+
+
+def check_finite(metrics: dict, step: int) -> dict[str, float]:
+    """Host-side: converts metrics to floats, raising at the first non-finite one."""
+    out = {}
+    for name, value in metrics.items():
+        value = float(value)
+        if not math.isfinite(value):
+            raise NonFiniteError(f"step {step}: metric {name!r} is {value}; stopping before the "
+                                 "bad update is checkpointed")
+        out[name] = value
+    return out

@@ -1,0 +1,229 @@
+"""The train step: mask leaks, micro-batch equivalence, sharding, chunked log-probs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from start_jax import models, rewards, rl, sampling, segments, sharding
+from start_jax.rl import losses
+
+CONFIG = models.ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2,
+                            num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True)
+
+
+def _segments(b=8, length=20, seed=0):
+    """Left-padded prompt, thinking (with a forced tag), response, right padding."""
+    rs = np.random.RandomState(seed)
+    seg = np.zeros((b, length), np.int32)
+    forced = np.zeros((b, length), bool)
+    for i in range(b):
+        pad = rs.randint(0, 3)
+        prompt = rs.randint(2, 5)
+        think = rs.randint(2, 7)
+        resp = rs.randint(1, length - pad - prompt - think - 1)
+        t = pad
+        seg[i, t:t + prompt] = segments.PROMPT
+        t += prompt
+        seg[i, t:t + think] = segments.THINK
+        forced[i, t] = True                # <think>
+        if i % 2:
+            forced[i, t + think - 1] = True  # A budget-forced </think>.
+        t += think
+        seg[i, t:t + resp] = segments.RESPONSE
+    return seg, forced
+
+
+def make_batch(mode="joint", b=8, length=20, seed=0, kl_scope="mask"):
+    rs = np.random.RandomState(seed)
+    seg, forced = _segments(b, length, seed)
+    tokens = rs.randint(1, CONFIG.vocab_size, size=(b, length)).astype(np.int32)
+    tokens[seg == segments.PAD] = 0
+    mask = rl.loss_mask(jnp.asarray(seg), jnp.asarray(forced), mode)
+    rewards_ = rs.randn(b).astype(np.float32)
+    adv = rl.advantages.broadcast(rl.advantages.grpo(jnp.asarray(rewards_), group_size=4), mask)
+    noise = lambda: jnp.asarray(rs.randn(b, length) * 0.1, jnp.float32)  # noqa: E731
+    params = models.init_params(CONFIG, jax.random.key(seed))
+    old = rl.rollout_log_probs(CONFIG, params, jnp.asarray(tokens), jnp.asarray(seg)) + noise()
+    return rl.Batch(
+        tokens=jnp.asarray(tokens), segment_ids=jnp.asarray(seg), loss_mask=mask,
+        kl_mask=rl.kl_mask(jnp.asarray(seg), jnp.asarray(forced), mode, kl_scope),
+        advantages=adv, old_logprobs=old, ref_logprobs=old + noise(),
+        returns=noise(), old_values=noise(), rewards=jnp.asarray(rewards_))
+
+
+def test_chunked_log_probs_equal_naive_and_so_do_gradients():
+    params = models.init_params(CONFIG, jax.random.key(0))
+    batch = make_batch()
+
+    def naive(p):
+        logits = models.apply(CONFIG, p, batch.tokens, positions=None,
+                              attention_mask=batch.segment_ids != 0).logits
+        logits = logits / 0.8
+        # Positions follow the attention mask in both paths.
+        logp = jax.nn.log_softmax(logits, -1)
+        picked = jnp.take_along_axis(logp[:, :-1], batch.tokens[:, 1:, None], -1)[..., 0]
+        return jnp.pad(picked, ((0, 0), (1, 0)))
+
+    def chunked(p):
+        return rl.token_log_probs(CONFIG, p, batch.tokens, batch.segment_ids, 0.8, chunk=3)[0]
+
+    np.testing.assert_allclose(chunked(params), naive(params), atol=1e-5)
+    w = jnp.asarray(np.random.RandomState(1).randn(*batch.tokens.shape), jnp.float32)
+    g1 = jax.grad(lambda p: jnp.sum(chunked(p) * w))(params)
+    g2 = jax.grad(lambda p: jnp.sum(naive(p) * w))(params)
+    diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g1, g2)
+    assert max(jax.tree.leaves(diffs)) <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["joint", "think", "response"])
+@pytest.mark.parametrize("kind", ["ppo", "dual_clip", "gspo"])
+def test_no_gradient_leaks_outside_the_loss_mask(mode, kind):
+    batch = make_batch(mode)
+    lc = losses.LossConfig(policy_loss=kind, kl_coef=0.1, entropy_coef=0.01,
+                           aggregation="seq-mean-token-mean")
+    counts = rl.loss_counts(batch, lc)
+    logits = jnp.asarray(np.random.RandomState(3).randn(*batch.tokens.shape, CONFIG.vocab_size),
+                         jnp.float32)
+
+    def loss(lg):  # lg[:, t] are the logits that predict tokens[:, t].
+        logp, ent = rl.logits_log_probs(lg, batch.tokens)
+        return rl.policy_loss_terms(logp, ent, batch, counts, lc)[0]
+
+    grad = np.asarray(jax.grad(loss)(logits))
+    per_token = np.abs(grad).sum(-1)
+    mask = np.asarray(batch.loss_mask)
+    assert np.all(per_token[~mask] == 0.0), "gradient outside the loss mask"
+    assert np.all(per_token[mask] > 0.0)
+    seg = np.asarray(batch.segment_ids)
+    if mode == "think":
+        assert not np.any(mask & (seg == segments.RESPONSE))
+    if mode == "response":
+        assert not np.any(mask & (seg == segments.THINK))
+
+
+def _delta(before, after):
+    return jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), before, after)
+
+
+@pytest.mark.parametrize("mode", losses.AGGREGATIONS)
+def test_micro_batches_give_the_same_update(mode):
+    batch = make_batch("think", b=8)
+    params = models.init_params(CONFIG, jax.random.key(0))
+    value_config, critic = models.value_model_from_policy(CONFIG, params, jax.random.key(2))
+    tx = optax.sgd(1.0)  # The update is the gradient itself.
+    results = []
+    for micro in (1, 4):
+        cfg = rl.TrainConfig(loss=losses.LossConfig(aggregation=mode, kl_coef=0.05,
+                                                    entropy_coef=0.01, norm_length=20),
+                             micro_batches=micro, logprob_chunk=7, use_critic=True)
+        state = rl.init_state(jax.tree.map(jnp.copy, params), tx, jax.tree.map(jnp.copy, critic), tx)
+        step = rl.jit_train_step(CONFIG, cfg, tx, value_config, tx)
+        new, metrics = step(state, batch, jax.random.key(0))
+        results.append((_delta(params, new.params), _delta(critic, new.critic_params), metrics))
+    for a, b in zip(jax.tree.leaves(results[0][:2]), jax.tree.leaves(results[1][:2])):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert max(np.abs(x).max() for x in jax.tree.leaves(results[0][0])) > 1e-4
+    for key in ("loss", "pg_loss", "kl", "entropy", "value_loss", "clip_frac_low"):
+        np.testing.assert_allclose(results[0][2][key], results[1][2][key], atol=1e-6)
+
+
+def test_sharded_step_equals_unsharded():
+    batch = make_batch("joint", b=8)
+    params = models.init_params(CONFIG, jax.random.key(0))
+    tx = rl.make_optimizer(learning_rate=1e-2)
+    cfg = rl.TrainConfig(loss=losses.LossConfig(kl_coef=0.05), micro_batches=2, ppo_epochs=2,
+                         minibatches=2)
+    ref_state, ref_metrics = rl.jit_train_step(CONFIG, cfg, tx)(
+        rl.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(1))
+
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    sharded_params = sharding.shard_params(CONFIG, params, mesh)
+    state = jax.jit(lambda p: rl.init_state(p, tx))(sharded_params)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    batch_sh = jax.tree.map(lambda x: sharding.batch_sharding(mesh, x.ndim), batch)
+    step = rl.jit_train_step(CONFIG, cfg, tx, state_shardings=state_sh, batch_shardings=batch_sh)
+    new, metrics = step(state, jax.device_put(batch, batch_sh), jax.random.key(1))
+    assert new.params["layers"]["mlp"]["up_proj"].sharding.spec == \
+        sharded_params["layers"]["mlp"]["up_proj"].sharding.spec
+    diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new.params, ref_state.params)
+    assert max(jax.tree.leaves(diffs)) <= 1e-5
+    for key, value in ref_metrics.items():
+        np.testing.assert_allclose(metrics[key], value, atol=1e-5, err_msg=key)
+    assert int(new.step) == 4
+
+
+def test_metrics_are_complete_and_count_mask_tokens_per_segment():
+    batch = make_batch("think")
+    tx = rl.make_optimizer(learning_rate=1e-3)
+    state = rl.init_state(models.init_params(CONFIG, jax.random.key(0)), tx)
+    _, metrics = rl.jit_train_step(CONFIG, rl.TrainConfig(), tx)(state, batch, jax.random.key(0))
+    for key in ("loss", "pg_loss", "kl", "entropy", "clip_frac_low", "clip_frac_high",
+                "approx_kl", "adv_mean", "adv_std", "adv_nonzero_frac", "reward_mean",
+                "reward_std", "mask_think_tokens", "mask_response_tokens", "l2_grads",
+                "l2_params", "l2_updates"):
+        assert key in metrics, key
+    values = rl.check_finite(metrics, step=0)
+    assert values["mask_response_tokens"] == 0 and values["mask_think_tokens"] > 0
+    assert values["mask_think_tokens"] == float(np.asarray(batch.loss_mask).sum())
+
+
+def test_non_finite_metric_stops_with_step_and_name():
+    with pytest.raises(rl.NonFiniteError, match=r"step 17: metric 'l2_grads' is nan"):
+        rl.check_finite({"loss": 1.0, "l2_grads": float("nan")}, step=17)
+
+
+def test_invalid_settings_name_the_field():
+    with pytest.raises(ValueError, match=r"unknown policy_loss 'ppo2'"):
+        losses.LossConfig(policy_loss="ppo2")
+    with pytest.raises(ValueError, match=r"unknown aggregation 'mean'"):
+        losses.LossConfig(aggregation="mean")
+    with pytest.raises(ValueError, match=r"unknown kl_estimator 'k4'"):
+        losses.LossConfig(kl_estimator="k4")
+
+
+# ------------------------------------------------------------ rewards
+
+
+class _Recorder:
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, inputs):
+        self.seen.extend(inputs)
+        return np.ones(len(inputs), np.float32)
+
+
+def test_rewards_never_see_the_thinking():
+    from start_jax.tokenizer import CharTokenizer
+    tok = CharTokenizer()
+    special = sampling.SpecialTokens.from_tokenizer(tok)
+    prompts = [tok.encode("q: 2+2?"), tok.encode("q: 3+3?")]
+    thinking = [tok.encode("SECRETA"), tok.encode("SECRETB")]
+    config = CONFIG.replace(vocab_size=tok.vocab_size)
+    params = models.init_params(config, jax.random.key(0))
+    rollout = sampling.sample(config, params, prompts, sampling.SamplingConfig(response_budget=6),
+                              0, special, thinking=thinking)
+    rec = _Recorder()
+    scores = rewards.score(rollout, tok, rec, references=["4", "6"])
+    assert scores.shape == (2,)
+    for x, p in zip(rec.seen, ["q: 2+2?", "q: 3+3?"]):
+        assert x.prompt == p
+        for field in (x.prompt, x.response):
+            assert "SECRET" not in field
+        assert special.think not in x.response_ids and special.end_think not in x.response_ids
+
+
+def test_exact_match_and_math_verifier():
+    em = rewards.make("exact_match")
+    mk = lambda r, ref: rewards.RewardInput(r, r, (), (), ref)  # noqa: E731
+    np.testing.assert_array_equal(em([mk(" Tea. ", "tea"), mk("coffee", "tea")]), [1.0, 0.0])
+    math = rewards.make("math")
+    got = math([mk("so c = 14", "14"), mk(r"\boxed{3/4}", "0.75"), mk("1,000", "1000"),
+                mk("no number", "3"), mk("13", "14")])
+    np.testing.assert_array_equal(got, [1, 1, 1, 0, 0])
+    with pytest.raises(ValueError, match=r"unknown reward 'judge'; registered: \["):
+        rewards.make("judge")
