@@ -1,0 +1,101 @@
+"""Cross-Generation on constructed cases whose answers are known."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from start_jax import models, rewards, sampling
+from start_jax.eval import cross_generation as cg
+from start_jax.tokenizer import CharTokenizer
+
+QUESTIONS = [{"prompt": f"q{i}: {i}+{i}?", "reference": str(2 * i)} for i in range(40)]
+
+
+class Oracle:
+    """Writes the correct answer in its thinking."""
+
+    def think(self, prompts, seed):
+        return [f"the answer is {2 * int(p.split(':')[0][1:])}" for p in prompts]
+
+
+class Noise:
+    """Writes thinking that is of no use."""
+
+    def think(self, prompts, seed):
+        return ["hmm" for _ in prompts]
+
+
+class Copier:
+    """Answers with the last word of the thinking; its own thinking is empty."""
+
+    def answer(self, prompts, thinking, seed):
+        if thinking is None:
+            return ["" for _ in prompts]
+        return [t.split()[-1] if t.split() else "" for t in thinking]
+
+
+class Guesser:
+    """Ignores the thinking: right on a fixed tenth of the questions."""
+
+    def answer(self, prompts, thinking, seed):
+        return [str(2 * int(p.split(":")[0][1:])) if int(p.split(":")[0][1:]) % 10 == 0 else "x"
+                for p in prompts]
+
+
+def test_copying_answerer_gives_oracle_maximum_efficacy():
+    result = cg.run({"oracle": Oracle(), "noise": Noise()}, {"copier": Copier()}, QUESTIONS,
+                    rewards.make("exact_match"), seeds=(0, 1))
+    assert result.sources == ["oracle", "noise", "empty", "self"]
+    m = result.matrix
+    assert m[0, 0] == 1.0 and m[1, 0] == 0.0 and m[2, 0] == 0.0
+    assert result.efficacy["oracle"]["mean"] == pytest.approx(1.0)
+    assert result.efficacy["oracle"]["low"] == pytest.approx(1.0)
+    assert result.efficacy["noise"]["mean"] == 0.0
+    assert result.efficacy["self"]["mean"] == 0.0
+    assert result.scores.shape == (4, 1, 2, 40)
+
+
+def test_efficacy_is_measured_against_each_answerers_empty_control():
+    result = cg.run({"oracle": Oracle()}, {"copier": Copier(), "guesser": Guesser()}, QUESTIONS,
+                    rewards.make("exact_match"), seeds=(0,), include_self=False)
+    m = result.matrix
+    np.testing.assert_allclose(m[:, 1], [0.1, 0.1])   # The guesser ignores thinking.
+    # Mean over answerers of the gain over empty thinking: (1.0 + 0.0) / 2.
+    assert result.efficacy["oracle"]["mean"] == pytest.approx(0.5)
+    lo, hi = result.efficacy["oracle"]["low"], result.efficacy["oracle"]["high"]
+    assert lo <= 0.5 <= hi
+    text = result.table()
+    assert "oracle" in text and "+0.500" in text
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_data():
+    rs = np.random.RandomState(0)
+    small = cg.bootstrap_efficacy(rs.binomial(1, 0.3, size=(3, 1, 20)).astype(float))
+    large = cg.bootstrap_efficacy(rs.binomial(1, 0.3, size=(3, 1, 2000)).astype(float))
+    for e in (small, large):
+        assert e["low"] <= e["mean"] <= e["high"]
+    assert large["high"] - large["low"] < small["high"] - small["low"]
+
+
+def test_model_thinkers_and_answerers_through_the_sampler(tmp_path):
+    tok = CharTokenizer()
+    config = models.ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+                                num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)
+    sc = sampling.SamplingConfig(temperature=1.0, think_budget=6, response_budget=4)
+    a = models.init_params(config, jax.random.key(0))
+    b = models.init_params(config, jax.random.key(1))
+    result = cg.run({"t": cg.ModelThinker(config, a, tok, sc)},
+                    {"small": cg.ModelAnswerer(config, a, tok, sc),
+                     "other": cg.ModelAnswerer(config, b, tok, sc)},
+                    QUESTIONS[:6], rewards.make("exact_match"), seeds=(0,))
+    assert result.matrix.shape == (3, 2)
+    path = str(tmp_path / "heat.png")
+    result.heatmap(path)
+    assert os.path.getsize(path) > 1000
+    cg.save(result, str(tmp_path / "cg.json"))
+    with pytest.raises(ValueError, match="reserved for the controls"):
+        cg.run({"empty": Oracle()}, {"c": Copier()}, QUESTIONS, rewards.make("exact_match"))
