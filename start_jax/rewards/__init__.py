@@ -12,3 +12,4 @@ from start_jax.rewards.base import (
     response_inputs,
     score,
 )
+from start_jax.rewards import reward_model  # noqa: E402,F401  (registers 'reward_model')
