@@ -1,0 +1,243 @@
+"""Loading task data sets (tfds, array_record) and iterating over prompts.
+
+* `load_synthetic` / `load_jsonl` / `load` build a data set once under
+  ``data_dir`` (later calls reuse it) and return a `DecodedSource`: a random-access
+  sequence of dicts ``{prompt, reference, thinking, family, metadata}`` of ``str``
+  (``metadata`` is a JSON object as text).
+* `PromptIterator` yields deterministic, resumable batches of examples.
+
+No TensorFlow is needed: the builders write array_record files and are read with
+``builder.as_data_source``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from start_jax.data.builders.jsonl_tasks import JsonlConfig, JsonlTasks
+from start_jax.data.builders.synthetic_world import SyntheticWorld, SyntheticWorldConfig
+
+FILE_FORMAT = "array_record"
+
+
+class DecodedSource(Sequence):
+    """A tfds data source whose bytes values are decoded to ``str``."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @staticmethod
+    def _decode(row: dict) -> dict[str, Any]:
+        return {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in row.items()}
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a source of {len(self)} rows")
+        return self._decode(self.source[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return [self[i] for i in indices]
+
+    def __repr__(self) -> str:
+        return f"DecodedSource({self.source!r})"
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    """Hides tfds progress bars while building, then restores the previous setting."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    previous = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(previous)
+
+
+def prepare(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.GeneratorBasedBuilder:
+    """Generates the builder's data set unless it is already prepared; returns it."""
+    if not builder.is_prepared():
+        with _quiet_progress():
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+                file_format=FILE_FORMAT)
+    return builder
+
+
+def _source(builder, split: str) -> DecodedSource:
+    prepare(builder)
+    if split not in builder.info.splits:
+        raise ValueError(f"{builder.name}/{builder.builder_config.name} has no split {split!r}; "
+                         f"it has {sorted(builder.info.splits)}")
+    return DecodedSource(builder.as_data_source(split=split))
+
+
+def synthetic_config(config_name: str, **overrides) -> SyntheticWorldConfig:
+    """A named `SyntheticWorld` config, with field overrides and a derived name.
+
+    ``synthetic_config("facts", seed=3, train_size=50)`` is named
+    ``facts_s3_n50_200_p850`` so that it is stored apart from ``facts``.
+    """
+    configs = {c.name: c for c in SyntheticWorld.BUILDER_CONFIGS}
+    if config_name not in configs:
+        raise ValueError(f"unknown synthetic config {config_name!r}; expected one of "
+                         f"{sorted(configs)} (pass overrides for other sizes or seeds)")
+    base = configs[config_name]
+    if not overrides:
+        return base
+    fields = {f.name for f in dataclasses.fields(SyntheticWorldConfig)}
+    unknown = set(overrides) - (fields - {"name", "version", "release_notes",
+                                          "supported_versions", "tags", "description"})
+    if unknown:
+        raise ValueError(f"unknown SyntheticWorldConfig fields {sorted(unknown)}")
+    c = dataclasses.replace(base, **overrides)
+    c.name = (f"{c.family}_s{c.seed}_n{c.train_size}_{c.test_size}"
+              f"_p{round(c.p_misleading * 1000)}")
+    c.description = f"{config_name} with {overrides}"
+    return c
+
+
+def load_synthetic(config_name: str, data_dir: str | os.PathLike, split: str,
+                   **overrides) -> DecodedSource:
+    """The ``split`` of a `SyntheticWorld` config (built under ``data_dir`` once).
+
+    ``overrides`` (family, seed, train_size, test_size, p_misleading) make a
+    custom config, see `synthetic_config`.
+    """
+    config = synthetic_config(config_name, **overrides)
+    return _source(SyntheticWorld(config=config, data_dir=os.fspath(data_dir),
+                                  file_format=FILE_FORMAT), split)
+
+
+def jsonl_config(train_path: str | os.PathLike,
+                 test_path: str | os.PathLike | None = None) -> JsonlConfig:
+    """A `JsonlConfig` named after a hash of the files' contents.
+
+    Editing a file therefore builds a new data set instead of reusing a stale one.
+
+    Raises:
+      FileNotFoundError: A file does not exist.
+    """
+    digest = hashlib.sha256()
+    paths = [os.path.abspath(os.fspath(p)) for p in (train_path, test_path) if p]
+    for i, path in enumerate(paths):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"JSONL file {path} not found")
+        digest.update(f"{i}:".encode())
+        with open(path, "rb") as f:
+            digest.update(hashlib.sha256(f.read()).digest())
+    return JsonlConfig(name=f"jsonl_{digest.hexdigest()[:16]}", train_path=paths[0],
+                       test_path=paths[1] if len(paths) > 1 else None,
+                       description=f"JSONL tasks from {paths}")
+
+
+def load_jsonl(train_path: str | os.PathLike, test_path: str | os.PathLike | None,
+               data_dir: str | os.PathLike, split: str) -> DecodedSource:
+    """The ``split`` ("train" or "test") of a user's JSONL files, built once.
+
+    Raises:
+      FileNotFoundError: A file does not exist.
+      ValueError: A line is malformed (the message names the file and line).
+    """
+    config = jsonl_config(train_path, test_path)
+    return _source(JsonlTasks(config=config, data_dir=os.fspath(data_dir),
+                              file_format=FILE_FORMAT), split)
+
+
+def load(name_or_config: str | SyntheticWorldConfig | JsonlConfig,
+         data_dir: str | os.PathLike, split: str) -> DecodedSource:
+    """A split of a synthetic config name (``"facts"``) or of a builder config."""
+    if isinstance(name_or_config, str):
+        return load_synthetic(name_or_config, data_dir, split)
+    if isinstance(name_or_config, SyntheticWorldConfig):
+        builder = SyntheticWorld(config=name_or_config, data_dir=os.fspath(data_dir),
+                                 file_format=FILE_FORMAT)
+    elif isinstance(name_or_config, JsonlConfig):
+        builder = JsonlTasks(config=name_or_config, data_dir=os.fspath(data_dir),
+                             file_format=FILE_FORMAT)
+    else:
+        raise TypeError(f"expected a config name or a builder config, got {name_or_config!r}")
+    return _source(builder, split)
+
+
+class PromptIterator:
+    """Deterministic, resumable batches of examples from a random-access source.
+
+    Epoch ``e`` visits the rows in the order ``default_rng([seed, e]).permutation``;
+    a batch that reaches the end of an epoch is completed from the next one, so
+    every batch has ``batch_size`` rows. `state` is ``{"epoch", "position"}`` (ints,
+    JSON-serialisable); an iterator that `restore`s it yields exactly the batches
+    the original would have yielded next.
+    """
+
+    def __init__(self, source: Sequence, batch_size: int, seed: int):
+        if len(source) == 0:
+            raise ValueError("PromptIterator: the source is empty")
+        if batch_size < 1:
+            raise ValueError(f"PromptIterator: batch_size must be >= 1, got {batch_size}")
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.position = 0
+        self._order_epoch = -1
+        self._order = np.zeros((0,), np.int64)
+
+    def _order_of(self, epoch: int) -> np.ndarray:
+        if epoch != self._order_epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order = rng.permutation(len(self.source))
+            self._order_epoch = epoch
+        return self._order
+
+    def next_indices(self) -> list[int]:
+        """The source indices of the next batch (advances the iterator)."""
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            order = self._order_of(self.epoch)
+            take = order[self.position:self.position + self.batch_size - len(out)]
+            out.extend(int(i) for i in take)
+            self.position += len(take)
+            if self.position >= len(order):
+                self.epoch += 1
+                self.position = 0
+        return out
+
+    def next_batch(self) -> list[dict]:
+        """The next ``batch_size`` examples."""
+        return [self.source[i] for i in self.next_indices()]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[dict]:
+        return self.next_batch()
+
+    def state(self) -> dict[str, int]:
+        """``{"epoch": int, "position": int}``: where the next batch starts."""
+        return {"epoch": int(self.epoch), "position": int(self.position)}
+
+    def restore(self, state: dict) -> None:
+        """Continues from a `state` (e.g. read back from a checkpoint's JSON)."""
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position < len(self.source):
+            raise ValueError(f"PromptIterator.restore: bad state {state!r} for a source "
+                             f"of {len(self.source)} rows")
+        self.epoch, self.position = epoch, position

@@ -1,0 +1,69 @@
+"""Orbax checkpoints of a run: train state plus JSON metadata.
+
+A checkpoint holds the policy, its optimizer state, the critic and its
+optimizer state, and a JSON record with the step, the stage, the data
+iterator position, the seed and the model configuration. Saves are atomic
+(orbax writes to a temporary directory and renames), so a run killed in the
+middle of a save resumes from the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint was written for a different model."""
+
+
+class Checkpointer:
+    """Saves every `every` steps, keeps `keep`, restores the latest."""
+
+    def __init__(self, directory: str, keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, meta: dict, force: bool = False) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, target_state, model_fields: dict):
+        """Restores (state, meta) into the structure and shardings of `target_state`."""
+        meta = self.manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+        saved = meta.get("model", {})
+        diffs = [f"{k}: checkpoint {saved.get(k)!r} != config {v!r}"
+                 for k, v in model_fields.items() if saved.get(k) != v]
+        if diffs:
+            raise CheckpointMismatch(
+                f"checkpoint {self.directory}/{step} was written for a different model ("
+                + "; ".join(diffs) + "); use another --workdir or the matching config")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))["state"]
+        return restored, meta
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def model_fields(model_config) -> dict:
+    """The fields of a model config that fix parameter shapes, JSON-ready."""
+    keys = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_layers",
+            "num_heads", "num_kv_heads", "head_dim", "tie_embeddings", "param_dtype")
+    d = dataclasses.asdict(model_config)
+    return {k: d[k] for k in keys}

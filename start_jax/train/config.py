@@ -1,0 +1,166 @@
+"""The run configuration: one `ml_collections.ConfigDict` schema with defaults.
+
+Experiment files under `experiments/configs/` start from `default_config()`
+and change fields; `validate` rejects keys the schema does not know, naming
+the full key, so a typo never silently falls back to a default. The defaults
+are the embedded START run: a tiny model on the synthetic world, on CPU.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from start_jax.rl import losses, masks
+from start_jax.rl.advantages import SEQUENCE_ESTIMATORS
+
+ADVANTAGES = tuple(sorted(SEQUENCE_ESTIMATORS)) + ("gae",)
+RESPONDERS = ("self", "frozen")
+# Sections whose keys are free-form (checked where they are used).
+_FREE_FORM = ("reward.kwargs", "stages")
+
+
+def stage(train_segments: str = "joint", responder: str = "self", steps: int = 10,
+                    learning_rate: float = 1e-4) -> ml_collections.ConfigDict:
+    """One stage of the schedule."""
+    return ml_collections.ConfigDict(dict(
+            train_segments=train_segments,  # joint | think | response.
+            responder=responder,            # self | frozen: who writes the response.
+            steps=steps,                    # RL steps in this stage.
+            learning_rate=learning_rate,    # Peak learning rate of the stage.
+    ))
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Schema and defaults (the embedded START run)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0                       # Seeds init, data order and sampling.
+    c.tokenizer = "char"             # 'char' or a directory with tokenizer.json.
+    c.init_checkpoint = ""           # HF directory to start from; '' = random init + SFT.
+
+    c.model = ml_collections.ConfigDict()
+    c.model.model_type = "qwen3"     # llama, qwen2 or qwen3 (random init only).
+    c.model.hidden_size = 64         # Residual width.
+    c.model.intermediate_size = 192  # SwiGLU width.
+    c.model.num_layers = 2           # Decoder blocks.
+    c.model.num_heads = 4            # Query heads.
+    c.model.num_kv_heads = 2         # Key/value heads.
+    c.model.head_dim = 16            # Head width.
+    c.model.max_position_embeddings = 512  # Context length.
+    c.model.dtype = "float32"        # Compute dtype.
+    c.model.param_dtype = "float32"  # Parameter dtype.
+    c.model.remat = False            # Recompute blocks in the backward pass.
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1                  # Replicated data parallelism.
+    c.mesh.fsdp = -1                 # Sharded data parallelism; -1 = remaining devices.
+    c.mesh.tensor = 1                # Tensor parallelism.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"      # 'synthetic' or 'jsonl'.
+    c.data.name = "mixed"            # Synthetic config: arith | facts | mixed.
+    c.data.train_path = ""           # JSONL train file (source='jsonl').
+    c.data.test_path = ""            # JSONL test file (source='jsonl').
+    c.data.data_dir = ""             # tfds data_dir; '' = <workdir>/data.
+    c.data.prompts_per_step = 8      # Distinct prompts per RL step.
+    c.data.max_prompt_tokens = 128   # Longer prompts are an error.
+
+    c.sft = ml_collections.ConfigDict()
+    c.sft.steps = 300                # Cold-start SFT steps on gold traces (random init).
+    c.sft.batch_size = 32            # Sequences per SFT step.
+    c.sft.learning_rate = 3e-3       # SFT peak learning rate.
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.temperature = 1.0     # Rollout temperature.
+    c.sampling.top_k = 0             # 0 = off.
+    c.sampling.top_p = 1.0           # 1 = off.
+    c.sampling.think_budget = 48     # Thinking tokens before </think> is forced.
+    c.sampling.response_budget = 16  # Response tokens, eos included.
+
+    c.reward = ml_collections.ConfigDict()
+    c.reward.name = "synthetic"      # A registered reward (start_jax.rewards).
+    c.reward.kwargs = ml_collections.ConfigDict()  # Passed to the reward factory.
+
+    c.algo = ml_collections.ConfigDict()
+    c.algo.advantage = "grpo"        # grpo | rloo | reinforce_pp | gae.
+    c.algo.group_size = 4            # Completions per prompt.
+    c.algo.grpo_scale = "std"        # 'std' or 'none' (Dr.GRPO).
+    c.algo.group_baseline = True     # REINFORCE++: subtract the group mean.
+    c.algo.gamma = 1.0               # GAE discount.
+    c.algo.lam = 0.95                # GAE lambda.
+    c.algo.policy_loss = "ppo"       # ppo | dual_clip | gspo.
+    c.algo.clip_low = 0.2            # PPO lower clip.
+    c.algo.clip_high = 0.28          # PPO upper clip (DAPO clip-higher).
+    c.algo.dual_clip = 3.0           # Dual-clip constant.
+    c.algo.aggregation = "token-mean"  # Loss aggregation mode.
+    c.algo.kl_coef = 0.0             # KL to the reference policy.
+    c.algo.kl_estimator = "k3"       # k1 | k2 | k3.
+    c.algo.kl_scope = "mask"         # 'mask' or 'completion'.
+    c.algo.entropy_coef = 0.0        # Entropy bonus.
+    c.algo.ppo_epochs = 1            # mu: passes over each rollout batch.
+    c.algo.minibatches = 1           # Optimizer updates per pass.
+    c.algo.micro_batches = 1         # Gradient accumulation slices.
+    c.algo.value_clip = 0.2          # Critic value clipping.
+    c.algo.value_coef = 0.5          # Critic loss weight.
+    c.algo.critic_learning_rate = 1e-3  # Critic learning rate.
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.warmup_steps = 0         # Linear warmup at the start of each stage.
+    c.optim.weight_decay = 0.0       # AdamW weight decay.
+    c.optim.max_grad_norm = 1.0      # Global-norm clipping.
+
+    c.schedule = "start"             # Name of the stage schedule (for logs).
+    c.stages = ml_collections.ConfigDict()  # Run in sorted key order.
+    c.stages.s1 = stage("think", "self", steps=12, learning_rate=3e-4)
+    c.stages.s2 = stage("response", "self", steps=8, learning_rate=3e-4)
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 5           # Save every N RL steps.
+    c.checkpoint.keep = 2            # Checkpoints kept.
+    c.checkpoint.export_hf = True    # Write the final policy as a HF directory.
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 10                # Evaluate every N RL steps (and at the end).
+    c.eval.prompts = 32              # Test prompts per evaluation.
+
+    c.log = ml_collections.ConfigDict()
+    c.log.samples_every = 5          # Write decoded rollouts every N steps.
+    c.log.samples = 4                # Rollouts written each time.
+    c.log.progress = True            # Show a progress bar.
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for unknown keys or values, naming the full key."""
+    _check_keys(config, default_config(), "")
+    for key, value, allowed in (
+            ("algo.advantage", config.algo.advantage, ADVANTAGES),
+            ("algo.policy_loss", config.algo.policy_loss, losses.POLICY_LOSSES),
+            ("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS),
+            ("algo.kl_estimator", config.algo.kl_estimator, losses.KL_ESTIMATORS),
+            ("data.source", config.data.source, ("synthetic", "jsonl"))):
+        if value not in allowed:
+            raise ValueError(f"config: {key}={value!r} is not one of {list(allowed)}")
+    if not len(config.stages):
+        raise ValueError("config: stages is empty; give at least one stage")
+    for name, st in sorted(config.stages.items()):
+        _check_keys(st, stage(), f"stages.{name}.")
+        if st.train_segments not in masks.TRAIN_SEGMENTS:
+            raise ValueError(f"config: stages.{name}.train_segments={st.train_segments!r} is not one "
+                                              f"of {sorted(masks.TRAIN_SEGMENTS)}")
+        if st.responder not in RESPONDERS:
+            raise ValueError(f"config: stages.{name}.responder={st.responder!r} is not one of "
+                                              f"{list(RESPONDERS)}")
+
+
+def _check_keys(config, schema, prefix: str) -> None:
+    for key in config.keys():
+        full = prefix + key
+        if full in _FREE_FORM:
+            continue
+        if key not in schema:
+            known = ", ".join(sorted(schema.keys()))
+            where = f"under '{prefix[:-1]}'" if prefix else "at the top level"
+            raise ValueError(f"config: unknown key '{full}' (known keys {where}: {known})")
+        if isinstance(config[key], ml_collections.ConfigDict) and isinstance(
+                schema[key], ml_collections.ConfigDict):
+            _check_keys(config[key], schema[key], full + ".")

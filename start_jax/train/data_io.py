@@ -1,0 +1,130 @@
+"""What a run reads: tokenizer, data sets, prompts and the initial policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+from absl import logging
+
+from start_jax import models, sharding
+from start_jax.checkpoints import read_config
+from start_jax.data import pipeline, world
+from start_jax.data.pipeline import PromptIterator  # noqa: F401  (re-exported)
+from start_jax.tokenizer import load_tokenizer
+from start_jax.train import sft
+
+
+def tokenizer_of(config):
+    """The run's tokenizer; one without think tags fails here, naming the file."""
+    return load_tokenizer(config.tokenizer)
+
+
+class _Decoded:
+    """A data source whose rows have `metadata` parsed from JSON."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        row = dict(self.source[i])
+        meta = row.get("metadata") or {}
+        if isinstance(meta, (bytes, str)):
+            meta = json.loads(meta or "{}")
+        row["metadata"] = {**meta, "family": row.get("family", meta.get("family", ""))}
+        return row
+
+
+def datasets(config, workdir: str):
+    """(train, test) sources of example dicts."""
+    d = config.data
+    data_dir = d.data_dir or os.path.join(workdir, "data")
+    if d.source == "synthetic":
+        load = lambda split: pipeline.load_synthetic(d.name, data_dir, split)  # noqa: E731
+    else:
+        if not d.train_path:
+            raise ValueError("config: data.source='jsonl' needs data.train_path")
+        load = lambda split: pipeline.load_jsonl(  # noqa: E731
+            d.train_path, d.test_path or d.train_path, data_dir, split)
+    return _Decoded(load("train")), _Decoded(load("test"))
+
+
+def encode_prompts(tokenizer, examples, max_tokens: int) -> list[list[int]]:
+    out = []
+    for e in examples:
+        ids = tokenizer.encode(e["prompt"])
+        if len(ids) > max_tokens:
+            raise ValueError(
+                f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens={max_tokens}: "
+                f"{e['prompt'][:60]!r}")
+        out.append(ids)
+    return out
+
+
+def initial_policy(config, workdir: str, tokenizer, mesh, train_data):
+    """(model_config, params): a HF checkpoint, or a random init after cold-start SFT.
+
+    The SFT result is written to <workdir>/init_policy once and loaded from
+    there on resume, so the reference policy and the frozen responder are the
+    same in every process of a run.
+    """
+    dtype = config.model.param_dtype
+    if config.init_checkpoint:
+        model_config, params = models.load_pretrained(
+            config.init_checkpoint, dtype=dtype, compute_dtype=config.model.dtype, mesh=mesh,
+            remat=config.model.remat)
+        if model_config.vocab_size < tokenizer.vocab_size:
+            raise ValueError(f"{config.init_checkpoint}: vocab_size {model_config.vocab_size} is "
+                             f"smaller than the tokenizer's {tokenizer.vocab_size}")
+        return model_config, params
+    path = os.path.join(workdir, "init_policy")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        model_config = models.ModelConfig(
+            vocab_size=tokenizer.vocab_size, qk_norm=config.model.model_type == "qwen3",
+            qkv_bias=config.model.model_type == "qwen2",
+            eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+            **{k: v for k, v in config.model.to_dict().items() if k != "remat"})
+        params = sharding.init_sharded(model_config, jax.random.key(config.seed), mesh)
+        if config.sft.steps:
+            n = min(len(train_data), 4000)
+            examples = [train_data[i] for i in range(n)]
+            params, losses = sft.train_sft(
+                model_config, params, tokenizer, examples, config.sft.steps, config.sft.batch_size,
+                config.sft.learning_rate, seed=config.seed, progress=config.log.progress,
+                response_fn=lambda e: world.golden_response(_example(e), styled=False))
+            logging.info("cold-start SFT: final losses %s", np.round(losses, 3))
+        tmp = path + ".tmp"
+        models.save_pretrained(model_config, params, tmp)
+        shutil.rmtree(path, ignore_errors=True)  # A partial directory from a killed run.
+        os.replace(tmp, path)
+    _check_cached(path, config, tokenizer)
+    model_config, params = models.load_pretrained(
+        path, dtype=dtype, compute_dtype=config.model.dtype, mesh=mesh, remat=config.model.remat)
+    return model_config.replace(max_position_embeddings=config.model.max_position_embeddings), params
+
+
+def _example(row: dict) -> "world.Example":
+    return world.Example(prompt=row["prompt"], reference=row["reference"],
+                         thinking=row.get("thinking", ""), family=row["metadata"].get("family", ""),
+                         metadata=row["metadata"])
+
+
+def _check_cached(path: str, config, tokenizer) -> None:
+    """The cached initial policy must have the shape the config asks for."""
+    cached = read_config(path)
+    want = dict(model_type=config.model.model_type, hidden_size=config.model.hidden_size,
+                intermediate_size=config.model.intermediate_size,
+                num_layers=config.model.num_layers, num_heads=config.model.num_heads,
+                num_kv_heads=config.model.num_kv_heads, head_dim=config.model.head_dim,
+                vocab_size=tokenizer.vocab_size)
+    diffs = [f"{k}: {getattr(cached, k)!r} != {v!r}" for k, v in want.items()
+             if getattr(cached, k) != v]
+    if diffs:
+        raise ValueError(f"{path} was made for a different model ({'; '.join(diffs)}); "
+                         "use another --workdir or the matching config")

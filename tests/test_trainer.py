@@ -1,0 +1,215 @@
+"""The trainer end to end: stages, resume after SIGKILL/SIGTERM, outputs and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from start_jax import train
+from start_jax.train import checkpointing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "experiments", "configs", "smoke.py")
+
+
+def smoke_config():
+    sys.path.insert(0, os.path.dirname(SMOKE))
+    try:
+        import smoke  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    return smoke.get_config()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One in-process smoke run: (trainer, summary, initial params copy)."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    trainer = train.Trainer(smoke_config(), workdir)
+    init = jax.tree.map(np.array, trainer.init_params)
+    summary = trainer.run()
+    return trainer, summary, init
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_each_stage_trains_only_its_segments(finished_run):
+    trainer, _, _ = finished_run
+    rows = _metrics(trainer.workdir)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for r in rows:
+        if r["stage"] == 0:   # think
+            assert r["mask_think_tokens"] > 0 and r["mask_response_tokens"] == 0
+        else:                 # response
+            assert r["mask_response_tokens"] > 0 and r["mask_think_tokens"] == 0
+        assert r["mask_other_tokens"] == 0
+    assert "eval/reward" in rows[2] and "eval/reward" in rows[5]
+
+
+def test_frozen_responder_and_reference_are_unchanged(finished_run):
+    trainer, summary, init = finished_run
+    for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(trainer.init_params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    changed = [not np.array_equal(a, np.asarray(b))
+               for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(summary["params"]))]
+    assert any(changed), "the policy did not train"
+
+
+def test_outputs_are_written_and_readable(finished_run):
+    trainer, summary, _ = finished_run
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(os.path.join(trainer.workdir, "tensorboard"))
+    acc.Reload()
+    assert "reward_mean" in acc.Tags()["scalars"]
+    events = acc.Scalars("reward_mean")
+    assert [e.step for e in events] == list(range(1, 7))
+    metrics = _metrics(trainer.workdir)
+    np.testing.assert_allclose([e.value for e in events], [m["reward_mean"] for m in metrics],
+                               rtol=1e-6)
+    with open(os.path.join(trainer.workdir, "samples.jsonl")) as fh:
+        sample = json.loads(fh.readline())
+    assert {"prompt", "thinking", "response", "reward", "step"} <= set(sample)
+    from start_jax import models
+    config, _ = models.load_pretrained(summary["export"])
+    assert config.hidden_size == 32
+
+
+def _launch(workdir, *extra):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), f"--config={SMOKE}",
+                             f"--workdir={workdir}", *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(proc, workdir, step, timeout=240):
+    path = os.path.join(workdir, "metrics.jsonl")
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
+        if os.path.exists(path):
+            with open(path) as fh:
+                steps = [json.loads(line)["step"] for line in fh if line.strip()]
+            if steps and steps[-1] >= step:
+                return steps[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def _finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_resume_after_sigkill_and_sigterm_reproduces_every_metric(tmp_path):
+    reference = str(tmp_path / "reference")
+    _finish(_launch(reference))
+
+    workdir = str(tmp_path / "interrupted")
+    proc = _launch(workdir)
+    seen = _wait_for_step(proc, workdir, 3)       # Checkpoints are at steps 2, 4 and 6.
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert seen in (3,), f"killed after step {seen}, not between checkpoints"
+
+    proc = _launch(workdir)
+    _wait_for_step(proc, workdir, 4)
+    proc.send_signal(signal.SIGTERM)
+    out = _finish(proc)
+    assert "stopped by SIGTERM" in out
+    saved = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step()
+    assert saved is not None and saved >= 4
+
+    out = _finish(_launch(workdir))
+    assert f"resuming from step {saved}" in out
+    assert _metrics(workdir) == _metrics(reference)
+
+
+# ------------------------------------------------------------ bad inputs
+
+
+def test_unknown_config_key_names_it():
+    config = smoke_config()
+    config.algo.learning_rat = 1.0
+    with pytest.raises(ValueError, match=re.escape("config: unknown key 'algo.learning_rat' "
+                                                   "(known keys under 'algo': ")):
+        train.validate(config)
+
+
+def test_unknown_algorithm_and_reward_names(tmp_path):
+    config = smoke_config()
+    config.algo.advantage = "ppo"
+    with pytest.raises(ValueError, match=re.escape(
+            "config: algo.advantage='ppo' is not one of ['grpo', 'reinforce_pp', 'rloo', 'gae']")):
+        train.validate(config)
+    config = smoke_config()
+    config.reward.name = "judge"
+    with pytest.raises(ValueError, match=re.escape("unknown reward 'judge'; registered: [")):
+        train.Trainer(config, str(tmp_path))
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "a?", "reference": "b"}\n{"prompt": "c?"}\n')
+    config = smoke_config()
+    config.data.source = "jsonl"
+    config.data.train_path = str(path)
+    with pytest.raises(ValueError, match=re.escape(f"{path} line 2: missing field 'reference'")):
+        train.Trainer(config, str(tmp_path / "run"))
+
+
+def test_prompt_longer_than_context(tmp_path):
+    config = smoke_config()
+    config.data.max_prompt_tokens = 5
+    trainer = train.Trainer(config, str(tmp_path))
+    with pytest.raises(ValueError, match=r"prompt has \d+ tokens, more than "
+                       r"data.max_prompt_tokens=5: "):
+        trainer.run()
+
+
+def test_checkpoint_from_a_different_model(tmp_path, finished_run):
+    trainer, _, _ = finished_run
+    ckpt = checkpointing.Checkpointer(os.path.join(trainer.workdir, "checkpoints"))
+    fields = dict(checkpointing.model_fields(trainer.model_config), hidden_size=48)
+    target = trainer.fresh_state(trainer.stages[0], trainer.init_params)
+    with pytest.raises(checkpointing.CheckpointMismatch, match=re.escape(
+            f"checkpoint {trainer.workdir}/checkpoints/6 was written for a different model "
+            "(hidden_size: checkpoint 32 != config 48)")):
+        ckpt.restore(6, target, fields)
+    # The same through the trainer: a workdir made for another model shape.
+    config = smoke_config()
+    config.model.hidden_size = 48
+    with pytest.raises(ValueError, match=re.escape(
+            f"{trainer.workdir}/init_policy was made for a different model "
+            "(hidden_size: 32 != 48)")):
+        train.Trainer(config, trainer.workdir)
+
+
+def test_tokenizer_without_think_tags(tmp_path):
+    import tokenizers
+    from tokenizers import models as tmodels
+    tok = tokenizers.Tokenizer(tmodels.WordLevel({"a": 0, "b": 1, "<eos>": 2}, unk_token="a"))
+    tok.add_special_tokens(["<eos>"])
+    d = tmp_path / "tok"
+    d.mkdir()
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))
+    config = smoke_config()
+    config.tokenizer = str(d)
+    with pytest.raises(ValueError, match=re.escape(
+            f"tokenizer {d / 'tokenizer.json'} has no token '<think>'")):
+        train.Trainer(config, str(tmp_path / "run"))
