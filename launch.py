@@ -20,6 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Experiment config file (a get_config() module).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; default ./workdir/<config name>.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+# Library INFO logs (orbax, tfds) would interleave with the progress bar; -v 0 restores them.
+flags.FLAGS.set_default("verbosity", -1)
 
 
 def main(argv):

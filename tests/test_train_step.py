@@ -61,20 +61,22 @@ def test_chunked_log_probs_equal_naive_and_so_do_gradients():
 
     def naive(p):
         logits = models.apply(CONFIG, p, batch.tokens, positions=None,
-                              attention_mask=batch.segment_ids != 0).logits
-        logits = logits / 0.8
-        # Positions follow the attention mask in both paths.
+                              attention_mask=batch.segment_ids != 0).logits / 0.8
         logp = jax.nn.log_softmax(logits, -1)
         picked = jnp.take_along_axis(logp[:, :-1], batch.tokens[:, 1:, None], -1)[..., 0]
-        return jnp.pad(picked, ((0, 0), (1, 0)))
+        entropy = -jnp.sum(jnp.exp(logp) * logp, -1)[:, :-1]
+        return jnp.pad(picked, ((0, 0), (1, 0))), jnp.pad(entropy, ((0, 0), (1, 0)))
 
     def chunked(p):
-        return rl.token_log_probs(CONFIG, p, batch.tokens, batch.segment_ids, 0.8, chunk=3)[0]
+        return rl.token_log_probs(CONFIG, p, batch.tokens, batch.segment_ids, 0.8, chunk=3)
 
-    np.testing.assert_allclose(chunked(params), naive(params), atol=1e-5)
-    w = jnp.asarray(np.random.RandomState(1).randn(*batch.tokens.shape), jnp.float32)
-    g1 = jax.grad(lambda p: jnp.sum(chunked(p) * w))(params)
-    g2 = jax.grad(lambda p: jnp.sum(naive(p) * w))(params)
+    for ours, ref in zip(chunked(params), naive(params)):
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
+    rs = np.random.RandomState(1)
+    w1, w2 = (jnp.asarray(rs.randn(*batch.tokens.shape), jnp.float32) for _ in range(2))
+    objective = lambda f: lambda p: jnp.sum(f(p)[0] * w1 + f(p)[1] * w2)  # noqa: E731
+    g1 = jax.grad(objective(chunked))(params)
+    g2 = jax.grad(objective(naive))(params)
     diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g1, g2)
     assert max(jax.tree.leaves(diffs)) <= 1e-5
 

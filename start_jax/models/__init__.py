@@ -7,6 +7,7 @@ from start_jax.models.transformer import (
     KVCache,
     apply,
     forward,
+    head_kernel,
     head_logits,
     head_values,
     init_cache,

@@ -208,6 +208,13 @@ def head_logits(config: ModelConfig, params, hidden: jax.Array) -> jax.Array:
     return Transformer(config).apply({"params": params}, hidden, method=Transformer.logits)
 
 
+def head_kernel(config: ModelConfig, params) -> jax.Array:
+    """The policy head as a [D, V] matrix (the embedding table, transposed, when tied)."""
+    if config.tie_embeddings:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]
+
+
 def head_values(config: ModelConfig, params, hidden: jax.Array) -> jax.Array:
     """Value-head scalars [B, T] float32 for hidden states [B, T, D]."""
     return Transformer(config).apply({"params": params}, hidden, method=Transformer.values)

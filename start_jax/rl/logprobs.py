@@ -57,26 +57,81 @@ def logits_log_probs(logits: jax.Array, targets: jax.Array, temperature: float =
     return picked - logz, logz - jnp.sum(probs * logits, axis=-1)
 
 
+def _chunk_logits(h, kernel, temperature, dtype):
+    """[B, C, D] x [D, V] -> [B, C, V] float32 logits / temperature."""
+    return jnp.einsum("BCD,DV->BCV", h.astype(dtype), kernel.astype(dtype),
+                      preferred_element_type=jnp.float32) / temperature
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def chunked_head(hidden, kernel, targets, temperature, chunk, dtype):
+    """log p_T(targets) and entropies [B, T] through the head `kernel` [D, V], chunked.
+
+    Forward and backward both loop over chunks of positions; the backward
+    recomputes each chunk's logits and writes d logits directly,
+
+      d/dz [g1 log p_y + g2 H] = g1 (onehot_y - p) - g2 p (log p + H),
+
+    so its peak memory is a few [B, chunk, V] arrays whatever the length.
+    """
+    return _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype)[0]
+
+
+def _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype):
+    t = hidden.shape[1]
+
+    def body(_, xs):
+        h, y = xs
+        return None, logits_log_probs(_chunk_logits(h, kernel, 1.0, dtype), y, temperature)
+
+    _, (logp, ent) = jax.lax.scan(body, None, (_chunks(hidden, chunk), _chunks(targets, chunk)))
+    return (_unchunk(logp, t), _unchunk(ent, t)), (hidden, kernel, targets)
+
+
+def _chunked_head_bwd(temperature, chunk, dtype, residuals, cotangents):
+    hidden, kernel, targets = residuals
+    g_logp, g_ent = cotangents
+    t = hidden.shape[1]
+
+    def body(d_kernel, xs):
+        h, y, a, b = xs
+        z = _chunk_logits(h, kernel, temperature, dtype)             # [B, C, V]
+        log_p = z - jax.nn.logsumexp(z, axis=-1, keepdims=True)
+        p = jnp.exp(log_p)
+        entropy = -jnp.sum(p * log_p, axis=-1, keepdims=True)
+        dz = -p * (a[..., None] + b[..., None] * (log_p + entropy))
+        dz = jnp.where(jnp.arange(z.shape[-1]) == y[..., None], dz + a[..., None], dz)
+        dz = (dz / temperature).astype(dtype)
+        d_h = jnp.einsum("BCV,DV->BCD", dz, kernel.astype(dtype),
+                         preferred_element_type=jnp.float32).astype(hidden.dtype)
+        d_kernel = d_kernel + jnp.einsum("BCD,BCV->DV", h.astype(dtype), dz,
+                                         preferred_element_type=jnp.float32)
+        return d_kernel, d_h
+
+    xs = (_chunks(hidden, chunk), _chunks(targets, chunk), _chunks(g_logp, chunk),
+          _chunks(g_ent, chunk))
+    d_kernel, d_h = jax.lax.scan(body, jnp.zeros(kernel.shape, jnp.float32), xs)
+    n, b, c, d = d_h.shape
+    d_hidden = jnp.moveaxis(d_h, 0, 1).reshape(b, n * c, d)[:, :t]
+    return d_hidden, d_kernel.astype(kernel.dtype), None
+
+
+chunked_head.defvjp(_chunked_head_fwd, _chunked_head_bwd)
+
+
 def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.Array,
                    temperature: float = 1.0, chunk: int = 256
                    ) -> tuple[jax.Array, jax.Array]:
     """log p_T(targets) and entropies [B, T] from hidden states [B, T, D].
 
     p_T = softmax(logits / temperature): the distribution the sampler drew
-    from. Logits exist for one chunk of positions at a time.
+    from. Logits exist for one chunk of positions at a time, in the forward
+    and in the backward pass (`chunked_head`).
     """
-    t = hidden.shape[1]
-    chunk = max(1, min(chunk, t))
-
-    @jax.checkpoint
-    def one_chunk(h, y):
-        return logits_log_probs(transformer.head_logits(config, params, h), y, temperature)
-
-    def body(carry, xs):
-        return carry, one_chunk(*xs)
-
-    _, (logp, entropy) = jax.lax.scan(body, None, (_chunks(hidden, chunk), _chunks(targets, chunk)))
-    return _unchunk(logp, t), _unchunk(entropy, t)
+    chunk = max(1, min(chunk, hidden.shape[1]))
+    kernel = transformer.head_kernel(config, params)
+    return chunked_head(hidden, kernel, targets.astype(jnp.int32), float(temperature), chunk,
+                        config.jnp_dtype)
 
 
 def token_log_probs(config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array,
