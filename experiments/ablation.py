@@ -274,6 +274,40 @@ def plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
+def matrix(results: dict, family: str):
+    """Seed-averaged Cross-Generation matrix: (sources, answerers, [S, A] scores)."""
+    recs = [r for r in results["records"] if r.get("family") == family]
+    sources = sorted({r["thinker"] for r in recs}, key=lambda s: (s in (cg.EMPTY, cg.SELF), s))
+    answerers = sorted({r["answerer"] for r in recs}, key=lambda a: int(a[1:-1]))
+    m = np.zeros((len(sources), len(answerers)))
+    for i, s in enumerate(sources):
+        for j, a in enumerate(answerers):
+            m[i, j] = np.mean([r["score"] for r in recs if r["thinker"] == s and r["answerer"] == a])
+    return sources, answerers, m
+
+
+def plot_matrices(results: dict, path: str) -> None:
+    """Heat maps of the Cross-Generation matrices, facts and arith side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    for ax, family in zip(axes, ("facts", "arith")):
+        sources, answerers, m = matrix(results, family)
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(len(answerers)), answerers)
+        ax.set_yticks(range(len(sources)), sources, fontsize=8)
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if m[i, j] < 0.6 else "black")
+        ax.set_title(f"Cross-Generation score ({family})")
+        ax.set_xlabel("answerer (SFT budget)")
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/ablation")
@@ -282,5 +316,6 @@ if __name__ == "__main__":
     res = run(args.out, FULL if args.scale == "full" else REDUCED)
     print(table(res))
     plot(res, os.path.join(args.out, "ablation.png"))
+    plot_matrices(res, os.path.join(args.out, "cross_generation.png"))
     print(f"results: {args.out}/results.json, plot: {args.out}/ablation.png, "
           f"{res['seconds'] / 60:.1f} min")

@@ -67,11 +67,14 @@ from start_jax import models, rl, segments  # noqa: E402
 GIB = 1024 ** 3
 
 
+REMAT = True  # Set from --remat: recompute each block in the backward pass.
+
+
 def model_config(vocab: int, layers: int) -> models.ModelConfig:
     return models.ModelConfig(
         model_type="qwen3", vocab_size=vocab, hidden_size=256, intermediate_size=768,
         num_layers=layers, num_heads=8, num_kv_heads=4, head_dim=32, qk_norm=True,
-        tie_embeddings=True, max_position_embeddings=1024)
+        tie_embeddings=True, max_position_embeddings=1024, remat=REMAT)
 
 
 def naive_log_probs(config: models.ModelConfig, params, tokens, segment_ids):
@@ -193,7 +196,9 @@ def main(argv=None) -> None:
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=16,
+                        help="head chunk (the library's auto choice for these shapes is 16)")
+    parser.add_argument("--remat", type=int, default=1, help="1: remat the decoder blocks")
     parser.add_argument("--max_run_gib", type=float, default=8.0,
                         help="run (b) for real only if args + output + temp is below this "
                              "(0: never)")
@@ -203,6 +208,8 @@ def main(argv=None) -> None:
                         help="extra lengths compiled at --chunk ('' for none)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    global REMAT
+    REMAT = bool(args.remat)
 
     config = model_config(args.vocab, args.layers)
     b, l, v = args.batch, args.length, args.vocab
@@ -220,7 +227,7 @@ def main(argv=None) -> None:
           f"mlp={config.intermediate_size} layers={config.num_layers} heads={config.num_heads} "
           f"kv_heads={config.num_kv_heads} head_dim={config.head_dim} qk_norm tied embeddings, "
           f"float32; {num_params:,} parameters ({num_params * 4 / GIB:.3f} GiB)")
-    print(f"batch={b} length={l} chunk={args.chunk}")
+    print(f"batch={b} length={l} chunk={args.chunk} remat={REMAT}")
     print(f"one full [B, L, V] float32 logits array: {b}*{l}*{v}*4 = {full_logits:,.0f} bytes "
           f"= {gib(full_logits)} GiB; one [B, chunk, V] chunk: {gib(chunk_logits)} GiB")
     sys.stdout.flush()

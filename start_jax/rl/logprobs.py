@@ -119,15 +119,29 @@ def _chunked_head_bwd(temperature, chunk, dtype, residuals, cotangents):
 chunked_head.defvjp(_chunked_head_fwd, _chunked_head_bwd)
 
 
+CHUNK_BYTES = 128 * 2 ** 20  # Target size of one [B, chunk, V] float32 array.
+
+
+def auto_chunk(batch: int, vocab: int, length: int, budget: int = CHUNK_BYTES) -> int:
+    """Largest power-of-two chunk (8 to 512) whose [B, chunk, V] logits fit `budget` bytes."""
+    chunk = 8
+    while chunk < 512 and batch * (2 * chunk) * vocab * 4 <= budget:
+        chunk *= 2
+    return min(chunk, max(length, 1))
+
+
 def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.Array,
-                   temperature: float = 1.0, chunk: int = 256
+                   temperature: float = 1.0, chunk: int = 0
                    ) -> tuple[jax.Array, jax.Array]:
     """log p_T(targets) and entropies [B, T] from hidden states [B, T, D].
 
     p_T = softmax(logits / temperature): the distribution the sampler drew
     from. Logits exist for one chunk of positions at a time, in the forward
-    and in the backward pass (`chunked_head`).
+    and in the backward pass (`chunked_head`); `chunk=0` picks the chunk with
+    `auto_chunk` (logit arrays of at most 128 MiB).
     """
+    if not chunk:
+        chunk = auto_chunk(hidden.shape[0], config.vocab_size, hidden.shape[1])
     chunk = max(1, min(chunk, hidden.shape[1]))
     kernel = transformer.head_kernel(config, params)
     return chunked_head(hidden, kernel, targets.astype(jnp.int32), float(temperature), chunk,
@@ -135,7 +149,7 @@ def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.
 
 
 def token_log_probs(config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array,
-                    temperature: float = 1.0, chunk: int = 256
+                    temperature: float = 1.0, chunk: int = 0
                     ) -> tuple[jax.Array, jax.Array]:
     """(logp, entropy), each [B, L] aligned with `tokens`; 0 at t = 0."""
     hidden = _shifted_hidden(config, params, tokens, segment_ids)
@@ -152,7 +166,7 @@ def token_values(config: ModelConfig, params, tokens: jax.Array, segment_ids: ja
 
 @functools.partial(jax.jit, static_argnames=("config", "temperature", "chunk"))
 def rollout_log_probs(config: ModelConfig, params, tokens, segment_ids, temperature=1.0,
-                      chunk=256) -> jax.Array:
+                      chunk=0) -> jax.Array:
     """Jitted, gradient-free log-probabilities for old and reference policies."""
     return token_log_probs(config, params, tokens, segment_ids, temperature, chunk)[0]
 

@@ -56,7 +56,7 @@ class TrainConfig:
     ppo_epochs: int = 1        # mu: passes over one rollout batch.
     minibatches: int = 1       # Optimizer updates per pass.
     micro_batches: int = 1     # Gradient-accumulation slices per update.
-    logprob_chunk: int = 256   # Positions per vocabulary-head chunk.
+    logprob_chunk: int = 0     # Positions per vocabulary-head chunk; 0 = auto (128 MiB).
     use_critic: bool = False   # Train a value model (PPO with GAE).
 
 

@@ -197,8 +197,9 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
         else:
             drawn, _ = ops.draw(keys, logits_processor(s.logits, s.step), sampling)
             # Report the unprocessed model's log-probability of the token.
-            logp = jnp.take_along_axis(
-                ops.scaled_log_probs(s.logits, sampling.temperature), drawn[:, None], -1)[:, 0]
+            scaled = s.logits / (1.0 if sampling.greedy else sampling.temperature)
+            logp = (jnp.take_along_axis(scaled, drawn[:, None], -1)[:, 0]
+                    - jax.nn.logsumexp(scaled, axis=-1))
         token, segment, logprob, forced, active, fields = _advance(
             s, drawn, logp, sampling, tokens_)
         column = lambda buf, x: jax.lax.dynamic_update_slice(  # noqa: E731
