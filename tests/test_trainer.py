@@ -115,9 +115,8 @@ def _finish(proc, timeout=300):
     return out
 
 
-def test_resume_after_sigkill_and_sigterm_reproduces_every_metric(tmp_path):
-    reference = str(tmp_path / "reference")
-    _finish(_launch(reference))
+def test_resume_after_sigkill_and_sigterm_reproduces_every_metric(tmp_path, finished_run):
+    reference = finished_run[0].workdir  # The same config, uninterrupted (in-process).
 
     workdir = str(tmp_path / "interrupted")
     proc = _launch(workdir)
