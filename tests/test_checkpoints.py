@@ -172,3 +172,22 @@ def test_transformers4_style_config_is_read():
     assert config.head_dim == 4 and not config.qkv_bias and not config.qk_norm
     with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
         models.ModelConfig(param_dtype="fp8")
+
+
+def test_family_fixes_qk_norm_and_qkv_bias(tmp_path):
+    assert models.ModelConfig(model_type="qwen3").qk_norm
+    assert models.ModelConfig(model_type="qwen2").qkv_bias
+    assert not models.ModelConfig(model_type="llama").qk_norm
+    with pytest.raises(ValueError, match=r"model_type='qwen3' needs qk_norm=True"):
+        models.ModelConfig(model_type="qwen3", qk_norm=False)
+    with pytest.raises(ValueError, match=r"model_type='qwen2' needs qkv_bias=True"):
+        models.ModelConfig(model_type="qwen2", qkv_bias=False)
+    # Every valid config survives save -> load unchanged.
+    for family in ("qwen2", "qwen3", "llama"):
+        config = models.ModelConfig(model_type=family, vocab_size=16, hidden_size=16,
+                                    intermediate_size=32, num_layers=1, num_heads=2,
+                                    num_kv_heads=1, head_dim=8)
+        import jax
+        models.save_pretrained(config, models.init_params(config, jax.random.key(0)),
+                               str(tmp_path / family))
+        assert models.load_pretrained(str(tmp_path / family))[0] == config

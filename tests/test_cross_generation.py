@@ -99,3 +99,23 @@ def test_model_thinkers_and_answerers_through_the_sampler(tmp_path):
     cg.save(result, str(tmp_path / "cg.json"))
     with pytest.raises(ValueError, match="reserved for the controls"):
         cg.run({"empty": Oracle()}, {"c": Copier()}, QUESTIONS, rewards.make("exact_match"))
+
+
+def test_command_line_entry(tmp_path):
+    tok = CharTokenizer()
+    config = models.ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+                                num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                                max_position_embeddings=256)
+    paths = {}
+    for name, seed in (("t", 0), ("a1", 1), ("a2", 2)):
+        paths[name] = str(tmp_path / name)
+        models.save_pretrained(config, models.init_params(config, jax.random.key(seed)), paths[name])
+    tok.save_pretrained(paths["t"])  # One model brings its tokenizer; the rest use --tokenizer.
+    out = str(tmp_path / "out")
+    result = cg.main([f"--thinker=t={paths['t']}", f"--answerer=a1={paths['a1']}",
+                      f"--answerer=a2={paths['a2']}", "--data=synthetic:facts", "--questions=6",
+                      "--think_budget=6", "--response_budget=4", f"--out={out}"])
+    assert result.matrix.shape == (3, 2)
+    assert os.path.getsize(os.path.join(out, "cross_generation.png")) > 1000
+    with pytest.raises(ValueError, match="expected NAME=PATH"):
+        cg.main(["--thinker=nopath", f"--answerer=a1={paths['a1']}"])

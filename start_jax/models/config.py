@@ -65,8 +65,8 @@ class ModelConfig:
     rope_theta: float = 10_000.0       # RoPE base frequency.
     rope_scaling: RopeScaling | None = None  # None: plain RoPE.
     rms_norm_eps: float = 1e-6         # Epsilon of every RMSNorm.
-    qkv_bias: bool = False             # Qwen2: bias on q/k/v projections.
-    qk_norm: bool = False              # Qwen3: RMSNorm on each q and k head.
+    qkv_bias: bool | None = None       # Bias on q/k/v; None: True for qwen2 only.
+    qk_norm: bool | None = None        # RMSNorm on q/k heads; None: True for qwen3 only.
     tie_embeddings: bool = False       # Logits use the embedding table.
     lm_head: bool = True               # Policy head: per-token logits.
     value_head: bool = False           # Value head: one scalar per token.
@@ -83,6 +83,18 @@ class ModelConfig:
             raise ValueError(
                     f"unsupported model_type {self.model_type!r}; supported: "
                     f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+        # Each family fixes these two; None takes the family's value, and a
+        # contradicting value is an error (it could not be saved as that family).
+        family = {"qwen2": (True, False), "qwen3": (None, True), "llama": (None, False)}
+        bias, norm = family[self.model_type]
+        if self.qkv_bias is None:
+            object.__setattr__(self, "qkv_bias", bool(bias))
+        if self.qk_norm is None:
+            object.__setattr__(self, "qk_norm", norm)
+        if bias is not None and self.qkv_bias != bias:
+            raise ValueError(f"model_type={self.model_type!r} needs qkv_bias={bias}")
+        if self.qk_norm != norm:
+            raise ValueError(f"model_type={self.model_type!r} needs qk_norm={norm}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                     f"num_heads={self.num_heads} is not a multiple of "
