@@ -36,7 +36,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from start_jax import models, rewards, sampling, sharding, train  # noqa: E402
-from start_jax.data import pipeline  # noqa: E402
+from start_jax.data import pipeline, world  # noqa: E402
 from start_jax.eval import cross_generation as cg  # noqa: E402
 from start_jax.tokenizer import CharTokenizer  # noqa: E402
 from start_jax.train import data_io, sft  # noqa: E402
@@ -131,19 +131,16 @@ def train_answerers(out: str, scale: Scale, tok) -> dict[str, tuple]:
             params = models.init_params(config, jax.random.key(100))
             params, _ = sft.train_sft(config, params, tok, examples, steps, c.sft.batch_size,
                                       c.sft.learning_rate, seed=100, progress=False,
-                                      response_fn=lambda e: data_io.world.golden_response(
-                                          data_io._example(e)))
+                                      response_fn=lambda e: world.golden_response(
+                                          world.Example.from_row(e)))
             models.save_pretrained(config, params, path)
         out_models[name] = models.load_pretrained(path)
     return out_models
 
 
 def questions(out: str, family: str, n: int) -> list[dict]:
-    source = pipeline.load_synthetic(family, os.path.join(out, "data"), "test")
-    rows = [source[i] for i in range(min(n, len(source)))]
-    return [{"prompt": r["prompt"], "reference": r["reference"],
-             "metadata": {**json.loads(r["metadata"] or "{}"), "family": r["family"]}}
-            for r in rows]
+    source = pipeline.TaskSource(pipeline.load_synthetic(family, os.path.join(out, "data"), "test"))
+    return [source[i] for i in range(min(n, len(source)))]
 
 
 def run(out: str, scale: Scale = FULL, log=print) -> dict:
@@ -188,7 +185,7 @@ def run(out: str, scale: Scale = FULL, log=print) -> dict:
                                     "gain": float((result.scores[i, j]
                                                    - result.scores[result.sources.index(cg.EMPTY), j]).mean())})
     results = {"scale": dataclasses.asdict(scale), "records": records,
-               "levels": data_io.world.reward_levels(200, 0),
+               "levels": world.reward_levels(200, 0),
                "seconds": time.perf_counter() - began}
     results["summary"] = summarize(results)
     with open(os.path.join(out, "results.json"), "w") as fh:

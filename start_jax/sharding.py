@@ -20,7 +20,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -84,12 +83,10 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[jax.Device] | 
         raise ValueError(
                 f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
                 f"but {len(devices)} are available")
-    try:
-        from jax.experimental import mesh_utils
-        grid = mesh_utils.create_device_mesh(shape, devices=devices)
-    except (ValueError, AssertionError, NotImplementedError):
-        grid = np.asarray(devices).reshape(shape)
-    return Mesh(grid, MESH_AXES)
+    # jax.make_mesh orders devices by the physical topology (TPU/GPU links);
+    # Auto axes keep GSPMD propagation (no explicit-sharding types).
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                         devices=devices)
 
 
 def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:

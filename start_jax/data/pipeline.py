@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +57,28 @@ class DecodedSource(Sequence):
 
     def __repr__(self) -> str:
         return f"DecodedSource({self.source!r})"
+
+
+def task_row(row: dict) -> dict[str, Any]:
+    """A decoded row with `metadata` parsed to a dict that also names the family."""
+    meta = row.get("metadata") or {}
+    if isinstance(meta, str):
+        meta = json.loads(meta or "{}")
+    family = row.get("family") or meta.get("family", "")
+    return {**row, "family": family, "metadata": {**meta, "family": family}}
+
+
+class TaskSource(Sequence):
+    """A `DecodedSource` whose rows go through `task_row` (what trainers and evals read)."""
+
+    def __init__(self, source: Sequence):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index):
+        return task_row(self.source[index])
 
 
 @contextlib.contextmanager

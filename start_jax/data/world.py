@@ -115,6 +115,16 @@ class Example:
     family: str
     metadata: dict = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def from_row(cls, row: dict) -> "Example":
+        """Inverse of `to_row`; `metadata` may be JSON text or an already parsed dict."""
+        meta = row.get("metadata") or {}
+        if isinstance(meta, str):
+            meta = json.loads(meta or "{}")
+        return cls(prompt=row["prompt"], reference=row["reference"],
+                   thinking=row.get("thinking", ""),
+                   family=row.get("family") or meta.get("family", ""), metadata=meta)
+
     def to_row(self) -> dict[str, str]:
         """The example as a flat dict of strings (metadata as JSON), as stored by tfds."""
         return {"prompt": self.prompt, "reference": self.reference, "thinking": self.thinking,

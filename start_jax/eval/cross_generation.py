@@ -213,10 +213,8 @@ def _questions(spec: str, data_dir: str, n: int) -> list[dict]:
         source = pipeline.load_jsonl(arg, arg, data_dir, "test")
     else:
         raise ValueError(f"--data {spec!r}: expected synthetic:NAME or jsonl:PATH")
-    rows = [source[i] for i in range(min(n, len(source)))]
-    return [{"prompt": r["prompt"], "reference": r["reference"],
-             "metadata": {**json.loads(r.get("metadata") or "{}"), "family": r.get("family", "")}}
-            for r in rows]
+    source = pipeline.TaskSource(source)
+    return [source[i] for i in range(min(n, len(source)))]
 
 
 def main(argv: Sequence[str] | None = None) -> CrossGenResult:

@@ -118,11 +118,10 @@ def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.L
              batch.kl_mask) / jnp.maximum(counts["kl"], 1e-8)
     ent = agg(entropy, batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
     total = pg + lc.kl_coef * kl - lc.entropy_coef * ent
-    mask = batch.loss_mask.astype(jnp.float32)
     tokens = jnp.maximum(counts["value"], 1.0)  # Token-mean diagnostics.
     aux = dict(
         pg_loss=pg, kl=kl, entropy_loss=ent,
-        entropy=jnp.sum(jnp.where(batch.loss_mask, entropy, 0.0) * mask) / tokens,
+        entropy=jnp.sum(jnp.where(batch.loss_mask, entropy, 0.0)) / tokens,
         clip_frac_low=jnp.sum(parts["clip_low"]) / tokens,
         clip_frac_high=jnp.sum(parts["clip_high"]) / tokens,
         approx_kl=jnp.sum(parts["approx_kl"]) / tokens,

@@ -47,13 +47,14 @@ class SamplingConfig:
         return dataclasses.replace(self, **kwargs)
 
 
-def scaled_log_probs(logits: jax.Array, temperature: float) -> jax.Array:
-    """log softmax(logits / T) [B, V]: the policy the trainer recomputes.
+def token_log_probs(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
+    """log softmax(logits / T)[token] [B]: the quantity the trainer recomputes.
 
     Greedy decoding (T = 0) reports the T = 1 log-probabilities.
     """
-    t = 1.0 if temperature == 0.0 else temperature
-    return jax.nn.log_softmax(logits.astype(jnp.float32) / t, axis=-1)
+    scaled = logits.astype(jnp.float32) / (1.0 if temperature == 0.0 else temperature)
+    chosen = jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0]
+    return chosen - jax.nn.logsumexp(scaled, axis=-1)
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -123,18 +124,14 @@ def draw(keys: jax.Array, logits: jax.Array, config: SamplingConfig
       (tokens [B] int32, log p_T(token) [B]: the log-probability of each
       token under softmax(logits / T) before filtering; T = 1 when greedy).
     """
-    t = 1.0 if config.greedy else config.temperature
-    scaled = logits.astype(jnp.float32) / t
-    lse = jax.nn.logsumexp(scaled, axis=-1)                    # [B]
     if config.greedy:
-        token = jnp.argmax(scaled, axis=-1).astype(jnp.int32)
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
+        scaled = logits.astype(jnp.float32) / config.temperature
         filtered = filter_logits(scaled, config.top_k, config.top_p)
-        norm = lse if filtered is scaled else jax.nn.logsumexp(filtered, axis=-1)
-        probs = jnp.exp(filtered - norm[:, None])                  # [B, V]; 0 if filtered.
+        probs = jax.nn.softmax(filtered, axis=-1)                # [B, V]; 0 if filtered.
         token = inverse_cdf(probs, jax.vmap(jax.random.uniform)(keys))
-    chosen = jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0]
-    return token, chosen - lse
+    return token, token_log_probs(logits, token, config.temperature)
 
 
 def row_keys(rng: jax.Array, row_ids: jax.Array) -> jax.Array:

@@ -197,9 +197,7 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
         else:
             drawn, _ = ops.draw(keys, logits_processor(s.logits, s.step), sampling)
             # Report the unprocessed model's log-probability of the token.
-            scaled = s.logits / (1.0 if sampling.greedy else sampling.temperature)
-            logp = (jnp.take_along_axis(scaled, drawn[:, None], -1)[:, 0]
-                    - jax.nn.logsumexp(scaled, axis=-1))
+            logp = ops.token_log_probs(s.logits, drawn, sampling.temperature)
         token, segment, logprob, forced, active, fields = _advance(
             s, drawn, logp, sampling, tokens_)
         column = lambda buf, x: jax.lax.dynamic_update_slice(  # noqa: E731

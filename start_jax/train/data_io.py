@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -23,24 +22,6 @@ def tokenizer_of(config):
     return load_tokenizer(config.tokenizer)
 
 
-class _Decoded:
-    """A data source whose rows have `metadata` parsed from JSON."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def __len__(self):
-        return len(self.source)
-
-    def __getitem__(self, i):
-        row = dict(self.source[i])
-        meta = row.get("metadata") or {}
-        if isinstance(meta, (bytes, str)):
-            meta = json.loads(meta or "{}")
-        row["metadata"] = {**meta, "family": row.get("family", meta.get("family", ""))}
-        return row
-
-
 def datasets(config, workdir: str):
     """(train, test) sources of example dicts."""
     d = config.data
@@ -52,7 +33,7 @@ def datasets(config, workdir: str):
             raise ValueError("config: data.source='jsonl' needs data.train_path")
         load = lambda split: pipeline.load_jsonl(  # noqa: E731
             d.train_path, d.test_path or d.train_path, data_dir, split)
-    return _Decoded(load("train")), _Decoded(load("test"))
+    return pipeline.TaskSource(load("train")), pipeline.TaskSource(load("test"))
 
 
 def encode_prompts(tokenizer, examples, max_tokens: int) -> list[list[int]]:
@@ -97,7 +78,7 @@ def initial_policy(config, workdir: str, tokenizer, mesh, train_data):
             params, losses = sft.train_sft(
                 model_config, params, tokenizer, examples, config.sft.steps, config.sft.batch_size,
                 config.sft.learning_rate, seed=config.seed, progress=config.log.progress,
-                response_fn=lambda e: world.golden_response(_example(e), styled=False))
+                response_fn=lambda e: world.golden_response(world.Example.from_row(e)))
             logging.info("cold-start SFT: final losses %s", np.round(losses, 3))
         tmp = path + ".tmp"
         models.save_pretrained(model_config, params, tmp)
@@ -107,12 +88,6 @@ def initial_policy(config, workdir: str, tokenizer, mesh, train_data):
     model_config, params = models.load_pretrained(
         path, dtype=dtype, compute_dtype=config.model.dtype, mesh=mesh, remat=config.model.remat)
     return model_config.replace(max_position_embeddings=config.model.max_position_embeddings), params
-
-
-def _example(row: dict) -> "world.Example":
-    return world.Example(prompt=row["prompt"], reference=row["reference"],
-                         thinking=row.get("thinking", ""), family=row["metadata"].get("family", ""),
-                         metadata=row["metadata"])
 
 
 def _check_cached(path: str, config, tokenizer) -> None:
