@@ -124,14 +124,18 @@ def draw(keys: jax.Array, logits: jax.Array, config: SamplingConfig
       (tokens [B] int32, log p_T(token) [B]: the log-probability of each
       token under softmax(logits / T) before filtering; T = 1 when greedy).
     """
+    # One log-normaliser serves both the draw and the reported log-probability
+    # (the body of the decode loop is bound by passes over [B, V]).
+    scaled = logits.astype(jnp.float32) / (1.0 if config.greedy else config.temperature)
+    lse = jax.nn.logsumexp(scaled, axis=-1)                      # [B]
     if config.greedy:
-        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        token = jnp.argmax(scaled, axis=-1).astype(jnp.int32)
     else:
-        scaled = logits.astype(jnp.float32) / config.temperature
         filtered = filter_logits(scaled, config.top_k, config.top_p)
-        probs = jax.nn.softmax(filtered, axis=-1)                # [B, V]; 0 if filtered.
+        norm = lse if filtered is scaled else jax.nn.logsumexp(filtered, axis=-1)
+        probs = jnp.exp(filtered - norm[:, None])                # [B, V]; 0 if filtered.
         token = inverse_cdf(probs, jax.vmap(jax.random.uniform)(keys))
-    return token, token_log_probs(logits, token, config.temperature)
+    return token, jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0] - lse
 
 
 def row_keys(rng: jax.Array, row_ids: jax.Array) -> jax.Array:
