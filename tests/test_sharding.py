@@ -53,6 +53,11 @@ def test_sharded_forward_equals_unsharded(llama_dir, mesh_shape):
 
     cache_sh = sharding.cache_shardings(config, mesh, 8, 20)
     cache = jax.device_put(models.init_cache(config, 8, 20), cache_sh)
+    # Keys [L, B, K, S, H] and values [L, B, K, H, S]: heads over `tensor`.
+    k_shard = cache.k.addressable_shards[0].data.shape
+    v_shard = cache.v.addressable_shards[0].data.shape
+    assert k_shard[2] == config.num_kv_heads // tensor and k_shard[3] == 20
+    assert v_shard[2] == config.num_kv_heads // tensor and v_shard[4] == 20
     with sharding.logical_constraint_context(mesh):
         step = models.forward(config_s, params_s, tokens_s[:, :12], cache=cache)
         step = models.forward(config_s, params_s, tokens_s[:, 12:13], cache=step.cache)

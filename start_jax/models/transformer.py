@@ -30,7 +30,7 @@ class KVCache:
     """Keys and values of every layer for B rows and S slots."""
 
     k: jax.Array      # [L, B, K, S, H] keys, already rotated by RoPE.
-    v: jax.Array      # [L, B, K, S, H] values.
+    v: jax.Array      # [L, B, K, H, S] values (slots last: see `Attention`).
     valid: jax.Array  # [B, S] bool: the slot holds a real (non-padding) token.
     end: jax.Array    # [] int32: slots [0, end) have been written.
 
@@ -57,14 +57,15 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int,
     dtype = config.jnp_dtype if dtype is None else dtype
     shape = (config.num_layers, batch_size, config.num_kv_heads, max_length,
              config.head_dim)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+    v_shape = shape[:3] + (config.head_dim, max_length)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(v_shape, dtype),
                                   valid=jnp.zeros((batch_size, max_length), bool),
                                   end=jnp.zeros((), jnp.int32))
 
 
 CACHE_LOGICAL_AXES = KVCache(
-        k=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-        v=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+        k=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+        v=("layers", "batch", "kv_heads", "head_dim", "cache_length"),
         valid=("batch", "cache_length"),
         end=(),
 )
