@@ -106,9 +106,9 @@ def inverse_cdf(probs: jax.Array, u: jax.Array, block: int = 128) -> jax.Array:
     return (i * block + j).astype(jnp.int32)
 
 
-def draw(keys: jax.Array, logits: jax.Array, config: SamplingConfig
+def draw(u: jax.Array, logits: jax.Array, config: SamplingConfig
          ) -> tuple[jax.Array, jax.Array]:
-    """Draws one token per row with one PRNG key per row.
+    """Draws one token per row from one uniform number per row.
 
     Sampling inverts the CDF of the filtered distribution with one uniform
     number per row (`inverse_cdf`): exact up to float32 rounding, and much
@@ -116,7 +116,7 @@ def draw(keys: jax.Array, logits: jax.Array, config: SamplingConfig
     step.
 
     Args:
-      keys: [B] PRNG keys.
+      u: [B] uniform numbers in [0, 1) (`step_uniforms`); unused when greedy.
       logits: [B, V] model logits (after any logits processor).
       config: temperature and filters.
 
@@ -134,7 +134,7 @@ def draw(keys: jax.Array, logits: jax.Array, config: SamplingConfig
         filtered = filter_logits(scaled, config.top_k, config.top_p)
         norm = lse if filtered is scaled else jax.nn.logsumexp(filtered, axis=-1)
         probs = jnp.exp(filtered - norm[:, None])                # [B, V]; 0 if filtered.
-        token = inverse_cdf(probs, jax.vmap(jax.random.uniform)(keys))
+        token = inverse_cdf(probs, u)
     return token, jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0] - lse
 
 
@@ -147,5 +147,13 @@ def row_keys(rng: jax.Array, row_ids: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids)
 
 
-def step_keys(keys: jax.Array, step: jax.Array) -> jax.Array:
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+def step_uniforms(keys: jax.Array, num_steps: int) -> jax.Array:
+    """[B, N] uniforms: entry (b, t) is drawn with fold_in(keys[b], t).
+
+    Drawn for all steps before the decode loop, so that no PRNG hashing runs
+    inside it (on CPU each hash is a small loop of its own).
+    """
+    def row(key):
+        return jax.vmap(lambda t: jax.random.uniform(jax.random.fold_in(key, t)))(
+            jnp.arange(num_steps))
+    return jax.vmap(row)(keys)

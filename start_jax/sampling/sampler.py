@@ -61,7 +61,7 @@ class DecodeState:
     """Carry of the decode loop (B rows, N decode columns)."""
 
     cache: transformer.KVCache
-    logits: jax.Array          # [B, V] float32 model logits for the next token.
+    hidden: jax.Array          # [B, D] final-norm hidden state of each row's last token.
     tokens: jax.Array          # [B, N] int32 decoded tokens; pad where none.
     segment_ids: jax.Array     # [B, N] int32 segment of each decoded token.
     logprobs: jax.Array        # [B, N] float32 log p_T(token); 0 if not sampled.
@@ -72,7 +72,7 @@ class DecodeState:
     close_think: jax.Array     # [B] bool: next token is a forced </think> (eos seen).
     think_truncated: jax.Array     # [B] bool: </think> was forced.
     response_truncated: jax.Array  # [B] bool: the response budget ran out.
-    keys: jax.Array            # [B] per-row PRNG keys.
+    uniforms: jax.Array        # [B, N] float32 in [0, 1): the draw of each row and step.
     step: jax.Array            # [] int32 decode steps taken.
 
 
@@ -104,17 +104,15 @@ class Rollout:
 
 def _prefill(model_config: ModelConfig, params, prefix, prefix_mask, cache_length,
              cache_sharding):
-    """Runs the prefix through the model; returns the cache and next logits."""
+    """Runs the prefix through the model; returns the cache and last hidden states."""
     batch = prefix.shape[0]
     cache = transformer.init_cache(model_config, batch, cache_length)
     if cache_sharding is not None:
         cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
     out = transformer.apply(model_config, params, prefix, cache=cache,
                             attention_mask=prefix_mask, heads=False)
-    # Rows are left-padded, so the last column is every row's last token;
-    # only that position goes through the (possibly large) vocabulary head.
-    logits = transformer.head_logits(model_config, params, out.hidden[:, -1:])[:, 0]
-    return out.cache, logits
+    # Rows are left-padded, so the last column is every row's last token.
+    return out.cache, out.hidden[:, -1]
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -124,19 +122,20 @@ def prefill(model_config, params, prefix, prefix_mask, start_phase, think_count,
             cache_sharding=None) -> DecodeState:
     """Jitted prefill: builds the initial `DecodeState`."""
     batch = prefix.shape[0]
-    cache, logits = _prefill(model_config, params, prefix, prefix_mask,
+    cache, hidden = _prefill(model_config, params, prefix, prefix_mask,
                              prefix.shape[1] + num_steps, cache_sharding)
     zeros = jnp.zeros((batch, num_steps), jnp.int32)
     false = jnp.zeros((batch,), bool)
     return DecodeState(
-        cache=cache, logits=logits,
+        cache=cache, hidden=hidden,
         tokens=jnp.full((batch, num_steps), tokens_.pad, jnp.int32),
         segment_ids=zeros, logprobs=jnp.zeros((batch, num_steps), jnp.float32),
         forced=jnp.zeros((batch, num_steps), bool),
         phase=start_phase.astype(jnp.int32), think_count=think_count.astype(jnp.int32),
         response_count=jnp.zeros((batch,), jnp.int32), close_think=false,
         think_truncated=think_truncated.astype(bool), response_truncated=false,
-        keys=ops.row_keys(rng, row_ids), step=jnp.zeros((), jnp.int32))
+        uniforms=ops.step_uniforms(ops.row_keys(rng, row_ids), num_steps),
+        step=jnp.zeros((), jnp.int32))
 
 
 def _advance(state: DecodeState, drawn, logp, sampling: SamplingConfig, tok: SpecialTokens):
@@ -191,22 +190,25 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
         return (s.step < num_steps) & jnp.any(s.phase != segments.PAD)
 
     def body(s: DecodeState):
-        keys = ops.step_keys(s.keys, s.step)
+        # The head runs here rather than at the end of the previous step, so
+        # that the [B, V] logits live within one step: carried in the state,
+        # they would be copied between loop buffers every step.
+        logits = transformer.head_logits(model_config, params, s.hidden[:, None])[:, 0]
+        u = jax.lax.dynamic_index_in_dim(s.uniforms, s.step, 1, keepdims=False)
         if logits_processor is None:
-            drawn, logp = ops.draw(keys, s.logits, sampling)
+            drawn, logp = ops.draw(u, logits, sampling)
         else:
-            drawn, _ = ops.draw(keys, logits_processor(s.logits, s.step), sampling)
+            drawn, _ = ops.draw(u, logits_processor(logits, s.step), sampling)
             # Report the unprocessed model's log-probability of the token.
-            logp = ops.token_log_probs(s.logits, drawn, sampling.temperature)
+            logp = ops.token_log_probs(logits, drawn, sampling.temperature)
         token, segment, logprob, forced, active, fields = _advance(
             s, drawn, logp, sampling, tokens_)
         column = lambda buf, x: jax.lax.dynamic_update_slice(  # noqa: E731
             buf, x[:, None].astype(buf.dtype), (0, s.step))
         out = transformer.apply(model_config, params, token[:, None], cache=s.cache,
                                 attention_mask=active[:, None], heads=False)
-        next_logits = transformer.head_logits(model_config, params, out.hidden)[:, 0]
         return s.replace(
-            cache=out.cache, logits=next_logits,
+            cache=out.cache, hidden=out.hidden[:, 0],
             tokens=column(s.tokens, token), segment_ids=column(s.segment_ids, segment),
             logprobs=column(s.logprobs, logprob), forced=column(s.forced, forced),
             step=s.step + 1, **fields)
