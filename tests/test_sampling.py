@@ -161,6 +161,17 @@ def test_filter_logits_matches_reference_on_random_rows():
             np.testing.assert_array_equal(out[expect], row[expect])
 
 
+def test_first_argmax_equals_argmax_with_ties_and_infinities():
+    rs = np.random.RandomState(1)
+    x = rs.randint(-3, 4, size=(64, 37)).astype(np.float32)  # Many ties.
+    x[0] = -np.inf
+    x[1, 5] = x[1, 30] = np.inf
+    x[2] = 7.0
+    ours = np.asarray(jax.jit(sampling.ops.first_argmax)(jnp.asarray(x)))
+    assert ours.dtype == np.int32
+    np.testing.assert_array_equal(ours, np.argmax(x, axis=-1))
+
+
 # ---------------------------------------------------------------- segment rules
 
 

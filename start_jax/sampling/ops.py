@@ -106,6 +106,18 @@ def inverse_cdf(probs: jax.Array, u: jax.Array, block: int = 128) -> jax.Array:
     return (i * block + j).astype(jnp.int32)
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """Index of the first maximum of each row of x [B, V], as int32.
+
+    Equal to `jnp.argmax` for finite rows, as two plain reductions: XLA:CPU
+    runs argmax's paired (value, index) reduction several times slower.
+    """
+    v = x.shape[-1]
+    best = jnp.max(x, axis=-1, keepdims=True)
+    index = jnp.min(jnp.where(x == best, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+    return jnp.minimum(index, v - 1)  # A row with NaN has no equal entry.
+
+
 def draw(u: jax.Array, logits: jax.Array, config: SamplingConfig
          ) -> tuple[jax.Array, jax.Array]:
     """Draws one token per row from one uniform number per row.
@@ -129,7 +141,7 @@ def draw(u: jax.Array, logits: jax.Array, config: SamplingConfig
     scaled = logits.astype(jnp.float32) / (1.0 if config.greedy else config.temperature)
     lse = jax.nn.logsumexp(scaled, axis=-1)                      # [B]
     if config.greedy:
-        token = jnp.argmax(scaled, axis=-1).astype(jnp.int32)
+        token = first_argmax(scaled)
     else:
         filtered = filter_logits(scaled, config.top_k, config.top_p)
         norm = lse if filtered is scaled else jax.nn.logsumexp(filtered, axis=-1)
