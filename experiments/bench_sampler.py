@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python experiments/bench_sampler.py [--batch 16 --new_tokens 64 --prompt_len 32 --repeats 3]
+    python experiments/bench_sampler.py [--batch 16 --new_tokens 64 --prompt_len 32 --repeats 7]
 
 It builds a ~10M-parameter random Qwen3-shaped checkpoint in a temporary
 directory with `transformers`, loads it with `start_jax.models.load_pretrained`
@@ -18,12 +18,18 @@ counts, with sampling on (temperature 1.0, no top-k / top-p) and fixed lengths
   (prompt_len + 1 tokens) with max_new_tokens = min_new_tokens = new_tokens,
   under `torch.no_grad()`.
 
+After one warm-up call per side (ours' includes jit compilation), the timed
+calls alternate, ours then transformers, `--repeats` times: a shared machine
+whose speed drifts then slows both sides alike instead of whichever ran
+during the slow stretch.
+
 It prints the parameter count, jax / torch / transformers versions, devices,
 torch threads and the exact configuration; then ours' compile + first-call
 time, each side's warm-up and timed call wall times; and finally a table with
 the median end-to-end wall time of one call (prefill included) per side,
-decode tokens/s = batch * new_tokens / median time, and the ratio
-ours / transformers in tokens/s (> 1: ours is faster).
+decode tokens/s = batch * new_tokens / median time, the ratio
+ours / transformers in tokens/s (> 1: ours is faster), and the range of the
+ratios of the alternating pairs.
 """
 
 from __future__ import annotations
@@ -73,13 +79,11 @@ def build_checkpoint(path: str) -> tuple[transformers.PreTrainedModel, int]:
     return model, num_params
 
 
-def timed(fn, repeats: int) -> list[float]:
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - start)
-    return times
+def elapsed(fn, i: int) -> float:
+    """Wall time of one call fn(i), in seconds."""
+    start = time.perf_counter()
+    fn(i)
+    return time.perf_counter() - start
 
 
 def fmt_times(times: list[float]) -> str:
@@ -91,7 +95,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--prompt_len", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.new_tokens < 3:
@@ -164,8 +168,6 @@ def main(argv=None) -> None:
     assert (decoded != SPECIAL.pad).all(), "a row stopped early"
     assert (np.asarray(rollout.think_length) == think_budget).all()
     print(f"compile + first call: {ours_first:.3f} s")
-    ours_times = timed(run_ours, args.repeats)
-    print(f"timed calls (s): {fmt_times(ours_times)}")
     sys.stdout.flush()
 
     # --- transformers ---------------------------------------------------------
@@ -183,8 +185,16 @@ def main(argv=None) -> None:
     hf_first = time.perf_counter() - start
     assert tuple(out.shape) == (args.batch, args.prompt_len + 1 + args.new_tokens), out.shape
     print(f"warm-up call: {hf_first:.3f} s")
-    hf_times = timed(run_hf, args.repeats)
-    print(f"timed calls (s): {fmt_times(hf_times)}")
+    sys.stdout.flush()
+
+    # --- alternating timed calls ----------------------------------------------
+    ours_times, hf_times = [], []
+    for i in range(args.repeats):
+        ours_times.append(elapsed(run_ours, i))
+        hf_times.append(elapsed(run_hf, i))
+    print("== timed calls, alternating ours / transformers")
+    print(f"ours (s):         {fmt_times(ours_times)}")
+    print(f"transformers (s): {fmt_times(hf_times)}")
 
     # --- summary --------------------------------------------------------------
     decode_tokens = args.batch * args.new_tokens
@@ -203,6 +213,9 @@ def main(argv=None) -> None:
         if j == 0:
             print("  ".join("-" * w for w in widths))
     print(f"ratio ours/transformers (tokens/s): {ours_tps / hf_tps:.2f}x")
+    pairs = [h / o for o, h in zip(ours_times, hf_times)]
+    print(f"ratios of the {len(pairs)} alternating pairs: {min(pairs):.2f}x to {max(pairs):.2f}x "
+          f"(median {statistics.median(pairs):.2f}x)")
     print("(ours' first call includes jit compilation; transformers' is its warm-up call)")
 
 
