@@ -67,10 +67,13 @@ def test_left_padded_forward_matches_transformers(checkpoints, family):
     assert np.abs(ours - ref)[mask].max() <= TOL
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
 @pytest.mark.parametrize("family", CAUSAL)
-def test_prefill_then_decode_matches_full_forward_and_transformers(checkpoints, family):
+def test_prefill_then_decode_matches_full_forward_and_transformers(checkpoints, family, fused):
+    """Decoding steps run on the separate or the fused (`fuse_projections`) layout."""
     directory, hf_model = checkpoints[family]
     config, params = models.load_pretrained(directory)
+    step_params = layers.fuse_projections(params) if fused else params
     tokens = _tokens(2, 24, seed=2)
     prefill = 10
     ref = _torch_logits(hf_model, tokens)
@@ -80,13 +83,37 @@ def test_prefill_then_decode_matches_full_forward_and_transformers(checkpoints, 
     steps = [np.asarray(out.logits)]
     cache = out.cache
     for t in range(prefill, tokens.shape[1]):
-        out = models.forward(config, params, jnp.asarray(tokens[:, t:t + 1]), cache=cache)
+        out = models.forward(config, step_params, jnp.asarray(tokens[:, t:t + 1]), cache=cache)
         cache = out.cache
         steps.append(np.asarray(out.logits))
     decoded = np.concatenate(steps, axis=1)
     assert int(cache.end) == tokens.shape[1]
     assert np.abs(decoded - full).max() <= 1e-5
     assert np.abs(decoded - ref).max() <= TOL
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_fused_projections_stack_the_separate_weights(checkpoints, family):
+    config, params = models.load_pretrained(checkpoints[family][0])
+    fused = layers.fuse_projections(params)
+    attn, mlp = params["layers"]["attn"], params["layers"]["mlp"]
+    fattn, fmlp = fused["layers"]["attn"], fused["layers"]["mlp"]
+    n, k = config.num_heads, config.num_kv_heads
+    assert fattn["qkv_proj"].shape == (config.num_layers, config.hidden_size, n + 2 * k,
+                                       config.head_dim)
+    for name, part in [("q_proj", slice(0, n)), ("k_proj", slice(n, n + k)),
+                       ("v_proj", slice(n + k, n + 2 * k))]:
+        np.testing.assert_array_equal(fattn["qkv_proj"][:, :, part], attn[name])
+        assert name not in fattn
+    assert ("qkv_bias" in fattn) == config.qkv_bias
+    if config.qkv_bias:
+        np.testing.assert_array_equal(fattn["qkv_bias"][:, n:n + k], attn["k_bias"])
+    np.testing.assert_array_equal(fmlp["gate_up_proj"][:, :, 0], mlp["gate_proj"])
+    np.testing.assert_array_equal(fmlp["gate_up_proj"][:, :, 1], mlp["up_proj"])
+    assert set(fmlp) == {"gate_up_proj", "down_proj"}
+    tokens = jnp.asarray(_tokens(3, 12, seed=5))
+    np.testing.assert_allclose(models.forward(config, fused, tokens).logits,
+                               models.forward(config, params, tokens).logits, atol=1e-5, rtol=0)
 
 
 def test_decode_with_left_padded_prompts_uses_row_positions(checkpoints):

@@ -1,6 +1,7 @@
 """Decoder-only transformer models: policy and value heads on one trunk."""
 
 from start_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
+from start_jax.models.layers import fuse_projections
 from start_jax.models.transformer import (
     CACHE_LOGICAL_AXES,
     ForwardOutput,

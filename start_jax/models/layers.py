@@ -25,6 +25,32 @@ from start_jax.models.config import ModelConfig
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
+# Parameter names of the fused layout made by `fuse_projections`.
+FUSED_QKV, FUSED_QKV_BIAS, FUSED_GATE_UP = "qkv_proj", "qkv_bias", "gate_up_proj"
+
+
+def fuse_projections(params):
+    """The same weights with q/k/v and gate/up each stacked into one matrix.
+
+    Attention then runs one [D, N + 2K] matmul instead of three and the MLP
+    one [D, 2F] matmul instead of two: with few rows (decoding), XLA:CPU gets
+    markedly more from one wide matmul than from several narrow ones. The
+    modules accept either layout; checkpoints, sharding rules and training
+    use the separate one. Works on the full tree or on stacked layers.
+    """
+    if "layers" in params:
+        return {**params, "layers": fuse_projections(params["layers"])}
+    attn = dict(params["attn"])
+    qkv = [attn.pop(name) for name in ("q_proj", "k_proj", "v_proj")]
+    attn[FUSED_QKV] = jnp.concatenate(qkv, axis=-2)                  # [.., D, N+2K, H]
+    if "q_bias" in attn:
+        bias = [attn.pop(name) for name in ("q_bias", "k_bias", "v_bias")]
+        attn[FUSED_QKV_BIAS] = jnp.concatenate(bias, axis=-2)        # [.., N+2K, H]
+    mlp = dict(params["mlp"])
+    mlp[FUSED_GATE_UP] = jnp.stack([mlp.pop("gate_proj"), mlp.pop("up_proj")], axis=-2)
+    return {**params, "attn": attn, "mlp": mlp}
+
+
 def _param(module: nn.Module, name: str, init, shape, axes, dtype):
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
@@ -118,19 +144,29 @@ class Attention(nn.Module):
         dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
         d, n, k_heads, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         init = dense_init(d)
-        wq = _param(self, "q_proj", init, (d, n, h), ("embed", "q_heads", "head_dim"), pdt)
-        wk = _param(self, "k_proj", init, (d, k_heads, h), ("embed", "kv_heads", "head_dim"), pdt)
-        wv = _param(self, "v_proj", init, (d, k_heads, h), ("embed", "kv_heads", "head_dim"), pdt)
-        wo = _param(self, "o_proj", init, (n, h, d), ("q_heads", "head_dim", "embed"), pdt)
-
-        q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(dt))
-        k = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(dt))
-        v = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(dt))
-        if cfg.qkv_bias:
-            zeros = nn.initializers.zeros
-            q = q + _param(self, "q_bias", zeros, (n, h), ("q_heads", "head_dim"), pdt).astype(dt)
-            k = k + _param(self, "k_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt).astype(dt)
-            v = v + _param(self, "v_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt).astype(dt)
+        if self.has_variable("params", FUSED_QKV):
+            # `fuse_projections` layout: one matmul for q, k and v.
+            wqkv = self.get_variable("params", FUSED_QKV)                 # [D, N + 2K, H]
+            wo = _param(self, "o_proj", init, (n, h, d), ("q_heads", "head_dim", "embed"), pdt)
+            qkv = jnp.einsum("BTD,DNH->BTNH", x, wqkv.astype(dt))
+            if cfg.qkv_bias:
+                qkv = qkv + self.get_variable("params", FUSED_QKV_BIAS).astype(dt)
+            q, k, v = jnp.split(qkv, [n, n + k_heads], axis=2)
+        else:
+            wq = _param(self, "q_proj", init, (d, n, h), ("embed", "q_heads", "head_dim"), pdt)
+            wk = _param(self, "k_proj", init, (d, k_heads, h), ("embed", "kv_heads", "head_dim"), pdt)
+            wv = _param(self, "v_proj", init, (d, k_heads, h), ("embed", "kv_heads", "head_dim"), pdt)
+            # Flax derives each parameter's init key from the declaration
+            # order: q, k, v, o, then the biases, as always.
+            wo = _param(self, "o_proj", init, (n, h, d), ("q_heads", "head_dim", "embed"), pdt)
+            q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(dt))
+            k = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(dt))
+            v = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(dt))
+            if cfg.qkv_bias:
+                zeros = nn.initializers.zeros
+                q = q + _param(self, "q_bias", zeros, (n, h), ("q_heads", "head_dim"), pdt).astype(dt)
+                k = k + _param(self, "k_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt).astype(dt)
+                v = v + _param(self, "v_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt).astype(dt)
         if cfg.qk_norm:  # Qwen3 normalises each head before RoPE.
             q = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="k_norm")(k)
@@ -178,11 +214,17 @@ class MLP(nn.Module):
         cfg = self.config
         dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
         d, f = cfg.hidden_size, cfg.intermediate_size
-        gate = _param(self, "gate_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
-        up = _param(self, "up_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
-        down = _param(self, "down_proj", dense_init(f), (f, d), ("mlp", "embed"), pdt)
-        hidden = (jax.nn.silu(jnp.einsum("BTD,DF->BTF", x, gate.astype(dt)))
-                            * jnp.einsum("BTD,DF->BTF", x, up.astype(dt)))
+        if self.has_variable("params", FUSED_GATE_UP):
+            # `fuse_projections` layout: one matmul for gate and up.
+            both = self.get_variable("params", FUSED_GATE_UP)             # [D, 2, F]
+            gate_up = jnp.einsum("BTD,DZF->BTZF", x, both.astype(dt))
+            hidden = jax.nn.silu(gate_up[..., 0, :]) * gate_up[..., 1, :]
+        else:
+            gate = _param(self, "gate_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
+            up = _param(self, "up_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
+            hidden = (jax.nn.silu(jnp.einsum("BTD,DF->BTF", x, gate.astype(dt)))
+                      * jnp.einsum("BTD,DF->BTF", x, up.astype(dt)))
+        down = _param(self, "down_proj", dense_init(f), (f, d), ("mlp", "embed"), pdt)  # Last, as always.
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
         return jnp.einsum("BTF,FD->BTD", hidden, down.astype(dt))
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from start_jax import segments
-from start_jax.models import transformer
+from start_jax.models import layers, transformer
 from start_jax.models.config import ModelConfig
 from start_jax.sampling import ops
 from start_jax.sampling.ops import SamplingConfig
@@ -185,6 +185,9 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
     log-probabilities stay those of the unprocessed model at temperature T.
     """
     num_steps = state.tokens.shape[1]
+    # One wide matmul for q/k/v and one for gate/up: stacked once per call,
+    # then reused by every step.
+    params = layers.fuse_projections(params)
 
     def cond(s: DecodeState):
         return (s.step < num_steps) & jnp.any(s.phase != segments.PAD)
