@@ -62,6 +62,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.bench_common import print_table  # noqa: E402
 from start_jax import models, rl, segments  # noqa: E402
 
 GIB = 1024 ** 3
@@ -161,15 +162,6 @@ def gib(x: float) -> str:
 
 def max_rss_bytes() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # Linux: KiB.
-
-
-def print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for j, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
-                        for c, (cell, w) in enumerate(zip(row, widths))))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def random_inputs(config, batch: int, length: int, seed: int):

@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from experiments.bench_common import print_table  # noqa: E402
 from start_jax import models, sampling  # noqa: E402
 
 SPECIAL = sampling.SpecialTokens(think=3, end_think=4, eos=1, pad=0)
@@ -206,12 +207,7 @@ def main(argv=None) -> None:
     rows = [("sampler", "first call s", "median s", "tokens/s"),
             ("ours (jax)", f"{ours_first:.3f}", f"{ours_med:.3f}", f"{ours_tps:.1f}"),
             ("transformers", f"{hf_first:.3f}", f"{hf_med:.3f}", f"{hf_tps:.1f}")]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for j, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
-                        for c, (cell, w) in enumerate(zip(row, widths))))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows)
     print(f"ratio ours/transformers (tokens/s): {ours_tps / hf_tps:.2f}x")
     pairs = [h / o for o, h in zip(ours_times, hf_times)]
     print(f"ratios of the {len(pairs)} alternating pairs: {min(pairs):.2f}x to {max(pairs):.2f}x "

@@ -55,6 +55,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.bench_common import print_table  # noqa: E402
 from start_jax import models, rl, segments  # noqa: E402
 
 THINK_TAG, END_THINK_TAG = 3, 4
@@ -142,15 +143,6 @@ def si(x: float, unit: str) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.2f} {prefix}{unit}"
     return f"{x:.2f} {unit}"
-
-
-def print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for j, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
-                        for c, (cell, w) in enumerate(zip(row, widths))).rstrip())
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def main(argv=None) -> None:
