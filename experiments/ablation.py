@@ -5,20 +5,23 @@ Used by `experiments/ablation.ipynb`; also runnable directly:
     python experiments/ablation.py --out=runs/ablation            # full: 3 seeds
     python experiments/ablation.py --out=/tmp/ab --scale=reduced  # a 2-minute smoke version
 
-For each seed, a cold-start SFT policy (the *base*) is trained once; every
-variant starts from it:
+For each seed, a cold-start SFT policy (the *base*, trained on the behaviour
+mixture of `start_jax.data.behaviours`) is trained once; every variant starts
+from it:
 
-| variant        | data             | stages                                         |
-|----------------|------------------|------------------------------------------------|
-| `base`         | -                | none (SFT only)                                |
-| `rlvr`         | arith (verifiable) | joint                                        |
-| `joint`        | facts (GQA)      | joint                                          |
-| `start_self`   | facts (GQA)      | think (policy responds), then response         |
-| `start_frozen` | facts (GQA)      | think (frozen base responds), then response    |
+| variant        | data               | stages                                        |
+|----------------|--------------------|-----------------------------------------------|
+| `base`         | -                  | none (SFT only)                               |
+| `rlvr`         | arith (verifiable) | joint                                         |
+| `joint`        | facts (GQA)        | joint                                         |
+| `start_self`   | facts (GQA)        | think (policy responds), then response        |
+| `start_frozen` | facts (GQA)        | think (frozen base responds), then response   |
 
 each with GRPO and with PPO (critic + GAE over the mask's action tokens).
-Answerers of three capability levels (1x, 4x, 16x SFT steps) then answer from
-every thinker's thinking on held-out arith and facts questions.
+Answerers of three capability levels (snapshots of one SFT run after 1x, 4x
+and 16x steps) then answer from every thinker's thinking on held-out arith and
+facts questions. Every run logs its reward and behaviour rates per step; the
+curves, the final bars and the Cross-Generation matrices are plotted from them.
 """
 
 from __future__ import annotations
@@ -36,14 +39,19 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from start_jax import models, rewards, sampling, sharding, train  # noqa: E402
-from start_jax.data import pipeline, world  # noqa: E402
+from start_jax.data import behaviours, pipeline, world  # noqa: E402
 from start_jax.eval import cross_generation as cg  # noqa: E402
-from start_jax.tokenizer import CharTokenizer  # noqa: E402
 from start_jax.train import data_io, sft  # noqa: E402
 from start_jax.train.config import default_config, stage  # noqa: E402
 
 VARIANTS = ("base", "rlvr", "joint", "start_self", "start_frozen")
 ALGOS = ("grpo", "ppo")
+FAMILY_OF = {"rlvr": "arith", "joint": "facts", "start_self": "facts", "start_frozen": "facts"}
+# Per-step metrics kept from each run's metrics.jsonl (the learning curves).
+CURVE_KEYS = ("reward_mean", "behaviour/facts/think_complete", "behaviour/facts/think_empty",
+              "behaviour/facts/response_correct", "behaviour/facts/response_salient",
+              "behaviour/facts/styled", "behaviour/arith/think_complete",
+              "behaviour/arith/response_correct", "behaviour/arith/steps_correct")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,54 +61,53 @@ class Scale:
     seeds: tuple[int, ...] = (0, 1, 2)
     algos: tuple[str, ...] = ALGOS
     variants: tuple[str, ...] = VARIANTS
-    sft_steps: int = 800          # Base policy SFT steps.
-    answerer_steps: tuple[int, ...] = (150, 600, 2400)   # 1x, 4x, 16x.
-    rl_steps: int = 30            # RL steps of every variant (START: 2/3 think, 1/3 response).
-    prompts_per_step: int = 8
-    group_size: int = 4
-    questions: int = 64           # Cross-Generation questions per family.
-    eval_prompts: int = 64
+    sft_steps: int = 4000         # Base policy SFT steps (the trainer's default).
+    answerer_steps: tuple[int, ...] = (250, 1000, 4000)   # 1x, 4x, 16x: one run's snapshots.
+    rl_steps: int = 40            # RL steps of every variant (START: 2/3 think, 1/3 response).
+    prompts_per_step: int = 16
+    group_size: int = 8
+    learning_rate: float = 1e-3
+    questions: int = 64           # Cross-Generation and final-reward questions per family.
 
 
 FULL = Scale()
 REDUCED = Scale(seeds=(0,), algos=("grpo",), variants=("base", "joint", "start_frozen"),
                 sft_steps=60, answerer_steps=(10, 20, 40), rl_steps=3, prompts_per_step=2,
-                group_size=2, questions=8, eval_prompts=8)
+                group_size=2, questions=8)
 
 
-def run_config(scale: Scale, seed: int) -> "ml_collections.ConfigDict":  # noqa: F821
+def run_config(scale: Scale, seed: int):
     c = default_config()
     c.seed = seed
     c.sft.steps = scale.sft_steps
     c.data.prompts_per_step = scale.prompts_per_step
     c.algo.group_size = scale.group_size
-    c.eval.prompts = scale.eval_prompts
     c.eval.every = 0
     c.checkpoint.every = 1000
-    c.checkpoint.export_hf = True
+    c.checkpoint.export_hf = False
     c.log.progress = False
     c.log.samples_every = 0
     return c
 
 
-def variant_config(variant: str, algo: str, seed: int, base_dir: str, scale: Scale):
+def variant_config(variant: str, algo: str, seed: int, base_dir: str, data_dir: str,
+                   scale: Scale):
     c = run_config(scale, seed)
     c.init_checkpoint = base_dir
-    c.data.name = "arith" if variant == "rlvr" else "facts"
+    c.data.name = FAMILY_OF[variant]
+    c.data.data_dir = data_dir
     c.reward.name = "synthetic"
+    c.schedule = variant
     if algo == "ppo":
         c.algo.advantage = "gae"
-        c.algo.lam = 0.95
-    n1 = max(1, (2 * scale.rl_steps) // 3)
-    lr = 3e-4
+    lr, n = scale.learning_rate, scale.rl_steps
     if variant in ("rlvr", "joint"):
-        c.schedule = variant
-        c.stages = {"s1": stage("joint", "self", scale.rl_steps, lr)}
+        c.stages = {"s1": stage("joint", "self", n, lr)}
     else:
-        c.schedule = variant
+        n1 = max(1, (2 * n) // 3)
         responder = "frozen" if variant == "start_frozen" else "self"
         c.stages = {"s1": stage("think", responder, n1, lr),
-                    "s2": stage("response", "self", scale.rl_steps - n1, lr)}
+                    "s2": stage("response", "self", n - n1, lr)}
     return c
 
 
@@ -108,34 +115,33 @@ def train_base(out: str, scale: Scale, seed: int) -> str:
     """Cold-start SFT policy of one seed, as a HF directory (cached)."""
     workdir = os.path.join(out, f"seed{seed}", "base")
     c = run_config(scale, seed)
-    tok = CharTokenizer()
-    mesh = sharding.make_mesh()
+    c.data.data_dir = os.path.join(out, "data")
+    tok = data_io.tokenizer_of(c)
     train_data, _ = data_io.datasets(c, workdir)
-    data_io.initial_policy(c, workdir, tok, mesh, train_data)
+    data_io.initial_policy(c, workdir, tok, sharding.make_mesh(), train_data)
     return os.path.join(workdir, "init_policy")
 
 
-def train_answerers(out: str, scale: Scale, tok) -> dict[str, tuple]:
-    """Answerers of three capability levels: the same model after 1x / 4x / 16x SFT steps."""
+def train_answerers(out: str, scale: Scale) -> dict[str, tuple]:
+    """Answerers of three capability levels: one SFT run, kept after 1x / 4x / 16x steps."""
     c = run_config(scale, 100)
+    c.data.data_dir = os.path.join(out, "data")
     workdir = os.path.join(out, "answerers")
-    train_data, _ = data_io.datasets(c, workdir)
-    examples = [train_data[i] for i in range(min(len(train_data), 4000))]
-    config = models.ModelConfig(vocab_size=tok.vocab_size, qk_norm=True,
-                                **{k: v for k, v in c.model.to_dict().items() if k != "remat"})
-    out_models = {}
-    for i, steps in enumerate(scale.answerer_steps):
-        name = f"A{4 ** i}x"
-        path = os.path.join(workdir, name)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            params = models.init_params(config, jax.random.key(100))
-            params, _ = sft.train_sft(config, params, tok, examples, steps, c.sft.batch_size,
-                                      c.sft.learning_rate, seed=100, progress=False,
-                                      response_fn=lambda e: world.golden_response(
-                                          world.Example.from_row(e)))
-            models.save_pretrained(config, params, path)
-        out_models[name] = models.load_pretrained(path)
-    return out_models
+    names = {steps: f"A{round(steps / scale.answerer_steps[0])}x" for steps in scale.answerer_steps}
+    paths = {steps: os.path.join(workdir, name) for steps, name in names.items()}
+    if not all(os.path.isfile(os.path.join(p, "config.json")) for p in paths.values()):
+        tok = data_io.tokenizer_of(c)
+        train_data, _ = data_io.datasets(c, workdir)
+        examples = [train_data[i] for i in range(min(len(train_data), c.sft.examples))]
+        config = data_io.model_config_of(c, tok)
+        params = models.init_params(config, jax.random.key(100))
+        _, _, snaps = sft.train_sft(config, params, tok, data_io.sft_traces(c, examples),
+                                    max(scale.answerer_steps), c.sft.batch_size,
+                                    c.sft.learning_rate, seed=100, progress=False,
+                                    snapshots=scale.answerer_steps)
+        for steps, path in paths.items():
+            models.save_pretrained(config, snaps[steps], path)
+    return {names[s]: models.load_pretrained(paths[s]) for s in scale.answerer_steps}
 
 
 def questions(out: str, family: str, n: int) -> list[dict]:
@@ -143,20 +149,29 @@ def questions(out: str, family: str, n: int) -> list[dict]:
     return [source[i] for i in range(min(n, len(source)))]
 
 
+def _curves(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return [{k: r[k] for k in ("step",) + CURVE_KEYS if k in r} for r in rows]
+
+
 def run(out: str, scale: Scale = FULL, log=print) -> dict:
     """Trains every variant and runs Cross-Generation; returns (and saves) the results."""
     os.makedirs(out, exist_ok=True)
     began = time.perf_counter()
-    tok = CharTokenizer()
-    sc = sampling.SamplingConfig(temperature=1.0, think_budget=48, response_budget=16)
+    tok = world.tokenizer()
+    c = default_config()
+    sc = sampling.SamplingConfig(temperature=1.0, think_budget=c.sampling.think_budget,
+                                 response_budget=c.sampling.response_budget)
     judge = rewards.make("synthetic")
     answerers = {n: cg.ModelAnswerer(cfg, p, tok, sc)
-                 for n, (cfg, p) in train_answerers(out, scale, tok).items()}
+                 for n, (cfg, p) in train_answerers(out, scale).items()}
     log(f"answerers ready ({time.perf_counter() - began:.0f} s)")
     qs = {f: questions(out, f, scale.questions) for f in ("arith", "facts")}
-    records = []
+    records, curves, cg_results = [], [], []
     for seed in scale.seeds:
         base_dir = train_base(out, scale, seed)
+        log(f"seed {seed}: base ready ({time.perf_counter() - began:.0f} s)")
         thinkers = {}
         runs = ([("base", None)] if "base" in scale.variants else []) + [
             (v, a) for a in scale.algos for v in scale.variants if v != "base"]
@@ -166,99 +181,190 @@ def run(out: str, scale: Scale = FULL, log=print) -> dict:
             else:
                 name = f"{variant}/{algo}"
                 workdir = os.path.join(out, f"seed{seed}", variant, algo)
-                trainer = train.Trainer(variant_config(variant, algo, seed, base_dir, scale),
-                                        workdir)
+                trainer = train.Trainer(variant_config(variant, algo, seed, base_dir,
+                                                       os.path.join(out, "data"), scale), workdir)
                 summary = trainer.run()
                 cfg_params = (trainer.model_config, summary["params"])
-            final = _eval_policy(cfg_params, tok, sc, judge, qs, seed)
+                curves.append({"seed": seed, "thinker": name, "rows": _curves(workdir)})
+            final = evaluate_policy(cfg_params, tok, sc, judge, qs, seed)
             thinkers[name] = cg.ModelThinker(*cfg_params, tok, sc)
             records.append({"seed": seed, "thinker": name, **final})
-            log(f"seed {seed} {name}: facts {final['final_facts']:.3f} "
-                f"arith {final['final_arith']:.3f} ({time.perf_counter() - began:.0f} s)")
+            log(f"seed {seed} {name}: facts {np.mean(final['scores_facts']):.3f} "
+                f"arith {np.mean(final['scores_arith']):.3f} "
+                f"({time.perf_counter() - began:.0f} s)")
         for family, q in qs.items():
-            result = cg.run(thinkers, answerers, q, judge, seeds=(seed,), bootstrap_samples=500)
-            for src in result.sources:
-                i = result.sources.index(src)
-                for j, a in enumerate(result.answerers):
-                    records.append({"seed": seed, "thinker": src, "family": family, "answerer": a,
-                                    "score": float(result.matrix[i, j]),
-                                    "gain": float((result.scores[i, j]
-                                                   - result.scores[result.sources.index(cg.EMPTY), j]).mean())})
-    results = {"scale": dataclasses.asdict(scale), "records": records,
-               "levels": world.reward_levels(200, 0),
+            result = cg.run(thinkers, answerers, q, judge, seeds=(seed,), bootstrap_samples=200,
+                            classify=cg.classify_synthetic)
+            cg_results.append({"seed": seed, "family": family, "sources": result.sources,
+                               "answerers": result.answerers,
+                               "scores": result.scores[:, :, 0].round(4).tolist(),
+                               "thinking_classes": result.thinking_classes})
+        log(f"seed {seed}: Cross-Generation done ({time.perf_counter() - began:.0f} s)")
+    results = {"scale": dataclasses.asdict(scale), "records": records, "curves": curves,
+               "cross_generation": cg_results, "levels": world.reward_levels(200, 0),
                "seconds": time.perf_counter() - began}
     results["summary"] = summarize(results)
     with open(os.path.join(out, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
+        json.dump(results, fh)
     return results
 
 
-def _eval_policy(cfg_params, tok, sc, judge, qs, seed) -> dict:
-    """Final-answer reward: the policy thinks and answers itself (one sample per question)."""
+def evaluate_policy(cfg_params, tok, sc, judge, qs, seed) -> dict:
+    """The policy thinks and answers itself once per question: scores and behaviour rates."""
     config, params = cfg_params
-    answerer = cg.ModelAnswerer(config, params, tok, sc)
+    special = sampling.SpecialTokens.from_tokenizer(tok)
     out = {}
     for family, q in qs.items():
-        responses = answerer.answer([x["prompt"] for x in q], None, 7 + seed)
-        scores = judge([rewards.RewardInput(x["prompt"], r, (), (), x["reference"], False,
-                                            x["metadata"]) for x, r in zip(q, responses)])
-        out[f"final_{family}"] = float(np.mean(scores))
+        rollout = sampling.sample(config, params, [tok.encode(x["prompt"]) for x in q], sc,
+                                  7 + seed, special)
+        rows = sampling.decode_segments(tok, rollout)
+        for row, x in zip(rows, q):
+            row.update(reference=x["reference"], family=family)
+        scores = judge([rewards.RewardInput(x["prompt"], r["response"], (), (), x["reference"],
+                                            False, x["metadata"]) for x, r in zip(q, rows)])
+        out[f"scores_{family}"] = np.asarray(scores, np.float64).round(4).tolist()
+        out[f"rates_{family}"] = behaviours.behaviour_rates(rows, prefix="")
+        complete = [behaviours.classify_response(x["prompt"], r["response"], x["reference"],
+                                                 family)[0] == "correct"
+                    for x, r in zip(q, rows)
+                    if behaviours.classify_thinking(x["prompt"], r["thinking"], family) == "complete"]
+        out[f"correct_after_complete_{family}"] = float(np.mean(complete)) if complete else None
+        empty = sampling.decode_segments(tok, sampling.sample(
+            config, params, [tok.encode(x["prompt"]) for x in q], sc, 7 + seed, special,
+            no_thinking=True))
+        out[f"correct_after_empty_{family}"] = float(np.mean([
+            behaviours.classify_response(x["prompt"], r["response"], x["reference"],
+                                         family)[0] == "correct" for x, r in zip(q, empty)]))
     return out
 
 
-def _ci(values, samples=2000, seed=0):
-    values = np.asarray(values, np.float64)
-    if len(values) < 2:
-        return float(values.mean()), float(values.mean()), float(values.mean())
-    rs = np.random.RandomState(seed)
-    means = values[rs.randint(0, len(values), (samples, len(values)))].mean(1)
-    return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+def _interval(values: np.ndarray, samples: int = 2000) -> list[float]:
+    """Mean and bootstrap 95% interval of per-(seed, question) values [seeds, questions]."""
+    e = cg.bootstrap_efficacy(np.asarray(values, np.float64)[None], samples=samples)
+    return [e["mean"], e["low"], e["high"]]
 
 
 def summarize(results: dict) -> list[dict]:
-    """Per thinker: final rewards and thinking efficacy per family, mean and 95% CI over seeds."""
+    """Per thinker: final reward, efficacy and behaviour rates with 95% intervals.
+
+    Final reward and efficacy are bootstrapped over (seed, question) pairs;
+    behaviour rates (one value per seed) are given as mean [min, max] over seeds.
+    """
     recs = results["records"]
-    thinkers = sorted({r["thinker"] for r in recs if "family" in r})
+    cgs = results["cross_generation"]
+    thinkers = sorted({s for r in cgs for s in r["sources"]},
+                      key=lambda s: (s in (cg.EMPTY, cg.SELF), s))
     rows = []
     for t in thinkers:
         row = {"thinker": t}
-        finals = [r for r in recs if r["thinker"] == t and "final_facts" in r]
-        for key in ("final_facts", "final_arith"):
+        finals = [r for r in recs if r["thinker"] == t]
+        for fam in ("facts", "arith"):
             if finals:
-                row[key] = _ci([r[key] for r in finals])
-        for family in ("arith", "facts"):
-            per_seed = {}
-            for r in recs:
-                if r.get("family") == family and r["thinker"] == t:
-                    per_seed.setdefault(r["seed"], []).append(r["gain"])
-            row[f"efficacy_{family}"] = _ci([np.mean(v) for v in per_seed.values()])
+                row[f"final_{fam}"] = _interval([r[f"scores_{fam}"] for r in finals])
+                for key in ("think_complete", "response_salient", "styled"):
+                    vals = [r[f"rates_{fam}"].get(f"{fam}/{key}") for r in finals]
+                    if all(v is not None for v in vals):
+                        row[f"{key}_{fam}"] = [float(np.mean(vals)), float(min(vals)),
+                                               float(max(vals))]
+            gains, complete = [], []
+            for r in cgs:
+                if r["family"] != fam or t not in r["sources"]:
+                    continue
+                scores = np.asarray(r["scores"])              # [sources, answerers, questions]
+                gains.append(scores[r["sources"].index(t)] - scores[r["sources"].index(cg.EMPTY)])
+                if t in r["thinking_classes"]:
+                    complete.append(r["thinking_classes"][t].get("complete", 0.0))
+            if gains:
+                e = cg.bootstrap_efficacy(np.stack(gains, axis=1))   # [answerers, seeds, q]
+                row[f"efficacy_{fam}"] = [e["mean"], e["low"], e["high"]]
+            if complete:
+                row[f"cg_complete_{fam}"] = [float(np.mean(complete)), float(min(complete)),
+                                             float(max(complete))]
         rows.append(row)
     return rows
 
 
-def table(results: dict) -> str:
-    head = (f"{'thinker':<20} {'final facts':>20} {'final arith':>20} "
-            f"{'efficacy facts':>22} {'efficacy arith':>22}")
-    lines = [head, "-" * len(head)]
-    fmt = lambda v: "-" if v is None else f"{v[0]:.3f} [{v[1]:.3f},{v[2]:.3f}]"  # noqa: E731
-    for row in results["summary"]:
-        lines.append(f"{row['thinker']:<20} {fmt(row.get('final_facts')):>20} "
-                     f"{fmt(row.get('final_arith')):>20} {fmt(row.get('efficacy_facts')):>22} "
-                     f"{fmt(row.get('efficacy_arith')):>22}")
-    return "\n".join(lines)
+COLUMNS = (("final_facts", "final facts"), ("efficacy_facts", "efficacy facts"),
+           ("cg_complete_facts", "complete facts"), ("styled_facts", "styled facts"),
+           ("response_salient_facts", "salient facts"), ("final_arith", "final arith"),
+           ("efficacy_arith", "efficacy arith"), ("cg_complete_arith", "complete arith"))
 
 
-def plot(results: dict, path: str) -> None:
-    """Bar charts: final-answer reward (facts) and thinking efficacy (facts, arith), 95% CIs."""
+def table(results: dict, markdown: bool = False) -> str:
+    """The summary as text (or a markdown table): mean [low, high] per column."""
+    fmt = lambda v: "-" if v is None else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
+    head = ["thinker"] + [label for _, label in COLUMNS]
+    body = [[row["thinker"]] + [fmt(row.get(key)) for key, _ in COLUMNS]
+            for row in results["summary"]]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    line = lambda r: "  ".join(f"{x:<{w}}" for x, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(head), "-" * len(line(head))] + [line(r) for r in body])
+
+
+def _smooth(y: np.ndarray, k: int) -> np.ndarray:
+    if k <= 1 or len(y) < k:
+        return y
+    pad = np.concatenate([np.full(k // 2, y[0]), y, np.full(k - 1 - k // 2, y[-1])])
+    return np.convolve(pad, np.ones(k) / k, mode="valid")
+
+
+CURVE_PANELS = (("reward_mean", "train reward"),
+                ("behaviour/facts/think_complete", "facts: complete thinking"),
+                ("behaviour/facts/styled", "facts: styled response"),
+                ("behaviour/facts/response_salient", "facts: salient (shortcut) answer"),
+                ("behaviour/facts/response_correct", "facts: correct answer"),
+                ("behaviour/arith/think_complete", "arith: complete thinking (RLVR)"))
+
+
+def plot_curves(results: dict, path: str, smooth: int = 5) -> None:
+    """Reward and behaviour rates against RL step, per variant: mean over seeds, band = +-1 sd."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [r for r in results["summary"] if r["thinker"] not in (cg.EMPTY,)]
+    names = sorted({c["thinker"] for c in results["curves"]})
+    colours = dict(zip(names, plt.cm.tab10(np.linspace(0, 1, 10))))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    for ax, (key, title) in zip(axes.ravel(), CURVE_PANELS):
+        for name in names:
+            runs = [c["rows"] for c in results["curves"] if c["thinker"] == name]
+            if not all(runs) or not all(key in r for run in runs for r in run):
+                continue
+            n = min(len(run) for run in runs)
+            y = np.array([_smooth(np.array([r[key] for r in run[:n]]), smooth) for run in runs])
+            steps = np.array([r["step"] for r in runs[0][:n]])
+            mean, sd = y.mean(0), y.std(0)
+            style = "--" if name.endswith("/ppo") else "-"
+            ax.plot(steps, mean, style, color=colours[name], label=name, lw=1.6)
+            ax.fill_between(steps, mean - sd, mean + sd, color=colours[name], alpha=0.15)
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Learning curves (mean over seeds, band +-1 sd, {smooth}-step moving average)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot(results: dict, path: str) -> None:
+    """Bar charts with 95% intervals: final reward, efficacy and complete thinking per family."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in results["summary"] if r["thinker"] != cg.EMPTY]
     names = [r["thinker"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=False)
-    for ax, key, title in zip(axes, ("final_facts", "efficacy_facts", "efficacy_arith"),
-                              ("final-answer reward (GQA facts)", "thinking efficacy (GQA facts)",
-                               "thinking efficacy (verifiable arith)")):
+    panels = (("final_facts", "final reward (GQA facts)"),
+              ("efficacy_facts", "thinking efficacy (GQA facts)"),
+              ("cg_complete_facts", "complete thinking (facts, truth)"),
+              ("final_arith", "final reward (verifiable arith)"),
+              ("efficacy_arith", "thinking efficacy (verifiable arith)"),
+              ("cg_complete_arith", "complete thinking (arith, truth)"))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    for ax, (key, title) in zip(axes.ravel(), panels):
         vals = [r.get(key) or (np.nan, np.nan, np.nan) for r in rows]
         mean = np.array([v[0] for v in vals])
         err = np.array([[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]])
@@ -267,19 +373,16 @@ def plot(results: dict, path: str) -> None:
         ax.axhline(0, color="black", lw=0.6)
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def matrix(results: dict, family: str):
     """Seed-averaged Cross-Generation matrix: (sources, answerers, [S, A] scores)."""
-    recs = [r for r in results["records"] if r.get("family") == family]
-    sources = sorted({r["thinker"] for r in recs}, key=lambda s: (s in (cg.EMPTY, cg.SELF), s))
-    answerers = sorted({r["answerer"] for r in recs}, key=lambda a: int(a[1:-1]))
-    m = np.zeros((len(sources), len(answerers)))
-    for i, s in enumerate(sources):
-        for j, a in enumerate(answerers):
-            m[i, j] = np.mean([r["score"] for r in recs if r["thinker"] == s and r["answerer"] == a])
+    recs = [r for r in results["cross_generation"] if r["family"] == family]
+    sources = recs[0]["sources"]
+    answerers = recs[0]["answerers"]
+    m = np.mean([np.asarray(r["scores"]).mean(-1) for r in recs], axis=0)
     return sources, answerers, m
 
 
@@ -301,7 +404,7 @@ def plot_matrices(results: dict, path: str) -> None:
         ax.set_title(f"Cross-Generation score ({family})")
         ax.set_xlabel("answerer (SFT budget)")
     fig.colorbar(im, ax=axes, shrink=0.8)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -312,7 +415,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     res = run(args.out, FULL if args.scale == "full" else REDUCED)
     print(table(res))
+    plot_curves(res, os.path.join(args.out, "curves.png"))
     plot(res, os.path.join(args.out, "ablation.png"))
     plot_matrices(res, os.path.join(args.out, "cross_generation.png"))
-    print(f"results: {args.out}/results.json, plot: {args.out}/ablation.png, "
-          f"{res['seconds'] / 60:.1f} min")
+    print(f"results: {args.out}/results.json, plots: {args.out}/curves.png, ablation.png, "
+          f"cross_generation.png; {res['seconds'] / 60:.1f} min")

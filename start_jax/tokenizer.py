@@ -317,21 +317,37 @@ class CharTokenizer:
         "{% if add_generation_prompt %}assistant: {% endif %}"
     )
 
-    def __init__(self, alphabet: str = DEFAULT_ALPHABET):
+    def __init__(self, alphabet: str = DEFAULT_ALPHABET, words: Sequence[str] = ()):
         """Creates the tokenizer.
 
         Args:
           alphabet: Characters of the vocabulary, each given once.
+          words: Multi-character tokens (ids after the alphabet), matched
+            greedily, longest first, before single characters; every character
+            of a word must be in the alphabet, so any text still encodes.
 
         Raises:
-          ValueError: The alphabet contains a repeated character.
+          ValueError: The alphabet contains a repeated character, or a word is
+            repeated, shorter than two characters or not made of the alphabet.
         """
         if len(set(alphabet)) != len(alphabet):
             raise ValueError(f"alphabet has repeated characters: {alphabet!r}")
+        words = tuple(words)
+        bad = [w for w in words if len(w) < 2 or any(ch not in alphabet for ch in w)]
+        if bad or len(set(words)) != len(words):
+            raise ValueError(f"words must be distinct strings of 2+ alphabet characters; "
+                             f"bad: {bad or sorted({w for w in words if words.count(w) > 1})}")
         self.alphabet = alphabet
+        self.words = words
         self._vocab = {t: i for i, t in enumerate(self.SPECIAL_TOKENS)}
         for ch in alphabet:
             self._vocab[ch] = len(self._vocab)
+        for w in words:
+            self._vocab[w] = len(self._vocab)
+        # Longest word first, so the leftmost match is the longest; then any character.
+        self._piece_pattern = "|".join(
+            [re.escape(w) for w in sorted(words, key=len, reverse=True)] + [r"[\s\S]"])
+        self._piece_re = re.compile(self._piece_pattern)
         self._inverse = {i: t for t, i in self._vocab.items()}
         self.pad_id, self.eos_id, self.think_id, self.end_think_id, self.unk_id = (
             self._vocab[t] for t in self.SPECIAL_TOKENS
@@ -346,13 +362,14 @@ class CharTokenizer:
         return len(self._vocab)
 
     def encode(self, text: str) -> list[int]:
-        """Encodes text one character at a time, keeping special tokens whole."""
+        """Encodes text one word or character at a time, keeping special tokens whole."""
         ids = []
         for i, piece in enumerate(self._special_re.split(text)):
             if i % 2:  # Odd pieces are the captured special tokens.
                 ids.append(self._vocab[piece])
             else:
-                ids.extend(self._vocab.get(ch, self.unk_id) for ch in piece)
+                ids.extend(self._vocab.get(m, self.unk_id)
+                           for m in (self._piece_re.findall(piece) if self.words else piece))
         return ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -388,10 +405,10 @@ class CharTokenizer:
         tok = tokenizers.Tokenizer(
             tokenizers.models.WordLevel(dict(self._vocab), unk_token="<unk>")
         )
-        # One pre-token per character; [\s\S] (unlike ".") also matches "\n".
-        # No normalizer, so spaces are kept as their own tokens.
+        # One pre-token per word or character; [\s\S] (unlike ".") also matches
+        # "\n". No normalizer, so spaces are kept as their own tokens.
         tok.pre_tokenizer = tokenizers.pre_tokenizers.Split(
-            tokenizers.Regex(r"[\s\S]"), behavior="isolated"
+            tokenizers.Regex(self._piece_pattern), behavior="isolated"
         )
         # WordLevel decoding joins tokens with spaces by default; Fuse does not.
         tok.decoder = tokenizers.decoders.Fuse()
@@ -428,7 +445,11 @@ class CharTokenizer:
 
 
 def load_tokenizer(path_or_name: str | os.PathLike) -> Tokenizer:
-    """Returns `CharTokenizer` for ``"char"``, else loads an `HFTokenizer` dir."""
+    """`CharTokenizer` for ``"char"``, the embedded world's tokenizer for ``"world"``
+    (`start_jax.data.world.tokenizer`), else an `HFTokenizer` directory."""
     if str(path_or_name) == "char":
         return CharTokenizer()
+    if str(path_or_name) == "world":
+        from start_jax.data import world  # The world owns its vocabulary.
+        return world.tokenizer()
     return HFTokenizer.from_pretrained(path_or_name)

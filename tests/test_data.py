@@ -24,7 +24,7 @@ def test_synthetic_world_builds_and_reads_back(tmp_path):
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     assert builder.info.splits["train"].num_examples == 30
     assert builder.info.splits["test"].num_examples == 8
-    assert list((tmp_path / "synthetic_world" / "tiny" / "1.0.0").glob("*.array_record*"))
+    assert list((tmp_path / "synthetic_world" / "tiny" / "2.0.0").glob("*.array_record*"))
     source = builder.as_data_source(split="train")
     assert len(source) == 30
     row = source[0]
@@ -43,7 +43,7 @@ def test_named_configs():
     configs = {c.name: c for c in SyntheticWorld.BUILDER_CONFIGS}
     assert set(configs) == {"arith", "facts", "mixed"}
     for name, c in configs.items():
-        assert c.family == name and (c.train_size, c.test_size) == (2000, 200)
+        assert c.family == name and (c.train_size, c.test_size) == (20000, 200)
     with pytest.raises(ValueError, match="unknown family"):
         SyntheticWorldConfig(name="bad", family="poetry")
 
@@ -69,12 +69,12 @@ def test_load_synthetic(data_dir, monkeypatch):
                                 test_size=10)
     with pytest.raises(ValueError, match="unknown synthetic config 'poems'"):
         pipeline.load_synthetic("poems", data_dir, "train")
-    assert pipeline.synthetic_config("facts", seed=3).name == "facts_s3_n2000_200_p850"
+    assert pipeline.synthetic_config("facts", seed=3).name == "facts_s3_n20000_200_p850"
 
 
 def test_load_named_mixed(data_dir):
     train = pipeline.load("mixed", data_dir, "train")
-    assert len(train) == 2000 and len(pipeline.load("mixed", data_dir, "test")) == 200
+    assert len(train) == 20000 and len(pipeline.load("mixed", data_dir, "test")) == 200
     families = {train[i]["family"] for i in range(100)}
     assert families == {"arith", "facts"}
 

@@ -2,23 +2,34 @@
 
 Every example is generated deterministically from an integer seed with a numpy
 ``Generator`` (`generate`). All text uses only characters of `CharTokenizer`'s
-alphabet, prompts are at most ~100 characters (arith <= 30, facts <= 96) and gold
-thinking at most 40 characters, so tiny character-level models can learn them.
+alphabet. The world's own tokenizer (`tokenizer`, ``tokenizer="world"``) adds
+multi-character tokens: each fact of a facts prompt (``Al likes tea.``,
+``Bo's pal is Al.``) and its question are single tokens, as are the arith
+assignments (``b=a+``) and the numbers 10..99. A thinking step is then one
+lookup a tiny model can learn: with characters, or with words, a 2-layer model
+trained for 4000 steps on complete traces only got the second hop of a facts
+question right about 35-40% of the time (barely above picking one of the
+prompt's three things), because every hop needed an induction circuit it did
+not form; with fact tokens the same model gets it right 100% of the time after
+800 steps.
 
 Families
 ========
 
-``arith`` (verifiable, RLVR). A chain of 2-4 assignments over the variables
+``arith`` (verifiable, RLVR). A chain of 3-4 assignments over the variables
 ``a, b, c, d`` and a question on the last one::
 
-    prompt    a=3;b=a+4;c=b*a;c?
-    thinking  a=3 b=7 c=21
-    reference 21
+    prompt    a=3;b=a+4;c=b-5;c?
+    thinking  a=3 b=7 c=2
+    reference 2
 
-``a`` is 1..20; each later variable is the previous one ``+``, ``-`` or ``*`` a
-constant (1..9 for ``+``/``-``, 2..5 for ``*``) or, one time in four, an earlier
-variable. Every value stays within -99..999. Without the intermediate values a tiny
-model mostly fails.
+``a`` is 1..9; each later variable is the previous one ``+`` or ``-`` a constant
+1..9 (`ARITH_CHAIN`, `ARITH_START`, `ARITH_OPERAND`, `ARITH_OPS`), and every value
+stays within 0..19 (`VALUE_RANGE`). Each step of the thinking is one addition
+or subtraction of small numbers; without the intermediate values the answer
+needs two or three of them at once. Measured on the default base policy (4000
+SFT steps of the mixture, 2-layer, 64-wide): 99% of the answers after complete
+thinking are correct, 9% after empty thinking (chance is 5%).
 
 ``facts`` (general QA, judged). Four ``X likes T.`` facts and one ``Q's pal is X.``
 fact in random order, then a two-hop question::
@@ -101,7 +112,11 @@ NAMES = ("Al", "Bo", "Cy", "Di", "Ed", "Jo", "Lu", "Mo", "Ty", "Vi", "Zu", "Ki")
 THINGS = ("tea", "jam", "pie", "fig", "egg", "ham", "oat", "yam", "bun", "nut", "cod", "gum")
 VARIABLES = "abcd"
 STYLE_PREFIX = "Surely"
-VALUE_RANGE = (-99, 999)
+ARITH_CHAIN = (3, 4)       # Variables per arith chain (inclusive range).
+ARITH_START = (1, 9)       # Value of the first variable.
+ARITH_OPERAND = (1, 9)     # Constant of each later step.
+ARITH_OPS = "+-"
+VALUE_RANGE = (0, 19)      # Every value of a chain stays in this range.
 P_MISLEADING = 0.85
 
 
@@ -132,30 +147,55 @@ class Example:
                 "metadata": json.dumps(self.metadata, sort_keys=True)}
 
 
+def token_words() -> tuple[str, ...]:
+    """The multi-character tokens of the world's tokenizer (`tokenizer`).
+
+    Names, things and the fixed words of the prompts and responses, each with
+    and without a leading space, and the numbers 10..99; everything else
+    (digits, operators, punctuation) is one character per token.
+    """
+    words = list(NAMES) + list(THINGS) + ["likes", "pal", "is", "What", "does", "like",
+                                          STYLE_PREFIX, "'s"]
+    words += [f"{n} likes {t}." for n in NAMES for t in THINGS]
+    words += [f"{n}'s pal is {m}." for n in NAMES for m in NAMES if m != n]
+    words += [f"What does {n}'s pal like?" for n in NAMES]
+    words += [f"{v}=" for v in VARIABLES] + [f"{v}?" for v in VARIABLES]
+    words += [f"{v}={u}{op}" for u, v in zip(VARIABLES, VARIABLES[1:]) for op in "+-*"]
+    spaced = [" " + w for w in words if w != "'s"]
+    numbers = [str(n) for n in range(10, 100)]
+    return tuple(words + spaced + numbers + [" " + n for n in numbers])
+
+
+def tokenizer():
+    """The embedded world's tokenizer: characters plus `token_words` (``tokenizer="world"``).
+
+    A facts prompt is about 30 tokens instead of about 100 characters, and each
+    name, thing and number the thinking looks up is a single token.
+    """
+    from start_jax.tokenizer import CharTokenizer  # Local: tokenizer does not import data.
+    return CharTokenizer(words=token_words())
+
+
 # --------------------------------------------------------------------------- arith
 
 def _arith(rng: np.random.Generator) -> Example:
-    n_vars = int(rng.integers(2, 5))
+    lo_vars, hi_vars = ARITH_CHAIN
+    n_vars = int(rng.integers(lo_vars, hi_vars + 1))
     names = VARIABLES[:n_vars]
-    values = {names[0]: int(rng.integers(1, 21))}
-    statements = [f"{names[0]}={values[names[0]]}"]
     lo, hi = VALUE_RANGE
+    values = {names[0]: int(rng.integers(ARITH_START[0], ARITH_START[1] + 1))}
+    statements = [f"{names[0]}={values[names[0]]}"]
     for i in range(1, n_vars):
         left = names[i - 1]
+        x = values[left]
         while True:
-            op = "+-*"[int(rng.integers(0, 3))]
-            if i >= 2 and rng.random() < 0.25:
-                right = names[int(rng.integers(0, i - 1))]
-                operand = values[right]
-            else:
-                operand = int(rng.integers(2, 6)) if op == "*" else int(rng.integers(1, 10))
-                right = str(operand)
-            x = values[left]
-            value = x + operand if op == "+" else x - operand if op == "-" else x * operand
+            op = ARITH_OPS[int(rng.integers(0, len(ARITH_OPS)))]
+            operand = int(rng.integers(ARITH_OPERAND[0], ARITH_OPERAND[1] + 1))
+            value = x + operand if op == "+" else x - operand
             if lo <= value <= hi:
                 break
         values[names[i]] = value
-        statements.append(f"{names[i]}={left}{op}{right}")
+        statements.append(f"{names[i]}={left}{op}{operand}")
     last = names[-1]
     prompt = ";".join(statements) + f";{last}?"
     thinking = " ".join(f"{v}={values[v]}" for v in names)
@@ -390,9 +430,7 @@ class SyntheticJudge:
 
 def reward_input(example: Example, response: str, with_reference: bool = True) -> RewardInput:
     """What the judge sees for ``response`` to ``example`` (prompt and response only)."""
-    from start_jax.tokenizer import CharTokenizer  # Local: only for the id fields.
-
-    tok = CharTokenizer()
+    tok = tokenizer()
     return RewardInput(prompt=example.prompt, response=response,
                        prompt_ids=tuple(tok.encode(example.prompt)),
                        response_ids=tuple(tok.encode(response)) + (tok.eos_id,),

@@ -86,6 +86,7 @@ class CrossGenResult:
     scores: np.ndarray          # [sources, answerers, seeds, questions] rewards.
     efficacy: dict              # thinker -> {'mean', 'low', 'high'}.
     confidence: float
+    thinking_classes: dict = dataclasses.field(default_factory=dict)  # thinker -> class -> rate.
 
     @property
     def matrix(self) -> np.ndarray:
@@ -96,18 +97,22 @@ class CrossGenResult:
         return {"sources": self.sources, "answerers": self.answerers,
                 "matrix": self.matrix.round(6).tolist(), "efficacy": self.efficacy,
                 "confidence": self.confidence, "seeds": int(self.scores.shape[2]),
-                "questions": int(self.scores.shape[3])}
+                "questions": int(self.scores.shape[3]), "thinking_classes": self.thinking_classes}
 
     def table(self) -> str:
         width = max(len(s) for s in self.sources + ["source"])
         head = f"{'source':<{width}}  " + "  ".join(f"{a:>10}" for a in self.answerers)
         head += f"  {'efficacy':>24}"
+        if self.thinking_classes:
+            head += f"  {'complete thinking':>17}"
         lines = [head, "-" * len(head)]
         for i, s in enumerate(self.sources):
             row = f"{s:<{width}}  " + "  ".join(f"{v:>10.3f}" for v in self.matrix[i])
             if s in self.efficacy:
                 e = self.efficacy[s]
                 row += f"  {e['mean']:>+8.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
+            if s in self.thinking_classes:
+                row += f"  {self.thinking_classes[s].get('complete', 0.0):>17.3f}"
             lines.append(row)
         return "\n".join(lines)
 
@@ -149,7 +154,8 @@ def bootstrap_efficacy(gain: np.ndarray, samples: int = 2000, confidence: float 
 
 def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions: Sequence[dict],
         reward_fn, seeds: Sequence[int] = (0,), include_self: bool = True,
-        bootstrap_samples: int = 2000, confidence: float = 0.95) -> CrossGenResult:
+        bootstrap_samples: int = 2000, confidence: float = 0.95,
+        classify=None) -> CrossGenResult:
     """Runs the thinkers x answerers grid with empty and self controls.
 
     Args:
@@ -158,6 +164,10 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
       questions: dicts with 'prompt', 'reference' and optional 'metadata'.
       reward_fn: a response-only reward (sees prompt and response only).
       seeds: sampling seeds; each thinker/answerer call gets one.
+      classify: optional ``classify(question, thinking) -> class name``, the truth
+        about a thinking (the synthetic world has `data.behaviours.classify_thinking`);
+        the result then reports each source's class rates beside its efficacy,
+        so the efficacy can be checked against what the thinking really was.
     """
     if EMPTY in thinkers or SELF in thinkers:
         raise ValueError(f"thinker names {EMPTY!r} and {SELF!r} are reserved for the controls")
@@ -172,9 +182,16 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
                         reference=q.get("reference"), metadata=q.get("metadata"))
             for q, r in zip(questions, responses)]), np.float32)
 
+    counts: dict[str, dict[str, int]] = {}
     for k, seed in enumerate(seeds):
         thinking = {name: t.think(prompts, seed) for name, t in thinkers.items()}
         thinking[EMPTY] = [""] * len(prompts)
+        if classify is not None:
+            for name, texts in thinking.items():
+                for q, text in zip(questions, texts):
+                    c = counts.setdefault(name, {})
+                    label = classify(q, text)
+                    c[label] = c.get(label, 0) + 1
         for j, name in enumerate(names):
             a = answerers[name]
             for i, src in enumerate(sources):
@@ -183,7 +200,16 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
     empty = scores[sources.index(EMPTY)]
     efficacy = {src: bootstrap_efficacy(scores[i] - empty, bootstrap_samples, confidence)
                 for i, src in enumerate(sources) if src != EMPTY}
-    return CrossGenResult(sources, names, scores, efficacy, confidence)
+    classes = {name: {label: n / (len(seeds) * len(questions)) for label, n in sorted(c.items())}
+               for name, c in counts.items()}
+    return CrossGenResult(sources, names, scores, efficacy, confidence, classes)
+
+
+def classify_synthetic(question: dict, thinking: str) -> str:
+    """`classify` for the synthetic world: the class of a thinking (`data.behaviours`)."""
+    from start_jax.data import behaviours
+    family = question.get("family") or (question.get("metadata") or {}).get("family")
+    return behaviours.classify_thinking(question["prompt"], thinking, family)
 
 
 def save(result: CrossGenResult, path: str) -> None:
@@ -232,8 +258,8 @@ def main(argv: Sequence[str] | None = None) -> CrossGenResult:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--reward", default="synthetic", help="a registered reward name")
     parser.add_argument("--seeds", default="0", help="comma-separated sampling seeds")
-    parser.add_argument("--tokenizer", default="char",
-                        help="'char' or a directory; a model directory with tokenizer.json "
+    parser.add_argument("--tokenizer", default="world",
+                        help="'world', 'char' or a directory; a model directory with tokenizer.json "
                              "uses its own")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--think_budget", type=int, default=48)
@@ -257,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> CrossGenResult:
     os.makedirs(args.out, exist_ok=True)
     qs = _questions(args.data, os.path.join(args.out, "data"), args.questions)
     result = run(thinkers, answerers, qs, rewards.make(args.reward),
-                 seeds=[int(s) for s in args.seeds.split(",")])
+                 seeds=[int(s) for s in args.seeds.split(",")],
+                 classify=classify_synthetic if args.data.startswith("synthetic") else None)
     save(result, os.path.join(args.out, "cross_generation.json"))
     result.heatmap(os.path.join(args.out, "cross_generation.png"))
     print(result.table())

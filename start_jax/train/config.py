@@ -20,7 +20,7 @@ _FREE_FORM = ("reward.kwargs", "stages")
 
 
 def stage(train_segments: str = "joint", responder: str = "self", steps: int = 10,
-                    learning_rate: float = 1e-4) -> ml_collections.ConfigDict:
+                    learning_rate: float = 1e-3) -> ml_collections.ConfigDict:
     """One stage of the schedule."""
     return ml_collections.ConfigDict(dict(
             train_segments=train_segments,  # joint | think | response.
@@ -34,7 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
     """Schema and defaults (the embedded START run)."""
     c = ml_collections.ConfigDict()
     c.seed = 0                       # Seeds init, data order and sampling.
-    c.tokenizer = "char"             # 'char' or a directory with tokenizer.json.
+    c.tokenizer = "world"            # "world" (the embedded world's), "char", or a tokenizer.json dir.
     c.init_checkpoint = ""           # HF directory to start from; '' = random init + SFT.
 
     c.model = ml_collections.ConfigDict()
@@ -45,7 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.num_heads = 4            # Query heads.
     c.model.num_kv_heads = 2         # Key/value heads.
     c.model.head_dim = 16            # Head width.
-    c.model.max_position_embeddings = 512  # Context length.
+    c.model.max_position_embeddings = 128  # Context length.
     c.model.dtype = "float32"        # Compute dtype.
     c.model.param_dtype = "float32"  # Parameter dtype.
     c.model.remat = False            # Recompute blocks in the backward pass.
@@ -57,24 +57,30 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"      # 'synthetic' or 'jsonl'.
-    c.data.name = "mixed"            # Synthetic config: arith | facts | mixed.
+    c.data.name = "facts"            # Synthetic config: arith | facts | mixed.
     c.data.train_path = ""           # JSONL train file (source='jsonl').
     c.data.test_path = ""            # JSONL test file (source='jsonl').
     c.data.data_dir = ""             # tfds data_dir; '' = <workdir>/data.
-    c.data.prompts_per_step = 8      # Distinct prompts per RL step.
-    c.data.max_prompt_tokens = 128   # Longer prompts are an error.
+    c.data.prompts_per_step = 16     # Distinct prompts per RL step.
+    c.data.max_prompt_tokens = 32    # Longer prompts are an error (world prompts: <= 14).
 
     c.sft = ml_collections.ConfigDict()
-    c.sft.steps = 300                # Cold-start SFT steps on gold traces (random init).
+    c.sft.steps = 4000               # Cold-start SFT steps (random init only).
     c.sft.batch_size = 32            # Sequences per SFT step.
     c.sft.learning_rate = 3e-3       # SFT peak learning rate.
+    # Behaviour mixture of the synthetic SFT traces (start_jax.data.behaviours):
+    # thinking complete : sloppy : guess (relative weights), and the styled rate.
+    c.sft.mixture = ml_collections.ConfigDict(dict(complete=0.5, sloppy=0.25, guess=0.25,
+                                                   styled=0.25))
+    c.sft.examples = 20000           # Train examples the traces are drawn from (at most).
+    c.sft.draws = 1                  # Traces drawn per example.
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.temperature = 1.0     # Rollout temperature.
     c.sampling.top_k = 0             # 0 = off.
     c.sampling.top_p = 1.0           # 1 = off.
-    c.sampling.think_budget = 48     # Thinking tokens before </think> is forced.
-    c.sampling.response_budget = 16  # Response tokens, eos included.
+    c.sampling.think_budget = 16     # Thinking tokens before </think> is forced.
+    c.sampling.response_budget = 8   # Response tokens, eos included.
 
     c.reward = ml_collections.ConfigDict()
     c.reward.name = "synthetic"      # A registered reward (start_jax.rewards).
@@ -82,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.algo = ml_collections.ConfigDict()
     c.algo.advantage = "grpo"        # grpo | rloo | reinforce_pp | gae.
-    c.algo.group_size = 4            # Completions per prompt.
+    c.algo.group_size = 8            # Completions per prompt.
     c.algo.grpo_scale = "std"        # 'std' or 'none' (Dr.GRPO).
     c.algo.group_baseline = True     # REINFORCE++: subtract the group mean.
     c.algo.gamma = 1.0               # GAE discount.
@@ -110,8 +116,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.schedule = "start"             # Name of the stage schedule (for logs).
     c.stages = ml_collections.ConfigDict()  # Run in sorted key order.
-    c.stages.s1 = stage("think", "self", steps=12, learning_rate=3e-4)
-    c.stages.s2 = stage("response", "self", steps=8, learning_rate=3e-4)
+    c.stages.s1 = stage("think", "self", steps=24, learning_rate=1e-3)
+    c.stages.s2 = stage("response", "self", steps=12, learning_rate=1e-3)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 5           # Save every N RL steps.

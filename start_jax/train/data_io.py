@@ -11,7 +11,7 @@ from absl import logging
 
 from start_jax import models, sharding
 from start_jax.checkpoints import read_config
-from start_jax.data import pipeline, world
+from start_jax.data import behaviours, pipeline, world
 from start_jax.data.pipeline import PromptIterator  # noqa: F401  (re-exported)
 from start_jax.tokenizer import load_tokenizer
 from start_jax.train import sft
@@ -66,19 +66,15 @@ def initial_policy(config, workdir: str, tokenizer, mesh, train_data):
         return model_config, params
     path = os.path.join(workdir, "init_policy")
     if not os.path.isfile(os.path.join(path, "config.json")):
-        model_config = models.ModelConfig(
-            vocab_size=tokenizer.vocab_size, qk_norm=config.model.model_type == "qwen3",
-            qkv_bias=config.model.model_type == "qwen2",
-            eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-            **{k: v for k, v in config.model.to_dict().items() if k != "remat"})
+        model_config = model_config_of(config, tokenizer)
         params = sharding.init_sharded(model_config, jax.random.key(config.seed), mesh)
         if config.sft.steps:
-            n = min(len(train_data), 4000)
+            n = min(len(train_data), config.sft.examples)
             examples = [train_data[i] for i in range(n)]
             params, losses = sft.train_sft(
-                model_config, params, tokenizer, examples, config.sft.steps, config.sft.batch_size,
-                config.sft.learning_rate, seed=config.seed, progress=config.log.progress,
-                response_fn=lambda e: world.golden_response(world.Example.from_row(e)))
+                model_config, params, tokenizer, sft_traces(config, examples),
+                config.sft.steps, config.sft.batch_size, config.sft.learning_rate,
+                seed=config.seed, progress=config.log.progress)
             logging.info("cold-start SFT: final losses %s", np.round(losses, 3))
         tmp = path + ".tmp"
         models.save_pretrained(model_config, params, tmp)
@@ -88,6 +84,27 @@ def initial_policy(config, workdir: str, tokenizer, mesh, train_data):
     model_config, params = models.load_pretrained(
         path, dtype=dtype, compute_dtype=config.model.dtype, mesh=mesh, remat=config.model.remat)
     return model_config.replace(max_position_embeddings=config.model.max_position_embeddings), params
+
+
+def model_config_of(config, tokenizer) -> models.ModelConfig:
+    """The model a random-init run trains, from `config.model` and the tokenizer."""
+    return models.ModelConfig(
+        vocab_size=tokenizer.vocab_size, qk_norm=config.model.model_type == "qwen3",
+        qkv_bias=config.model.model_type == "qwen2",
+        eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+        **{k: v for k, v in config.model.to_dict().items() if k != "remat"})
+
+
+def sft_traces(config, examples) -> list[dict]:
+    """Cold-start traces: the behaviour mixture on synthetic data, gold traces on JSONL."""
+    if config.data.source != "synthetic":
+        return [{**e, "response": world.golden_response(world.Example.from_row(e))}
+                for e in examples]
+    try:
+        mixture = behaviours.Mixture(**config.sft.mixture.to_dict())
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config: sft.{e}") from None
+    return behaviours.mixture_traces(examples, mixture, seed=config.seed, draws=config.sft.draws)
 
 
 def _check_cached(path: str, config, tokenizer) -> None:

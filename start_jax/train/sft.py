@@ -59,12 +59,18 @@ def _step(params, opt_state, tokens, seg, forced, *, config, tx):
 
 def train_sft(config: ModelConfig, params, tokenizer, examples: Sequence[dict], steps: int,
               batch_size: int, learning_rate: float, seed: int = 0, progress: bool = True,
-              response_fn=None):
-    """Runs `steps` SFT updates on gold traces; returns (params, last losses).
+              response_fn=None, snapshots: Sequence[int] = ()):
+    """Runs `steps` SFT updates on thinking traces; returns (params, last losses).
 
     `examples` are dicts with 'prompt', 'thinking' and 'response' (the target
-    response text; `response_fn(example)` may supply it instead).
+    response text; `response_fn(example)` may supply it instead). With
+    `snapshots`, returns (params, last losses, {step: params after that many
+    steps}) instead: less trained copies of the same run.
     """
+    snapshots = sorted(set(int(s) for s in snapshots))
+    if any(not 0 < s <= steps for s in snapshots):
+        raise ValueError(f"snapshots {snapshots} must lie in 1..steps={steps}")
+    saved = {}
     responses = [response_fn(e) if response_fn else e["response"] for e in examples]
     tokens, seg, forced = encode_traces(tokenizer, [e["prompt"] for e in examples],
                                         [e["thinking"] for e in examples], responses)
@@ -82,6 +88,9 @@ def train_sft(config: ModelConfig, params, tokenizer, examples: Sequence[dict], 
         params, opt_state, loss = _step(params, opt_state, tokens[idx], seg[idx], forced[idx],
                                         config=config, tx=tx)
         losses.append(loss)
+        if len(losses) in snapshots:
+            saved[len(losses)] = jax.tree.map(jnp.copy, params)
         if len(losses) % 25 == 0:
             bar.set_postfix(loss=f"{float(loss):.3f}")
-    return params, [float(x) for x in losses[-10:]]
+    last = [float(x) for x in losses[-10:]]
+    return (params, last, saved) if snapshots else (params, last)

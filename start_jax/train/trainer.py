@@ -23,6 +23,7 @@ import tqdm
 from absl import logging
 
 from start_jax import models, rewards, rl, sampling, segments, sharding
+from start_jax.data import behaviours
 from start_jax.rl import advantages as adv_lib
 from start_jax.train import checkpointing, data_io
 from start_jax.train.config import validate
@@ -217,9 +218,25 @@ class Trainer:
         stage = Stage("eval", "joint", "self", 0, 0.0, 0)
         rollout = self.rollouts(params, examples, 10_000_000 + step, stage, self.sampling)
         reward = self.score(rollout, examples, 1)
+        rates = self.behaviour_metrics(self.decoded_rows(rollout, examples, 1))
         return {"eval/reward": float(reward.mean()),
                 "eval/think_tokens": float(np.mean(np.asarray(rollout.think_length))),
-                "eval/response_tokens": float(np.mean(np.asarray(rollout.response_length)))}
+                "eval/response_tokens": float(np.mean(np.asarray(rollout.response_length))),
+                **{f"eval/{k}": v for k, v in rates.items()}}
+
+    def decoded_rows(self, rollout, examples, repeat: int) -> list[dict]:
+        """Each row's text per segment, with its example's reference and family."""
+        rows = sampling.decode_segments(self.tokenizer, rollout)
+        for i, row in enumerate(rows):
+            e = examples[i // repeat]
+            row.update(reference=e["reference"], family=e["family"])
+        return rows
+
+    def behaviour_metrics(self, rows: list[dict]) -> dict:
+        """Thinking and response class rates (synthetic world only; see data.behaviours)."""
+        if self.config.data.source != "synthetic":
+            return {}
+        return behaviours.behaviour_rates(rows)
 
     # ------------------------------------------------------------------ the loop
 
@@ -259,9 +276,11 @@ class Trainer:
                 state, metrics = step_fns[stage.name](state, batch, jax.random.fold_in(
                     jax.random.key(c.seed + 2), step))
                 metrics = rl.check_finite(metrics, step)
+                rows = self.decoded_rows(rollout, examples, c.algo.group_size)
                 metrics.update(self._rollout_metrics(rollout), stage=self.stages.index(stage))
+                metrics.update(self.behaviour_metrics(rows))
                 if c.log.samples_every and step % c.log.samples_every == 0:
-                    self._write_samples(step, rollout, reward)
+                    self._write_samples(step, rows, reward)
                 done = step + 1
                 if c.eval.every and (done % c.eval.every == 0 or done == self.total_steps):
                     metrics.update(self.evaluate(state.params, done))
@@ -301,10 +320,9 @@ class Trainer:
                 "response_truncated": float(np.mean(np.asarray(rollout.response_truncated))),
                 "rollout_think_tokens": float((seg == segments.THINK).sum())}
 
-    def _write_samples(self, step: int, rollout, reward) -> None:
-        rows = sampling.decode_segments(self.tokenizer, rollout)[: self.config.log.samples]
-        for row, r in zip(rows, reward):
-            row["reward"] = float(r)
+    def _write_samples(self, step: int, rows: list[dict], reward) -> None:
+        rows = [{**row, "reward": float(r)} for row, r in
+                zip(rows[: self.config.log.samples], reward)]
         write_samples(self.workdir, step, rows)
 
 
@@ -316,19 +334,48 @@ def run(config, workdir: str) -> dict:
     return summary
 
 
+SUMMARY_WINDOW = 3   # Steps averaged at each end of the run in the final table.
+SUMMARY_RATES = (("think_complete", "complete thinking"), ("think_empty", "empty thinking"),
+                 ("response_correct", "correct response"), ("response_salient", "salient (shortcut)"),
+                 ("styled", "styled response"))
+
+
+def _window_mean(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if key in r]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def print_summary(trainer: Trainer, summary: dict) -> None:
-    first, last = summary["first"] or {}, summary["last"] or {}
+    history = []
+    path = os.path.join(trainer.workdir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as fh:
+            history = [json.loads(line) for line in fh if line.strip()]
+    k = SUMMARY_WINDOW
+    head, tail = history[:k], history[-k:]
+
+    def move(key: str, fmt: str = ".3f") -> str:
+        return f"{_window_mean(head, key):{fmt}} -> {_window_mean(tail, key):{fmt}}"
+
+    last = summary["last"] or {}
     rows = [("schedule", trainer.config.schedule),
             ("stages", ", ".join(f"{s.name}:{s.train_segments}/{s.responder}x{s.steps}"
                                  for s in trainer.stages)),
             ("steps", str(trainer.total_steps)),
-            ("train reward (first -> last)",
-             f"{first.get('reward_mean', float('nan')):.3f} -> {last.get('reward_mean', float('nan')):.3f}"),
-            ("eval reward (last)", f"{last.get('eval/reward', float('nan')):.3f}"),
-            ("thinking tokens (last)", f"{last.get('think_tokens', float('nan')):.1f}"),
-            ("response tokens (last)", f"{last.get('response_tokens', float('nan')):.1f}"),
-            ("wall time", f"{summary['seconds']:.1f} s"),
-            ("workdir", trainer.workdir)]
+            (f"train reward (first {k} -> last {k} steps)", move("reward_mean"))]
+    families = sorted({key.split("/")[1] for r in history for key in r
+                       if key.startswith("behaviour/")})
+    for fam in families:
+        for key, label in SUMMARY_RATES:
+            if any(f"behaviour/{fam}/{key}" in r for r in history):
+                rows.append((f"  {fam}: {label}", move(f"behaviour/{fam}/{key}")))
+        if fam == "arith":
+            rows.append(("  arith: thinking steps correct", move("behaviour/arith/steps_correct")))
+    rows += [("eval reward (last)", f"{last.get('eval/reward', float('nan')):.3f}"),
+             ("thinking tokens (first -> last)", move("think_tokens", ".1f")),
+             ("response tokens (last)", f"{last.get('response_tokens', float('nan')):.1f}"),
+             ("wall time", f"{summary['seconds']:.1f} s"),
+             ("workdir", trainer.workdir)]
     if summary.get("export"):
         rows.append(("exported policy", summary["export"]))
     if summary["stopped"]:

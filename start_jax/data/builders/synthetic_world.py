@@ -1,6 +1,6 @@
 """tfds builder of the synthetic world (`start_jax.data.world`).
 
-Configs ``arith``, ``facts`` and ``mixed`` (seed 0, 2000 train / 200 test
+Configs ``arith``, ``facts`` and ``mixed`` (seed 0, 20000 train / 200 test
 examples); build another with ``SyntheticWorld(config=SyntheticWorldConfig(
 name=..., family=..., seed=..., train_size=..., test_size=...))``. The train
 split is generated from seed ``seed * 1000`` and the test split from
@@ -31,7 +31,7 @@ class SyntheticWorldConfig(tfds.core.BuilderConfig):
 
     family: str = "mixed"                  # arith | facts | mixed.
     seed: int = 0                          # Splits use seed*1000 + k.
-    train_size: int = 2000
+    train_size: int = 20000
     test_size: int = 200
     p_misleading: float = world.P_MISLEADING  # facts: answer rarer than a distractor.
 
@@ -47,8 +47,9 @@ class SyntheticWorldConfig(tfds.core.BuilderConfig):
 class SyntheticWorld(tfds.core.GeneratorBasedBuilder):
     """The synthetic task world: arithmetic chains and multi-hop facts."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "2.0.0": "arith: 3-4 variables, + and - only, values 0..19; 20000 train rows."}
     BUILDER_CONFIGS = [
         SyntheticWorldConfig(name=f, family=f, description=f"{f} family, seed 0")
         for f in ("arith", "facts", "mixed")
