@@ -79,6 +79,7 @@ REDUCED = Scale(seeds=(0,), algos=("grpo",), variants=("base", "joint", "start_f
 def run_config(scale: Scale, seed: int):
     c = default_config()
     c.seed = seed
+    c.data.name = "mixed"         # Bases and answerers learn both families.
     c.sft.steps = scale.sft_steps
     c.data.prompts_per_step = scale.prompts_per_step
     c.algo.group_size = scale.group_size
