@@ -11,7 +11,7 @@ slice, several GPU hosts): add --distributed so that every process calls
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -20,13 +20,15 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Experiment config file (a get_config() module).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; default ./workdir/<config name>.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
-# Library INFO logs (orbax, tfds) would interleave with the progress bar; -v 0 restores them.
-flags.FLAGS.set_default("verbosity", -1)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # Library INFO logs (orbax, tfds) would interleave with the progress bar; -v 0 shows
+        # them. (absl's app.run resets a changed default of --verbosity to 0, so it is set here.)
+        logging.set_verbosity(logging.WARNING)
     import jax
     if _DISTRIBUTED.value:
         jax.distributed.initialize()

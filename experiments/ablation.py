@@ -63,7 +63,7 @@ class Scale:
     variants: tuple[str, ...] = VARIANTS
     sft_steps: int = 4000         # Base policy SFT steps (the trainer's default).
     answerer_steps: tuple[int, ...] = (250, 1000, 4000)   # 1x, 4x, 16x: one run's snapshots.
-    rl_steps: int = 40            # RL steps of every variant (START: 2/3 think, 1/3 response).
+    rl_steps: int = 80            # RL steps of every variant (START: 2/3 think, 1/3 response).
     prompts_per_step: int = 16
     group_size: int = 8
     learning_rate: float = 1e-3
@@ -245,12 +245,23 @@ def _interval(values: np.ndarray, samples: int = 2000) -> list[float]:
     return [e["mean"], e["low"], e["high"]]
 
 
+def _proportion(rates, n: int) -> list[float]:
+    """Pooled rate of per-seed rates over ``n`` questions each, with a Wilson 95% interval."""
+    total = len(rates) * n
+    p = float(np.sum(np.round(np.asarray(rates, np.float64) * n))) / total
+    z = 1.959964
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return [p, float(centre - half), float(centre + half)]
+
+
 def summarize(results: dict) -> list[dict]:
     """Per thinker: final reward, efficacy and behaviour rates with 95% intervals.
 
     Final reward and efficacy are bootstrapped over (seed, question) pairs;
-    behaviour rates (one value per seed) are given as mean [min, max] over seeds.
+    behaviour rates are pooled over seeds and questions, with a Wilson interval.
     """
+    n = results["scale"]["questions"]
     recs = results["records"]
     cgs = results["cross_generation"]
     thinkers = sorted({s for r in cgs for s in r["sources"]},
@@ -265,8 +276,7 @@ def summarize(results: dict) -> list[dict]:
                 for key in ("think_complete", "response_salient", "styled"):
                     vals = [r[f"rates_{fam}"].get(f"{fam}/{key}") for r in finals]
                     if all(v is not None for v in vals):
-                        row[f"{key}_{fam}"] = [float(np.mean(vals)), float(min(vals)),
-                                               float(max(vals))]
+                        row[f"{key}_{fam}"] = _proportion(vals, len(finals[0][f"scores_{fam}"]))
             gains, complete = [], []
             for r in cgs:
                 if r["family"] != fam or t not in r["sources"]:
@@ -279,10 +289,73 @@ def summarize(results: dict) -> list[dict]:
                 e = cg.bootstrap_efficacy(np.stack(gains, axis=1))   # [answerers, seeds, q]
                 row[f"efficacy_{fam}"] = [e["mean"], e["low"], e["high"]]
             if complete:
-                row[f"cg_complete_{fam}"] = [float(np.mean(complete)), float(min(complete)),
-                                             float(max(complete))]
+                row[f"cg_complete_{fam}"] = _proportion(complete, n)
         rows.append(row)
     return rows
+
+
+def _per_pair(results: dict, thinker: str, what: str, family: str) -> np.ndarray | None:
+    """[seeds, questions] values of one thinker: final scores, or efficacy gains."""
+    if what == "final":
+        rows = sorted((r for r in results["records"] if r["thinker"] == thinker),
+                      key=lambda r: r["seed"])
+        return np.asarray([r[f"scores_{family}"] for r in rows]) if rows else None
+    out = []
+    for r in sorted((r for r in results["cross_generation"] if r["family"] == family),
+                    key=lambda r: r["seed"]):
+        if thinker not in r["sources"]:
+            return None
+        scores = np.asarray(r["scores"])                      # [sources, answerers, questions]
+        gain = scores[r["sources"].index(thinker)] - scores[r["sources"].index(cg.EMPTY)]
+        out.append(gain.mean(0))                              # Mean over answerers.
+    return np.asarray(out) if out else None
+
+
+def contrast(results: dict, a: str, b: str, what: str, family: str) -> list[float] | None:
+    """Paired difference a - b (final reward or efficacy) with a bootstrap 95% interval.
+
+    Pairs are (seed, question): both thinkers answered the same questions with
+    the same answerers, so the difference is taken per pair before resampling.
+    """
+    x, y = _per_pair(results, a, what, family), _per_pair(results, b, what, family)
+    if x is None or y is None:
+        return None
+    return _interval(x - y)
+
+
+CONTRASTS = (
+    # (claim, a, b, what, family)
+    ("1: RLVR improves thinking on the verifiable family", "rlvr/{algo}", "base", "efficacy", "arith"),
+    ("1: ... and transfers it to GQA", "rlvr/{algo}", "base", "efficacy", "facts"),
+    ("2: joint RL on GQA raises the GQA reward", "joint/{algo}", "base", "final", "facts"),
+    ("2: ... and the GQA thinking", "joint/{algo}", "base", "efficacy", "facts"),
+    ("3: START (self) vs joint, thinking", "start_self/{algo}", "joint/{algo}", "efficacy", "facts"),
+    ("3: START (frozen) vs joint, thinking", "start_frozen/{algo}", "joint/{algo}", "efficacy", "facts"),
+    ("3: START (self) vs joint, final answer", "start_self/{algo}", "joint/{algo}", "final", "facts"),
+    ("3: START (frozen) vs joint, final answer", "start_frozen/{algo}", "joint/{algo}", "final", "facts"),
+)
+
+
+def contrasts(results: dict) -> list[dict]:
+    """The paired differences behind the claims, per algorithm."""
+    out = []
+    for claim, a, b, what, family in CONTRASTS:
+        for algo in results["scale"]["algos"]:
+            value = contrast(results, a.format(algo=algo), b.format(algo=algo), what, family)
+            if value is not None:
+                out.append({"claim": claim, "a": a.format(algo=algo), "b": b.format(algo=algo),
+                            "what": what, "family": family, "diff": value})
+    return out
+
+
+def contrast_table(results: dict) -> str:
+    lines = []
+    for c in contrasts(results):
+        d = c["diff"]
+        verdict = "a > b" if d[1] > 0 else "a < b" if d[2] < 0 else "no clear difference"
+        lines.append(f"{c['claim']:<45} {c['a']:>18} - {c['b']:<12} {c['what']:>8} "
+                     f"{c['family']:<5} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]  {verdict}")
+    return "\n".join(lines)
 
 
 COLUMNS = (("final_facts", "final facts"), ("efficacy_facts", "efficacy facts"),
@@ -413,9 +486,19 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--scale", choices=("full", "reduced"), default="full")
+    parser.add_argument("--reuse", action="store_true",
+                        help="re-summarise and re-plot an existing <out>/results.json")
     args = parser.parse_args()
-    res = run(args.out, FULL if args.scale == "full" else REDUCED)
+    if args.reuse:
+        with open(os.path.join(args.out, "results.json")) as fh:
+            res = json.load(fh)
+        res["summary"] = summarize(res)
+        with open(os.path.join(args.out, "results.json"), "w") as fh:
+            json.dump(res, fh)
+    else:
+        res = run(args.out, FULL if args.scale == "full" else REDUCED)
     print(table(res))
+    print(contrast_table(res))
     plot_curves(res, os.path.join(args.out, "curves.png"))
     plot(res, os.path.join(args.out, "ablation.png"))
     plot_matrices(res, os.path.join(args.out, "cross_generation.png"))

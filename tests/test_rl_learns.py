@@ -21,7 +21,8 @@ import pytest
 
 from start_jax import rewards, train
 from start_jax.data import world
-from start_jax.train.config import default_config, stage
+from start_jax.train.config import stage
+from tests.test_trainer import smoke_config
 
 
 @rewards.register("test_styled_only")
@@ -34,27 +35,22 @@ class StyledOnly:
 
 
 def tiny_config(seed: int, advantage: str, init_checkpoint: str = ""):
-    c = default_config()
+    """The smoke model (1 layer, 32 wide) on facts, 20 joint steps of 8 prompts x 4."""
+    c = smoke_config()
     c.seed = seed
     c.init_checkpoint = init_checkpoint
-    c.model.hidden_size = 32
-    c.model.intermediate_size = 64
-    c.model.num_layers = 1
-    c.model.num_heads = 2
-    c.model.num_kv_heads = 1
-    c.model.head_dim = 16
     c.model.max_position_embeddings = 128
     c.data.name = "facts"
     c.data.prompts_per_step = 8
     c.sft.steps = 400
     c.sft.batch_size = 32
-    c.sft.draws = 1
     c.sft.mixture.styled = 0.25
     c.sampling.think_budget = 16
     c.sampling.response_budget = 6
     c.reward.name = "test_styled_only"
     c.algo.advantage = advantage
     c.algo.group_size = 4
+    c.algo.kl_coef = 0.0
     c.algo.critic_learning_rate = 3e-3
     c.stages = {"s1": stage("joint", "self", steps=20, learning_rate=3e-3)}
     c.eval.every = 0
@@ -62,7 +58,6 @@ def tiny_config(seed: int, advantage: str, init_checkpoint: str = ""):
     c.checkpoint.every = 100
     c.checkpoint.export_hf = False
     c.log.samples_every = 0
-    c.log.progress = False
     return c
 
 

@@ -198,6 +198,22 @@ def test_checkpoint_from_a_different_model(tmp_path, finished_run):
         train.Trainer(config, trainer.workdir)
 
 
+def test_cached_initial_policy_from_another_cold_start(finished_run):
+    trainer, _, _ = finished_run
+    config = smoke_config()
+    config.sft.mixture.styled = 0.9
+    with pytest.raises(ValueError, match=re.escape(
+            f"{trainer.workdir}/init_policy was made by another cold start (mixture: ")):
+        train.Trainer(config, trainer.workdir)
+
+
+def test_bad_mixture_names_the_field(tmp_path):
+    config = smoke_config()
+    config.sft.mixture.guess = -1.0
+    with pytest.raises(ValueError, match=re.escape("config: sft.mixture: guess=-1.0 must be")):
+        train.Trainer(config, str(tmp_path / "run"))
+
+
 def test_tokenizer_without_think_tags(tmp_path):
     import tokenizers
     from tokenizers import models as tmodels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -78,6 +79,8 @@ def initial_policy(config, workdir: str, tokenizer, mesh, train_data):
             logging.info("cold-start SFT: final losses %s", np.round(losses, 3))
         tmp = path + ".tmp"
         models.save_pretrained(model_config, params, tmp)
+        with open(os.path.join(tmp, SFT_RECORD), "w") as fh:
+            json.dump(sft_fields(config), fh, indent=1, sort_keys=True)
         shutil.rmtree(path, ignore_errors=True)  # A partial directory from a killed run.
         os.replace(tmp, path)
     _check_cached(path, config, tokenizer)
@@ -107,8 +110,26 @@ def sft_traces(config, examples) -> list[dict]:
     return behaviours.mixture_traces(examples, mixture, seed=config.seed, draws=config.sft.draws)
 
 
+SFT_RECORD = "start_jax_sft.json"
+
+
+def sft_fields(config) -> dict:
+    """What the cold start of a random init depends on beyond the model shape."""
+    return {"tokenizer": config.tokenizer, "data": [config.data.source, config.data.name],
+            "seed": config.seed, **{k: v for k, v in config.sft.to_dict().items()}}
+
+
 def _check_cached(path: str, config, tokenizer) -> None:
-    """The cached initial policy must have the shape the config asks for."""
+    """The cached initial policy must have the shape and cold start the config asks for."""
+    record = os.path.join(path, SFT_RECORD)
+    if os.path.isfile(record):
+        with open(record) as fh:
+            made = json.load(fh)
+        want = json.loads(json.dumps(sft_fields(config), sort_keys=True))
+        diffs = [f"{k}: {made.get(k)!r} != {v!r}" for k, v in want.items() if made.get(k) != v]
+        if diffs:
+            raise ValueError(f"{path} was made by another cold start ({'; '.join(diffs)}); "
+                             "use another --workdir or the matching config")
     cached = read_config(path)
     want = dict(model_type=config.model.model_type, hidden_size=config.model.hidden_size,
                 intermediate_size=config.model.intermediate_size,

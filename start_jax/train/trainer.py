@@ -372,7 +372,7 @@ def print_summary(trainer: Trainer, summary: dict) -> None:
         if fam == "arith":
             rows.append(("  arith: thinking steps correct", move("behaviour/arith/steps_correct")))
     rows += [("eval reward (last)", f"{last.get('eval/reward', float('nan')):.3f}"),
-             ("thinking tokens (first -> last)", move("think_tokens", ".1f")),
+             (f"thinking tokens (first {k} -> last {k})", move("think_tokens", ".1f")),
              ("response tokens (last)", f"{last.get('response_tokens', float('nan')):.1f}"),
              ("wall time", f"{summary['seconds']:.1f} s"),
              ("workdir", trainer.workdir)]
