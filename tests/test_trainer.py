@@ -16,6 +16,7 @@ import pytest
 
 from start_jax import train
 from start_jax.train import checkpointing
+from start_jax.train import trainer as trainer_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "experiments", "configs", "smoke.py")
@@ -84,6 +85,26 @@ def test_outputs_are_written_and_readable(finished_run):
     from start_jax import models
     config, _ = models.load_pretrained(summary["export"])
     assert config.hidden_size == 32
+
+
+def test_behaviour_rates_are_logged_every_step_and_shown(finished_run, capsys):
+    trainer, summary, _ = finished_run
+    metrics = _metrics(trainer.workdir)
+    for m in metrics:
+        families = {k.split("/")[1] for k in m if k.startswith("behaviour/")}
+        assert families, m
+        for fam in families:
+            think = [v for k, v in m.items() if k.startswith(f"behaviour/{fam}/think_")]
+            response = [v for k, v in m.items() if k.startswith(f"behaviour/{fam}/response_")]
+            assert sum(think) == pytest.approx(1.0) and sum(response) == pytest.approx(1.0)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(os.path.join(trainer.workdir, "tensorboard"))
+    acc.Reload()
+    assert any(t.startswith("behaviour/") for t in acc.Tags()["scalars"])
+    trainer_module.print_summary(trainer, summary)
+    table = capsys.readouterr().out
+    assert "train reward (first 3 -> last 3 steps)" in table
+    assert re.search(r"(facts|arith): complete thinking +\d\.\d{3} -> \d\.\d{3}", table), table
 
 
 def _launch(workdir, *extra):

@@ -17,16 +17,16 @@ style: styled (the judge's favoured ``Surely X!``) with probability
 (a sloppy thinking gives the answer it leads to), so an answerer learns to
 read its answer off the thinking it is given.
 
-| behaviour      | facts                                             | arith                                        |
-|----------------|---------------------------------------------------|----------------------------------------------|
-| `complete`     | ``Bo's pal is Al. Al likes tea.`` -> ``tea``      | ``a=3 b=7 c=5`` -> ``5``                     |
-| sloppy         | one of, uniformly: `one_hop` (``Bo's pal is Al.``  | one of, uniformly: `skipped_step` (a middle  |
-|                | -> a guess), `own_fact` (``Bo likes jam.`` -> the  | variable left out and its operation with it, |
-|                | asked person's own thing; when not stated,         | ``a=3 c=-1`` -> ``-1``), `wrong_step` (one   |
-|                | `wrong_lookup`), `wrong_lookup` (``Bo's pal is     | value off by 1-2, later values follow it)    |
-|                | Al. Cy likes pie.`` -> ``pie``)                    |                                              |
-| `guess`        | no thinking, then the salient entity (70%) or      | no thinking, then a plausible number         |
-|                | another thing named in the prompt                 | (uniform over `world.VALUE_RANGE`)           |
+* ``complete``: facts ``Bo's pal is Al. Al likes tea.`` -> ``tea``; arith
+  ``a=3 b=7 c=5`` -> ``5``.
+* sloppy, one kind drawn uniformly. facts: ``one_hop`` (``Bo's pal is Al.``, then
+  a guess), ``own_fact`` (``Bo likes jam.`` -> ``jam``, the asked person's own
+  thing; ``wrong_lookup`` when the prompt does not state it), ``wrong_lookup``
+  (``Bo's pal is Al. Cy likes pie.`` -> ``pie``). arith: ``skipped_step`` (a
+  middle variable left out with its operation, ``a=3 c=-1`` -> ``-1``),
+  ``wrong_step`` (one value off by 1-2, later values following it).
+* ``guess``: no thinking, then, facts: the salient entity (70%) or another thing
+  of the prompt; arith: a number drawn uniformly from `world.VALUE_RANGE`.
 
 Classes
 =======

@@ -6,12 +6,12 @@ alphabet. The world's own tokenizer (`tokenizer`, ``tokenizer="world"``) adds
 multi-character tokens: each fact of a facts prompt (``Al likes tea.``,
 ``Bo's pal is Al.``) and its question are single tokens, as are the arith
 assignments (``b=a+``) and the numbers 10..99. A thinking step is then one
-lookup a tiny model can learn: with characters, or with words, a 2-layer model
-trained for 4000 steps on complete traces only got the second hop of a facts
-question right about 35-40% of the time (barely above picking one of the
-prompt's three things), because every hop needed an induction circuit it did
-not form; with fact tokens the same model gets it right 100% of the time after
-800 steps.
+lookup a tiny model can learn. Measured on a 2-layer, 64-wide model trained on
+complete facts traces only: with word tokens (``likes``, ``Al``, ``tea``) it
+wrote the right second fact for 34-42% of held-out questions after 1600-4000
+steps (picking one of the prompt's three things is 33%), because that hop needs
+an induction circuit it did not form; with fact tokens it wrote both hops right
+for 200 of 200 after 800 steps.
 
 Families
 ========
@@ -27,9 +27,10 @@ Families
 1..9 (`ARITH_CHAIN`, `ARITH_START`, `ARITH_OPERAND`, `ARITH_OPS`), and every value
 stays within 0..19 (`VALUE_RANGE`). Each step of the thinking is one addition
 or subtraction of small numbers; without the intermediate values the answer
-needs two or three of them at once. Measured on the default base policy (4000
-SFT steps of the mixture, 2-layer, 64-wide): 99% of the answers after complete
-thinking are correct, 9% after empty thinking (chance is 5%).
+needs two or three of them at once. Measured on the ablation's base policies
+(4000 SFT steps of the behaviour mixture, 2-layer, 64-wide, three seeds): 100%
+of the answers after complete thinking are correct, 0-3% after empty thinking
+(a guess in 0..19 is right 5% of the time).
 
 ``facts`` (general QA, judged). Four ``X likes T.`` facts and one ``Q's pal is X.``
 fact in random order, then a two-hop question::
@@ -99,6 +100,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import re
 from typing import Any, Sequence
@@ -150,9 +152,10 @@ class Example:
 def token_words() -> tuple[str, ...]:
     """The multi-character tokens of the world's tokenizer (`tokenizer`).
 
-    Names, things and the fixed words of the prompts and responses, each with
-    and without a leading space, and the numbers 10..99; everything else
-    (digits, operators, punctuation) is one character per token.
+    Every fact (``Al likes tea.``, ``Bo's pal is Al.``) and facts question, the
+    names, things and fixed words, the arith assignments (``a=``, ``b=a+``) and
+    questions (``d?``), and the numbers 10..99, each with and without a leading
+    space; everything else (digits, punctuation) is one character per token.
     """
     words = list(NAMES) + list(THINGS) + ["likes", "pal", "is", "What", "does", "like",
                                           STYLE_PREFIX, "'s"]
@@ -166,6 +169,7 @@ def token_words() -> tuple[str, ...]:
     return tuple(words + spaced + numbers + [" " + n for n in numbers])
 
 
+@functools.lru_cache(maxsize=1)
 def tokenizer():
     """The embedded world's tokenizer: characters plus `token_words` (``tokenizer="world"``).
 

@@ -336,8 +336,8 @@ def run(config, workdir: str) -> dict:
 
 SUMMARY_WINDOW = 3   # Steps averaged at each end of the run in the final table.
 SUMMARY_RATES = (("think_complete", "complete thinking"), ("think_empty", "empty thinking"),
-                 ("response_correct", "correct response"), ("response_salient", "salient (shortcut)"),
-                 ("styled", "styled response"))
+                 ("response_correct", "correct response"),
+                 ("response_salient", "salient (shortcut)"), ("styled", "styled response"))
 
 
 def _window_mean(rows: list[dict], key: str) -> float:
