@@ -19,4 +19,16 @@ from start_jax.models.transformer import (
     value_model_from_policy,
 )
 
-from start_jax.checkpoints.hf import CheckpointError, load_pretrained, save_pretrained  # noqa: E402
+_CHECKPOINT_NAMES = ("CheckpointError", "load_pretrained", "save_pretrained")
+
+
+def __getattr__(name: str):
+    """`models.load_pretrained` and friends, from `start_jax.checkpoints` on first use.
+
+    Checkpoints depend on models (not the reverse), so importing them here at
+    import time would make a cycle when `start_jax.checkpoints` is imported first.
+    """
+    if name in _CHECKPOINT_NAMES:
+        from start_jax.checkpoints import hf
+        return getattr(hf, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
