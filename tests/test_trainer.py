@@ -170,6 +170,33 @@ def test_unknown_config_key_names_it():
         train.validate(config)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("algo.group_size", 0, "config: algo.group_size=0 must be an integer >= 1"),
+    ("algo.group_size", 1, "config: algo.group_size=1 with algo.advantage='grpo' makes every "
+                           "advantage 0"),
+    ("data.prompts_per_step", 0, "config: data.prompts_per_step=0 must be an integer >= 1"),
+    ("stages.s1.steps", -3, "config: stages.s1.steps=-3 must be an integer >= 0"),
+    ("stages.s2.learning_rate", float("inf"), "config: stages.s2.learning_rate=inf must be a "
+                                              "finite number > 0"),
+])
+def test_bad_numbers_name_the_field(field, value, message):
+    config = smoke_config()
+    section, *rest = field.split(".")
+    target = config[section]
+    for key in rest[:-1]:
+        target = target[key]
+    target[rest[-1]] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train.validate(config)
+
+
+def test_stages_run_in_natural_order():
+    config = smoke_config()
+    config.stages = {"s10": train.stage("response", steps=1), "s2": train.stage("think", steps=2)}
+    assert [s.name for s in trainer_module.stages_of(config)] == ["s2", "s10"]
+    assert [s.start for s in trainer_module.stages_of(config)] == [0, 2]
+
+
 def test_unknown_algorithm_and_reward_names(tmp_path):
     config = smoke_config()
     config.algo.advantage = "ppo"

@@ -8,6 +8,8 @@ are the embedded START run: a tiny model on the synthetic world, on CPU.
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 from start_jax.rl import losses, masks
@@ -115,7 +117,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.max_grad_norm = 1.0      # Global-norm clipping.
 
     c.schedule = "start"             # Name of the stage schedule (for logs).
-    c.stages = ml_collections.ConfigDict()  # Run in sorted key order.
+    c.stages = ml_collections.ConfigDict()  # Run in natural key order (s2 before s10).
     c.stages.s1 = stage("think", "self", steps=24, learning_rate=1e-3)
     c.stages.s2 = stage("response", "self", steps=12, learning_rate=1e-3)
 
@@ -148,7 +150,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config: {key}={value!r} is not one of {list(allowed)}")
     if not len(config.stages):
         raise ValueError("config: stages is empty; give at least one stage")
-    for name, st in sorted(config.stages.items()):
+    g = config.algo.group_size
+    if not isinstance(g, int) or g < 1:
+        raise ValueError(f"config: algo.group_size={g!r} must be an integer >= 1")
+    grouped = config.algo.advantage in ("grpo", "rloo") or (
+        config.algo.advantage == "reinforce_pp" and config.algo.group_baseline)
+    if grouped and g < 2:
+        raise ValueError(f"config: algo.group_size=1 with algo.advantage={config.algo.advantage!r} "
+                         "makes every advantage 0 (a group baseline needs >= 2 completions); "
+                         "use group_size >= 2 or a batch baseline")
+    if not isinstance(config.data.prompts_per_step, int) or config.data.prompts_per_step < 1:
+        raise ValueError(f"config: data.prompts_per_step={config.data.prompts_per_step!r} must be "
+                         "an integer >= 1")
+    for name in stage_names(config):
+        st = config.stages[name]
         _check_keys(st, stage(), f"stages.{name}.")
         if st.train_segments not in masks.TRAIN_SEGMENTS:
             raise ValueError(f"config: stages.{name}.train_segments={st.train_segments!r} is not one "
@@ -156,6 +171,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if st.responder not in RESPONDERS:
             raise ValueError(f"config: stages.{name}.responder={st.responder!r} is not one of "
                                               f"{list(RESPONDERS)}")
+        if not isinstance(st.steps, int) or st.steps < 0:
+            raise ValueError(f"config: stages.{name}.steps={st.steps!r} must be an integer >= 0")
+        lr = st.learning_rate
+        if not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ValueError(f"config: stages.{name}.learning_rate={lr!r} must be a finite "
+                             "number > 0")
+
+
+def stage_names(config) -> list[str]:
+    """Stage names in run order: natural order, so ``s2`` runs before ``s10``."""
+    return sorted(config.stages.keys(),
+                  key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
 
 
 def _check_keys(config, schema, prefix: str) -> None:

@@ -26,7 +26,7 @@ from start_jax import models, rewards, rl, sampling, segments, sharding
 from start_jax.data import behaviours
 from start_jax.rl import advantages as adv_lib
 from start_jax.train import checkpointing, data_io
-from start_jax.train.config import validate
+from start_jax.train.config import stage_names, validate
 from start_jax.train.writers import MetricWriter, write_samples
 
 
@@ -42,7 +42,8 @@ class Stage:
 
 def stages_of(config) -> list[Stage]:
     out, start = [], 0
-    for name, st in sorted(config.stages.items()):
+    for name in stage_names(config):
+        st = config.stages[name]
         out.append(Stage(name, st.train_segments, st.responder, int(st.steps),
                          float(st.learning_rate), start))
         start += int(st.steps)
