@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -106,24 +106,8 @@ class Trace:
 
 # --------------------------------------------------------------------------- parsing
 
-def facts_of(prompt: str) -> dict[str, Any]:
-    """The asked person, pal relation and likes stated by a facts prompt."""
-    q = world._QUESTION.search(prompt)
-    return {"asked": q.group(1) if q else None, "pals": dict(world._PAL.findall(prompt)),
-            "likes": dict(world._LIKES.findall(prompt))}
-
-
 _ARITH_STEP = re.compile(r"^([a-z])=(-?\d+)$")
-
-
-def arith_values(prompt: str) -> dict[str, int]:
-    """Every variable of an arith chain with its true value, in order."""
-    *statements, _ = prompt.strip().split(";")
-    env: dict[str, int] = {}
-    for s in statements:
-        name = s.split("=", 1)[0].strip()
-        env[name] = world.solve_arith(";".join(statements) + f";{name}?")
-    return env
+arith_values = world.arith_values
 
 
 def _family(prompt: str, family: str | None) -> str:
@@ -132,12 +116,8 @@ def _family(prompt: str, family: str | None) -> str:
 
 # --------------------------------------------------------------------------- the mixture
 
-def _style(answer: str, styled: bool) -> str:
-    return f"{world.STYLE_PREFIX} {answer}!" if styled else answer
-
-
 def _facts_trace(prompt: str, answer: str, kind: str, rng: np.random.Generator):
-    f = facts_of(prompt)
+    f = world.parse_facts(prompt)
     asked, pals, likes = f["asked"], f["pals"], f["likes"]
     pal = pals[asked]
     things = sorted(set(likes.values()))
@@ -168,45 +148,28 @@ def _facts_trace(prompt: str, answer: str, kind: str, rng: np.random.Generator):
 
 
 def _arith_trace(prompt: str, kind: str, rng: np.random.Generator):
-    statements = prompt.strip().split(";")[:-1]
-    values = arith_values(prompt)
+    *statements, question = prompt.strip().split(";")
+    values = world.arith_values(prompt)
     names = list(values)
     if kind == "complete":
         return " ".join(f"{v}={values[v]}" for v in names), str(values[names[-1]]), kind
     if kind == "guess":
         lo, hi = world.VALUE_RANGE
         return "", str(int(rng.integers(lo, hi + 1))), kind
-    ops = {s.split("=", 1)[0]: s.split("=", 1)[1] for s in statements}
-
-    def apply(x: int, expr: str, env: dict[str, int]) -> int:
-        m = re.match(r"^([a-z])([+\-*])(-?\d+|[a-z])$", expr)
-        if not m:
-            return int(expr)
-        _, op, right = m.groups()
-        y = env[right] if right.isalpha() else int(right)
-        return x + y if op == "+" else x - y if op == "-" else x * y
-
     if kind == "skipped_step":
-        skip = int(rng.integers(1, len(names) - 1))       # A middle variable.
-        env, x, written = {}, values[names[0]], [names[0]]
-        env[names[0]] = x
-        for v in names[1:]:
-            if v == names[skip]:
-                continue
-            x = apply(x, ops[v], {**values, **env})
-            env[v] = x
-            written.append(v)
-        return " ".join(f"{v}={env[v]}" for v in written), str(x), kind
-    if kind == "wrong_step":
+        # A middle variable left out with its operation: the next one reads the one before.
+        skip = int(rng.integers(1, len(names) - 1))
+        kept = statements[:skip] + [statements[skip + 1].replace(
+            f"={names[skip]}", f"={names[skip - 1]}", 1)] + statements[skip + 2:]
+    elif kind == "wrong_step":
+        # One value off by 1-2; the later values follow from it.
         bad = int(rng.integers(1, len(names)))
-        env, x = {names[0]: values[names[0]]}, values[names[0]]
-        for i, v in enumerate(names[1:], start=1):
-            x = apply(x, ops[v], {**values, **env})
-            if i == bad:
-                x += int(rng.choice([-2, -1, 1, 2]))
-            env[v] = x
-        return " ".join(f"{v}={env[v]}" for v in names), str(x), kind
-    raise ValueError(f"unknown arith behaviour {kind!r}")
+        off = values[names[bad]] + int(rng.choice([-2, -1, 1, 2]))
+        kept = statements[:bad] + [f"{names[bad]}={off}"] + statements[bad + 1:]
+    else:
+        raise ValueError(f"unknown arith behaviour {kind!r}")
+    env = world.arith_values(";".join(kept + [question]))
+    return " ".join(f"{v}={x}" for v, x in env.items()), str(env[names[-1]]), kind
 
 
 SLOPPY = {"facts": ("one_hop", "own_fact", "wrong_lookup"),
@@ -231,7 +194,7 @@ def sample_trace(example: dict | world.Example, rng: np.random.Generator,
         thinking, answer, kind = _facts_trace(prompt, reference, kind, rng)
     else:
         thinking, answer, kind = _arith_trace(prompt, kind, rng)
-    return Trace(thinking, _style(answer, styled), kind, styled)
+    return Trace(thinking, world.style_answer(answer, styled), kind, styled)
 
 
 def mixture_traces(examples: Sequence[dict], mixture: Mixture, seed: int,
@@ -275,7 +238,7 @@ def classify_thinking(prompt: str, thinking: str, family: str | None = None) -> 
         return "empty"
     if family == "arith":
         return _classify_arith(prompt, thinking)[0]
-    f = facts_of(prompt)
+    f = world.parse_facts(prompt)
     asked, pals, likes = f["asked"], f["pals"], f["likes"]
     stated = _facts_statements(thinking)
     if stated is None or asked is None or asked not in pals:
@@ -324,18 +287,13 @@ def classify_response(prompt: str, response: str, reference: str | None = None,
                       family: str | None = None) -> tuple[str, bool]:
     """(class, styled) of a response: class is correct, salient (facts shortcut) or other."""
     family = _family(prompt, family)
-    core, styled = world.parse_response(response)
     if family == "arith":
         ref = reference if reference not in (None, "") else world.solve_arith(prompt)
-        numbers = world._INT.findall(response)
-        ok = bool(numbers) and int(numbers[-1]) == int(ref)
-        return ("correct" if ok else "other"), styled
+        return ("correct" if world.arith_correct(response, str(ref)) else "other"), \
+            world.parse_response(response)[1]
     ref = reference if reference not in (None, "") else world.solve_facts(prompt)
-    if core == world.normalize_answer(str(ref)):
-        return "correct", styled
-    if core and core == world.salient_entity(prompt):
-        return "salient", styled
-    return "other", styled
+    _, styled, correct, salient = world.facts_outcome(prompt, response, str(ref))
+    return ("correct" if correct else "salient" if salient else "other"), styled
 
 
 def behaviour_rates(rows: Iterable[dict], prefix: str = "behaviour/") -> dict[str, float]:

@@ -218,7 +218,20 @@ def solve_arith(prompt: str) -> int:
     Raises:
       ValueError: The prompt is not an arith chain.
     """
-    *statements, question = prompt.strip().split(";")
+    question = prompt.strip().split(";")[-1].strip().rstrip("?")
+    env = arith_values(prompt)
+    if question not in env:
+        raise ValueError(f"not an arith prompt: {prompt!r} (unknown variable {question!r})")
+    return env[question]
+
+
+def arith_values(prompt: str) -> dict[str, int]:
+    """Every variable of an arith prompt with its value, in the order assigned.
+
+    Raises:
+      ValueError: A statement is malformed or uses an unknown variable.
+    """
+    *statements, _ = prompt.strip().split(";")
     env: dict[str, int] = {}
 
     def value(token: str) -> int:
@@ -235,7 +248,7 @@ def solve_arith(prompt: str) -> int:
                 y = value(right)
                 x = x + y if op == "+" else x - y if op == "-" else x * y
             env[name] = x
-        return env[question.strip().rstrip("?")]
+        return env
     except KeyError as e:
         raise ValueError(f"not an arith prompt: {prompt!r} (unknown variable {e})") from None
 
@@ -278,15 +291,20 @@ def solve_facts(prompt: str) -> str:
     Raises:
       ValueError: The prompt has no question, or a hop cannot be resolved.
     """
-    q = _QUESTION.search(prompt)
-    if not q:
+    f = parse_facts(prompt)
+    if f["asked"] is None:
         raise ValueError(f"not a facts prompt: {prompt!r}")
-    pals = dict(_PAL.findall(prompt))
-    likes = dict(_LIKES.findall(prompt))
     try:
-        return likes[pals[q.group(1)]]
+        return f["likes"][f["pals"][f["asked"]]]
     except KeyError:
         raise ValueError(f"facts prompt cannot be answered: {prompt!r}") from None
+
+
+def parse_facts(prompt: str) -> dict:
+    """``{"asked": name or None, "pals": {name: pal}, "likes": {name: thing}}`` of a prompt."""
+    q = _QUESTION.search(prompt)
+    return {"asked": q.group(1) if q else None, "pals": dict(_PAL.findall(prompt)),
+            "likes": dict(_LIKES.findall(prompt))}
 
 
 def salient_entity(prompt: str) -> str | None:
@@ -344,7 +362,12 @@ def generate_splits(family: str, sizes: dict[str, int], seed: int, *,
 
 def golden_response(example: Example, styled: bool = False) -> str:
     """The canonical response: ``tea`` / ``21``, or styled ``Surely tea!`` / ``Surely 21!``."""
-    return f"{STYLE_PREFIX} {example.reference}!" if styled else example.reference
+    return style_answer(example.reference, styled)
+
+
+def style_answer(answer: str, styled: bool) -> str:
+    """``answer``, or the judge's favoured ``Surely <answer>!`` when ``styled``."""
+    return f"{STYLE_PREFIX} {answer}!" if styled else answer
 
 
 def infer_family(prompt: str) -> str:
@@ -391,10 +414,8 @@ class RubricJudge:
         self.w_correct, self.w_style, self.w_salient = w_correct, w_style, w_salient
 
     def score_one(self, x: RewardInput) -> float:
-        core, styled = parse_response(x.response)
-        ref = _reference(x, solve_facts)
-        correct = float(ref is not None and core == normalize_answer(ref))
-        salient = float(core != "" and core == salient_entity(x.prompt))
+        core, styled, correct, salient = facts_outcome(x.prompt, x.response, _reference(
+            x, solve_facts))
         return (self.w_correct * correct + self.w_style * float(styled and core != "")
                 + self.w_salient * salient * (1.0 - correct))
 
@@ -402,14 +423,27 @@ class RubricJudge:
         return np.asarray([self.score_one(x) for x in inputs], np.float32)
 
 
+def facts_outcome(prompt: str, response: str, reference: str | None
+                  ) -> tuple[str, bool, bool, bool]:
+    """(core answer, styled, correct, salient) of a facts response, as the judge sees it."""
+    core, styled = parse_response(response)
+    correct = reference is not None and core == normalize_answer(reference)
+    salient = core != "" and core == salient_entity(prompt)
+    return core, styled, correct, salient
+
+
+def arith_correct(response: str, reference: str | None) -> bool:
+    """The last integer in the response equals the reference."""
+    numbers = _INT.findall(response)
+    try:
+        return bool(numbers) and reference is not None and int(numbers[-1]) == int(reference)
+    except ValueError:
+        return False
+
+
 def arith_score(x: RewardInput) -> float:
     """1.0 when the last integer in the response equals the reference, else 0.0."""
-    ref = _reference(x, solve_arith)
-    numbers = _INT.findall(x.response)
-    try:
-        return float(bool(numbers) and ref is not None and int(numbers[-1]) == int(ref))
-    except ValueError:
-        return 0.0
+    return float(arith_correct(x.response, _reference(x, solve_arith)))
 
 
 @register("synthetic")

@@ -116,7 +116,7 @@ SFT_RECORD = "start_jax_sft.json"
 def sft_fields(config) -> dict:
     """What the cold start of a random init depends on beyond the model shape."""
     return {"tokenizer": config.tokenizer, "data": [config.data.source, config.data.name],
-            "seed": config.seed, **{k: v for k, v in config.sft.to_dict().items()}}
+            "seed": config.seed, **config.sft.to_dict()}
 
 
 def _check_cached(path: str, config, tokenizer) -> None:

@@ -277,10 +277,13 @@ class Trainer:
                 state, metrics = step_fns[stage.name](state, batch, jax.random.fold_in(
                     jax.random.key(c.seed + 2), step))
                 metrics = rl.check_finite(metrics, step)
-                rows = self.decoded_rows(rollout, examples, c.algo.group_size)
+                write = bool(c.log.samples_every) and step % c.log.samples_every == 0
+                # Decoded once, only for what reads the text: behaviour rates and samples.
+                rows = (self.decoded_rows(rollout, examples, c.algo.group_size)
+                        if write or c.data.source == "synthetic" else [])
                 metrics.update(self._rollout_metrics(rollout), stage=self.stages.index(stage))
                 metrics.update(self.behaviour_metrics(rows))
-                if c.log.samples_every and step % c.log.samples_every == 0:
+                if write:
                     self._write_samples(step, rows, reward)
                 done = step + 1
                 if c.eval.every and (done % c.eval.every == 0 or done == self.total_steps):
