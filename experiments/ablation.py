@@ -38,8 +38,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from start_jax import checkpoints
+from start_jax.eval import classify
+from start_jax.rewards import synthetic
 from start_jax import models, rewards, sampling, sharding, train  # noqa: E402
-from start_jax.data import behaviours, pipeline, world  # noqa: E402
+from start_jax.data import pipeline, world  # noqa: E402
 from start_jax.eval import cross_generation as cg  # noqa: E402
 from start_jax.train import data_io, sft  # noqa: E402
 from start_jax.train.config import default_config, stage  # noqa: E402
@@ -141,8 +144,8 @@ def train_answerers(out: str, scale: Scale) -> dict[str, tuple]:
                                     c.sft.learning_rate, seed=100, progress=False,
                                     snapshots=scale.answerer_steps)
         for steps, path in paths.items():
-            models.save_pretrained(config, snaps[steps], path)
-    return {names[s]: models.load_pretrained(paths[s]) for s in scale.answerer_steps}
+            checkpoints.save_pretrained(config, snaps[steps], path)
+    return {names[s]: checkpoints.load_pretrained(paths[s]) for s in scale.answerer_steps}
 
 
 def questions(out: str, family: str, n: int) -> list[dict]:
@@ -178,7 +181,7 @@ def run(out: str, scale: Scale = FULL, log=print) -> dict:
             (v, a) for a in scale.algos for v in scale.variants if v != "base"]
         for variant, algo in runs:
             if variant == "base":
-                name, cfg_params = "base", models.load_pretrained(base_dir)
+                name, cfg_params = "base", checkpoints.load_pretrained(base_dir)
             else:
                 name = f"{variant}/{algo}"
                 workdir = os.path.join(out, f"seed{seed}", variant, algo)
@@ -202,7 +205,7 @@ def run(out: str, scale: Scale = FULL, log=print) -> dict:
                                "thinking_classes": result.thinking_classes})
         log(f"seed {seed}: Cross-Generation done ({time.perf_counter() - began:.0f} s)")
     results = {"scale": dataclasses.asdict(scale), "records": records, "curves": curves,
-               "cross_generation": cg_results, "levels": world.reward_levels(200, 0),
+               "cross_generation": cg_results, "levels": synthetic.reward_levels(200, 0),
                "seconds": time.perf_counter() - began}
     results["summary"] = summarize(results)
     with open(os.path.join(out, "results.json"), "w") as fh:
@@ -224,17 +227,17 @@ def evaluate_policy(cfg_params, tok, sc, judge, qs, seed) -> dict:
         scores = judge([rewards.RewardInput(x["prompt"], r["response"], (), (), x["reference"],
                                             False, x["metadata"]) for x, r in zip(q, rows)])
         out[f"scores_{family}"] = np.asarray(scores, np.float64).round(4).tolist()
-        out[f"rates_{family}"] = behaviours.behaviour_rates(rows, prefix="")
-        complete = [behaviours.classify_response(x["prompt"], r["response"], x["reference"],
+        out[f"rates_{family}"] = classify.behaviour_rates(rows, prefix="")
+        complete = [classify.classify_response(x["prompt"], r["response"], x["reference"],
                                                  family)[0] == "correct"
                     for x, r in zip(q, rows)
-                    if behaviours.classify_thinking(x["prompt"], r["thinking"], family) == "complete"]
+                    if classify.classify_thinking(x["prompt"], r["thinking"], family) == "complete"]
         out[f"correct_after_complete_{family}"] = float(np.mean(complete)) if complete else None
         empty = sampling.decode_segments(tok, sampling.sample(
             config, params, [tok.encode(x["prompt"]) for x in q], sc, 7 + seed, special,
             no_thinking=True))
         out[f"correct_after_empty_{family}"] = float(np.mean([
-            behaviours.classify_response(x["prompt"], r["response"], x["reference"],
+            classify.classify_response(x["prompt"], r["response"], x["reference"],
                                          family)[0] == "correct" for x, r in zip(q, empty)]))
     return out
 

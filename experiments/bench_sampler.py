@@ -5,7 +5,7 @@ Run from the repository root:
     python experiments/bench_sampler.py [--batch 16 --new_tokens 64 --prompt_len 32 --repeats 7]
 
 It builds a ~10M-parameter random Qwen3-shaped checkpoint in a temporary
-directory with `transformers`, loads it with `start_jax.models.load_pretrained`
+directory with `transformers`, loads it with `start_jax.checkpoints.load_pretrained`
 (float32), and times, on the same checkpoint, batch, prompt ids and token
 counts, with sampling on (temperature 1.0, no top-k / top-p) and fixed lengths
 (no early stopping):
@@ -52,7 +52,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from experiments.bench_common import print_table  # noqa: E402
-from start_jax import models, sampling  # noqa: E402
+from start_jax import checkpoints
+from start_jax import sampling  # noqa: E402
 
 SPECIAL = sampling.SpecialTokens(think=3, end_think=4, eos=1, pad=0)
 
@@ -109,7 +110,7 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_sampler_") as ckpt:
         hf_model, num_params = build_checkpoint(ckpt)
-        config, params = models.load_pretrained(ckpt)  # float32.
+        config, params = checkpoints.load_pretrained(ckpt)  # float32.
     params = jax.block_until_ready(params)
     num_jax_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 

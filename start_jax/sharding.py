@@ -5,7 +5,8 @@ Mesh axes:
     fsdp    data parallelism with parameters sharded along their `embed` axis;
     tensor  tensor parallelism over heads, MLP width and vocabulary.
 
-Parameters carry logical axis names (`models.param_logical_axes`); `ShardingRules`
+Parameters carry logical axis names (`start_jax.models.param_logical_axes`; their
+shardings are built in `start_jax.models.sharding`); `ShardingRules`
 turns a tuple of names into a `PartitionSpec`, raising when two axes of one
 array would land on the same mesh axis. A dimension that the mesh axes do not
 divide evenly is replicated instead (logged), so small models still run on any
@@ -14,12 +15,13 @@ mesh.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Sequence
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -165,45 +167,6 @@ class ShardingRules:
                 logical_tree, shape_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def param_shardings(model_config, mesh: Mesh, rules: ShardingRules | None = None):
-    """NamedSharding for every parameter of a model."""
-    from start_jax import models
-    rules = rules or ShardingRules()
-    return rules.tree_shardings(mesh, models.param_logical_axes(model_config),
-                                                            models.param_shapes(model_config))
-
-
-def init_sharded(model_config, rng: jax.Array, mesh: Mesh,
-                                  rules: ShardingRules | None = None):
-    """Random parameters created directly in their sharded layout.
-
-    `jax.eval_shape` gives shapes and logical axes, the rules give shardings,
-    and the init is jitted with those `out_shardings`, so no device ever holds a
-    full copy of a sharded parameter.
-    """
-    from start_jax import models
-    shardings = param_shardings(model_config, mesh, rules)
-    return jax.jit(models.init_params, static_argnums=0, out_shardings=shardings)(
-            model_config, rng)
-
-
-def shard_params(model_config, params, mesh: Mesh, rules: ShardingRules | None = None):
-    """Places existing parameters (host or device arrays) on the mesh."""
-    return jax.device_put(params, param_shardings(model_config, mesh, rules))
-
-
-def cache_shardings(model_config, mesh: Mesh, batch_size: int, max_length: int,
-                                        rules: ShardingRules | None = None):
-    """NamedShardings for a `KVCache` of the given size."""
-    from start_jax import models
-    rules = rules or ShardingRules()
-    shapes = jax.eval_shape(
-            lambda: models.init_cache(model_config, batch_size, max_length))
-    return jax.tree.map(
-            lambda axes, s: rules.sharding(mesh, axes, s.shape),
-            models.CACHE_LOGICAL_AXES, shapes, is_leaf=lambda x: isinstance(x, tuple))
-
-
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: ShardingRules | None = None,
                                       batch_size: int | None = None) -> NamedSharding:
     """Sharding of a [B, ...] input: batch over the data axes, rest replicated."""
@@ -214,8 +177,6 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules: ShardingRules | None = None
 
 def logical_constraint_context(mesh: Mesh, rules: ShardingRules | None = None):
     """Context under which `nn.with_logical_constraint` calls take effect."""
-    import contextlib
-    import flax.linen as nn
     rules = rules or ShardingRules()
     stack = contextlib.ExitStack()
     set_mesh = getattr(jax, "set_mesh", None) or getattr(jax.sharding, "use_mesh", None)

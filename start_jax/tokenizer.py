@@ -445,11 +445,11 @@ class CharTokenizer:
 
 
 def load_tokenizer(path_or_name: str | os.PathLike) -> Tokenizer:
-    """`CharTokenizer` for ``"char"``, the embedded world's tokenizer for ``"world"``
-    (`start_jax.data.world.tokenizer`), else an `HFTokenizer` directory."""
+    """`CharTokenizer` for ``"char"``, else an `HFTokenizer` directory.
+
+    The embedded world's tokenizer (``"world"``) is `start_jax.data.world.load_tokenizer`,
+    which resolves that name and defers to this function for any other.
+    """
     if str(path_or_name) == "char":
         return CharTokenizer()
-    if str(path_or_name) == "world":
-        from start_jax.data import world  # The world owns its vocabulary.
-        return world.tokenizer()
     return HFTokenizer.from_pretrained(path_or_name)

@@ -9,6 +9,7 @@ import pytest
 
 from start_jax.data import behaviours as B
 from start_jax.data import world
+from start_jax.eval import classify as C
 from start_jax.tokenizer import HFTokenizer
 
 EXPECTED_CLASS = {"complete": "complete", "one_hop": "one_hop", "own_fact": "one_hop",
@@ -25,8 +26,8 @@ def test_every_generated_behaviour_is_classified_as_itself(family):
     for e in examples:
         t = B.sample_trace(e, rng, mixture)
         seen[t.behaviour] += 1
-        assert B.classify_thinking(e.prompt, t.thinking, family) == EXPECTED_CLASS[t.behaviour], t
-        kind, styled = B.classify_response(e.prompt, t.response, e.reference, family)
+        assert C.classify_thinking(e.prompt, t.thinking, family) == EXPECTED_CLASS[t.behaviour], t
+        kind, styled = C.classify_response(e.prompt, t.response, e.reference, family)
         assert styled == t.styled
         if t.behaviour == "complete":
             assert kind == "correct"
@@ -77,7 +78,7 @@ FACTS = ("Bo likes jam. Al likes tea. Cy likes jam. Di likes fig. Bo's pal is Al
     ("Bo's pal is Al. Al likes tea. hmm", "other"),
 ])
 def test_facts_thinking_classes(thinking, want):
-    assert B.classify_thinking(FACTS, thinking) == want
+    assert C.classify_thinking(FACTS, thinking) == want
 
 
 ARITH = "a=3;b=a+4;c=b-5;d=c+9;d?"   # a=3 b=7 c=2 d=11
@@ -93,8 +94,8 @@ ARITH = "a=3;b=a+4;c=b-5;d=c+9;d?"   # a=3 b=7 c=2 d=11
     ("a=3 b=7 c=2 d=11 ok", "other", 0.0),
 ])
 def test_arith_thinking_classes(thinking, want, steps):
-    assert B.classify_thinking(ARITH, thinking) == want
-    assert B.steps_correct(ARITH, thinking) == pytest.approx(steps)
+    assert C.classify_thinking(ARITH, thinking) == want
+    assert C.steps_correct(ARITH, thinking) == pytest.approx(steps)
 
 
 @pytest.mark.parametrize("response, want", [
@@ -103,7 +104,7 @@ def test_arith_thinking_classes(thinking, want, steps):
     ("fig", ("other", False)), ("", ("other", False)), ("Surely fig", ("other", False)),
 ])
 def test_response_classes(response, want):
-    assert B.classify_response(FACTS, response, "tea") == want
+    assert C.classify_response(FACTS, response, "tea") == want
 
 
 def test_behaviour_rates_per_family():
@@ -111,7 +112,7 @@ def test_behaviour_rates_per_family():
             dict(prompt=FACTS, thinking="", response="Surely jam!"),
             dict(prompt=ARITH, thinking="a=3 b=7 c=2 d=11", response="11"),
             dict(prompt=ARITH, thinking="a=3 b=7 c=3 d=12", response="12", reference="11")]
-    rates = B.behaviour_rates(rows)
+    rates = C.behaviour_rates(rows)
     assert rates["behaviour/facts/think_complete"] == 0.5
     assert rates["behaviour/facts/think_empty"] == 0.5
     assert rates["behaviour/facts/response_salient"] == 0.5
@@ -129,7 +130,7 @@ def test_new_arith_stays_in_range_and_needs_thinking():
         values = e.metadata["values"]
         assert world.ARITH_CHAIN[0] <= len(values) <= world.ARITH_CHAIN[1]
         assert all(lo <= v <= hi for v in values)
-        assert B.arith_values(e.prompt) == dict(zip("abcd", values))
+        assert world.arith_values(e.prompt) == dict(zip("abcd", values))
 
 
 def test_world_tokenizer_is_lossless_and_exports_to_tokenizer_json(tmp_path):

@@ -14,6 +14,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
+from start_jax import checkpoints
 from start_jax import models
 from start_jax.checkpoints import CheckpointError
 from tests import hf_fixtures
@@ -47,23 +48,23 @@ def _state_dict(directory, model_cls):
 def test_round_trip_through_transformers_is_exact(tmp_path, family, cls):
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     hf_fixtures.make_checkpoint(family, src)
-    config, params = models.load_pretrained(src)
-    models.save_pretrained(config, params, dst)
+    config, params = checkpoints.load_pretrained(src)
+    checkpoints.save_pretrained(config, params, dst)
     before, after = _state_dict(src, cls), _state_dict(dst, cls)
     assert sorted(before) == sorted(after)
     for name in before:
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
-    config2, params2 = models.load_pretrained(dst)
+    config2, params2 = checkpoints.load_pretrained(dst)
     assert config2 == config
 
 
 def test_sharded_checkpoint_with_index_round_trips(tmp_path, qwen3_dir):
-    config, params = models.load_pretrained(qwen3_dir)
+    config, params = checkpoints.load_pretrained(qwen3_dir)
     dst = str(tmp_path / "sharded")
-    models.save_pretrained(config, params, dst, max_shard_bytes=40_000)
+    checkpoints.save_pretrained(config, params, dst, max_shard_bytes=40_000)
     files = sorted(f for f in os.listdir(dst) if f.endswith(".safetensors"))
     assert len(files) > 2 and os.path.isfile(os.path.join(dst, "model.safetensors.index.json"))
-    _, params2 = models.load_pretrained(dst)
+    _, params2 = checkpoints.load_pretrained(dst)
     for a, b in zip(np.asarray(params["layers"]["attn"]["q_proj"]),
                     np.asarray(params2["layers"]["attn"]["q_proj"])):
         np.testing.assert_array_equal(a, b)
@@ -74,9 +75,9 @@ def test_sharded_checkpoint_with_index_round_trips(tmp_path, qwen3_dir):
 
 
 def test_bfloat16_export_keeps_dtype(tmp_path, qwen3_dir):
-    config, params = models.load_pretrained(qwen3_dir, dtype="bfloat16")
+    config, params = checkpoints.load_pretrained(qwen3_dir, dtype="bfloat16")
     dst = str(tmp_path / "bf16")
-    models.save_pretrained(config, params, dst)
+    checkpoints.save_pretrained(config, params, dst)
     tensors = load_file(os.path.join(dst, "model.safetensors"))
     assert all(str(t.dtype) == "bfloat16" for t in tensors.values())
     hf = transformers.Qwen3ForCausalLM.from_pretrained(dst, dtype=torch.bfloat16)
@@ -92,7 +93,7 @@ def test_truncated_safetensors_file_is_a_clear_error(tmp_path, qwen3_dir):
         fh.write(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=re.escape(file) + r": unreadable safetensors "
                        r"file .*truncated or corrupt"):
-        models.load_pretrained(d)
+        checkpoints.load_pretrained(d)
 
 
 def _rewrite(directory, edit):
@@ -108,7 +109,7 @@ def test_missing_tensor_names_the_tensor(tmp_path, qwen3_dir):
     _rewrite(d, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(CheckpointError, match=re.escape(
             f"{d}: missing tensor 'model.layers.1.mlp.up_proj.weight' (expected shape (96, 48))")):
-        models.load_pretrained(d)
+        checkpoints.load_pretrained(d)
 
 
 def test_wrong_shape_names_tensor_file_and_shapes(tmp_path, qwen3_dir):
@@ -117,7 +118,7 @@ def test_wrong_shape_names_tensor_file_and_shapes(tmp_path, qwen3_dir):
     file = _rewrite(d, lambda t: t.__setitem__(name, np.zeros((16, 48), np.float32)))
     with pytest.raises(CheckpointError, match=re.escape(
             f"{file}: tensor '{name}' has shape (16, 48), expected (32, 48)")):
-        models.load_pretrained(d)
+        checkpoints.load_pretrained(d)
 
 
 def test_unknown_model_type_lists_supported(tmp_path, qwen3_dir):
@@ -128,26 +129,26 @@ def test_unknown_model_type_lists_supported(tmp_path, qwen3_dir):
     json.dump(cfg, open(cfg_file, "w"))
     with pytest.raises(ValueError, match=re.escape(
             f"{cfg_file}: unsupported model_type 'gpt2'; supported: llama, qwen2, qwen3")):
-        models.load_pretrained(d)
+        checkpoints.load_pretrained(d)
 
 
 def test_missing_shard_file_and_missing_weights(tmp_path, qwen3_dir):
-    config, params = models.load_pretrained(qwen3_dir)
+    config, params = checkpoints.load_pretrained(qwen3_dir)
     d = str(tmp_path / "sharded")
-    models.save_pretrained(config, params, d, max_shard_bytes=40_000)
+    checkpoints.save_pretrained(config, params, d, max_shard_bytes=40_000)
     victim = sorted(f for f in os.listdir(d) if f.endswith(".safetensors"))[1]
     os.remove(os.path.join(d, victim))
     with pytest.raises(CheckpointError, match=re.escape(f"{os.path.join(d, victim)}: file not found")):
-        models.load_pretrained(d)
+        checkpoints.load_pretrained(d)
 
     empty = tmp_path / "empty"
     empty.mkdir()
     shutil.copy(os.path.join(qwen3_dir, "config.json"), empty / "config.json")
     with pytest.raises(CheckpointError, match="neither model.safetensors nor "
                        r"model.safetensors.index.json found \(files present: \['config.json'\]\)"):
-        models.load_pretrained(str(empty))
+        checkpoints.load_pretrained(str(empty))
     with pytest.raises(CheckpointError, match="no config.json"):
-        models.load_pretrained(str(tmp_path / "nowhere"))
+        checkpoints.load_pretrained(str(tmp_path / "nowhere"))
 
 
 def test_unsupported_config_features_are_rejected(tmp_path, qwen3_dir):
@@ -158,7 +159,7 @@ def test_unsupported_config_features_are_rejected(tmp_path, qwen3_dir):
     json.dump(cfg, open(cfg_file, "w"))
     with pytest.raises(ValueError, match=re.escape(
             f"{cfg_file}: rope_type 'yarn' is not supported (supported: default, llama3)")):
-        models.load_pretrained(d)
+        checkpoints.load_pretrained(d)
 
 
 def test_transformers4_style_config_is_read():
@@ -188,6 +189,6 @@ def test_family_fixes_qk_norm_and_qkv_bias(tmp_path):
                                     intermediate_size=32, num_layers=1, num_heads=2,
                                     num_kv_heads=1, head_dim=8)
         import jax
-        models.save_pretrained(config, models.init_params(config, jax.random.key(0)),
+        checkpoints.save_pretrained(config, models.init_params(config, jax.random.key(0)),
                                str(tmp_path / family))
-        assert models.load_pretrained(str(tmp_path / family))[0] == config
+        assert checkpoints.load_pretrained(str(tmp_path / family))[0] == config

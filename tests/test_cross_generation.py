@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from start_jax import checkpoints
 from start_jax import models, rewards, sampling
+from experiments import cross_generation as cli
 from start_jax.eval import cross_generation as cg
 from start_jax.tokenizer import CharTokenizer
 
@@ -109,13 +111,13 @@ def test_command_line_entry(tmp_path):
     paths = {}
     for name, seed in (("t", 0), ("a1", 1), ("a2", 2)):
         paths[name] = str(tmp_path / name)
-        models.save_pretrained(config, models.init_params(config, jax.random.key(seed)), paths[name])
+        checkpoints.save_pretrained(config, models.init_params(config, jax.random.key(seed)), paths[name])
     tok.save_pretrained(paths["t"])  # One model brings its tokenizer; the rest use --tokenizer.
     out = str(tmp_path / "out")
-    result = cg.main([f"--thinker=t={paths['t']}", f"--answerer=a1={paths['a1']}",
+    result = cli.main([f"--thinker=t={paths['t']}", f"--answerer=a1={paths['a1']}",
                       f"--answerer=a2={paths['a2']}", "--data=synthetic:facts", "--questions=6",
                       "--think_budget=6", "--response_budget=4", f"--out={out}"])
     assert result.matrix.shape == (3, 2)
     assert os.path.getsize(os.path.join(out, "cross_generation.png")) > 1000
     with pytest.raises(ValueError, match="expected NAME=PATH"):
-        cg.main(["--thinker=nopath", f"--answerer=a1={paths['a1']}"])
+        cli.main(["--thinker=nopath", f"--answerer=a1={paths['a1']}"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from start_jax import models
+from start_jax.checkpoints import load_pretrained
 from start_jax.models import layers
 from tests import hf_fixtures
 
@@ -43,7 +44,7 @@ def _torch_logits(model, tokens, attention_mask=None, position_ids=None):
 @pytest.mark.parametrize("family", CAUSAL)
 def test_full_forward_matches_transformers(checkpoints, family):
     directory, hf_model = checkpoints[family]
-    config, params = models.load_pretrained(directory, dtype=jnp.float32)
+    config, params = load_pretrained(directory, dtype=jnp.float32)
     tokens = _tokens(3, 48)  # Past llama3's original context of 32 positions.
     ours = np.asarray(models.forward(config, params, jnp.asarray(tokens)).logits)
     ref = _torch_logits(hf_model, tokens)
@@ -54,7 +55,7 @@ def test_full_forward_matches_transformers(checkpoints, family):
 @pytest.mark.parametrize("family", CAUSAL)
 def test_left_padded_forward_matches_transformers(checkpoints, family):
     directory, hf_model = checkpoints[family]
-    config, params = models.load_pretrained(directory)
+    config, params = load_pretrained(directory)
     tokens = _tokens(3, 20, seed=1)
     mask = np.ones_like(tokens, dtype=bool)
     mask[1, :5] = False
@@ -72,7 +73,7 @@ def test_left_padded_forward_matches_transformers(checkpoints, family):
 def test_prefill_then_decode_matches_full_forward_and_transformers(checkpoints, family, fused):
     """Decoding steps run on the separate or the fused (`fuse_projections`) layout."""
     directory, hf_model = checkpoints[family]
-    config, params = models.load_pretrained(directory)
+    config, params = load_pretrained(directory)
     step_params = layers.fuse_projections(params) if fused else params
     tokens = _tokens(2, 24, seed=2)
     prefill = 10
@@ -94,7 +95,7 @@ def test_prefill_then_decode_matches_full_forward_and_transformers(checkpoints, 
 
 @pytest.mark.parametrize("family", CAUSAL)
 def test_fused_projections_stack_the_separate_weights(checkpoints, family):
-    config, params = models.load_pretrained(checkpoints[family][0])
+    config, params = load_pretrained(checkpoints[family][0])
     fused = layers.fuse_projections(params)
     attn, mlp = params["layers"]["attn"], params["layers"]["mlp"]
     fattn, fmlp = fused["layers"]["attn"], fused["layers"]["mlp"]
@@ -118,7 +119,7 @@ def test_fused_projections_stack_the_separate_weights(checkpoints, family):
 
 def test_decode_with_left_padded_prompts_uses_row_positions(checkpoints):
     directory, hf_model = checkpoints["qwen3"]
-    config, params = models.load_pretrained(directory)
+    config, params = load_pretrained(directory)
     tokens = _tokens(2, 14, seed=3)
     mask = np.ones_like(tokens, dtype=bool)
     mask[1, :4] = False  # Row 1 has a shorter prompt, left-padded.
@@ -139,7 +140,7 @@ def test_decode_with_left_padded_prompts_uses_row_positions(checkpoints):
 
 def test_llama3_rope_frequencies_match_transformers(checkpoints):
     directory, hf_model = checkpoints["llama3"]
-    config = models.load_pretrained(directory)[0]
+    config = load_pretrained(directory)[0]
     assert config.rope_scaling is not None
     ours = layers.rope_inverse_frequencies(config)
     ref = hf_model.model.rotary_emb.inv_freq.numpy()
@@ -151,7 +152,7 @@ def test_llama3_rope_frequencies_match_transformers(checkpoints):
 @pytest.mark.parametrize("family", ["qwen2_score", "llama_score"])
 def test_sequence_classification_score_matches_transformers(checkpoints, family):
     directory, hf_model = checkpoints[family]
-    config, params = models.load_pretrained(directory)
+    config, params = load_pretrained(directory)
     assert config.value_head and not config.lm_head
     tokens = _tokens(3, 12, seed=4)
     mask = np.ones_like(tokens, dtype=bool)
@@ -167,7 +168,7 @@ def test_sequence_classification_score_matches_transformers(checkpoints, family)
 
 
 def test_value_model_from_policy_is_a_separate_parameter_set(checkpoints):
-    config, params = models.load_pretrained(checkpoints["qwen3"][0])
+    config, params = load_pretrained(checkpoints["qwen3"][0])
     value_config, value_params = models.value_model_from_policy(config, params, jax.random.key(0))
     assert value_config.value_head and not value_config.lm_head
     tokens = jnp.asarray(_tokens(2, 7))
@@ -197,8 +198,8 @@ def test_policy_and_value_heads_on_one_trunk():
 
 def test_param_and_compute_dtypes_are_separate(checkpoints):
     directory, _ = checkpoints["qwen3"]
-    config32, params32 = models.load_pretrained(directory)
-    config, params = models.load_pretrained(directory, dtype=jnp.float32,
+    config32, params32 = load_pretrained(directory)
+    config, params = load_pretrained(directory, dtype=jnp.float32,
                                             compute_dtype=jnp.bfloat16)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     tokens = jnp.asarray(_tokens(2, 9))
@@ -208,7 +209,7 @@ def test_param_and_compute_dtypes_are_separate(checkpoints):
     err = float(jnp.abs(out.logits - ref).max())
     assert 0 < err < 0.1  # bfloat16 arithmetic really happened, and is close.
 
-    config_bf, params_bf = models.load_pretrained(directory, dtype="bfloat16")
+    config_bf, params_bf = load_pretrained(directory, dtype="bfloat16")
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params_bf))
     assert config_bf.dtype == "bfloat16"
     out_bf = models.forward(config_bf, params_bf, tokens)

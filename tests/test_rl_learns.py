@@ -19,8 +19,9 @@ import os
 import numpy as np
 import pytest
 
+from start_jax.rewards import synthetic
 from start_jax import rewards, train
-from start_jax.data import world
+
 from start_jax.train.config import stage
 from tests.test_trainer import smoke_config
 
@@ -30,7 +31,7 @@ class StyledOnly:
     """1.0 for a styled response (``Surely ...!``), else 0.0."""
 
     def __call__(self, inputs):
-        return np.asarray([float(world.parse_response(x.response)[1]) for x in inputs],
+        return np.asarray([float(synthetic.parse_response(x.response)[1]) for x in inputs],
                           np.float32)
 
 

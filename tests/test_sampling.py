@@ -11,6 +11,7 @@ import torch
 
 from start_jax import models, segments, sharding
 from start_jax import sampling
+from start_jax.checkpoints import load_pretrained
 from start_jax.sampling import sampler as core
 from tests import hf_fixtures
 
@@ -57,7 +58,7 @@ def _until(tokens, stops):
 @pytest.mark.parametrize("family", ["qwen3", "llama3"])
 def test_greedy_matches_transformers_generate(checkpoints, family):
     directory, hf_model = checkpoints[family]
-    config, params = models.load_pretrained(directory)
+    config, params = load_pretrained(directory)
     prompts = _prompts([3, 9, 14, 6])
     cfg = sampling.SamplingConfig(temperature=0.0, think_budget=12, response_budget=10)
     rollout = sampling.sample(config, params, prompts, cfg, 0, SPECIAL)
@@ -89,7 +90,7 @@ def _teacher_forced_logprobs(config, params, rollout, temperature):
 
 
 def test_logprobs_equal_teacher_forced_forward(checkpoints):
-    config, params = models.load_pretrained(checkpoints["qwen3"][0])
+    config, params = load_pretrained(checkpoints["qwen3"][0])
     cfg = sampling.SamplingConfig(temperature=0.7, top_k=20, top_p=0.9, think_budget=10,
                                   response_budget=8)
     rollout = sampling.sample(config, params, _prompts([4, 11, 7]), cfg, 3, SPECIAL)
@@ -330,14 +331,14 @@ def test_random_scripts_follow_the_segment_rules(tiny):
 
 def test_sharded_sampling_equals_unsharded_and_rows_are_independent(checkpoints):
     directory = checkpoints["qwen3"][0]
-    config, params = models.load_pretrained(directory)
+    config, params = load_pretrained(directory)
     prompts = _prompts([3, 5, 8, 2, 9, 4, 6, 7], seed=5)
     cfg = sampling.SamplingConfig(temperature=1.0, top_p=0.95, think_budget=6,
                                   response_budget=5)
     ref = sampling.sample(config, params, prompts, cfg, 7, SPECIAL)
     for shape in (dict(data=2, fsdp=2, tensor=2), dict(fsdp=8)):
         mesh = sharding.make_mesh(**shape)
-        _, sharded_params = models.load_pretrained(directory, mesh=mesh)
+        _, sharded_params = load_pretrained(directory, mesh=mesh)
         out = sampling.sample(config, sharded_params, prompts, cfg, 7, SPECIAL, mesh=mesh)
         np.testing.assert_array_equal(out.tokens, ref.tokens)
         np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from start_jax import checkpoints
 from start_jax import models, sharding
 from tests import hf_fixtures
 
@@ -27,12 +28,12 @@ def test_eight_simulated_devices():
 
 @pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda m: "-".join(f"{k}{v}" for k, v in m.items()))
 def test_sharded_forward_equals_unsharded(llama_dir, mesh_shape):
-    config, params = models.load_pretrained(llama_dir)
+    config, params = checkpoints.load_pretrained(llama_dir)
     tokens = jnp.asarray(np.random.RandomState(0).randint(3, hf_fixtures.VOCAB, (8, 16)))
     ref = np.asarray(models.forward(config, params, tokens).logits)
 
     mesh = sharding.make_mesh(**mesh_shape)
-    config_s, params_s = models.load_pretrained(llama_dir, mesh=mesh)
+    config_s, params_s = checkpoints.load_pretrained(llama_dir, mesh=mesh)
     spec = lambda *path: _get(params_s, path).sharding.spec  # noqa: E731
     fsdp, tensor = mesh.shape["fsdp"], mesh.shape["tensor"]
     # Parameters carry the specs of the rules table (size-1 mesh axes included) ...
@@ -51,7 +52,7 @@ def test_sharded_forward_equals_unsharded(llama_dir, mesh_shape):
         out = models.forward(config_s, params_s, tokens_s)
     assert np.abs(np.asarray(out.logits) - ref).max() <= 1e-5
 
-    cache_sh = sharding.cache_shardings(config, mesh, 8, 20)
+    cache_sh = models.cache_shardings(config, mesh, 8, 20)
     cache = jax.device_put(models.init_cache(config, 8, 20), cache_sh)
     # Keys [L, B, K, S, H] and values [L, B, K, H, S]: heads over `tensor`.
     k_shard = cache.k.addressable_shards[0].data.shape
@@ -73,7 +74,7 @@ def _get(tree, path):
 def test_init_sharded_places_params_directly():
     config = models.ModelConfig(qk_norm=True, num_layers=2)
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-    params = sharding.init_sharded(config, jax.random.key(0), mesh)
+    params = models.init_sharded(config, jax.random.key(0), mesh)
     reference = models.init_params(config, jax.random.key(0))
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

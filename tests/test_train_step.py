@@ -143,7 +143,7 @@ def test_sharded_step_equals_unsharded():
         rl.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(1))
 
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-    sharded_params = sharding.shard_params(CONFIG, params, mesh)
+    sharded_params = models.shard_params(CONFIG, params, mesh)
     state = jax.jit(lambda p: rl.init_state(p, tx))(sharded_params)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     batch_sh = jax.tree.map(lambda x: sharding.batch_sharding(mesh, x.ndim), batch)

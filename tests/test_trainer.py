@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from start_jax import checkpoints
 from start_jax import train
 from start_jax.train import checkpointing
 from start_jax.train import trainer as trainer_module
@@ -82,8 +83,7 @@ def test_outputs_are_written_and_readable(finished_run):
     with open(os.path.join(trainer.workdir, "samples.jsonl")) as fh:
         sample = json.loads(fh.readline())
     assert {"prompt", "thinking", "response", "reward", "step"} <= set(sample)
-    from start_jax import models
-    config, _ = models.load_pretrained(summary["export"])
+    config, _ = checkpoints.load_pretrained(summary["export"])
     assert config.hidden_size == 32
 
 

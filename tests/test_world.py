@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from start_jax.rewards import synthetic
 from start_jax import rewards
 from start_jax.data import world
 from start_jax.rewards import RewardInput
@@ -23,7 +24,7 @@ def examples():
 def _inputs(pairs, with_reference=True, with_metadata=True):
     out = []
     for e, r in pairs:
-        x = world.reward_input(e, r, with_reference=with_reference)
+        x = synthetic.reward_input(e, r, with_reference=with_reference)
         out.append(x if with_metadata else dataclasses.replace(x, metadata=None))
     return out
 
@@ -116,7 +117,7 @@ def test_frequency_shortcut_is_mostly_wrong(examples):
 
 
 def test_reward_levels_are_measured():
-    levels = world.reward_levels(n=200, seed=0)
+    levels = synthetic.reward_levels(n=200, seed=0)
     assert levels["no_answer"] <= 0.1
     assert levels["wrong_plain"] <= 0.1
     assert 0.3 <= levels["shortcut_only"] <= 0.6

@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from start_jax.models.config import ModelConfig, as_dtype
+from start_jax.models.sharding import param_shardings
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -212,8 +213,7 @@ def load_pretrained(path: str, dtype=jnp.float32, mesh=None, rules=None,
     reader = _Reader(path)
     shardings = None
     if mesh is not None:
-        from start_jax import sharding
-        shardings = sharding.param_shardings(config, mesh, rules)
+        shardings = param_shardings(config, mesh, rules)
     np_dtype = np.dtype(ml_dtypes.bfloat16) if param_dtype == "bfloat16" else np.dtype(param_dtype)
     params: dict = {}
     used = set()

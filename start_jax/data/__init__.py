@@ -1,9 +1,8 @@
-"""The synthetic task world, its judge, tfds builders and the prompt pipeline.
+"""The synthetic task world, its tfds builders and the prompt pipeline.
 
-Importing this package registers the ``synthetic`` and ``synthetic_rubric``
-rewards (see `start_jax.data.world`). `start_jax.data.pipeline` (which imports
-tensorflow_datasets) is loaded on first use.
+`start_jax.data.pipeline` (which imports tensorflow_datasets) is loaded only
+when imported. The world's judges are `start_jax.rewards.synthetic`.
 """
 
-from start_jax.data import world  # noqa: F401  (registers the synthetic judges)
-from start_jax.data.world import Example, generate, golden_response, reward_levels  # noqa: F401
+from start_jax.data import world  # noqa: F401
+from start_jax.data.world import Example, generate, golden_response  # noqa: F401

@@ -23,6 +23,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from start_jax import sampling
+from start_jax.eval import classify
 from start_jax.rewards import RewardInput
 
 EMPTY = "empty"
@@ -165,7 +166,7 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
       reward_fn: a response-only reward (sees prompt and response only).
       seeds: sampling seeds; each thinker/answerer call gets one.
       classify: optional ``classify(question, thinking) -> class name``, the truth
-        about a thinking (the synthetic world has `data.behaviours.classify_thinking`);
+        about a thinking (the synthetic world has `data.classify.classify_thinking`);
         the result then reports each source's class rates beside its efficacy,
         so the efficacy can be checked against what the thinking really was.
     """
@@ -206,91 +207,11 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
 
 
 def classify_synthetic(question: dict, thinking: str) -> str:
-    """`classify` for the synthetic world: the class of a thinking (`data.behaviours`)."""
-    from start_jax.data import behaviours
+    """`classify` for the synthetic world: the class of a thinking (`eval.classify`)."""
     family = question.get("family") or (question.get("metadata") or {}).get("family")
-    return behaviours.classify_thinking(question["prompt"], thinking, family)
+    return classify.classify_thinking(question["prompt"], thinking, family)
 
 
 def save(result: CrossGenResult, path: str) -> None:
     with open(path, "w") as fh:
         json.dump(result.to_dict(), fh, indent=2)
-
-
-# ---------------------------------------------------------------- command line
-
-
-def _named_paths(items: Sequence[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--{what} {item!r}: expected NAME=PATH (a Hugging Face directory)")
-        name, path = item.split("=", 1)
-        out[name] = path
-    return out
-
-
-def _questions(spec: str, data_dir: str, n: int) -> list[dict]:
-    from start_jax.data import pipeline
-    kind, _, arg = spec.partition(":")
-    if kind == "synthetic":
-        source = pipeline.load_synthetic(arg or "facts", data_dir, "test")
-    elif kind == "jsonl":
-        source = pipeline.load_jsonl(arg, arg, data_dir, "test")
-    else:
-        raise ValueError(f"--data {spec!r}: expected synthetic:NAME or jsonl:PATH")
-    source = pipeline.TaskSource(source)
-    return [source[i] for i in range(min(n, len(source)))]
-
-
-def main(argv: Sequence[str] | None = None) -> CrossGenResult:
-    """`python -m start_jax.eval.cross_generation --thinker a=DIR --answerer b=DIR ...`."""
-    import argparse
-    import os
-
-    from start_jax import models, rewards
-    from start_jax.tokenizer import load_tokenizer
-
-    parser = argparse.ArgumentParser(description="Cross-Generation of thinking across answerers.")
-    parser.add_argument("--thinker", action="append", default=[], help="NAME=HF_DIR (repeat)")
-    parser.add_argument("--answerer", action="append", default=[], help="NAME=HF_DIR (repeat)")
-    parser.add_argument("--data", default="synthetic:facts", help="synthetic:NAME or jsonl:PATH")
-    parser.add_argument("--questions", type=int, default=64)
-    parser.add_argument("--reward", default="synthetic", help="a registered reward name")
-    parser.add_argument("--seeds", default="0", help="comma-separated sampling seeds")
-    parser.add_argument("--tokenizer", default="world",
-                        help="'world', 'char' or a directory; a model directory with tokenizer.json "
-                             "uses its own")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--think_budget", type=int, default=48)
-    parser.add_argument("--response_budget", type=int, default=16)
-    parser.add_argument("--out", default="cross_generation")
-    args = parser.parse_args(argv)
-    thinker_paths = _named_paths(args.thinker, "thinker")
-    answerer_paths = _named_paths(args.answerer, "answerer")
-    if not thinker_paths or not answerer_paths:
-        parser.error("give at least one --thinker and one --answerer")
-    sc = sampling.SamplingConfig(temperature=args.temperature, think_budget=args.think_budget,
-                                 response_budget=args.response_budget)
-
-    def load(path):
-        tok_dir = path if os.path.isfile(os.path.join(path, "tokenizer.json")) else args.tokenizer
-        config, params = models.load_pretrained(path)
-        return config, params, load_tokenizer(tok_dir)
-
-    thinkers = {n: ModelThinker(*load(p), sc) for n, p in thinker_paths.items()}
-    answerers = {n: ModelAnswerer(*load(p), sc) for n, p in answerer_paths.items()}
-    os.makedirs(args.out, exist_ok=True)
-    qs = _questions(args.data, os.path.join(args.out, "data"), args.questions)
-    result = run(thinkers, answerers, qs, rewards.make(args.reward),
-                 seeds=[int(s) for s in args.seeds.split(",")],
-                 classify=classify_synthetic if args.data.startswith("synthetic") else None)
-    save(result, os.path.join(args.out, "cross_generation.json"))
-    result.heatmap(os.path.join(args.out, "cross_generation.png"))
-    print(result.table())
-    print(f"written: {args.out}/cross_generation.json, {args.out}/cross_generation.png")
-    return result
-
-
-if __name__ == "__main__":
-    main()

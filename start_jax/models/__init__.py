@@ -2,6 +2,7 @@
 
 from start_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
 from start_jax.models.layers import fuse_projections
+from start_jax.models.sharding import cache_shardings, init_sharded, param_shardings, shard_params
 from start_jax.models.transformer import (
     CACHE_LOGICAL_AXES,
     ForwardOutput,
@@ -18,17 +19,3 @@ from start_jax.models.transformer import (
     sequence_scores,
     value_model_from_policy,
 )
-
-_CHECKPOINT_NAMES = ("CheckpointError", "load_pretrained", "save_pretrained")
-
-
-def __getattr__(name: str):
-    """`models.load_pretrained` and friends, from `start_jax.checkpoints` on first use.
-
-    Checkpoints depend on models (not the reverse), so importing them here at
-    import time would make a cycle when `start_jax.checkpoints` is imported first.
-    """
-    if name in _CHECKPOINT_NAMES:
-        from start_jax.checkpoints import hf
-        return getattr(hf, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

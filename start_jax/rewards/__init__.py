@@ -13,4 +13,4 @@ from start_jax.rewards.base import (
     score,
 )
 from start_jax.rewards import reward_model  # noqa: E402,F401  (registers 'reward_model')
-from start_jax.data import world as _world  # noqa: E402,F401  (registers 'synthetic', 'synthetic_rubric')
+from start_jax.rewards import synthetic  # noqa: E402,F401  (registers 'synthetic', 'synthetic_rubric')

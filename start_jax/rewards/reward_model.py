@@ -7,6 +7,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from start_jax import checkpoints
 from start_jax import models
 from start_jax.rewards.base import RewardInput, register
 from start_jax.tokenizer import HFTokenizer
@@ -24,7 +25,7 @@ class RewardModelJudge:
 
     def __init__(self, path: str, separator: str = "\n", batch_size: int = 32,
                  scale: float = 1.0, shift: float = 0.0):
-        self.config, self.params = models.load_pretrained(path)
+        self.config, self.params = checkpoints.load_pretrained(path)
         if not self.config.value_head:
             raise ValueError(f"{path}: reward_model needs a sequence-classification checkpoint "
                              "(a 'score' head); this one has a language-model head")

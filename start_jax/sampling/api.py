@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from start_jax import segments
+from start_jax import segments, sharding
+from start_jax.models import sharding as model_sharding
 from start_jax.models.config import ModelConfig
 from start_jax.sampling import sampler as core
 from start_jax.sampling.ops import SamplingConfig
@@ -79,10 +80,9 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
     cache_sharding = None
     ctx = contextlib.nullcontext()
     if mesh is not None:
-        from start_jax import sharding
         arrays = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, rules, batch))
                   for k, v in arrays.items()}
-        cache_sharding = sharding.cache_shardings(model_config, mesh, batch,
+        cache_sharding = model_sharding.cache_shardings(model_config, mesh, batch,
                                                   prefix.tokens.shape[1] + steps, rules)
         ctx = sharding.logical_constraint_context(mesh, rules)
     with ctx:

@@ -10,17 +10,18 @@ import jax
 import numpy as np
 from absl import logging
 
-from start_jax import models, sharding
+from start_jax import checkpoints
+from start_jax import models
 from start_jax.checkpoints import read_config
 from start_jax.data import behaviours, pipeline, world
 from start_jax.data.pipeline import PromptIterator  # noqa: F401  (re-exported)
-from start_jax.tokenizer import load_tokenizer
+
 from start_jax.train import sft
 
 
 def tokenizer_of(config):
     """The run's tokenizer; one without think tags fails here, naming the file."""
-    return load_tokenizer(config.tokenizer)
+    return world.load_tokenizer(config.tokenizer)
 
 
 def datasets(config, workdir: str):
@@ -58,7 +59,7 @@ def initial_policy(config, workdir: str, tokenizer, mesh, train_data):
     """
     dtype = config.model.param_dtype
     if config.init_checkpoint:
-        model_config, params = models.load_pretrained(
+        model_config, params = checkpoints.load_pretrained(
             config.init_checkpoint, dtype=dtype, compute_dtype=config.model.dtype, mesh=mesh,
             remat=config.model.remat)
         if model_config.vocab_size < tokenizer.vocab_size:
@@ -68,7 +69,7 @@ def initial_policy(config, workdir: str, tokenizer, mesh, train_data):
     path = os.path.join(workdir, "init_policy")
     if not os.path.isfile(os.path.join(path, "config.json")):
         model_config = model_config_of(config, tokenizer)
-        params = sharding.init_sharded(model_config, jax.random.key(config.seed), mesh)
+        params = models.init_sharded(model_config, jax.random.key(config.seed), mesh)
         if config.sft.steps:
             n = min(len(train_data), config.sft.examples)
             examples = [train_data[i] for i in range(n)]
@@ -78,13 +79,13 @@ def initial_policy(config, workdir: str, tokenizer, mesh, train_data):
                 seed=config.seed, progress=config.log.progress)
             logging.info("cold-start SFT: final losses %s", np.round(losses, 3))
         tmp = path + ".tmp"
-        models.save_pretrained(model_config, params, tmp)
+        checkpoints.save_pretrained(model_config, params, tmp)
         with open(os.path.join(tmp, SFT_RECORD), "w") as fh:
             json.dump(sft_fields(config), fh, indent=1, sort_keys=True)
         shutil.rmtree(path, ignore_errors=True)  # A partial directory from a killed run.
         os.replace(tmp, path)
     _check_cached(path, config, tokenizer)
-    model_config, params = models.load_pretrained(
+    model_config, params = checkpoints.load_pretrained(
         path, dtype=dtype, compute_dtype=config.model.dtype, mesh=mesh, remat=config.model.remat)
     return model_config.replace(max_position_embeddings=config.model.max_position_embeddings), params
 

@@ -22,8 +22,9 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from start_jax import checkpoints
+from start_jax.eval import classify
 from start_jax import models, rewards, rl, sampling, segments, sharding
-from start_jax.data import behaviours
 from start_jax.rl import advantages as adv_lib
 from start_jax.train import checkpointing, data_io
 from start_jax.train.config import stage_names, validate
@@ -237,7 +238,7 @@ class Trainer:
         """Thinking and response class rates (synthetic world only; see data.behaviours)."""
         if self.config.data.source != "synthetic":
             return {}
-        return behaviours.behaviour_rates(rows)
+        return classify.behaviour_rates(rows)
 
     # ------------------------------------------------------------------ the loop
 
@@ -305,7 +306,7 @@ class Trainer:
         summary["params"] = state.params
         if not stopped and c.checkpoint.export_hf:
             export = os.path.join(self.workdir, "export")
-            models.save_pretrained(self.model_config, state.params, export)
+            checkpoints.save_pretrained(self.model_config, state.params, export)
             if hasattr(self.tokenizer, "save_pretrained"):
                 self.tokenizer.save_pretrained(export)
             summary["export"] = export
