@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python experiments/bench_logprob_memory.py [--batch 8 --length 1024 --vocab 151936 --chunk 256
+    python -m experiments.bench_logprob_memory [--batch 8 --length 1024 --vocab 151936 --chunk 256
         --sweep_chunks 64,128,512 --sweep_lengths 2048,4096 --max_run_gib 8]
 
 It takes a Qwen3-shaped policy with a Qwen-sized vocabulary (vocab 151936,
@@ -55,15 +55,12 @@ import resource
 import sys
 import time
 
-# Allow `python experiments/bench_logprob_memory.py` from the repository root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.bench_common import print_table  # noqa: E402
-from start_jax import models, rl, segments  # noqa: E402
+from experiments.bench_common import print_table
+from start_jax import models, rl, segments
 
 GIB = 1024 ** 3
 
@@ -74,7 +71,7 @@ REMAT = True  # Set from --remat: recompute each block in the backward pass.
 def model_config(vocab: int, layers: int) -> models.ModelConfig:
     return models.ModelConfig(
         model_type="qwen3", vocab_size=vocab, hidden_size=256, intermediate_size=768,
-        num_layers=layers, num_heads=8, num_kv_heads=4, head_dim=32, qk_norm=True,
+        num_layers=layers, num_heads=8, num_kv_heads=4, head_dim=32,
         tie_embeddings=True, max_position_embeddings=1024, remat=REMAT)
 
 

@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python experiments/bench_sampler.py [--batch 16 --new_tokens 64 --prompt_len 32 --repeats 7]
+    python -m experiments.bench_sampler [--batch 16 --new_tokens 64 --prompt_len 32 --repeats 7]
 
 It builds a ~10M-parameter random Qwen3-shaped checkpoint in a temporary
 directory with `transformers`, loads it with `start_jax.checkpoints.load_pretrained`
@@ -42,18 +42,14 @@ import sys
 import tempfile
 import time
 
-# Allow `python experiments/bench_sampler.py` from the repository root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-from experiments.bench_common import print_table  # noqa: E402
-from start_jax import checkpoints
-from start_jax import sampling  # noqa: E402
+from experiments.bench_common import print_table
+from start_jax import checkpoints, sampling
 
 SPECIAL = sampling.SpecialTokens(think=3, end_think=4, eos=1, pad=0)
 

@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python experiments/bench_train_step.py [--batch 16 --length 256 --micro_batches 1 --chunk 256 --repeats 5]
+    python -m experiments.bench_train_step [--batch 16 --length 256 --micro_batches 1 --chunk 256 --repeats 5]
 
 It builds a random ~10M-parameter Qwen3-shaped policy (vocab 16384, hidden
 256, MLP 768, 8 layers, 8 query / 4 key-value heads of width 32, QK-norm, tied
@@ -48,15 +48,12 @@ import statistics
 import sys
 import time
 
-# Allow `python experiments/bench_train_step.py` from the repository root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.bench_common import print_table  # noqa: E402
-from start_jax import models, rl, segments  # noqa: E402
+from experiments.bench_common import print_table
+from start_jax import models, rl, segments
 
 THINK_TAG, END_THINK_TAG = 3, 4
 
@@ -64,7 +61,7 @@ THINK_TAG, END_THINK_TAG = 3, 4
 def model_config() -> models.ModelConfig:
     return models.ModelConfig(
         model_type="qwen3", vocab_size=16384, hidden_size=256, intermediate_size=768,
-        num_layers=8, num_heads=8, num_kv_heads=4, head_dim=32, qk_norm=True,
+        num_layers=8, num_heads=8, num_kv_heads=4, head_dim=32,
         tie_embeddings=True, max_position_embeddings=1024)
 
 

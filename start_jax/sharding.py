@@ -44,8 +44,6 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
         ("layers", None),
         ("act_embed", None),
         ("act_mlp", "tensor"),
-        ("act_heads", "tensor"),
-        ("act_vocab", "tensor"),
 )
 
 

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 import pytest
 import torch
@@ -185,10 +185,8 @@ def test_family_fixes_qk_norm_and_qkv_bias(tmp_path):
         models.ModelConfig(model_type="qwen2", qkv_bias=False)
     # Every valid config survives save -> load unchanged.
     for family in ("qwen2", "qwen3", "llama"):
-        config = models.ModelConfig(model_type=family, vocab_size=16, hidden_size=16,
-                                    intermediate_size=32, num_layers=1, num_heads=2,
-                                    num_kv_heads=1, head_dim=8)
-        import jax
+        config = models.tiny_config(16, model_type=family, hidden_size=16,
+                                    intermediate_size=32, head_dim=8)
         checkpoints.save_pretrained(config, models.init_params(config, jax.random.key(0)),
                                str(tmp_path / family))
         assert checkpoints.load_pretrained(str(tmp_path / family))[0] == config

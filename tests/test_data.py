@@ -73,8 +73,8 @@ def test_load_synthetic(data_dir, monkeypatch):
 
 
 def test_load_named_mixed(data_dir):
-    train = pipeline.load("mixed", data_dir, "train")
-    assert len(train) == 20000 and len(pipeline.load("mixed", data_dir, "test")) == 200
+    train = pipeline.load_synthetic("mixed", data_dir, "train")
+    assert len(train) == 20000 and len(pipeline.load_synthetic("mixed", data_dir, "test")) == 200
     families = {train[i]["family"] for i in range(100)}
     assert families == {"arith", "facts"}
 

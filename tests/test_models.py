@@ -183,7 +183,7 @@ def test_value_model_from_policy_is_a_separate_parameter_set(checkpoints):
 
 
 def test_policy_and_value_heads_on_one_trunk():
-    config = models.ModelConfig(value_head=True, qk_norm=True)
+    config = models.ModelConfig(value_head=True)
     params = models.init_params(config, jax.random.key(0))
     tokens = jnp.asarray(_tokens(2, 5))
     out = models.forward(config, params, tokens, return_hidden=True)
@@ -219,7 +219,7 @@ def test_param_and_compute_dtypes_are_separate(checkpoints):
 
 
 def test_remat_gives_same_gradients():
-    config = models.ModelConfig(qk_norm=True)
+    config = models.ModelConfig()
     params = models.init_params(config, jax.random.key(0))
     tokens = jnp.asarray(_tokens(2, 6))
 

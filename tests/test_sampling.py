@@ -126,8 +126,7 @@ def _np_filtered_probs(logits, temperature, top_k, top_p):
 @pytest.mark.parametrize("temperature,top_k,top_p", [
     (1.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.8), (1.3, 8, 0.9)])
 def test_first_token_frequencies_match_exact_filtered_distribution(temperature, top_k, top_p):
-    config = models.ModelConfig(vocab_size=24, hidden_size=32, intermediate_size=64,
-                                num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)
+    config = models.tiny_config(24)
     params = models.init_params(config, jax.random.key(0))
     params["lm_head"] = params["lm_head"] * 20.0  # Uneven: top probabilities 0.30, 0.17, 0.12, ...
     prompt = [7, 9, 11]
@@ -241,8 +240,7 @@ def _check_against_reference(rollout, scripts, cfg, given=None):
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = models.ModelConfig(vocab_size=16, hidden_size=32, intermediate_size=64,
-                                num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)
+    config = models.tiny_config(16)
     return config, models.init_params(config, jax.random.key(1))
 
 

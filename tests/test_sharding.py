@@ -72,7 +72,7 @@ def _get(tree, path):
 
 
 def test_init_sharded_places_params_directly():
-    config = models.ModelConfig(qk_norm=True, num_layers=2)
+    config = models.ModelConfig(num_layers=2)
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     params = models.init_sharded(config, jax.random.key(0), mesh)
     reference = models.init_params(config, jax.random.key(0))

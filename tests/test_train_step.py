@@ -11,8 +11,7 @@ import pytest
 from start_jax import models, rewards, rl, sampling, segments, sharding
 from start_jax.rl import losses
 
-CONFIG = models.ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2,
-                            num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True)
+CONFIG = models.tiny_config(40, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
 
 
 def _segments(b=8, length=20, seed=0):

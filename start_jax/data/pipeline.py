@@ -1,9 +1,9 @@
 """Loading task data sets (tfds, array_record) and iterating over prompts.
 
-* `load_synthetic` / `load_jsonl` / `load` build a data set once under
-  ``data_dir`` (later calls reuse it) and return a `DecodedSource`: a random-access
-  sequence of dicts ``{prompt, reference, thinking, family, metadata}`` of ``str``
-  (``metadata`` is a JSON object as text).
+* `load_synthetic` / `load_jsonl` build a data set once under ``data_dir`` (later
+  calls reuse it) and return a `DecodedSource`: a random-access sequence of dicts
+  ``{prompt, reference, thinking, family, metadata}`` of ``str`` (``metadata`` is a
+  JSON object as text).
 * `PromptIterator` yields deterministic, resumable batches of examples.
 
 No TensorFlow is needed: the builders write array_record files and are read with
@@ -182,22 +182,6 @@ def load_jsonl(train_path: str | os.PathLike, test_path: str | os.PathLike | Non
     config = jsonl_config(train_path, test_path)
     return _source(JsonlTasks(config=config, data_dir=os.fspath(data_dir),
                               file_format=FILE_FORMAT), split)
-
-
-def load(name_or_config: str | SyntheticWorldConfig | JsonlConfig,
-         data_dir: str | os.PathLike, split: str) -> DecodedSource:
-    """A split of a synthetic config name (``"facts"``) or of a builder config."""
-    if isinstance(name_or_config, str):
-        return load_synthetic(name_or_config, data_dir, split)
-    if isinstance(name_or_config, SyntheticWorldConfig):
-        builder = SyntheticWorld(config=name_or_config, data_dir=os.fspath(data_dir),
-                                 file_format=FILE_FORMAT)
-    elif isinstance(name_or_config, JsonlConfig):
-        builder = JsonlTasks(config=name_or_config, data_dir=os.fspath(data_dir),
-                             file_format=FILE_FORMAT)
-    else:
-        raise TypeError(f"expected a config name or a builder config, got {name_or_config!r}")
-    return _source(builder, split)
 
 
 class PromptIterator:

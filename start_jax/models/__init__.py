@@ -1,6 +1,6 @@
 """Decoder-only transformer models: policy and value heads on one trunk."""
 
-from start_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling
+from start_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling, tiny_config
 from start_jax.models.layers import fuse_projections
 from start_jax.models.sharding import cache_shardings, init_sharded, param_shardings, shard_params
 from start_jax.models.transformer import (

@@ -2,7 +2,8 @@
 
 `ModelConfig` is hashable, so it can be passed to `jax.jit` as a static
 argument. It is built from a Hugging Face `config.json` with
-`ModelConfig.from_hf_dict` and written back with `to_hf_dict`.
+`ModelConfig.from_hf_dict` and written back with `to_hf_dict`. `tiny_config`
+gives a one-layer model small enough for tests and examples.
 """
 
 from __future__ import annotations
@@ -245,3 +246,20 @@ class ModelConfig:
             hf["id2label"] = {"0": "LABEL_0"}
             hf["label2id"] = {"LABEL_0": 0}
         return hf
+
+
+# Shape of `tiny_config`: one layer, width 32, two query heads sharing one
+# key/value head of width 16.
+_TINY = dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+             num_kv_heads=1, head_dim=16)
+
+
+def tiny_config(vocab_size: int, **overrides) -> ModelConfig:
+    """A tiny Qwen3-shaped `ModelConfig` for tests and examples.
+
+    One decoder layer, hidden size 32, MLP width 64, 2 query heads and 1
+    key/value head of width 16, float32; every other field keeps the
+    `ModelConfig` default. `overrides` replace any field, e.g.
+    `tiny_config(40, num_layers=2, model_type="llama")`.
+    """
+    return ModelConfig(**{**_TINY, "vocab_size": vocab_size, **overrides})

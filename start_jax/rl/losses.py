@@ -71,11 +71,6 @@ def aggregate(loss: jax.Array, mask: jax.Array, mode: str, norm_length: int = 10
     raise ValueError(f"unknown aggregation {mode!r}; expected one of {AGGREGATIONS}")
 
 
-def ratio_of(mode: tuple[jax.Array, jax.Array]) -> jax.Array:
-    total, count = mode
-    return total / jnp.maximum(count, 1e-8)
-
-
 def policy_token_losses(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
                         mask: jax.Array, config: LossConfig) -> dict[str, jax.Array]:
     """Per-token policy-gradient losses [B, L] and clipping indicators.

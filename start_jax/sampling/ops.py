@@ -47,7 +47,7 @@ class SamplingConfig:
         return dataclasses.replace(self, **kwargs)
 
 
-def token_log_probs(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
+def sampled_token_log_probs(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
     """log softmax(logits / T)[token] [B]: the quantity the trainer recomputes.
 
     Greedy decoding (T = 0) reports the T = 1 log-probabilities.

@@ -203,7 +203,7 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
         else:
             drawn, _ = ops.draw(u, logits_processor(logits, s.step), sampling)
             # Report the unprocessed model's log-probability of the token.
-            logp = ops.token_log_probs(logits, drawn, sampling.temperature)
+            logp = ops.sampled_token_log_probs(logits, drawn, sampling.temperature)
         token, segment, logprob, forced, active, fields = _advance(
             s, drawn, logp, sampling, tokens_)
         column = lambda buf, x: jax.lax.dynamic_update_slice(  # noqa: E731

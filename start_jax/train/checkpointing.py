@@ -37,9 +37,6 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def restore(self, step: int, target_state, model_fields: dict):
         """Restores (state, meta) into the structure and shardings of `target_state`."""
         meta = self.manager.restore(step, args=ocp.args.Composite(

@@ -35,10 +35,6 @@ class MetricWriter:
             if isinstance(value, (int, float)):
                 self._tb.add_scalar(key, value, step)
 
-    def flush(self) -> None:
-        self._file.flush()
-        self._tb.flush()
-
     def close(self) -> None:
         self._file.close()
         self._tb.close()
