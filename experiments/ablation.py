@@ -1,9 +1,9 @@
 """The START ablation on the embedded world: variants x algorithms x seeds, then Cross-Generation.
 
-Used by `experiments/ablation.ipynb`; also runnable directly:
+Used by `experiments/ablation.ipynb`; also runnable from the repository root:
 
-    python experiments/ablation.py --out=runs/ablation            # full: 3 seeds
-    python experiments/ablation.py --out=/tmp/ab --scale=reduced  # a 2-minute smoke version
+    python -m experiments.ablation --out=runs/ablation            # full: 3 seeds
+    python -m experiments.ablation --out=/tmp/ab --scale=reduced  # a 2-minute smoke version
 
 For each seed, a cold-start SFT policy (the *base*, trained on the behaviour
 mixture of `start_jax.data.behaviours`) is trained once; every variant starts
@@ -22,6 +22,10 @@ Answerers of three capability levels (snapshots of one SFT run after 1x, 4x
 and 16x steps) then answer from every thinker's thinking on held-out arith and
 facts questions. Every run logs its reward and behaviour rates per step; the
 curves, the final bars and the Cross-Generation matrices are plotted from them.
+
+The evaluation pieces are the library's (`start_jax.eval`): questions,
+`evaluate_policy`, `ModelPolicy`, Cross-Generation, the bootstrap and Wilson
+intervals of `start_jax.eval.stats` and the heat maps of `start_jax.eval.plots`.
 """
 
 from __future__ import annotations
@@ -30,22 +34,20 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from start_jax import checkpoints
-from start_jax.eval import classify
+from start_jax import checkpoints, models, rewards, sampling, sharding, train
+from start_jax.data import world
+from start_jax.eval import cross_generation as cg
+from start_jax.eval import plots, stats
+from start_jax.eval.evaluate import evaluate_policy
+from start_jax.eval.questions import load_questions
 from start_jax.rewards import synthetic
-from start_jax import models, rewards, sampling, sharding, train  # noqa: E402
-from start_jax.data import pipeline, world  # noqa: E402
-from start_jax.eval import cross_generation as cg  # noqa: E402
-from start_jax.train import data_io, sft  # noqa: E402
-from start_jax.train.config import default_config, stage  # noqa: E402
+from start_jax.train import data_io, sft
+from start_jax.train.config import default_config, stage
 
 VARIANTS = ("base", "rlvr", "joint", "start_self", "start_frozen")
 ALGOS = ("grpo", "ppo")
@@ -148,11 +150,6 @@ def train_answerers(out: str, scale: Scale) -> dict[str, tuple]:
     return {names[s]: checkpoints.load_pretrained(paths[s]) for s in scale.answerer_steps}
 
 
-def questions(out: str, family: str, n: int) -> list[dict]:
-    source = pipeline.TaskSource(pipeline.load_synthetic(family, os.path.join(out, "data"), "test"))
-    return [source[i] for i in range(min(n, len(source)))]
-
-
 def _curves(workdir: str) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
@@ -168,10 +165,11 @@ def run(out: str, scale: Scale = FULL, log=print) -> dict:
     sc = sampling.SamplingConfig(temperature=1.0, think_budget=c.sampling.think_budget,
                                  response_budget=c.sampling.response_budget)
     judge = rewards.make("synthetic")
-    answerers = {n: cg.ModelAnswerer(cfg, p, tok, sc)
+    answerers = {n: cg.ModelPolicy(cfg, p, tok, sc)
                  for n, (cfg, p) in train_answerers(out, scale).items()}
     log(f"answerers ready ({time.perf_counter() - began:.0f} s)")
-    qs = {f: questions(out, f, scale.questions) for f in ("arith", "facts")}
+    qs = {f: load_questions(f"synthetic:{f}", os.path.join(out, "data"), scale.questions)
+          for f in ("arith", "facts")}
     records, curves, cg_results = [], [], []
     for seed in scale.seeds:
         base_dir = train_base(out, scale, seed)
@@ -190,8 +188,8 @@ def run(out: str, scale: Scale = FULL, log=print) -> dict:
                 summary = trainer.run()
                 cfg_params = (trainer.model_config, summary["params"])
                 curves.append({"seed": seed, "thinker": name, "rows": _curves(workdir)})
-            final = evaluate_policy(cfg_params, tok, sc, judge, qs, seed)
-            thinkers[name] = cg.ModelThinker(*cfg_params, tok, sc)
+            thinkers[name] = cg.ModelPolicy(*cfg_params, tok, sc)
+            final = evaluate_policy(thinkers[name], judge, qs, 7 + seed)
             records.append({"seed": seed, "thinker": name, **final})
             log(f"seed {seed} {name}: facts {np.mean(final['scores_facts']):.3f} "
                 f"arith {np.mean(final['scores_arith']):.3f} "
@@ -213,51 +211,6 @@ def run(out: str, scale: Scale = FULL, log=print) -> dict:
     return results
 
 
-def evaluate_policy(cfg_params, tok, sc, judge, qs, seed) -> dict:
-    """The policy thinks and answers itself once per question: scores and behaviour rates."""
-    config, params = cfg_params
-    special = sampling.SpecialTokens.from_tokenizer(tok)
-    out = {}
-    for family, q in qs.items():
-        rollout = sampling.sample(config, params, [tok.encode(x["prompt"]) for x in q], sc,
-                                  7 + seed, special)
-        rows = sampling.decode_segments(tok, rollout)
-        for row, x in zip(rows, q):
-            row.update(reference=x["reference"], family=family)
-        scores = judge([rewards.RewardInput(x["prompt"], r["response"], (), (), x["reference"],
-                                            False, x["metadata"]) for x, r in zip(q, rows)])
-        out[f"scores_{family}"] = np.asarray(scores, np.float64).round(4).tolist()
-        out[f"rates_{family}"] = classify.behaviour_rates(rows, prefix="")
-        complete = [classify.classify_response(x["prompt"], r["response"], x["reference"],
-                                                 family)[0] == "correct"
-                    for x, r in zip(q, rows)
-                    if classify.classify_thinking(x["prompt"], r["thinking"], family) == "complete"]
-        out[f"correct_after_complete_{family}"] = float(np.mean(complete)) if complete else None
-        empty = sampling.decode_segments(tok, sampling.sample(
-            config, params, [tok.encode(x["prompt"]) for x in q], sc, 7 + seed, special,
-            no_thinking=True))
-        out[f"correct_after_empty_{family}"] = float(np.mean([
-            classify.classify_response(x["prompt"], r["response"], x["reference"],
-                                         family)[0] == "correct" for x, r in zip(q, empty)]))
-    return out
-
-
-def _interval(values: np.ndarray, samples: int = 2000) -> list[float]:
-    """Mean and bootstrap 95% interval of per-(seed, question) values [seeds, questions]."""
-    e = cg.bootstrap_efficacy(np.asarray(values, np.float64)[None], samples=samples)
-    return [e["mean"], e["low"], e["high"]]
-
-
-def _proportion(rates, n: int) -> list[float]:
-    """Pooled rate of per-seed rates over ``n`` questions each, with a Wilson 95% interval."""
-    total = len(rates) * n
-    p = float(np.sum(np.round(np.asarray(rates, np.float64) * n))) / total
-    z = 1.959964
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return [p, float(centre - half), float(centre + half)]
-
-
 def summarize(results: dict) -> list[dict]:
     """Per thinker: final reward, efficacy and behaviour rates with 95% intervals.
 
@@ -275,11 +228,12 @@ def summarize(results: dict) -> list[dict]:
         finals = [r for r in recs if r["thinker"] == t]
         for fam in ("facts", "arith"):
             if finals:
-                row[f"final_{fam}"] = _interval([r[f"scores_{fam}"] for r in finals])
+                final_scores = [r[f"scores_{fam}"] for r in finals]      # [seeds, questions]
+                row[f"final_{fam}"] = stats.bootstrap_interval(final_scores)
                 for key in ("think_complete", "response_salient", "styled"):
                     vals = [r[f"rates_{fam}"].get(f"{fam}/{key}") for r in finals]
                     if all(v is not None for v in vals):
-                        row[f"{key}_{fam}"] = _proportion(vals, len(finals[0][f"scores_{fam}"]))
+                        row[f"{key}_{fam}"] = stats.pooled_proportion(vals, len(final_scores[0]))
             gains, complete = [], []
             for r in cgs:
                 if r["family"] != fam or t not in r["sources"]:
@@ -289,10 +243,10 @@ def summarize(results: dict) -> list[dict]:
                 if t in r["thinking_classes"]:
                     complete.append(r["thinking_classes"][t].get("complete", 0.0))
             if gains:
-                e = cg.bootstrap_efficacy(np.stack(gains, axis=1))   # [answerers, seeds, q]
+                e = stats.bootstrap_efficacy(np.stack(gains, axis=1))   # [answerers, seeds, q]
                 row[f"efficacy_{fam}"] = [e["mean"], e["low"], e["high"]]
             if complete:
-                row[f"cg_complete_{fam}"] = _proportion(complete, n)
+                row[f"cg_complete_{fam}"] = stats.pooled_proportion(complete, n)
         rows.append(row)
     return rows
 
@@ -323,7 +277,7 @@ def contrast(results: dict, a: str, b: str, what: str, family: str) -> list[floa
     x, y = _per_pair(results, a, what, family), _per_pair(results, b, what, family)
     if x is None or y is None:
         return None
-    return _interval(x - y)
+    return stats.bootstrap_interval(x - y)
 
 
 CONTRASTS = (
@@ -464,25 +418,10 @@ def matrix(results: dict, family: str):
 
 
 def plot_matrices(results: dict, path: str) -> None:
-    """Heat maps of the Cross-Generation matrices, facts and arith side by side."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
-    for ax, family in zip(axes, ("facts", "arith")):
-        sources, answerers, m = matrix(results, family)
-        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
-        ax.set_xticks(range(len(answerers)), answerers)
-        ax.set_yticks(range(len(sources)), sources, fontsize=8)
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] < 0.6 else "black")
-        ax.set_title(f"Cross-Generation score ({family})")
-        ax.set_xlabel("answerer (SFT budget)")
-    fig.colorbar(im, ax=axes, shrink=0.8)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """Heat maps of the seed-averaged Cross-Generation matrices, facts and arith side by side."""
+    plots.heatmaps(path, [(f"Cross-Generation score ({family})", *matrix(results, family))
+                          for family in ("facts", "arith")],
+                   xlabel="answerer (SFT budget)", ylabel=None, fontsize=7, dpi=100)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
         --thinker rl=runs/a/export --answerer small=runs/a/init_policy --out=cg
 
 writes ``<out>/cross_generation.json`` and the heat map ``<out>/cross_generation.png``
-(run from the repository root). The method is `start_jax.eval.cross_generation`.
+(run from the repository root). The method is `start_jax.eval.cross_generation`;
+the questions come from `start_jax.eval.questions.load_questions`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Sequence
 
 from start_jax import rewards, sampling
 from start_jax.checkpoints import load_pretrained
-from start_jax.data import pipeline, world
+from start_jax.data import world
 from start_jax.eval import cross_generation as cg
+from start_jax.eval.questions import load_questions
 
 
 def _named_paths(items: Sequence[str], what: str) -> dict[str, str]:
@@ -27,18 +29,6 @@ def _named_paths(items: Sequence[str], what: str) -> dict[str, str]:
         name, path = item.split("=", 1)
         out[name] = path
     return out
-
-
-def _questions(spec: str, data_dir: str, n: int) -> list[dict]:
-    kind, _, arg = spec.partition(":")
-    if kind == "synthetic":
-        source = pipeline.load_synthetic(arg or "facts", data_dir, "test")
-    elif kind == "jsonl":
-        source = pipeline.load_jsonl(arg, arg, data_dir, "test")
-    else:
-        raise ValueError(f"--data {spec!r}: expected synthetic:NAME or jsonl:PATH")
-    source = pipeline.TaskSource(source)
-    return [source[i] for i in range(min(n, len(source)))]
 
 
 def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
@@ -70,22 +60,22 @@ def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
         config, params = load_pretrained(path)
         return config, params, world.load_tokenizer(tok_dir)
 
-    thinkers = {n: cg.ModelThinker(*load(p), sc) for n, p in thinker_paths.items()}
-    answerers = {n: cg.ModelAnswerer(*load(p), sc) for n, p in answerer_paths.items()}
+    policies: dict[str, cg.ModelPolicy] = {}     # One model per directory, thinker or answerer.
+    for path in [*thinker_paths.values(), *answerer_paths.values()]:
+        if path not in policies:
+            policies[path] = cg.ModelPolicy(*load(path), sc)
+    thinkers = {n: policies[p] for n, p in thinker_paths.items()}
+    answerers = {n: policies[p] for n, p in answerer_paths.items()}
     os.makedirs(args.out, exist_ok=True)
-    qs = _questions(args.data, os.path.join(args.out, "data"), args.questions)
+    qs = load_questions(args.data, os.path.join(args.out, "data"), args.questions)
     result = cg.run(thinkers, answerers, qs, rewards.make(args.reward),
-                 seeds=[int(s) for s in args.seeds.split(",")],
-                 classify=cg.classify_synthetic if args.data.startswith("synthetic") else None)
+                    seeds=[int(s) for s in args.seeds.split(",")],
+                    classify=cg.classify_synthetic if args.data.startswith("synthetic") else None)
     cg.save(result, os.path.join(args.out, "cross_generation.json"))
     result.heatmap(os.path.join(args.out, "cross_generation.png"))
     print(result.table())
     print(f"written: {args.out}/cross_generation.json, {args.out}/cross_generation.png")
     return result
-
-
-if __name__ == "__main__":
-    main()
 
 
 if __name__ == "__main__":

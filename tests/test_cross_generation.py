@@ -12,6 +12,7 @@ from start_jax import checkpoints
 from start_jax import models, rewards, sampling
 from experiments import cross_generation as cli
 from start_jax.eval import cross_generation as cg
+from start_jax.eval import stats
 from start_jax.tokenizer import CharTokenizer
 
 QUESTIONS = [{"prompt": f"q{i}: {i}+{i}?", "reference": str(2 * i)} for i in range(40)]
@@ -76,25 +77,27 @@ def test_efficacy_is_measured_against_each_answerers_empty_control():
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_data():
     rs = np.random.RandomState(0)
-    small = cg.bootstrap_efficacy(rs.binomial(1, 0.3, size=(3, 1, 20)).astype(float))
-    large = cg.bootstrap_efficacy(rs.binomial(1, 0.3, size=(3, 1, 2000)).astype(float))
+    small = stats.bootstrap_efficacy(rs.binomial(1, 0.3, size=(3, 1, 20)).astype(float))
+    large = stats.bootstrap_efficacy(rs.binomial(1, 0.3, size=(3, 1, 2000)).astype(float))
     for e in (small, large):
         assert e["low"] <= e["mean"] <= e["high"]
     assert large["high"] - large["low"] < small["high"] - small["low"]
 
 
-def test_model_thinkers_and_answerers_through_the_sampler(tmp_path):
+def test_model_policies_think_and_answer_through_the_sampler(tmp_path):
     tok = CharTokenizer()
     config = models.ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
                                 num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)
     sc = sampling.SamplingConfig(temperature=1.0, think_budget=6, response_budget=4)
-    a = models.init_params(config, jax.random.key(0))
-    b = models.init_params(config, jax.random.key(1))
-    result = cg.run({"t": cg.ModelThinker(config, a, tok, sc)},
-                    {"small": cg.ModelAnswerer(config, a, tok, sc),
-                     "other": cg.ModelAnswerer(config, b, tok, sc)},
+    a = cg.ModelPolicy(config, models.init_params(config, jax.random.key(0)), tok, sc)
+    b = cg.ModelPolicy(config, models.init_params(config, jax.random.key(1)), tok, sc)
+    result = cg.run({"t": a}, {"small": a, "other": b},   # One policy is thinker and answerer.
                     QUESTIONS[:6], rewards.make("exact_match"), seeds=(0,))
     assert result.matrix.shape == (3, 2)
+    prompts = [q["prompt"] for q in QUESTIONS[:6]]
+    rows = a.generate(prompts, 5, thinking=a.think(prompts, 5))
+    assert [r["response"] for r in rows] == a.answer(prompts, a.think(prompts, 5), 5)
+    assert all(r["thinking"] == "" for r in a.generate(prompts, 5, no_thinking=True))
     path = str(tmp_path / "heat.png")
     result.heatmap(path)
     assert os.path.getsize(path) > 1000

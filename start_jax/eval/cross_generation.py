@@ -7,11 +7,12 @@ and each answerer's own thinking. The thinking efficacy of T_i is
 
     efficacy_i = mean_j ( score[i, j] - score[empty, j] )
 
-with a percentile bootstrap confidence interval over (seed, question) pairs.
+with a percentile bootstrap confidence interval over (seed, question) pairs
+(`start_jax.eval.stats.bootstrap_efficacy`).
 
 Thinkers and answerers are small protocols over text, so that models with
-different tokenizers can be crossed; `ModelThinker` / `ModelAnswerer` adapt a
-(config, params, tokenizer) triple through the segmented sampler.
+different tokenizers can be crossed; `ModelPolicy` adapts a (config, params,
+tokenizer) triple through the segmented sampler and is both.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from start_jax import sampling
-from start_jax.eval import classify
+from start_jax.eval import classify, plots, stats
 from start_jax.rewards import RewardInput
 
 EMPTY = "empty"
@@ -42,8 +43,13 @@ class Answerer(Protocol):
 
 
 @dataclasses.dataclass
-class ModelThinker:
-    """A model that writes thinking only (the response budget is 0)."""
+class ModelPolicy:
+    """A model as thinker and as answerer, through the segmented sampler.
+
+    `think` writes thinking only (the response budget is 0); `answer` writes the
+    response after given thinking (or its own); `generate` returns the decoded
+    rows of both segments.
+    """
 
     config: object
     params: object
@@ -51,33 +57,33 @@ class ModelThinker:
     sampling_config: sampling.SamplingConfig
     mesh: object = None
 
-    def think(self, prompts, seed):
+    def _sample(self, prompts, seed, sampling_config=None, **kwargs):
         special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
+        sc = self.sampling_config if sampling_config is None else sampling_config
         rollout = sampling.sample(self.config, self.params,
-                                  [self.tokenizer.encode(p) for p in prompts],
-                                  self.sampling_config.replace(response_budget=0), seed, special,
-                                  mesh=self.mesh)
+                                  [self.tokenizer.encode(p) for p in prompts], sc, seed, special,
+                                  mesh=self.mesh, **kwargs)
+        return rollout, special
+
+    def generate(self, prompts: Sequence[str], seed: int, thinking: Sequence[str] | None = None,
+                 no_thinking: bool = False) -> list[dict]:
+        """Decoded rows (prompt, thinking, response, truncation flags), one per prompt.
+
+        ``thinking``: given thinking texts (None: the model thinks);
+        ``no_thinking``: empty thinking (``<think></think>``) for every prompt.
+        """
+        given = None if thinking is None else [self.tokenizer.encode(t) for t in thinking]
+        rollout, _ = self._sample(prompts, seed, thinking=given, no_thinking=no_thinking)
+        return sampling.decode_segments(self.tokenizer, rollout)
+
+    def think(self, prompts, seed):
+        rollout, special = self._sample(prompts, seed,
+                                        self.sampling_config.replace(response_budget=0))
         thinking, _ = sampling.thinking_of(rollout, special.end_think)
         return [self.tokenizer.decode(t, skip_special_tokens=True) for t in thinking]
 
-
-@dataclasses.dataclass
-class ModelAnswerer:
-    """A model that writes the response after given (or its own) thinking."""
-
-    config: object
-    params: object
-    tokenizer: object
-    sampling_config: sampling.SamplingConfig
-    mesh: object = None
-
     def answer(self, prompts, thinking, seed):
-        special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
-        ids = [self.tokenizer.encode(p) for p in prompts]
-        given = None if thinking is None else [self.tokenizer.encode(t) for t in thinking]
-        rollout = sampling.sample(self.config, self.params, ids, self.sampling_config, seed,
-                                  special, thinking=given, mesh=self.mesh)
-        return [row["response"] for row in sampling.decode_segments(self.tokenizer, rollout)]
+        return [row["response"] for row in self.generate(prompts, seed, thinking)]
 
 
 @dataclasses.dataclass
@@ -119,38 +125,7 @@ class CrossGenResult:
 
     def heatmap(self, path: str, title: str = "Cross-Generation") -> None:
         """Saves the score matrix as a matplotlib heat map (PNG)."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        m = self.matrix
-        fig, ax = plt.subplots(figsize=(1.4 * len(self.answerers) + 2.5,
-                                        0.55 * len(self.sources) + 1.5))
-        im = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=max(1.0, float(m.max())))
-        ax.set_xticks(range(len(self.answerers)), self.answerers)
-        ax.set_yticks(range(len(self.sources)), self.sources)
-        ax.set_xlabel("answerer")
-        ax.set_ylabel("thinking from")
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center",
-                        color="white" if m[i, j] < 0.6 * max(1.0, float(m.max())) else "black")
-        fig.colorbar(im, ax=ax, label="mean response-only reward")
-        ax.set_title(title)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-
-
-def bootstrap_efficacy(gain: np.ndarray, samples: int = 2000, confidence: float = 0.95,
-                       seed: int = 0) -> dict:
-    """Mean and percentile CI of gain [answerers, seeds, questions] over (seed, question) pairs."""
-    per_pair = gain.mean(axis=0).reshape(-1)          # Mean over answerers, per pair.
-    rs = np.random.RandomState(seed)
-    idx = rs.randint(0, per_pair.size, size=(samples, per_pair.size))
-    means = per_pair[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2
-    return {"mean": float(per_pair.mean()), "low": float(np.quantile(means, alpha)),
-            "high": float(np.quantile(means, 1 - alpha))}
+        plots.heatmaps(path, [(title, self.sources, self.answerers, self.matrix)])
 
 
 def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions: Sequence[dict],
@@ -166,7 +141,7 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
       reward_fn: a response-only reward (sees prompt and response only).
       seeds: sampling seeds; each thinker/answerer call gets one.
       classify: optional ``classify(question, thinking) -> class name``, the truth
-        about a thinking (the synthetic world has `data.classify.classify_thinking`);
+        about a thinking (the synthetic world has `classify_synthetic`);
         the result then reports each source's class rates beside its efficacy,
         so the efficacy can be checked against what the thinking really was.
     """
@@ -199,7 +174,8 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
                 given = None if src == SELF else thinking[src]
                 scores[i, j, k] = reward(a.answer(prompts, given, 1000 * seed + j))
     empty = scores[sources.index(EMPTY)]
-    efficacy = {src: bootstrap_efficacy(scores[i] - empty, bootstrap_samples, confidence)
+    efficacy = {src: stats.bootstrap_efficacy(scores[i] - empty, bootstrap_samples,
+                                              confidence)
                 for i, src in enumerate(sources) if src != EMPTY}
     classes = {name: {label: n / (len(seeds) * len(questions)) for label, n in sorted(c.items())}
                for name, c in counts.items()}

@@ -1,0 +1,121 @@
+"""The ablation's summaries, tables and figures on a small made-up results dict.
+
+The numbers are checked against values computed here by hand (means, Wilson
+intervals in closed form), so the summaries keep the library's intervals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from experiments import ablation
+from start_jax.eval import stats
+
+THINKERS = ("base", "joint/grpo", "start_frozen/grpo")
+ANSWERERS = ("A1x", "A4x")
+SEEDS = (0, 1)
+N = 6   # Questions per family and seed.
+
+
+def _wilson(k: int, n: int, z: float = 1.959964) -> list[float]:
+    p = k / n
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return [centre - half, centre + half]
+
+
+def made_up_results() -> dict:
+    rs = np.random.RandomState(0)
+    records, curves, cgs = [], [], []
+    for seed in SEEDS:
+        for t in THINKERS:
+            rec = {"seed": seed, "thinker": t}
+            for fam in ("facts", "arith"):
+                rec[f"scores_{fam}"] = rs.choice([0.0, 0.5, 0.8, 1.0], N).tolist()
+                rec[f"rates_{fam}"] = {f"{fam}/{key}": rs.randint(0, N + 1) / N
+                                       for key in ("think_complete", "response_salient",
+                                                   "styled")}
+            records.append(rec)
+            if t != "base":
+                curves.append({"seed": seed, "thinker": t, "rows": [
+                    {"step": s, **{k: float(rs.rand()) for k in ablation.CURVE_KEYS}}
+                    for s in range(1, 5)]})
+        for fam in ("facts", "arith"):
+            sources = list(THINKERS) + ["empty", "self"]
+            scores = rs.binomial(1, 0.5, size=(len(sources), len(ANSWERERS), N)).astype(float)
+            classes = {s: {"complete": rs.randint(0, N + 1) / N} for s in THINKERS}
+            classes["empty"] = {"empty": 1.0}
+            cgs.append({"seed": seed, "family": fam, "sources": sources,
+                        "answerers": list(ANSWERERS), "scores": scores.tolist(),
+                        "thinking_classes": classes})
+    scale = dataclasses.replace(ablation.REDUCED, seeds=SEEDS, questions=N)
+    results = {"scale": dataclasses.asdict(scale), "records": records, "curves": curves,
+               "cross_generation": cgs, "levels": {}, "seconds": 1.0}
+    results["summary"] = ablation.summarize(results)
+    return results
+
+
+def _rows(results):
+    return {r["thinker"]: r for r in results["summary"]}
+
+
+def test_summary_numbers_by_hand():
+    results = made_up_results()
+    rows = _rows(results)
+    assert list(rows) == ["base", "joint/grpo", "start_frozen/grpo", "empty", "self"]
+    recs = [r for r in results["records"] if r["thinker"] == "joint/grpo"]
+    final = rows["joint/grpo"]["final_facts"]
+    assert final[0] == pytest.approx(np.mean([r["scores_facts"] for r in recs]), abs=1e-12)
+    assert final == stats.bootstrap_interval([r["scores_facts"] for r in recs])
+    k = sum(round(r["rates_facts"]["facts/styled"] * N) for r in recs)
+    styled = rows["joint/grpo"]["styled_facts"]
+    np.testing.assert_allclose(styled, [k / (2 * N), *_wilson(k, 2 * N)], rtol=0, atol=1e-12)
+    gains = [np.asarray(c["scores"])[1] - np.asarray(c["scores"])[3]   # joint/grpo - empty.
+             for c in results["cross_generation"] if c["family"] == "arith"]
+    assert rows["joint/grpo"]["efficacy_arith"][0] == pytest.approx(np.mean(gains), abs=1e-12)
+    assert rows["empty"]["efficacy_facts"] == [0.0, 0.0, 0.0]
+    k = sum(round(c["thinking_classes"]["base"]["complete"] * N)
+            for c in results["cross_generation"] if c["family"] == "facts")
+    np.testing.assert_allclose(rows["base"]["cg_complete_facts"],
+                               [k / (2 * N), *_wilson(k, 2 * N)], rtol=0, atol=1e-12)
+    assert "final_facts" not in rows["self"]
+
+
+def test_contrasts_are_paired_differences():
+    results = made_up_results()
+    found = {(c["a"], c["b"], c["what"], c["family"]): c["diff"]
+             for c in ablation.contrasts(results)}
+    a = np.array([r["scores_facts"] for r in results["records"] if r["thinker"] == "joint/grpo"])
+    b = np.array([r["scores_facts"] for r in results["records"] if r["thinker"] == "base"])
+    diff = found[("joint/grpo", "base", "final", "facts")]
+    assert diff == stats.bootstrap_interval(a - b)
+    assert diff[0] == pytest.approx((a - b).mean(), abs=1e-12)
+    assert ("start_frozen/grpo", "joint/grpo", "efficacy", "facts") in found
+    text = ablation.contrast_table(results)
+    assert len(text.splitlines()) == len(found)
+
+
+def test_tables_and_matrix():
+    results = made_up_results()
+    text = ablation.table(results)
+    assert len(text.splitlines()) == 2 + 5 and "final facts" in text.splitlines()[0]
+    md = ablation.table(results, markdown=True).splitlines()
+    assert md[0].startswith("| thinker |") and len(md) == 2 + 5
+    sources, answerers, m = ablation.matrix(results, "facts")
+    assert sources == list(THINKERS) + ["empty", "self"] and answerers == list(ANSWERERS)
+    expected = np.mean([np.asarray(c["scores"]) for c in results["cross_generation"]
+                        if c["family"] == "facts"], axis=(0, 3))
+    np.testing.assert_allclose(m, expected, rtol=0, atol=1e-12)
+
+
+def test_figures(tmp_path):
+    results = made_up_results()
+    for name, draw in (("curves.png", ablation.plot_curves), ("ablation.png", ablation.plot),
+                       ("cross_generation.png", ablation.plot_matrices)):
+        path = str(tmp_path / name)
+        draw(results, path)
+        assert os.path.getsize(path) > 10_000, name
