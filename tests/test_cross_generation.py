@@ -86,8 +86,7 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_data():
 
 def test_model_policies_think_and_answer_through_the_sampler(tmp_path):
     tok = CharTokenizer()
-    config = models.ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                                num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)
+    config = models.tiny_config(tok.vocab_size)
     sc = sampling.SamplingConfig(temperature=1.0, think_budget=6, response_budget=4)
     a = cg.ModelPolicy(config, models.init_params(config, jax.random.key(0)), tok, sc)
     b = cg.ModelPolicy(config, models.init_params(config, jax.random.key(1)), tok, sc)
@@ -108,9 +107,7 @@ def test_model_policies_think_and_answer_through_the_sampler(tmp_path):
 
 def test_command_line_entry(tmp_path):
     tok = CharTokenizer()
-    config = models.ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                                num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                                max_position_embeddings=256)
+    config = models.tiny_config(tok.vocab_size, max_position_embeddings=256)
     paths = {}
     for name, seed in (("t", 0), ("a1", 1), ("a2", 2)):
         paths[name] = str(tmp_path / name)

@@ -65,9 +65,7 @@ def test_evaluate_policy_on_scripted_rollouts(family):
 def test_evaluate_policy_matches_sampling_directly():
     """The numbers of a model equal those of sampling and judging by hand (same seeds)."""
     tok = world.tokenizer()
-    config = models.ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                                num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                                max_position_embeddings=256)
+    config = models.tiny_config(tok.vocab_size, max_position_embeddings=256)
     params = models.init_params(config, jax.random.key(0))
     sc = sampling.SamplingConfig(temperature=1.0, think_budget=8, response_budget=4)
     judge = rewards.make("synthetic")
