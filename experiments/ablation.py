@@ -47,6 +47,7 @@ from start_jax.eval.evaluate import evaluate_policy
 from start_jax.eval.questions import load_questions
 from start_jax.rewards import synthetic
 from start_jax.train import data_io, sft
+from start_jax.train.init_policy import initial_policy, model_config_of, sft_traces
 from start_jax.train.config import default_config, stage
 
 VARIANTS = ("base", "rlvr", "joint", "start_self", "start_frozen")
@@ -122,9 +123,10 @@ def train_base(out: str, scale: Scale, seed: int) -> str:
     workdir = os.path.join(out, f"seed{seed}", "base")
     c = run_config(scale, seed)
     c.data.data_dir = os.path.join(out, "data")
-    tok = data_io.tokenizer_of(c)
-    train_data, _ = data_io.datasets(c, workdir)
-    data_io.initial_policy(c, workdir, tok, sharding.make_mesh(), train_data)
+    spec = train.RunSpec.from_config(c)
+    train_data, _ = data_io.datasets(spec.data, workdir)
+    initial_policy(spec, workdir, world.load_tokenizer(spec.tokenizer),
+                   sharding.make_mesh(spec.mesh), train_data)
     return os.path.join(workdir, "init_policy")
 
 
@@ -136,12 +138,13 @@ def train_answerers(out: str, scale: Scale) -> dict[str, tuple]:
     names = {steps: f"A{round(steps / scale.answerer_steps[0])}x" for steps in scale.answerer_steps}
     paths = {steps: os.path.join(workdir, name) for steps, name in names.items()}
     if not all(os.path.isfile(os.path.join(p, "config.json")) for p in paths.values()):
-        tok = data_io.tokenizer_of(c)
-        train_data, _ = data_io.datasets(c, workdir)
+        spec = train.RunSpec.from_config(c)
+        tok = world.load_tokenizer(spec.tokenizer)
+        train_data, _ = data_io.datasets(spec.data, workdir)
         examples = [train_data[i] for i in range(min(len(train_data), c.sft.examples))]
-        config = data_io.model_config_of(c, tok)
+        config = model_config_of(spec, tok)
         params = models.init_params(config, jax.random.key(100))
-        _, _, snaps = sft.train_sft(config, params, tok, data_io.sft_traces(c, examples),
+        _, _, snaps = sft.train_sft(config, params, tok, sft_traces(spec, examples),
                                     max(scale.answerer_steps), c.sft.batch_size,
                                     c.sft.learning_rate, seed=100, progress=False,
                                     snapshots=scale.answerer_steps)

@@ -9,8 +9,9 @@ Parameters carry logical axis names (`start_jax.models.param_logical_axes`; thei
 shardings are built in `start_jax.models.sharding`); `ShardingRules`
 turns a tuple of names into a `PartitionSpec`, raising when two axes of one
 array would land on the same mesh axis. A dimension that the mesh axes do not
-divide evenly is replicated instead (logged), so small models still run on any
-mesh.
+divide evenly is an error naming it, unless the rules are built with
+``replicate_uneven=True`` (``--config.mesh.replicate_uneven=True``): then it is
+replicated (logged).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ import jax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from start_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
+
+
+class ShardingError(UserError):
+    """A dimension does not divide over its mesh axes (and replication was not asked for)."""
 
 MeshAxes = str | tuple[str, ...] | None
 
@@ -100,6 +107,7 @@ class ShardingRules:
     """Maps logical axis names to mesh axes."""
 
     rules: tuple[tuple[str, MeshAxes], ...] = DEFAULT_RULES
+    replicate_uneven: bool = False   # Replicate, rather than reject, a dimension not divisible.
 
     def __post_init__(self):
         names = [name for name, _ in self.rules]
@@ -116,7 +124,7 @@ class ShardingRules:
         """A copy with some logical axes remapped (`rules.replace(vocab=None)`)."""
         table = dict(self.rules)
         table.update(updates)
-        return ShardingRules(tuple(table.items()))
+        return ShardingRules(tuple(table.items()), self.replicate_uneven)
 
     def mesh_axes(self, logical: str | None) -> tuple[str, ...]:
         if logical is None:
@@ -133,7 +141,7 @@ class ShardingRules:
 
         Raises if two of its dimensions map to the same mesh axis. With `shape`
         and `mesh`, a dimension that is not divisible by its mesh axes' size is
-        replicated.
+        an error, or replicated when `replicate_uneven`.
         """
         used: dict[str, str] = {}
         out = []
@@ -148,6 +156,12 @@ class ShardingRules:
             if axes and shape is not None and mesh is not None:
                 size = math.prod(mesh.shape[a] for a in axes)
                 if shape[dim] % size:
+                    if not self.replicate_uneven:
+                        raise ShardingError(
+                            f"dimension {dim} ({name}, size {shape[dim]}) of an array with axes "
+                            f"{tuple(logical_axes)} does not divide over mesh axes {axes} of size "
+                            f"{size}; change the mesh (--config.mesh.*) or allow replication "
+                            "(--config.mesh.replicate_uneven=True)")
                     logging.info("replicating dim %d (%s, size %d) of %s: not divisible by %d",
                                               dim, name, shape[dim], tuple(logical_axes), size)
                     axes = ()

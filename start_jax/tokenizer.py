@@ -27,6 +27,8 @@ import jinja2.ext
 import jinja2.sandbox
 import tokenizers
 
+from start_jax.errors import MissingFile, UserError
+
 THINK_TOKEN = "<think>"
 END_THINK_TOKEN = "</think>"
 
@@ -179,7 +181,7 @@ class HFTokenizer:
         directory = pathlib.Path(path)
         tok_file = directory / "tokenizer.json"
         if not tok_file.is_file():
-            raise FileNotFoundError(f"tokenizer file {tok_file} not found")
+            raise MissingFile(f"tokenizer file {tok_file} not found")
         tok = tokenizers.Tokenizer.from_file(str(tok_file))
         # Padding/truncation baked into tokenizer.json would silently change
         # encode() lengths; batching and padding are done by our own code.
@@ -191,7 +193,7 @@ class HFTokenizer:
         def lookup(token: str, purpose: str, hint: str) -> int:
             token_id = tok.token_to_id(token)
             if token_id is None:
-                raise ValueError(
+                raise UserError(
                     f"tokenizer {tok_file} has no token {token!r} (needed for "
                     f"{purpose}); add it as an added token or pass {hint}=..."
                 )
@@ -208,7 +210,7 @@ class HFTokenizer:
             if isinstance(config_eos, list):
                 config_eos = config_eos[0] if config_eos else None
             if config_eos is None:
-                raise ValueError(
+                raise UserError(
                     f"tokenizer {tok_file} has no eos token: neither "
                     "tokenizer_config.json 'eos_token' nor config.json "
                     "'eos_token_id' is set; pass eos_token=..."
@@ -216,7 +218,7 @@ class HFTokenizer:
             eos_id = int(config_eos)
             eos_token = tok.id_to_token(eos_id)
             if eos_token is None:
-                raise ValueError(
+                raise UserError(
                     f"config.json eos_token_id {eos_id} is outside the vocabulary "
                     f"of {tok_file}; pass eos_token=..."
                 )

@@ -56,8 +56,29 @@ def test_reinforce_pp_matches_numpy(baseline):
 
 def test_unknown_estimator_is_an_error():
     with pytest.raises(ValueError, match=r"unknown advantage estimator 'ppo'; known: "
-                       r"\['grpo', 'reinforce_pp', 'rloo', 'gae'\]"):
-        adv.sequence_advantages("ppo", jnp.zeros(4), 2)
+                       r"\['gae', 'grpo', 'reinforce_pp', 'rloo'\]"):
+        adv.estimate(jnp.zeros(4), jnp.zeros((4, 3)), jnp.ones((4, 3), bool),
+                     adv.AdvantageConfig("ppo", group_size=2))
+
+
+@pytest.mark.parametrize("name", sorted(adv.ESTIMATORS))
+def test_registry_estimators_share_one_signature(name):
+    """Each registered estimator equals its own function, through one call shape."""
+    rng = np.random.default_rng(3)
+    r = jnp.asarray(rng.integers(0, 3, 8), jnp.float32)
+    values = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+    mask = jnp.asarray(rng.random((8, 5)) < 0.7)
+    cfg = adv.AdvantageConfig(name, group_size=4, grpo_scale="std", group_baseline=True,
+                              gamma=0.9, lam=0.8)
+    got_adv, got_ret = adv.estimate(r, values, mask, cfg)
+    if name == "gae":
+        want_adv, want_ret = adv.gae(r, values, mask, gamma=0.9, lam=0.8)
+    else:
+        seq = {"grpo": lambda: adv.grpo(r, 4, "std"), "rloo": lambda: adv.rloo(r, 4),
+               "reinforce_pp": lambda: adv.reinforce_pp(r, 4, True)}[name]()
+        want_adv, want_ret = adv.broadcast(seq, mask), jnp.zeros((8, 5))
+    np.testing.assert_allclose(np.asarray(got_adv), np.asarray(want_adv), atol=0)
+    np.testing.assert_allclose(np.asarray(got_ret), np.asarray(want_ret), atol=0)
 
 
 def _np_gae(rewards, values, mask, gamma, lam):

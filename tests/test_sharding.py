@@ -94,10 +94,13 @@ def test_rules_raise_on_colliding_axes():
         sharding.ShardingRules().spec(("heads",))
 
 
-def test_indivisible_dimension_is_replicated():
+def test_indivisible_dimension_is_replicated_when_asked():
     mesh = sharding.make_mesh(fsdp=8)
-    spec = sharding.ShardingRules().spec(("vocab", "embed"), shape=(10, 12), mesh=mesh)
+    spec = sharding.ShardingRules(replicate_uneven=True).spec(("vocab", "embed"), shape=(10, 12),
+                                                              mesh=mesh)
     assert spec == P("tensor", None)  # tensor has size 1 here; fsdp=8 does not divide 12.
+    with pytest.raises(sharding.ShardingError, match=r"dimension 1 \(embed, size 12\)"):
+        sharding.ShardingRules().spec(("vocab", "embed"), shape=(10, 12), mesh=mesh)
     assert sharding.ShardingRules().spec(("vocab", "embed"), shape=(10, 16), mesh=mesh) == P("tensor", "fsdp")
 
 

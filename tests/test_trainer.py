@@ -193,15 +193,38 @@ def test_bad_numbers_name_the_field(field, value, message):
 def test_stages_run_in_natural_order():
     config = smoke_config()
     config.stages = {"s10": train.stage("response", steps=1), "s2": train.stage("think", steps=2)}
-    assert [s.name for s in trainer_module.stages_of(config)] == ["s2", "s10"]
-    assert [s.start for s in trainer_module.stages_of(config)] == [0, 2]
+    spec = train.RunSpec.from_config(config)
+    assert [s.name for s in spec.stages] == ["s2", "s10"]
+    assert [s.start for s in spec.stages] == [0, 2]
+
+
+def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path):
+    """Stages s1..s10, declared out of order, run in natural order (s2 before s10)."""
+    config = smoke_config()
+    order = [f"s{i}" for i in range(1, 11)]
+    modes = ["think", "response", "joint"]
+    config.stages = {name: train.stage(modes[i % 3], "self", steps=1, learning_rate=1e-3)
+                     for i, name in sorted(enumerate(order), key=lambda x: x[1])}
+    assert list(config.stages.keys())[:3] == ["s1", "s10", "s2"]   # Declared in string order.
+    config.eval.every = 0
+    config.log.samples_every = 0
+    config.checkpoint.every = 100
+    trainer = train.Trainer(config, str(tmp_path))
+    trainer.run()
+    rows = _metrics(trainer.workdir)
+    assert [trainer.stages[int(r["stage"])].name for r in rows] == order
+    # Each stage trained its own segments: think-only stages have no response tokens in the mask.
+    for r, name in zip(rows, order):
+        mode = modes[order.index(name) % 3]
+        assert (r["mask_response_tokens"] == 0) == (mode == "think"), (name, r)
+        assert (r["mask_think_tokens"] == 0) == (mode == "response"), (name, r)
 
 
 def test_unknown_algorithm_and_reward_names(tmp_path):
     config = smoke_config()
     config.algo.advantage = "ppo"
     with pytest.raises(ValueError, match=re.escape(
-            "config: algo.advantage='ppo' is not one of ['grpo', 'reinforce_pp', 'rloo', 'gae']")):
+            "config: algo.advantage='ppo' is not one of ['gae', 'grpo', 'reinforce_pp', 'rloo']")):
         train.validate(config)
     config = smoke_config()
     config.reward.name = "judge"
@@ -215,6 +238,7 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     config = smoke_config()
     config.data.source = "jsonl"
     config.data.train_path = str(path)
+    config.reward.name = "exact_match"
     with pytest.raises(ValueError, match=re.escape(f"{path} line 2: missing field 'reference'")):
         train.Trainer(config, str(tmp_path / "run"))
 

@@ -30,6 +30,7 @@ from absl import logging
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from start_jax.errors import UserError
 from start_jax.models.config import ModelConfig, as_dtype
 from start_jax.models.sharding import param_shardings
 
@@ -41,7 +42,7 @@ INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint directory that cannot be read into the model."""
 
 

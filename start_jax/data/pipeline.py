@@ -15,16 +15,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
+import logging as std_logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from start_jax.data.builders.jsonl_tasks import JsonlConfig, JsonlTasks
 from start_jax.data.builders.synthetic_world import SyntheticWorld, SyntheticWorldConfig
+from start_jax.errors import MissingFile
 
 FILE_FORMAT = "array_record"
 
@@ -94,13 +98,28 @@ def _quiet_progress():
         tfds.display_progress_bar(previous)
 
 
+
+class _NotYetGenerated(std_logging.Filter):
+    """Drops tfds' warning that a data set folder has no dataset_info.json: the
+    state of every data set here before it is generated."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Variant folder %s has no ")
+
+
+std_logging.getLogger("absl").addFilter(_NotYetGenerated())
+
 def prepare(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.GeneratorBasedBuilder:
     """Generates the builder's data set unless it is already prepared; returns it."""
     if not builder.is_prepared():
-        with _quiet_progress():
+        # tfds prints "Downloading and preparing dataset Unknown size" to stdout for data
+        # that is generated here; say what happens instead, in the log.
+        with _quiet_progress(), contextlib.redirect_stdout(io.StringIO()):
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False),
                 file_format=FILE_FORMAT)
+        logging.info("generated %s/%s into %s", builder.name, builder.builder_config.name,
+                     builder.data_dir)
     return builder
 
 
@@ -162,7 +181,7 @@ def jsonl_config(train_path: str | os.PathLike,
     paths = [os.path.abspath(os.fspath(p)) for p in (train_path, test_path) if p]
     for i, path in enumerate(paths):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"JSONL file {path} not found")
+            raise MissingFile(f"JSONL file {path} not found")
         digest.update(f"{i}:".encode())
         with open(path, "rb") as f:
             digest.update(hashlib.sha256(f.read()).digest())

@@ -60,6 +60,8 @@ from start_jax.data.world import (
 )
 from start_jax.rewards.base import RewardInput, normalize_answer, register
 
+JUDGES = ("synthetic", "synthetic_rubric")   # The rewards that judge only the world's tasks.
+
 _STYLE = re.compile(r"^surely\b", re.IGNORECASE)
 _INT = re.compile(r"-?\d+")
 

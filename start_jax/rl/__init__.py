@@ -1,6 +1,8 @@
 """RL core: segment masks, advantages, losses and the train step."""
 
 from start_jax.rl import advantages, losses, masks
+from start_jax.rl.advantages import AdvantageConfig
+from start_jax.rl.batch import BatchConfig, build_batch, jit_build_batch
 from start_jax.rl.logprobs import (
     logits_log_probs,
     rollout_log_probs,
@@ -21,5 +23,5 @@ from start_jax.rl.train_step import (
     loss_counts,
     make_optimizer,
     policy_loss_terms,
-    train_step,
+    train_on_batch,
 )

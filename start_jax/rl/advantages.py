@@ -1,14 +1,21 @@
-"""Advantage estimators, chosen by name.
+"""Advantage estimators, chosen by name from one registry.
 
 Sequence-level estimators map rewards [B] to advantages [B]; rows come in
 groups of G consecutive completions of the same prompt. `broadcast` spreads a
 sequence advantage over the tokens of a mask. GAE works per token with a value
 model, over the action tokens of a mask only.
+
+Every registered estimator has one signature, ``(rewards [B], values [B, L],
+mask [B, L], config: AdvantageConfig) -> (advantages [B, L], returns [B, L])``;
+`estimate` dispatches on ``config.estimator``. Sequence estimators ignore the
+values and return zero returns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -66,17 +73,6 @@ def reinforce_pp(rewards: jax.Array, group_size: int = 1,
     return (r - r.mean()) / (jnp.std(r) + EPS)
 
 
-SEQUENCE_ESTIMATORS = {"grpo": grpo, "rloo": rloo, "reinforce_pp": reinforce_pp}
-
-
-def sequence_advantages(name: str, rewards: jax.Array, group_size: int, **kwargs) -> jax.Array:
-    """Dispatches to a sequence-level estimator by name."""
-    if name not in SEQUENCE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; known: "
-                         f"{sorted(SEQUENCE_ESTIMATORS) + ['gae']}")
-    return SEQUENCE_ESTIMATORS[name](rewards, group_size=group_size, **kwargs)
-
-
 def broadcast(advantages: jax.Array, mask: jax.Array) -> jax.Array:
     """[B] sequence advantages -> [B, L] on mask tokens, 0 elsewhere."""
     return jnp.where(mask, advantages[:, None], 0.0).astype(jnp.float32)
@@ -123,3 +119,50 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1
     adv = adv.T
     returns = jnp.where(mask, adv + values, 0.0)
     return adv, returns
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+    """Which estimator and its settings (only the ones it reads matter)."""
+
+    estimator: str = "grpo"       # A key of ESTIMATORS.
+    group_size: int = 1           # Consecutive completions of one prompt.
+    grpo_scale: str = "std"       # GRPO: 'std' or 'none' (Dr.GRPO).
+    group_baseline: bool = True   # REINFORCE++: subtract the group mean.
+    gamma: float = 1.0            # GAE discount.
+    lam: float = 0.95             # GAE lambda.
+
+    @property
+    def needs_critic(self) -> bool:
+        return self.estimator in CRITIC_ESTIMATORS
+
+
+Estimator = Callable[[jax.Array, jax.Array, jax.Array, AdvantageConfig],
+                     tuple[jax.Array, jax.Array]]
+
+
+def _sequence(fn) -> Estimator:
+    def estimator(rewards, values, mask, config):
+        del values
+        adv = broadcast(fn(rewards, config), mask)
+        return adv, jnp.zeros(mask.shape, jnp.float32)
+    return estimator
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "grpo": _sequence(lambda r, c: grpo(r, c.group_size, c.grpo_scale)),
+    "rloo": _sequence(lambda r, c: rloo(r, c.group_size)),
+    "reinforce_pp": _sequence(lambda r, c: reinforce_pp(r, c.group_size, c.group_baseline)),
+    "gae": lambda r, v, m, c: gae(r, v, m, gamma=c.gamma, lam=c.lam),
+}
+CRITIC_ESTIMATORS = ("gae",)
+
+
+def estimate(rewards: jax.Array, values: jax.Array, mask: jax.Array,
+             config: AdvantageConfig) -> tuple[jax.Array, jax.Array]:
+    """(advantages, returns) [B, L] from the estimator named by ``config.estimator``."""
+    if config.estimator not in ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {config.estimator!r}; known: "
+                         f"{sorted(ESTIMATORS)}")
+    return ESTIMATORS[config.estimator](rewards, values, mask, config)
+

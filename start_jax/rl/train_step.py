@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from start_jax import segments
+from start_jax.errors import TrainingError
 from start_jax.models.config import ModelConfig
 from start_jax.rl import logprobs as lp
 from start_jax.rl import losses
@@ -59,26 +60,28 @@ class TrainConfig:
     logprob_chunk: int = 0     # Positions per vocabulary-head chunk; 0 = auto (128 MiB).
     use_critic: bool = False   # Train a value model (PPO with GAE).
 
+    @property
+    def on_policy(self) -> bool:
+        """One update per rollout batch: the old policy is the current one.
 
-def make_optimizer(learning_rate: float = 1e-6, warmup_steps: int = 0, total_steps: int = 0,
-                   schedule: str = "constant", weight_decay: float = 0.0,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+        The loss then takes the old log-probabilities from the current forward
+        (without gradient), and the batch needs no old-policy forward.
+        """
+        return self.ppo_epochs * self.minibatches == 1
+
+
+def make_optimizer(learning_rate: float = 1e-6, warmup_steps: int = 0, weight_decay: float = 0.0,
                    max_grad_norm: float = 1.0) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping and a warmup + constant/cosine schedule.
+    """AdamW with global-norm clipping and a linear warmup to a constant rate.
 
     Gradient accumulation is done by the train step (exact for every
     aggregation mode), not by `optax.MultiSteps`, which averages per step.
     """
-    if schedule == "constant":
-        decay = optax.constant_schedule(learning_rate)
-    elif schedule == "cosine":
-        decay = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; expected 'constant' or 'cosine'")
-    lr = (optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), decay],
-                               [warmup_steps]) if warmup_steps else decay)
+    lr = (optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
+                                optax.constant_schedule(learning_rate)], [warmup_steps])
+          if warmup_steps else optax.constant_schedule(learning_rate))
     parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm > 0 else []
-    parts.append(optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    parts.append(optax.adamw(lr, weight_decay=weight_decay))
     return optax.chain(*parts)
 
 
@@ -103,18 +106,23 @@ def loss_counts(batch: Batch, loss_config: losses.LossConfig) -> dict[str, jax.A
     )
 
 
-def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.LossConfig):
+def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.LossConfig,
+                      on_policy: bool = False):
     """(loss, aux) from token log-probabilities and entropies [B, L] of a micro-batch.
 
     loss = pg + kl_coef * kl - entropy_coef * entropy, each term a (sum,
-    count) ratio with counts from the whole minibatch.
+    count) ratio with counts from the whole minibatch. `on_policy`: the old
+    log-probabilities are `logp` itself without gradient (`batch.old_logprobs`
+    is not read). Without a KL coefficient the KL diagnostic is taken against
+    the old policy (`batch.ref_logprobs` is not read).
     """
     lc = loss_config
-    parts = losses.policy_token_losses(logp, batch.old_logprobs, batch.advantages,
-                                       batch.loss_mask, lc)
+    old = jax.lax.stop_gradient(logp) if on_policy else batch.old_logprobs
+    ref = old if not lc.kl_coef else batch.ref_logprobs
+    parts = losses.policy_token_losses(logp, old, batch.advantages, batch.loss_mask, lc)
     agg = lambda x, m: losses.aggregate(x, m, lc.aggregation, lc.norm_length)[0]  # noqa: E731
     pg = agg(parts["loss"], batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
-    kl = agg(losses.kl_penalty(logp, batch.ref_logprobs, lc.kl_estimator),
+    kl = agg(losses.kl_penalty(logp, ref, lc.kl_estimator),
              batch.kl_mask) / jnp.maximum(counts["kl"], 1e-8)
     ent = agg(entropy, batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
     total = pg + lc.kl_coef * kl - lc.entropy_coef * ent
@@ -133,7 +141,7 @@ def policy_loss(params, batch: Batch, counts, model_config: ModelConfig, config:
     """Loss of one micro-batch, scaled by the whole minibatch's counts."""
     logp, entropy = lp.token_log_probs(model_config, params, batch.tokens, batch.segment_ids,
                                        config.loss.temperature, config.logprob_chunk)
-    return policy_loss_terms(logp, entropy, batch, counts, config.loss)
+    return policy_loss_terms(logp, entropy, batch, counts, config.loss, config.on_policy)
 
 
 def critic_loss(critic_params, batch: Batch, counts, critic_config: ModelConfig,
@@ -209,7 +217,7 @@ def batch_statistics(batch: Batch) -> dict[str, jax.Array]:
     )
 
 
-def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model_config: ModelConfig,
+def train_on_batch(state: TrainState, batch: Batch, rng: jax.Array, *, model_config: ModelConfig,
                config: TrainConfig, tx: optax.GradientTransformation,
                critic_config: ModelConfig | None = None,
                critic_tx: optax.GradientTransformation | None = None):
@@ -243,8 +251,8 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model_config:
 
 def jit_train_step(model_config: ModelConfig, config: TrainConfig, tx, critic_config=None,
                    critic_tx=None, state_shardings=None, batch_shardings=None):
-    """`train_step` jitted with donated state (and explicit shardings when given)."""
-    fn = lambda state, batch, rng: train_step(  # noqa: E731
+    """`train_on_batch` jitted with donated state (and explicit shardings when given)."""
+    fn = lambda state, batch, rng: train_on_batch(  # noqa: E731
         state, batch, rng, model_config=model_config, config=config, tx=tx,
         critic_config=critic_config, critic_tx=critic_tx)
     kwargs = {}
@@ -256,7 +264,7 @@ def jit_train_step(model_config: ModelConfig, config: TrainConfig, tx, critic_co
     return jax.jit(fn, donate_argnums=(0,), **kwargs)
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(TrainingError, FloatingPointError):
     """A metric became NaN or infinite."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Sequence
 
 import jax
@@ -29,7 +30,8 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
            no_thinking: bool = False, row_ids: Sequence[int] | None = None,
            mesh: jax.sharding.Mesh | None = None, rules=None, pad_multiple: int = 8,
            max_length: int | None = None,
-           logits_processor: core.LogitsProcessor | None = None) -> core.Rollout:
+           logits_processor: core.LogitsProcessor | None = None,
+           width: int | None = None) -> core.Rollout:
     """Samples segmented completions for a batch of token-id prompts.
 
     Modes:
@@ -52,9 +54,11 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
       mesh, rules: shard the batch over ('data', 'fsdp') and the cache by
         the rules table; params should already be sharded on `mesh`.
       max_length: context limit (default: the model's max positions).
+      width: left-pad the rollout to exactly this many columns (on device), so
+        that every rollout of a run has one shape; an error if it is wider.
 
     Returns:
-      A `Rollout` of [B, P + N] arrays.
+      A `Rollout` of [B, P + N] arrays ([B, width] with `width`).
     """
     if no_thinking:
         if thinking is not None:
@@ -76,22 +80,90 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
     arrays = dict(prefix=prefix.tokens, prefix_mask=prefix.mask,
                   start_phase=prefix.start_phase, think_count=prefix.think_count,
                   think_truncated=prefix.think_truncated,
-                  row_ids=ids.astype(np.uint32))
+                  row_ids=ids.astype(np.uint32), segment_ids=prefix.segment_ids,
+                  forced=prefix.forced)
+    # Every host array goes to the device here, explicitly.
+    arrays = {k: jax.device_put(v, None if mesh is None else sharding.batch_sharding(
+        mesh, v.ndim, rules, batch)) for k, v in arrays.items()}
+    return _generate(model_config, params, arrays, steps, config, rng, special, mesh, rules,
+                     logits_processor, width)
+
+
+def respond(model_config: ModelConfig, params, thinking: core.Rollout, config: SamplingConfig,
+            rng: jax.Array, special: core.SpecialTokens, *, row_ids: Sequence[int],
+            mesh: jax.sharding.Mesh | None = None, rules=None, max_length: int | None = None,
+            width: int | None = None) -> core.Rollout:
+    """Responses of `params` after the thinking of a thinking-only rollout, on device.
+
+    `thinking` is a rollout sampled with ``response_budget=0`` (each row ends
+    with its closing tag, forced when the thinking was truncated). Its rows are
+    right-aligned on device and continued with ``config.response_budget``
+    response tokens: the same rows `sample(thinking=...)` would build from the
+    decoded thinking, without a copy to the host.
+    """
+    steps = config.response_budget
+    limit = model_config.max_position_embeddings if max_length is None else max_length
+    if thinking.tokens.shape[1] + steps > limit:
+        raise ValueError(f"thinking rollout of {thinking.tokens.shape[1]} columns + {steps} "
+                         f"response steps exceed the context of {limit} tokens")
+    batch = thinking.tokens.shape[0]
+    ids = np.asarray(row_ids).astype(np.uint32)
+    put = lambda x: jax.device_put(x, None if mesh is None else sharding.batch_sharding(  # noqa: E731
+        mesh, x.ndim, rules, batch))
+    arrays = dict(_continuation(thinking), row_ids=put(ids))
+    return _generate(model_config, params, arrays, steps, config, rng, special, mesh, rules,
+                     None, width)
+
+
+@jax.jit
+def _continuation(rollout: core.Rollout) -> dict:
+    """A thinking rollout as a response prefix: rows shifted right to end in the last column."""
+    filled = rollout.segment_ids != segments.PAD
+    length = filled.shape[1]
+    shift = jnp.argmax(filled[:, ::-1], axis=1)            # Trailing PAD columns per row.
+    cols = (jnp.arange(length)[None, :] - shift[:, None]) % length
+    take = lambda x: jnp.take_along_axis(x, cols, axis=1)  # noqa: E731
+    segment_ids = take(rollout.segment_ids)
+    return dict(prefix=take(rollout.tokens), prefix_mask=segment_ids != segments.PAD,
+                segment_ids=segment_ids, forced=take(rollout.forced),
+                start_phase=jnp.full(filled.shape[:1], segments.RESPONSE, jnp.int32),
+                think_count=rollout.think_length, think_truncated=rollout.think_truncated)
+
+
+def _generate(model_config, params, arrays: dict, steps: int, config: SamplingConfig, rng,
+              special, mesh, rules, logits_processor, width):
+    """Prefill + decode from device arrays of a prefix; the assembled rollout."""
+    arrays = dict(arrays)
+    batch, prefix_width = arrays["prefix"].shape
     cache_sharding = None
     ctx = contextlib.nullcontext()
     if mesh is not None:
-        arrays = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, rules, batch))
-                  for k, v in arrays.items()}
         cache_sharding = model_sharding.cache_shardings(model_config, mesh, batch,
-                                                  prefix.tokens.shape[1] + steps, rules)
+                                                        prefix_width + steps, rules)
         ctx = sharding.logical_constraint_context(mesh, rules)
+    segment_ids, forced = arrays.pop("segment_ids"), arrays.pop("forced")
     with ctx:
         state = core.prefill(model_config, params, rng=rng, sampling=config, tokens_=special,
                              num_steps=steps, cache_sharding=cache_sharding, **arrays)
         state = core.decode(model_config, params, state, sampling=config, tokens_=special,
                             logits_processor=logits_processor)
-    return core.assemble(state, jnp.asarray(prefix.tokens), jnp.asarray(prefix.segment_ids),
-                         jnp.asarray(prefix.forced))
+    rollout = core.assemble(state, arrays["prefix"], segment_ids, forced)
+    if width is None:
+        return rollout
+    pad = width - rollout.tokens.shape[1]
+    if pad < 0:
+        raise ValueError(f"rollout of {rollout.tokens.shape[1]} columns exceeds width={width}")
+    return _left_pad(rollout, pad) if pad else rollout
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _left_pad(rollout: core.Rollout, pad: int) -> core.Rollout:
+    """The rollout with `pad` PAD columns in front (token 0, segment PAD)."""
+    cols = lambda x: jnp.pad(x, ((0, 0), (pad, 0)))  # noqa: E731
+    return rollout.replace(tokens=cols(rollout.tokens), segment_ids=cols(rollout.segment_ids),
+                           logprobs=cols(rollout.logprobs), forced=cols(rollout.forced),
+                           sampled=cols(rollout.sampled),
+                           prefix_length=rollout.prefix_length + pad)
 
 
 def thinking_of(rollout: core.Rollout, end_think: int) -> tuple[list[list[int]], list[bool]]:

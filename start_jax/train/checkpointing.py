@@ -15,8 +15,10 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from start_jax.errors import UserError
 
-class CheckpointMismatch(ValueError):
+
+class CheckpointMismatch(UserError):
     """The checkpoint was written for a different model."""
 
 

@@ -12,10 +12,11 @@ import re
 
 import ml_collections
 
+from start_jax.errors import ConfigError
 from start_jax.rl import losses, masks
-from start_jax.rl.advantages import SEQUENCE_ESTIMATORS
+from start_jax.rl.advantages import ESTIMATORS
 
-ADVANTAGES = tuple(sorted(SEQUENCE_ESTIMATORS)) + ("gae",)
+ADVANTAGES = tuple(sorted(ESTIMATORS))
 RESPONDERS = ("self", "frozen")
 # Sections whose keys are free-form (checked where they are used).
 _FREE_FORM = ("reward.kwargs", "stages")
@@ -56,6 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh.data = 1                  # Replicated data parallelism.
     c.mesh.fsdp = -1                 # Sharded data parallelism; -1 = remaining devices.
     c.mesh.tensor = 1                # Tensor parallelism.
+    c.mesh.replicate_uneven = False  # Replicate a dimension its mesh axes do not divide
+                                     # (False: that is an error naming the dimension).
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"      # 'synthetic' or 'jsonl'.
@@ -138,7 +141,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError for unknown keys or values, naming the full key."""
+    """Raises ConfigError (a ValueError) for unknown keys or values, naming the full key."""
     _check_keys(config, default_config(), "")
     for key, value, allowed in (
             ("algo.advantage", config.algo.advantage, ADVANTAGES),
@@ -147,35 +150,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
             ("algo.kl_estimator", config.algo.kl_estimator, losses.KL_ESTIMATORS),
             ("data.source", config.data.source, ("synthetic", "jsonl"))):
         if value not in allowed:
-            raise ValueError(f"config: {key}={value!r} is not one of {list(allowed)}")
+            raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")
     if not len(config.stages):
-        raise ValueError("config: stages is empty; give at least one stage")
+        raise ConfigError("config: stages is empty; give at least one stage")
     g = config.algo.group_size
     if not isinstance(g, int) or g < 1:
-        raise ValueError(f"config: algo.group_size={g!r} must be an integer >= 1")
+        raise ConfigError(f"config: algo.group_size={g!r} must be an integer >= 1")
     grouped = config.algo.advantage in ("grpo", "rloo") or (
         config.algo.advantage == "reinforce_pp" and config.algo.group_baseline)
     if grouped and g < 2:
-        raise ValueError(f"config: algo.group_size=1 with algo.advantage={config.algo.advantage!r} "
+        raise ConfigError(f"config: algo.group_size=1 with algo.advantage={config.algo.advantage!r} "
                          "makes every advantage 0 (a group baseline needs >= 2 completions); "
                          "use group_size >= 2 or a batch baseline")
     if not isinstance(config.data.prompts_per_step, int) or config.data.prompts_per_step < 1:
-        raise ValueError(f"config: data.prompts_per_step={config.data.prompts_per_step!r} must be "
+        raise ConfigError(f"config: data.prompts_per_step={config.data.prompts_per_step!r} must be "
                          "an integer >= 1")
     for name in stage_names(config):
         st = config.stages[name]
         _check_keys(st, stage(), f"stages.{name}.")
         if st.train_segments not in masks.TRAIN_SEGMENTS:
-            raise ValueError(f"config: stages.{name}.train_segments={st.train_segments!r} is not one "
+            raise ConfigError(f"config: stages.{name}.train_segments={st.train_segments!r} is not one "
                                               f"of {sorted(masks.TRAIN_SEGMENTS)}")
         if st.responder not in RESPONDERS:
-            raise ValueError(f"config: stages.{name}.responder={st.responder!r} is not one of "
+            raise ConfigError(f"config: stages.{name}.responder={st.responder!r} is not one of "
                                               f"{list(RESPONDERS)}")
         if not isinstance(st.steps, int) or st.steps < 0:
-            raise ValueError(f"config: stages.{name}.steps={st.steps!r} must be an integer >= 0")
+            raise ConfigError(f"config: stages.{name}.steps={st.steps!r} must be an integer >= 0")
         lr = st.learning_rate
         if not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-            raise ValueError(f"config: stages.{name}.learning_rate={lr!r} must be a finite "
+            raise ConfigError(f"config: stages.{name}.learning_rate={lr!r} must be a finite "
                              "number > 0")
 
 
@@ -193,7 +196,7 @@ def _check_keys(config, schema, prefix: str) -> None:
         if key not in schema:
             known = ", ".join(sorted(schema.keys()))
             where = f"under '{prefix[:-1]}'" if prefix else "at the top level"
-            raise ValueError(f"config: unknown key '{full}' (known keys {where}: {known})")
+            raise ConfigError(f"config: unknown key '{full}' (known keys {where}: {known})")
         if isinstance(config[key], ml_collections.ConfigDict) and isinstance(
                 schema[key], ml_collections.ConfigDict):
             _check_keys(config[key], schema[key], full + ".")

@@ -2,18 +2,20 @@
 
 Each step: a batch of prompts -> G rollouts per prompt (the policy thinks;
 the policy itself or a frozen copy of the initial policy responds) ->
-response-only rewards -> advantages broadcast over the stage's loss mask (or
-GAE with a critic over the mask's action tokens) -> `mu` policy (and critic)
-updates. `run(config, workdir)` is the entry point; it resumes from the latest
-checkpoint in `workdir` and saves one when it receives SIGTERM.
+response-only rewards -> one jitted batch builder (masks, advantages or GAE,
+the log-probabilities and values the update reads) -> `mu` policy (and
+critic) updates. A step crosses to the host twice: once for the rollout (to
+decode and score it) and once for the metrics. `run(config, workdir)` is the
+entry point: it freezes the config into a `RunSpec`, resumes from the latest
+checkpoint in `workdir`, and saves one when it receives SIGTERM.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
+import threading
 import time
 
 import jax
@@ -21,48 +23,36 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
 
-from start_jax import checkpoints
-from start_jax.eval import classify
 from start_jax import models, rewards, rl, sampling, segments, sharding
-from start_jax.rl import advantages as adv_lib
+from start_jax.checkpoints import save_pretrained
+from start_jax.data import world
+from start_jax.data.pipeline import PromptIterator
+from start_jax.errors import TrainingError
+from start_jax.eval import classify
 from start_jax.train import checkpointing, data_io
-from start_jax.train.config import stage_names, validate
+from start_jax.train.init_policy import initial_policy
+from start_jax.train.spec import StageSpec, as_spec
 from start_jax.train.writers import MetricWriter, write_samples
 
-
-@dataclasses.dataclass
-class Stage:
-    name: str
-    train_segments: str
-    responder: str
-    steps: int
-    learning_rate: float
-    start: int   # Global step at which the stage begins.
-
-
-def stages_of(config) -> list[Stage]:
-    out, start = [], 0
-    for name in stage_names(config):
-        st = config.stages[name]
-        out.append(Stage(name, st.train_segments, st.responder, int(st.steps),
-                         float(st.learning_rate), start))
-        start += int(st.steps)
-    return out
+# An update whose norm is this fraction of the parameter norm or more has exploded.
+EXPLODED_UPDATE_RATIO = 0.5
 
 
 class _SigtermFlag:
-    """Turns SIGTERM into a flag checked between steps."""
+    """Turns SIGTERM into a flag checked between steps (main thread only)."""
 
     def __init__(self):
         self.raised = False
         self._previous = None
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # Not the main thread (e.g. a notebook worker).
-            self._previous = None
+        if threading.current_thread() is not threading.main_thread():
+            logging.warning("not on the main thread: SIGTERM will not save a checkpoint before "
+                            "the process ends (the last periodic checkpoint is kept)")
+            return self
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -74,156 +64,222 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _left_pad(rollout: sampling.Rollout, width: int):
-    """Host copies of the rollout arrays, left-padded to a fixed width."""
-    arrays = {k: np.asarray(getattr(rollout, k)) for k in ("tokens", "segment_ids", "forced")}
-    pad = width - arrays["tokens"].shape[1]
-    if pad < 0:
-        raise ValueError(f"rollout width {arrays['tokens'].shape[1]} exceeds the fixed width {width}")
-    return {k: np.pad(v, ((0, 0), (pad, 0))) for k, v in arrays.items()}
+def check_health(metrics: dict, step: int, stage: StageSpec) -> None:
+    """Raises `TrainingError` when the update exploded or the gradients collapsed.
+
+    Exploded: the update is at least `EXPLODED_UPDATE_RATIO` of the parameter
+    norm (a learning rate far too large). Collapsed: the gradient is exactly 0
+    although advantages are not (the policy's probabilities saturated).
+    """
+    where = (f"stages.{stage.name}.learning_rate (now {stage.learning_rate:g})")
+    ratio = metrics["l2_updates"] / max(metrics["l2_params"], 1e-30)
+    if ratio >= EXPLODED_UPDATE_RATIO:
+        raise TrainingError(
+            f"step {step}: the update exploded (its norm {metrics['l2_updates']:.3g} is "
+            f"{ratio:.2f} of the parameter norm {metrics['l2_params']:.3g}); lower {where}")
+    if metrics["l2_grads"] == 0.0 and metrics["adv_nonzero_frac"] > 0:
+        raise TrainingError(
+            f"step {step}: the gradients collapsed to 0 although {metrics['adv_nonzero_frac']:.0%} "
+            f"of the advantages are not 0 (saturated probabilities); lower {where}")
+
+
+@jax.jit
+def _fold_key(seed_and_step: jax.Array) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed_and_step[0]), seed_and_step[1])
 
 
 class Trainer:
     """Holds models, data and jitted functions of one run."""
 
     def __init__(self, config, workdir: str):
-        validate(config)
-        self.config = config
+        self.spec = spec = as_spec(config)
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
-        self.mesh = sharding.make_mesh(sharding.MeshConfig(**config.mesh.to_dict()))
-        self.tokenizer = data_io.tokenizer_of(config)
+        self.mesh = sharding.make_mesh(spec.mesh)
+        self.rules = sharding.ShardingRules(replicate_uneven=spec.replicate_uneven)
+        self.tokenizer = world.load_tokenizer(spec.tokenizer)
         self.special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
-        self.train_data, self.test_data = data_io.datasets(config, self.workdir)
-        self.model_config, init_params = data_io.initial_policy(
-            config, self.workdir, self.tokenizer, self.mesh, self.train_data)
+        self.train_data, self.test_data = data_io.datasets(spec.data, self.workdir)
+        self.encode = data_io.PromptEncoder(self.tokenizer, spec.data.max_prompt_tokens)
+        self.model_config, init_params = initial_policy(
+            spec, self.workdir, self.tokenizer, self.mesh, self.train_data)
         self.init_params = init_params             # Reference policy and frozen responder.
-        self.reward_fn = rewards.make(config.reward.name, **config.reward.kwargs.to_dict())
-        self.stages = stages_of(config)
-        self.total_steps = sum(s.steps for s in self.stages)
-        c = config
-        self.sampling = sampling.SamplingConfig(
-            temperature=c.sampling.temperature, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
-            think_budget=c.sampling.think_budget, response_budget=c.sampling.response_budget)
-        self.loss_config = rl.LossConfig(
-            policy_loss=c.algo.policy_loss, clip_low=c.algo.clip_low, clip_high=c.algo.clip_high,
-            dual_clip=c.algo.dual_clip, aggregation=c.algo.aggregation,
-            norm_length=c.sampling.think_budget + c.sampling.response_budget + 1,
-            kl_coef=c.algo.kl_coef, kl_estimator=c.algo.kl_estimator, kl_scope=c.algo.kl_scope,
-            entropy_coef=c.algo.entropy_coef, value_clip=c.algo.value_clip,
-            value_coef=c.algo.value_coef, temperature=max(c.sampling.temperature, 1e-6))
-        self.use_critic = c.algo.advantage == "gae"
-        self.width = (-(-(c.data.max_prompt_tokens + c.sampling.think_budget + 3) // 8) * 8
-                      + c.sampling.response_budget + 8)
-        self.rows = c.data.prompts_per_step * c.algo.group_size
+        self.reward_fn = spec.make_reward()
+        self.stages = spec.stages
+        self.total_steps = spec.total_steps
+        self.width = spec.width
         self.critic_config = None
-        if self.use_critic:
+        if spec.advantage.needs_critic:
             self.critic_config = self.model_config.replace(lm_head=False, value_head=True,
                                                            tie_embeddings=False)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._jits: dict = {}
 
     # ------------------------------------------------------------------ state
 
-    def _tx(self, stage: Stage):
-        return rl.make_optimizer(learning_rate=stage.learning_rate,
-                                 warmup_steps=self.config.optim.warmup_steps,
-                                 weight_decay=self.config.optim.weight_decay,
-                                 max_grad_norm=self.config.optim.max_grad_norm)
+    def _tx(self, stage: StageSpec):
+        o = self.spec.optim
+        return rl.make_optimizer(learning_rate=stage.learning_rate, warmup_steps=o.warmup_steps,
+                                 weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm)
 
     def _critic_tx(self):
-        return rl.make_optimizer(learning_rate=self.config.algo.critic_learning_rate,
-                                 max_grad_norm=self.config.optim.max_grad_norm)
+        o = self.spec.optim
+        return rl.make_optimizer(learning_rate=o.critic_learning_rate,
+                                 max_grad_norm=o.max_grad_norm)
 
-    def fresh_state(self, stage: Stage, params, critic=None) -> rl.TrainState:
-        """A state whose optimizer starts afresh (at the start of a stage)."""
-        if self.use_critic and critic is None:
-            _, critic = models.value_model_from_policy(
-                self.model_config, self.init_params, jax.random.key(self.config.seed + 1))
-        params = jax.tree.map(jnp.copy, params)
-        return jax.jit(lambda p, c: rl.init_state(p, self._tx(stage), c,
-                                                  self._critic_tx() if self.use_critic else None)
-                       )(params, critic)
+    def _init_state_fn(self, stage: StageSpec):
+        critic_tx = self._critic_tx() if self.critic_config is not None else None
+        return lambda p, c: rl.init_state(p, self._tx(stage), c, critic_tx)
 
-    def stage_at(self, step: int) -> Stage:
-        for stage in self.stages:
-            if step < stage.start + stage.steps:
-                return stage
-        return self.stages[-1]
+    def _initial_critic(self):
+        _, critic = models.value_model_from_policy(
+            self.model_config, self.init_params, jax.random.key(self.spec.seed + 1))
+        return models.shard_params(self.critic_config, critic, self.mesh, self.rules)
+
+    def state_shardings(self, stage: StageSpec):
+        """Shardings of the train state: parameters and their optimizer moments by
+        the rules table, scalars replicated (from `jax.eval_shape`, nothing allocated)."""
+        param_sh = models.param_shardings(self.model_config, self.mesh, self.rules)
+        critic_sh = (models.param_shardings(self.critic_config, self.mesh, self.rules)
+                     if self.critic_config is not None else None)
+        abstract = self.abstract_state(stage)
+        # Optimizer moments have the structure of what they optimise, and take its shardings.
+        like_params = [(jax.tree.structure(abstract.params), param_sh)]
+        if critic_sh is not None:
+            like_params.append((jax.tree.structure(abstract.critic_params), critic_sh))
+
+        def match(x):
+            s = jax.tree.structure(x)
+            return next((sh for d, sh in like_params if d == s), None)
+
+        def like(tree):
+            return jax.tree.map(lambda x: match(x) or self.replicated, tree,
+                                is_leaf=lambda x: match(x) is not None)
+        return rl.TrainState(step=self.replicated, params=param_sh,
+                             opt_state=like(abstract.opt_state),
+                             critic_params=critic_sh,
+                             critic_opt_state=like(abstract.critic_opt_state))
+
+    def batch_shardings(self) -> rl.Batch:
+        """Every array of a step's `Batch` split over its rows ('batch' rule)."""
+        rows = self.spec.rows
+        two = sharding.batch_sharding(self.mesh, 2, self.rules, rows)
+        one = sharding.batch_sharding(self.mesh, 1, self.rules, rows)
+        return rl.Batch(tokens=two, segment_ids=two, loss_mask=two, kl_mask=two, advantages=two,
+                        old_logprobs=two, ref_logprobs=two, returns=two, old_values=two,
+                        rewards=one)
+
+    def abstract_state(self, stage: StageSpec):
+        """The train state's shapes and dtypes, without computing it."""
+        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.init_params)
+        critic = None
+        if self.critic_config is not None:
+            critic = jax.eval_shape(lambda: models.value_model_from_policy(
+                self.model_config, self.init_params, jax.random.key(0))[1])
+        return jax.eval_shape(self._init_state_fn(stage), params, critic)
+
+    def fresh_state(self, stage: StageSpec, params, critic=None) -> rl.TrainState:
+        """A state whose optimizer starts afresh (at the start of a stage), created
+        directly in its sharded layout."""
+        if self.critic_config is not None and critic is None:
+            critic = self._initial_critic()
+        init = jax.jit(lambda p, c: self._init_state_fn(stage)(
+            jax.tree.map(jnp.copy, p), c), out_shardings=self.state_shardings(stage))
+        return init(params, critic)
+
+    def restore_target(self, stage: StageSpec):
+        """The abstract state (shapes, dtypes and shardings) a checkpoint restores into."""
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            self.abstract_state(stage), self.state_shardings(stage))
+
+    def stage_at(self, step: int) -> StageSpec:
+        return self.spec.stage_at(step)
 
     # ------------------------------------------------------------------ one step
 
-    def rollouts(self, params, examples, step: int, stage: Stage, sampling_config=None):
-        """G rollouts per example, with the stage's responder."""
-        sc = sampling_config or self.sampling
-        g = self.config.algo.group_size if sampling_config is None else 1
-        prompts = data_io.encode_prompts(self.tokenizer, examples, self.config.data.max_prompt_tokens)
-        prompts = [p for p in prompts for _ in range(g)]
+    def _key(self, offset: int, step: int) -> jax.Array:
+        """fold_in(key(seed + offset), step), from an explicit host-to-device copy."""
+        pair = jax.device_put(np.asarray([self.spec.seed + offset, step], np.uint32),
+                              self.replicated)
+        return _fold_key(pair)
+
+    def _sample(self, params, prompts, sc, rng, row_ids, **kwargs):
+        return sampling.sample(self.model_config, params, prompts, sc, rng, self.special,
+                               row_ids=row_ids, mesh=self.mesh, rules=self.rules,
+                               max_length=self.model_config.max_position_embeddings,
+                               width=self.width, **kwargs)
+
+    def rollouts(self, params, examples, step: int, stage: StageSpec, group_size: int | None = None):
+        """`group_size` rollouts per example (default: the run's), with the stage's responder."""
+        sc = self.spec.sampling
+        g = self.spec.group_size if group_size is None else group_size
+        prompts = [p for p in self.encode(examples) for _ in range(g)]
         row_ids = np.arange(len(prompts)) + step * len(prompts)
-        rng = jax.random.fold_in(jax.random.key(self.config.seed), step)
-        common = dict(row_ids=row_ids, mesh=self.mesh, max_length=self.model_config.max_position_embeddings)
+        rng = self._key(0, step)
         if stage.responder == "self":
-            return sampling.sample(self.model_config, params, prompts, sc, rng, self.special, **common)
-        thinking_only = sampling.sample(self.model_config, params, prompts,
-                                        sc.replace(response_budget=0), rng, self.special, **common)
-        thinking, truncated = sampling.thinking_of(thinking_only, self.special.end_think)
-        return sampling.sample(self.model_config, self.init_params, prompts, sc,
-                               jax.random.fold_in(rng, 1), self.special, thinking=thinking,
-                               thinking_truncated=truncated, **common)
+            return self._sample(params, prompts, sc, rng, row_ids)
+        # The policy thinks; the frozen initial policy responds from the device rollout.
+        thinking = sampling.sample(
+            self.model_config, params, prompts, sc.replace(response_budget=0), rng, self.special,
+            row_ids=row_ids, mesh=self.mesh, rules=self.rules,
+            width=self.width - sc.response_budget)
+        return sampling.respond(self.model_config, self.init_params, thinking, sc,
+                                self._key(3, step), self.special, row_ids=row_ids, mesh=self.mesh,
+                                rules=self.rules,
+                                max_length=self.model_config.max_position_embeddings,
+                                width=self.width)
 
     def score(self, rollout, examples, repeat: int) -> np.ndarray:
+        """Response-only rewards of a host copy of the rollout."""
         refs = [e["reference"] for e in examples for _ in range(repeat)]
         meta = [e["metadata"] for e in examples for _ in range(repeat)]
         return rewards.score(rollout, self.tokenizer, self.reward_fn, refs, meta)
 
-    def make_batch(self, state: rl.TrainState, rollout, reward: np.ndarray, stage: Stage):
-        arrays = _left_pad(rollout, self.width)
-        put = lambda x: jax.device_put(  # noqa: E731
-            x, sharding.batch_sharding(self.mesh, np.ndim(x), batch_size=x.shape[0]))
-        tokens, seg, forced = (put(arrays[k]) for k in ("tokens", "segment_ids", "forced"))
-        mask = rl.loss_mask(seg, forced, stage.train_segments)
-        kl_mask = rl.kl_mask(seg, forced, stage.train_segments, self.config.algo.kl_scope)
-        temp = self.loss_config.temperature
-        old = rl.rollout_log_probs(self.model_config, state.params, tokens, seg, temp)
-        ref = (rl.rollout_log_probs(self.model_config, self.init_params, tokens, seg, temp)
-               if self.config.algo.kl_coef else old)
-        r = put(reward.astype(np.float32))
-        zeros = jnp.zeros(tokens.shape, jnp.float32)
-        returns = old_values = zeros
-        if self.use_critic:
-            old_values = rl.rollout_values(self.critic_config, state.critic_params, tokens, seg)
-            advantages, returns = adv_lib.gae(r, old_values, mask, gamma=self.config.algo.gamma,
-                                              lam=self.config.algo.lam)
-        else:
-            kwargs = {}
-            if self.config.algo.advantage == "grpo":
-                kwargs = dict(scale=self.config.algo.grpo_scale)
-            elif self.config.algo.advantage == "reinforce_pp":
-                kwargs = dict(group_baseline=self.config.algo.group_baseline)
-            seq = adv_lib.sequence_advantages(self.config.algo.advantage, r,
-                                              self.config.algo.group_size, **kwargs)
-            advantages = adv_lib.broadcast(seq, mask)
-        return rl.Batch(tokens=tokens, segment_ids=seg, loss_mask=mask, kl_mask=kl_mask,
-                        advantages=advantages, old_logprobs=old, ref_logprobs=ref,
-                        returns=returns, old_values=old_values, rewards=r)
+    def _batch_fn(self, stage: StageSpec):
+        key = ("batch", stage.train_segments)
+        if key not in self._jits:
+            cfg = rl.BatchConfig(train=self.spec.train, advantage=self.spec.advantage,
+                                 train_segments=stage.train_segments)
+            self._jits[key] = rl.jit_build_batch(self.model_config, self.critic_config, cfg,
+                                                 out_shardings=self.batch_shardings())
+        return self._jits[key]
 
-    def step_fn(self, stage: Stage):
-        c = self.config.algo
-        cfg = rl.TrainConfig(loss=self.loss_config, ppo_epochs=c.ppo_epochs,
-                             minibatches=c.minibatches, micro_batches=c.micro_batches,
-                             use_critic=self.use_critic)
-        return rl.jit_train_step(self.model_config, cfg, self._tx(stage), self.critic_config,
-                                 self._critic_tx() if self.use_critic else None)
+    def _step_fn(self, stage: StageSpec):
+        key = ("step", stage.learning_rate)   # Stages at one learning rate share a program.
+        if key not in self._jits:
+            self._jits[key] = rl.jit_train_step(
+                self.model_config, self.spec.train, self._tx(stage), self.critic_config,
+                self._critic_tx() if self.critic_config is not None else None,
+                state_shardings=self.state_shardings(stage), batch_shardings=self.batch_shardings())
+        return self._jits[key]
+
+    def make_batch(self, state: rl.TrainState, rollout, reward: np.ndarray,
+                   stage: StageSpec) -> rl.Batch:
+        """The update's batch, on device from the device rollout and host rewards."""
+        r = jax.device_put(np.asarray(reward, np.float32),
+                           sharding.batch_sharding(self.mesh, 1, self.rules, len(reward)))
+        ref = self.init_params if self.spec.train.loss.kl_coef else None
+        fn = self._batch_fn(stage)
+        with sharding.logical_constraint_context(self.mesh, self.rules):
+            return fn(state.params, ref, state.critic_params, rollout.tokens,
+                      rollout.segment_ids, rollout.forced, r)
+
+    def update(self, state: rl.TrainState, batch: rl.Batch, step: int, stage: StageSpec):
+        rng, fn = self._key(2, step), self._step_fn(stage)
+        with sharding.logical_constraint_context(self.mesh, self.rules):
+            return fn(state, batch, rng)
 
     def evaluate(self, params, step: int) -> dict:
         """Mean response-only reward on test prompts (one rollout each, self responder)."""
-        n = min(self.config.eval.prompts, len(self.test_data))
+        n = min(self.spec.eval.prompts, len(self.test_data))
         examples = [self.test_data[i] for i in range(n)]
-        stage = Stage("eval", "joint", "self", 0, 0.0, 0)
-        rollout = self.rollouts(params, examples, 10_000_000 + step, stage, self.sampling)
+        stage = StageSpec("eval", "joint", "self", 0, 0.0, 0)
+        rollout = jax.device_get(self.rollouts(params, examples, 10_000_000 + step, stage, 1))
         reward = self.score(rollout, examples, 1)
         rates = self.behaviour_metrics(self.decoded_rows(rollout, examples, 1))
         return {"eval/reward": float(reward.mean()),
-                "eval/think_tokens": float(np.mean(np.asarray(rollout.think_length))),
-                "eval/response_tokens": float(np.mean(np.asarray(rollout.response_length))),
+                "eval/think_tokens": float(np.mean(rollout.think_length)),
+                "eval/response_tokens": float(np.mean(rollout.response_length)),
                 **{f"eval/{k}": v for k, v in rates.items()}}
 
     def decoded_rows(self, rollout, examples, repeat: int) -> list[dict]:
@@ -235,66 +291,71 @@ class Trainer:
         return rows
 
     def behaviour_metrics(self, rows: list[dict]) -> dict:
-        """Thinking and response class rates (synthetic world only; see data.behaviours)."""
-        if self.config.data.source != "synthetic":
+        """Thinking and response class rates (synthetic world only; see eval.classify)."""
+        if self.spec.data.source != "synthetic":
             return {}
         return classify.behaviour_rates(rows)
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict:
-        c = self.config
-        ckpt = checkpointing.Checkpointer(os.path.join(self.workdir, "checkpoints"), c.checkpoint.keep)
-        iterator = data_io.PromptIterator(self.train_data, c.data.prompts_per_step, c.seed)
+        spec = self.spec
+        ckpt = checkpointing.Checkpointer(os.path.join(self.workdir, "checkpoints"),
+                                          spec.checkpoint.keep)
+        iterator = PromptIterator(self.train_data, spec.data.prompts_per_step, spec.seed)
         start, state = 0, None
         latest = ckpt.latest_step()
         if latest is not None:
-            target = self.fresh_state(self.stage_at(latest), self.init_params)
-            state, meta = ckpt.restore(latest, target, checkpointing.model_fields(self.model_config))
+            state, meta = ckpt.restore(latest, self.restore_target(self.stage_at(latest)),
+                                       checkpointing.model_fields(self.model_config))
             iterator.restore(meta["data"])
             start = latest
             logging.info("resumed from %s/checkpoints at step %d", self.workdir, latest)
             print(f"resuming from step {latest} ({self.workdir}/checkpoints)")
         writer = MetricWriter(self.workdir, resume_step=start)
         summary = {"first": None, "last": None, "eval": {}}
-        step_fns = {}
         began = time.perf_counter()
         stopped = False
+        g = spec.group_size
         with _SigtermFlag() as sigterm, tqdm.trange(
                 start, self.total_steps, initial=start, total=self.total_steps, desc="rl",
-                unit="step", disable=not c.log.progress) as bar:
+                unit="step", disable=not spec.log.progress) as bar:
             for step in bar:
                 stage = self.stage_at(step)
+                if step in (stage.start, start):
+                    bar.write(self._stage_line(stage, resumed=step != stage.start))
                 if step == stage.start:  # Each stage starts its optimizer afresh.
                     state = self.fresh_state(
                         stage, self.init_params if state is None else state.params,
                         None if state is None else state.critic_params)
-                if stage.name not in step_fns:
-                    step_fns[stage.name] = self.step_fn(stage)
                 examples = iterator.next_batch()
                 rollout = self.rollouts(state.params, examples, step, stage)
-                reward = self.score(rollout, examples, c.algo.group_size)
+                host = jax.device_get(rollout)                       # Host view 1: the rollout.
+                reward = self.score(host, examples, g)
                 batch = self.make_batch(state, rollout, reward, stage)
-                state, metrics = step_fns[stage.name](state, batch, jax.random.fold_in(
-                    jax.random.key(c.seed + 2), step))
-                metrics = rl.check_finite(metrics, step)
-                write = bool(c.log.samples_every) and step % c.log.samples_every == 0
-                # Decoded once, only for what reads the text: behaviour rates and samples.
-                rows = (self.decoded_rows(rollout, examples, c.algo.group_size)
-                        if write or c.data.source == "synthetic" else [])
-                metrics.update(self._rollout_metrics(rollout), stage=self.stages.index(stage))
+                state, metrics = self.update(state, batch, step, stage)
+                metrics = rl.check_finite(jax.device_get(metrics), step)  # Host view 2.
+                check_health(metrics, step, stage)
+                write = bool(spec.log.samples_every) and step % spec.log.samples_every == 0
+                # Decoded once, only for what reads the text: behaviour rates (every row) and
+                # samples (the first few).
+                decode = None if spec.data.source == "synthetic" else (
+                    spec.log.samples if write else 0)
+                rows = self.decoded_rows(host if decode is None else jax.tree.map(
+                    lambda x: x[:decode], host), examples, g) if decode != 0 else []
+                metrics.update(self._rollout_metrics(host), stage=self.stages.index(stage))
                 metrics.update(self.behaviour_metrics(rows))
                 if write:
                     self._write_samples(step, rows, reward)
                 done = step + 1
-                if c.eval.every and (done % c.eval.every == 0 or done == self.total_steps):
+                if spec.eval.every and (done % spec.eval.every == 0 or done == self.total_steps):
                     metrics.update(self.evaluate(state.params, done))
                 writer.write(done, metrics)
                 summary["last"] = metrics
                 summary["first"] = summary["first"] or metrics
                 bar.set_postfix(stage=stage.name, mode=stage.train_segments,
                                 reward=f"{metrics['reward_mean']:.3f}")
-                if done % c.checkpoint.every == 0 or done == self.total_steps or sigterm.raised:
+                if done % spec.checkpoint.every == 0 or done == self.total_steps or sigterm.raised:
                     ckpt.save(done, state, self._meta(done, iterator), force=True)
                 if sigterm.raised:
                     stopped = True
@@ -304,36 +365,42 @@ class Trainer:
         summary["seconds"] = time.perf_counter() - began
         summary["stopped"] = stopped
         summary["params"] = state.params
-        if not stopped and c.checkpoint.export_hf:
+        if not stopped and spec.checkpoint.export_hf:
             export = os.path.join(self.workdir, "export")
-            checkpoints.save_pretrained(self.model_config, state.params, export)
+            save_pretrained(self.model_config, state.params, export)
             if hasattr(self.tokenizer, "save_pretrained"):
                 self.tokenizer.save_pretrained(export)
             summary["export"] = export
         return summary
 
-    def _meta(self, step: int, iterator) -> dict:
-        return {"step": step, "data": iterator.state(), "seed": self.config.seed,
-                "model": checkpointing.model_fields(self.model_config),
-                "config": json.loads(self.config.to_json_best_effort())}
+    def _stage_line(self, stage: StageSpec, resumed: bool) -> str:
+        i = self.stages.index(stage)
+        return (f"stage {stage.name} ({i + 1}/{len(self.stages)}"
+                f"{', resumed' if resumed else ''}): train {stage.train_segments}, "
+                f"{stage.responder} responder, steps {stage.start}-{stage.end - 1}, "
+                f"lr {stage.learning_rate:g}")
 
-    def _rollout_metrics(self, rollout) -> dict:
-        seg = np.asarray(rollout.segment_ids)
-        return {"think_tokens": float(np.mean(np.asarray(rollout.think_length))),
-                "response_tokens": float(np.mean(np.asarray(rollout.response_length))),
-                "think_truncated": float(np.mean(np.asarray(rollout.think_truncated))),
-                "response_truncated": float(np.mean(np.asarray(rollout.response_truncated))),
-                "rollout_think_tokens": float((seg == segments.THINK).sum())}
+    def _meta(self, step: int, iterator) -> dict:
+        return {"step": step, "data": iterator.state(), "seed": self.spec.seed,
+                "model": checkpointing.model_fields(self.model_config),
+                "config": json.loads(self.spec.config_json)}
+
+    def _rollout_metrics(self, host) -> dict:
+        return {"think_tokens": float(np.mean(host.think_length)),
+                "response_tokens": float(np.mean(host.response_length)),
+                "think_truncated": float(np.mean(host.think_truncated)),
+                "response_truncated": float(np.mean(host.response_truncated)),
+                "rollout_think_tokens": float((host.segment_ids == segments.THINK).sum())}
 
     def _write_samples(self, step: int, rows: list[dict], reward) -> None:
         rows = [{**row, "reward": float(r)} for row, r in
-                zip(rows[: self.config.log.samples], reward)]
+                zip(rows[: self.spec.log.samples], reward)]
         write_samples(self.workdir, step, rows)
 
 
 def run(config, workdir: str) -> dict:
-    """Runs (or resumes) the schedule in `config`; prints a final table."""
-    trainer = Trainer(config, workdir)
+    """Runs (or resumes) the schedule of a ConfigDict or `RunSpec`; prints a final table."""
+    trainer = Trainer(as_spec(config), workdir)
     summary = trainer.run()
     print_summary(trainer, summary)
     return summary
@@ -363,7 +430,7 @@ def print_summary(trainer: Trainer, summary: dict) -> None:
         return f"{_window_mean(head, key):{fmt}} -> {_window_mean(tail, key):{fmt}}"
 
     last = summary["last"] or {}
-    rows = [("schedule", trainer.config.schedule),
+    rows = [("schedule", trainer.spec.schedule),
             ("stages", ", ".join(f"{s.name}:{s.train_segments}/{s.responder}x{s.steps}"
                                  for s in trainer.stages)),
             ("steps", str(trainer.total_steps)),

@@ -17,6 +17,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from start_jax.errors import DataError
 from start_jax.data.builders.synthetic_world import text_features
 
 
@@ -43,21 +44,21 @@ def parse_line(path: str, lineno: int, line: str) -> dict[str, str]:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {_type(obj)}")
+        raise DataError(f"{where}: expected a JSON object, got {_type(obj)}")
     for field in ("prompt", "reference"):
         if field not in obj:
-            raise ValueError(f"{where}: missing field {field!r}")
+            raise DataError(f"{where}: missing field {field!r}")
     if not isinstance(obj["prompt"], str):
-        raise ValueError(f"{where}: field 'prompt' must be a string, got {_type(obj['prompt'])}")
+        raise DataError(f"{where}: field 'prompt' must be a string, got {_type(obj['prompt'])}")
     reference = obj["reference"]
     if isinstance(reference, bool) or not isinstance(reference, (str, int, float)):
-        raise ValueError(f"{where}: field 'reference' must be a string or a number, "
+        raise DataError(f"{where}: field 'reference' must be a string or a number, "
                          f"got {_type(reference)}")
     for field in ("thinking", "family"):
         if field in obj and not isinstance(obj[field], str):
-            raise ValueError(f"{where}: field {field!r} must be a string, "
+            raise DataError(f"{where}: field {field!r} must be a string, "
                              f"got {_type(obj[field])}")
     metadata = {k: v for k, v in obj.items() if k not in ("prompt", "reference", "thinking")}
     return {"prompt": obj["prompt"],
@@ -81,7 +82,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, str]]]:
             if line.strip():
                 rows.append((lineno, parse_line(path, lineno, line)))
     if not rows:
-        raise ValueError(f"{path}: no examples (the file is empty)")
+        raise DataError(f"{path}: no examples (the file is empty)")
     return rows
 
 

@@ -1,0 +1,108 @@
+"""The initial policy of a run: a HF checkpoint, or a random init after cold-start SFT.
+
+A random-init run trains its cold start once and writes it to
+``<workdir>/init_policy`` (a HF directory plus `SFT_RECORD`, the settings that
+made it); every later process of the run loads it from there, so the reference
+policy and the frozen responder are the same across restarts. A cached policy
+made by other settings is an error naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+from absl import logging
+
+from start_jax import models
+from start_jax.checkpoints import load_pretrained, read_config, save_pretrained
+from start_jax.data import behaviours, world
+from start_jax.errors import ConfigError
+from start_jax.train import sft
+from start_jax.train.spec import RunSpec
+
+SFT_RECORD = "start_jax_sft.json"
+
+
+def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
+    """(model_config, params) of the run's starting point, sharded on `mesh`."""
+    m = spec.model
+    if spec.init_checkpoint:
+        model_config, params = load_pretrained(
+            spec.init_checkpoint, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh,
+            remat=m.remat)
+        if model_config.vocab_size < tokenizer.vocab_size:
+            raise ConfigError(f"{spec.init_checkpoint}: vocab_size {model_config.vocab_size} is "
+                              f"smaller than the tokenizer's {tokenizer.vocab_size}")
+        return model_config, params
+    path = os.path.join(workdir, "init_policy")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        model_config = model_config_of(spec, tokenizer)
+        params = models.init_sharded(model_config, jax.random.key(spec.seed), mesh)
+        if spec.sft.steps:
+            n = min(len(train_data), spec.sft.examples)
+            examples = [train_data[i] for i in range(n)]
+            params, losses = sft.train_sft(
+                model_config, params, tokenizer, sft_traces(spec, examples), spec.sft.steps,
+                spec.sft.batch_size, spec.sft.learning_rate, seed=spec.seed,
+                progress=spec.log.progress)
+            logging.info("cold-start SFT: final losses %s", np.round(losses, 3))
+        tmp = path + ".tmp"
+        save_pretrained(model_config, params, tmp)
+        with open(os.path.join(tmp, SFT_RECORD), "w") as fh:
+            json.dump(sft_fields(spec), fh, indent=1, sort_keys=True)
+        shutil.rmtree(path, ignore_errors=True)  # A partial directory from a killed run.
+        os.replace(tmp, path)
+    _check_cached(path, spec, tokenizer)
+    model_config, params = load_pretrained(path, dtype=m.param_dtype, compute_dtype=m.dtype,
+                                           mesh=mesh, remat=m.remat)
+    return model_config.replace(max_position_embeddings=m.max_position_embeddings), params
+
+
+def model_config_of(spec: RunSpec, tokenizer) -> models.ModelConfig:
+    """The model a random-init run trains, from `spec.model` and the tokenizer."""
+    fields = {k: v for k, v in vars(spec.model).items() if k != "remat"}
+    return models.ModelConfig(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_id,
+                              pad_token_id=tokenizer.pad_id, **fields)
+
+
+def sft_traces(spec: RunSpec, examples) -> list[dict]:
+    """Cold-start traces: the behaviour mixture on synthetic data, gold traces on JSONL."""
+    if spec.data.source != "synthetic":
+        return [{**e, "response": world.golden_response(world.Example.from_row(e))}
+                for e in examples]
+    return behaviours.mixture_traces(examples, spec.sft.mixture, seed=spec.seed,
+                                     draws=spec.sft.draws)
+
+
+def sft_fields(spec: RunSpec) -> dict:
+    """What the cold start of a random init depends on beyond the model shape."""
+    return {"tokenizer": spec.tokenizer, "data": [spec.data.source, spec.data.name],
+            "seed": spec.seed, **spec.sft.record()}
+
+
+def _check_cached(path: str, spec: RunSpec, tokenizer) -> None:
+    """The cached initial policy must have the shape and cold start the spec asks for."""
+    record = os.path.join(path, SFT_RECORD)
+    if os.path.isfile(record):
+        with open(record) as fh:
+            made = json.load(fh)
+        want = json.loads(json.dumps(sft_fields(spec), sort_keys=True))
+        diffs = [f"{k}: {made.get(k)!r} != {v!r}" for k, v in want.items() if made.get(k) != v]
+        if diffs:
+            raise ConfigError(f"{path} was made by another cold start ({'; '.join(diffs)}); "
+                              "use another --workdir or the matching config")
+    cached = read_config(path)
+    m = spec.model
+    want = dict(model_type=m.model_type, hidden_size=m.hidden_size,
+                intermediate_size=m.intermediate_size, num_layers=m.num_layers,
+                num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+                vocab_size=tokenizer.vocab_size)
+    diffs = [f"{k}: {getattr(cached, k)!r} != {v!r}" for k, v in want.items()
+             if getattr(cached, k) != v]
+    if diffs:
+        raise ConfigError(f"{path} was made for a different model ({'; '.join(diffs)}); "
+                          "use another --workdir or the matching config")

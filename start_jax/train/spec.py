@@ -1,0 +1,237 @@
+"""The frozen run spec: built once from the ConfigDict at the edge of a run.
+
+`RunSpec.from_config` validates a `ml_collections.ConfigDict` (see
+`start_jax.train.config`) and turns it into frozen dataclasses: the sampler's
+`SamplingConfig`, the update's `TrainConfig` (with its `LossConfig`), the
+`AdvantageConfig` of the estimator registry, and an explicitly ordered tuple of
+`StageSpec`. The trainer and everything below it read only these; nothing past
+this module touches the ConfigDict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import ml_collections
+
+from start_jax import rewards
+from start_jax.data.behaviours import Mixture
+from start_jax.errors import ConfigError
+from start_jax.rewards import synthetic
+from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig
+from start_jax.sampling import SamplingConfig
+from start_jax.sharding import MeshConfig
+from start_jax.train.config import stage_names, validate
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    name: str
+    train_segments: str   # joint | think | response.
+    responder: str        # self | frozen.
+    steps: int
+    learning_rate: float
+    start: int            # Global step at which the stage begins.
+
+    @property
+    def end(self) -> int:
+        return self.start + self.steps
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The model of a random-init run (and the dtypes and context of any run)."""
+
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    dtype: str
+    param_dtype: str
+    remat: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    source: str            # synthetic | jsonl.
+    name: str
+    train_path: str
+    test_path: str
+    data_dir: str
+    prompts_per_step: int
+    max_prompt_tokens: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SftSpec:
+    steps: int
+    batch_size: int
+    learning_rate: float
+    mixture: Mixture
+    examples: int
+    draws: int
+
+    def record(self) -> dict:
+        """JSON-ready fields (the cold-start record of a cached initial policy)."""
+        return {"steps": self.steps, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "mixture": dataclasses.asdict(self.mixture),
+                "examples": self.examples, "draws": self.draws}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    warmup_steps: int
+    weight_decay: float
+    max_grad_norm: float
+    critic_learning_rate: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+    every: int
+    keep: int
+    export_hf: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    every: int
+    prompts: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSpec:
+    samples_every: int
+    samples: int
+    progress: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    seed: int
+    tokenizer: str
+    init_checkpoint: str
+    schedule: str
+    model: ModelSpec
+    mesh: MeshConfig
+    data: DataSpec
+    sft: SftSpec
+    sampling: SamplingConfig
+    reward_name: str
+    reward_kwargs: tuple[tuple[str, Any], ...]
+    advantage: AdvantageConfig
+    train: TrainConfig
+    optim: OptimSpec
+    stages: tuple[StageSpec, ...]
+    checkpoint: CheckpointSpec
+    eval: EvalSpec
+    log: LogSpec
+    replicate_uneven: bool = False   # Replicate dimensions the mesh does not divide.
+    config_json: str = "{}"   # The ConfigDict the spec was built from (checkpoint metadata).
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    @property
+    def group_size(self) -> int:
+        return self.advantage.group_size
+
+    @property
+    def rows(self) -> int:
+        """Rollouts per RL step."""
+        return self.data.prompts_per_step * self.advantage.group_size
+
+    @property
+    def width(self) -> int:
+        """Columns of every rollout of the run (one shape for sampling and the update)."""
+        s = self.sampling
+        return -(-(self.data.max_prompt_tokens + s.think_budget + 3) // 8) * 8 + s.response_budget + 8
+
+    def stage_at(self, step: int) -> StageSpec:
+        for stage in self.stages:
+            if step < stage.end:
+                return stage
+        return self.stages[-1]
+
+    def make_reward(self):
+        return rewards.make(self.reward_name, **dict(self.reward_kwargs))
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "RunSpec":
+        """Validates the config and freezes it; errors name the field."""
+        validate(config)
+        c = config
+        stages, start = [], 0
+        for name in stage_names(c):
+            st = c.stages[name]
+            stages.append(StageSpec(name, st.train_segments, st.responder, int(st.steps),
+                                    float(st.learning_rate), start))
+            start += int(st.steps)
+        if c.data.source != "synthetic" and c.reward.name in synthetic.JUDGES:
+            others = sorted(set(rewards.registered()) - set(synthetic.JUDGES))
+            raise ConfigError(
+                f"config: reward.name={c.reward.name!r} judges only the embedded world's tasks, "
+                f"but data.source={c.data.source!r}; set --config.reward.name to one of {others}")
+        try:
+            mixture = Mixture(**c.sft.mixture.to_dict())
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config: sft.{e}") from None
+        try:
+            sampling = SamplingConfig(
+                temperature=c.sampling.temperature, top_k=c.sampling.top_k,
+                top_p=c.sampling.top_p, think_budget=c.sampling.think_budget,
+                response_budget=c.sampling.response_budget)
+        except ValueError as e:
+            raise ConfigError(f"config: sampling.{e}") from None
+        a = c.algo
+        loss = LossConfig(
+            policy_loss=a.policy_loss, clip_low=a.clip_low, clip_high=a.clip_high,
+            dual_clip=a.dual_clip, aggregation=a.aggregation,
+            norm_length=sampling.think_budget + sampling.response_budget + 1,
+            kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, kl_scope=a.kl_scope,
+            entropy_coef=a.entropy_coef, value_clip=a.value_clip, value_coef=a.value_coef,
+            temperature=max(sampling.temperature, 1e-6))
+        advantage = AdvantageConfig(estimator=a.advantage, group_size=a.group_size,
+                                    grpo_scale=a.grpo_scale, group_baseline=a.group_baseline,
+                                    gamma=a.gamma, lam=a.lam)
+        train = TrainConfig(loss=loss, ppo_epochs=a.ppo_epochs, minibatches=a.minibatches,
+                            micro_batches=a.micro_batches, use_critic=advantage.needs_critic)
+        rows = c.data.prompts_per_step * a.group_size
+        for key, n in (("algo.minibatches", a.minibatches), ("algo.micro_batches", a.micro_batches)):
+            if not isinstance(n, int) or n < 1 or rows % n:
+                raise ConfigError(f"config: {key}={n!r} must divide the {rows} rollouts of a step "
+                                  "(data.prompts_per_step x algo.group_size)")
+        if a.micro_batches > 1 and (rows // a.minibatches) % a.micro_batches:
+            raise ConfigError(f"config: algo.micro_batches={a.micro_batches} must divide a "
+                              f"minibatch of {rows // a.minibatches} rollouts")
+        return cls(
+            seed=int(c.seed), tokenizer=str(c.tokenizer), init_checkpoint=str(c.init_checkpoint),
+            schedule=str(c.schedule), model=ModelSpec(**c.model.to_dict()),
+            mesh=MeshConfig(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor),
+            replicate_uneven=bool(c.mesh.replicate_uneven), data=DataSpec(**c.data.to_dict()),
+            sft=SftSpec(steps=c.sft.steps, batch_size=c.sft.batch_size,
+                        learning_rate=c.sft.learning_rate, mixture=mixture,
+                        examples=c.sft.examples, draws=c.sft.draws),
+            sampling=sampling, reward_name=c.reward.name,
+            reward_kwargs=tuple(sorted(c.reward.kwargs.to_dict().items())),
+            advantage=advantage, train=train,
+            optim=OptimSpec(warmup_steps=c.optim.warmup_steps, weight_decay=c.optim.weight_decay,
+                            max_grad_norm=c.optim.max_grad_norm,
+                            critic_learning_rate=a.critic_learning_rate),
+            stages=tuple(stages), checkpoint=CheckpointSpec(**c.checkpoint.to_dict()),
+            eval=EvalSpec(**c.eval.to_dict()), log=LogSpec(**c.log.to_dict()),
+            config_json=json.dumps(json.loads(c.to_json_best_effort()), sort_keys=True))
+
+
+def as_spec(config_or_spec) -> RunSpec:
+    """A `RunSpec` as it is, or one built from a ConfigDict."""
+    if isinstance(config_or_spec, RunSpec):
+        return config_or_spec
+    return RunSpec.from_config(config_or_spec)
