@@ -4,6 +4,12 @@ A reward function sees the prompt and the response segment of each row,
 never the thinking: `response_inputs` builds its inputs from the PROMPT and
 RESPONSE segments only, so no verifier, judge or reward model can read (or be
 gamed through) the thinking.
+
+The one exception is opt-in and explicit: a reward class that sets
+`reads_thinking = True` (the answer-likelihood reward, which scores the
+reference answer after the thinking) gets `ThinkingInput`s, which add the
+thinking to the same fields. `RewardInput` itself has no thinking field, and
+every other reward keeps receiving plain `RewardInput`s.
 """
 
 from __future__ import annotations
@@ -28,6 +34,19 @@ class RewardInput:
     reference: Any = None             # The row's reference answer, if any.
     truncated: bool = False           # The response hit its budget (no eos).
     metadata: dict | None = None      # Task-specific fields from the data.
+
+
+@dataclasses.dataclass(frozen=True)
+class ThinkingInput(RewardInput):
+    """A `RewardInput` plus the thinking, given only to rewards with `reads_thinking = True`.
+
+    Response-only rewards never receive one (`score` builds them only for a
+    reward that declares it reads the thinking) and must not read these fields.
+    """
+
+    thinking_ids: tuple[int, ...] = ()  # Thinking token ids, the <think>/</think> tags excluded.
+    thinking: str = ""                  # Thinking text (special tokens removed).
+    thinking_truncated: bool = False    # </think> was forced by the thinking budget.
 
 
 class RewardFn(Protocol):
@@ -59,30 +78,54 @@ def registered() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _strip_tags(ids: tuple[int, ...], tokenizer) -> tuple[int, ...]:
+    """The THINK segment's tokens without its leading <think> and closing </think>."""
+    if ids and ids[0] == tokenizer.think_id:
+        ids = ids[1:]
+    if ids and ids[-1] == tokenizer.end_think_id:
+        ids = ids[:-1]
+    return ids
+
+
 def response_inputs(rollout, tokenizer, references: Sequence[Any] | None = None,
-                    metadata: Sequence[dict] | None = None) -> list[RewardInput]:
-    """Per-row reward inputs from a `Rollout`: prompt and response only."""
+                    metadata: Sequence[dict] | None = None, with_thinking: bool = False
+                    ) -> list[RewardInput]:
+    """Per-row reward inputs from a `Rollout`: prompt and response only.
+
+    `with_thinking=True` (for a reward with `reads_thinking = True` only) gives
+    `ThinkingInput`s that also carry the THINK segment, tags excluded.
+    """
     tokens = np.asarray(rollout.tokens)
     segs = np.asarray(rollout.segment_ids)
     truncated = np.asarray(rollout.response_truncated)
+    think_truncated = np.asarray(rollout.think_truncated) if with_thinking else None
     out = []
     for i, (row, seg) in enumerate(zip(tokens, segs)):
         prompt_ids = tuple(int(t) for t in row[seg == segments.PROMPT])
         response_ids = tuple(int(t) for t in row[seg == segments.RESPONSE])
-        out.append(RewardInput(
+        fields = dict(
             prompt=tokenizer.decode(prompt_ids, skip_special_tokens=True),
             response=tokenizer.decode(response_ids, skip_special_tokens=True),
             prompt_ids=prompt_ids, response_ids=response_ids,
             reference=None if references is None else references[i],
             truncated=bool(truncated[i]),
-            metadata=None if metadata is None else metadata[i]))
+            metadata=None if metadata is None else metadata[i])
+        if not with_thinking:
+            out.append(RewardInput(**fields))
+            continue
+        thinking_ids = _strip_tags(tuple(int(t) for t in row[seg == segments.THINK]), tokenizer)
+        out.append(ThinkingInput(
+            **fields, thinking_ids=thinking_ids,
+            thinking=tokenizer.decode(thinking_ids, skip_special_tokens=True),
+            thinking_truncated=bool(think_truncated[i])))
     return out
 
 
 def score(rollout, tokenizer, reward_fn: RewardFn, references=None, metadata=None) -> np.ndarray:
-    """Response-only rewards [B] float32 for a rollout."""
-    rewards = np.asarray(reward_fn(response_inputs(rollout, tokenizer, references, metadata)),
-                         np.float32)
+    """Rewards [B] float32 for a rollout: response-only, unless `reward_fn.reads_thinking`."""
+    with_thinking = bool(getattr(reward_fn, "reads_thinking", False))
+    rewards = np.asarray(reward_fn(response_inputs(rollout, tokenizer, references, metadata,
+                                                   with_thinking=with_thinking)), np.float32)
     if rewards.shape != (tokens := np.asarray(rollout.tokens)).shape[:1]:
         raise ValueError(f"reward function returned shape {rewards.shape}, expected "
                          f"({tokens.shape[0]},)")
