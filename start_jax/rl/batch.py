@@ -34,12 +34,16 @@ class BatchConfig:
 
 
 def build_batch(params, ref_params, critic_params, tokens: jax.Array, segment_ids: jax.Array,
-                forced: jax.Array, rewards: jax.Array, *, model_config: ModelConfig,
+                forced: jax.Array, rewards: jax.Array, sampler_logprobs: jax.Array | None = None,
+                sampled: jax.Array | None = None, *, model_config: ModelConfig,
                 critic_config: ModelConfig | None, config: BatchConfig) -> Batch:
     """The `Batch` of a rollout [B, L] with response-only rewards [B].
 
     `ref_params` is read only with a KL coefficient, `critic_params` only by an
-    estimator with a critic; either may be None otherwise.
+    estimator with a critic; either may be None otherwise. `sampler_logprobs`
+    and `sampled` (the rollout's own log-probabilities and which tokens it
+    drew) give the sampler/trainer mismatch metrics and truncated importance
+    sampling.
     """
     train, loss = config.train, config.train.loss
     mask = masks.loss_mask(segment_ids, forced, config.train_segments)
@@ -59,13 +63,14 @@ def build_batch(params, ref_params, critic_params, tokens: jax.Array, segment_id
     return Batch(tokens=tokens, segment_ids=segment_ids, loss_mask=mask, kl_mask=kl_mask,
                  advantages=advantages, old_logprobs=jax.lax.stop_gradient(old),
                  ref_logprobs=jax.lax.stop_gradient(ref), returns=returns, old_values=values,
-                 rewards=rewards)
+                 rewards=rewards, sampler_logprobs=sampler_logprobs,
+                 sampled=None if sampled is None else sampled.astype(bool))
 
 
 def jit_build_batch(model_config: ModelConfig, critic_config: ModelConfig | None,
                     config: BatchConfig, out_shardings=None):
     """`build_batch` jitted for one model and stage: f(params, ref, critic, tokens,
-    segment_ids, forced, rewards) -> Batch."""
+    segment_ids, forced, rewards, sampler_logprobs, sampled) -> Batch."""
     fn = functools.partial(build_batch, model_config=model_config, critic_config=critic_config,
                            config=config)
     return jax.jit(fn, out_shardings=out_shardings)

@@ -43,6 +43,7 @@ class LossConfig:
     value_clip: float = 0.2            # PPO value clipping range.
     value_coef: float = 0.5            # Weight of the value loss.
     temperature: float = 1.0           # Sampling temperature of the rollouts.
+    tis_cap: float = 0.0               # Truncated importance sampling cap; 0 = off.
 
     def __post_init__(self):
         for name, value, allowed in (("policy_loss", self.policy_loss, POLICY_LOSSES),

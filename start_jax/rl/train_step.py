@@ -47,6 +47,11 @@ class Batch:
     returns: jax.Array          # float32 value targets (critic).
     old_values: jax.Array       # float32 critic values at sampling time.
     rewards: jax.Array          # [B] float32 response-only rewards.
+    # The sampler's own log-probabilities of the tokens it drew, and which tokens those are
+    # (None: not known). They give the sampler/trainer mismatch metrics and the truncated
+    # importance-sampling weights.
+    sampler_logprobs: jax.Array | None = None   # float32.
+    sampled: jax.Array | None = None            # bool.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +104,14 @@ def loss_counts(batch: Batch, loss_config: losses.LossConfig) -> dict[str, jax.A
     """Loss denominators over the whole minibatch (parameter-free)."""
     agg, norm = loss_config.aggregation, loss_config.norm_length
     zeros = jnp.zeros(batch.loss_mask.shape, jnp.float32)
-    return dict(
+    counts = dict(
         policy=losses.aggregate(zeros, batch.loss_mask, agg, norm)[1],
         kl=losses.aggregate(zeros, batch.kl_mask, agg, norm)[1],
         value=jnp.maximum(batch.loss_mask.sum().astype(jnp.float32), 0.0),
     )
+    if batch.sampled is not None:
+        counts["sampled"] = (batch.loss_mask & batch.sampled).sum().astype(jnp.float32)
+    return counts
 
 
 def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.LossConfig,
@@ -115,11 +123,29 @@ def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.L
     log-probabilities are `logp` itself without gradient (`batch.old_logprobs`
     is not read). Without a KL coefficient the KL diagnostic is taken against
     the old policy (`batch.ref_logprobs` is not read).
+
+    With the sampler's log-probabilities in the batch, the mismatch between
+    them and the trainer's old-policy log-probabilities on the sampled loss
+    tokens is reported (`logprob_mismatch_mean`, `logprob_mismatch_max`: |old -
+    sampler|), and with `tis_cap > 0` each token's policy loss is weighted by
+    the truncated importance ratio min(exp(old - sampler), tis_cap), without
+    gradient (truncated importance sampling for a sampler whose numerics
+    differ from the trainer's, e.g. bf16 sampling with a float32 trainer).
     """
     lc = loss_config
     old = jax.lax.stop_gradient(logp) if on_policy else batch.old_logprobs
     ref = old if not lc.kl_coef else batch.ref_logprobs
     parts = losses.policy_token_losses(logp, old, batch.advantages, batch.loss_mask, lc)
+    extra = {}
+    if batch.sampler_logprobs is not None:
+        sampled = batch.loss_mask & batch.sampled
+        log_w = old - batch.sampler_logprobs
+        diff = jnp.where(sampled, jnp.abs(log_w), 0.0)
+        extra = dict(logprob_mismatch_mean=diff.sum() / jnp.maximum(counts["sampled"], 1.0),
+                     logprob_mismatch_max=diff.max())
+        if lc.tis_cap:
+            weight = jnp.where(sampled, jnp.minimum(jnp.exp(log_w), lc.tis_cap), 1.0)
+            parts = dict(parts, loss=parts["loss"] * jax.lax.stop_gradient(weight))
     agg = lambda x, m: losses.aggregate(x, m, lc.aggregation, lc.norm_length)[0]  # noqa: E731
     pg = agg(parts["loss"], batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
     kl = agg(losses.kl_penalty(logp, ref, lc.kl_estimator),
@@ -133,6 +159,7 @@ def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.L
         clip_frac_low=jnp.sum(parts["clip_low"]) / tokens,
         clip_frac_high=jnp.sum(parts["clip_high"]) / tokens,
         approx_kl=jnp.sum(parts["approx_kl"]) / tokens,
+        **extra,
     )
     return total, aux
 
@@ -153,6 +180,11 @@ def critic_loss(critic_params, batch: Batch, counts, critic_config: ModelConfig,
     return config.loss.value_coef * total, dict(value_loss=total)
 
 
+def _combine(name: str):
+    """How a metric of several micro-batches combines: a maximum stays a maximum."""
+    return jnp.maximum if name.endswith("_max") else jnp.add
+
+
 def _accumulate(loss_fn, params, batch: Batch, counts, micro_batches: int):
     """Sum of micro-batch gradients (each already divided by global counts)."""
     b = batch.tokens.shape[0]
@@ -166,7 +198,7 @@ def _accumulate(loss_fn, params, batch: Batch, counts, micro_batches: int):
         (loss, aux), grads = grad_fn(params, mb, counts)
         acc_grads, acc_loss, acc_aux = acc
         return (jax.tree.map(jnp.add, acc_grads, grads), acc_loss + loss,
-                jax.tree.map(jnp.add, acc_aux, aux)), None
+                {k: _combine(k)(acc_aux[k], aux[k]) for k in aux}), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     first_aux = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro),
@@ -244,7 +276,9 @@ def train_on_batch(state: TrainState, batch: Batch, rng: jax.Array, *, model_con
         return st, metrics
 
     state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, config.ppo_epochs))
-    metrics = jax.tree.map(lambda x: jnp.mean(x.astype(jnp.float32)), metrics)
+    # Averaged over the updates; a maximum stays a maximum.
+    metrics = {k: (jnp.max if k.endswith("_max") else jnp.mean)(v.astype(jnp.float32))
+               for k, v in metrics.items()}
     metrics.update(jax.tree.map(lambda x: x.astype(jnp.float32), batch_statistics(batch)))
     return state, metrics
 

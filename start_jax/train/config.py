@@ -86,6 +86,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.top_p = 1.0           # 1 = off.
     c.sampling.think_budget = 16     # Thinking tokens before </think> is forced.
     c.sampling.response_budget = 8   # Response tokens, eos included.
+    c.sampling.dtype = ""            # Compute dtype of the sampler; '' = model.dtype
+                                     # ('bfloat16' samples in bf16 for a float32 trainer).
 
     c.reward = ml_collections.ConfigDict()
     c.reward.name = "synthetic"      # A registered reward (start_jax.rewards).
@@ -107,6 +109,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.algo.kl_estimator = "k3"       # k1 | k2 | k3.
     c.algo.kl_scope = "mask"         # 'mask' or 'completion'.
     c.algo.entropy_coef = 0.0        # Entropy bonus.
+    c.algo.tis_cap = 0.0             # Truncated importance sampling of sampler/trainer
+                                     # mismatch: weight min(p_train/p_sampler, cap); 0 = off.
     c.algo.ppo_epochs = 1            # mu: passes over each rollout batch.
     c.algo.minibatches = 1           # Optimizer updates per pass.
     c.algo.micro_batches = 1         # Gradient accumulation slices.
@@ -148,9 +152,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             ("algo.policy_loss", config.algo.policy_loss, losses.POLICY_LOSSES),
             ("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS),
             ("algo.kl_estimator", config.algo.kl_estimator, losses.KL_ESTIMATORS),
-            ("data.source", config.data.source, ("synthetic", "jsonl"))):
+            ("data.source", config.data.source, ("synthetic", "jsonl")),
+            ("sampling.dtype", config.sampling.dtype, ("", "float32", "bfloat16"))):
         if value not in allowed:
             raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")
+    tis = config.algo.tis_cap
+    if not isinstance(tis, (int, float)) or not 0 <= tis < float("inf"):
+        raise ConfigError(f"config: algo.tis_cap={tis!r} must be 0 (off) or a finite cap > 0")
     if not len(config.stages):
         raise ConfigError("config: stages is empty; give at least one stage")
     g = config.algo.group_size

@@ -133,6 +133,7 @@ class RunSpec:
     eval: EvalSpec
     log: LogSpec
     replicate_uneven: bool = False   # Replicate dimensions the mesh does not divide.
+    sampling_dtype: str = ""         # Compute dtype of the sampler ('' = the model's).
     config_json: str = "{}"   # The ConfigDict the spec was built from (checkpoint metadata).
 
     @property
@@ -197,7 +198,7 @@ class RunSpec:
             norm_length=sampling.think_budget + sampling.response_budget + 1,
             kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, kl_scope=a.kl_scope,
             entropy_coef=a.entropy_coef, value_clip=a.value_clip, value_coef=a.value_coef,
-            temperature=max(sampling.temperature, 1e-6))
+            temperature=max(sampling.temperature, 1e-6), tis_cap=float(a.tis_cap))
         advantage = AdvantageConfig(estimator=a.advantage, group_size=a.group_size,
                                     grpo_scale=a.grpo_scale, group_baseline=a.group_baseline,
                                     gamma=a.gamma, lam=a.lam)
@@ -216,6 +217,7 @@ class RunSpec:
             schedule=str(c.schedule), model=ModelSpec(**c.model.to_dict()),
             mesh=MeshConfig(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor),
             replicate_uneven=bool(c.mesh.replicate_uneven), data=DataSpec(**c.data.to_dict()),
+            sampling_dtype=str(c.sampling.dtype),
             sft=SftSpec(steps=c.sft.steps, batch_size=c.sft.batch_size,
                         learning_rate=c.sft.learning_rate, mixture=mixture,
                         examples=c.sft.examples, draws=c.sft.draws),

@@ -113,6 +113,9 @@ class Trainer:
             self.critic_config = self.model_config.replace(lm_head=False, value_head=True,
                                                            tie_embeddings=False)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        # The sampler may compute in another dtype than the trainer (bf16 sampling, fp32 update).
+        self.sampler_config = (self.model_config.replace(dtype=spec.sampling_dtype)
+                               if spec.sampling_dtype else self.model_config)
         self._jits: dict = {}
 
     # ------------------------------------------------------------------ state
@@ -167,7 +170,7 @@ class Trainer:
         one = sharding.batch_sharding(self.mesh, 1, self.rules, rows)
         return rl.Batch(tokens=two, segment_ids=two, loss_mask=two, kl_mask=two, advantages=two,
                         old_logprobs=two, ref_logprobs=two, returns=two, old_values=two,
-                        rewards=one)
+                        rewards=one, sampler_logprobs=two, sampled=two)
 
     def abstract_state(self, stage: StageSpec):
         """The train state's shapes and dtypes, without computing it."""
@@ -204,7 +207,7 @@ class Trainer:
         return _fold_key(pair)
 
     def _sample(self, params, prompts, sc, rng, row_ids, **kwargs):
-        return sampling.sample(self.model_config, params, prompts, sc, rng, self.special,
+        return sampling.sample(self.sampler_config, params, prompts, sc, rng, self.special,
                                row_ids=row_ids, mesh=self.mesh, rules=self.rules,
                                max_length=self.model_config.max_position_embeddings,
                                width=self.width, **kwargs)
@@ -220,10 +223,10 @@ class Trainer:
             return self._sample(params, prompts, sc, rng, row_ids)
         # The policy thinks; the frozen initial policy responds from the device rollout.
         thinking = sampling.sample(
-            self.model_config, params, prompts, sc.replace(response_budget=0), rng, self.special,
+            self.sampler_config, params, prompts, sc.replace(response_budget=0), rng, self.special,
             row_ids=row_ids, mesh=self.mesh, rules=self.rules,
             width=self.width - sc.response_budget)
-        return sampling.respond(self.model_config, self.init_params, thinking, sc,
+        return sampling.respond(self.sampler_config, self.init_params, thinking, sc,
                                 self._key(3, step), self.special, row_ids=row_ids, mesh=self.mesh,
                                 rules=self.rules,
                                 max_length=self.model_config.max_position_embeddings,
@@ -262,7 +265,7 @@ class Trainer:
         fn = self._batch_fn(stage)
         with sharding.logical_constraint_context(self.mesh, self.rules):
             return fn(state.params, ref, state.critic_params, rollout.tokens,
-                      rollout.segment_ids, rollout.forced, r)
+                      rollout.segment_ids, rollout.forced, r, rollout.logprobs, rollout.sampled)
 
     def update(self, state: rl.TrainState, batch: rl.Batch, step: int, stage: StageSpec):
         rng, fn = self._key(2, step), self._step_fn(stage)
