@@ -15,7 +15,10 @@ every other reward keeps receiving plain `RewardInput`s.
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import numbers
 import re
+import threading
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -147,43 +150,107 @@ class ExactMatch:
                            for x in inputs], np.float32)
 
 
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
 
 
-def _as_number(text: str) -> float | None:
-    text = text.replace(",", "").strip()
+def _last_boxed(text: str) -> str | None:
+    """The content of the last complete `\\boxed{...}` (or `\\fbox{...}`), braces balanced."""
+    for match in reversed(list(_BOXED.finditer(text))):
+        depth = 1
+        for i in range(match.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                return text[match.end():i]
+    return None
+
+
+def _math_verify():
+    """The `math_verify` module; a clear ImportError when it is not installed."""
     try:
-        if "/" in text:
-            num, den = text.split("/")
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        return None
+        import math_verify
+    except ImportError as e:
+        raise ImportError("the 'math' reward needs the math-verify library: "
+                          "pip install math-verify") from e
+    return math_verify
 
 
 @register("math")
 class MathVerifier:
-    """1.0 when the final answer equals the reference numerically.
+    """1.0 when the response's final answer equals the reference, by math-verify.
 
-    The answer is the last `\\boxed{...}` in the response, else its last
-    number; integers, decimals and fractions compare within `tolerance`.
+    Built on math-verify (`pip install math-verify`; imported only when this
+    reward is constructed). The final answer is the content of the last
+    complete `\\boxed{...}` in the response; without one it is whatever
+    `math_verify.parse` extracts from the whole response (its LaTeX and plain
+    expression extractors: `$...$`, "the answer is 42", the last number, ...).
+    Only `RewardInput.response` and `.reference` are read.
+
+    The reference may be a number (written out in full, no exponent) or a
+    string; either is read as the content of `\\boxed{...}` (so `\\frac{1}{2}`,
+    `2\\pi`, `50\\%`, `1,000` and `x = 5` all parse) unless the string has LaTeX
+    delimiters of its own (`$`, `\\(`, `\\[`, `\\boxed`), when it is parsed as
+    it is. Answer and reference are compared by `math_verify.verify`: symbolic
+    equality, sets, intervals and equations; when either side is a decimal,
+    numbers are equal after rounding both to `float_rounding` decimal places
+    (1/3 equals 0.333333 and 2\\pi equals 6.283185 at the default 6),
+    otherwise they must be exactly equal. A reference that math-verify cannot
+    parse into a maths expression (empty, or text such as "?" or "東京") falls
+    back to `normalize_answer` string equality with the final answer (the
+    last boxed content, else the whole response). A missing reference
+    scores 0.
+
+    math-verify bounds each parse and comparison by `timeout_seconds` with
+    SIGALRM, which only works in the main thread; called from another thread
+    this reward runs them without a time limit (math-verify's own advice).
     """
 
-    def __init__(self, tolerance: float = 1e-6):
-        self.tolerance = tolerance
+    def __init__(self, float_rounding: int = 6, timeout_seconds: int | None = 5):
+        self._mv = _math_verify()
+        self.float_rounding = float_rounding
+        self.timeout_seconds = timeout_seconds
 
-    def extract(self, response: str) -> float | None:
-        boxed = _BOXED.findall(response)
-        if boxed:
-            return _as_number(boxed[-1])
-        numbers = _NUMBER.findall(response.replace(",", ""))
-        return _as_number(numbers[-1]) if numbers else None
+    @staticmethod
+    def final_answer(response: str) -> str:
+        """The text math-verify parses as the answer: `\\boxed{last}` if any, else the response."""
+        boxed = _last_boxed(response)
+        return response if boxed is None else f"\\boxed{{{boxed}}}"
+
+    @staticmethod
+    def reference_text(reference: Any) -> str | None:
+        """The text math-verify parses as the reference (None when there is none)."""
+        if reference is None or isinstance(reference, bool):
+            return None
+        if isinstance(reference, numbers.Integral):
+            text = str(int(reference))
+        elif isinstance(reference, fractions.Fraction):
+            text = f"{reference.numerator}/{reference.denominator}"
+        elif isinstance(reference, numbers.Real):
+            text = np.format_float_positional(float(reference), trim="-")
+        else:
+            text = str(reference).strip()
+            if _DELIMITED.search(text):
+                return text
+        return f"\\boxed{{{text}}}"
+
+    def _timeout(self) -> int | None:
+        main = threading.current_thread() is threading.main_thread()
+        return self.timeout_seconds if main else None
+
+    def score_one(self, response: str, reference: Any) -> float:
+        gold_text = self.reference_text(reference)
+        if gold_text is None:
+            return 0.0
+        timeout = self._timeout()
+        gold = self._mv.parse(gold_text, parsing_timeout=timeout)
+        if all(isinstance(g, str) for g in gold):  # Nothing parsed into a maths expression.
+            boxed = _last_boxed(response)
+            got = response if boxed is None else boxed
+            return float(normalize_answer(got) == normalize_answer(str(reference))
+                         and bool(normalize_answer(got)))
+        answer = self._mv.parse(self.final_answer(response), parsing_timeout=timeout)
+        return float(self._mv.verify(gold, answer, float_rounding=self.float_rounding,
+                                     timeout_seconds=timeout))
 
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
-        out = []
-        for x in inputs:
-            got, want = self.extract(x.response), _as_number(str(x.reference))
-            out.append(float(got is not None and want is not None
-                             and abs(got - want) <= self.tolerance * max(1.0, abs(want))))
-        return np.asarray(out, np.float32)
+        return np.asarray([self.score_one(x.response, x.reference) for x in inputs], np.float32)
