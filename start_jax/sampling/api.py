@@ -1,4 +1,17 @@
-"""Host entry point of the sampler and text helpers for logging."""
+"""Host entry points of the sampler and text helpers for logging.
+
+* `sample`: segmented completions (`prompt <think> thinking </think>
+  response`), or responses after given or empty thinking.
+* `respond`: responses after a thinking-only rollout, without leaving the device.
+* `generate`: plain generation, the bare prompt continued with no tags at all
+  (base models, judges, parity checks). Only eos and pad ids are needed; the
+  generated tokens carry the RESPONSE segment (`response_length` counts them,
+  eos included) and a row stops at eos or after `max_new_tokens`.
+
+All three run the same jitted prefill and decode. `SamplingConfig` carries
+the temperature, top-k/top-p, banned tokens and a minimum response length;
+`Rollout.logprobs_of` says which log-probabilities `Rollout.logprobs` holds.
+"""
 
 from __future__ import annotations
 
@@ -41,14 +54,18 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
         a None entry makes that row think itself;
       * `no_thinking=True`: `<think></think>` is forced and only the response
         is written.
+    Bare prompts without any tag are continued by `generate`.
 
     Args:
       model_config / params: the model that samples (any parameter set with
         these shapes; a new set does not recompile).
       prompts: B lists of token ids (different lengths are left-padded).
-      config: temperature, top-k/top-p and the two segment budgets.
+      config: temperature, top-k/top-p, the two segment budgets, banned
+        tokens, a minimum response length and which log-probabilities to
+        report (`SamplingConfig`).
       rng: a PRNG key or an int seed; row i uses fold_in(rng, row_ids[i]).
-      special: ids of <think>, </think>, eos and pad.
+      special: ids of <think>, </think>, eos and pad (`generate` needs no
+        thinking tags).
       row_ids: global ids of the rows (default 0..B-1), so that a row's
         sample does not depend on the rest of the batch.
       mesh, rules: shard the batch over ('data', 'fsdp') and the cache by
@@ -58,7 +75,8 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
         that every rollout of a run has one shape; an error if it is wider.
 
     Returns:
-      A `Rollout` of [B, P + N] arrays ([B, width] with `width`).
+      A `Rollout` of [B, P + N] arrays ([B, width] with `width`); its
+      `logprobs_of` says what `logprobs` holds.
     """
     if no_thinking:
         if thinking is not None:
@@ -67,13 +85,69 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
     prefix = core.build_prefix(prompts, special, thinking, thinking_truncated,
                                config.response_budget, pad_multiple)
     any_thinking = bool(np.any(prefix.start_phase == segments.THINK))
-    steps = num_decode_steps(config, any_thinking)
+    return _from_prefix(model_config, params, prefix, num_decode_steps(config, any_thinking),
+                        config, rng, special, row_ids, mesh, rules, max_length,
+                        logits_processor, width, "prompt + thinking")
+
+
+def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
+             config: SamplingConfig, rng: jax.Array | int, *, eos_id: int, pad_id: int,
+             max_new_tokens: int | None = None, row_ids: Sequence[int] | None = None,
+             mesh: jax.sharding.Mesh | None = None, rules=None, pad_multiple: int = 8,
+             max_length: int | None = None,
+             logits_processor: core.LogitsProcessor | None = None,
+             width: int | None = None) -> core.Rollout:
+    """Plain generation: continues bare prompts, with no segment tags.
+
+    Each row is ``[left padding] prompt | generated tokens``: the prompt
+    tokens carry the PROMPT segment, the generated ones the RESPONSE segment
+    (eos included), so `Rollout.response_length`, `sampled` and `logprobs`
+    read as for a response; `think_length` is 0. A row stops after eos or
+    `max_new_tokens` tokens (`response_truncated`). Uses the same jitted
+    prefill/decode as `sample`: parameters and prompts of the same shapes,
+    and equal configs, do not recompile.
+
+    Args:
+      model_config / params / prompts / rng / row_ids / mesh / rules /
+      max_length / logits_processor / width: as in `sample`.
+      config: temperature, top-k/top-p, `banned_tokens`,
+        `min_response_tokens` (eos is not drawn before that many tokens) and
+        `logprobs_of`; `think_budget` is unused.
+      eos_id, pad_id: the end-of-sequence id and the id written after a row
+        ends (and as left padding).
+      max_new_tokens: tokens to generate at most (eos included); default
+        `config.response_budget`, which it replaces.
+
+    Returns:
+      A `Rollout` of [B, P + max_new_tokens] arrays ([B, width] with `width`).
+    """
+    if max_new_tokens is not None:
+        config = config.replace(response_budget=max_new_tokens)
+    if config.response_budget < 1:
+        raise ValueError(f"max_new_tokens (response_budget) must be >= 1, got "
+                         f"{config.response_budget}")
+    vocab = model_config.vocab_size
+    for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
+        if not 0 <= int(value) < vocab:
+            raise ValueError(f"{name}={value} is outside the vocabulary of {vocab} tokens")
+    special = core.SpecialTokens(eos=int(eos_id), pad=int(pad_id))
+    prefix = core.build_plain_prefix(prompts, special.pad, config.response_budget, pad_multiple)
+    return _from_prefix(model_config, params, prefix, config.response_budget, config, rng,
+                        special, row_ids, mesh, rules, max_length, logits_processor, width,
+                        "prompt")
+
+
+def _from_prefix(model_config, params, prefix: core.Prefix, steps: int, config: SamplingConfig,
+                 rng, special: core.SpecialTokens, row_ids, mesh, rules, max_length,
+                 logits_processor, width, what: str) -> core.Rollout:
+    """Checks a host prefix against the context, puts it on device and samples."""
+    config.check_vocab(model_config.vocab_size, special.eos)
     limit = model_config.max_position_embeddings if max_length is None else max_length
     longest = int(prefix.mask.sum(1).max())
     if longest + steps > limit:
-        raise ValueError(f"prompt + thinking ({longest} tokens) + {steps} decode steps exceed "
+        raise ValueError(f"{what} ({longest} tokens) + {steps} decode steps exceed "
                          f"the context of {limit} tokens")
-    batch = len(prompts)
+    batch = prefix.tokens.shape[0]
     if isinstance(rng, int):
         rng = jax.random.key(rng)
     ids = np.arange(batch) if row_ids is None else np.asarray(row_ids)
@@ -102,6 +176,7 @@ def respond(model_config: ModelConfig, params, thinking: core.Rollout, config: S
     decoded thinking, without a copy to the host.
     """
     steps = config.response_budget
+    config.check_vocab(model_config.vocab_size, special.eos)
     limit = model_config.max_position_embeddings if max_length is None else max_length
     if thinking.tokens.shape[1] + steps > limit:
         raise ValueError(f"thinking rollout of {thinking.tokens.shape[1]} columns + {steps} "
@@ -147,7 +222,8 @@ def _generate(model_config, params, arrays: dict, steps: int, config: SamplingCo
                              num_steps=steps, cache_sharding=cache_sharding, **arrays)
         state = core.decode(model_config, params, state, sampling=config, tokens_=special,
                             logits_processor=logits_processor)
-    rollout = core.assemble(state, arrays["prefix"], segment_ids, forced)
+    rollout = core.assemble(state, arrays["prefix"], segment_ids, forced,
+                            logprobs_of=config.logprobs_of)
     if width is None:
         return rollout
     pad = width - rollout.tokens.shape[1]

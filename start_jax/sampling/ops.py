@@ -1,4 +1,4 @@
-"""Per-step sampling maths: filtering, drawing and log-probabilities.
+"""Per-step sampling maths: constraints, filtering, drawing and log-probabilities.
 
 All functions work on one decode step: logits [B, V] float32.
 """
@@ -6,11 +6,16 @@ All functions work on one decode step: logits [B, V] float32.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NEG_INF = -jnp.inf
+
+
+LOGPROBS_OF = ("model", "sampled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +23,36 @@ class SamplingConfig:
     """How tokens are drawn and how long each segment may be.
 
     Hashable, so it is a static argument of the jitted sampler: a change
-    recompiles, switching parameters or prompts of the same shape does not.
+    recompiles, switching parameters or prompts of the same shape does not,
+    and neither does a new `SamplingConfig` with equal values.
+
+    Constraints on the drawn tokens (applied inside the jitted decode loop):
+
+    * `banned_tokens`: ids that are never drawn, in any segment. Tokens the
+      sampler writes by rule (a forced `</think>`, padding) are still written.
+      Stored sorted and without duplicates, so equal sets are equal configs.
+    * `min_response_tokens`: eos cannot be drawn while the response has fewer
+      than this many tokens, so a response that ends with eos has at least
+      `min_response_tokens + 1` tokens (as `min_new_tokens` in transformers).
+      Thinking is not affected (an eos drawn inside the thinking still closes
+      it). With `min_response_tokens >= response_budget` no row draws eos.
+
+    `logprobs_of` chooses what `Rollout.logprobs` reports for each sampled
+    token (see `draw`):
+
+    * "model" (default): log softmax(logits / T)[token] of the unprocessed
+      model at temperature T (T = 1 when greedy): top-k/top-p filtering,
+      banned tokens, the minimum length and any user `logits_processor` are
+      ignored. This is what a trainer recomputes with a forward pass at
+      temperature T.
+    * "sampled": the log-probability of the token under the distribution it
+      was actually drawn from: the processed logits (user processor, bans,
+      minimum length) at temperature T, top-k/top-p filtered and renormalised;
+      0 when greedy (a point mass). Use it for importance weights against the
+      behaviour distribution.
+
+    Without processing (T > 0, no filter, ban, minimum or processor) both are
+    the same number.
     """
 
     temperature: float = 1.0    # Softmax temperature; 0 means greedy.
@@ -26,6 +60,9 @@ class SamplingConfig:
     top_p: float = 1.0          # Keep the smallest set with mass >= top_p.
     think_budget: int = 64      # Thinking tokens allowed (tags excluded).
     response_budget: int = 64   # Response tokens allowed (eos included).
+    banned_tokens: tuple[int, ...] = ()  # Ids never drawn (stored sorted, unique).
+    min_response_tokens: int = 0         # Response tokens before eos may be drawn.
+    logprobs_of: str = "model"           # What Rollout.logprobs reports: see above.
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -38,13 +75,61 @@ class SamplingConfig:
             raise ValueError("segment budgets must be >= 0, got "
                              f"think_budget={self.think_budget}, "
                              f"response_budget={self.response_budget}")
+        object.__setattr__(self, "banned_tokens", _token_ids(self.banned_tokens))
+        if not _is_int(self.min_response_tokens) or self.min_response_tokens < 0:
+            raise ValueError("min_response_tokens must be an integer >= 0, got "
+                             f"{self.min_response_tokens!r}")
+        # response_budget = 0 (thinking only) is how thinking-only runs are
+        # derived from a full config, so a minimum is allowed to outlive it.
+        if 0 < self.response_budget < self.min_response_tokens:
+            raise ValueError(f"min_response_tokens={self.min_response_tokens} exceeds "
+                             f"response_budget={self.response_budget}")
+        if self.logprobs_of not in LOGPROBS_OF:
+            raise ValueError(f"logprobs_of must be one of {LOGPROBS_OF}, "
+                             f"got {self.logprobs_of!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def processed(self) -> bool:
+        """Whether tokens are drawn from something else than softmax(logits / T).
+
+        True when greedy, filtered, with banned tokens or a minimum length
+        (a user `logits_processor`, not part of the config, also processes).
+        """
+        return (self.greedy or self.top_k > 0 or self.top_p < 1.0 or bool(self.banned_tokens)
+                or self.min_response_tokens > 0)
+
     def replace(self, **kwargs) -> "SamplingConfig":
         return dataclasses.replace(self, **kwargs)
+
+    def check_vocab(self, vocab_size: int, eos: int) -> None:
+        """Raises ValueError if the constraints do not fit a vocabulary of `vocab_size`."""
+        outside = [t for t in self.banned_tokens if t >= vocab_size]
+        if outside:
+            raise ValueError(f"banned_tokens {outside} are outside the vocabulary of "
+                             f"{vocab_size} tokens")
+        closed = set(self.banned_tokens) | ({eos} if self.min_response_tokens else set())
+        if len(closed) >= vocab_size:
+            raise ValueError(f"banned_tokens (with eos, when min_response_tokens > 0) cover all "
+                             f"{vocab_size} tokens of the vocabulary: nothing can be drawn")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _token_ids(ids) -> tuple[int, ...]:
+    """`banned_tokens` as a sorted tuple of distinct ints; ValueError otherwise."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise ValueError(f"banned_tokens must be a sequence of token ids, got {ids!r}")
+    ids = list(ids)
+    bad = [t for t in ids if not _is_int(t) or t < 0]
+    if bad:
+        raise ValueError(f"banned_tokens must be integer token ids >= 0, got {bad}")
+    return tuple(sorted({int(t) for t in ids}))
 
 
 def sampled_token_log_probs(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
@@ -118,8 +203,23 @@ def first_argmax(x: jax.Array) -> jax.Array:
     return jnp.minimum(index, v - 1)  # A row with NaN has no equal entry.
 
 
-def draw(u: jax.Array, logits: jax.Array, config: SamplingConfig
-         ) -> tuple[jax.Array, jax.Array]:
+def constrain(logits: jax.Array, config: SamplingConfig, eos: int,
+              eos_blocked: jax.Array) -> jax.Array:
+    """Applies the config's banned tokens and minimum length to logits [B, V].
+
+    `eos_blocked` [B] marks the rows whose response is still shorter than
+    `config.min_response_tokens`. Returns `logits` itself when the config
+    constrains nothing (no extra pass over [B, V] in the decode loop).
+    """
+    if config.banned_tokens:
+        logits = logits.at[:, jnp.asarray(config.banned_tokens, jnp.int32)].set(NEG_INF)
+    if config.min_response_tokens > 0:
+        logits = logits.at[:, eos].set(jnp.where(eos_blocked, NEG_INF, logits[:, eos]))
+    return logits
+
+
+def draw(u: jax.Array, logits: jax.Array, config: SamplingConfig,
+         processed: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Draws one token per row from one uniform number per row.
 
     Sampling inverts the CDF of the filtered distribution with one uniform
@@ -129,25 +229,41 @@ def draw(u: jax.Array, logits: jax.Array, config: SamplingConfig
 
     Args:
       u: [B] uniform numbers in [0, 1) (`step_uniforms`); unused when greedy.
-      logits: [B, V] model logits (after any logits processor).
-      config: temperature and filters.
+      logits: [B, V] model logits.
+      config: temperature, filters and `logprobs_of`.
+      processed: [B, V] the logits to draw from when they differ from the
+        model's (a logits processor, banned tokens, a minimum length).
 
     Returns:
-      (tokens [B] int32, log p_T(token) [B]: the log-probability of each
-      token under softmax(logits / T) before filtering; T = 1 when greedy).
+      (tokens [B] int32, log-probabilities [B]): with
+      ``config.logprobs_of == "model"`` log softmax(logits / T)[token] of the
+      unprocessed, unfiltered model (T = 1 when greedy); with "sampled" the
+      log-probability under the distribution the token was drawn from
+      (processed, scaled by T, filtered and renormalised; 0 when greedy).
     """
     # One log-normaliser serves both the draw and the reported log-probability
-    # (the body of the decode loop is bound by passes over [B, V]).
-    scaled = logits.astype(jnp.float32) / (1.0 if config.greedy else config.temperature)
+    # when nothing is processed (the body of the decode loop is bound by passes
+    # over [B, V]); XLA drops whichever of the two results is not returned.
+    t = 1.0 if config.greedy else config.temperature
+    scaled = logits.astype(jnp.float32) / t
+    source = scaled if processed is None else processed.astype(jnp.float32) / t
     lse = jax.nn.logsumexp(scaled, axis=-1)                      # [B]
     if config.greedy:
-        token = first_argmax(scaled)
+        token = first_argmax(source)
+        drawn_logp = jnp.zeros(token.shape, jnp.float32)        # A point mass.
     else:
-        filtered = filter_logits(scaled, config.top_k, config.top_p)
+        filtered = filter_logits(source, config.top_k, config.top_p)
         norm = lse if filtered is scaled else jax.nn.logsumexp(filtered, axis=-1)
         probs = jnp.exp(filtered - norm[:, None])                # [B, V]; 0 if filtered.
         token = inverse_cdf(probs, u)
-    return token, jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0] - lse
+        drawn_logp = _take(filtered, token) - norm
+    if config.logprobs_of == "sampled":
+        return token, drawn_logp
+    return token, _take(scaled, token) - lse
+
+
+def _take(x: jax.Array, token: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]
 
 
 def row_keys(rng: jax.Array, row_ids: jax.Array) -> jax.Array:

@@ -19,8 +19,15 @@ phases THINK -> RESPONSE -> DONE:
 Continuation modes follow from the prefix: a row without given thinking
 starts in THINK after `<think>`; a row with given thinking (possibly empty,
 i.e. `<think></think>`) starts in RESPONSE, so another parameter set (a
-responder or an answerer) can write the response. Params are a traced
-argument, so switching parameter sets of the same shapes does not recompile.
+responder or an answerer) can write the response. A plain row
+(`build_plain_prefix`: the bare prompt, no tags) also starts in RESPONSE, so
+its tokens carry the RESPONSE segment; `SpecialTokens` then needs only eos
+and pad. Params are a traced argument, so switching parameter sets of the
+same shapes does not recompile.
+
+Banned tokens and the minimum response length of the `SamplingConfig`
+mask the logits inside the loop (`ops.constrain`) before the draw;
+`SamplingConfig.logprobs_of` says which log-probability is recorded.
 """
 
 from __future__ import annotations
@@ -43,16 +50,27 @@ from start_jax.sampling.ops import SamplingConfig
 
 @dataclasses.dataclass(frozen=True)
 class SpecialTokens:
-    """Ids the sampler needs; build from a tokenizer with `from_tokenizer`."""
+    """Ids the sampler needs; build from a tokenizer with `from_tokenizer`.
 
-    think: int
-    end_think: int
+    `think` and `end_think` are needed by the segmented modes only; plain
+    generation (`SpecialTokens(eos=..., pad=...)`) leaves them None. Keyword
+    arguments throughout (eos and pad are the only positional ones).
+    """
+
     eos: int
     pad: int
+    think: int | None = dataclasses.field(default=None, kw_only=True)
+    end_think: int | None = dataclasses.field(default=None, kw_only=True)
+
+    @property
+    def segmented(self) -> bool:
+        """Whether the thinking tags are known (needed to write `<think>` rows)."""
+        return self.think is not None and self.end_think is not None
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "SpecialTokens":
-        return cls(think=tokenizer.think_id, end_think=tokenizer.end_think_id,
+        return cls(think=getattr(tokenizer, "think_id", None),
+                   end_think=getattr(tokenizer, "end_think_id", None),
                    eos=tokenizer.eos_id, pad=tokenizer.pad_id)
 
 
@@ -86,7 +104,7 @@ class Rollout:
 
     tokens: jax.Array              # [B, L] int32.
     segment_ids: jax.Array         # [B, L] int32 PAD/PROMPT/THINK/RESPONSE.
-    logprobs: jax.Array            # [B, L] float32 log-prob of sampled tokens.
+    logprobs: jax.Array            # [B, L] float32 log-prob of sampled tokens (see logprobs_of).
     forced: jax.Array              # [B, L] bool: tags and forced </think>.
     sampled: jax.Array             # [B, L] bool: drawn from the policy here.
     think_length: jax.Array        # [B] thinking tokens, tags excluded.
@@ -94,6 +112,12 @@ class Rollout:
     think_truncated: jax.Array     # [B] bool.
     response_truncated: jax.Array  # [B] bool.
     prefix_length: int = flax.struct.field(pytree_node=False, default=0)
+    # What `logprobs` holds (`SamplingConfig.logprobs_of`): "model" = log
+    # softmax(logits / T) of the unprocessed, unfiltered model (T = 1 when
+    # greedy), which a forward pass at temperature T recomputes; "sampled" =
+    # log-probability under the processed, filtered distribution each token
+    # was drawn from (0 when greedy). 0 for tokens that were not sampled.
+    logprobs_of: str = flax.struct.field(pytree_node=False, default="model")
 
     def attention_mask(self) -> jax.Array:
         return self.segment_ids != segments.PAD
@@ -142,17 +166,23 @@ def _advance(state: DecodeState, drawn, logp, sampling: SamplingConfig, tok: Spe
     """Applies the segment rules to the drawn tokens [B]; pure, no model call.
 
     Returns (token, segment, logprob, forced, active, new state fields).
+    Without thinking tags (plain generation) no row is ever in THINK.
     """
-    thinking = state.phase == segments.THINK
     responding = state.phase == segments.RESPONSE
+    if tok.end_think is None:
+        thinking = jnp.zeros_like(responding)
+        end_think = -1  # Never written: no row thinks.
+    else:
+        thinking = state.phase == segments.THINK
+        end_think = tok.end_think
     active = thinking | responding
     force_close = thinking & (state.close_think | (state.think_count >= sampling.think_budget))
-    token = jnp.where(force_close, tok.end_think, drawn)
+    token = jnp.where(force_close, end_think, drawn)
     token = jnp.where(active, token, tok.pad)
     segment = jnp.where(active, state.phase, segments.PAD)
     logprob = jnp.where(active & ~force_close, logp, 0.0)
 
-    ends_think = thinking & (token == tok.end_think)
+    ends_think = thinking & (token == end_think)
     think_content = thinking & ~ends_think
     think_count = state.think_count + think_content
     close_think = think_content & (token == tok.eos)
@@ -181,8 +211,11 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
     """Jitted decode loop; `state` (cache and buffers) is donated.
 
     `logits_processor(logits [B, V], step []) -> logits` may reshape the
-    distribution that tokens are drawn from (e.g. to ban tokens); reported
-    log-probabilities stay those of the unprocessed model at temperature T.
+    distribution that tokens are drawn from; it is a static argument (a new
+    function object recompiles), so fixed bans and a minimum response length
+    are better set in `sampling` (`banned_tokens`, `min_response_tokens`),
+    which are applied after the processor. The recorded log-probabilities
+    follow `sampling.logprobs_of` (`ops.draw`).
     """
     num_steps = state.tokens.shape[1]
     # One wide matmul for q/k/v and one for gate/up: stacked once per call,
@@ -198,12 +231,12 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
         # they would be copied between loop buffers every step.
         logits = transformer.head_logits(model_config, params, s.hidden[:, None])[:, 0]
         u = jax.lax.dynamic_index_in_dim(s.uniforms, s.step, 1, keepdims=False)
-        if logits_processor is None:
-            drawn, logp = ops.draw(u, logits, sampling)
-        else:
-            drawn, _ = ops.draw(u, logits_processor(logits, s.step), sampling)
-            # Report the unprocessed model's log-probability of the token.
-            logp = ops.sampled_token_log_probs(logits, drawn, sampling.temperature)
+        processed = logits if logits_processor is None else logits_processor(logits, s.step)
+        eos_blocked = ((s.phase == segments.RESPONSE)
+                       & (s.response_count < sampling.min_response_tokens))
+        processed = ops.constrain(processed, sampling, tokens_.eos, eos_blocked)
+        drawn, logp = ops.draw(u, logits, sampling,
+                               None if processed is logits else processed)
         token, segment, logprob, forced, active, fields = _advance(
             s, drawn, logp, sampling, tokens_)
         column = lambda buf, x: jax.lax.dynamic_update_slice(  # noqa: E731
@@ -219,8 +252,9 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
     return jax.lax.while_loop(cond, body, state)
 
 
-@jax.jit
-def assemble(state: DecodeState, prefix, prefix_segments, prefix_forced) -> Rollout:
+@functools.partial(jax.jit, static_argnames=("logprobs_of",))
+def assemble(state: DecodeState, prefix, prefix_segments, prefix_forced,
+             logprobs_of: str = "model") -> Rollout:
     """Joins the prefix and the decoded columns into a `Rollout`."""
     pad = jnp.zeros(prefix.shape, jnp.float32)
     return Rollout(
@@ -233,7 +267,7 @@ def assemble(state: DecodeState, prefix, prefix_segments, prefix_forced) -> Roll
              (state.segment_ids != segments.PAD) & ~state.forced], axis=1),
         think_length=state.think_count, response_length=state.response_count,
         think_truncated=state.think_truncated, response_truncated=state.response_truncated,
-        prefix_length=prefix.shape[1])
+        prefix_length=prefix.shape[1], logprobs_of=logprobs_of)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +295,10 @@ def build_prefix(prompts: Sequence[Sequence[int]], tok: SpecialTokens,
     closing tag after given thinking is marked forced when
     `thinking_truncated[i]`, so a trainer can leave it out of the loss.
     """
+    if not tok.segmented:
+        raise ValueError("segmented sampling writes <think> tags: SpecialTokens needs think "
+                         "and end_think ids (sampling.generate continues bare prompts "
+                         "without them)")
     batch = len(prompts)
     thinking = [None] * batch if thinking is None else list(thinking)
     truncated = [False] * batch if thinking_truncated is None else list(thinking_truncated)
@@ -269,9 +307,7 @@ def build_prefix(prompts: Sequence[Sequence[int]], tok: SpecialTokens,
                          f"rows, prompts have {batch}")
     rows, segs, forced, phase, counts = [], [], [], [], []
     for i, prompt in enumerate(prompts):
-        prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise ValueError(f"prompt {i} is empty")
+        prompt = _prompt(i, prompt)
         row = prompt + [tok.think]
         seg = [segments.PROMPT] * len(prompt) + [segments.THINK]
         frc = [False] * len(prompt) + [True]
@@ -288,20 +324,45 @@ def build_prefix(prompts: Sequence[Sequence[int]], tok: SpecialTokens,
         rows.append(row)
         segs.append(seg)
         forced.append(frc)
+    return _pack(rows, segs, forced, phase, counts,
+                 [t is not None and bool(f) for t, f in zip(thinking, truncated)],
+                 tok.pad, pad_multiple, max_prefix, "prompt + thinking")
+
+
+def build_plain_prefix(prompts: Sequence[Sequence[int]], pad: int, response_budget: int = 1,
+                       pad_multiple: int = 8, max_prefix: int | None = None) -> Prefix:
+    """Left-pads bare prompts (no tags): every row continues in RESPONSE."""
+    rows = [_prompt(i, p) for i, p in enumerate(prompts)]
+    start = segments.RESPONSE if response_budget > 0 else segments.PAD
+    return _pack(rows, [[segments.PROMPT] * len(r) for r in rows], [[False] * len(r) for r in rows],
+                 [start] * len(rows), [0] * len(rows), [False] * len(rows), pad, pad_multiple,
+                 max_prefix, "prompt")
+
+
+def _prompt(i: int, prompt: Sequence[int]) -> list[int]:
+    prompt = [int(t) for t in prompt]
+    if not prompt:
+        raise ValueError(f"prompt {i} is empty")
+    return prompt
+
+
+def _pack(rows, segs, forced, phase, counts, truncated, pad: int, pad_multiple: int,
+          max_prefix: int | None, what: str) -> Prefix:
+    """Left-pads host rows into a `Prefix` of a width that is a multiple of `pad_multiple`."""
+    batch = len(rows)
     width = max(len(r) for r in rows)
     width = -(-width // pad_multiple) * pad_multiple
     if max_prefix is not None and width > max_prefix:
         longest = int(np.argmax([len(r) for r in rows]))
-        raise ValueError(f"row {longest}: prompt + thinking is {len(rows[longest])} tokens, "
+        raise ValueError(f"row {longest}: {what} is {len(rows[longest])} tokens, "
                          f"more than the context allows ({max_prefix})")
-    out = Prefix(tokens=np.full((batch, width), tok.pad, np.int32),
+    out = Prefix(tokens=np.full((batch, width), pad, np.int32),
                  mask=np.zeros((batch, width), bool),
                  segment_ids=np.zeros((batch, width), np.int32),
                  forced=np.zeros((batch, width), bool),
                  start_phase=np.asarray(phase, np.int32),
                  think_count=np.asarray(counts, np.int32),
-                 think_truncated=np.asarray(
-                     [t is not None and bool(f) for t, f in zip(thinking, truncated)]))
+                 think_truncated=np.asarray(truncated, bool))
     for i, (row, seg, frc) in enumerate(zip(rows, segs, forced)):
         n = len(row)
         out.tokens[i, width - n:] = row
