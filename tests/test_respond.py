@@ -40,6 +40,12 @@ def test_respond_matches_sampling_with_decoded_thinking(temperature):
     for i in range(4):
         np.testing.assert_array_equal(got.segment_ids[i][got.segment_ids[i] != segments.PAD],
                                       want.segment_ids[i][want.segment_ids[i] != segments.PAD])
+    # The thinking keeps the thinker's sampled flags and log-probabilities.
+    think = jax.device_get(thinking)
+    for i in range(4):
+        drawn = got.sampled[i] & (got.segment_ids[i] == segments.THINK)
+        np.testing.assert_array_equal(got.logprobs[i][drawn],
+                                      think.logprobs[i][think.sampled[i]])
     np.testing.assert_array_equal(got.response_length, want.response_length)
     np.testing.assert_array_equal(got.think_truncated, want.think_truncated)
     np.testing.assert_array_equal(got.response_truncated, want.response_truncated)

@@ -173,7 +173,9 @@ def respond(model_config: ModelConfig, params, thinking: core.Rollout, config: S
     with its closing tag, forced when the thinking was truncated). Its rows are
     right-aligned on device and continued with ``config.response_budget``
     response tokens: the same rows `sample(thinking=...)` would build from the
-    decoded thinking, without a copy to the host.
+    decoded thinking, without a copy to the host. The thinking keeps its
+    log-probabilities and sampled flags (the thinker's), so a trainer can compare
+    them with its own.
     """
     steps = config.response_budget
     config.check_vocab(model_config.vocab_size, special.eos)
@@ -201,6 +203,7 @@ def _continuation(rollout: core.Rollout) -> dict:
     segment_ids = take(rollout.segment_ids)
     return dict(prefix=take(rollout.tokens), prefix_mask=segment_ids != segments.PAD,
                 segment_ids=segment_ids, forced=take(rollout.forced),
+                prefix_logprobs=take(rollout.logprobs), prefix_sampled=take(rollout.sampled),
                 start_phase=jnp.full(filled.shape[:1], segments.RESPONSE, jnp.int32),
                 think_count=rollout.think_length, think_truncated=rollout.think_truncated)
 
@@ -217,13 +220,15 @@ def _generate(model_config, params, arrays: dict, steps: int, config: SamplingCo
                                                         prefix_width + steps, rules)
         ctx = sharding.logical_constraint_context(mesh, rules)
     segment_ids, forced = arrays.pop("segment_ids"), arrays.pop("forced")
+    sampled_prefix = dict(prefix_logprobs=arrays.pop("prefix_logprobs", None),
+                          prefix_sampled=arrays.pop("prefix_sampled", None))
     with ctx:
         state = core.prefill(model_config, params, rng=rng, sampling=config, tokens_=special,
                              num_steps=steps, cache_sharding=cache_sharding, **arrays)
         state = core.decode(model_config, params, state, sampling=config, tokens_=special,
                             logits_processor=logits_processor)
     rollout = core.assemble(state, arrays["prefix"], segment_ids, forced,
-                            logprobs_of=config.logprobs_of)
+                            logprobs_of=config.logprobs_of, **sampled_prefix)
     if width is None:
         return rollout
     pad = width - rollout.tokens.shape[1]

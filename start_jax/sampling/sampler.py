@@ -254,17 +254,24 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
 
 @functools.partial(jax.jit, static_argnames=("logprobs_of",))
 def assemble(state: DecodeState, prefix, prefix_segments, prefix_forced,
-             logprobs_of: str = "model") -> Rollout:
-    """Joins the prefix and the decoded columns into a `Rollout`."""
-    pad = jnp.zeros(prefix.shape, jnp.float32)
+             logprobs_of: str = "model", prefix_logprobs=None, prefix_sampled=None) -> Rollout:
+    """Joins the prefix and the decoded columns into a `Rollout`.
+
+    A prefix that was itself sampled (the thinking a responder continues) may
+    bring its log-probabilities and sampled flags; by default the prefix has
+    none (zeros, False).
+    """
+    if prefix_logprobs is None:
+        prefix_logprobs = jnp.zeros(prefix.shape, jnp.float32)
+    if prefix_sampled is None:
+        prefix_sampled = jnp.zeros(prefix.shape, bool)
     return Rollout(
         tokens=jnp.concatenate([prefix, state.tokens], axis=1),
         segment_ids=jnp.concatenate([prefix_segments, state.segment_ids], axis=1),
-        logprobs=jnp.concatenate([pad, state.logprobs], axis=1),
+        logprobs=jnp.concatenate([prefix_logprobs, state.logprobs], axis=1),
         forced=jnp.concatenate([prefix_forced, state.forced], axis=1),
         sampled=jnp.concatenate(
-            [jnp.zeros(prefix.shape, bool),
-             (state.segment_ids != segments.PAD) & ~state.forced], axis=1),
+            [prefix_sampled, (state.segment_ids != segments.PAD) & ~state.forced], axis=1),
         think_length=state.think_count, response_length=state.response_count,
         think_truncated=state.think_truncated, response_truncated=state.response_truncated,
         prefix_length=prefix.shape[1], logprobs_of=logprobs_of)
