@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import transformers
 
@@ -58,3 +59,19 @@ def make_checkpoint(family: str, directory: str, seed: int = 0, **overrides):
     os.makedirs(directory, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     return model
+
+
+def greedy_generate(model, rows, max_new: int, eos, pad: int = 0, **kwargs) -> list[list[int]]:
+    """`transformers` greedy generate on left-padded rows; the new tokens of each row."""
+    width = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), width), np.int64)
+    mask = np.zeros((len(rows), width), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    with torch.no_grad():
+        out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             do_sample=False, max_new_tokens=max_new, eos_token_id=eos,
+                             pad_token_id=pad, **kwargs)
+    return [[int(t) for t in row[width:]] for row in out.numpy()]
+

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from start_jax import models, segments, sharding
 from start_jax import sampling
@@ -33,21 +32,6 @@ def _prompts(lengths, seed=0):
     return [list(rs.randint(5, hf_fixtures.VOCAB, size=n)) for n in lengths]
 
 
-def _hf_greedy(model, rows, max_new, eos):
-    """transformers greedy generate on left-padded rows; returns new tokens per row."""
-    width = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), width), np.int64)
-    mask = np.zeros((len(rows), width), np.int64)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
-    with torch.no_grad():
-        out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                             do_sample=False, max_new_tokens=max_new, eos_token_id=eos,
-                             pad_token_id=0)
-    return [list(row[width:]) for row in out.numpy()]
-
-
 def _until(tokens, stops):
     for i, t in enumerate(tokens):
         if t in stops:
@@ -65,8 +49,8 @@ def test_greedy_matches_transformers_generate(checkpoints, family):
     tokens, segs = np.asarray(rollout.tokens), np.asarray(rollout.segment_ids)
     forced = np.asarray(rollout.forced)
 
-    hf_think = _hf_greedy(hf_model, [p + [SPECIAL.think] for p in prompts],
-                          cfg.think_budget, eos=SPECIAL.end_think)
+    hf_think = hf_fixtures.greedy_generate(hf_model, [p + [SPECIAL.think] for p in prompts],
+                                           cfg.think_budget, eos=SPECIAL.end_think)
     thinking, truncated = sampling.thinking_of(rollout, SPECIAL.end_think)
     hf_response_inputs = []
     for i, prompt in enumerate(prompts):
@@ -75,7 +59,8 @@ def test_greedy_matches_transformers_generate(checkpoints, family):
         assert ours == expected, f"row {i} thinking"
         assert truncated[i] == (expected[-1] != SPECIAL.end_think)
         hf_response_inputs.append(prompt + [SPECIAL.think] + thinking[i] + [SPECIAL.end_think])
-    hf_resp = _hf_greedy(hf_model, hf_response_inputs, cfg.response_budget, eos=SPECIAL.eos)
+    hf_resp = hf_fixtures.greedy_generate(hf_model, hf_response_inputs, cfg.response_budget,
+                                          eos=SPECIAL.eos)
     for i in range(len(prompts)):
         ours = list(tokens[i][segs[i] == segments.RESPONSE])
         assert ours == _until(hf_resp[i], {SPECIAL.eos}), f"row {i} response"

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from start_jax import models, sampling, segments
 from start_jax.checkpoints import load_pretrained
@@ -59,21 +58,6 @@ def _prompts(lengths, vocab, seed=0):
     return [[int(t) for t in rs.randint(5, vocab, size=n)] for n in lengths]
 
 
-def _hf_greedy(model, rows, max_new, eos, **kwargs):
-    """transformers greedy generate on left-padded rows; the new tokens of each row."""
-    width = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), width), np.int64)
-    mask = np.zeros((len(rows), width), np.int64)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
-    with torch.no_grad():
-        out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                             do_sample=False, max_new_tokens=max_new, eos_token_id=eos,
-                             pad_token_id=PAD, **kwargs)
-    return [[int(t) for t in row[width:]] for row in out.numpy()]
-
-
 def _until(tokens, stop):
     return tokens[:tokens.index(stop) + 1] if stop in tokens else tokens
 
@@ -105,7 +89,7 @@ def test_plain_greedy_matches_transformers_generate(checkpoints, family):
     # An eos that some rows reach and others do not: a token row 0 generates
     # (without stopping) at its fifth step. Greedy rows that stop at eos are
     # the free rows cut after their first eos.
-    free = _hf_greedy(hf_model, prompts, max_new, eos=None)
+    free = hf_fixtures.greedy_generate(hf_model, prompts, max_new, eos=None)
     eos = free[0][4]
     assert eos != PAD
     expected = [_until(row, eos) for row in free]
@@ -132,7 +116,7 @@ def test_plain_greedy_matches_transformers_generate(checkpoints, family):
     # frequent token.
     counts = np.bincount([t for t in free[0] if t != eos], minlength=hf_fixtures.VOCAB)
     banned = (int(np.argmax(counts)),)
-    expected = [_until(row, eos) for row in _hf_greedy(
+    expected = [_until(row, eos) for row in hf_fixtures.greedy_generate(
         hf_model, prompts, max_new, eos=eos, suppress_tokens=list(banned), min_new_tokens=6)]
     cfg = sampling.SamplingConfig(temperature=0.0, banned_tokens=banned, min_response_tokens=6,
                                   response_budget=max_new)
