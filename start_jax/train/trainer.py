@@ -139,13 +139,13 @@ class Trainer:
             self.model_config, self.init_params, jax.random.key(self.spec.seed + 1))
         return models.shard_params(self.critic_config, critic, self.mesh, self.rules)
 
-    def state_shardings(self, stage: StageSpec):
+    def state_shardings(self, stage: StageSpec, abstract=None):
         """Shardings of the train state: parameters and their optimizer moments by
         the rules table, scalars replicated (from `jax.eval_shape`, nothing allocated)."""
         param_sh = models.param_shardings(self.model_config, self.mesh, self.rules)
         critic_sh = (models.param_shardings(self.critic_config, self.mesh, self.rules)
                      if self.critic_config is not None else None)
-        abstract = self.abstract_state(stage)
+        abstract = self.abstract_state(stage) if abstract is None else abstract
         # Optimizer moments have the structure of what they optimise, and take its shardings.
         like_params = [(jax.tree.structure(abstract.params), param_sh)]
         if critic_sh is not None:
@@ -192,8 +192,9 @@ class Trainer:
 
     def restore_target(self, stage: StageSpec):
         """The abstract state (shapes, dtypes and shardings) a checkpoint restores into."""
+        abstract = self.abstract_state(stage)
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            self.abstract_state(stage), self.state_shardings(stage))
+                            abstract, self.state_shardings(stage, abstract))
 
     def stage_at(self, step: int) -> StageSpec:
         return self.spec.stage_at(step)
@@ -340,12 +341,7 @@ class Trainer:
                 metrics = rl.check_finite(jax.device_get(metrics), step)  # Host view 2.
                 check_health(metrics, step, stage)
                 write = bool(spec.log.samples_every) and step % spec.log.samples_every == 0
-                # Decoded once, only for what reads the text: behaviour rates (every row) and
-                # samples (the first few).
-                decode = None if spec.data.source == "synthetic" else (
-                    spec.log.samples if write else 0)
-                rows = self.decoded_rows(host if decode is None else jax.tree.map(
-                    lambda x: x[:decode], host), examples, g) if decode != 0 else []
+                rows = self._rows_to_decode(host, examples, write)
                 metrics.update(self._rollout_metrics(host), stage=self.stages.index(stage))
                 metrics.update(self.behaviour_metrics(rows))
                 if write:
@@ -375,6 +371,16 @@ class Trainer:
                 self.tokenizer.save_pretrained(export)
             summary["export"] = export
         return summary
+
+    def _rows_to_decode(self, host, examples, write: bool) -> list[dict]:
+        """Decoded once, only for what reads the text: behaviour rates (every row of a
+        synthetic run) and written samples (the first `log.samples` rows)."""
+        if self.spec.data.source == "synthetic":
+            return self.decoded_rows(host, examples, self.spec.group_size)
+        if not write:
+            return []
+        first = jax.tree.map(lambda x: x[:self.spec.log.samples], host)
+        return self.decoded_rows(first, examples, self.spec.group_size)
 
     def _stage_line(self, stage: StageSpec, resumed: bool) -> str:
         i = self.stages.index(stage)
