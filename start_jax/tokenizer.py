@@ -14,6 +14,7 @@ Use `load_tokenizer` to get either from a name or path.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
@@ -106,6 +107,19 @@ def _chat_template(directory: pathlib.Path, tok_config: dict[str, Any]) -> str |
 def _raise_template_exception(message: str) -> None:
     # Same helper HF exposes to chat templates (e.g. for unsupported roles).
     raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # transformers' tojson filter: Jinja's own escapes <, >, &, ' and sorts keys,
+    # which would change the tool schemas that templates such as Qwen3's render.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    # transformers' global for templates that write today's date (Llama 3).
+    return datetime.datetime.now().strftime(fmt)
 
 
 class HFTokenizer:
@@ -284,7 +298,9 @@ class HFTokenizer:
             env = jinja2.sandbox.ImmutableSandboxedEnvironment(
                 trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
             )
+            env.filters["tojson"] = _tojson
             env.globals["raise_exception"] = _raise_template_exception
+            env.globals["strftime_now"] = _strftime_now
             self._compiled_template = env.from_string(self._chat_template)
         return self._compiled_template.render(
             messages=messages,
