@@ -17,6 +17,7 @@ from typing import Sequence
 from start_jax import rewards, sampling
 from start_jax.checkpoints import load_pretrained
 from start_jax.data import world
+from start_jax.data.prompts import PromptFormat
 from start_jax.eval import cross_generation as cg
 from start_jax.eval.questions import load_questions
 
@@ -43,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
     parser.add_argument("--tokenizer", default="world",
                         help="'world', 'char' or a directory; a model directory with tokenizer.json "
                              "uses its own")
+    parser.add_argument("--chat_template", action="store_true",
+                        help="render each question with each model's own chat template")
+    parser.add_argument("--system", default="", help="system message (with --chat_template)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--think_budget", type=int, default=48)
     parser.add_argument("--response_budget", type=int, default=16)
@@ -60,10 +64,11 @@ def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
         config, params = load_pretrained(path)
         return config, params, world.load_tokenizer(tok_dir)
 
+    fmt = PromptFormat.create(args.chat_template, args.system)
     policies: dict[str, cg.ModelPolicy] = {}     # One model per directory, thinker or answerer.
     for path in [*thinker_paths.values(), *answerer_paths.values()]:
         if path not in policies:
-            policies[path] = cg.ModelPolicy(*load(path), sc)
+            policies[path] = cg.ModelPolicy(*load(path), sc, prompt_format=fmt)
     thinkers = {n: policies[p] for n, p in thinker_paths.items()}
     answerers = {n: policies[p] for n, p in answerer_paths.items()}
     os.makedirs(args.out, exist_ok=True)

@@ -142,6 +142,9 @@ class HFTokenizer:
         eos_token: str = "",
         bos_token: str = "",
         source: str = "<memory>",
+        think_token: str = THINK_TOKEN,
+        end_think_token: str = END_THINK_TOKEN,
+        pad_token: str | None = None,
     ):
         self._tok = tok
         self.eos_id = eos_id
@@ -152,6 +155,9 @@ class HFTokenizer:
         self._eos_token = eos_token
         self._bos_token = bos_token
         self._source = source
+        self.think_token = think_token
+        self.end_think_token = end_think_token
+        self._pad_token = pad_token
         # Compiled lazily: most training code never needs the template.
         self._compiled_template: jinja2.Template | None = None
 
@@ -163,6 +169,7 @@ class HFTokenizer:
         end_think_token: str = END_THINK_TOKEN,
         eos_token: str | None = None,
         pad_token: str | None = None,
+        add_missing_tags: bool = False,
     ) -> HFTokenizer:
         """Loads ``tokenizer.json`` (plus optional configs) from a directory.
 
@@ -183,6 +190,10 @@ class HFTokenizer:
           end_think_token: Token that closes the thinking segment.
           eos_token: Overrides the configured eos token.
           pad_token: Overrides the configured pad token.
+          add_missing_tags: A think tag that is not a token of the vocabulary
+            is added as one (an added token, not special, so decoding keeps
+            it), with the next free id; the model then needs an embedding row
+            for it. False: a missing tag is an error.
 
         Returns:
           The loaded tokenizer.
@@ -209,10 +220,15 @@ class HFTokenizer:
             if token_id is None:
                 raise UserError(
                     f"tokenizer {tok_file} has no token {token!r} (needed for "
-                    f"{purpose}); add it as an added token or pass {hint}=..."
+                    f"{purpose}); name a token it has with {hint}=..., or pass "
+                    "add_missing_tags=True to add it"
                 )
             return token_id
 
+        missing = [t for t in (think_token, end_think_token) if tok.token_to_id(t) is None]
+        if add_missing_tags and missing:
+            tok.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False)
+                            for t in missing])
         think_id = lookup(think_token, "the thinking segment", "think_token")
         end_think_id = lookup(end_think_token, "the thinking segment", "end_think_token")
 
@@ -247,6 +263,9 @@ class HFTokenizer:
             think_id=think_id,
             end_think_id=end_think_id,
             chat_template=_chat_template(directory, tok_config),
+            think_token=think_token,
+            end_think_token=end_think_token,
+            pad_token=tok.id_to_token(pad_id),
             eos_token=eos_token,
             bos_token=_token_content(tok_config.get("bos_token")) or "",
             source=str(directory),
@@ -313,6 +332,23 @@ class HFTokenizer:
     def token_to_id(self, token: str) -> int | None:
         """Returns the id of ``token``, or None if it is not in the vocabulary."""
         return self._tok.token_to_id(token)
+
+    def save_pretrained(self, dirpath: str | os.PathLike) -> pathlib.Path:
+        """Writes ``tokenizer.json`` (with any added think tags) and a
+        ``tokenizer_config.json`` (eos, pad, bos, chat template), so that
+        `from_pretrained` with the same tag names reads back this tokenizer."""
+        directory = pathlib.Path(dirpath)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(directory / "tokenizer.json"))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": self._eos_token,
+                  "pad_token": self._pad_token or self._eos_token}
+        if self._bos_token:
+            config["bos_token"] = self._bos_token
+        if self._chat_template:
+            config["chat_template"] = self._chat_template
+        with (directory / "tokenizer_config.json").open("w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        return directory
 
 
 class CharTokenizer:
@@ -408,9 +444,11 @@ class CharTokenizer:
         )
 
     def apply_chat_template(
-        self, messages: list[dict], add_generation_prompt: bool = True
+        self, messages: list[dict], add_generation_prompt: bool = True, **kwargs: Any
     ) -> str:
-        """Renders messages as ``"role: content\\n"`` lines (see class docstring)."""
+        """Renders messages as ``"role: content\\n"`` lines (see class docstring);
+        template variables (``kwargs``) are accepted and unused."""
+        del kwargs
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
         return text + ("assistant: " if add_generation_prompt else "")
 
@@ -462,12 +500,27 @@ class CharTokenizer:
         return directory
 
 
-def load_tokenizer(path_or_name: str | os.PathLike) -> Tokenizer:
+def load_tokenizer(path_or_name: str | os.PathLike, think_token: str = THINK_TOKEN,
+                   end_think_token: str = END_THINK_TOKEN,
+                   add_missing_tags: bool = False) -> Tokenizer:
     """`CharTokenizer` for ``"char"``, else an `HFTokenizer` directory.
 
-    The embedded world's tokenizer (``"world"``) is `start_jax.data.world.load_tokenizer`,
-    which resolves that name and defers to this function for any other.
+    The think tags and `add_missing_tags` are as in `HFTokenizer.from_pretrained`
+    (``"char"`` has only the default tags). The embedded world's tokenizer
+    (``"world"``) is `start_jax.data.world.load_tokenizer`, which resolves that
+    name and defers to this function for any other.
     """
     if str(path_or_name) == "char":
+        check_default_tags(path_or_name, think_token, end_think_token)
         return CharTokenizer()
-    return HFTokenizer.from_pretrained(path_or_name)
+    return HFTokenizer.from_pretrained(path_or_name, think_token=think_token,
+                                       end_think_token=end_think_token,
+                                       add_missing_tags=add_missing_tags)
+
+
+def check_default_tags(name, think_token: str, end_think_token: str) -> None:
+    """Raises UserError unless the tags are ``<think>``/``</think>`` (for tokenizers
+    whose tags are fixed)."""
+    if (think_token, end_think_token) != (THINK_TOKEN, END_THINK_TOKEN):
+        raise UserError(f"tokenizer {name!r} has the fixed tags {THINK_TOKEN}/{END_THINK_TOKEN}, "
+                        f"not {think_token}/{end_think_token}")

@@ -121,17 +121,41 @@ def test_hf_missing_think_token(tmp_path):
     )
     expected = (
         f"tokenizer {d / 'tokenizer.json'} has no token '<think>' (needed for the "
-        "thinking segment); add it as an added token or pass think_token=..."
+        "thinking segment); name a token it has with think_token=..., or pass "
+        "add_missing_tags=True to add it"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
         tokenizer.HFTokenizer.from_pretrained(d)
+
+
+def test_hf_missing_tags_added_as_tokens(tmp_path):
+    d = _write_bpe_dir(
+        tmp_path / "nothink", ["<|endoftext|>"], {"eos_token": "<|endoftext|>"}
+    )
+    plain = tokenizer.HFTokenizer.from_pretrained(d, think_token="<|endoftext|>",
+                                                  end_think_token="<|endoftext|>")
+    tok = tokenizer.HFTokenizer.from_pretrained(d, add_missing_tags=True)
+    n = plain.vocab_size
+    # The tags get the next two ids, encode as single tokens, and survive decoding.
+    assert (tok.think_id, tok.end_think_id, tok.vocab_size) == (n, n + 1, n + 2)
+    text = "a <think> b </think> c"
+    ids = tok.encode(text)
+    assert ids.count(tok.think_id) == 1 and ids.count(tok.end_think_id) == 1
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    # Text without the tags encodes as before.
+    assert tok.encode("a b c") == plain.encode("a b c")
+    # Saved with the added tags, the directory reads back the same tokenizer.
+    again = tokenizer.HFTokenizer.from_pretrained(tok.save_pretrained(tmp_path / "saved"))
+    assert (again.think_id, again.end_think_id, again.eos_id, again.pad_id) == (
+        tok.think_id, tok.end_think_id, tok.eos_id, tok.pad_id)
+    assert again.encode(text) == ids
 
 
 def test_hf_custom_think_tokens(tmp_path):
     d = _write_bpe_dir(
         tmp_path / "custom", ["<eos>", "<reason>", "</reason>"], {"eos_token": "<eos>"}
     )
-    with pytest.raises(ValueError, match=re.escape("pass end_think_token=...")):
+    with pytest.raises(ValueError, match=re.escape("with end_think_token=...")):
         tokenizer.HFTokenizer.from_pretrained(d, think_token="<reason>")
     tok = tokenizer.HFTokenizer.from_pretrained(
         d, think_token="<reason>", end_think_token="</reason>"

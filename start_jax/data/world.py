@@ -144,10 +144,17 @@ def tokenizer():
     return CharTokenizer(words=token_words())
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, **tags):
     """A run's tokenizer by name: ``"world"`` is `tokenizer`, anything else
-    (``"char"``, a tokenizer directory) is `start_jax.tokenizer.load_tokenizer`."""
-    return tokenizer() if str(name) == "world" else base_tokenizer.load_tokenizer(name)
+    (``"char"``, a tokenizer directory) is `start_jax.tokenizer.load_tokenizer`,
+    which takes the think tags (``think_token``, ``end_think_token``,
+    ``add_missing_tags``)."""
+    if str(name) == "world":
+        base_tokenizer.check_default_tags(name, tags.get("think_token", base_tokenizer.THINK_TOKEN),
+                                          tags.get("end_think_token",
+                                                   base_tokenizer.END_THINK_TOKEN))
+        return tokenizer()
+    return base_tokenizer.load_tokenizer(name, **tags)
 
 
 # --------------------------------------------------------------------------- arith

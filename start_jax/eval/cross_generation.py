@@ -24,6 +24,8 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from start_jax import sampling
+from start_jax.data import prompts as prompts_lib
+from start_jax.data.prompts import PromptFormat
 from start_jax.eval import classify, plots, stats
 from start_jax.rewards import RewardInput
 
@@ -48,7 +50,8 @@ class ModelPolicy:
 
     `think` writes thinking only (the response budget is 0); `answer` writes the
     response after given thinking (or its own); `generate` returns the decoded
-    rows of both segments.
+    rows of both segments. Questions are rendered by `prompt_format` with this
+    model's own tokenizer, so models with different chat templates cross.
     """
 
     config: object
@@ -56,13 +59,18 @@ class ModelPolicy:
     tokenizer: object
     sampling_config: sampling.SamplingConfig
     mesh: object = None
+    prompt_format: PromptFormat = PromptFormat()   # Questions through its own chat template.
+
+    def render(self, prompt: str) -> str:
+        """The text this model reads for a question (`start_jax.data.prompts`)."""
+        return prompts_lib.render({"prompt": prompt}, self.tokenizer, self.prompt_format)
 
     def _sample(self, prompts, seed, sampling_config=None, **kwargs):
         special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
         sc = self.sampling_config if sampling_config is None else sampling_config
         rollout = sampling.sample(self.config, self.params,
-                                  [self.tokenizer.encode(p) for p in prompts], sc, seed, special,
-                                  mesh=self.mesh, **kwargs)
+                                  [self.tokenizer.encode(self.render(p)) for p in prompts], sc,
+                                  seed, special, mesh=self.mesh, **kwargs)
         return rollout, special
 
     def generate(self, prompts: Sequence[str], seed: int, thinking: Sequence[str] | None = None,

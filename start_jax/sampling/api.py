@@ -265,15 +265,23 @@ def thinking_of(rollout: core.Rollout, end_think: int) -> tuple[list[list[int]],
 
 
 def decode_segments(tokenizer, rollout: core.Rollout) -> list[dict]:
-    """Decodes each row to text per segment, for logs and notebooks."""
+    """Decodes each row to text per segment, for logs and notebooks.
+
+    The prompt keeps its special tokens (a chat template's markers show as
+    rendered); the thinking is the text between the think tags, without them.
+    """
     tokens = np.asarray(rollout.tokens)
     segs = np.asarray(rollout.segment_ids)
+    tags = {getattr(tokenizer, "think_id", None), getattr(tokenizer, "end_think_id", None)}
     rows = []
     for i, (row, seg) in enumerate(zip(tokens, segs)):
         def text(kind, skip=True, row=row, seg=seg):
-            return tokenizer.decode([int(t) for t in row[seg == kind]], skip_special_tokens=skip)
+            ids = [int(t) for t in row[seg == kind]]
+            if kind == segments.THINK:
+                ids = [t for t in ids if t not in tags]
+            return tokenizer.decode(ids, skip_special_tokens=skip)
         rows.append(dict(
-            prompt=text(segments.PROMPT), thinking=text(segments.THINK),
+            prompt=text(segments.PROMPT, skip=False), thinking=text(segments.THINK),
             response=text(segments.RESPONSE),
             think_truncated=bool(rollout.think_truncated[i]),
             response_truncated=bool(rollout.response_truncated[i])))

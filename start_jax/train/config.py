@@ -19,7 +19,7 @@ from start_jax.rl.advantages import ESTIMATORS
 ADVANTAGES = tuple(sorted(ESTIMATORS))
 RESPONDERS = ("self", "frozen")
 # Sections whose keys are free-form (checked where they are used).
-_FREE_FORM = ("reward.kwargs", "stages")
+_FREE_FORM = ("reward.kwargs", "stages", "prompt.template_kwargs")
 
 
 def stage(train_segments: str = "joint", responder: str = "self", steps: int = 10,
@@ -37,8 +37,21 @@ def default_config() -> ml_collections.ConfigDict:
     """Schema and defaults (the embedded START run)."""
     c = ml_collections.ConfigDict()
     c.seed = 0                       # Seeds init, data order and sampling.
-    c.tokenizer = "world"            # "world" (the embedded world's), "char", or a tokenizer.json dir.
+    c.tokenizer = ""                 # "world" (the embedded world's), "char", or a tokenizer.json
+                                     # dir; '' = init_checkpoint's directory, else "world".
     c.init_checkpoint = ""           # HF directory to start from; '' = random init + SFT.
+
+    # How task rows become prompt text (start_jax.data.prompts), and the thinking tags.
+    c.prompt = ml_collections.ConfigDict()
+    c.prompt.chat_template = False   # Render rows with the tokenizer's chat template and its
+                                     # generation prompt (JSONL 'messages' rows need it).
+    c.prompt.system = ""             # System message for rows that have none ('' = none).
+    c.prompt.template_kwargs = ml_collections.ConfigDict(dict(enable_thinking=True))
+                                     # Chat template variables (free-form).
+    c.prompt.think_tag = "<think>"   # Opening thinking tag: a token of the tokenizer.
+    c.prompt.end_think_tag = "</think>"  # Closing thinking tag.
+    c.prompt.add_tags = False        # Add tags the tokenizer lacks as new tokens (the model
+                                     # needs embedding rows for them; cold-start SFT teaches them).
 
     c.model = ml_collections.ConfigDict()
     c.model.model_type = "qwen3"     # llama, qwen2 or qwen3 (random init only).

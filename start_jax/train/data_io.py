@@ -6,13 +6,16 @@ import os
 
 import numpy as np
 
-from start_jax.data import pipeline
+from start_jax.data import pipeline, prompts
+from start_jax.data.prompts import PromptFormat
 from start_jax.errors import ConfigError, DataError
 from start_jax.train.spec import DataSpec
 
 
-def datasets(data: DataSpec, workdir: str):
-    """(train, test) sources of example dicts."""
+def datasets(data: DataSpec, workdir: str, tokenizer=None,
+             fmt: PromptFormat = PromptFormat()):
+    """(train, test) sources of example dicts, prompts rendered by `fmt`
+    (`start_jax.data.prompts`; with a chat template `tokenizer` renders them)."""
     data_dir = data.data_dir or os.path.join(workdir, "data")
     if data.source == "synthetic":
         load = lambda split: pipeline.load_synthetic(data.name, data_dir, split)  # noqa: E731
@@ -21,7 +24,8 @@ def datasets(data: DataSpec, workdir: str):
             raise ConfigError("config: data.source='jsonl' needs data.train_path")
         load = lambda split: pipeline.load_jsonl(  # noqa: E731
             data.train_path, data.test_path or data.train_path, data_dir, split)
-    return pipeline.TaskSource(load("train")), pipeline.TaskSource(load("test"))
+    return tuple(prompts.RenderedSource(pipeline.TaskSource(load(split)), tokenizer, fmt)
+                 for split in ("train", "test"))
 
 
 class PromptEncoder:

@@ -35,8 +35,11 @@ def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
             spec.init_checkpoint, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh,
             remat=m.remat)
         if model_config.vocab_size < tokenizer.vocab_size:
+            added = " (with the think tags prompt.add_tags added)" if spec.tags[2] else ""
             raise ConfigError(f"{spec.init_checkpoint}: vocab_size {model_config.vocab_size} is "
-                              f"smaller than the tokenizer's {tokenizer.vocab_size}")
+                              f"smaller than the tokenizer's {tokenizer.vocab_size}{added}; "
+                              "name tags the tokenizer has with prompt.think_tag and "
+                              "prompt.end_think_tag")
         return model_config, params
     path = os.path.join(workdir, "init_policy")
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -71,9 +74,9 @@ def model_config_of(spec: RunSpec, tokenizer) -> models.ModelConfig:
 
 def sft_traces(spec: RunSpec, examples) -> list[dict]:
     """Cold-start traces: the behaviour mixture on synthetic data, gold traces on JSONL."""
-    if spec.data.source != "synthetic":
-        return [{**e, "response": world.golden_response(world.Example.from_row(e))}
-                for e in examples]
+    if spec.data.source != "synthetic":   # A JSONL 'response' field, else the reference.
+        return [{**e, "response": e["metadata"].get("response")
+                 or world.golden_response(world.Example.from_row(e))} for e in examples]
     return behaviours.mixture_traces(examples, spec.sft.mixture, seed=spec.seed,
                                      draws=spec.sft.draws)
 

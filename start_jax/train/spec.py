@@ -17,7 +17,9 @@ from typing import Any
 import ml_collections
 
 from start_jax import rewards
+from start_jax.data import world
 from start_jax.data.behaviours import Mixture
+from start_jax.data.prompts import PromptFormat
 from start_jax.errors import ConfigError
 from start_jax.rewards import synthetic
 from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig
@@ -132,6 +134,8 @@ class RunSpec:
     checkpoint: CheckpointSpec
     eval: EvalSpec
     log: LogSpec
+    prompt: PromptFormat = PromptFormat()   # How rows become prompt text.
+    tags: tuple[str, str, bool] = ("<think>", "</think>", False)  # Think tags, add if missing.
     replicate_uneven: bool = False   # Replicate dimensions the mesh does not divide.
     sampling_dtype: str = ""         # Compute dtype of the sampler ('' = the model's).
     config_json: str = "{}"   # The ConfigDict the spec was built from (checkpoint metadata).
@@ -160,6 +164,12 @@ class RunSpec:
             if step < stage.end:
                 return stage
         return self.stages[-1]
+
+    def load_tokenizer(self):
+        """The run's tokenizer, with its think tags (added when `tags` says so)."""
+        think, end_think, add = self.tags
+        return world.load_tokenizer(self.tokenizer, think_token=think, end_think_token=end_think,
+                                    add_missing_tags=add)
 
     def make_reward(self):
         return rewards.make(self.reward_name, **dict(self.reward_kwargs))
@@ -213,7 +223,11 @@ class RunSpec:
             raise ConfigError(f"config: algo.micro_batches={a.micro_batches} must divide a "
                               f"minibatch of {rows // a.minibatches} rollouts")
         return cls(
-            seed=int(c.seed), tokenizer=str(c.tokenizer), init_checkpoint=str(c.init_checkpoint),
+            seed=int(c.seed), tokenizer=str(c.tokenizer or c.init_checkpoint or "world"),
+            init_checkpoint=str(c.init_checkpoint),
+            prompt=PromptFormat.create(c.prompt.chat_template, c.prompt.system,
+                                       c.prompt.template_kwargs.to_dict()),
+            tags=(str(c.prompt.think_tag), str(c.prompt.end_think_tag), bool(c.prompt.add_tags)),
             schedule=str(c.schedule), model=ModelSpec(**c.model.to_dict()),
             mesh=MeshConfig(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor),
             replicate_uneven=bool(c.mesh.replicate_uneven), data=DataSpec(**c.data.to_dict()),

@@ -27,7 +27,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from start_jax import models, rewards, rl, sampling, segments, sharding
 from start_jax.checkpoints import save_pretrained
-from start_jax.data import world
 from start_jax.data.pipeline import PromptIterator
 from start_jax.errors import TrainingError
 from start_jax.eval import classify
@@ -97,9 +96,10 @@ class Trainer:
         os.makedirs(self.workdir, exist_ok=True)
         self.mesh = sharding.make_mesh(spec.mesh)
         self.rules = sharding.ShardingRules(replicate_uneven=spec.replicate_uneven)
-        self.tokenizer = world.load_tokenizer(spec.tokenizer)
+        self.tokenizer = spec.load_tokenizer()
         self.special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
-        self.train_data, self.test_data = data_io.datasets(spec.data, self.workdir)
+        self.train_data, self.test_data = data_io.datasets(spec.data, self.workdir,
+                                                           self.tokenizer, spec.prompt)
         self.encode = data_io.PromptEncoder(self.tokenizer, spec.data.max_prompt_tokens)
         self.model_config, init_params = initial_policy(
             spec, self.workdir, self.tokenizer, self.mesh, self.train_data)

@@ -1,10 +1,14 @@
 """tfds builder over a user's local JSONL task files.
 
-Each non-blank line is a JSON object with a string ``"prompt"`` and a
-``"reference"`` (a string or a number), optionally ``"thinking"`` (a gold trace
-for cold-start SFT) and ``"family"`` (e.g. "arith" or "facts", used by the
-``synthetic`` judge). All other keys, and ``family``, go into the ``metadata``
-feature as a JSON object. Lines are validated while the data set is generated; a
+Each non-blank line is a JSON object with a string ``"prompt"`` or a
+``"messages"`` list (``{"role", "content"}`` objects, roles system/user/assistant,
+ending with a user message; rendered by a chat template, see
+`start_jax.data.prompts`), and a ``"reference"`` (a string or a number);
+optionally ``"thinking"`` (a gold trace for cold-start SFT), ``"response"`` (the
+SFT response after it; default: the reference) and ``"family"`` (e.g. "arith" or
+"facts", used by the ``synthetic`` judge). All other keys, ``family`` and
+``messages`` go into the ``metadata`` feature as a JSON object; a ``messages``
+row's ``prompt`` feature is its last user message. Lines are validated while the data set is generated; a
 bad line raises ``ValueError("<path> line <n>: <what is wrong>")`` with the
 1-based line number, e.g. ``/x/train.jsonl line 3: missing field 'reference'``.
 """
@@ -19,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from start_jax.errors import DataError
 from start_jax.data.builders.synthetic_world import text_features
+from start_jax.data.prompts import check_messages
 
 
 @dataclasses.dataclass(eq=False)
@@ -47,16 +52,22 @@ def parse_line(path: str, lineno: int, line: str) -> dict[str, str]:
         raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {_type(obj)}")
+    if "prompt" in obj and "messages" in obj:
+        raise DataError(f"{where}: give either 'prompt' or 'messages', not both")
+    if "messages" in obj:
+        obj["messages"] = check_messages(where, obj["messages"])
+        obj["prompt"] = obj["messages"][-1]["content"]
     for field in ("prompt", "reference"):
         if field not in obj:
-            raise DataError(f"{where}: missing field {field!r}")
+            raise DataError(f"{where}: missing field {field!r}"
+                            + (" (or 'messages')" if field == "prompt" else ""))
     if not isinstance(obj["prompt"], str):
         raise DataError(f"{where}: field 'prompt' must be a string, got {_type(obj['prompt'])}")
     reference = obj["reference"]
     if isinstance(reference, bool) or not isinstance(reference, (str, int, float)):
         raise DataError(f"{where}: field 'reference' must be a string or a number, "
                          f"got {_type(reference)}")
-    for field in ("thinking", "family"):
+    for field in ("thinking", "family", "response"):
         if field in obj and not isinstance(obj[field], str):
             raise DataError(f"{where}: field {field!r} must be a string, "
                              f"got {_type(obj[field])}")
