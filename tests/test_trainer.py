@@ -230,8 +230,8 @@ def test_unknown_algorithm_and_reward_names(tmp_path):
             "config: algo.advantage='ppo' is not one of ['gae', 'grpo', 'reinforce_pp', 'rloo']")):
         train.validate(config)
     config = smoke_config()
-    config.reward.name = "judge"
-    with pytest.raises(ValueError, match=re.escape("unknown reward 'judge'; registered: [")):
+    config.reward.name = "no_such_reward"
+    with pytest.raises(ValueError, match=re.escape("unknown reward 'no_such_reward'; registered: [")):
         train.Trainer(config, str(tmp_path))
 
 

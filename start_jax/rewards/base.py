@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import inspect
 import numbers
 import re
 import threading
@@ -24,6 +25,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from start_jax import segments
+from start_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +73,28 @@ def register(name: str):
 
 
 def make(name: str, **kwargs) -> RewardFn:
-    """Builds a registered reward function."""
+    """Builds a registered reward function.
+
+    Raises:
+      ConfigError: an unknown name, or keyword arguments the reward does not
+        take or lacks (named as the ``reward.kwargs`` fields of a run's config).
+    """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown reward {name!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
+        raise ConfigError(f"unknown reward {name!r}; registered: {sorted(_REGISTRY)}")
+    factory = _REGISTRY[name]
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as e:
+        params = inspect.signature(factory).parameters
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        missing = [p for p, v in params.items() if v.kind in named
+                   and v.default is inspect.Parameter.empty and p not in kwargs]
+        unknown = sorted(set(kwargs) - set(params))
+        what = (f"needs reward.kwargs.{missing[0]}" if missing else
+                f"takes no reward.kwargs.{unknown[0]} (it takes {sorted(params)})" if unknown
+                else str(e))
+        raise ConfigError(f"config: reward {name!r} {what}") from None
+    return factory(**kwargs)
 
 
 def registered() -> list[str]:

@@ -208,7 +208,8 @@ class RunSpec:
             norm_length=sampling.think_budget + sampling.response_budget + 1,
             kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, kl_scope=a.kl_scope,
             entropy_coef=a.entropy_coef, value_clip=a.value_clip, value_coef=a.value_coef,
-            temperature=max(sampling.temperature, 1e-6), tis_cap=float(a.tis_cap))
+            temperature=sampling.temperature if sampling.temperature > 0 else 1.0,  # Greedy rollouts
+            tis_cap=float(a.tis_cap))                       # report log-probs at T = 1.
         advantage = AdvantageConfig(estimator=a.advantage, group_size=a.group_size,
                                     grpo_scale=a.grpo_scale, group_baseline=a.group_baseline,
                                     gamma=a.gamma, lam=a.lam)
