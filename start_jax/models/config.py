@@ -25,6 +25,9 @@ _ARCHITECTURES = {
         ("qwen3", "score"): "Qwen3ForSequenceClassification",
 }
 
+# Values of `ModelConfig.attention_impl` (see `models.attention`).
+ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "pallas")
+
 _DTYPES = {
         "float32": jnp.float32,
         "bfloat16": jnp.bfloat16,
@@ -75,6 +78,13 @@ class ModelConfig:
     param_dtype: str = "float32"       # Storage dtype of the parameters.
     dtype: str = "float32"             # Compute dtype of activations/matmuls.
     remat: bool = False                # Recompute each block in the backward pass.
+    # Attention kernel (`models.attention.attend`): 'auto' (dense for short
+    # queries, else cuDNN on GPU, Pallas on TPU, blockwise elsewhere), 'xla'
+    # (dense [T, S] scores), 'blockwise' (online softmax, memory linear in
+    # length), 'cudnn' (GPU) or 'pallas' (TPU). Not saved to config.json.
+    attention_impl: str = "auto"
+    attention_block_q: int = 128       # Query tile of 'blockwise'.
+    attention_block_k: int = 128       # Key tile of 'blockwise'.
     bos_token_id: int | None = None    # Carried through for export.
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
@@ -104,6 +114,14 @@ class ModelConfig:
             raise ValueError("a model needs lm_head=True or value_head=True")
         as_dtype(self.param_dtype)
         as_dtype(self.dtype)
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                    f"unknown attention_impl {self.attention_impl!r}; expected one of "
+                    f"{', '.join(ATTENTION_IMPLS)}")
+        for name in ("attention_block_q", "attention_block_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
     @property
     def jnp_param_dtype(self) -> jnp.dtype:
