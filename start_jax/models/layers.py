@@ -18,11 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from start_jax.models.attention import attend
 from start_jax.models.config import ModelConfig
-
-# Large negative logit for masked attention entries; finite so that a query
-# with no visible key (a padding query) gives a uniform row instead of NaN.
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 # Parameter names of the fused layout made by `fuse_projections`.
@@ -122,13 +119,17 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, rope, attn_mask, kv, cache_index, layer):
+    def __call__(self, x, rope, mask, kv, cache_index, layer):
         """Attends x [B, T, D] to itself and to cached keys.
 
         Args:
             x: [B, T, D] normalised hidden states.
             rope: `rope_tables` of the token positions.
-            attn_mask: [B, T, S] True where query t may see key slot s.
+            mask: (key_valid, q_slots), the mask described, not built (see
+                `attention.attend`): key_valid bool [B, S] is False for padding
+                and unwritten cache slots; q_slots int32 [T] is the cache slot
+                of each query (key slot s is visible iff s <= q_slots[t] and
+                key_valid[b, s]), or None without a cache (arange(T), S == T).
             kv: None (no cache: S == T) or the whole cache (k [L, B, K, S, H],
                 v [L, B, K, H, S]); this layer's T new keys and values are
                 written at slots cache_index:cache_index + T of `layer`. The
@@ -180,11 +181,12 @@ class Attention(nn.Module):
         # attention dots then contract the last axis of each operand, which
         # XLA:CPU runs as one fast batched matmul straight from the cache
         # (values as [B, K, S, H] cost a slower generic dot, twice the time
-        # of the whole decode attention).
+        # of the whole decode attention) The mask is described, not built: the
+        # attention implementation (`config.attention_impl`, see
+        # `attention.attend`) builds a dense [B, T, S] one only on its dense path.
         k = k.transpose(0, 2, 1, 3)
         if kv is None:
             v = v.transpose(0, 2, 1, 3)                                  # [B, K, S, H]
-            pv = "BKGTS,BKSH->BTKGH"
         else:
             v = v.transpose(0, 2, 3, 1)                                  # [B, K, H, T]
             cache_k = jax.lax.dynamic_update_slice(
@@ -194,13 +196,11 @@ class Attention(nn.Module):
             kv = (cache_k, cache_v)
             k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)  # [B, K, S, H]
             v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)  # [B, K, H, S]
-            pv = "BKGTS,BKHS->BTKGH"
 
-        scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k.astype(dt),
-                            preferred_element_type=jnp.float32)
-        scores = jnp.where(attn_mask[:, None, None, :, :], scores, _MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum(pv, probs, v.astype(dt)).reshape(b, t, n, h)
+        key_valid, q_slots = mask
+        out = attend(q, k, v, key_valid=key_valid, q_slots=q_slots, impl=cfg.attention_impl,
+                     block_q=cfg.attention_block_q, block_k=cfg.attention_block_k,
+                     v_slots_last=kv is not None).reshape(b, t, n, h)
         return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt)), kv
 
 
@@ -235,14 +235,13 @@ class DecoderBlock(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, carry, rope, attn_mask, cache_index):
-        """carry = (x [B, T, D], whole cache or None, layer index)."""
+    def __call__(self, carry, rope, mask, cache_index):
+        """carry = (x [B, T, D], whole cache or None, layer index); mask as in `Attention`."""
         x, kv, layer = carry
         cfg = self.config
         dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
         h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
-        attn_out, kv = Attention(cfg, name="attn")(h, rope, attn_mask, kv, cache_index,
-                                                   layer)
+        attn_out, kv = Attention(cfg, name="attn")(h, rope, mask, kv, cache_index, layer)
         x = x + attn_out
         h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
         x = x + MLP(cfg, name="mlp")(h)

@@ -102,12 +102,15 @@ class Transformer(nn.Module):
             self.value_head = _param(self, "value_head", nn.initializers.normal(stddev=0.02),
                                                               (cfg.hidden_size,), ("embed",), pdt)
 
-    def trunk(self, tokens, positions, attn_mask, cache_index, kv):
-        """tokens [B, T] -> final-norm hidden [B, T, D] and the new per-layer kv."""
+    def trunk(self, tokens, positions, mask, cache_index, kv):
+        """tokens [B, T] -> final-norm hidden [B, T, D] and the new per-layer kv.
+
+        `mask` is (key_valid [B, S], q_slots [T] or None): see `Attention`.
+        """
         x = self.embed(tokens)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         rope = rope_tables(self.config, positions)
-        (x, kv, _), _ = self.layers((x, kv, jnp.zeros((), jnp.int32)), rope, attn_mask,
+        (x, kv, _), _ = self.layers((x, kv, jnp.zeros((), jnp.int32)), rope, mask,
                                     cache_index)
         return self.final_norm(x), kv
 
@@ -127,15 +130,21 @@ class Transformer(nn.Module):
         return jnp.einsum("BTD,D->BT", hidden.astype(dt), self.value_head.astype(dt),
                                             preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens, positions, attn_mask, cache_index, kv):
-        hidden, kv = self.trunk(tokens, positions, attn_mask, cache_index, kv)
+    def __call__(self, tokens, positions, mask, cache_index, kv):
+        hidden, kv = self.trunk(tokens, positions, mask, cache_index, kv)
         logits = self.logits(hidden) if self.config.lm_head else None
         values = self.values(hidden) if self.config.value_head else None
         return hidden, logits, values, kv
 
 
 def _masks_and_positions(tokens, positions, attention_mask, cache):
-    """Builds [B, T, S] attention masks and default positions."""
+    """The attention mask, described, and default positions.
+
+    Returns ((key_valid [B, S], q_slots [T] or None), positions, new cache
+    `valid`). Key slot s is visible to query t iff s <= q_slots[t] and
+    key_valid[b, s]; without a cache q_slots is None (arange(T), S == T). No
+    [B, T, S] array is built here (see `attention.attend`).
+    """
     b, t = tokens.shape
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), bool)
@@ -144,18 +153,12 @@ def _masks_and_positions(tokens, positions, attention_mask, cache):
     if cache is None:
         if positions is None:
             positions = jnp.maximum(counted, 0)
-        slots = jnp.arange(t)
-        causal = slots[None, :] <= slots[:, None]                       # [T, S=T]
-        attn = causal[None] & attention_mask[:, None, :]                # [B, T, T]
-        return attn, positions, None
+        return (attention_mask, None), positions, None
     if positions is None:
         positions = jnp.maximum(cache.next_positions()[:, None] + counted, 0)
     valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.end))
-    query_slot = cache.end + jnp.arange(t)                            # [T]
-    key_slot = jnp.arange(cache.max_length)                           # [S]
-    causal = key_slot[None, :] <= query_slot[:, None]                 # [T, S]
-    attn = causal[None] & valid[:, None, :]                           # [B, T, S]
-    return attn, positions, valid
+    query_slot = cache.end + jnp.arange(t, dtype=jnp.int32)          # [T]
+    return (valid, query_slot), positions, valid
 
 
 def apply(config: ModelConfig, params, tokens: jax.Array,
@@ -182,15 +185,15 @@ def apply(config: ModelConfig, params, tokens: jax.Array,
         A `ForwardOutput`.
     """
     tokens = jnp.asarray(tokens, jnp.int32)
-    attn, positions, valid = _masks_and_positions(tokens, positions, attention_mask, cache)
+    mask, positions, valid = _masks_and_positions(tokens, positions, attention_mask, cache)
     kv = None if cache is None else (cache.k, cache.v)
     cache_index = jnp.zeros((), jnp.int32) if cache is None else cache.end
     model = Transformer(config)
     variables = {"params": params}
     if heads:
-        hidden, logits, values, kv = model.apply(variables, tokens, positions, attn, cache_index, kv)
+        hidden, logits, values, kv = model.apply(variables, tokens, positions, mask, cache_index, kv)
     else:
-        hidden, kv = model.apply(variables, tokens, positions, attn, cache_index, kv,
+        hidden, kv = model.apply(variables, tokens, positions, mask, cache_index, kv,
                                                           method=Transformer.trunk)
         logits = values = None
     new_cache = None
@@ -223,8 +226,8 @@ def head_values(config: ModelConfig, params, hidden: jax.Array) -> jax.Array:
 
 def _init_boxed(config: ModelConfig, rng: jax.Array):
     tokens = jnp.zeros((1, 1), jnp.int32)
-    attn, positions, _ = _masks_and_positions(tokens, None, None, None)
-    return Transformer(config).init(rng, tokens, positions, attn, jnp.zeros((), jnp.int32),
+    mask, positions, _ = _masks_and_positions(tokens, None, None, None)
+    return Transformer(config).init(rng, tokens, positions, mask, jnp.zeros((), jnp.int32),
                                                                     None)["params"]
 
 
