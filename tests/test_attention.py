@@ -248,6 +248,7 @@ def test_auto_choice_by_backend_dtype_and_length():
     assert choose("auto", 1000, bf16, q_slots_given=False, backend="tpu") == "blockwise"
     assert choose("auto", 1024, bf16, q_slots_given=True, backend="tpu") == "blockwise"
     assert choose("blockwise", 1, f32, backend="gpu") == "blockwise"
+    assert attention.default_block("cpu") == 128 and attention.default_block("gpu") == 512
     with pytest.raises(ValueError, match="needs a GPU"):
         choose("cudnn", 1024, bf16, backend="cpu")
     with pytest.raises(ValueError, match="needs a TPU"):

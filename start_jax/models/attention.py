@@ -43,6 +43,14 @@ Implementations (`impl`):
   bfloat16/float16 and "blockwise" otherwise, tpu -> "pallas", cpu and
   others -> "blockwise".
 
+Measured once on one H200 (jax 0.11.2, bfloat16, B = 4, T = 4096, 16 query /
+8 key-value heads of width 128, one left-padded row), forward + backward:
+"cudnn" 3.3 ms, "blockwise" with 512 x 512 tiles 13.7 ms (128 x 128: 45.8
+ms), "xla" 25.5 ms; compiled temporaries of a 2-layer trunk gradient (B = 8,
+L = 8192, 8/4 heads of width 32, remat): "cudnn" 0.97 GiB, "blockwise" 0.92
+GiB, "xla" 44.1 GiB. Outputs and gradients of "cudnn" were within bfloat16
+rounding of a float32 dense reference (as close as bfloat16 "xla").
+
 Shapes: q [B, T, K, G, H], already multiplied by 1 / sqrt(H); k [B, K, S, H];
 v [B, K, S, H] or, with `v_slots_last`, [B, K, H, S] (the KV cache layout).
 The output is [B, T, K, G, H] in q's dtype.
@@ -75,6 +83,18 @@ MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 # the future half of the tiles and never builds the [T, S] arrays).
 DENSE_MAX_T = 128
 
+# Default "blockwise" tiles by backend: small tiles stay in cache on CPU (at
+# T = 1024 on 2 cores 128 x 128 was 2-3x faster than 512 x 512); on an H200
+# (bfloat16, T = 4096, H = 128) 512 x 512 was 3x faster than 128 x 128.
+DEFAULT_BLOCK = {"cpu": 128}
+DEFAULT_BLOCK_OTHER = 512
+
+
+def default_block(backend: str | None = None) -> int:
+    """The "blockwise" tile size used when none is given."""
+    return DEFAULT_BLOCK.get(backend or jax.default_backend(), DEFAULT_BLOCK_OTHER)
+
+
 _CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
@@ -102,8 +122,8 @@ def choose_impl(impl: str, t: int, dtype, q_slots_given: bool = True,
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, key_valid: jax.Array,
-           q_slots: jax.Array | None = None, impl: str = "auto", block_q: int = 128,
-           block_k: int = 128, v_slots_last: bool = False) -> jax.Array:
+           q_slots: jax.Array | None = None, impl: str = "auto", block_q: int | None = None,
+           block_k: int | None = None, v_slots_last: bool = False) -> jax.Array:
     """Attention of q [B, T, K, G, H] (pre-scaled) to k, v; returns [B, T, K, G, H].
 
     Args:
@@ -114,7 +134,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, key_valid: jax.Array,
         q_slots: int32 [T], the key slot of each query (causality: key slot s
             is visible iff s <= q_slots[t]); None: arange(T) with S == T.
         impl: "auto", "xla", "blockwise", "cudnn" or "pallas" (module doc).
-        block_q, block_k: tile sizes of "blockwise" (clipped to T and S).
+        block_q, block_k: tile sizes of "blockwise" (clipped to T and S);
+            None: `default_block()` (128 on CPU, 512 elsewhere).
         v_slots_last: v is [B, K, H, S].
     """
     b, t, kh, g, h = q.shape
@@ -122,6 +143,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, key_valid: jax.Array,
     if q_slots is None and s != t:
         raise ValueError(f"q_slots=None needs as many keys as queries; got T={t}, S={s}")
     impl = choose_impl(impl, t, q.dtype, q_slots is not None)
+    block_q = block_q or default_block()
+    block_k = block_k or default_block()
     if impl == "xla":
         return _attend_dense(q, k, v, key_valid, q_slots, v_slots_last)
     if impl == "pallas":
@@ -401,4 +424,4 @@ def _attend_pallas(q, k, v, key_valid, v_slots_last):
 
 
 __all__ = ["IMPLS", "MASK_VALUE", "DENSE_MAX_T", "attend", "attend_rolled", "blockwise",
-           "choose_impl", "dense_mask", "rolled_expressible"]
+           "choose_impl", "default_block", "dense_mask", "rolled_expressible"]

@@ -81,10 +81,12 @@ class ModelConfig:
     # Attention kernel (`models.attention.attend`): 'auto' (dense for short
     # queries, else cuDNN on GPU, Pallas on TPU, blockwise elsewhere), 'xla'
     # (dense [T, S] scores), 'blockwise' (online softmax, memory linear in
-    # length), 'cudnn' (GPU) or 'pallas' (TPU). Not saved to config.json.
+    # length), 'cudnn' (GPU) or 'pallas' (TPU). Tiles of 'blockwise': None
+    # takes the backend's default (128 on CPU, 512 elsewhere). Not saved to
+    # config.json.
     attention_impl: str = "auto"
-    attention_block_q: int = 128       # Query tile of 'blockwise'.
-    attention_block_k: int = 128       # Key tile of 'blockwise'.
+    attention_block_q: int | None = None  # Query tile of 'blockwise'; None: by backend.
+    attention_block_k: int | None = None  # Key tile of 'blockwise'; None: by backend.
     bos_token_id: int | None = None    # Carried through for export.
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
@@ -120,8 +122,9 @@ class ModelConfig:
                     f"{', '.join(ATTENTION_IMPLS)}")
         for name in ("attention_block_q", "attention_block_k"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
     @property
     def jnp_param_dtype(self) -> jnp.dtype:
