@@ -23,7 +23,9 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from start_jax.errors import UserError
@@ -196,3 +198,62 @@ def logical_constraint_context(mesh: Mesh, rules: ShardingRules | None = None):
     stack.enter_context(nn.logical_axis_rules(rules.rules))
     return stack
 
+
+
+# ------------------------------------------------------------------ several processes
+# With `jax.distributed` a mesh spans the devices of every process: an array on it is
+# global, and each process holds only its own shards. The helpers below are what
+# single-process code written with `jax.device_put` / `jax.device_get` needs instead;
+# with one process they are exactly those calls.
+
+
+def host_to_global(x, sharding: jax.sharding.Sharding | None):
+    """A host array placed in `sharding`; every process passes the same full value.
+
+    One process (or a sharding of this process's devices only): `jax.device_put`.
+    Several: each process puts its own shards of `x` (`jax.make_array_from_callback`),
+    without the cross-process equality check that `device_put` would run.
+    """
+    if sharding is None or sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(tree):
+    """A numpy copy of a pytree of arrays (`jax.device_get` in one process).
+
+    With several processes an array split across them is gathered from all: a
+    collective, so every process must call this at the same point, and each gets
+    the full values.
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    leaves, treedef = jax.tree.flatten(tree)
+    split = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)
+             and not x.is_fully_addressable and not x.is_fully_replicated]
+    if split:
+        gathered = multihost_utils.process_allgather([leaves[i] for i in split], tiled=True)
+        for i, value in zip(split, gathered):
+            leaves[i] = value
+    return jax.tree.unflatten(treedef, jax.device_get(leaves))
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name` (nothing with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+    """True when `flag` is true in any process (every process must call it)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
+def primary_value(value):
+    """Process 0's `value` (a numpy-able pytree), in every process (a collective)."""
+    if jax.process_count() == 1:
+        return value
+    return multihost_utils.broadcast_one_to_all(value)
