@@ -19,13 +19,15 @@ import io
 import json
 import logging as std_logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from start_jax import sharding
 from start_jax.data.builders.jsonl_tasks import JsonlConfig, JsonlTasks
 from start_jax.data.builders.synthetic_world import SyntheticWorld, SyntheticWorldConfig
 from start_jax.errors import MissingFile
@@ -110,7 +112,10 @@ class _NotYetGenerated(std_logging.Filter):
 std_logging.getLogger("absl").addFilter(_NotYetGenerated())
 
 def prepare(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.GeneratorBasedBuilder:
-    """Generates the builder's data set unless it is already prepared; returns it."""
+    """Generates the builder's data set unless it is already prepared; returns it.
+
+    One process only: with several JAX processes use `prepared`.
+    """
     if not builder.is_prepared():
         # tfds prints "Downloading and preparing dataset Unknown size" to stdout for data
         # that is generated here; say what happens instead, in the log.
@@ -123,8 +128,27 @@ def prepare(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.GeneratorBase
     return builder
 
 
-def _source(builder, split: str) -> DecodedSource:
-    prepare(builder)
+def prepared(make_builder: Callable[[], tfds.core.GeneratorBasedBuilder]
+             ) -> tfds.core.GeneratorBasedBuilder:
+    """`prepare(make_builder())`, without a race between JAX processes.
+
+    With several processes (`jax.distributed`), process 0 generates the data set
+    while the others wait at a barrier; then every process makes its builder,
+    which reads what process 0 wrote (a builder made before the data existed
+    would not see its splits). A process whose `data_dir` is not the disk process
+    0 wrote to (a host-local workdir) generates its own copy.
+    """
+    if jax.process_count() == 1:
+        return prepare(make_builder())
+    if jax.process_index() == 0:
+        prepare(make_builder())
+    sharding.barrier("start_jax.data.pipeline.prepared")
+    return prepare(make_builder())
+
+
+def _source(make_builder: Callable[[], tfds.core.GeneratorBasedBuilder],
+            split: str) -> DecodedSource:
+    builder = prepared(make_builder)
     if split not in builder.info.splits:
         raise ValueError(f"{builder.name}/{builder.builder_config.name} has no split {split!r}; "
                          f"it has {sorted(builder.info.splits)}")
@@ -164,8 +188,8 @@ def load_synthetic(config_name: str, data_dir: str | os.PathLike, split: str,
     custom config, see `synthetic_config`.
     """
     config = synthetic_config(config_name, **overrides)
-    return _source(SyntheticWorld(config=config, data_dir=os.fspath(data_dir),
-                                  file_format=FILE_FORMAT), split)
+    return _source(lambda: SyntheticWorld(config=config, data_dir=os.fspath(data_dir),
+                                          file_format=FILE_FORMAT), split)
 
 
 def jsonl_config(train_path: str | os.PathLike,
@@ -199,8 +223,8 @@ def load_jsonl(train_path: str | os.PathLike, test_path: str | os.PathLike | Non
       ValueError: A line is malformed (the message names the file and line).
     """
     config = jsonl_config(train_path, test_path)
-    return _source(JsonlTasks(config=config, data_dir=os.fspath(data_dir),
-                              file_format=FILE_FORMAT), split)
+    return _source(lambda: JsonlTasks(config=config, data_dir=os.fspath(data_dir),
+                                      file_format=FILE_FORMAT), split)
 
 
 class PromptIterator:

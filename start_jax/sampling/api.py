@@ -156,8 +156,8 @@ def _from_prefix(model_config, params, prefix: core.Prefix, steps: int, config: 
                   think_truncated=prefix.think_truncated,
                   row_ids=ids.astype(np.uint32), segment_ids=prefix.segment_ids,
                   forced=prefix.forced)
-    # Every host array goes to the device here, explicitly.
-    arrays = {k: jax.device_put(v, None if mesh is None else sharding.batch_sharding(
+    # Every host array goes to the device here, explicitly (each process puts its shards).
+    arrays = {k: sharding.host_to_global(v, None if mesh is None else sharding.batch_sharding(
         mesh, v.ndim, rules, batch)) for k, v in arrays.items()}
     return _generate(model_config, params, arrays, steps, config, rng, special, mesh, rules,
                      logits_processor, width)
@@ -185,8 +185,8 @@ def respond(model_config: ModelConfig, params, thinking: core.Rollout, config: S
                          f"response steps exceed the context of {limit} tokens")
     batch = thinking.tokens.shape[0]
     ids = np.asarray(row_ids).astype(np.uint32)
-    put = lambda x: jax.device_put(x, None if mesh is None else sharding.batch_sharding(  # noqa: E731
-        mesh, x.ndim, rules, batch))
+    put = lambda x: sharding.host_to_global(  # noqa: E731
+        x, None if mesh is None else sharding.batch_sharding(mesh, x.ndim, rules, batch))
     arrays = dict(_continuation(thinking), row_ids=put(ids))
     return _generate(model_config, params, arrays, steps, config, rng, special, mesh, rules,
                      None, width)

@@ -5,6 +5,11 @@ optimizer state, and a JSON record with the step, the stage, the data
 iterator position, the seed and the model configuration. Saves are atomic
 (orbax writes to a temporary directory and renames), so a run killed in the
 middle of a save resumes from the previous checkpoint.
+
+With several JAX processes every process calls `save` and `restore` at the same
+step (orbax coordinates them: each writes its own shards, process 0 the metadata,
+into a directory they all see). A checkpoint restores into any mesh: one written
+by two processes resumes in one.
 """
 
 from __future__ import annotations

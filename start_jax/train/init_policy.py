@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from start_jax import models
+from start_jax import models, sharding
 from start_jax.checkpoints import load_pretrained, read_config, save_pretrained
 from start_jax.data import behaviours, world
 from start_jax.errors import ConfigError
@@ -42,7 +42,9 @@ def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
                               "prompt.end_think_tag")
         return model_config, params
     path = os.path.join(workdir, "init_policy")
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    # With several processes, all train the cold start together (its steps are global
+    # programs on the mesh) when process 0 finds none; process 0 writes it.
+    if not sharding.primary_value(np.bool_(os.path.isfile(os.path.join(path, "config.json")))):
         model_config = model_config_of(spec, tokenizer)
         params = models.init_sharded(model_config, jax.random.key(spec.seed), mesh)
         if spec.sft.steps:
@@ -51,18 +53,28 @@ def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
             params, losses = sft.train_sft(
                 model_config, params, tokenizer, sft_traces(spec, examples), spec.sft.steps,
                 spec.sft.batch_size, spec.sft.learning_rate, seed=spec.seed,
-                progress=spec.log.progress)
+                progress=spec.log.progress and jax.process_index() == 0)
             logging.info("cold-start SFT: final losses %s", np.round(losses, 3))
-        tmp = path + ".tmp"
-        save_pretrained(model_config, params, tmp)
-        with open(os.path.join(tmp, SFT_RECORD), "w") as fh:
-            json.dump(sft_fields(spec), fh, indent=1, sort_keys=True)
-        shutil.rmtree(path, ignore_errors=True)  # A partial directory from a killed run.
-        os.replace(tmp, path)
+        params = sharding.to_host(params)
+        if jax.process_index() == 0:
+            _write(path, model_config, params, spec)
+        sharding.barrier("start_jax.train.init_policy")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            _write(path, model_config, params, spec)  # A workdir process 0 does not share.
     _check_cached(path, spec, tokenizer)
     model_config, params = load_pretrained(path, dtype=m.param_dtype, compute_dtype=m.dtype,
                                            mesh=mesh, remat=m.remat)
     return model_config.replace(max_position_embeddings=m.max_position_embeddings), params
+
+
+def _write(path: str, model_config, params, spec: RunSpec) -> None:
+    """The cold start as a HF directory plus its `SFT_RECORD`, renamed into place."""
+    tmp = path + ".tmp"
+    save_pretrained(model_config, params, tmp)
+    with open(os.path.join(tmp, SFT_RECORD), "w") as fh:
+        json.dump(sft_fields(spec), fh, indent=1, sort_keys=True)
+    shutil.rmtree(path, ignore_errors=True)  # A partial directory from a killed run.
+    os.replace(tmp, path)
 
 
 def model_config_of(spec: RunSpec, tokenizer) -> models.ModelConfig:

@@ -8,6 +8,12 @@ critic) updates. A step crosses to the host twice: once for the rollout (to
 decode and score it) and once for the metrics. `run(config, workdir)` is the
 entry point: it freezes the config into a `RunSpec`, resumes from the latest
 checkpoint in `workdir`, and saves one when it receives SIGTERM.
+
+Multi-host (`launch.py --distributed`): every process runs this same loop on the
+mesh that spans all their devices. Host data goes to the devices shard by shard
+(`sharding.host_to_global`), the host views gather the rollout and the metrics
+from all processes (`sharding.to_host`), so every process scores and decides
+alike; process 0 alone writes files and prints.
 """
 
 from __future__ import annotations
@@ -117,6 +123,9 @@ class Trainer:
         self.sampler_config = (self.model_config.replace(dtype=spec.sampling_dtype)
                                if spec.sampling_dtype else self.model_config)
         self._jits: dict = {}
+        # With several processes (jax.distributed) every process runs this same loop on
+        # its shards; process 0 alone writes files and prints.
+        self.primary = jax.process_index() == 0
 
     # ------------------------------------------------------------------ state
 
@@ -203,8 +212,8 @@ class Trainer:
 
     def _key(self, offset: int, step: int) -> jax.Array:
         """fold_in(key(seed + offset), step), from an explicit host-to-device copy."""
-        pair = jax.device_put(np.asarray([self.spec.seed + offset, step], np.uint32),
-                              self.replicated)
+        pair = sharding.host_to_global(np.asarray([self.spec.seed + offset, step], np.uint32),
+                                       self.replicated)
         return _fold_key(pair)
 
     def _sample(self, params, prompts, sc, rng, row_ids, **kwargs):
@@ -260,8 +269,8 @@ class Trainer:
     def make_batch(self, state: rl.TrainState, rollout, reward: np.ndarray,
                    stage: StageSpec) -> rl.Batch:
         """The update's batch, on device from the device rollout and host rewards."""
-        r = jax.device_put(np.asarray(reward, np.float32),
-                           sharding.batch_sharding(self.mesh, 1, self.rules, len(reward)))
+        r = sharding.host_to_global(np.asarray(reward, np.float32),
+                                    sharding.batch_sharding(self.mesh, 1, self.rules, len(reward)))
         ref = self.init_params if self.spec.train.loss.kl_coef else None
         fn = self._batch_fn(stage)
         with sharding.logical_constraint_context(self.mesh, self.rules):
@@ -278,7 +287,7 @@ class Trainer:
         n = min(self.spec.eval.prompts, len(self.test_data))
         examples = [self.test_data[i] for i in range(n)]
         stage = StageSpec("eval", "joint", "self", 0, 0.0, 0)
-        rollout = jax.device_get(self.rollouts(params, examples, 10_000_000 + step, stage, 1))
+        rollout = sharding.to_host(self.rollouts(params, examples, 10_000_000 + step, stage, 1))
         reward = self.score(rollout, examples, 1)
         rates = self.behaviour_metrics(self.decoded_rows(rollout, examples, 1))
         return {"eval/reward": float(reward.mean()),
@@ -315,7 +324,8 @@ class Trainer:
             iterator.restore(meta["data"])
             start = latest
             logging.info("resumed from %s/checkpoints at step %d", self.workdir, latest)
-            print(f"resuming from step {latest} ({self.workdir}/checkpoints)")
+            if self.primary:
+                print(f"resuming from step {latest} ({self.workdir}/checkpoints)")
         writer = MetricWriter(self.workdir, resume_step=start)
         summary = {"first": None, "last": None, "eval": {}}
         began = time.perf_counter()
@@ -323,10 +333,10 @@ class Trainer:
         g = spec.group_size
         with _SigtermFlag() as sigterm, tqdm.trange(
                 start, self.total_steps, initial=start, total=self.total_steps, desc="rl",
-                unit="step", disable=not spec.log.progress) as bar:
+                unit="step", disable=not (spec.log.progress and self.primary)) as bar:
             for step in bar:
                 stage = self.stage_at(step)
-                if step in (stage.start, start):
+                if step in (stage.start, start) and self.primary:
                     bar.write(self._stage_line(stage, resumed=step != stage.start))
                 if step == stage.start:  # Each stage starts its optimizer afresh.
                     state = self.fresh_state(
@@ -334,11 +344,11 @@ class Trainer:
                         None if state is None else state.critic_params)
                 examples = iterator.next_batch()
                 rollout = self.rollouts(state.params, examples, step, stage)
-                host = jax.device_get(rollout)                       # Host view 1: the rollout.
+                host = sharding.to_host(rollout)                     # Host view 1: the rollout.
                 reward = self.score(host, examples, g)
                 batch = self.make_batch(state, rollout, reward, stage)
                 state, metrics = self.update(state, batch, step, stage)
-                metrics = rl.check_finite(jax.device_get(metrics), step)  # Host view 2.
+                metrics = rl.check_finite(sharding.to_host(metrics), step)  # Host view 2.
                 check_health(metrics, step, stage)
                 write = bool(spec.log.samples_every) and step % spec.log.samples_every == 0
                 rows = self._rows_to_decode(host, examples, write)
@@ -354,9 +364,11 @@ class Trainer:
                 summary["first"] = summary["first"] or metrics
                 bar.set_postfix(stage=stage.name, mode=stage.train_segments,
                                 reward=f"{metrics['reward_mean']:.3f}")
-                if done % spec.checkpoint.every == 0 or done == self.total_steps or sigterm.raised:
+                # Every process stops at the same step when any of them received SIGTERM.
+                term = sharding.any_process(sigterm.raised)
+                if done % spec.checkpoint.every == 0 or done == self.total_steps or term:
                     ckpt.save(done, state, self._meta(done, iterator), force=True)
-                if sigterm.raised:
+                if term:
                     stopped = True
                     break
         ckpt.close()
@@ -366,9 +378,11 @@ class Trainer:
         summary["params"] = state.params
         if not stopped and spec.checkpoint.export_hf:
             export = os.path.join(self.workdir, "export")
-            save_pretrained(self.model_config, state.params, export)
-            if hasattr(self.tokenizer, "save_pretrained"):
-                self.tokenizer.save_pretrained(export)
+            params = sharding.to_host(state.params)   # Gathered by all, written by process 0.
+            if self.primary:
+                save_pretrained(self.model_config, params, export)
+                if hasattr(self.tokenizer, "save_pretrained"):
+                    self.tokenizer.save_pretrained(export)
             summary["export"] = export
         return summary
 
@@ -411,7 +425,8 @@ def run(config, workdir: str) -> dict:
     """Runs (or resumes) the schedule of a ConfigDict or `RunSpec`; prints a final table."""
     trainer = Trainer(as_spec(config), workdir)
     summary = trainer.run()
-    print_summary(trainer, summary)
+    if trainer.primary:
+        print_summary(trainer, summary)
     return summary
 
 

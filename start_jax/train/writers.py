@@ -1,10 +1,15 @@
-"""Metric outputs of a run: a JSONL file and TensorBoard event files."""
+"""Metric outputs of a run: a JSONL file and TensorBoard event files.
+
+With several JAX processes only process 0 writes (every process computes the
+same metrics); in the others the writers do nothing.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
+import jax
 from tensorboardX import SummaryWriter
 
 
@@ -18,6 +23,9 @@ class MetricWriter:
 
     def __init__(self, workdir: str, resume_step: int = 0):
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.active = jax.process_index() == 0
+        if not self.active:
+            return
         if os.path.exists(self.path):
             with open(self.path) as fh:
                 kept = [line for line in fh if line.strip()
@@ -29,6 +37,8 @@ class MetricWriter:
                                  if resume_step else None)
 
     def write(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
         self._file.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
         self._file.flush()
         for key, value in metrics.items():
@@ -36,12 +46,16 @@ class MetricWriter:
                 self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
+        if not self.active:
+            return
         self._file.close()
         self._tb.close()
 
 
 def write_samples(workdir: str, step: int, rows: list[dict]) -> None:
     """Appends decoded rollouts (prompt / thinking / response / reward) to samples.jsonl."""
+    if jax.process_index() != 0:
+        return
     with open(os.path.join(workdir, "samples.jsonl"), "a") as fh:
         for row in rows:
             fh.write(json.dumps({"step": step, **row}) + "\n")
