@@ -4,11 +4,30 @@
   python launch.py --config=experiments/configs/default.py --workdir=/tmp/run \
       --config.stages.s1.steps=20 --config.algo.advantage=rloo
 
-A run resumes from the latest checkpoint in --workdir. Multi-host (TPU VM
-slice, several GPU hosts): add --distributed so that every process calls
-`jax.distributed.initialize()` before touching devices. A bad config, file or
+A run resumes from the latest checkpoint in --workdir. A bad config, file or
 data line ends the run with one line naming it (exit status 2); --traceback
 shows the full traceback instead.
+
+Multi-host (a TPU VM slice, several GPU hosts): run the same command on every
+host with --distributed, so that each process calls `jax.distributed.initialize()`
+before touching devices; the mesh then spans the devices of all hosts. On TPU
+and under SLURM or Open MPI the processes find each other by themselves; elsewhere
+name process 0's address, the number of processes and each one's index. Two GPU
+hosts, the first reachable as host0:
+
+  host0$ python launch.py --config=experiments/configs/default.py --workdir=/shared/run \
+      --distributed --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+  host1$ python launch.py --config=experiments/configs/default.py --workdir=/shared/run \
+      --distributed --coordinator_address=host0:1234 --num_processes=2 --process_id=1
+
+--workdir should be one directory that all hosts see (NFS or another shared
+disk): process 0 builds the data sets and the cold-start policy there while the
+others wait, every process writes its shards of the orbax checkpoints there, and
+process 0 alone writes metrics.jsonl, samples.jsonl, tensorboard/ and export/.
+Every process computes the same metrics; a checkpoint resumes with another
+number of processes (one process with all the devices, for instance). On CPU the
+processes use gloo collectives (tests/test_distributed.py runs two processes of
+4 CPU devices each on one machine).
 """
 
 import importlib.util
@@ -23,7 +42,16 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exper
 _CONFIG = config_flags.DEFINE_config_file(
     "config", DEFAULT_CONFIG, "Experiment config file (a get_config() module).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; default ./workdir/<config name>.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host: call jax.distributed.initialize() (see the docstring).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: host:port of process 0's coordinator "
+    "(default: auto-detected on TPU / SLURM / Open MPI, or $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: the number of processes (default: auto-detected).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index, 0 to num_processes-1 "
+    "(default: auto-detected).")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a bad-input error.")
 
 
@@ -75,6 +103,23 @@ def _parse_flags(argv):
         _fail(_unknown_override(argv) or f"bad --config override: {e}")
 
 
+def _initialize_distributed(jax) -> None:
+    """`jax.distributed.initialize` with the flags given (none: plain `initialize()`,
+    which detects TPU slices, SLURM and Open MPI by itself)."""
+    # Collectives between processes computing on CPU: gloo (jax's default in
+    # recent versions; set here for those without one). Must be set before any backend starts.
+    if not jax.config.jax_cpu_collectives_implementation:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {k: v for k, v in (("coordinator_address", _COORDINATOR.value),
+                                ("num_processes", _NUM_PROCESSES.value),
+                                ("process_id", _PROCESS_ID.value)) if v is not None}
+    jax.distributed.initialize(**kwargs)
+    # A first collective while all processes are here: gloo sets up its connections then
+    # (it waits only 30 s for that), so later waits (process 0 building the data) are safe.
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("launch.py: processes started")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -83,8 +128,8 @@ def main(argv):
         # them. (absl's app.run resets a changed default of --verbosity to 0, so it is set here.)
         logging.set_verbosity(logging.WARNING)
     import jax
-    if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+    if _DISTRIBUTED.value:   # One process per host; all run this same command.
+        _initialize_distributed(jax)
     from start_jax import train
     from start_jax.errors import TrainingError, UserError
     name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
