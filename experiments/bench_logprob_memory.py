@@ -3,7 +3,8 @@
 Run from the repository root:
 
     python -m experiments.bench_logprob_memory [--batch 8 --length 1024 --vocab 151936 --chunk 256
-        --sweep_chunks 64,128,512 --sweep_lengths 2048,4096 --max_run_gib 8]
+        --sweep_chunks 64,128,512 --sweep_lengths 2048,4096 --max_run_gib 8
+        --attention auto --attention_lengths 1024,2048,4096,8192,32768 --dense_max_length 32768]
 
 It takes a Qwen3-shaped policy with a Qwen-sized vocabulary (vocab 151936,
 hidden 256, MLP 768, 2 layers, 8 query / 4 key-value heads of width 32,
@@ -19,7 +20,9 @@ and compiles, without running, with abstract `jax.ShapeDtypeStruct` arguments:
   `models.forward(...).logits` [B, L, V], `jax.nn.log_softmax` and a gather;
 * (d) trunk-only grad: the same kind of loss on the final hidden states
   (`models.apply(..., heads=False)`), i.e. the trunk's share of (b) and (c)
-  (its dense attention keeps [B, heads, L, L] float32 scores);
+  (with dense attention, `--attention xla`, it keeps [B, heads, L, L] float32
+  scores; the default `auto` picks blockwise attention on CPU for L >= 128,
+  whose memory is linear in L);
 * and, for reference, the forward passes alone: (b') chunked logp
   (`rl.token_log_probs`) and (c') naive logp (full logits + log_softmax).
 
@@ -44,6 +47,14 @@ prints the wall time and the process peak RSS (`resource.getrusage`) before
 and after the run (`--max_run_gib 0` skips it; the naive path is never run).
 It ends with a one-line conclusion giving the temp / full-logits ratios of
 (a), (b) and (c), and of the head's share ((b) - (d) and (c) - (d)).
+
+Last, the attention table: (a)'s temporaries at each of `--attention_lengths`
+(compile only, at `chunk`) with the attention implementation that
+`attention_impl='auto'` picks on this backend (`models.attention.choose_impl`;
+blockwise on CPU) and with the dense 'xla' implementation for comparison,
+the latter up to `--dense_max_length` (nothing is allocated: its [B, heads, L,
+L] scores need not fit; it compiled in about 6 s at every length here), with
+the ratio dense / auto and the temporaries per token of the batch. `--attention_lengths ''` skips it.
 """
 
 from __future__ import annotations
@@ -61,18 +72,21 @@ import numpy as np
 
 from experiments.bench_common import print_table
 from start_jax import models, rl, segments
+from start_jax.models import attention
 
 GIB = 1024 ** 3
 
 
 REMAT = True  # Set from --remat: recompute each block in the backward pass.
+ATTENTION = "auto"  # Set from --attention: ModelConfig.attention_impl.
 
 
-def model_config(vocab: int, layers: int) -> models.ModelConfig:
+def model_config(vocab: int, layers: int, attention_impl: str | None = None) -> models.ModelConfig:
     return models.ModelConfig(
         model_type="qwen3", vocab_size=vocab, hidden_size=256, intermediate_size=768,
         num_layers=layers, num_heads=8, num_kv_heads=4, head_dim=32,
-        tie_embeddings=True, max_position_embeddings=1024, remat=REMAT)
+        tie_embeddings=True, max_position_embeddings=1024, remat=REMAT,
+        attention_impl=attention_impl or ATTENTION)
 
 
 def naive_log_probs(config: models.ModelConfig, params, tokens, segment_ids):
@@ -196,9 +210,18 @@ def main(argv=None) -> None:
     parser.add_argument("--sweep_lengths", default="2048,4096",
                         help="extra lengths compiled at --chunk ('' for none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attention", default="auto", choices=attention.IMPLS,
+                        help="ModelConfig.attention_impl of every compile above the attention "
+                             "table")
+    parser.add_argument("--attention_lengths", default="1024,2048,4096,8192,32768",
+                        help="lengths of the attention table: (a) with 'auto' vs dense 'xla' "
+                             "attention ('' for none)")
+    parser.add_argument("--dense_max_length", type=int, default=32768,
+                        help="longest length the attention table compiles dense attention at")
     args = parser.parse_args(argv)
-    global REMAT
+    global REMAT, ATTENTION
     REMAT = bool(args.remat)
+    ATTENTION = args.attention
 
     config = model_config(args.vocab, args.layers)
     b, l, v = args.batch, args.length, args.vocab
@@ -216,7 +239,9 @@ def main(argv=None) -> None:
           f"mlp={config.intermediate_size} layers={config.num_layers} heads={config.num_heads} "
           f"kv_heads={config.num_kv_heads} head_dim={config.head_dim} qk_norm tied embeddings, "
           f"float32; {num_params:,} parameters ({num_params * 4 / GIB:.3f} GiB)")
-    print(f"batch={b} length={l} chunk={args.chunk} remat={REMAT}")
+    print(f"batch={b} length={l} chunk={args.chunk} remat={REMAT} attention={ATTENTION} "
+          f"(at length {l} this runs "
+          f"{attention.choose_impl(ATTENTION, l, config.jnp_dtype, q_slots_given=False)})")
     print(f"one full [B, L, V] float32 logits array: {b}*{l}*{v}*4 = {full_logits:,.0f} bytes "
           f"= {gib(full_logits)} GiB; one [B, chunk, V] chunk: {gib(chunk_logits)} GiB")
     sys.stdout.flush()
@@ -306,6 +331,40 @@ def main(argv=None) -> None:
           f"share (minus trunk-only {gib(d)} GiB) is {(bb - d) / full_logits:.3f} chunked "
           f"(= {(bb - d) / chunk_logits:.2f} [B, chunk, V] arrays) vs {(c - d) / full_logits:.3f} "
           f"naive")
+
+    lengths = parse_ints(args.attention_lengths)
+    if lengths:
+        attention_table(args, lengths)
+
+
+def attention_table(args, lengths: list[int]) -> None:
+    """(a)'s temporaries vs length with 'auto' attention and with dense 'xla' attention."""
+    b, v = args.batch, args.vocab
+    dtype = model_config(v, args.layers).jnp_dtype
+    print(f"== attention: (a) train step temp (GiB) vs length (batch {b}, chunk {args.chunk}, "
+          f"backend {jax.default_backend()}; compile only)")
+    rows = [("length", "auto runs", "(a) auto", "(a) dense xla", "dense/auto",
+             "auto KiB/token", "compile auto s", "compile dense s")]
+    for length in lengths:
+        picked = attention.choose_impl("auto", length, dtype, q_slots_given=False)
+        temps, secs = {}, {}
+        for impl in ("auto", "xla"):
+            if impl == "xla" and length > args.dense_max_length:
+                continue
+            start = time.perf_counter()
+            compiled = compile_train_step(model_config(v, args.layers, impl), b, length, args.chunk)
+            temps[impl] = memory_stats(compiled)["temp"]
+            secs[impl] = time.perf_counter() - start
+            print(f"length {length} attention {impl}: temp {gib(temps[impl])} GiB, compiled in "
+                  f"{secs[impl]:.1f} s")
+            sys.stdout.flush()
+        dense = temps.get("xla", float("nan"))
+        rows.append((str(length), picked, gib(temps["auto"]), gib(dense),
+                     f"{dense / temps['auto']:.1f}" if dense == dense else "n/a",
+                     f"{temps['auto'] / (b * length) / 1024:.1f}",
+                     f"{secs['auto']:.1f}", f"{secs['xla']:.1f}" if "xla" in secs else "-"))
+    print_table(rows)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
