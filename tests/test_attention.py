@@ -2,7 +2,8 @@
 
 Every implementation that runs on CPU ("xla", "blockwise", and the
 `jax.nn.dot_product_attention` plumbing of "cudnn" run with
-implementation="xla") is compared in float32 with a float64 NumPy reference
+implementation="xla"; the "pallas" TPU kernel in Pallas's interpret mode, on
+its own) is compared in float32 with a float64 NumPy reference
 and with the dense "xla" path: max abs error <= TOL on every query row that
 sees at least one key (rows that see none only have to be finite), on left,
 right and middle padding, GQA with G = 1 and G > 1, lengths that are not
@@ -234,6 +235,23 @@ def test_model_prefill_and_decode_with_blockwise_equal_dense():
     rows = [np.asarray(mask[:, :17]), np.asarray(mask[:, 17:]), np.ones((3, 1), bool)]
     for ours, ref, r in zip(logits["blockwise"], logits["xla"], rows):
         assert _max_err(ours, ref, r) <= TOL
+
+
+def test_pallas_tpu_kernel_in_interpret_mode():
+    """The "pallas" path's TPU kernel, run by Pallas's TPU interpreter on CPU."""
+    pltpu = pytest.importorskip("jax.experimental.pallas.tpu")
+    if not hasattr(pltpu, "force_tpu_interpret_mode"):
+        pytest.skip("this jax has no TPU interpret mode")
+    b, t = 2, 256  # The kernel's tiles are 128 long; heads of width 128.
+    valid = np.ones((b, t), bool)
+    valid[0, :50] = False
+    valid[1, 200:] = False
+    q, k, v = _inputs(b, t, t, 1, 2, 128, seed=7)
+    with pltpu.force_tpu_interpret_mode():
+        out = attention._attend_pallas(q, k, v, jnp.asarray(valid), False)
+    ref = _numpy_reference(q, k, v, valid, None)
+    assert np.isfinite(np.asarray(out)).all()
+    assert _max_err(out, ref, _seen(valid, None, t)) <= TOL
 
 
 def test_auto_choice_by_backend_dtype_and_length():

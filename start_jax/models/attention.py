@@ -36,8 +36,10 @@ Implementations (`impl`):
 * "pallas": the TPU Pallas flash-attention kernel
   (`jax.experimental.pallas.ops.tpu.flash_attention`) with segment ids for
   padding; TPU only, self-attention without a cache (`q_slots` None) and
-  lengths that are multiples of 128, else "blockwise". UNTESTED: written for
-  TPU, never run on the machines this library is tested on.
+  lengths that are multiples of 128, else "blockwise". Never run on a TPU:
+  checked only on CPU in Pallas's TPU interpret mode (the forward pass in
+  tests/test_attention.py; gradients once, to 1.1e-5 of the dense path). On a
+  multi-device mesh the kernel would need a `shard_map` around it (not done).
 * "auto": `choose_impl`: "xla" for T < `DENSE_MAX_T` (decode, short
   prefills), else by `jax.default_backend()`: gpu -> "cudnn" for
   bfloat16/float16 and "blockwise" otherwise, tpu -> "pallas", cpu and
@@ -407,7 +409,7 @@ def attend_rolled(q, k, v, key_valid, q_slots, *, implementation: str, fallback,
 
 
 def _attend_pallas(q, k, v, key_valid, v_slots_last):
-    """TPU flash-attention kernel, self-attention (S == T). UNTESTED here."""
+    """TPU flash-attention kernel, self-attention (S == T); see the module docstring."""
     from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
 
     b, t, kh, g, h = q.shape
@@ -415,11 +417,11 @@ def _attend_pallas(q, k, v, key_valid, v_slots_last):
     vs = v.transpose(0, 1, 3, 2) if v_slots_last else v
     kh_ = jnp.repeat(k.astype(q.dtype), g, axis=1)                          # [B, N, S, H]
     vh = jnp.repeat(vs.astype(q.dtype), g, axis=1)
-    # Padding as a segment of its own: real queries see real keys only, and
-    # padding queries see earlier padding keys (finite, never all masked).
-    ids = key_valid.astype(jnp.int32)
-    o = tpu_flash.flash_attention(qh, kh_, vh, segment_ids=tpu_flash.SegmentIds(q=ids, kv=ids),
-                                  causal=True, sm_scale=1.0)
+    # Segment ids: every query 1, valid keys 1 and padding keys 0, so each
+    # query sees the valid keys up to its own slot, as in the dense path.
+    segments = tpu_flash.SegmentIds(q=jnp.ones((b, t), jnp.int32),
+                                    kv=key_valid.astype(jnp.int32))
+    o = tpu_flash.flash_attention(qh, kh_, vh, segment_ids=segments, causal=True, sm_scale=1.0)
     return o.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4)
 
 
