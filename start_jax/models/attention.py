@@ -31,7 +31,8 @@ Implementations (`impl`):
   (`is_causal`, `key_value_seq_lengths`), and the output is rolled back.
   Rows with padding in the middle, or queries not at slots 0..T-1 (a cache
   written at an offset), cannot be expressed; a `lax.cond` checks this at run
-  time and takes "blockwise" instead. Only queries preceded by left padding
+  time and takes "blockwise" instead (for the whole batch when any row has a
+  hole). Only queries preceded by left padding
   (which see no key at all) differ from "xla": they see the row's keys.
 * "pallas": the TPU Pallas flash-attention kernel
   (`jax.experimental.pallas.ops.tpu.flash_attention`) with segment ids for
