@@ -132,7 +132,7 @@ def test_banned_eos_gives_exactly_n_tokens_without_retracing(tiny, monkeypatch):
     # Count the traces of the very prefill and decode that generate() calls.
     monkeypatch.setattr(core, "prefill", jax.jit(
         chex.assert_max_traces(core.prefill.__wrapped__, n=1),
-        static_argnames=("model_config", "sampling", "tokens_", "num_steps", "cache_sharding")))
+        static_argnames=("model_config", "sampling", "tokens_", "num_steps", "cache_sharding", "group")))
     monkeypatch.setattr(core, "decode", jax.jit(
         chex.assert_max_traces(core.decode.__wrapped__, n=1),
         static_argnames=("model_config", "sampling", "tokens_", "logits_processor"),

@@ -5,6 +5,9 @@
   response after given thinking, or after `<think></think>` with
   `no_thinking=True`); `special` holds the tag, eos and pad ids.
 * `respond(...)`: the response after a thinking-only rollout, on device.
+* RL-shaped batches: `group_size=G` prefills each of G identical prompts once
+  and shares its cache; `compact=Compaction(...)` stops spending decode steps
+  on finished rows (each row's draws stay its own, so results are unchanged).
 * `generate(model_config, params, prompts, config, rng, eos_id=..., pad_id=...,
   max_new_tokens=...)`: plain generation, the bare prompt continued with no
   tags (base models, judges, parity checks); generated tokens carry the
@@ -20,6 +23,7 @@ processed and filtered distribution each token was drawn from (0 when greedy).
 """
 
 from start_jax.sampling.api import (
+    Compaction,
     decode_segments,
     generate,
     num_decode_steps,
@@ -45,7 +49,7 @@ from start_jax.sampling.sampler import (
     prefill,
 )
 
-__all__ = ["DecodeState", "LOGPROBS_OF", "Prefix", "Rollout", "SamplingConfig", "SpecialTokens",
+__all__ = ["Compaction", "DecodeState", "LOGPROBS_OF", "Prefix", "Rollout", "SamplingConfig", "SpecialTokens",
            "assemble", "build_plain_prefix", "build_prefix", "decode", "decode_segments",
            "filter_logits", "generate", "num_decode_steps", "prefill", "respond", "sample",
            "sampled_token_log_probs", "thinking_of"]

@@ -16,6 +16,7 @@ the temperature, top-k/top-p, banned tokens and a minimum response length;
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -36,6 +37,23 @@ def num_decode_steps(config: SamplingConfig, any_thinking: bool) -> int:
             else config.response_budget)
 
 
+@dataclasses.dataclass(frozen=True)
+class Compaction:
+    """Stop decoding rows that have finished: every `every` decode steps, when at
+    most half of the rows are still active, they go on in a batch half as large
+    (or a quarter, ...), never below `min_rows` rows, nor below one row per
+    batch shard of the mesh. Each row keeps its own cache, counters and draws,
+    so the result equals decoding the whole batch to the end."""
+
+    every: int = 16
+    min_rows: int = 8
+
+    def __post_init__(self):
+        if self.every < 1 or self.min_rows < 1:
+            raise ValueError(f"Compaction(every={self.every}, min_rows={self.min_rows}): both "
+                             "must be >= 1")
+
+
 def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
            config: SamplingConfig, rng: jax.Array | int, special: core.SpecialTokens, *,
            thinking: Sequence[Sequence[int] | None] | None = None,
@@ -44,7 +62,8 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
            mesh: jax.sharding.Mesh | None = None, rules=None, pad_multiple: int = 8,
            max_length: int | None = None,
            logits_processor: core.LogitsProcessor | None = None,
-           width: int | None = None) -> core.Rollout:
+           width: int | None = None, group_size: int = 1,
+           compact: Compaction | None = None) -> core.Rollout:
     """Samples segmented completions for a batch of token-id prompts.
 
     Modes:
@@ -73,6 +92,12 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
       max_length: context limit (default: the model's max positions).
       width: left-pad the rollout to exactly this many columns (on device), so
         that every rollout of a run has one shape; an error if it is wider.
+      group_size: rows come in consecutive groups of this many identical
+        prompts (G completions each, as an RL step samples them): each prompt
+        is prefilled once and its cache shared by its group. An error if the
+        rows of a group differ.
+      compact: stop decoding finished rows (`Compaction`); None decodes every
+        row until the last one ends.
 
     Returns:
       A `Rollout` of [B, P + N] arrays ([B, width] with `width`); its
@@ -84,10 +109,29 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
         thinking = [[] for _ in prompts]
     prefix = core.build_prefix(prompts, special, thinking, thinking_truncated,
                                config.response_budget, pad_multiple)
+    _check_groups(prefix, group_size)
     any_thinking = bool(np.any(prefix.start_phase == segments.THINK))
     return _from_prefix(model_config, params, prefix, num_decode_steps(config, any_thinking),
                         config, rng, special, row_ids, mesh, rules, max_length,
-                        logits_processor, width, "prompt + thinking")
+                        logits_processor, width, "prompt + thinking", group_size, compact)
+
+
+def _check_groups(prefix: core.Prefix, group: int) -> None:
+    """Rows of each group of `group` consecutive rows must have one prefix."""
+    batch = prefix.tokens.shape[0]
+    if group < 1 or batch % group:
+        raise ValueError(f"group_size={group} must be >= 1 and divide the {batch} rows")
+    if group == 1:
+        return
+    for name in ("tokens", "mask", "segment_ids", "forced", "start_phase", "think_count",
+                 "think_truncated"):
+        x = getattr(prefix, name)
+        grouped = x.reshape(batch // group, group, -1)
+        differs = np.flatnonzero(np.any(grouped != grouped[:, :1], axis=(1, 2)))
+        if len(differs):
+            g = int(differs[0])
+            raise ValueError(f"group_size={group}: rows {g * group}..{(g + 1) * group - 1} do "
+                             "not share one prompt (and thinking)")
 
 
 def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
@@ -96,7 +140,8 @@ def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]]
              mesh: jax.sharding.Mesh | None = None, rules=None, pad_multiple: int = 8,
              max_length: int | None = None,
              logits_processor: core.LogitsProcessor | None = None,
-             width: int | None = None) -> core.Rollout:
+             width: int | None = None, group_size: int = 1,
+             compact: Compaction | None = None) -> core.Rollout:
     """Plain generation: continues bare prompts, with no segment tags.
 
     Each row is ``[left padding] prompt | generated tokens``: the prompt
@@ -109,7 +154,8 @@ def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]]
 
     Args:
       model_config / params / prompts / rng / row_ids / mesh / rules /
-      max_length / logits_processor / width: as in `sample`.
+      max_length / logits_processor / width / group_size / compact: as in
+      `sample`.
       config: temperature, top-k/top-p, `banned_tokens`,
         `min_response_tokens` (eos is not drawn before that many tokens) and
         `logprobs_of`; `think_budget` is unused.
@@ -132,14 +178,16 @@ def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]]
             raise ValueError(f"{name}={value} is outside the vocabulary of {vocab} tokens")
     special = core.SpecialTokens(eos=int(eos_id), pad=int(pad_id))
     prefix = core.build_plain_prefix(prompts, special.pad, config.response_budget, pad_multiple)
+    _check_groups(prefix, group_size)
     return _from_prefix(model_config, params, prefix, config.response_budget, config, rng,
                         special, row_ids, mesh, rules, max_length, logits_processor, width,
-                        "prompt")
+                        "prompt", group_size, compact)
 
 
 def _from_prefix(model_config, params, prefix: core.Prefix, steps: int, config: SamplingConfig,
                  rng, special: core.SpecialTokens, row_ids, mesh, rules, max_length,
-                 logits_processor, width, what: str) -> core.Rollout:
+                 logits_processor, width, what: str, group: int = 1,
+                 compact: Compaction | None = None) -> core.Rollout:
     """Checks a host prefix against the context, puts it on device and samples."""
     config.check_vocab(model_config.vocab_size, special.eos)
     limit = model_config.max_position_embeddings if max_length is None else max_length
@@ -160,13 +208,13 @@ def _from_prefix(model_config, params, prefix: core.Prefix, steps: int, config: 
     arrays = {k: sharding.host_to_global(v, None if mesh is None else sharding.batch_sharding(
         mesh, v.ndim, rules, batch)) for k, v in arrays.items()}
     return _generate(model_config, params, arrays, steps, config, rng, special, mesh, rules,
-                     logits_processor, width)
+                     logits_processor, width, group, compact)
 
 
 def respond(model_config: ModelConfig, params, thinking: core.Rollout, config: SamplingConfig,
             rng: jax.Array, special: core.SpecialTokens, *, row_ids: Sequence[int],
             mesh: jax.sharding.Mesh | None = None, rules=None, max_length: int | None = None,
-            width: int | None = None) -> core.Rollout:
+            width: int | None = None, compact: Compaction | None = None) -> core.Rollout:
     """Responses of `params` after the thinking of a thinking-only rollout, on device.
 
     `thinking` is a rollout sampled with ``response_budget=0`` (each row ends
@@ -175,7 +223,7 @@ def respond(model_config: ModelConfig, params, thinking: core.Rollout, config: S
     response tokens: the same rows `sample(thinking=...)` would build from the
     decoded thinking, without a copy to the host. The thinking keeps its
     log-probabilities and sampled flags (the thinker's), so a trainer can compare
-    them with its own.
+    them with its own. `compact` as in `sample`.
     """
     steps = config.response_budget
     config.check_vocab(model_config.vocab_size, special.eos)
@@ -189,7 +237,7 @@ def respond(model_config: ModelConfig, params, thinking: core.Rollout, config: S
         x, None if mesh is None else sharding.batch_sharding(mesh, x.ndim, rules, batch))
     arrays = dict(_continuation(thinking), row_ids=put(ids))
     return _generate(model_config, params, arrays, steps, config, rng, special, mesh, rules,
-                     None, width)
+                     None, width, 1, compact)
 
 
 @jax.jit
@@ -209,7 +257,8 @@ def _continuation(rollout: core.Rollout) -> dict:
 
 
 def _generate(model_config, params, arrays: dict, steps: int, config: SamplingConfig, rng,
-              special, mesh, rules, logits_processor, width):
+              special, mesh, rules, logits_processor, width, group: int = 1,
+              compact: Compaction | None = None):
     """Prefill + decode from device arrays of a prefix; the assembled rollout."""
     arrays = dict(arrays)
     batch, prefix_width = arrays["prefix"].shape
@@ -224,9 +273,16 @@ def _generate(model_config, params, arrays: dict, steps: int, config: SamplingCo
                           prefix_sampled=arrays.pop("prefix_sampled", None))
     with ctx:
         state = core.prefill(model_config, params, rng=rng, sampling=config, tokens_=special,
-                             num_steps=steps, cache_sharding=cache_sharding, **arrays)
-        state = core.decode(model_config, params, state, sampling=config, tokens_=special,
-                            logits_processor=logits_processor)
+                             num_steps=steps, cache_sharding=cache_sharding, group=group,
+                             **arrays)
+        decode = functools.partial(core.decode, model_config, sampling=config, tokens_=special,
+                                   logits_processor=logits_processor)
+        if compact is None or batch < 2 * compact.min_rows:
+            state = decode(params, state)
+        else:
+            state = _decode_compacting(decode, params, state, steps, compact, mesh,
+                                       _cache_sharding_fn(model_config, mesh, rules,
+                                                          prefix_width + steps))
     rollout = core.assemble(state, arrays["prefix"], segment_ids, forced,
                             logprobs_of=config.logprobs_of, **sampled_prefix)
     if width is None:
@@ -235,6 +291,47 @@ def _generate(model_config, params, arrays: dict, steps: int, config: SamplingCo
     if pad < 0:
         raise ValueError(f"rollout of {rollout.tokens.shape[1]} columns exceeds width={width}")
     return _left_pad(rollout, pad) if pad else rollout
+
+
+def _cache_sharding_fn(model_config, mesh, rules, length: int):
+    """Cache shardings by batch size (None without a mesh)."""
+    if mesh is None:
+        return lambda batch: None
+    return lambda batch: model_sharding.cache_shardings(model_config, mesh, batch, length, rules)
+
+
+def _decode_compacting(decode, params, state, steps: int, compact: Compaction, mesh,
+                       cache_sharding):
+    """Decodes `compact.every` steps at a time; when at most half of the rows are
+    active, goes on with them alone (see `Compaction`); the outputs of every row."""
+    params = jax.jit(core.fused)(params)      # Stacked once for every chunk.
+    mesh_rows = 1 if mesh is None else int(mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1))
+    replicated = None if mesh is None else jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec())
+    levels = []                               # (outputs of the larger batch, rows kept).
+    done = 0
+    while done < steps:
+        until = min(done + compact.every, steps)
+        state = decode(params, state, until)
+        step, phase = sharding.to_host((state.step, state.phase))
+        active = np.flatnonzero(phase != segments.PAD)
+        if int(step) < until or not len(active):
+            break                             # Every row has finished.
+        done = until
+        size = rows = state.tokens.shape[0]
+        while (len(active) <= size // 2 and size // 2 >= compact.min_rows
+               and (size // 2) % mesh_rows == 0):
+            size //= 2
+        if size == rows:
+            continue
+        idle = np.flatnonzero(phase == segments.PAD)[:size - len(active)]
+        keep = np.sort(np.concatenate([active, idle])).astype(np.int32)
+        keep = sharding.host_to_global(keep, replicated)
+        state, outputs = core.take_rows(state, keep, cache_sharding=cache_sharding(size))
+        levels.append((outputs, keep))
+    for outputs, keep in reversed(levels):
+        state = core.put_rows(outputs, keep, state)
+    return state
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -140,14 +140,26 @@ def _prefill(model_config: ModelConfig, params, prefix, prefix_mask, cache_lengt
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "model_config", "sampling", "tokens_", "num_steps", "cache_sharding"))
+    "model_config", "sampling", "tokens_", "num_steps", "cache_sharding", "group"))
 def prefill(model_config, params, prefix, prefix_mask, start_phase, think_count,
             think_truncated, rng, row_ids, *, sampling: SamplingConfig, tokens_: SpecialTokens, num_steps: int,
-            cache_sharding=None) -> DecodeState:
-    """Jitted prefill: builds the initial `DecodeState`."""
+            cache_sharding=None, group: int = 1) -> DecodeState:
+    """Jitted prefill: builds the initial `DecodeState`.
+
+    `group` > 1: rows come in consecutive groups of `group` identical prefixes
+    (G completions of one prompt); each prefix is run once and its cache and
+    last hidden state are shared by the rows of its group.
+    """
     batch = prefix.shape[0]
-    cache, hidden = _prefill(model_config, params, prefix, prefix_mask,
-                             prefix.shape[1] + num_steps, cache_sharding)
+    if group > 1:
+        cache, hidden = _prefill(model_config, params, prefix[::group], prefix_mask[::group],
+                                 prefix.shape[1] + num_steps, None)
+        cache, hidden = repeat_rows((cache, hidden), group)
+        if cache_sharding is not None:
+            cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
+    else:
+        cache, hidden = _prefill(model_config, params, prefix, prefix_mask,
+                                 prefix.shape[1] + num_steps, cache_sharding)
     zeros = jnp.zeros((batch, num_steps), jnp.int32)
     false = jnp.zeros((batch,), bool)
     return DecodeState(
@@ -205,10 +217,14 @@ LogitsProcessor = Callable[[jax.Array, jax.Array], jax.Array]
 
 @functools.partial(jax.jit, static_argnames=(
     "model_config", "sampling", "tokens_", "logits_processor"), donate_argnames=("state",))
-def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig,
+def decode(model_config, params, state: DecodeState, until=None, *, sampling: SamplingConfig,
            tokens_: SpecialTokens, logits_processor: LogitsProcessor | None = None
            ) -> DecodeState:
     """Jitted decode loop; `state` (cache and buffers) is donated.
+
+    The loop ends when every row is done, after the last column, or once
+    `state.step` reaches `until` (a traced int: a later call continues; None
+    runs to the end).
 
     `logits_processor(logits [B, V], step []) -> logits` may reshape the
     distribution that tokens are drawn from; it is a static argument (a new
@@ -218,12 +234,14 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
     follow `sampling.logprobs_of` (`ops.draw`).
     """
     num_steps = state.tokens.shape[1]
-    # One wide matmul for q/k/v and one for gate/up: stacked once per call,
-    # then reused by every step.
-    params = layers.fuse_projections(params)
+    # One wide matmul for q/k/v and one for gate/up: stacked once per call (unless
+    # the caller passes them stacked, as `fused` does), then reused by every step.
+    params = fused(params)
+
+    last = num_steps if until is None else jnp.minimum(until, num_steps)
 
     def cond(s: DecodeState):
-        return (s.step < num_steps) & jnp.any(s.phase != segments.PAD)
+        return (s.step < last) & jnp.any(s.phase != segments.PAD)
 
     def body(s: DecodeState):
         # The head runs here rather than at the end of the previous step, so
@@ -252,8 +270,67 @@ def decode(model_config, params, state: DecodeState, *, sampling: SamplingConfig
     return jax.lax.while_loop(cond, body, state)
 
 
+def fused(params):
+    """`layers.fuse_projections(params)`, or `params` when they are already stacked."""
+    tree = params.get("layers", params)
+    return params if layers.FUSED_QKV in tree["attn"] else layers.fuse_projections(params)
+
+
+def repeat_rows(tree, group: int):
+    """Each row of every array (batch axis 0; a `KVCache`'s own axes) repeated `group` times."""
+    def rep(x):
+        if isinstance(x, transformer.KVCache):
+            return x.replace(k=jnp.repeat(x.k, group, axis=1), v=jnp.repeat(x.v, group, axis=1),
+                             valid=jnp.repeat(x.valid, group, axis=0))
+        return jnp.repeat(x, group, axis=0)
+    return jax.tree.map(rep, tree, is_leaf=lambda x: isinstance(x, transformer.KVCache))
+
+
+@flax.struct.dataclass
+class DecodeOutputs:
+    """What `assemble` reads of a `DecodeState`: the decoded columns and row counters."""
+
+    tokens: jax.Array
+    segment_ids: jax.Array
+    logprobs: jax.Array
+    forced: jax.Array
+    think_count: jax.Array
+    response_count: jax.Array
+    think_truncated: jax.Array
+    response_truncated: jax.Array
+
+    @classmethod
+    def of(cls, state) -> "DecodeOutputs":
+        return cls(**{f.name: getattr(state, f.name) for f in dataclasses.fields(cls)})
+
+
+@functools.partial(jax.jit, static_argnames=("cache_sharding",))
+def take_rows(state: DecodeState, rows: jax.Array, cache_sharding=None
+              ) -> tuple[DecodeState, DecodeOutputs]:
+    """The decode state of rows `rows` only (a smaller batch that goes on decoding,
+    each row with its own cache, counters and draws), and the outputs of all rows."""
+    outputs = DecodeOutputs.of(state)
+    take = lambda x: jnp.take(x, rows, axis=0)  # noqa: E731
+    cache = state.cache
+    cache = cache.replace(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1),
+                          valid=take(cache.valid))
+    if cache_sharding is not None:
+        cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
+    small = state.replace(
+        cache=cache, **{f.name: take(getattr(state, f.name)) for f in dataclasses.fields(state)
+                        if f.name not in ("cache", "step")})
+    return small, outputs
+
+
+@jax.jit
+def put_rows(outputs: DecodeOutputs, rows: jax.Array, part) -> DecodeOutputs:
+    """`outputs` with rows `rows` replaced by those of `part` (a state or outputs)."""
+    part = DecodeOutputs.of(part)
+    return jax.tree.map(lambda full, x: full.at[rows].set(x), outputs, part)
+
+
 @functools.partial(jax.jit, static_argnames=("logprobs_of",))
-def assemble(state: DecodeState, prefix, prefix_segments, prefix_forced,
+def assemble(state: DecodeState | DecodeOutputs, prefix, prefix_segments, prefix_forced,
              logprobs_of: str = "model", prefix_logprobs=None, prefix_sampled=None) -> Rollout:
     """Joins the prefix and the decoded columns into a `Rollout`.
 
