@@ -23,7 +23,7 @@ from start_jax.data.prompts import PromptFormat
 from start_jax.errors import ConfigError
 from start_jax.rewards import synthetic
 from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig
-from start_jax.sampling import SamplingConfig
+from start_jax.sampling import Compaction, SamplingConfig
 from start_jax.sharding import MeshConfig
 from start_jax.train.config import stage_names, validate
 
@@ -138,6 +138,7 @@ class RunSpec:
     tags: tuple[str, str, bool] = ("<think>", "</think>", False)  # Think tags, add if missing.
     replicate_uneven: bool = False   # Replicate dimensions the mesh does not divide.
     sampling_dtype: str = ""         # Compute dtype of the sampler ('' = the model's).
+    compaction: Compaction | None = None   # Finished rows stop costing decode steps.
     config_json: str = "{}"   # The ConfigDict the spec was built from (checkpoint metadata).
 
     @property
@@ -201,6 +202,15 @@ class RunSpec:
                 response_budget=c.sampling.response_budget)
         except ValueError as e:
             raise ConfigError(f"config: sampling.{e}") from None
+        compaction = None
+        if c.sampling.compact_every:
+            try:
+                compaction = Compaction(int(c.sampling.compact_every),
+                                        int(c.sampling.compact_min_rows))
+            except ValueError:
+                raise ConfigError(f"config: sampling.compact_every={c.sampling.compact_every!r} "
+                                  f"and sampling.compact_min_rows={c.sampling.compact_min_rows!r} "
+                                  "must be >= 1 (compact_every=0 turns compaction off)") from None
         a = c.algo
         loss = LossConfig(
             policy_loss=a.policy_loss, clip_low=a.clip_low, clip_high=a.clip_high,
@@ -233,6 +243,7 @@ class RunSpec:
             mesh=MeshConfig(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor),
             replicate_uneven=bool(c.mesh.replicate_uneven), data=DataSpec(**c.data.to_dict()),
             sampling_dtype=str(c.sampling.dtype),
+            compaction=compaction,
             sft=SftSpec(steps=c.sft.steps, batch_size=c.sft.batch_size,
                         learning_rate=c.sft.learning_rate, mixture=mixture,
                         examples=c.sft.examples, draws=c.sft.draws),

@@ -229,18 +229,20 @@ class Trainer:
         prompts = [p for p in self.encode(examples) for _ in range(g)]
         row_ids = np.arange(len(prompts)) + step * len(prompts)
         rng = self._key(0, step)
+        # Each prompt is prefilled once for its group; finished rows stop costing steps.
+        shape = dict(group_size=g, compact=self.spec.compaction)
         if stage.responder == "self":
-            return self._sample(params, prompts, sc, rng, row_ids)
+            return self._sample(params, prompts, sc, rng, row_ids, **shape)
         # The policy thinks; the frozen initial policy responds from the device rollout.
         thinking = sampling.sample(
             self.sampler_config, params, prompts, sc.replace(response_budget=0), rng, self.special,
             row_ids=row_ids, mesh=self.mesh, rules=self.rules,
-            width=self.width - sc.response_budget)
+            width=self.width - sc.response_budget, **shape)
         return sampling.respond(self.sampler_config, self.init_params, thinking, sc,
                                 self._key(3, step), self.special, row_ids=row_ids, mesh=self.mesh,
                                 rules=self.rules,
                                 max_length=self.model_config.max_position_embeddings,
-                                width=self.width)
+                                width=self.width, compact=self.spec.compaction)
 
     def score(self, rollout, examples, repeat: int) -> np.ndarray:
         """Response-only rewards of a host copy of the rollout."""
