@@ -40,7 +40,12 @@ What it builds (all in a temporary directory, nothing downloaded):
 * P prompts of 32-39 tokens (one prefix width, so no recompilation between
   calls), each repeated `--group` times as the trainer does.
 
-Each call is exactly the trainer's (`Trainer._sample`, responder 'self'): the
+Each call is the trainer's (`Trainer._sample`, responder 'self'), in two modes
+alternated call by call (`--modes plain,rl`): `plain` prefills every row and
+decodes every row until the last one ends (the sampler before RL-shaped
+batches), `rl` prefills each prompt once for its group and compacts finished
+rows away (`group_size`, `sampling.Compaction`; the trainer's call now). Both
+give the same tokens (checked every call). The
 run's `RunSpec` (from `start_jax.train.config.default_config()` modified as in
 `experiments.bench_rl_step`) gives the `SamplingConfig`, the rollout `width`
 and the mesh; params come from `train.init_policy.initial_policy` (the
@@ -423,7 +428,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(parser)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--modes", default="plain,rl",
+                        help="comma-separated, alternated each repeat: 'plain' = every row "
+                             "prefilled and decoded to the end; 'rl' = one prefill per group "
+                             "and finished rows compacted away (the trainer's call)")
+    parser.add_argument("--compact_every", type=int, default=16)
+    parser.add_argument("--compact_min_rows", type=int, default=8)
     args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - {"plain", "rl"}:
+        parser.error("--modes: a comma-separated list of 'plain' and 'rl'")
     if args.repeats < 1 or args.prompts < 1 or args.group < 1:
         parser.error("--repeats, --prompts and --group must be >= 1")
 
@@ -460,37 +474,62 @@ def main(argv=None) -> None:
           f"width={spec.width}) as Trainer._sample; repeats={args.repeats}")
     sys.stdout.flush()
 
-    def call(step: int):
+    compact = sampling.Compaction(args.compact_every, args.compact_min_rows)
+    shape = {"plain": {}, "rl": dict(group_size=g, compact=compact)}
+    print(f"modes: plain = every row prefilled and decoded until the last ends; rl = "
+          f"group_size={g} (one prefill per prompt), {compact}; alternated each repeat, "
+          "tokens checked equal")
+
+    def call(step: int, mode: str):
         rng = jax.random.fold_in(jax.random.key(spec.seed), step)
         row_ids = np.arange(batch) + step * batch
         start = time.perf_counter()
         rollout = sampling.sample(sampler_config, params, prompts, sc, rng, special,
                                   row_ids=row_ids, mesh=mesh, rules=rules,
                                   max_length=model_config.max_position_embeddings,
-                                  width=spec.width)
+                                  width=spec.width, **shape[mode])
         jax.block_until_ready(rollout)
         seconds = time.perf_counter() - start
-        return seconds, rollout_stats(jax.device_get(rollout), sc.think_budget)
+        host = jax.device_get(rollout)
+        return seconds, rollout_stats(host, sc.think_budget), host.tokens
 
-    first_s, first = call(0)
-    print(f"== first call (compile + run): {first_s:.2f} s, {first['generated']} tokens, "
-          f"{first['decode_steps']} decode steps")
+    for mode in modes:
+        first_s, first, _ = call(0, mode)
+        print(f"== first call, {mode} (compile + run): {first_s:.2f} s, {first['generated']} "
+              f"tokens, {first['decode_steps']} decode steps")
     sys.stdout.flush()
 
-    rows = [("call", "seconds", "gen tokens", "tokens/s", "decode steps", "half done at",
+    rows = [("call", "mode", "seconds", "gen tokens", "tokens/s", "decode steps", "half done at",
              "tail frac", "idle frac", "think mean", "resp mean")]
-    times, stats = [], []
+    by_mode = {m: ([], []) for m in modes}
     for i in range(1, args.repeats + 1):
-        t, s = call(i)
-        times.append(t)
-        stats.append(s)
-        rows.append((str(i), f"{t:.3f}", str(s["generated"]), f"{s['generated'] / t:,.1f}",
-                     str(s["decode_steps"]), str(s["half_done_step"]),
-                     f"{s['tail_fraction']:.3f}", f"{s['idle_fraction']:.3f}",
-                     f"{s['think'].mean():.1f}", f"{s['response'].mean():.1f}"))
+        tokens = None
+        for mode in (modes if i % 2 else modes[::-1]):
+            t, s, out = call(i, mode)
+            if tokens is not None and not np.array_equal(tokens, out):
+                raise AssertionError(f"call {i}: modes {modes} gave different tokens")
+            tokens = out
+            by_mode[mode][0].append(t)
+            by_mode[mode][1].append(s)
+            rows.append((str(i), mode, f"{t:.3f}", str(s["generated"]),
+                         f"{s['generated'] / t:,.1f}", str(s["decode_steps"]),
+                         str(s["half_done_step"]), f"{s['tail_fraction']:.3f}",
+                         f"{s['idle_fraction']:.3f}", f"{s['think'].mean():.1f}",
+                         f"{s['response'].mean():.1f}"))
     print("== timed calls")
     print_table(rows)
+    if len(modes) == 2:
+        ratios = [b / a for a, b in zip(by_mode[modes[1]][0], by_mode[modes[0]][0])]
+        print(f"== {modes[0]} time / {modes[1]} time per call: "
+              + ", ".join(f"{r:.2f}" for r in ratios)
+              + f"; median {statistics.median(ratios):.2f}x")
+    for mode in modes:
+        print(f"== mode {mode}")
+        summarize(by_mode[mode][0], by_mode[mode][1], batch, sc, n_params, args)
 
+
+def summarize(times, stats, batch, sc, n_params, args) -> None:
+    """The table of medians of one mode's timed calls."""
     med = statistics.median(times)
     tps = statistics.median([s["generated"] / t for s, t in zip(stats, times)])
     peak, peak_src = peak_flops(args.dtype, args.peak_tflops)
@@ -499,7 +538,6 @@ def main(argv=None) -> None:
     print("== summary (medians over the timed calls)")
     summary = [
         ("quantity", "value", "note"),
-        ("first call (compile + run)", f"{first_s:.2f} s", "not in the medians"),
         ("rollout time", f"{med:.3f} s", f"min {min(times):.3f}, max {max(times):.3f}"),
         ("generated tokens/s", f"{tps:,.1f}",
          "thinking + </think> + response (eos incl.), no pad/prompt"),
