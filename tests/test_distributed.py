@@ -1,22 +1,25 @@
 """Multi-host runs as users launch them: two processes on localhost, each with 4 CPU
 devices, `jax.distributed` with gloo collectives, `launch.py --distributed`.
 
-Three `launch.py` runs of the smoke config (with an entropy bonus, see below):
-  * one process with 8 devices, the whole schedule (the reference);
-  * two processes with 4 devices each, the schedule cut to its first 2 steps;
+Three `launch.py` runs of the smoke config cut to 3 steps (stage s1, thinking with
+a frozen responder, steps 0-1; s2, the response with the policy responding, step 2),
+one cold-start SFT step, no eval, and an entropy bonus (see below):
+  * one process with 8 devices, the 3 steps (the reference);
+  * two processes with 4 devices each, stage s1 only;
   * one process with 8 devices in the pair's workdir, resuming from the pair's
-    checkpoint to the end of the whole schedule.
+    checkpoint (step 2) to the end.
 
 The workdir of the pair plus the resumed run must hold the reference's metrics and
 samples: the same rows (process 0 alone wrote, once), the same rollouts and rewards,
-and every float within `RTOL` relative plus `ATOL` absolute.
+and every float within the tolerances below.
 
 The entropy bonus (`algo.entropy_coef=0.01`) gives the update a gradient to follow:
 in the plain smoke run every reward is 0, so the gradient is the KL term at the
 reference policy, about 1e-9, which is rounding noise that Adam scales up to
 learning-rate-sized steps. Two programs that sum in a different order (gloo's
 all-reduce across processes, XLA's within one) then make different updates, as two
-single-process runs on different meshes would.
+single-process runs on different meshes do (the plain smoke run on a data=2, fsdp=4
+mesh has l2_updates 0.0032 at step 2, on the default fsdp=8 mesh 0.0101).
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "experiments", "configs", "smoke.py")
-# Stage s1 (thinking, frozen responder) for steps 0-1, s2 (response, self) for step 2.
 COMMON = ["--config.algo.entropy_coef=0.01", "--config.eval.every=0", "--config.sft.steps=1",
           "--config.stages.s1.steps=2", "--config.stages.s2.steps=1"]
 CUT = ["--config.stages.s2.steps=0"]   # The pair runs stage s1 only.
-# Measured: at most 1.1e-6 absolute (the sampler/trainer log-probability mismatch,
-# itself about 1e-7 of rounding) and 4e-5 relative (l2_grads).
-RTOL, ATOL = 1e-4, 1e-6
+# Floats agree to RTOL relative (plus ATOL, for values at 0). The logprob_mismatch_*
+# metrics (sampler vs trainer log-probabilities) are rounding themselves, 1e-7 to 1e-6,
+# and agree to MISMATCH_ATOL absolute. Measured here: 3.7e-6 relative at most (l2_grads)
+# and 4.8e-7 absolute on the mismatch; 5.4e-5 relative (kl) after the 6 steps of the
+# whole smoke schedule.
+RTOL, ATOL, MISMATCH_ATOL = 1e-4, 1e-8, 2e-6
 TIMEOUT = 600
 
 
@@ -100,7 +105,9 @@ def _differences(ref: list[dict], got: list[dict]) -> list[str]:
             continue
         for k, v in r.items():
             if isinstance(v, float) or isinstance(g[k], float):
-                if not np.isclose(g[k], v, rtol=RTOL, atol=ATOL):
+                rtol, atol = ((0.0, MISMATCH_ATOL) if k.startswith("logprob_mismatch")
+                              else (RTOL, ATOL))
+                if not np.isclose(g[k], v, rtol=rtol, atol=atol):
                     bad.append(f"step {r['step']} {k}: {g[k]!r} != {v!r}")
             elif g[k] != v:
                 bad.append(f"step {r['step']} {k}: {g[k]!r} != {v!r}")
@@ -131,5 +138,12 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
     assert [r["step"] for r in got] == [r["step"] for r in ref] == [1, 2, 3]
     bad = _differences(ref, got)
     assert not bad, "\n".join(bad[:20])
+    diff = [(abs(g[k] - r[k]), abs(g[k] - r[k]) / max(abs(r[k]), 1e-30), k)
+            for r, g in zip(ref, got) for k in r if isinstance(r[k], float)]
+    noise = [d for d in diff if not d[2].startswith("logprob_mismatch")]   # ~1e-7 of rounding.
+    print("largest difference: %.2g absolute (%s); %.2g relative (%s) beside the "
+          "logprob_mismatch metrics" % (*max(diff)[::2], *max(d[1:] for d in noise)))
     ref_s, got_s = _rows(ref_dir, "samples.jsonl"), _rows(pair_dir, "samples.jsonl")
-    assert len(got_s) == len(ref_s) and not _differences(ref_s, got_s)
+    assert [r["step"] for r in got_s] == [r["step"] for r in ref_s]   # Written once.
+    bad = _differences(ref_s, got_s)
+    assert not bad, "\n".join(bad[:20])
