@@ -207,6 +207,24 @@ def logical_constraint_context(mesh: Mesh, rules: ShardingRules | None = None):
 # with one process they are exactly those calls.
 
 
+def like_trees(tree, known: Sequence[tuple], default):
+    """Shardings for `tree`: a subtree with the structure of a known tree takes its
+    shardings (an optimizer's moments take their parameters'), every other leaf
+    `default`.
+
+    Args:
+      tree: a pytree (abstract or concrete arrays), e.g. an optimizer state.
+      known: (tree structure, shardings pytree of that structure) pairs.
+      default: the sharding of every other leaf (step counts, scalars).
+    """
+    def match(x):
+        s = jax.tree.structure(x)
+        return next((sh for d, sh in known if d == s), None)
+
+    return jax.tree.map(lambda x: match(x) or default, tree,
+                        is_leaf=lambda x: match(x) is not None)
+
+
 def host_to_global(x, sharding: jax.sharding.Sharding | None):
     """A host array placed in `sharding`; every process passes the same full value.
 

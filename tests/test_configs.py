@@ -8,7 +8,9 @@ import pytest
 
 from start_jax import rewards
 from start_jax.errors import ConfigError
+from start_jax.tokenizer import CharTokenizer
 from start_jax.train.config import default_config
+from start_jax.train.init_policy import model_config_of
 from start_jax.train.spec import RunSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,3 +60,16 @@ def test_reward_kwargs_errors_name_the_config_field():
         rewards.make("math", tolerance=1e-6)
     with pytest.raises(ConfigError, match=r"unknown reward 'nope'; registered: \["):
         rewards.make("nope")
+
+
+def test_attention_settings_reach_the_model_config():
+    c = default_config()
+    c.model.attention_impl = "blockwise"
+    c.model.attention_block = 32
+    c.model.remat = True
+    model = model_config_of(RunSpec.from_config(c), CharTokenizer())
+    assert (model.attention_impl, model.attention_block_q, model.attention_block_k,
+            model.remat) == ("blockwise", 32, 32, True)
+    c.model.attention_impl = "flash"
+    with pytest.raises(ConfigError, match=r"model.attention_impl='flash' is not one of"):
+        RunSpec.from_config(c)

@@ -13,6 +13,7 @@ import re
 import ml_collections
 
 from start_jax.errors import ConfigError
+from start_jax.models.config import ATTENTION_IMPLS
 from start_jax.rl import losses, masks
 from start_jax.rl.advantages import ESTIMATORS
 
@@ -65,6 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"        # Compute dtype.
     c.model.param_dtype = "float32"  # Parameter dtype.
     c.model.remat = False            # Recompute blocks in the backward pass.
+    c.model.attention_impl = "auto"  # auto | xla | blockwise | cudnn | pallas (models.attention):
+                                     # auto = dense for short inputs, else by backend.
+    c.model.attention_block = 0      # Tile of 'blockwise' (queries and keys); 0 = by backend.
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1                  # Replicated data parallelism.
@@ -169,7 +173,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             ("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS),
             ("algo.kl_estimator", config.algo.kl_estimator, losses.KL_ESTIMATORS),
             ("data.source", config.data.source, ("synthetic", "jsonl")),
-            ("sampling.dtype", config.sampling.dtype, ("", "float32", "bfloat16"))):
+            ("sampling.dtype", config.sampling.dtype, ("", "float32", "bfloat16")),
+            ("model.attention_impl", config.model.attention_impl, ATTENTION_IMPLS)):
         if value not in allowed:
             raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")
     tis = config.algo.tis_cap

@@ -33,7 +33,7 @@ def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
     if spec.init_checkpoint:
         model_config, params = load_pretrained(
             spec.init_checkpoint, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh,
-            remat=m.remat)
+            **m.runtime())
         if model_config.vocab_size < tokenizer.vocab_size:
             added = " (with the think tags prompt.add_tags added)" if spec.tags[2] else ""
             raise ConfigError(f"{spec.init_checkpoint}: vocab_size {model_config.vocab_size} is "
@@ -63,7 +63,7 @@ def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
             _write(path, model_config, params, spec)  # A workdir process 0 does not share.
     _check_cached(path, spec, tokenizer)
     model_config, params = load_pretrained(path, dtype=m.param_dtype, compute_dtype=m.dtype,
-                                           mesh=mesh, remat=m.remat)
+                                           mesh=mesh, **m.runtime())
     return model_config.replace(max_position_embeddings=m.max_position_embeddings), params
 
 
@@ -79,9 +79,10 @@ def _write(path: str, model_config, params, spec: RunSpec) -> None:
 
 def model_config_of(spec: RunSpec, tokenizer) -> models.ModelConfig:
     """The model a random-init run trains, from `spec.model` and the tokenizer."""
-    fields = {k: v for k, v in vars(spec.model).items() if k != "remat"}
+    fields = {k: v for k, v in vars(spec.model).items()
+              if k not in ("remat", "attention_impl", "attention_block")}
     return models.ModelConfig(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_id,
-                              pad_token_id=tokenizer.pad_id, **fields)
+                              pad_token_id=tokenizer.pad_id, **fields, **spec.model.runtime())
 
 
 def sft_traces(spec: RunSpec, examples) -> list[dict]:

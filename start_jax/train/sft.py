@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import tqdm
 
-from start_jax import segments
+from start_jax import segments, sharding
 from start_jax.models.config import ModelConfig
 from start_jax.rl import logprobs, masks
 
@@ -50,11 +50,16 @@ def sft_loss(params, tokens, seg, forced, config: ModelConfig):
     return -jnp.sum(jnp.where(mask, logp, 0.0)) / jnp.maximum(mask.sum(), 1)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "tx"), donate_argnums=(0, 1))
-def _step(params, opt_state, tokens, seg, forced, *, config, tx):
+@functools.partial(jax.jit, static_argnames=("config", "tx", "layout"), donate_argnums=(0, 1))
+def _step(params, opt_state, tokens, seg, forced, *, config, tx, layout=None):
+    """One update; `layout` (flattened shardings of (params, opt_state), or None)
+    keeps the state laid out as it came in, so the next step does not recompile."""
     loss, grads = jax.value_and_grad(sft_loss)(params, tokens, seg, forced, config)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    state = (optax.apply_updates(params, updates), opt_state)
+    if layout is not None:
+        state = jax.lax.with_sharding_constraint(state, jax.tree.unflatten(layout[1], layout[0]))
+    return (*state, loss)
 
 
 def train_sft(config: ModelConfig, params, tokenizer, examples: Sequence[dict], steps: int,
@@ -78,15 +83,30 @@ def train_sft(config: ModelConfig, params, tokenizer, examples: Sequence[dict], 
                      optax.adamw(optax.warmup_cosine_decay_schedule(
                          0.0, learning_rate, max(steps // 10, 1), max(steps, 2)),
                          weight_decay=0.0))
-    params = jax.tree.map(jnp.copy, params)
-    opt_state = tx.init(params)
+    # Copied and initialised by jit with the parameters' shardings (the moments
+    # take them too), as the step returns them: the step compiles once.
+    # (The copy's shardings are in the form jit returns, which the step's outputs take.)
+    params = jax.jit(lambda p: jax.tree.map(jnp.copy, p))(params)
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    first = jax.tree.leaves(param_sh)[0]
+    layout = None
+    if isinstance(first, jax.sharding.NamedSharding):     # On a mesh.
+        opt_sh = sharding.like_trees(jax.eval_shape(tx.init, params),
+                                     [(jax.tree.structure(params), param_sh)],
+                                     jax.sharding.NamedSharding(first.mesh,
+                                                                jax.sharding.PartitionSpec()))
+        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+        leaves, treedef = jax.tree.flatten((param_sh, opt_sh))
+        layout = (tuple(leaves), treedef)
+    else:
+        opt_state = tx.init(params)
     rs = np.random.RandomState(seed)
     losses = []
     bar = tqdm.trange(steps, desc="sft", disable=not progress, leave=False)
     for _ in bar:
         idx = rs.randint(0, len(tokens), size=batch_size)
         params, opt_state, loss = _step(params, opt_state, tokens[idx], seg[idx], forced[idx],
-                                        config=config, tx=tx)
+                                        config=config, tx=tx, layout=layout)
         losses.append(loss)
         if len(losses) in snapshots:
             saved[len(losses)] = jax.tree.map(jnp.copy, params)

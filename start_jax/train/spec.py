@@ -57,6 +57,14 @@ class ModelSpec:
     dtype: str
     param_dtype: str
     remat: bool
+    attention_impl: str = "auto"
+    attention_block: int = 0
+
+    def runtime(self) -> dict:
+        """`ModelConfig` fields that change how the model runs, not what it is."""
+        block = self.attention_block or None
+        return dict(remat=self.remat, attention_impl=self.attention_impl,
+                    attention_block_q=block, attention_block_k=block)
 
 
 @dataclasses.dataclass(frozen=True)

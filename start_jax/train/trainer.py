@@ -156,17 +156,10 @@ class Trainer:
                      if self.critic_config is not None else None)
         abstract = self.abstract_state(stage) if abstract is None else abstract
         # Optimizer moments have the structure of what they optimise, and take its shardings.
-        like_params = [(jax.tree.structure(abstract.params), param_sh)]
+        known = [(jax.tree.structure(abstract.params), param_sh)]
         if critic_sh is not None:
-            like_params.append((jax.tree.structure(abstract.critic_params), critic_sh))
-
-        def match(x):
-            s = jax.tree.structure(x)
-            return next((sh for d, sh in like_params if d == s), None)
-
-        def like(tree):
-            return jax.tree.map(lambda x: match(x) or self.replicated, tree,
-                                is_leaf=lambda x: match(x) is not None)
+            known.append((jax.tree.structure(abstract.critic_params), critic_sh))
+        like = lambda tree: sharding.like_trees(tree, known, self.replicated)  # noqa: E731
         return rl.TrainState(step=self.replicated, params=param_sh,
                              opt_state=like(abstract.opt_state),
                              critic_params=critic_sh,
