@@ -2,9 +2,11 @@
 
 Arrays are aligned with the tokens: `logp[b, t]` is log p(tokens[b, t] |
 tokens[b, :t]) (0 at t = 0), and `values[b, t]` is the value of the state
-before token t. The vocabulary head runs on `chunk` positions at a time inside
-a rematerialised scan, so neither the forward nor the backward pass ever holds
-a [B, L, V] float32 logits array: the peak is [B, chunk, V].
+before token t. When the [B, L, V] float32 logits are small (`auto_chunk`) the
+vocabulary head is one matmul whose logits the backward pass reuses; otherwise
+it runs on `chunk` positions at a time inside a rematerialised scan, so
+neither the forward nor the backward pass ever holds a [B, L, V] float32
+logits array: the peak is [B, chunk, V].
 """
 
 from __future__ import annotations
@@ -63,71 +65,138 @@ def _chunk_logits(h, kernel, temperature, dtype):
                       preferred_element_type=jnp.float32) / temperature
 
 
+def _block_stats(h, kernel, y, temperature, dtype):
+    """(log p_T(y), entropy, z, lse) of one block of positions [B, C].
+
+    z = logits / temperature [B, C, V] float32 and lse its log-sum-exp [B, C, 1]:
+    log p = z - lse. The entropy is log s - sum(e * (z - m)) / s with m the
+    row maximum, e = exp(z - m) and s = sum(e), so the forward reads z twice
+    (maximum; then one fused pass for s and the weighted sum).
+    """
+    z = _chunk_logits(h, kernel, temperature, dtype)
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    zm = z - m
+    e = jnp.exp(zm)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    log_s = jnp.log(s)
+    entropy = (log_s - jnp.sum(e * zm, axis=-1, keepdims=True) / s)[..., 0]
+    picked = jnp.take_along_axis(zm, y[..., None], axis=-1)[..., 0]
+    return picked - log_s[..., 0], entropy, z, m + log_s
+
+
+def _block_grads(h, kernel, y, z, lse, a, b, temperature, dtype):
+    """(d hidden [B, C, D], d kernel [D, V] float32) of sum(a log p_y + b H) for one block.
+
+      d/dz [a log p_y + b H] = a (onehot_y - p) - b p (log p + H)
+
+    `b` None: no entropy term (its cotangent is zero).
+    """
+    log_p = z - lse
+    p = jnp.exp(log_p)
+    if b is None:
+        dz = -p * a[..., None]
+    else:
+        entropy = -jnp.sum(p * log_p, axis=-1, keepdims=True)
+        dz = -p * (a[..., None] + b[..., None] * (log_p + entropy))
+    dz = jnp.where(jnp.arange(z.shape[-1]) == y[..., None], dz + a[..., None], dz)
+    dz = (dz / temperature).astype(dtype)
+    d_h = jnp.einsum("BCV,DV->BCD", dz, kernel.astype(dtype),
+                     preferred_element_type=jnp.float32).astype(h.dtype)
+    d_kernel = jnp.einsum("BCD,BCV->DV", h.astype(dtype), dz, preferred_element_type=jnp.float32)
+    return d_h, d_kernel
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def chunked_head(hidden, kernel, targets, temperature, chunk, dtype):
-    """log p_T(targets) and entropies [B, T] through the head `kernel` [D, V], chunked.
+    """log p_T(targets) and entropies [B, T] through the head `kernel` [D, V].
 
-    Forward and backward both loop over chunks of positions; the backward
-    recomputes each chunk's logits and writes d logits directly,
+    With chunk < T, forward and backward both loop over chunks of positions;
+    the backward recomputes each chunk's logits and writes d logits directly,
 
       d/dz [g1 log p_y + g2 H] = g1 (onehot_y - p) - g2 p (log p + H),
 
     so its peak memory is a few [B, chunk, V] arrays whatever the length.
+    With chunk >= T the head is one matmul and the forward keeps the [B, T,
+    V] float32 logits for the backward, which then recomputes nothing. A zero
+    entropy cotangent (the loss has no entropy term) is skipped.
     """
     return _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype)[0]
 
 
+def _value(x):
+    return x.value if isinstance(x, jax.custom_derivatives.CustomVJPPrimal) else x
+
+
 def _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype):
+    hidden, kernel, targets = _value(hidden), _value(kernel), _value(targets)
     t = hidden.shape[1]
+    if chunk >= t:
+        logp, ent, z, lse = _block_stats(hidden, kernel, targets, temperature, dtype)
+        return (logp, ent), (hidden, kernel, targets, z, lse)
 
     def body(_, xs):
         h, y = xs
-        return None, logits_log_probs(_chunk_logits(h, kernel, 1.0, dtype), y, temperature)
+        return None, _block_stats(h, kernel, y, temperature, dtype)[:2]
 
     _, (logp, ent) = jax.lax.scan(body, None, (_chunks(hidden, chunk), _chunks(targets, chunk)))
-    return (_unchunk(logp, t), _unchunk(ent, t)), (hidden, kernel, targets)
+    return (_unchunk(logp, t), _unchunk(ent, t)), (hidden, kernel, targets, None, None)
 
 
 def _chunked_head_bwd(temperature, chunk, dtype, residuals, cotangents):
-    hidden, kernel, targets = residuals
+    hidden, kernel, targets, z, lse = residuals
     g_logp, g_ent = cotangents
+    zero = jax.custom_derivatives.SymbolicZero
+    if isinstance(g_logp, zero):
+        g_logp = jnp.zeros(targets.shape, jnp.float32)
+    if isinstance(g_ent, zero):
+        g_ent = None
     t = hidden.shape[1]
+    if z is not None:
+        d_hidden, d_kernel = _block_grads(hidden, kernel, targets, z, lse, g_logp, g_ent,
+                                          temperature, dtype)
+        return d_hidden, d_kernel.astype(kernel.dtype), None
 
     def body(d_kernel, xs):
         h, y, a, b = xs
         z = _chunk_logits(h, kernel, temperature, dtype)             # [B, C, V]
-        log_p = z - jax.nn.logsumexp(z, axis=-1, keepdims=True)
-        p = jnp.exp(log_p)
-        entropy = -jnp.sum(p * log_p, axis=-1, keepdims=True)
-        dz = -p * (a[..., None] + b[..., None] * (log_p + entropy))
-        dz = jnp.where(jnp.arange(z.shape[-1]) == y[..., None], dz + a[..., None], dz)
-        dz = (dz / temperature).astype(dtype)
-        d_h = jnp.einsum("BCV,DV->BCD", dz, kernel.astype(dtype),
-                         preferred_element_type=jnp.float32).astype(hidden.dtype)
-        d_kernel = d_kernel + jnp.einsum("BCD,BCV->DV", h.astype(dtype), dz,
-                                         preferred_element_type=jnp.float32)
-        return d_kernel, d_h
+        lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
+        d_h, d_k = _block_grads(h, kernel, y, z, lse, a, b, temperature, dtype)
+        return d_kernel + d_k, d_h
 
     xs = (_chunks(hidden, chunk), _chunks(targets, chunk), _chunks(g_logp, chunk),
-          _chunks(g_ent, chunk))
+          None if g_ent is None else _chunks(g_ent, chunk))
     d_kernel, d_h = jax.lax.scan(body, jnp.zeros(kernel.shape, jnp.float32), xs)
     n, b, c, d = d_h.shape
     d_hidden = jnp.moveaxis(d_h, 0, 1).reshape(b, n * c, d)[:, :t]
     return d_hidden, d_kernel.astype(kernel.dtype), None
 
 
-chunked_head.defvjp(_chunked_head_fwd, _chunked_head_bwd)
+chunked_head.defvjp(_chunked_head_fwd, _chunked_head_bwd, symbolic_zeros=True)
 
 
-CHUNK_BYTES = 128 * 2 ** 20  # Target size of one [B, chunk, V] float32 array.
+CHUNK_BYTES = 128 * 2 ** 20      # Target size of one [B, chunk, V] float32 array.
+UNCHUNKED_BYTES = 512 * 2 ** 20  # Whole-head [B, T, V] float32 logits up to this size.
 
 
-def auto_chunk(batch: int, vocab: int, length: int, budget: int = CHUNK_BYTES) -> int:
-    """Largest power-of-two chunk (8 to 512) whose [B, chunk, V] logits fit `budget` bytes."""
+def auto_chunk(batch: int, vocab: int, length: int, budget: int = CHUNK_BYTES,
+               unchunked: int = UNCHUNKED_BYTES) -> int:
+    """Positions per head chunk: `length` (one matmul, nothing recomputed) when the
+    [B, length, V] float32 logits fit `unchunked` bytes; else about the largest
+    power of two (8 to 512) whose [B, chunk, V] logits fit `budget`, evened out
+    so that the chunks cover `length` with the least padding."""
+    length = max(length, 1)
+    if batch * length * vocab * 4 <= unchunked:
+        return length
     chunk = 8
     while chunk < 512 and batch * (2 * chunk) * vocab * 4 <= budget:
         chunk *= 2
-    return min(chunk, max(length, 1))
+    return _even_chunk(chunk, length)
+
+
+def _even_chunk(chunk: int, length: int) -> int:
+    """The smallest chunk that covers `length` in as many chunks as `chunk` does."""
+    n = -(-length // chunk)
+    return -(-length // n)
 
 
 def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.Array,
@@ -136,13 +205,16 @@ def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.
     """log p_T(targets) and entropies [B, T] from hidden states [B, T, D].
 
     p_T = softmax(logits / temperature): the distribution the sampler drew
-    from. Logits exist for one chunk of positions at a time, in the forward
-    and in the backward pass (`chunked_head`); `chunk=0` picks the chunk with
-    `auto_chunk` (logit arrays of at most 128 MiB).
+    from. `chunk=0` picks the chunk with `auto_chunk`: the whole head at
+    once when the [B, T, V] float32 logits take at most 512 MiB (they are
+    then kept for the backward pass, which recomputes nothing), else chunks
+    whose logits take at most 128 MiB, recomputed in the backward pass
+    (`chunked_head`). A given `chunk` >= T also runs the head at once.
     """
+    t = hidden.shape[1]
     if not chunk:
-        chunk = auto_chunk(hidden.shape[0], config.vocab_size, hidden.shape[1])
-    chunk = max(1, min(chunk, hidden.shape[1]))
+        chunk = auto_chunk(hidden.shape[0], config.vocab_size, t)
+    chunk = max(1, min(_even_chunk(chunk, t), t))
     kernel = transformer.head_kernel(config, params)
     return chunked_head(hidden, kernel, targets.astype(jnp.int32), float(temperature), chunk,
                         config.jnp_dtype)

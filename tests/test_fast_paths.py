@@ -1,0 +1,122 @@
+"""The train step's fast paths equal the paths they replace.
+
+* The whole-head log-probabilities (`logprobs.chunked_head` with chunk >= T:
+  one matmul, logits kept for the backward pass) equal the chunked,
+  recomputing path, values and gradients, with and without an entropy term.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from start_jax import models, rl
+from start_jax.rl import logprobs as lp
+
+CONFIG = models.tiny_config(48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+
+
+def _head_inputs(b=3, t=11, seed=0):
+    rs = np.random.RandomState(seed)
+    hidden = jnp.asarray(rs.randn(b, t, CONFIG.hidden_size), jnp.float32)
+    kernel = jnp.asarray(rs.randn(CONFIG.hidden_size, CONFIG.vocab_size) * 0.3, jnp.float32)
+    targets = jnp.asarray(rs.randint(0, CONFIG.vocab_size, size=(b, t)), jnp.int32)
+    w1, w2 = (jnp.asarray(rs.randn(b, t), jnp.float32) for _ in range(2))
+    return hidden, kernel, targets, w1, w2
+
+
+@pytest.mark.parametrize("entropy_weight", [True, False])
+def test_whole_head_equals_chunked_values_and_gradients(entropy_weight):
+    hidden, kernel, targets, w1, w2 = _head_inputs()
+    t = hidden.shape[1]
+
+    def objective(chunk):
+        def f(h, k):
+            logp, ent = lp.chunked_head(h, k, targets, 0.8, chunk, jnp.float32)
+            # Without an entropy term its cotangent is a symbolic zero (skipped).
+            return jnp.sum(logp * w1) + (jnp.sum(ent * w2) if entropy_weight else 0.0)
+        return f
+
+    for whole in (t, 2 * t):
+        for chunk in (1, 4, 5):
+            a = lp.chunked_head(hidden, kernel, targets, 0.8, whole, jnp.float32)
+            b = lp.chunked_head(hidden, kernel, targets, 0.8, chunk, jnp.float32)
+            for x, y in zip(a, b):
+                np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+            ga = jax.grad(objective(whole), argnums=(0, 1))(hidden, kernel)
+            gb = jax.grad(objective(chunk), argnums=(0, 1))(hidden, kernel)
+            for x, y in zip(ga, gb):
+                np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_whole_head_equals_naive_log_softmax():
+    hidden, kernel, targets, w1, w2 = _head_inputs(seed=1)
+
+    def naive(h, k):
+        logits = jnp.einsum("BTD,DV->BTV", h, k) / 0.8
+        logp = jax.nn.log_softmax(logits, -1)
+        picked = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+        return picked, -jnp.sum(jnp.exp(logp) * logp, -1)
+
+    def whole(h, k):
+        return lp.chunked_head(h, k, targets, 0.8, hidden.shape[1], jnp.float32)
+
+    for x, y in zip(whole(hidden, kernel), naive(hidden, kernel)):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+    obj = lambda f: lambda h, k: jnp.sum(f(h, k)[0] * w1 + f(h, k)[1] * w2)  # noqa: E731
+    for x, y in zip(jax.grad(obj(whole), argnums=(0, 1))(hidden, kernel),
+                    jax.grad(obj(naive), argnums=(0, 1))(hidden, kernel)):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_chunk_whole_head_when_small_else_even_chunks():
+    assert lp.auto_chunk(16, 32000, 95) == 95                 # 195 MB of logits: whole.
+    assert lp.auto_chunk(16, 32000, 95, unchunked=0) == 48    # Two chunks, not 64 + 31.
+    assert lp.auto_chunk(8, 151936, 1023) == 16               # 4.6 GiB: chunks of 78 MB.
+    assert lp.auto_chunk(1, 10, 5, unchunked=0) == 5          # Chunks never exceed the length.
+    assert lp._even_chunk(64, 95) == 48 and lp._even_chunk(7, 7) == 7
+
+
+def test_token_log_probs_whole_and_chunked_agree_through_the_model():
+    params = models.init_params(CONFIG, jax.random.key(0))
+    rs = np.random.RandomState(2)
+    tokens = jnp.asarray(rs.randint(1, CONFIG.vocab_size, size=(4, 13)), jnp.int32)
+    seg = jnp.asarray(np.where(np.arange(13) < 2, 0, 1)[None].repeat(4, 0), jnp.int32)
+    w = jnp.asarray(rs.randn(4, 13), jnp.float32)
+
+    def f(chunk):
+        return lambda p: jnp.sum(rl.token_log_probs(CONFIG, p, tokens, seg, 1.0, chunk)[0] * w)
+
+    np.testing.assert_allclose(f(0)(params), f(3)(params), rtol=1e-5)
+    g0, g3 = jax.grad(f(0))(params), jax.grad(f(3))(params)
+    diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g0, g3)
+    assert max(jax.tree.leaves(diffs)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_step_runs_in_both_dtypes(dtype):
+    config = CONFIG.replace(dtype=dtype)
+    params = models.init_params(config, jax.random.key(0))
+    rs = np.random.RandomState(4)
+    b, length = 4, 12
+    tokens = jnp.asarray(rs.randint(1, config.vocab_size, size=(b, length)), jnp.int32)
+    seg = np.full((b, length), 3, np.int32)
+    seg[:, :4] = 1
+    seg = jnp.asarray(seg)
+    forced = jnp.zeros((b, length), bool)
+    mask = rl.loss_mask(seg, forced, "joint")
+    adv = jnp.where(mask, jnp.asarray(rs.randn(b, 1), jnp.float32), 0.0)
+    zeros = jnp.zeros((b, length), jnp.float32)
+    batch = rl.Batch(tokens=tokens, segment_ids=seg, loss_mask=mask,
+                     kl_mask=rl.kl_mask(seg, forced, "joint"), advantages=adv,
+                     old_logprobs=zeros, ref_logprobs=zeros, returns=zeros, old_values=zeros,
+                     rewards=jnp.zeros((b,), jnp.float32))
+    tx = rl.make_optimizer(1e-3)
+    for chunk in (0, 5):
+        state = rl.init_state(jax.tree.map(jnp.copy, params), tx)  # The step donates it.
+        step = rl.jit_train_step(config, rl.TrainConfig(logprob_chunk=chunk), tx)
+        state, metrics = step(state, batch, jax.random.key(0))
+        values = rl.check_finite(metrics, 0)
+        assert values["l2_grads"] > 0
