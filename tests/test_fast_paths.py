@@ -3,6 +3,9 @@
 * The whole-head log-probabilities (`logprobs.chunked_head` with chunk >= T:
   one matmul, logits kept for the backward pass) equal the chunked,
   recomputing path, values and gradients, with and without an entropy term.
+* `layers.project` (the projections' matmul with its own backward pass)
+  equals the einsum it replaced, values and gradients, in float32 and
+  bfloat16.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 
 from start_jax import models, rl
+from start_jax.models import layers
 from start_jax.rl import logprobs as lp
 
 CONFIG = models.tiny_config(48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
@@ -93,6 +97,32 @@ def test_token_log_probs_whole_and_chunked_agree_through_the_model():
     g0, g3 = jax.grad(f(0))(params), jax.grad(f(3))(params)
     diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g0, g3)
     assert max(jax.tree.leaves(diffs)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("spec,x_shape,w_shape,k", [
+    ("BTD,DNH->BTNH", (2, 5, 16), (16, 4, 8), 1),       # q/k/v: narrow input.
+    ("BTNH,NHD->BTD", (2, 5, 4, 8), (4, 8, 16), 2),     # o_proj: two contracted axes.
+    ("BTF,FD->BTD", (2, 5, 48), (48, 16), 1),           # down_proj: the wide-input branch.
+    ("BTD,DF->BTF", (2, 5, 16), (16, 48), 1),           # gate/up.
+])
+def test_project_equals_einsum(dtype, spec, x_shape, w_shape, k):
+    rs = np.random.RandomState(3)
+    x = jnp.asarray(rs.randn(*x_shape), dtype)
+    w = jnp.asarray(rs.randn(*w_shape) * 0.3, dtype)
+    out_shape = jax.eval_shape(lambda a, b: jnp.einsum(spec, a, b), x, w).shape
+    g = jnp.asarray(rs.randn(*out_shape), dtype)
+    ours = lambda a, b: layers.project(a, b, k)  # noqa: E731
+    ref = lambda a, b: jnp.einsum(spec, a, b)  # noqa: E731
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    y1, y2 = ours(x, w), ref(x, w)
+    assert y1.dtype == y2.dtype == dtype and y1.shape == y2.shape
+    np.testing.assert_allclose(np.float32(y1), np.float32(y2), atol=tol, rtol=tol)
+    _, vjp1 = jax.vjp(ours, x, w)
+    _, vjp2 = jax.vjp(ref, x, w)
+    for a, b in zip(vjp1(g), vjp2(g)):
+        assert a.dtype == b.dtype == dtype and a.shape == b.shape
+        np.testing.assert_allclose(np.float32(a), np.float32(b), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
