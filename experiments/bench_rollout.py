@@ -45,7 +45,8 @@ alternated call by call (`--modes plain,rl`): `plain` prefills every row and
 decodes every row until the last one ends (the sampler before RL-shaped
 batches), `rl` prefills each prompt once for its group and compacts finished
 rows away (`group_size`, `sampling.Compaction`; the trainer's call now). Both
-give the same tokens (checked every call). The
+give the same rows up to float rounding (the number of rows whose tokens
+differ and the largest log-probability gap elsewhere are printed). The
 run's `RunSpec` (from `start_jax.train.config.default_config()` modified as in
 `experiments.bench_rl_step`) gives the `SamplingConfig`, the rollout `width`
 and the mesh; params come from `train.init_policy.initial_policy` (the
@@ -491,7 +492,7 @@ def main(argv=None) -> None:
         jax.block_until_ready(rollout)
         seconds = time.perf_counter() - start
         host = jax.device_get(rollout)
-        return seconds, rollout_stats(host, sc.think_budget), host.tokens
+        return seconds, rollout_stats(host, sc.think_budget), host
 
     for mode in modes:
         first_s, first, _ = call(0, mode)
@@ -502,13 +503,18 @@ def main(argv=None) -> None:
     rows = [("call", "mode", "seconds", "gen tokens", "tokens/s", "decode steps", "half done at",
              "tail frac", "idle frac", "think mean", "resp mean")]
     by_mode = {m: ([], []) for m in modes}
+    divergence = []   # (rows whose tokens differ between the modes, max |dlogp| elsewhere).
     for i in range(1, args.repeats + 1):
-        tokens = None
+        first_out = None
         for mode in (modes if i % 2 else modes[::-1]):
             t, s, out = call(i, mode)
-            if tokens is not None and not np.array_equal(tokens, out):
-                raise AssertionError(f"call {i}: modes {modes} gave different tokens")
-            tokens = out
+            if first_out is None:
+                first_out = out
+            else:   # Same rows up to float rounding (batch-size-dependent matmuls).
+                differ = np.any(first_out.tokens != out.tokens, axis=1)
+                agree = ~differ[:, None] & (out.segment_ids > segments.PROMPT)
+                gap = np.abs(first_out.logprobs - out.logprobs)[agree]
+                divergence.append((int(differ.sum()), float(gap.max() if gap.size else 0.0)))
             by_mode[mode][0].append(t)
             by_mode[mode][1].append(s)
             rows.append((str(i), mode, f"{t:.3f}", str(s["generated"]),
@@ -518,6 +524,11 @@ def main(argv=None) -> None:
                          f"{s['response'].mean():.1f}"))
     print("== timed calls")
     print_table(rows)
+    if divergence:
+        print(f"== modes agree: rows with other tokens per call {[d for d, _ in divergence]} of "
+              f"{batch}; max |log-prob difference| on the other rows "
+              f"{max(g for _, g in divergence):.1e} (float rounding of batch-size-dependent "
+              "matmuls; a draw that lands within it of a boundary changes a row's tokens)")
     if len(modes) == 2:
         ratios = [b / a for a, b in zip(by_mode[modes[1]][0], by_mode[modes[0]][0])]
         print(f"== {modes[0]} time / {modes[1]} time per call: "

@@ -43,7 +43,9 @@ class Compaction:
     most half of the rows are still active, they go on in a batch half as large
     (or a quarter, ...), never below `min_rows` rows, nor below one row per
     batch shard of the mesh. Each row keeps its own cache, counters and draws,
-    so the result equals decoding the whole batch to the end."""
+    so the result equals decoding the whole batch to the end, up to the float
+    rounding of matmuls over another number of rows (about 1e-6 in
+    log-probabilities; a draw within that of a boundary may then differ)."""
 
     every: int = 16
     min_rows: int = 8
@@ -94,8 +96,9 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
         that every rollout of a run has one shape; an error if it is wider.
       group_size: rows come in consecutive groups of this many identical
         prompts (G completions each, as an RL step samples them): each prompt
-        is prefilled once and its cache shared by its group. An error if the
-        rows of a group differ.
+        is prefilled once and its cache shared by its group (equal to G
+        prefills up to float rounding, as `Compaction`). An error if the rows
+        of a group differ.
       compact: stop decoding finished rows (`Compaction`); None decodes every
         row until the last one ends.
 
