@@ -151,7 +151,11 @@ def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.L
     kl = agg(losses.kl_penalty(logp, ref, lc.kl_estimator),
              batch.kl_mask) / jnp.maximum(counts["kl"], 1e-8)
     ent = agg(entropy, batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
-    total = pg + lc.kl_coef * kl - lc.entropy_coef * ent
+    total = pg  # A zero coefficient leaves its term out: no cotangent flows back through it.
+    if lc.kl_coef:
+        total = total + lc.kl_coef * kl
+    if lc.entropy_coef:
+        total = total - lc.entropy_coef * ent
     tokens = jnp.maximum(counts["value"], 1.0)  # Token-mean diagnostics.
     aux = dict(
         pg_loss=pg, kl=kl, entropy_loss=ent,
