@@ -3,6 +3,8 @@
 * The whole-head log-probabilities (`logprobs.chunked_head` with chunk >= T:
   one matmul, logits kept for the backward pass) equal the chunked,
   recomputing path, values and gradients, with and without an entropy term.
+* `TrainConfig.logprob_start` (the head skips the prompt columns) gives the
+  same update as the whole head.
 * `layers.project` (the projections' matmul with its own backward pass)
   equals the einsum it replaced, values and gradients, in float32 and
   bfloat16.
@@ -150,3 +152,63 @@ def test_train_step_runs_in_both_dtypes(dtype):
         state, metrics = step(state, batch, jax.random.key(0))
         values = rl.check_finite(metrics, 0)
         assert values["l2_grads"] > 0
+
+
+def _prompt_batch(config, b=4, prompt=5, length=14, seed=5):
+    """Rows with a left-padded prompt in the first `prompt` columns, then thinking/response."""
+    rs = np.random.RandomState(seed)
+    seg = np.zeros((b, length), np.int32)
+    for i in range(b):
+        seg[i, prompt - rs.randint(2, prompt + 1):prompt] = 1
+        seg[i, prompt:prompt + 4] = 2
+        seg[i, prompt + 4:length - rs.randint(0, 3)] = 3
+    tokens = np.where(seg > 0, rs.randint(1, config.vocab_size, size=(b, length)), 0)
+    seg, tokens = jnp.asarray(seg), jnp.asarray(tokens, jnp.int32)
+    forced = jnp.zeros((b, length), bool)
+    mask = rl.loss_mask(seg, forced, "joint")
+    adv = jnp.where(mask, jnp.asarray(rs.randn(b, 1), jnp.float32), 0.0)
+    noise = jnp.asarray(rs.randn(b, length) * 0.05, jnp.float32)
+    zeros = jnp.zeros((b, length), jnp.float32)
+    return rl.Batch(tokens=tokens, segment_ids=seg, loss_mask=mask,
+                    kl_mask=rl.kl_mask(seg, forced, "joint"), advantages=adv,
+                    old_logprobs=zeros, ref_logprobs=noise, returns=zeros, old_values=zeros,
+                    rewards=jnp.zeros((b,), jnp.float32))
+
+
+def test_logprob_start_skips_the_prompt_columns_only():
+    params = models.init_params(CONFIG, jax.random.key(1))
+    batch = _prompt_batch(CONFIG)
+    full = rl.token_log_probs(CONFIG, params, batch.tokens, batch.segment_ids, 0.9, 0)
+    part = rl.token_log_probs(CONFIG, params, batch.tokens, batch.segment_ids, 0.9, 0, start=5)
+    for a, b in zip(full, part):
+        np.testing.assert_allclose(b[:, 5:], a[:, 5:], atol=1e-6)
+        assert not np.any(np.asarray(b[:, :5]))
+
+
+@pytest.mark.parametrize("kl_coef,entropy_coef", [(0.0, 0.0), (0.05, 0.01)])
+def test_train_step_with_logprob_start_equals_full_head(kl_coef, entropy_coef):
+    params = models.init_params(CONFIG, jax.random.key(2))
+    batch = _prompt_batch(CONFIG, seed=6)
+    tx = rl.make_optimizer(1e-3)
+    loss = rl.LossConfig(kl_coef=kl_coef, entropy_coef=entropy_coef)
+    out = []
+    for start in (0, 5):
+        state = rl.init_state(jax.tree.map(jnp.copy, params), tx)
+        step = rl.jit_train_step(CONFIG, rl.TrainConfig(loss=loss, logprob_start=start), tx)
+        state, metrics = step(state, batch, jax.random.key(0))
+        out.append((state.params, rl.check_finite(metrics, 0)))
+    (p0, m0), (p1, m1) = out
+    for name in ("loss", "pg_loss", "kl", "entropy", "l2_grads"):
+        np.testing.assert_allclose(m1[name], m0[name], rtol=1e-5, atol=1e-7)
+    diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), p0, p1)
+    assert max(jax.tree.leaves(diffs)) <= 1e-6
+
+
+def test_logprob_start_past_a_mask_token_stops_the_run():
+    params = models.init_params(CONFIG, jax.random.key(3))
+    batch = _prompt_batch(CONFIG, seed=7)
+    tx = rl.make_optimizer(1e-3)
+    step = rl.jit_train_step(CONFIG, rl.TrainConfig(logprob_start=6), tx)  # Column 5 is THINK.
+    _, metrics = step(rl.init_state(params, tx), batch, jax.random.key(0))
+    with pytest.raises(rl.NonFiniteError, match="'loss'"):
+        rl.check_finite(metrics, 0)

@@ -221,12 +221,20 @@ def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.
 
 
 def token_log_probs(config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array,
-                    temperature: float = 1.0, chunk: int = 0
+                    temperature: float = 1.0, chunk: int = 0, start: int = 0
                     ) -> tuple[jax.Array, jax.Array]:
-    """(logp, entropy), each [B, L] aligned with `tokens`; 0 at t = 0."""
-    hidden = _shifted_hidden(config, params, tokens, segment_ids)
-    logp, entropy = head_log_probs(config, params, hidden, tokens[:, 1:], temperature, chunk)
-    return _pad_front(logp), _pad_front(entropy)
+    """(logp, entropy), each [B, L] aligned with `tokens`; 0 at t = 0.
+
+    `start` > 0: the vocabulary head runs only for columns start..L-1 (the
+    trunk still reads every token); columns before `start` are 0. For
+    rollouts whose first `start` columns are prompt, where no loss reads a
+    log-probability, this skips the head's work on the prompt.
+    """
+    start = max(1, min(start, tokens.shape[1]))
+    hidden = _shifted_hidden(config, params, tokens, segment_ids)[:, start - 1:]
+    logp, entropy = head_log_probs(config, params, hidden, tokens[:, start:], temperature, chunk)
+    pad = lambda x: jnp.pad(x, ((0, 0), (start, 0)))  # noqa: E731
+    return pad(logp), pad(entropy)
 
 
 def token_values(config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array

@@ -62,7 +62,11 @@ class TrainConfig:
     ppo_epochs: int = 1        # mu: passes over one rollout batch.
     minibatches: int = 1       # Optimizer updates per pass.
     micro_batches: int = 1     # Gradient-accumulation slices per update.
-    logprob_chunk: int = 0     # Positions per vocabulary-head chunk; 0 = auto (128 MiB).
+    logprob_chunk: int = 0     # Positions per vocabulary-head chunk; 0 = auto (`auto_chunk`).
+    # Leading columns that hold only prompt (or padding) in every rollout, e.g. the sampler's
+    # prompt width: no loss or KL token lies there, so the vocabulary head skips them (the
+    # trunk still reads them). A loss or KL mask token before it makes the loss NaN.
+    logprob_start: int = 0
     use_critic: bool = False   # Train a value model (PPO with GAE).
 
     @property
@@ -170,9 +174,14 @@ def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.L
 
 def policy_loss(params, batch: Batch, counts, model_config: ModelConfig, config: TrainConfig):
     """Loss of one micro-batch, scaled by the whole minibatch's counts."""
+    start = config.logprob_start
     logp, entropy = lp.token_log_probs(model_config, params, batch.tokens, batch.segment_ids,
-                                       config.loss.temperature, config.logprob_chunk)
-    return policy_loss_terms(logp, entropy, batch, counts, config.loss, config.on_policy)
+                                       config.loss.temperature, config.logprob_chunk, start)
+    loss, aux = policy_loss_terms(logp, entropy, batch, counts, config.loss, config.on_policy)
+    if start:  # A mask token without a log-probability: stop the run (check_finite).
+        early = jnp.any(batch.loss_mask[:, :start]) | jnp.any(batch.kl_mask[:, :start])
+        loss = jnp.where(early, jnp.nan, loss)
+    return loss, aux
 
 
 def critic_loss(critic_params, batch: Batch, counts, critic_config: ModelConfig,
