@@ -86,7 +86,15 @@ def test_spec_reads_prompt_section():
     c.prompt.chat_template = True
     c.prompt.system = "S"
     c.prompt.template_kwargs.enable_thinking = False
-    c.init_checkpoint = "/ckpt"
+    c.init_checkpoint = "/ckpt"        # No tokenizer.json there: the world's.
     spec = RunSpec.from_config(c)
     assert spec.prompt == prompts.PromptFormat(True, "S", (("enable_thinking", False),))
-    assert spec.tokenizer == "/ckpt"   # '' = the checkpoint's own tokenizer.
+    assert spec.tokenizer == "world"
+
+
+def test_tokenizer_defaults_to_the_checkpoints_own(tmp_path):
+    c = default_config()
+    c.init_checkpoint = str(CharTokenizer().save_pretrained(tmp_path / "ckpt"))
+    assert RunSpec.from_config(c).tokenizer == c.init_checkpoint
+    c.tokenizer = "char"
+    assert RunSpec.from_config(c).tokenizer == "char"

@@ -226,5 +226,5 @@ def test_exact_match_and_math_verifier():
     got = math([mk("so c = 14", "14"), mk(r"\boxed{3/4}", "0.75"), mk("1,000", "1000"),
                 mk("no number", "3"), mk("13", "14")])
     np.testing.assert_array_equal(got, [1, 1, 1, 0, 0])
-    with pytest.raises(ValueError, match=r"unknown reward 'judge'; registered: \["):
-        rewards.make("judge")
+    with pytest.raises(ValueError, match=r"unknown reward 'no_such_judge'; registered: \["):
+        rewards.make("no_such_judge")

@@ -39,7 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0                       # Seeds init, data order and sampling.
     c.tokenizer = ""                 # "world" (the embedded world's), "char", or a tokenizer.json
-                                     # dir; '' = init_checkpoint's directory, else "world".
+                                     # dir; '' = init_checkpoint's own tokenizer.json if it has
+                                     # one, else "world".
     c.init_checkpoint = ""           # HF directory to start from; '' = random init + SFT.
 
     # How task rows become prompt text (start_jax.data.prompts), and the thinking tags.

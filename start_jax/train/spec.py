@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import ml_collections
@@ -242,7 +243,7 @@ class RunSpec:
             raise ConfigError(f"config: algo.micro_batches={a.micro_batches} must divide a "
                               f"minibatch of {rows // a.minibatches} rollouts")
         return cls(
-            seed=int(c.seed), tokenizer=str(c.tokenizer or c.init_checkpoint or "world"),
+            seed=int(c.seed), tokenizer=str(c.tokenizer or _checkpoint_tokenizer(c.init_checkpoint)),
             init_checkpoint=str(c.init_checkpoint),
             prompt=PromptFormat.create(c.prompt.chat_template, c.prompt.system,
                                        c.prompt.template_kwargs.to_dict()),
@@ -264,6 +265,14 @@ class RunSpec:
             stages=tuple(stages), checkpoint=CheckpointSpec(**c.checkpoint.to_dict()),
             eval=EvalSpec(**c.eval.to_dict()), log=LogSpec(**c.log.to_dict()),
             config_json=json.dumps(json.loads(c.to_json_best_effort()), sort_keys=True))
+
+
+def _checkpoint_tokenizer(init_checkpoint: str) -> str:
+    """The tokenizer of ``tokenizer=''``: the init checkpoint's own tokenizer.json when it
+    has one, else the embedded world's."""
+    if init_checkpoint and os.path.isfile(os.path.join(init_checkpoint, "tokenizer.json")):
+        return init_checkpoint
+    return "world"
 
 
 def as_spec(config_or_spec) -> RunSpec:
