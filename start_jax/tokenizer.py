@@ -333,6 +333,11 @@ class HFTokenizer:
         """Returns the id of ``token``, or None if it is not in the vocabulary."""
         return self._tok.token_to_id(token)
 
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether `apply_chat_template` can render (the files have a template)."""
+        return bool(self._chat_template)
+
     def save_pretrained(self, dirpath: str | os.PathLike) -> pathlib.Path:
         """Writes ``tokenizer.json`` (with any added think tags) and a
         ``tokenizer_config.json`` (eos, pad, bos, chat template), so that
@@ -455,6 +460,8 @@ class CharTokenizer:
     def token_to_id(self, token: str) -> int | None:
         """Returns the id of a special token or alphabet character, else None."""
         return self._vocab.get(token)
+
+    has_chat_template = True   # The fixed "role: content" format.
 
     def to_hf_tokenizer_json(self, path: str | os.PathLike) -> None:
         """Writes an equivalent Hugging Face ``tokenizer.json`` to ``path``."""

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu   # Its TPU interpret mode runs on CPU.
 
 from start_jax import models
 from start_jax.models import attention
@@ -239,9 +240,6 @@ def test_model_prefill_and_decode_with_blockwise_equal_dense():
 
 def test_pallas_tpu_kernel_in_interpret_mode():
     """The "pallas" path's TPU kernel, run by Pallas's TPU interpreter on CPU."""
-    pltpu = pytest.importorskip("jax.experimental.pallas.tpu")
-    if not hasattr(pltpu, "force_tpu_interpret_mode"):
-        pytest.skip("this jax has no TPU interpret mode")
     b, t = 2, 256  # The kernel's tiles are 128 long; heads of width 128.
     valid = np.ones((b, t), bool)
     valid[0, :50] = False

@@ -46,14 +46,12 @@ class PromptFormat:
 
 
 def messages_of(row: dict, fmt: PromptFormat) -> list[dict]:
-    """The conversation of a row: its ``messages``, or ``[system], user: prompt``.
+    """The conversation of a task row (metadata parsed, as `pipeline.TaskSource` gives
+    it): its ``messages``, or ``[system], user: prompt``.
 
     The format's system message is added only to a conversation without one.
     """
-    meta = row.get("metadata") or {}
-    if isinstance(meta, str):
-        meta = json.loads(meta or "{}")
-    messages = meta.get("messages")
+    messages = (row.get("metadata") or {}).get("messages")
     if messages is None:
         messages = [{"role": "user", "content": row["prompt"]}]
     messages = [dict(m) for m in messages]
@@ -70,11 +68,8 @@ def render(row: dict, tokenizer, fmt: PromptFormat) -> str:
         conversation has no text form without a template), or a tokenizer with
         no chat template.
     """
-    meta = row.get("metadata") or {}
-    if isinstance(meta, str):
-        meta = json.loads(meta or "{}")
     if not fmt.chat_template:
-        if "messages" in meta:
+        if "messages" in (row.get("metadata") or {}):
             raise ConfigError("config: a data row has 'messages', which need a chat template; "
                               "set --config.prompt.chat_template=True")
         return row["prompt"]

@@ -20,16 +20,14 @@ per shape bucket, not once per batch.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
 
-from start_jax import checkpoints, rl, segments
-from start_jax.data import world
-from start_jax.errors import ConfigError, MissingFile, UserError
+from start_jax import rl, segments
+from start_jax.errors import ConfigError
+from start_jax.rewards import own_model
 from start_jax.rewards.base import RewardInput, ThinkingInput, register
-from start_jax.tokenizer import HFTokenizer
 
 LENGTH_MULTIPLE = 16   # Row widths are padded up to a multiple of this.
 BATCH_MULTIPLE = 8     # Batch sizes are padded up to a multiple of this.
@@ -94,13 +92,13 @@ class AnswerLikelihood:
             raise ConfigError("answer_likelihood: give either checkpoint=<Hugging Face "
                               "directory> or both model_config= and params=")
         if checkpoint is not None:
-            model_config, params = self._load(str(checkpoint), dtype)
+            model_config, params = own_model.load_model("answer_likelihood", str(checkpoint), dtype)
         if not model_config.lm_head:
             raise ConfigError(f"answer_likelihood: the answerer {checkpoint or 'model_config'} "
                               "has no language-model head (a sequence-classification "
                               "checkpoint?); it needs a *ForCausalLM checkpoint")
         self.config, self.params = model_config, params
-        self.tokenizer = self._tokenizer(checkpoint, tokenizer)
+        self.tokenizer = own_model.load_tokenizer("answer_likelihood", checkpoint, tokenizer)
         if self.tokenizer.vocab_size > self.config.vocab_size:
             raise ConfigError(f"answer_likelihood: the tokenizer has {self.tokenizer.vocab_size} "
                               f"tokens, more than the answerer's {self.config.vocab_size} "
@@ -108,27 +106,6 @@ class AnswerLikelihood:
         self.reduce, self.temperature = reduce, float(temperature)
         self.include_eos, self.retokenize, self.batch_size = include_eos, retokenize, batch_size
         self.prefix_ids = list(self.tokenizer.encode(answer_prefix)) if answer_prefix else []
-
-    @staticmethod
-    def _load(path: str, dtype: str):
-        if not os.path.isdir(path):
-            raise MissingFile(f"answer_likelihood: checkpoint directory {path!r} not found")
-        try:
-            return checkpoints.load_pretrained(path, dtype=dtype)
-        except UserError as e:
-            raise type(e)(f"answer_likelihood: checkpoint {path!r}: {e}") from None
-
-    @staticmethod
-    def _tokenizer(checkpoint: str | None, tokenizer: Any):
-        if tokenizer is None:
-            if checkpoint is not None and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
-                return HFTokenizer.from_pretrained(checkpoint)
-            where = (f"checkpoint {checkpoint!r} has no tokenizer.json" if checkpoint is not None
-                     else "model_config/params come without a tokenizer")
-            raise ConfigError(f"answer_likelihood: {where}; pass tokenizer=<name or directory>")
-        if isinstance(tokenizer, (str, os.PathLike)):
-            return world.load_tokenizer(str(tokenizer))
-        return tokenizer
 
     # ------------------------------------------------------------------ rows
 

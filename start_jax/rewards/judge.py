@@ -56,7 +56,6 @@ then `fn(inputs)`; `fn.last_outputs` shows what the judge wrote.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Mapping
 from typing import Any, Sequence
@@ -64,11 +63,10 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from start_jax import checkpoints, sampling, segments
-from start_jax.data import world
-from start_jax.errors import ConfigError, MissingFile, UserError
+from start_jax import sampling, segments
+from start_jax.errors import ConfigError, UserError
+from start_jax.rewards import own_model
 from start_jax.rewards.base import RewardInput, register
-from start_jax.tokenizer import HFTokenizer
 
 LENGTH_MULTIPLE = 64   # Judge prompts are left-padded to a multiple of this many tokens.
 QUOTE_CHARS = 200      # How much of an unparsable output an error message quotes.
@@ -125,15 +123,6 @@ def fill_rubric(rubric: str, question: str, response: str, reference: str) -> st
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], rubric)
 
 
-def _has_chat_template(tokenizer) -> bool:
-    try:
-        tokenizer.apply_chat_template([{"role": "user", "content": "x"}],
-                                      add_generation_prompt=True)
-    except (ValueError, AttributeError, NotImplementedError):
-        return False
-    return True
-
-
 @register("judge")
 class GenerativeJudge:
     """Rewards from a generative judge model that writes a score for each response.
@@ -181,17 +170,17 @@ class GenerativeJudge:
                  temperature: float = 0.0, seed: int = 0, dtype: str = "float32"):
         self._check_options(rubric, score_pattern, min_score, max_score, max_new_tokens,
                             batch_size, on_unparsable, temperature, seed, template_kwargs)
-        self.config, self.params = self._load(str(checkpoint), dtype)
+        self.config, self.params = own_model.load_model("judge", str(checkpoint), dtype)
         if not self.config.lm_head:
             raise ConfigError(f"judge: checkpoint {checkpoint!r} has no language-model head "
                               "(a sequence-classification checkpoint? use reward 'reward_model'); "
                               "the judge needs a *ForCausalLM checkpoint")
-        self.tokenizer = self._tokenizer(str(checkpoint), tokenizer)
+        self.tokenizer = own_model.load_tokenizer("judge", str(checkpoint), tokenizer)
         if self.tokenizer.vocab_size > self.config.vocab_size:
             raise ConfigError(f"judge: the tokenizer has {self.tokenizer.vocab_size} tokens, "
                               f"more than the judge's {self.config.vocab_size} embedding rows; "
                               "pass the judge's own tokenizer=")
-        has_template = _has_chat_template(self.tokenizer)
+        has_template = bool(getattr(self.tokenizer, "has_chat_template", False))
         if chat_template is None:
             chat_template = has_template
         elif chat_template and not has_template:
@@ -256,26 +245,6 @@ class GenerativeJudge:
         if template_kwargs is not None and not isinstance(template_kwargs, Mapping):
             raise ConfigError(f"judge: template_kwargs={template_kwargs!r} must be a dict of "
                               "chat-template variables")
-
-    @staticmethod
-    def _load(path: str, dtype: str):
-        if not os.path.isdir(path):
-            raise MissingFile(f"judge: checkpoint directory {path!r} not found")
-        try:
-            return checkpoints.load_pretrained(path, dtype=dtype)
-        except UserError as e:
-            raise type(e)(f"judge: checkpoint {path!r}: {e}") from None
-
-    @staticmethod
-    def _tokenizer(checkpoint: str, tokenizer: Any):
-        if tokenizer is None:
-            if os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
-                return HFTokenizer.from_pretrained(checkpoint)
-            raise ConfigError(f"judge: checkpoint {checkpoint!r} has no tokenizer.json; pass "
-                              "tokenizer=<name or directory>")
-        if isinstance(tokenizer, (str, os.PathLike)):
-            return world.load_tokenizer(str(tokenizer))
-        return tokenizer
 
     # ---------------------------------------------------------------- prompts
 
