@@ -63,6 +63,21 @@ def test_each_stage_trains_only_its_segments(finished_run):
     assert "eval/reward" in rows[2] and "eval/reward" in rows[5]
 
 
+def test_update_skips_the_head_on_prompt_columns_only(finished_run):
+    """`TrainConfig.logprob_start` is the first decoded column of every rollout shape the
+    trainer samples: nothing sampled lies before it, and the first thinking token at it."""
+    trainer, _, _ = finished_run
+    start = trainer.spec.train.logprob_start
+    assert start == trainer.width - (trainer.spec.sampling.think_budget + 1
+                                     + trainer.spec.sampling.response_budget) > 0
+    examples = [trainer.train_data[i] for i in range(2)]
+    for stage in trainer.spec.stages:     # A frozen responder (s1), then the policy's own.
+        rollout = jax.device_get(trainer.rollouts(trainer.init_params, examples, 0, stage))
+        assert rollout.tokens.shape[1] == trainer.width
+        assert not rollout.sampled[:, :start].any(), stage
+        assert rollout.sampled[:, start].all(), stage
+
+
 def test_frozen_responder_and_reference_are_unchanged(finished_run):
     trainer, summary, init = finished_run
     for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(trainer.init_params)):
@@ -159,7 +174,15 @@ def test_resume_after_sigkill_and_sigterm_reproduces_every_metric(tmp_path, fini
 
     out = _finish(_launch(workdir))
     assert f"resuming from step {saved}" in out
-    assert _metrics(workdir) == _metrics(reference)
+    _assert_same_metrics(_metrics(workdir), _metrics(reference))
+
+
+def _assert_same_metrics(got: list[dict], want: list[dict]) -> None:
+    """Equal metric rows; on a difference, names the first step and the keys that differ."""
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for a, b in zip(got, want):
+        differ = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+        assert not differ, f"step {a['step']}: (resumed, uninterrupted) {differ}"
 
 
 # ------------------------------------------------------------ bad inputs

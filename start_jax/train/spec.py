@@ -24,7 +24,7 @@ from start_jax.data.prompts import PromptFormat
 from start_jax.errors import ConfigError
 from start_jax.rewards import synthetic
 from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig
-from start_jax.sampling import Compaction, SamplingConfig
+from start_jax.sampling import Compaction, SamplingConfig, num_decode_steps
 from start_jax.sharding import MeshConfig
 from start_jax.train.config import stage_names, validate
 
@@ -166,8 +166,7 @@ class RunSpec:
     @property
     def width(self) -> int:
         """Columns of every rollout of the run (one shape for sampling and the update)."""
-        s = self.sampling
-        return -(-(self.data.max_prompt_tokens + s.think_budget + 3) // 8) * 8 + s.response_budget + 8
+        return rollout_width(self.data.max_prompt_tokens, self.sampling)
 
     def stage_at(self, step: int) -> StageSpec:
         for stage in self.stages:
@@ -232,8 +231,13 @@ class RunSpec:
         advantage = AdvantageConfig(estimator=a.advantage, group_size=a.group_size,
                                     grpo_scale=a.grpo_scale, group_baseline=a.group_baseline,
                                     gamma=a.gamma, lam=a.lam)
+        # Rollouts are right-aligned in `width` columns and the decoded part is the last
+        # think_budget + 1 + response_budget of them (a frozen responder's too), so the columns
+        # before it hold only prompt and padding: the update's vocabulary head skips them.
+        width = rollout_width(c.data.max_prompt_tokens, sampling)
         train = TrainConfig(loss=loss, ppo_epochs=a.ppo_epochs, minibatches=a.minibatches,
-                            micro_batches=a.micro_batches, use_critic=advantage.needs_critic)
+                            micro_batches=a.micro_batches, use_critic=advantage.needs_critic,
+                            logprob_start=width - num_decode_steps(sampling, True))
         rows = c.data.prompts_per_step * a.group_size
         for key, n in (("algo.minibatches", a.minibatches), ("algo.micro_batches", a.micro_batches)):
             if not isinstance(n, int) or n < 1 or rows % n:
@@ -265,6 +269,14 @@ class RunSpec:
             stages=tuple(stages), checkpoint=CheckpointSpec(**c.checkpoint.to_dict()),
             eval=EvalSpec(**c.eval.to_dict()), log=LogSpec(**c.log.to_dict()),
             config_json=json.dumps(json.loads(c.to_json_best_effort()), sort_keys=True))
+
+
+def rollout_width(max_prompt_tokens: int, sampling: SamplingConfig) -> int:
+    """Columns of a run's rollouts: the prompt and `<think>` (rounded up to 8, as the
+    sampler pads its prefix), the thinking budget, `</think>`, the response budget and 8
+    spare columns."""
+    s = sampling
+    return -(-(max_prompt_tokens + s.think_budget + 3) // 8) * 8 + s.response_budget + 8
 
 
 def _checkpoint_tokenizer(init_checkpoint: str) -> str:
