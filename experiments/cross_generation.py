@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--reward", default="synthetic", help="a registered reward name")
     parser.add_argument("--seeds", default="0", help="comma-separated sampling seeds")
+    parser.add_argument("--responses", type=int, default=1,
+                        help="answers per question and thinking; a score is their mean")
     parser.add_argument("--tokenizer", default="world",
                         help="'world', 'char' or a directory; a model directory with tokenizer.json "
                              "uses its own")
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
     os.makedirs(args.out, exist_ok=True)
     qs = load_questions(args.data, os.path.join(args.out, "data"), args.questions)
     result = cg.run(thinkers, answerers, qs, rewards.make(args.reward),
-                    seeds=[int(s) for s in args.seeds.split(",")],
+                    seeds=[int(s) for s in args.seeds.split(",")], responses=args.responses,
                     classify=cg.classify_synthetic if args.data.startswith("synthetic") else None)
     cg.save(result, os.path.join(args.out, "cross_generation.json"))
     result.heatmap(os.path.join(args.out, "cross_generation.png"))

@@ -105,6 +105,62 @@ def test_model_policies_think_and_answer_through_the_sampler(tmp_path):
         cg.run({"empty": Oracle()}, {"c": Copier()}, QUESTIONS, rewards.make("exact_match"))
 
 
+def test_repeat_group():
+    assert cg.repeat_group([[1], [1], [2], [2]]) == 2
+    assert cg.repeat_group([[1], [1], [2], [2]], [[5], [6], [7], [7]]) == 1   # Thinking differs.
+    assert cg.repeat_group([[1]] * 6, [[5]] * 3 + [[6]] * 3) == 3
+    assert cg.repeat_group([[1], [2], [1], [2]]) == 1
+    assert cg.repeat_group([[1]] * 4) == 4
+
+
+class Counter:
+    """Answers with a different word each call; records the rows it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def answer(self, prompts, thinking, seed):
+        self.calls.append((list(prompts), None if thinking is None else list(thinking)))
+        return [str(2 * int(p.split(":")[0][1:])) if i % 4 == 0 else "x"
+                for i, p in enumerate(prompts)]
+
+
+def test_several_responses_per_thinking_are_averaged():
+    counter = Counter()
+    qs = QUESTIONS[:5]
+    result = cg.run({"oracle": Oracle()}, {"c": counter}, qs, rewards.make("exact_match"),
+                    include_self=False, responses=4, bootstrap_samples=50)
+    # Each question (and its thinking) is asked 4 times in a row; one answer in 4 is right.
+    prompts, thinking = counter.calls[0]
+    assert prompts == [q["prompt"] for q in qs for _ in range(4)]
+    assert thinking == [t for t in Oracle().think([q["prompt"] for q in qs], 0) for _ in range(4)]
+    np.testing.assert_allclose(result.scores, 0.25)
+    with pytest.raises(ValueError, match="responses=0"):
+        cg.run({"oracle": Oracle()}, {"c": counter}, qs, rewards.make("exact_match"), responses=0)
+
+
+def test_model_policy_shares_the_prefill_of_repeated_rows(monkeypatch):
+    """Several answers to one thinking: one prefill for the group, the same rows as
+    sampling each repeated row on its own."""
+    tok = CharTokenizer()
+    config = models.tiny_config(tok.vocab_size)
+    sc = sampling.SamplingConfig(temperature=1.0, think_budget=6, response_budget=6)
+    policy = cg.ModelPolicy(config, models.init_params(config, jax.random.key(0)), tok, sc)
+    prompts = [q["prompt"] for q in QUESTIONS[:3] for _ in range(4)]
+    thinking = [t for t in ("ab", "c d", "") for _ in range(4)]
+    groups = []
+    sample = sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda *a, **k: (
+        groups.append(k["group_size"]), sample(*a, **k))[1])
+    shared = policy.generate(prompts, 3, thinking=thinking)
+    assert groups == [4]
+    special = sampling.SpecialTokens.from_tokenizer(tok)
+    alone = sample(config, policy.params, [tok.encode(p) for p in prompts], sc, 3, special,
+                   thinking=[tok.encode(t) for t in thinking])
+    assert shared == sampling.decode_segments(tok, alone)
+    assert len({r["response"] for r in shared}) > 3   # Answers to one thinking differ.
+
+
 def test_command_line_entry(tmp_path):
     tok = CharTokenizer()
     config = models.tiny_config(tok.vocab_size, max_position_embeddings=256)
@@ -116,7 +172,8 @@ def test_command_line_entry(tmp_path):
     out = str(tmp_path / "out")
     result = cli.main([f"--thinker=t={paths['t']}", f"--answerer=a1={paths['a1']}",
                       f"--answerer=a2={paths['a2']}", "--data=synthetic:facts", "--questions=6",
-                      "--think_budget=6", "--response_budget=4", f"--out={out}"])
+                      "--think_budget=6", "--response_budget=4", "--responses=2",
+                      f"--out={out}"])
     assert result.matrix.shape == (3, 2)
     assert os.path.getsize(os.path.join(out, "cross_generation.png")) > 1000
     with pytest.raises(ValueError, match="expected NAME=PATH"):

@@ -65,12 +65,15 @@ class ModelPolicy:
         """The text this model reads for a question (`start_jax.data.prompts`)."""
         return prompts_lib.render({"prompt": prompt}, self.tokenizer, self.prompt_format)
 
-    def _sample(self, prompts, seed, sampling_config=None, **kwargs):
+    def _sample(self, prompts, seed, sampling_config=None, thinking=None, **kwargs):
         special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
         sc = self.sampling_config if sampling_config is None else sampling_config
-        rollout = sampling.sample(self.config, self.params,
-                                  [self.tokenizer.encode(self.render(p)) for p in prompts], sc,
-                                  seed, special, mesh=self.mesh, **kwargs)
+        ids = [self.tokenizer.encode(self.render(p)) for p in prompts]
+        # Repeated rows (several responses to one prompt and thinking, as `run` asks with
+        # `responses` > 1) share one prefill.
+        group = repeat_group(ids, thinking)
+        rollout = sampling.sample(self.config, self.params, ids, sc, seed, special,
+                                  mesh=self.mesh, thinking=thinking, group_size=group, **kwargs)
         return rollout, special
 
     def generate(self, prompts: Sequence[str], seed: int, thinking: Sequence[str] | None = None,
@@ -94,11 +97,24 @@ class ModelPolicy:
         return [row["response"] for row in self.generate(prompts, seed, thinking)]
 
 
+def repeat_group(prompts: Sequence, thinking: Sequence | None = None) -> int:
+    """The largest g dividing the number of rows such that each run of g consecutive rows
+    repeats one prompt (and one given thinking): the `group_size` that shares their prefill."""
+    rows = list(zip(prompts, [None] * len(prompts) if thinking is None else thinking))
+    keys = [(tuple(p), None if t is None else tuple(t)) for p, t in rows]
+    n = len(keys)
+    for g in range(n, 1, -1):
+        if n % g == 0 and all(keys[i] == keys[i - i % g] for i in range(n)):
+            return g
+    return 1
+
+
 @dataclasses.dataclass
 class CrossGenResult:
     sources: list[str]          # Thinkers, then 'empty', then 'self' (controls).
     answerers: list[str]
-    scores: np.ndarray          # [sources, answerers, seeds, questions] rewards.
+    scores: np.ndarray          # [sources, answerers, seeds, questions] rewards (mean of
+                                # `responses` answers to one thinking).
     efficacy: dict              # thinker -> {'mean', 'low', 'high'}.
     confidence: float
     thinking_classes: dict = dataclasses.field(default_factory=dict)  # thinker -> class -> rate.
@@ -139,7 +155,7 @@ class CrossGenResult:
 def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions: Sequence[dict],
         reward_fn, seeds: Sequence[int] = (0,), include_self: bool = True,
         bootstrap_samples: int = 2000, confidence: float = 0.95,
-        classify=None) -> CrossGenResult:
+        classify=None, responses: int = 1) -> CrossGenResult:
     """Runs the thinkers x answerers grid with empty and self controls.
 
     Args:
@@ -152,7 +168,13 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
         about a thinking (the synthetic world has `classify_synthetic`);
         the result then reports each source's class rates beside its efficacy,
         so the efficacy can be checked against what the thinking really was.
+      responses: answers per (question, thinking), each scored; a score is their
+        mean, so the answerer's own sampling noise shrinks without new thinking.
+        The answerer gets each question `responses` times in a row (a
+        `ModelPolicy` prefills each repeated prompt and thinking once).
     """
+    if responses < 1:
+        raise ValueError(f"responses={responses} must be >= 1")
     if EMPTY in thinkers or SELF in thinkers:
         raise ValueError(f"thinker names {EMPTY!r} and {SELF!r} are reserved for the controls")
     prompts = [q["prompt"] for q in questions]
@@ -160,11 +182,17 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
     names = list(answerers)
     scores = np.zeros((len(sources), len(names), len(seeds), len(questions)), np.float32)
 
-    def reward(responses):
+    repeated = [q for q in questions for _ in range(responses)]
+
+    def reward(answers):
         return np.asarray(reward_fn([
             RewardInput(prompt=q["prompt"], response=r, prompt_ids=(), response_ids=(),
                         reference=q.get("reference"), metadata=q.get("metadata"))
-            for q, r in zip(questions, responses)]), np.float32)
+            for q, r in zip(repeated, answers)]), np.float32).reshape(
+                len(questions), responses).mean(1)
+
+    def each(rows):
+        return None if rows is None else [r for r in rows for _ in range(responses)]
 
     counts: dict[str, dict[str, int]] = {}
     for k, seed in enumerate(seeds):
@@ -180,7 +208,7 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
             a = answerers[name]
             for i, src in enumerate(sources):
                 given = None if src == SELF else thinking[src]
-                scores[i, j, k] = reward(a.answer(prompts, given, 1000 * seed + j))
+                scores[i, j, k] = reward(a.answer(each(prompts), each(given), 1000 * seed + j))
     empty = scores[sources.index(EMPTY)]
     efficacy = {src: stats.bootstrap_efficacy(scores[i] - empty, bootstrap_samples,
                                               confidence)
