@@ -90,3 +90,14 @@ def test_compaction_on_a_mesh_keeps_a_row_per_shard(tiny, monkeypatch):
                           compact=sampling.Compaction(every=4, min_rows=1))
     _same(out, ref)
     assert sizes and all(n % 8 == 0 for n in sizes), sizes
+
+
+def test_compacted_batch_sizes():
+    """Active rows go on in the smallest 2^k or 3 * 2^k rows that hold them (at least
+    min_rows, a multiple of the mesh's batch shards); no smaller size keeps the batch."""
+    from start_jax.sampling.api import _compact_size
+    assert [_compact_size(n, 64, 8, 1) for n in (0, 3, 9, 13, 17, 25, 33, 48, 49, 63)] == [
+        8, 8, 12, 16, 24, 32, 48, 48, 64, 64]
+    assert [_compact_size(n, 64, 1, 8) for n in (1, 9, 17, 25, 40)] == [8, 16, 24, 32, 48]
+    assert _compact_size(5, 40, 8, 1) == 8 and _compact_size(9, 40, 8, 1) == 12
+    assert _compact_size(5, 8, 8, 1) == 8    # Never below min_rows.

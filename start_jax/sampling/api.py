@@ -39,15 +39,16 @@ def num_decode_steps(config: SamplingConfig, any_thinking: bool) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Compaction:
-    """Stop decoding rows that have finished: every `every` decode steps, when at
-    most half of the rows are still active, they go on in a batch half as large
-    (or a quarter, ...), never below `min_rows` rows, nor below one row per
-    batch shard of the mesh. Each row keeps its own cache, counters and draws,
-    so the result equals decoding the whole batch to the end, up to the float
-    rounding of matmuls over another number of rows (about 1e-6 in
-    log-probabilities; a draw within that of a boundary may then differ)."""
+    """Stop decoding rows that have finished: every `every` decode steps, the rows
+    still active go on in the smallest smaller batch that holds them, of a size
+    2^k or 3 * 2^k (so a run compiles the decode loop for a few sizes only,
+    two per halving), never below `min_rows` rows, and a multiple of the mesh's
+    batch shards. Each row keeps its own cache, counters and draws, so the
+    result equals decoding the whole batch to the end, up to the float rounding
+    of matmuls over another number of rows (about 1e-6 in log-probabilities; a
+    draw within that of a boundary may then differ)."""
 
-    every: int = 16
+    every: int = 8
     min_rows: int = 8
 
     def __post_init__(self):
@@ -280,7 +281,7 @@ def _generate(model_config, params, arrays: dict, steps: int, config: SamplingCo
                              **arrays)
         decode = functools.partial(core.decode, model_config, sampling=config, tokens_=special,
                                    logits_processor=logits_processor)
-        if compact is None or batch < 2 * compact.min_rows:
+        if compact is None or batch <= compact.min_rows:
             state = decode(params, state)
         else:
             state = _decode_compacting(decode, params, state, steps, compact, mesh,
@@ -321,10 +322,8 @@ def _decode_compacting(decode, params, state, steps: int, compact: Compaction, m
         if int(step) < until or not len(active):
             break                             # Every row has finished.
         done = until
-        size = rows = state.tokens.shape[0]
-        while (len(active) <= size // 2 and size // 2 >= compact.min_rows
-               and (size // 2) % mesh_rows == 0):
-            size //= 2
+        rows = state.tokens.shape[0]
+        size = _compact_size(len(active), rows, compact.min_rows, mesh_rows)
         if size == rows:
             continue
         idle = np.flatnonzero(phase == segments.PAD)[:size - len(active)]
@@ -335,6 +334,15 @@ def _decode_compacting(decode, params, state, steps: int, compact: Compaction, m
     for outputs, keep in reversed(levels):
         state = core.put_rows(outputs, keep, state)
     return state
+
+
+def _compact_size(active: int, rows: int, min_rows: int, mesh_rows: int) -> int:
+    """The smallest size 2^k or 3 * 2^k below `rows` that holds `active` rows, at least
+    `min_rows` and a multiple of `mesh_rows`; `rows` when there is none."""
+    need = max(active, min_rows)
+    sizes = [s for k in range(rows.bit_length()) for s in (1 << k, 3 << k)
+             if need <= s < rows and s % mesh_rows == 0]
+    return min(sizes, default=rows)
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -106,7 +106,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.response_budget = 8   # Response tokens, eos included.
     c.sampling.dtype = ""            # Compute dtype of the sampler; '' = model.dtype
                                      # ('bfloat16' samples in bf16 for a float32 trainer).
-    c.sampling.compact_every = 16    # Every N decode steps, rows that finished stop costing
+    c.sampling.compact_every = 8     # Every N decode steps, rows that finished stop costing
                                      # steps (sampling.Compaction); 0 = decode every row to the end.
     c.sampling.compact_min_rows = 8  # Smallest batch compaction makes.
 
