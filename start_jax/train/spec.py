@@ -272,11 +272,10 @@ class RunSpec:
 
 
 def rollout_width(max_prompt_tokens: int, sampling: SamplingConfig) -> int:
-    """Columns of a run's rollouts: the prompt and `<think>` (rounded up to 8, as the
-    sampler pads its prefix), the thinking budget, `</think>`, the response budget and 8
-    spare columns."""
-    s = sampling
-    return -(-(max_prompt_tokens + s.think_budget + 3) // 8) * 8 + s.response_budget + 8
+    """Columns of a run's rollouts, no more than the longest can fill: the prompt and
+    `<think>` (rounded up to 8, as the sampler pads its prefix), then the decode columns
+    (the thinking budget, `</think>`, the response budget)."""
+    return -(-(max_prompt_tokens + 1) // 8) * 8 + num_decode_steps(sampling, True)
 
 
 def _checkpoint_tokenizer(init_checkpoint: str) -> str:
