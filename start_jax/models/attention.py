@@ -393,9 +393,14 @@ def attend_rolled(q, k, v, key_valid, q_slots, *, implementation: str, fallback,
         kr = jnp.take_along_axis(k.transpose(0, 2, 1, 3), k_idx[:, :, None, None], axis=1)
         vs = v.transpose(0, 3, 1, 2) if v_slots_last else v.transpose(0, 2, 1, 3)
         vr = jnp.take_along_axis(vs.astype(kr.dtype), k_idx[:, :, None, None], axis=1)
+        # cuDNN's backward pass wants even lengths (odd ones raise when traced): queries and
+        # keys grow at the end to a multiple of 8, keys beyond each row's length are
+        # masked, and the extra query rows are dropped.
+        grow = lambda x, n: jnp.pad(x, ((0, 0), (0, -n % 8), (0, 0), (0, 0)))  # noqa: E731
         o = jax.nn.dot_product_attention(
-            qr, kr.astype(qr.dtype), vr.astype(qr.dtype), scale=1.0, is_causal=True,
-            key_value_seq_lengths=jnp.maximum(n, 1), implementation=implementation)
+            grow(qr, t), grow(kr, s).astype(qr.dtype), grow(vr, s).astype(qr.dtype), scale=1.0,
+            is_causal=True, key_value_seq_lengths=jnp.maximum(n, 1),
+            implementation=implementation)[:, :t]
         back = (jnp.arange(t)[None, :] - shift[:, None]) % t
         o = jnp.take_along_axis(o, back[:, :, None, None], axis=1)
         return o.reshape(b, t, kh, g, h).astype(q.dtype)

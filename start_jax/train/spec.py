@@ -272,10 +272,11 @@ class RunSpec:
 
 
 def rollout_width(max_prompt_tokens: int, sampling: SamplingConfig) -> int:
-    """Columns of a run's rollouts, no more than the longest can fill: the prompt and
-    `<think>` (rounded up to 8, as the sampler pads its prefix), then the decode columns
-    (the thinking budget, `</think>`, the response budget)."""
-    return -(-(max_prompt_tokens + 1) // 8) * 8 + num_decode_steps(sampling, True)
+    """Columns of a run's rollouts: the prompt and `<think>` (rounded up to 8, as the
+    sampler pads its prefix), then the decode columns (the thinking budget, `</think>`,
+    the response budget), rounded up to a multiple of 8 (at most 7 columns to spare)."""
+    longest = -(-(max_prompt_tokens + 1) // 8) * 8 + num_decode_steps(sampling, True)
+    return -(-longest // 8) * 8
 
 
 def _checkpoint_tokenizer(init_checkpoint: str) -> str:
