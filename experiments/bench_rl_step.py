@@ -142,7 +142,10 @@ def run_step(trainer: Trainer, iterator: PromptIterator, state, step: int):
     t["make_batch"] = clock() - start
 
     start = clock()
-    state, metrics = jax.block_until_ready(trainer.update(state, batch, step, stage))
+    # Length groups (`Trainer.widths_of`, as `Trainer.run` passes them; absent in older trees).
+    widths = trainer.widths_of(host) if hasattr(trainer, "widths_of") else None
+    extra = () if widths is None else (widths,)
+    state, metrics = jax.block_until_ready(trainer.update(state, batch, step, stage, *extra))
     t["update"] = clock() - start
 
     start = clock()
@@ -168,6 +171,8 @@ def main(argv=None) -> None:
     parser.add_argument("--minibatches", type=int, default=1)
     parser.add_argument("--micro_batches", type=int, default=1)
     parser.add_argument("--remat", action="store_true", help="model.remat in the update")
+    parser.add_argument("--length_groups", type=int, default=2,
+                        help="algo.length_groups (1 = every row on every column)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1 (the first step compiles)")
@@ -212,7 +217,9 @@ def main(argv=None) -> None:
           f"{spec.train.loss.policy_loss} {spec.train.loss.aggregation}, kl_coef "
           f"{spec.train.loss.kl_coef}, ppo_epochs {spec.train.ppo_epochs}, minibatches "
           f"{spec.train.minibatches}, micro_batches {spec.train.micro_batches}, remat "
-          f"{trainer.model_config.remat}; reward {spec.reward_name}")
+          f"{trainer.model_config.remat}, length_groups "
+          f"{getattr(spec.train, 'length_groups', 1)}, logprob_start "
+          f"{getattr(spec.train, 'logprob_start', 0)}; reward {spec.reward_name}")
     print(f"make_batch runs {forwards} forward(s) (old log-probs: "
           f"{'no, on-policy' if spec.train.on_policy else 'yes'}; reference: "
           f"{'yes' if spec.train.loss.kl_coef else 'no, kl_coef = 0'})")

@@ -306,6 +306,8 @@ def rl_config(ckpt: str, args, max_prompt_tokens: int, train_path: str = "",
     c.algo.ppo_epochs = getattr(args, "ppo_epochs", 1)
     c.algo.minibatches = getattr(args, "minibatches", 1)
     c.algo.micro_batches = getattr(args, "micro_batches", 1)
+    if "length_groups" in c.algo:          # Trees before length groups have no such field.
+        c.algo.length_groups = getattr(args, "length_groups", 2)
     c.stages = ml_collections.ConfigDict()
     c.stages.s1 = config_lib.stage(getattr(args, "train_segments", "think"),
                                    getattr(args, "responder", "self"), steps=steps,

@@ -132,6 +132,53 @@ def test_micro_batches_give_the_same_update(mode):
         np.testing.assert_allclose(results[0][2][key], results[1][2][key], atol=1e-6)
 
 
+def test_length_widths_round_each_group_up():
+    seg = np.zeros((4, 40), np.int32)
+    for i, end in enumerate((30, 9, 17, 40)):
+        seg[i, 2:end] = segments.THINK
+    np.testing.assert_array_equal(rl.row_ends(seg), [30, 9, 17, 40])
+    # Groups (9, 17) and (30, 40); steps of (40 - 8) / 4 = 8 columns after start 8.
+    assert rl.length_widths(seg, 2, start=8) == (24, 40)
+    assert rl.length_widths(seg, 4, start=8) == (16, 24, 32, 40)
+    assert rl.length_widths(seg, 1) is None and rl.length_widths(seg, 3) is None
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum-norm"])
+def test_length_groups_give_the_same_update(mode):
+    """Rows sorted by length, each group trained on the columns it fills: the same update,
+    metrics and critic as every row on every column (two epochs, micro-batches, KL,
+    entropy, a critic)."""
+    batch = make_batch("joint", b=8, length=40, seed=3)
+    widths = rl.length_widths(np.asarray(batch.segment_ids), 2)
+    assert widths[0] < 40, widths            # The short half is cropped.
+    params = models.init_params(CONFIG, jax.random.key(0))
+    value_config, critic = models.value_model_from_policy(CONFIG, params, jax.random.key(2))
+    tx = optax.sgd(1.0)  # The update is the gradient itself (Adam would magnify rounding).
+    cfg = rl.TrainConfig(loss=losses.LossConfig(aggregation=mode, kl_coef=0.05, entropy_coef=0.01,
+                                                norm_length=40),
+                         ppo_epochs=2, micro_batches=2, use_critic=True)
+    step = rl.jit_train_step(CONFIG, cfg, tx, value_config, tx)
+    out = {}
+    for w in (None, widths):
+        state = rl.init_state(jax.tree.map(jnp.copy, params), tx, jax.tree.map(jnp.copy, critic), tx)
+        out[w] = step(state, batch, jax.random.key(4), w)
+    (a, ma), (b, mb) = out[None], out[widths]
+    for x, y in zip(jax.tree.leaves((_delta(params, a.params), _delta(critic, a.critic_params))),
+                    jax.tree.leaves((_delta(params, b.params), _delta(critic, b.critic_params)))):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+    assert max(np.abs(x).max() for x in jax.tree.leaves(_delta(params, a.params))) > 1e-4
+    assert set(ma) == set(mb)
+    for key in ma:
+        np.testing.assert_allclose(ma[key], mb[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    # A group cropped short of its rows' tokens stops the run instead of training on less.
+    state = rl.init_state(jax.tree.map(jnp.copy, params), tx, jax.tree.map(jnp.copy, critic), tx)
+    _, bad = step(state, batch, jax.random.key(4), (widths[0] - 8, 40))
+    assert np.isnan(float(bad["loss"]))
+    with pytest.raises(ValueError, match="length groups need minibatches=1"):
+        rl.jit_train_step(CONFIG, cfg.__class__(minibatches=2), tx)(
+            rl.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(4), widths)
+
+
 def test_sharded_step_equals_unsharded():
     batch = make_batch("joint", b=8)
     params = models.init_params(CONFIG, jax.random.key(0))

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from start_jax import checkpoints
+from start_jax import checkpoints, rl, segments
 from start_jax import train
 from start_jax.train import checkpointing
 from start_jax.train import trainer as trainer_module
@@ -76,6 +77,23 @@ def test_update_skips_the_head_on_prompt_columns_only(finished_run):
         assert rollout.tokens.shape[1] == trainer.width
         assert not rollout.sampled[:, :start].any(), stage
         assert rollout.sampled[:, start].all(), stage
+
+
+def test_update_length_groups_follow_the_rollout_and_the_mesh(finished_run):
+    trainer, _, _ = finished_run
+    width, start = trainer.width, trainer.spec.train.logprob_start
+    assert trainer.spec.train.length_groups == 2
+
+    def host(rows):
+        seg = np.zeros((rows, width), np.int32)
+        for i in range(rows):       # Half the rows end right after their first token.
+            seg[i, start - 5:start + 1 if i % 2 else width] = segments.THINK
+        return types.SimpleNamespace(segment_ids=seg)
+
+    widths = trainer.widths_of(host(16))        # 2 groups of 8 rows over 8 devices.
+    assert widths == rl.length_widths(host(16).segment_ids, 2, start)
+    assert len(widths) == 2 and widths[0] < width and widths[1] == width
+    assert trainer.widths_of(host(4)) is None   # 2 rows a group do not split over 8 devices.
 
 
 def test_frozen_responder_and_reference_are_unchanged(finished_run):

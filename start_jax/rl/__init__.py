@@ -20,8 +20,10 @@ from start_jax.rl.train_step import (
     check_finite,
     init_state,
     jit_train_step,
+    length_widths,
     loss_counts,
     make_optimizer,
     policy_loss_terms,
+    row_ends,
     train_on_batch,
 )

@@ -15,6 +15,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from start_jax import segments
@@ -67,6 +68,9 @@ class TrainConfig:
     # prompt width: no loss or KL token lies there, so the vocabulary head skips them (the
     # trunk still reads them). A loss or KL mask token before it makes the loss NaN.
     logprob_start: int = 0
+    # Rows sorted by length and cut into this many equal groups, each trained on the columns
+    # its rows fill (`length_widths`); 1 = every row on every column. Needs minibatches = 1.
+    length_groups: int = 1
     use_critic: bool = False   # Train a value model (PPO with GAE).
 
     @property
@@ -221,21 +225,84 @@ def _accumulate(loss_fn, params, batch: Batch, counts, micro_batches: int):
     return grads, loss, aux
 
 
+def row_ends(segment_ids) -> jax.Array:
+    """[B] columns each row fills: one past its last non-PAD token (numpy or jax)."""
+    xp = jnp if isinstance(segment_ids, jax.Array) else np
+    length = segment_ids.shape[1]
+    return xp.max(xp.where(segment_ids != segments.PAD, xp.arange(1, length + 1)[None], 0),
+                  axis=1)
+
+
+def length_widths(segment_ids, groups: int, start: int = 0) -> tuple[int, ...] | None:
+    """Host side: the static column widths of `groups` equal groups of rows sorted by
+    `row_ends`, each the most its rows fill, rounded up to one of four steps between
+    `start` (the first column a loss token may hold) and the full width, and a multiple of
+    8. None when `groups` is 1 or does not divide the rows (every row on every column)."""
+    segment_ids = np.asarray(segment_ids)
+    rows, length = segment_ids.shape
+    if groups <= 1 or rows % groups:
+        return None
+    ends = np.sort(row_ends(segment_ids))
+    size = rows // groups
+    step = max(-(-(length - start) // 4), 1)
+    widths = []
+    for i in range(groups):
+        end = int(ends[(i + 1) * size - 1])
+        width = start + -(-max(end - start, 1) // step) * step
+        widths.append(min(-(-width // 8) * 8, length))
+    return tuple(widths)
+
+
+def _by_length(batch: Batch, widths: tuple[int, ...]) -> tuple[list[Batch], jax.Array]:
+    """Rows sorted by `row_ends` and cut into len(widths) groups, group i cropped to
+    widths[i] columns; and whether a row fills more columns than its group keeps."""
+    b, length = batch.tokens.shape
+    ends = row_ends(batch.segment_ids)
+    order = jnp.argsort(ends, stable=True)
+    ends = ends[order]
+    size = b // len(widths)
+    parts, overflow = [], jnp.zeros((), bool)
+    for i, width in enumerate(widths):
+        rows = order[i * size:(i + 1) * size]
+        parts.append(jax.tree.map(
+            lambda x, w=width: x[rows][:, :w] if x.ndim == 2 and x.shape[1] == length else x[rows],
+            batch))
+        overflow |= jnp.any(ends[i * size:(i + 1) * size] > width)
+    return parts, overflow
+
+
+def _accumulate_groups(loss_fn, params, batch: Batch, counts, micro_batches: int,
+                       widths: tuple[int, ...] | None):
+    """`_accumulate` over all rows, or over the length groups of `widths` summed (the loss
+    is NaN if a row fills more columns than its group keeps: `check_finite` stops the run)."""
+    if widths is None:
+        return _accumulate(loss_fn, params, batch, counts, micro_batches)
+    parts, overflow = _by_length(batch, widths)
+    total = None
+    for part in parts:
+        out = _accumulate(loss_fn, params, part, counts, micro_batches)
+        total = out if total is None else (
+            jax.tree.map(jnp.add, total[0], out[0]), total[1] + out[1],
+            {k: _combine(k)(total[2][k], out[2][k]) for k in out[2]})
+    grads, loss, aux = total
+    return grads, jnp.where(overflow, jnp.nan, loss), aux
+
+
 def _update(state: TrainState, batch: Batch, model_config, critic_config, config: TrainConfig,
-            tx, critic_tx):
+            tx, critic_tx, widths: tuple[int, ...] | None = None):
     counts = loss_counts(batch, config.loss)
-    grads, loss, aux = _accumulate(
+    grads, loss, aux = _accumulate_groups(
         lambda p, mb, c: policy_loss(p, mb, c, model_config, config),
-        state.params, batch, counts, config.micro_batches)
+        state.params, batch, counts, config.micro_batches, widths)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(loss=loss, **aux, l2_grads=_l2(grads), l2_params=_l2(params),
                    l2_updates=_l2(updates))
     critic_params, critic_opt = state.critic_params, state.critic_opt_state
     if config.use_critic:
-        c_grads, _, c_aux = _accumulate(
+        c_grads, _, c_aux = _accumulate_groups(
             lambda p, mb, c: critic_loss(p, mb, c, critic_config, config),
-            critic_params, batch, counts, config.micro_batches)
+            critic_params, batch, counts, config.micro_batches, widths)
         c_updates, critic_opt = critic_tx.update(c_grads, critic_opt, critic_params)
         critic_params = optax.apply_updates(critic_params, c_updates)
         metrics.update(c_aux, critic_l2_grads=_l2(c_grads), critic_l2_updates=_l2(c_updates))
@@ -265,15 +332,29 @@ def batch_statistics(batch: Batch) -> dict[str, jax.Array]:
 def train_on_batch(state: TrainState, batch: Batch, rng: jax.Array, *, model_config: ModelConfig,
                config: TrainConfig, tx: optax.GradientTransformation,
                critic_config: ModelConfig | None = None,
-               critic_tx: optax.GradientTransformation | None = None):
+               critic_tx: optax.GradientTransformation | None = None,
+               widths: tuple[int, ...] | None = None):
     """All updates of one rollout batch: `ppo_epochs` x `minibatches`.
 
     Rows are shuffled with `rng` in every epoch (not when there is a single
     minibatch). Metrics are averaged over the updates.
+
+    `widths` (static; `length_widths` of the batch's segment ids): the rows,
+    sorted by the columns they fill, are cut into len(widths) equal groups and
+    group i is trained on its first widths[i] columns only. Columns past a
+    row's last token change none of its log-probabilities (attention is
+    causal) and the loss counts are the whole batch's, so the update equals
+    training every row on every column, up to float rounding, with less work
+    on padding. Needs a single minibatch.
     """
     b = batch.tokens.shape[0]
     if b % config.minibatches:
         raise ValueError(f"batch of {b} rows is not divisible by minibatches={config.minibatches}")
+    if widths is not None and (config.minibatches != 1 or b % len(widths)
+                               or (b // len(widths)) % config.micro_batches):
+        raise ValueError(f"widths={widths}: length groups need minibatches=1 and "
+                         f"{len(widths)} groups x micro_batches={config.micro_batches} "
+                         f"dividing the {b} rows")
     size = b // config.minibatches
 
     def epoch(carry, key):
@@ -284,7 +365,7 @@ def train_on_batch(state: TrainState, batch: Batch, rng: jax.Array, *, model_con
         mbs = jax.tree.map(lambda x: x.reshape((config.minibatches, size) + x.shape[1:]), shuffled)
 
         def update(s, mb):
-            return _update(s, mb, model_config, critic_config, config, tx, critic_tx)
+            return _update(s, mb, model_config, critic_config, config, tx, critic_tx, widths)
         st, metrics = jax.lax.scan(update, st, mbs)
         return st, metrics
 
@@ -298,17 +379,18 @@ def train_on_batch(state: TrainState, batch: Batch, rng: jax.Array, *, model_con
 
 def jit_train_step(model_config: ModelConfig, config: TrainConfig, tx, critic_config=None,
                    critic_tx=None, state_shardings=None, batch_shardings=None):
-    """`train_on_batch` jitted with donated state (and explicit shardings when given)."""
-    fn = lambda state, batch, rng: train_on_batch(  # noqa: E731
+    """`train_on_batch` jitted with donated state (and explicit shardings when given);
+    call it as fn(state, batch, rng) or fn(state, batch, rng, widths) (static)."""
+    fn = lambda state, batch, rng, widths=None: train_on_batch(  # noqa: E731
         state, batch, rng, model_config=model_config, config=config, tx=tx,
-        critic_config=critic_config, critic_tx=critic_tx)
+        critic_config=critic_config, critic_tx=critic_tx, widths=widths)
     kwargs = {}
     if state_shardings is not None:
         replicated = jax.sharding.NamedSharding(
             jax.tree.leaves(state_shardings)[0].mesh, jax.sharding.PartitionSpec())
         kwargs = dict(in_shardings=(state_shardings, batch_shardings, replicated),
                       out_shardings=(state_shardings, replicated))
-    return jax.jit(fn, donate_argnums=(0,), **kwargs)
+    return jax.jit(fn, donate_argnums=(0,), static_argnums=(3,), **kwargs)
 
 
 class NonFiniteError(TrainingError, FloatingPointError):

@@ -135,6 +135,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.algo.ppo_epochs = 1            # mu: passes over each rollout batch.
     c.algo.minibatches = 1           # Optimizer updates per pass.
     c.algo.micro_batches = 1         # Gradient accumulation slices.
+    c.algo.length_groups = 2         # With one minibatch: rows sorted by length in this many
+                                     # groups, each trained on the columns it fills (1 = off).
     c.algo.value_clip = 0.2          # Critic value clipping.
     c.algo.value_coef = 0.5          # Critic loss weight.
     c.algo.critic_learning_rate = 1e-3  # Critic learning rate.

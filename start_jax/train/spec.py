@@ -235,9 +235,13 @@ class RunSpec:
         # think_budget + 1 + response_budget of them (a frozen responder's too), so the columns
         # before it hold only prompt and padding: the update's vocabulary head skips them.
         width = rollout_width(c.data.max_prompt_tokens, sampling)
+        if not isinstance(a.length_groups, int) or a.length_groups < 1:
+            raise ConfigError(f"config: algo.length_groups={a.length_groups!r} must be an "
+                              "integer >= 1 (1 trains every row on every column)")
         train = TrainConfig(loss=loss, ppo_epochs=a.ppo_epochs, minibatches=a.minibatches,
                             micro_batches=a.micro_batches, use_critic=advantage.needs_critic,
-                            logprob_start=width - num_decode_steps(sampling, True))
+                            logprob_start=width - num_decode_steps(sampling, True),
+                            length_groups=a.length_groups if a.minibatches == 1 else 1)
         rows = c.data.prompts_per_step * a.group_size
         for key, n in (("algo.minibatches", a.minibatches), ("algo.micro_batches", a.micro_batches)):
             if not isinstance(n, int) or n < 1 or rows % n:

@@ -272,10 +272,23 @@ class Trainer:
             return fn(state.params, ref, state.critic_params, rollout.tokens,
                       rollout.segment_ids, rollout.forced, r, rollout.logprobs, rollout.sampled)
 
-    def update(self, state: rl.TrainState, batch: rl.Batch, step: int, stage: StageSpec):
+    def widths_of(self, host) -> tuple[int, ...] | None:
+        """The update's length groups for a host copy of the rollout (`rl.length_widths`):
+        None when off, or when a group would not split evenly over the mesh's batch shards."""
+        groups = self.spec.train.length_groups
+        rows = host.segment_ids.shape[0]
+        shards = int(self.mesh.shape.get("data", 1) * self.mesh.shape.get("fsdp", 1))
+        micro = self.spec.train.micro_batches
+        if groups <= 1 or rows % groups or (rows // groups) % (shards * micro):
+            return None
+        return rl.length_widths(host.segment_ids, groups, self.spec.train.logprob_start)
+
+    def update(self, state: rl.TrainState, batch: rl.Batch, step: int, stage: StageSpec,
+               widths: tuple[int, ...] | None = None):
+        """One update; `widths` from `widths_of` trains rows in length groups."""
         rng, fn = self._key(2, step), self._step_fn(stage)
         with sharding.logical_constraint_context(self.mesh, self.rules):
-            return fn(state, batch, rng)
+            return fn(state, batch, rng, widths)
 
     def evaluate(self, params, step: int) -> dict:
         """Mean response-only reward on test prompts (one rollout each, self responder)."""
@@ -342,7 +355,7 @@ class Trainer:
                 host = sharding.to_host(rollout)                     # Host view 1: the rollout.
                 reward = self.score(host, examples, g)
                 batch = self.make_batch(state, rollout, reward, stage)
-                state, metrics = self.update(state, batch, step, stage)
+                state, metrics = self.update(state, batch, step, stage, self.widths_of(host))
                 metrics = rl.check_finite(sharding.to_host(metrics), step)  # Host view 2.
                 check_health(metrics, step, stage)
                 write = bool(spec.log.samples_every) and step % spec.log.samples_every == 0
