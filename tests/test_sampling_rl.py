@@ -61,7 +61,7 @@ def test_compaction_equals_decoding_every_row_to_the_end(tiny, monkeypatch):
 
     monkeypatch.setattr(core, "take_rows", spy)
     out = sampling.sample(config, params, prompts, CFG, 7, SPECIAL,
-                          compact=sampling.Compaction(every=4, min_rows=4))
+                          compact=sampling.Compaction(every=4, min_rows=8))
     _same(out, ref)
     assert sizes and sizes[0][0] == 32 and sizes[-1][1] < 32, sizes   # It did shrink.
     # With given thinking (what a responder continues) and in plain generation too.

@@ -80,8 +80,11 @@ def test_chunked_log_probs_equal_naive_and_so_do_gradients():
     assert max(jax.tree.leaves(diffs)) <= 1e-5
 
 
-@pytest.mark.parametrize("mode", ["joint", "think", "response"])
-@pytest.mark.parametrize("kind", ["ppo", "dual_clip", "gspo"])
+# Every mode with GSPO (whose sequence-level ratio averages over the mask), each other
+# loss once.
+@pytest.mark.parametrize("kind, mode", [("gspo", "joint"), ("gspo", "think"),
+                                        ("gspo", "response"), ("ppo", "think"),
+                                        ("dual_clip", "response")])
 def test_no_gradient_leaks_outside_the_loss_mask(mode, kind):
     batch = make_batch(mode)
     lc = losses.LossConfig(policy_loss=kind, kl_coef=0.1, entropy_coef=0.01,
@@ -143,8 +146,7 @@ def test_length_widths_round_each_group_up():
     assert rl.length_widths(seg, 1) is None and rl.length_widths(seg, 3) is None
 
 
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum-norm"])
-def test_length_groups_give_the_same_update(mode):
+def test_length_groups_give_the_same_update(mode="seq-mean-token-sum-norm"):
     """Rows sorted by length, each group trained on the columns it fills: the same update,
     metrics and critic as every row on every column (two epochs, micro-batches, KL,
     entropy, a critic)."""
@@ -170,10 +172,18 @@ def test_length_groups_give_the_same_update(mode):
     assert set(ma) == set(mb)
     for key in ma:
         np.testing.assert_allclose(ma[key], mb[key], rtol=1e-5, atol=1e-6, err_msg=key)
-    # A group cropped short of its rows' tokens stops the run instead of training on less.
-    state = rl.init_state(jax.tree.map(jnp.copy, params), tx, jax.tree.map(jnp.copy, critic), tx)
-    _, bad = step(state, batch, jax.random.key(4), (widths[0] - 8, 40))
-    assert np.isnan(float(bad["loss"]))
+    # A group cropped short of its rows' tokens is flagged: the loss becomes NaN and
+    # check_finite stops the run instead of training on less.
+    from start_jax.rl.train_step import _by_length
+    parts, overflow = _by_length(batch, widths)
+    assert [p.tokens.shape for p in parts] == [(4, widths[0]), (4, widths[1])]
+    assert not bool(overflow) and bool(_by_length(batch, (widths[0] - 8, 40))[1])
+    from start_jax.rl.train_step import _accumulate_groups
+    summed = lambda p, mb, c: (p * jnp.sum(mb.advantages), {"n": jnp.sum(mb.loss_mask)})  # noqa
+    for w, nan in ((widths, False), ((widths[0] - 8, 40), True)):
+        _, loss, aux = _accumulate_groups(summed, jnp.ones(()), batch, None, 1, w)
+        assert bool(jnp.isnan(loss)) == nan
+        assert nan or int(aux["n"]) == int(batch.loss_mask.sum())   # Every mask token seen.
     with pytest.raises(ValueError, match="length groups need minibatches=1"):
         rl.jit_train_step(CONFIG, cfg.__class__(minibatches=2), tx)(
             rl.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(4), widths)

@@ -235,9 +235,11 @@ def row_ends(segment_ids) -> jax.Array:
 
 def length_widths(segment_ids, groups: int, start: int = 0) -> tuple[int, ...] | None:
     """Host side: the static column widths of `groups` equal groups of rows sorted by
-    `row_ends`, each the most its rows fill, rounded up to one of four steps between
-    `start` (the first column a loss token may hold) and the full width, and a multiple of
-    8. None when `groups` is 1 or does not divide the rows (every row on every column)."""
+    `row_ends`: each group but the last the most its rows fill, rounded up to one of four
+    steps between `start` (the first column a loss token may hold) and the full width, and
+    to a multiple of 8; the last group (the longest rows) the full width. So a run compiles
+    the update for at most 4^(groups - 1) widths. None when `groups` is 1 or does not
+    divide the rows (every row on every column)."""
     segment_ids = np.asarray(segment_ids)
     rows, length = segment_ids.shape
     if groups <= 1 or rows % groups:
@@ -246,11 +248,11 @@ def length_widths(segment_ids, groups: int, start: int = 0) -> tuple[int, ...] |
     size = rows // groups
     step = max(-(-(length - start) // 4), 1)
     widths = []
-    for i in range(groups):
+    for i in range(groups - 1):
         end = int(ends[(i + 1) * size - 1])
         width = start + -(-max(end - start, 1) // step) * step
         widths.append(min(-(-width // 8) * 8, length))
-    return tuple(widths)
+    return tuple(widths) + (length,)
 
 
 def _by_length(batch: Batch, widths: tuple[int, ...]) -> tuple[list[Batch], jax.Array]:
