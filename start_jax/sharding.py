@@ -189,6 +189,13 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules: ShardingRules | None = None
     return rules.sharding(mesh, ("batch",) + (None,) * (ndim - 1), shape)
 
 
+def batch_shards(mesh: Mesh | None, rules: ShardingRules | None = None) -> int:
+    """How many shards the batch axis has on `mesh` (1 without a mesh)."""
+    if mesh is None:
+        return 1
+    return math.prod(mesh.shape[a] for a in (rules or ShardingRules()).mesh_axes("batch"))
+
+
 def logical_constraint_context(mesh: Mesh, rules: ShardingRules | None = None):
     """Context under which `nn.with_logical_constraint` calls take effect."""
     rules = rules or ShardingRules()

@@ -111,3 +111,11 @@ def test_mesh_errors_name_the_problem():
         sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=-1))
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=-1, tensor=2))
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_batch_shards_follow_the_batch_rule():
+    assert sharding.batch_shards(None) == 1
+    assert sharding.batch_shards(sharding.make_mesh(data=2, fsdp=2, tensor=2)) == 4
+    assert sharding.batch_shards(sharding.make_mesh(fsdp=8)) == 8
+    rules = sharding.ShardingRules().replace(batch="data")
+    assert sharding.batch_shards(sharding.make_mesh(data=2, fsdp=4), rules) == 2

@@ -9,6 +9,7 @@ micro-batch loop, so accumulation gives exactly the minibatch gradient.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -202,6 +203,12 @@ def _combine(name: str):
     return jnp.maximum if name.endswith("_max") else jnp.add
 
 
+def _add(a, b):
+    """Two (grads, loss, metrics) of disjoint rows together (`_combine` per metric)."""
+    return (jax.tree.map(jnp.add, a[0], b[0]), a[1] + b[1],
+            {k: _combine(k)(a[2][k], b[2][k]) for k in b[2]})
+
+
 def _accumulate(loss_fn, params, batch: Batch, counts, micro_batches: int):
     """Sum of micro-batch gradients (each already divided by global counts)."""
     b = batch.tokens.shape[0]
@@ -213,9 +220,7 @@ def _accumulate(loss_fn, params, batch: Batch, counts, micro_batches: int):
 
     def body(acc, mb):
         (loss, aux), grads = grad_fn(params, mb, counts)
-        acc_grads, acc_loss, acc_aux = acc
-        return (jax.tree.map(jnp.add, acc_grads, grads), acc_loss + loss,
-                {k: _combine(k)(acc_aux[k], aux[k]) for k in aux}), None
+        return _add(acc, (grads, loss, aux)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     first_aux = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro),
@@ -280,13 +285,8 @@ def _accumulate_groups(loss_fn, params, batch: Batch, counts, micro_batches: int
     if widths is None:
         return _accumulate(loss_fn, params, batch, counts, micro_batches)
     parts, overflow = _by_length(batch, widths)
-    total = None
-    for part in parts:
-        out = _accumulate(loss_fn, params, part, counts, micro_batches)
-        total = out if total is None else (
-            jax.tree.map(jnp.add, total[0], out[0]), total[1] + out[1],
-            {k: _combine(k)(total[2][k], out[2][k]) for k in out[2]})
-    grads, loss, aux = total
+    grads, loss, aux = functools.reduce(
+        _add, [_accumulate(loss_fn, params, part, counts, micro_batches) for part in parts])
     return grads, jnp.where(overflow, jnp.nan, loss), aux
 
 

@@ -284,7 +284,7 @@ def _generate(model_config, params, arrays: dict, steps: int, config: SamplingCo
         if compact is None or batch <= compact.min_rows:
             state = decode(params, state)
         else:
-            state = _decode_compacting(decode, params, state, steps, compact, mesh,
+            state = _decode_compacting(decode, params, state, steps, compact, mesh, rules,
                                        _cache_sharding_fn(model_config, mesh, rules,
                                                           prefix_width + steps))
     rollout = core.assemble(state, arrays["prefix"], segment_ids, forced,
@@ -304,12 +304,12 @@ def _cache_sharding_fn(model_config, mesh, rules, length: int):
     return lambda batch: model_sharding.cache_shardings(model_config, mesh, batch, length, rules)
 
 
-def _decode_compacting(decode, params, state, steps: int, compact: Compaction, mesh,
+def _decode_compacting(decode, params, state, steps: int, compact: Compaction, mesh, rules,
                        cache_sharding):
-    """Decodes `compact.every` steps at a time; when at most half of the rows are
-    active, goes on with them alone (see `Compaction`); the outputs of every row."""
+    """Decodes `compact.every` steps at a time, going on with the active rows alone in a
+    smaller batch when they fit one (see `Compaction`); the outputs of every row."""
     params = jax.jit(core.fused)(params)      # Stacked once for every chunk.
-    mesh_rows = 1 if mesh is None else int(mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1))
+    mesh_rows = sharding.batch_shards(mesh, rules)
     replicated = None if mesh is None else jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec())
     levels = []                               # (outputs of the larger batch, rows kept).

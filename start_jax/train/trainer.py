@@ -275,13 +275,12 @@ class Trainer:
     def widths_of(self, host) -> tuple[int, ...] | None:
         """The update's length groups for a host copy of the rollout (`rl.length_widths`):
         None when off, or when a group would not split evenly over the mesh's batch shards."""
-        groups = self.spec.train.length_groups
+        train = self.spec.train
         rows = host.segment_ids.shape[0]
-        shards = int(self.mesh.shape.get("data", 1) * self.mesh.shape.get("fsdp", 1))
-        micro = self.spec.train.micro_batches
-        if groups <= 1 or rows % groups or (rows // groups) % (shards * micro):
+        if (rows // train.length_groups) % (sharding.batch_shards(self.mesh, self.rules)
+                                            * train.micro_batches):
             return None
-        return rl.length_widths(host.segment_ids, groups, self.spec.train.logprob_start)
+        return rl.length_widths(host.segment_ids, train.length_groups, train.logprob_start)
 
     def update(self, state: rl.TrainState, batch: rl.Batch, step: int, stage: StageSpec,
                widths: tuple[int, ...] | None = None):
