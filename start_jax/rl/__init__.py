@@ -17,6 +17,7 @@ from start_jax.rl.train_step import (
     NonFiniteError,
     TrainConfig,
     TrainState,
+    carry_optimizer_state,
     check_finite,
     init_state,
     jit_train_step,

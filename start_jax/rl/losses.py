@@ -20,6 +20,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from start_jax.rl.masks import KL_SCOPES
+
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
                 "seq-mean-token-sum-norm")
 POLICY_LOSSES = ("ppo", "dual_clip", "gspo")
@@ -49,7 +51,7 @@ class LossConfig:
         for name, value, allowed in (("policy_loss", self.policy_loss, POLICY_LOSSES),
                                      ("aggregation", self.aggregation, AGGREGATIONS),
                                      ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
-                                     ("kl_scope", self.kl_scope, ("mask", "completion"))):
+                                     ("kl_scope", self.kl_scope, KL_SCOPES)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {list(allowed)}")
 

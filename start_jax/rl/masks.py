@@ -23,7 +23,7 @@ TRAIN_SEGMENTS = {
     "response": (segments.RESPONSE,),
 }
 
-KL_SCOPES = ("mask", "completion")
+KL_SCOPES = ("mask", "completion", "think", "response")
 
 
 def check_mode(train_segments: str) -> None:
@@ -46,10 +46,14 @@ def kl_mask(segment_ids: jax.Array, forced: jax.Array, train_segments: str,
     """bool [B, L]: tokens that carry the KL penalty.
 
     `scope='mask'` (default) uses the loss mask; `'completion'` every sampled
-    thinking and response token whatever the mode.
+    thinking and response token whatever the mode; `'think'` / `'response'` the
+    sampled tokens of that segment only, whatever the mode (for example a
+    `response` stage that anchors its thinking to a snapshot with `'think'`).
     """
     if scope == "mask":
         return loss_mask(segment_ids, forced, train_segments)
     if scope == "completion":
         return loss_mask(segment_ids, forced, "joint")
+    if scope in ("think", "response"):
+        return loss_mask(segment_ids, forced, scope)
     raise ValueError(f"unknown kl scope {scope!r}; expected one of {KL_SCOPES}")

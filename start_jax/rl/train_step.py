@@ -99,6 +99,23 @@ def make_optimizer(learning_rate: float = 1e-6, warmup_steps: int = 0, weight_de
     return optax.chain(*parts)
 
 
+def carry_optimizer_state(previous, fresh):
+    """`fresh` (a new stage's optimizer state) with the Adam state of `previous` (the last
+    stage's): the moments and the bias-correction count go on, while everything else, the
+    learning-rate schedule's count included (so the new stage's warmup starts at 0), is the
+    new stage's. Both must come from `make_optimizer` (one structure)."""
+    if isinstance(fresh, optax.ScaleByAdamState):
+        if not isinstance(previous, optax.ScaleByAdamState):
+            raise ValueError(f"optimizer states differ: {type(previous).__name__} where the new "
+                             "stage has Adam's")
+        return previous
+    if isinstance(fresh, tuple) and not hasattr(fresh, "_fields"):   # A chain's states.
+        if not isinstance(previous, tuple) or len(previous) != len(fresh):
+            raise ValueError("optimizer states differ in structure between the stages")
+        return tuple(carry_optimizer_state(p, f) for p, f in zip(previous, fresh))
+    return fresh
+
+
 def init_state(params, tx, critic_params=None, critic_tx=None) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       critic_params=critic_params,

@@ -2,7 +2,9 @@
 
 A checkpoint holds the policy, its optimizer state, the critic and its
 optimizer state, and a JSON record with the step, the stage, the data
-iterator position, the seed and the model configuration. Saves are atomic
+iterator position, the seed and the model configuration; inside a stage that
+reads a copy of the policy taken at its start (a frozen thinker, a
+stage-start KL reference), that copy too (`snapshot`). Saves are atomic
 (orbax writes to a temporary directory and renames), so a run killed in the
 middle of a save resumes from the previous checkpoint.
 
@@ -35,14 +37,29 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_names=("state", "meta"))
+            item_names=("state", "meta", "snapshot"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, meta: dict, force: bool = False) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+    def save(self, step: int, state, meta: dict, force: bool = False, snapshot=None) -> None:
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if snapshot is not None:
+            items["snapshot"] = ocp.args.StandardSave(snapshot)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore_snapshot(self, step: int, target):
+        """The stage-start policy copy saved with checkpoint `step`, into `target`'s layout."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(
+                snapshot=ocp.args.StandardRestore(abstract)))["snapshot"]
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            raise CheckpointMismatch(
+                f"checkpoint {self.directory}/{step} has no stage-start snapshot, which the "
+                f"stage it is in needs (a frozen thinker or kl_reference='stage_start'): it was "
+                f"written by a run with other stage options; use another --workdir ({e})"
+            ) from None
 
     def restore(self, step: int, target_state, model_fields: dict):
         """Restores (state, meta) into the structure and shardings of `target_state`."""

@@ -19,18 +19,34 @@ from start_jax.rl.advantages import ESTIMATORS
 
 ADVANTAGES = tuple(sorted(ESTIMATORS))
 RESPONDERS = ("self", "frozen")
+THINKERS = ("self", "frozen")
+KL_REFERENCES = ("init", "stage_start")
 # Sections whose keys are free-form (checked where they are used).
 _FREE_FORM = ("reward.kwargs", "stages", "prompt.template_kwargs")
 
 
 def stage(train_segments: str = "joint", responder: str = "self", steps: int = 10,
-                    learning_rate: float = 1e-3) -> ml_collections.ConfigDict:
+          learning_rate: float = 1e-3, *, thinker: str = "self", kl_coef: float = -1.0,
+          kl_reference: str = "init", kl_scope: str = "", warmup_steps: int = -1,
+          carry_optimizer: bool = False) -> ml_collections.ConfigDict:
     """One stage of the schedule."""
     return ml_collections.ConfigDict(dict(
             train_segments=train_segments,  # joint | think | response.
-            responder=responder,            # self | frozen: who writes the response.
+            responder=responder,            # self | frozen: who writes the response (frozen = the
+                                            # initial policy).
+            thinker=thinker,                # self | frozen: who writes the thinking (frozen = a
+                                            # snapshot of the policy at the stage's start; needs
+                                            # train_segments=response and responder=self).
             steps=steps,                    # RL steps in this stage.
             learning_rate=learning_rate,    # Peak learning rate of the stage.
+            warmup_steps=warmup_steps,      # Linear warmup of this stage; -1 = optim.warmup_steps.
+            carry_optimizer=carry_optimizer,  # Continue the previous stage's optimizer state
+                                            # (moments) instead of a fresh one.
+            kl_coef=kl_coef,                # KL to the reference in this stage; -1 = algo.kl_coef.
+            kl_reference=kl_reference,      # init | stage_start: the reference policy (the
+                                            # initial policy, or a snapshot at the stage's start).
+            kl_scope=kl_scope,              # '' = algo.kl_scope | mask | completion | think |
+                                            # response: the tokens that carry the KL.
     ))
 
 
@@ -128,7 +144,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.algo.aggregation = "token-mean"  # Loss aggregation mode.
     c.algo.kl_coef = 0.0             # KL to the reference policy.
     c.algo.kl_estimator = "k3"       # k1 | k2 | k3.
-    c.algo.kl_scope = "mask"         # 'mask' or 'completion'.
+    c.algo.kl_scope = "mask"         # mask | completion | think | response (masks.KL_SCOPES).
     c.algo.entropy_coef = 0.0        # Entropy bonus.
     c.algo.tis_cap = 0.0             # Truncated importance sampling of sampler/trainer
                                      # mismatch: weight min(p_train/p_sampler, cap); 0 = off.
@@ -142,7 +158,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.algo.critic_learning_rate = 1e-3  # Critic learning rate.
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.warmup_steps = 0         # Linear warmup at the start of each stage.
+    c.optim.warmup_steps = 0         # Linear warmup (optimizer updates) at the start of each
+                                     # stage (stages.*.warmup_steps overrides it per stage).
     c.optim.weight_decay = 0.0       # AdamW weight decay.
     c.optim.max_grad_norm = 1.0      # Global-norm clipping.
 
@@ -175,6 +192,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             ("algo.policy_loss", config.algo.policy_loss, losses.POLICY_LOSSES),
             ("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS),
             ("algo.kl_estimator", config.algo.kl_estimator, losses.KL_ESTIMATORS),
+            ("algo.kl_scope", config.algo.kl_scope, masks.KL_SCOPES),
             ("data.source", config.data.source, ("synthetic", "jsonl")),
             ("sampling.dtype", config.sampling.dtype, ("", "float32", "bfloat16")),
             ("model.attention_impl", config.model.attention_impl, ATTENTION_IMPLS)):
@@ -212,6 +230,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
             raise ConfigError(f"config: stages.{name}.learning_rate={lr!r} must be a finite "
                              "number > 0")
+        _check_stage_design(config, name, st, first=name == stage_names(config)[0])
+
+
+def _check_stage_design(config, name: str, st, first: bool) -> None:
+    """The stage's thinker, KL anchor, warmup and optimizer options, and their combinations."""
+    key = f"config: stages.{name}."
+    for field, value, allowed in (("thinker", st.thinker, THINKERS),
+                                  ("kl_reference", st.kl_reference, KL_REFERENCES),
+                                  ("kl_scope", st.kl_scope, ("",) + masks.KL_SCOPES)):
+        if value not in allowed:
+            raise ConfigError(f"{key}{field}={value!r} is not one of {list(allowed)}")
+    if st.thinker == "frozen" and (st.train_segments != "response" or st.responder != "self"):
+        raise ConfigError(
+            f"{key}thinker='frozen' samples the thinking from a snapshot, so the stage can train "
+            f"only the response: set stages.{name}.train_segments='response' and "
+            f"stages.{name}.responder='self' (now {st.train_segments!r}, {st.responder!r})")
+    kl = st.kl_coef
+    if not isinstance(kl, (int, float)) or not (kl == -1 or 0 <= kl < float("inf")):
+        raise ConfigError(f"{key}kl_coef={kl!r} must be -1 (algo.kl_coef) or a finite number >= 0")
+    coef = config.algo.kl_coef if kl == -1 else kl
+    if st.kl_reference == "stage_start" and not coef:
+        raise ConfigError(f"{key}kl_reference='stage_start' needs a KL coefficient: set "
+                          f"stages.{name}.kl_coef (or algo.kl_coef) > 0")
+    w = st.warmup_steps
+    if not isinstance(w, int) or isinstance(w, bool) or w < -1:
+        raise ConfigError(f"{key}warmup_steps={w!r} must be -1 (optim.warmup_steps) or an "
+                          "integer >= 0")
+    if not isinstance(st.carry_optimizer, bool):
+        raise ConfigError(f"{key}carry_optimizer={st.carry_optimizer!r} must be True or False")
+    if st.carry_optimizer and first:
+        raise ConfigError(f"{key}carry_optimizer=True: the first stage has no previous "
+                          "optimizer state to carry; set it on a later stage")
 
 
 def stage_names(config) -> list[str]:

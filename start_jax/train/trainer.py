@@ -1,7 +1,8 @@
 """The RL loop: a schedule of stages over segmented rollouts with response-only rewards.
 
-Each step: a batch of prompts -> G rollouts per prompt (the policy thinks;
-the policy itself or a frozen copy of the initial policy responds) ->
+Each step: a batch of prompts -> G rollouts per prompt (the policy, or a
+snapshot of it taken when the stage started, thinks; the policy itself or a
+frozen copy of the initial policy responds) ->
 response-only rewards -> one jitted batch builder (masks, advantages or GAE,
 the log-probabilities and values the update reads) -> `mu` policy (and
 critic) updates. A step crosses to the host twice: once for the rollout (to
@@ -110,6 +111,9 @@ class Trainer:
         self.model_config, init_params = initial_policy(
             spec, self.workdir, self.tokenizer, self.mesh, self.train_data)
         self.init_params = init_params             # Reference policy and frozen responder.
+        # The policy at the current stage's start, for a stage with a frozen thinker or a
+        # stage-start KL reference (StageSpec.needs_snapshot); None otherwise.
+        self.snapshot = None
         self.reward_fn = spec.make_reward()
         self.stages = spec.stages
         self.total_steps = spec.total_steps
@@ -131,7 +135,8 @@ class Trainer:
 
     def _tx(self, stage: StageSpec):
         o = self.spec.optim
-        return rl.make_optimizer(learning_rate=stage.learning_rate, warmup_steps=o.warmup_steps,
+        return rl.make_optimizer(learning_rate=stage.learning_rate,
+                                 warmup_steps=stage.warmup_steps,
                                  weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm)
 
     def _critic_tx(self):
@@ -192,6 +197,23 @@ class Trainer:
             jax.tree.map(jnp.copy, p), c), out_shardings=self.state_shardings(stage))
         return init(params, critic)
 
+    def stage_state(self, stage: StageSpec, previous: rl.TrainState | None) -> rl.TrainState:
+        """The state a stage starts from: the previous stage's parameters (the initial
+        policy's for the first stage) with a fresh optimizer, or, with
+        `stage.carry_optimizer`, the previous stage's optimizer moments (the new stage's
+        learning rate and warmup). Takes the stage-start snapshot when the stage needs one."""
+        if previous is None:
+            state = self.fresh_state(stage, self.init_params)
+        else:
+            state = self.fresh_state(stage, previous.params, previous.critic_params)
+            if stage.carry_optimizer:
+                state = state.replace(
+                    opt_state=rl.carry_optimizer_state(previous.opt_state, state.opt_state),
+                    critic_opt_state=previous.critic_opt_state)
+        self.snapshot = (jax.jit(lambda p: jax.tree.map(jnp.copy, p))(state.params)
+                         if stage.needs_snapshot else None)
+        return state
+
     def restore_target(self, stage: StageSpec):
         """The abstract state (shapes, dtypes and shardings) a checkpoint restores into."""
         abstract = self.abstract_state(stage)
@@ -216,7 +238,9 @@ class Trainer:
                                width=self.width, **kwargs)
 
     def rollouts(self, params, examples, step: int, stage: StageSpec, group_size: int | None = None):
-        """`group_size` rollouts per example (default: the run's), with the stage's responder."""
+        """`group_size` rollouts per example (default: the run's), with the stage's thinker
+        (`params`, or the stage-start snapshot) and responder (`params`, or the initial
+        policy)."""
         sc = self.spec.sampling
         g = self.spec.group_size if group_size is None else group_size
         prompts = [p for p in self.encode(examples) for _ in range(g)]
@@ -224,14 +248,19 @@ class Trainer:
         rng = self._key(0, step)
         # Each prompt is prefilled once for its group; finished rows stop costing steps.
         shape = dict(group_size=g, compact=self.spec.compaction)
-        if stage.responder == "self":
+        if stage.responder == "self" and stage.thinker == "self":
             return self._sample(params, prompts, sc, rng, row_ids, **shape)
-        # The policy thinks; the frozen initial policy responds from the device rollout.
+        if stage.thinker == "frozen" and self.snapshot is None:
+            raise ValueError(f"stage {stage.name} has a frozen thinker but no snapshot was taken "
+                             "(Trainer.stage_state takes it)")
+        thinker = self.snapshot if stage.thinker == "frozen" else params
+        responder = self.init_params if stage.responder == "frozen" else params
+        # One model thinks; the other responds from the device rollout.
         thinking = sampling.sample(
-            self.sampler_config, params, prompts, sc.replace(response_budget=0), rng, self.special,
-            row_ids=row_ids, mesh=self.mesh, rules=self.rules,
+            self.sampler_config, thinker, prompts, sc.replace(response_budget=0), rng,
+            self.special, row_ids=row_ids, mesh=self.mesh, rules=self.rules,
             width=self.width - sc.response_budget, **shape)
-        return sampling.respond(self.sampler_config, self.init_params, thinking, sc,
+        return sampling.respond(self.sampler_config, responder, thinking, sc,
                                 self._key(3, step), self.special, row_ids=row_ids, mesh=self.mesh,
                                 rules=self.rules,
                                 max_length=self.model_config.max_position_embeddings,
@@ -244,29 +273,37 @@ class Trainer:
         return rewards.score(rollout, self.tokenizer, self.reward_fn, refs, meta)
 
     def _batch_fn(self, stage: StageSpec):
-        key = ("batch", stage.train_segments)
+        cfg = rl.BatchConfig(train=stage.train_config(self.spec.train),
+                             advantage=self.spec.advantage, train_segments=stage.train_segments)
+        key = ("batch", cfg)   # Frozen and hashable: stages with equal settings share a program.
         if key not in self._jits:
-            cfg = rl.BatchConfig(train=self.spec.train, advantage=self.spec.advantage,
-                                 train_segments=stage.train_segments)
             self._jits[key] = rl.jit_build_batch(self.model_config, self.critic_config, cfg,
                                                  out_shardings=self.batch_shardings())
         return self._jits[key]
 
     def _step_fn(self, stage: StageSpec):
-        key = ("step", stage.learning_rate)   # Stages at one learning rate share a program.
+        train = stage.train_config(self.spec.train)
+        key = ("step", stage.learning_rate, stage.warmup_steps, train)
         if key not in self._jits:
             self._jits[key] = rl.jit_train_step(
-                self.model_config, self.spec.train, self._tx(stage), self.critic_config,
+                self.model_config, train, self._tx(stage), self.critic_config,
                 self._critic_tx() if self.critic_config is not None else None,
                 state_shardings=self.state_shardings(stage), batch_shardings=self.batch_shardings())
         return self._jits[key]
+
+    def reference_params(self, stage: StageSpec):
+        """The stage's KL reference: the initial policy or the stage-start snapshot (None
+        without a KL coefficient)."""
+        if not stage.kl_coef:
+            return None
+        return self.snapshot if stage.kl_reference == "stage_start" else self.init_params
 
     def make_batch(self, state: rl.TrainState, rollout, reward: np.ndarray,
                    stage: StageSpec) -> rl.Batch:
         """The update's batch, on device from the device rollout and host rewards."""
         r = sharding.host_to_global(np.asarray(reward, np.float32),
                                     sharding.batch_sharding(self.mesh, 1, self.rules, len(reward)))
-        ref = self.init_params if self.spec.train.loss.kl_coef else None
+        ref = self.reference_params(stage)
         fn = self._batch_fn(stage)
         with sharding.logical_constraint_context(self.mesh, self.rules):
             return fn(state.params, ref, state.critic_params, rollout.tokens,
@@ -289,11 +326,14 @@ class Trainer:
         with sharding.logical_constraint_context(self.mesh, self.rules):
             return fn(state, batch, rng, widths)
 
-    def evaluate(self, params, step: int) -> dict:
-        """Mean response-only reward on test prompts (one rollout each, self responder)."""
+    def evaluate(self, params, step: int, stage: StageSpec | None = None) -> dict:
+        """Mean response-only reward on test prompts (one rollout each): the policy thinks
+        and responds, or, in a stage with a frozen thinker, the stage-start snapshot
+        thinks and the policy responds (the system that stage trains)."""
         n = min(self.spec.eval.prompts, len(self.test_data))
         examples = [self.test_data[i] for i in range(n)]
-        stage = StageSpec("eval", "joint", "self", 0, 0.0, 0)
+        thinker = stage.thinker if stage is not None else "self"
+        stage = StageSpec("eval", "joint", "self", 0, 0.0, 0, thinker=thinker)
         rollout = sharding.to_host(self.rollouts(params, examples, 10_000_000 + step, stage, 1))
         reward = self.score(rollout, examples, 1)
         rates = self.behaviour_metrics(self.decoded_rows(rollout, examples, 1))
@@ -326,8 +366,11 @@ class Trainer:
         start, state = 0, None
         latest = ckpt.latest_step()
         if latest is not None:
-            state, meta = ckpt.restore(latest, self.restore_target(self.stage_at(latest)),
+            resumed = self.stage_at(latest)
+            state, meta = ckpt.restore(latest, self.restore_target(resumed),
                                        checkpointing.model_fields(self.model_config))
+            if resumed.needs_snapshot and latest != resumed.start:   # Inside the stage.
+                self.snapshot = ckpt.restore_snapshot(latest, self.restore_target(resumed).params)
             iterator.restore(meta["data"])
             start = latest
             logging.info("resumed from %s/checkpoints at step %d", self.workdir, latest)
@@ -345,10 +388,8 @@ class Trainer:
                 stage = self.stage_at(step)
                 if step in (stage.start, start) and self.primary:
                     bar.write(self._stage_line(stage, resumed=step != stage.start))
-                if step == stage.start:  # Each stage starts its optimizer afresh.
-                    state = self.fresh_state(
-                        stage, self.init_params if state is None else state.params,
-                        None if state is None else state.critic_params)
+                if step == stage.start:  # A fresh (or carried) optimizer, a snapshot.
+                    state = self.stage_state(stage, state)
                 examples = iterator.next_batch()
                 rollout = self.rollouts(state.params, examples, step, stage)
                 host = sharding.to_host(rollout)                     # Host view 1: the rollout.
@@ -365,7 +406,7 @@ class Trainer:
                     self._write_samples(step, rows, reward)
                 done = step + 1
                 if spec.eval.every and (done % spec.eval.every == 0 or done == self.total_steps):
-                    metrics.update(self.evaluate(state.params, done))
+                    metrics.update(self.evaluate(state.params, done, stage))
                 writer.write(done, metrics)
                 summary["last"] = metrics
                 summary["first"] = summary["first"] or metrics
@@ -374,7 +415,8 @@ class Trainer:
                 # Every process stops at the same step when any of them received SIGTERM.
                 term = sharding.any_process(sigterm.raised)
                 if done % spec.checkpoint.every == 0 or done == self.total_steps or term:
-                    ckpt.save(done, state, self._meta(done, iterator), force=True)
+                    ckpt.save(done, state, self._meta(done, iterator), force=True,
+                              snapshot=self.snapshot if done < stage.end else None)
                 if term:
                     stopped = True
                     break
@@ -383,15 +425,25 @@ class Trainer:
         summary["seconds"] = time.perf_counter() - began
         summary["stopped"] = stopped
         summary["params"] = state.params
+        # After a stage with a frozen thinker the trained system is two models: the
+        # snapshot thinks, the policy responds.
+        thinks_apart = self.stages[-1].thinker == "frozen"
+        summary["thinker_params"] = self.snapshot if thinks_apart else state.params
         if not stopped and spec.checkpoint.export_hf:
             export = os.path.join(self.workdir, "export")
-            params = sharding.to_host(state.params)   # Gathered by all, written by process 0.
-            if self.primary:
-                save_pretrained(self.model_config, params, export)
-                if hasattr(self.tokenizer, "save_pretrained"):
-                    self.tokenizer.save_pretrained(export)
+            self._export(state.params, export)
             summary["export"] = export
+            if thinks_apart:
+                summary["export_thinker"] = os.path.join(self.workdir, "export_thinker")
+                self._export(self.snapshot, summary["export_thinker"])
         return summary
+
+    def _export(self, params, path: str) -> None:
+        params = sharding.to_host(params)   # Gathered by all, written by process 0.
+        if self.primary:
+            save_pretrained(self.model_config, params, path)
+            if hasattr(self.tokenizer, "save_pretrained"):
+                self.tokenizer.save_pretrained(path)
 
     def _rows_to_decode(self, host, examples, write: bool) -> list[dict]:
         """Decoded once, only for what reads the text: behaviour rates (every row of a
@@ -405,10 +457,16 @@ class Trainer:
 
     def _stage_line(self, stage: StageSpec, resumed: bool) -> str:
         i = self.stages.index(stage)
+        extra = "".join((
+            ", thinker frozen at the stage start" if stage.thinker == "frozen" else "",
+            f", KL {stage.kl_coef:g} to the {stage.kl_reference.replace('_', '-')} policy on "
+            f"{stage.kl_scope}" if stage.kl_coef else "",
+            f", warmup {stage.warmup_steps}" if stage.warmup_steps else "",
+            ", optimizer carried" if stage.carry_optimizer else ""))
         return (f"stage {stage.name} ({i + 1}/{len(self.stages)}"
                 f"{', resumed' if resumed else ''}): train {stage.train_segments}, "
                 f"{stage.responder} responder, steps {stage.start}-{stage.end - 1}, "
-                f"lr {stage.learning_rate:g}")
+                f"lr {stage.learning_rate:g}{extra}")
 
     def _meta(self, step: int, iterator) -> dict:
         return {"step": step, "data": iterator.state(), "seed": self.spec.seed,
