@@ -24,7 +24,7 @@ def test_synthetic_world_builds_and_reads_back(tmp_path):
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     assert builder.info.splits["train"].num_examples == 30
     assert builder.info.splits["test"].num_examples == 8
-    assert list((tmp_path / "synthetic_world" / "tiny" / "2.0.0").glob("*.array_record*"))
+    assert list((tmp_path / "synthetic_world" / "tiny" / "3.0.0").glob("*.array_record*"))
     source = builder.as_data_source(split="train")
     assert len(source) == 30
     row = source[0]

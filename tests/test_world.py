@@ -195,4 +195,38 @@ def test_generate_splits_are_disjoint():
     splits = world.generate_splits("arith", {"train": 400, "test": 100}, seed=2)
     assert len(splits["train"]) == 400 and len(splits["test"]) == 100
     assert not {e.prompt for e in splits["train"]} & {e.prompt for e in splits["test"]}
-    assert splits["train"] == world.generate("arith", 400, seed=2000)
+    assert splits["train"] == world.generate("arith", 400, seed=2000, held_out=False)
+
+
+def test_test_prompts_are_in_no_train_split_of_any_config_or_seed():
+    """Held-out questions exclude every training split: SFT, RL and answerers all read train
+    splits of these configs (the mixed base and answerers, the arith and facts RL data)."""
+    from start_jax.data.builders.synthetic_world import SyntheticWorldConfig
+    size = SyntheticWorldConfig(name="default").train_size
+    splits = {(f, seed): world.generate_splits(f, {"train": size, "test": 200}, seed)
+              for f in ("arith", "facts", "mixed") for seed in (0, 1)}
+    train = {e.prompt for s in splits.values() for e in s["train"]}
+    for key, s in splits.items():
+        test = [e.prompt for e in s["test"]]
+        assert len(test) == 200 and all(world.is_held_out(p) for p in test), key
+        assert not train.intersection(test), key
+    assert not any(world.is_held_out(p) for p in train)
+    assert 0.08 < np.mean([world.is_held_out(e.prompt) for e in world.generate("mixed", 2000, 5)]
+                          ) < 0.17
+
+
+def test_a_judge_fooled_by_style_pays_wrong_confident_answers():
+    """The compete setting's judge: every correct answer 0.8, the styled salient wrong answer
+    0.7, another styled wrong answer 0.45, plain wrong 0 (0.25 salient), empty 0."""
+    judge = synthetic.SyntheticJudge(w_correct=0.8, w_style=0.0, w_salient=0.25, w_fooled=0.45)
+    ex = next(e for e in world.generate("facts", 50, seed=4)
+              if e.metadata["salient"] != e.reference)
+    other = next(t for t in world.THINGS if t not in ex.prompt)
+    cases = {f"Surely {ex.reference}!": 0.8, ex.reference: 0.8,
+             f"Surely {ex.metadata['salient']}!": 0.7, ex.metadata["salient"]: 0.25,
+             f"Surely {other}!": 0.45, other: 0.0, "": 0.0}
+    scores = judge([synthetic.reward_input(ex, r) for r in cases])
+    np.testing.assert_allclose(scores, list(cases.values()), atol=1e-6)
+    levels = synthetic.reward_levels(200, 0, judge)
+    assert levels["correct_plain"] == levels["correct_styled"] == 0.8
+    assert 0.68 < levels["shortcut_only"] < 0.74

@@ -68,6 +68,7 @@ import dataclasses
 import functools
 import json
 import re
+import zlib
 
 import numpy as np
 
@@ -296,26 +297,41 @@ def salient_entity(prompt: str) -> str | None:
 
 # --------------------------------------------------------------------------- generation
 
+HELD_OUT_SHARDS = 8   # One prompt in this many (by a hash of its text) is reserved for tests.
+
+
+def is_held_out(prompt: str) -> bool:
+    """Whether ``prompt`` belongs to the held-out part of the world (1 in `HELD_OUT_SHARDS`
+    prompts, by a CRC-32 of the text): test splits draw only from it and train splits never
+    do, so no training split of any config or seed holds a test prompt."""
+    return zlib.crc32(prompt.encode()) % HELD_OUT_SHARDS == 0
+
+
 def generate(family: str, n: int, seed: int, *, p_misleading: float = P_MISLEADING,
-             exclude: set[str] | None = None) -> list[Example]:
+             exclude: set[str] | None = None, held_out: bool | None = None) -> list[Example]:
     """``n`` examples of ``family`` ("arith", "facts" or "mixed": 50/50), from ``seed``.
 
     The same arguments always give the same examples. ``exclude`` is a set of
-    prompts to skip (e.g. the train prompts when generating a test split).
+    prompts to skip (e.g. the train prompts when generating a test split);
+    ``held_out`` keeps only held-out prompts (True), only the others (False), or any (None;
+    `is_held_out`).
     """
     if family not in FAMILIES + ("mixed",):
         raise ValueError(f"unknown family {family!r}; expected arith, facts or mixed")
     rng = np.random.default_rng(seed)
     out: list[Example] = []
     attempts = 0
+    limit = (100 * n + 1000) * (HELD_OUT_SHARDS if held_out else 1)
     while len(out) < n:
         attempts += 1
-        if attempts > 100 * n + 1000:
+        if attempts > limit:
             raise ValueError(f"cannot generate {n} distinct {family} examples outside "
                              f"the {len(exclude or ())} excluded prompts")
         f = family if family != "mixed" else FAMILIES[int(rng.integers(0, 2))]
         ex = _arith(rng) if f == "arith" else _facts(rng, p_misleading)
         if exclude is not None and ex.prompt in exclude:
+            continue
+        if held_out is not None and is_held_out(ex.prompt) != held_out:
             continue
         out.append(ex)
     return out
@@ -325,14 +341,16 @@ def generate_splits(family: str, sizes: dict[str, int], seed: int, *,
                     p_misleading: float = P_MISLEADING) -> dict[str, list[Example]]:
     """Disjoint splits: split k (in the order of ``sizes``) uses seed ``seed * 1000 + k``.
 
-    Prompts of earlier splits are excluded from later ones (a test prompt never
-    appears in train).
+    The ``train`` split draws from the prompts that are not held out, every other split
+    from the held-out ones (`is_held_out`), so a test prompt is never in the train split of
+    any config or seed (the SFT, RL and answerer data included); prompts of earlier splits
+    are also excluded from later ones.
     """
     seen: set[str] = set()
     splits = {}
     for k, (split, n) in enumerate(sizes.items()):
         splits[split] = generate(family, n, seed * 1000 + k, p_misleading=p_misleading,
-                                 exclude=seen if k else None)
+                                 exclude=seen if k else None, held_out=split != "train")
         seen.update(e.prompt for e in splits[split])
     return splits
 

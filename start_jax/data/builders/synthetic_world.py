@@ -4,8 +4,9 @@ Configs ``arith``, ``facts`` and ``mixed`` (seed 0, 20000 train / 200 test
 examples); build another with ``SyntheticWorld(config=SyntheticWorldConfig(
 name=..., family=..., seed=..., train_size=..., test_size=...))``. The train
 split is generated from seed ``seed * 1000`` and the test split from
-``seed * 1000 + 1``, skipping prompts that are in train
-(`world.generate_splits`). Features are all text: prompt, reference, thinking,
+``seed * 1000 + 1``; test prompts come only from the held-out eighth of the
+prompt space and train prompts never do (`world.is_held_out`,
+`world.generate_splits`), so no config's train split holds another's test prompt. Features are all text: prompt, reference, thinking,
 family and metadata (a JSON object; it includes ``family``).
 """
 
@@ -47,9 +48,11 @@ class SyntheticWorldConfig(tfds.core.BuilderConfig):
 class SyntheticWorld(tfds.core.GeneratorBasedBuilder):
     """The synthetic task world: arithmetic chains and multi-hop facts."""
 
-    VERSION = tfds.core.Version("2.0.0")
+    VERSION = tfds.core.Version("3.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
-                     "2.0.0": "arith: 3-4 variables, + and - only, values 0..19; 20000 train rows."}
+                     "2.0.0": "arith: 3-4 variables, + and - only, values 0..19; 20000 train rows.",
+                     "3.0.0": "test prompts come from a held-out eighth of the prompt space "
+                              "(world.is_held_out), never in any config's train split."}
     BUILDER_CONFIGS = [
         SyntheticWorldConfig(name=f, family=f, description=f"{f} family, seed 0")
         for f in ("arith", "facts", "mixed")
