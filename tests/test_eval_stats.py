@@ -67,3 +67,34 @@ def test_bootstrap_efficacy_averages_answerers_per_pair():
     assert e["mean"] == pytest.approx(0.375, abs=1e-12)    # Pairs 1, 0.5, 0, 0.
     assert 0.0 <= e["low"] <= e["mean"] <= e["high"] <= 1.0
     assert stats.bootstrap_interval(gain.mean(0), samples=200) == [e["mean"], e["low"], e["high"]]
+
+
+def test_holm_by_hand():
+    # p = (0.01, 0.04, 0.03, 0.005), m = 4: sorted 0.005*4, 0.01*3, 0.03*2, 0.04*1 -> monotone.
+    np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(stats.holm([0.5, 0.9]), [1.0, 1.0])
+    assert stats.holm([]) == []
+
+
+def test_hierarchical_bootstrap_treats_the_run_as_the_unit():
+    rng = np.random.default_rng(0)
+    # Two seeds that disagree (run means +0.2 and -0.1), many questions each: a flat bootstrap
+    # over (seed, question) pairs is narrow and excludes 0; the run-level one does not.
+    runs = np.stack([0.2 + 0.05 * rng.standard_normal(200), -0.1 + 0.05 * rng.standard_normal(200)])
+    flat = stats.bootstrap_interval(runs)
+    h = stats.hierarchical_bootstrap(runs, samples=2000)
+    assert flat[1] > 0
+    assert h["low"] < 0 < h["high"] and h["p"] > 0.05
+    assert abs(h["mean"] - runs.mean()) < 1e-12 and h["seeds"] == 2
+    # Five runs that agree: the interval excludes 0, with a small p-value.
+    agree = 0.1 + 0.05 * rng.standard_normal((5, 64))
+    h = stats.hierarchical_bootstrap(agree, samples=2000)
+    assert 0 < h["low"] < 0.1 < h["high"] and h["p"] <= 1 / 2000 + 1e-12
+    # One seed: the question-level bootstrap of that run (same mean, similar width).
+    one = stats.hierarchical_bootstrap(agree[:1], samples=4000)
+    flat = stats.bootstrap_interval(agree[:1], samples=4000)
+    assert abs((one["high"] - one["low"]) - (flat[2] - flat[1])) < 0.01
+    # Ragged runs and determinism.
+    ragged = [[0.1, 0.2, 0.3], [0.0, 0.1]]
+    assert stats.hierarchical_bootstrap(ragged, seed=3) == stats.hierarchical_bootstrap(ragged,
+                                                                                       seed=3)
