@@ -1,42 +1,64 @@
-"""The START ablation on the embedded world: variants x algorithms x seeds, then Cross-Generation.
+"""The START ablation on the embedded world: settings x variants x algorithms x seeds.
 
 Used by `experiments/ablation.ipynb`; also runnable from the repository root:
 
-    python -m experiments.ablation --out=runs/ablation            # full: 3 seeds
-    python -m experiments.ablation --out=/tmp/ab --scale=reduced  # a 2-minute smoke version
+    python -m experiments.ablation --setting=standard --out=runs/ablation/standard
+    python -m experiments.ablation --setting=compete --out=runs/ablation/compete
+    python -m experiments.ablation --out=/tmp/ab --scale=reduced   # a small smoke version
+    python -m experiments.ablation --out=runs/ablation/standard --reuse  # re-summarise
 
-For each seed, a cold-start SFT policy (the *base*, trained on the behaviour
-mixture of `start_jax.data.behaviours`) is trained once; every variant starts
-from it:
+Settings (`SETTINGS`): the world's judge and cold-start prior.
 
-| variant        | data               | stages                                        |
-|----------------|--------------------|-----------------------------------------------|
-| `base`         | -                  | none (SFT only)                               |
-| `rlvr`         | arith (verifiable) | joint                                         |
-| `joint`        | facts (GQA)        | joint                                         |
-| `start_self`   | facts (GQA)        | think (policy responds), then response        |
-| `start_frozen` | facts (GQA)        | think (frozen base responds), then response   |
+* ``standard``: the rubric judge's defaults (correct 0.8, styled +0.2, salient wrong
+  +0.25) and the default behaviour mixture (complete 0.5, sloppy 0.25, guess 0.25,
+  styled 0.25).
+* ``compete``: a shortcut that competes with thinking. The judge is fooled by a
+  confident tone (``w_fooled=0.45``: a styled wrong answer earns 0.45, 0.7 when it names
+  the salient thing; any correct answer 0.8, styled or not), so once a policy answers in
+  the styled form, being right is worth only 0.1-0.35 more than guessing; and the prior
+  thinks less (complete 0.25, sloppy 0.35, guess 0.4).
 
-each with GRPO and with PPO (critic + GAE over the mask's action tokens).
-Answerers of three capability levels (snapshots of one SFT run after 1x, 4x
-and 16x steps) then answer from every thinker's thinking on held-out arith and
-facts questions. Every run logs its reward and behaviour rates per step; the
-curves, the final bars and the Cross-Generation matrices are plotted from them.
+For each setting and seed a cold-start SFT policy (the *base*) is trained once; every
+variant starts from it:
 
-The evaluation pieces are the library's (`start_jax.eval`): questions,
-`evaluate_policy`, `ModelPolicy`, Cross-Generation, the bootstrap and Wilson
-intervals of `start_jax.eval.stats` and the heat maps of `start_jax.eval.plots`.
+| variant        | data  | stages                                                       |
+|----------------|-------|--------------------------------------------------------------|
+| `base`         | -     | none (SFT only)                                              |
+| `rlvr`         | arith | joint                                                        |
+| `joint`        | facts | joint                                                        |
+| `start_self`   | facts | think (policy responds), then response                      |
+| `start_frozen` | facts | think (frozen base responds), then each stage-2 design      |
+| `start_al`     | facts | think with the answer-likelihood reward, then response       |
+
+The stage-2 designs (`DESIGNS`) share the stage-1 run of `start_frozen` and resume from its
+checkpoint: `response` (the response only, fresh optimizer), `joint`, `frozen_thinker`
+(thinking from the stage-1 policy, the response trained; the system is that pair) and
+`anchor` (the response, with a KL on the thinking to the stage-2 start). The stage-1
+policy itself is a thinker too (``start_frozen.s1``). Each with GRPO and with PPO (a
+critic with GAE, `PPO_EPOCHS` passes over each batch, so the ratio and the clip bind).
+
+Answerers of three capability levels (one SFT run of the same architecture, kept after
+`Scale.answerer_steps`) then answer from every thinker's thinking on held-out arith and
+facts questions. Per (seed, question, answerer) scores, the learning curves, the
+contrasts (hierarchical bootstrap over seeds then questions, Holm within each claim),
+the commit, versions, command and wall time go to ``<out>/results.json``. A run is
+resumable: every finished training run and every seed's Cross-Generation is kept under
+``<out>`` and reused.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import os
+import platform
+import shutil
+import subprocess
+import sys
 import time
 
-import jax
 import numpy as np
 
 from start_jax import checkpoints, models, rewards, sampling, sharding, train
@@ -47,81 +69,127 @@ from start_jax.eval.evaluate import evaluate_policy
 from start_jax.eval.questions import load_questions
 from start_jax.rewards import synthetic
 from start_jax.train import data_io, sft
-from start_jax.train.init_policy import initial_policy, model_config_of, sft_traces
 from start_jax.train.config import default_config, stage
+from start_jax.train.init_policy import initial_policy, model_config_of, sft_traces
 
-VARIANTS = ("base", "rlvr", "joint", "start_self", "start_frozen")
+VARIANTS = ("base", "rlvr", "joint", "start_self", "start_frozen", "start_al")
+DESIGNS = ("response", "joint", "frozen_thinker", "anchor")
 ALGOS = ("grpo", "ppo")
-FAMILY_OF = {"rlvr": "arith", "joint": "facts", "start_self": "facts", "start_frozen": "facts"}
+PPO_EPOCHS = 2
+FAMILY_OF = {"rlvr": "arith", "joint": "facts", "start_self": "facts", "start_frozen": "facts",
+             "start_al": "facts"}
+SETTINGS = {
+    "standard": dict(judge={}, mixture={}),
+    "compete": dict(judge=dict(w_correct=0.8, w_style=0.0, w_salient=0.25, w_fooled=0.45),
+                    mixture=dict(complete=0.25, sloppy=0.35, guess=0.4, styled=0.25)),
+}
 # Per-step metrics kept from each run's metrics.jsonl (the learning curves).
 CURVE_KEYS = ("reward_mean", "behaviour/facts/think_complete", "behaviour/facts/think_empty",
               "behaviour/facts/response_correct", "behaviour/facts/response_salient",
               "behaviour/facts/styled", "behaviour/arith/think_complete",
-              "behaviour/arith/response_correct", "behaviour/arith/steps_correct")
+              "behaviour/arith/response_correct", "behaviour/arith/steps_correct",
+              "clip_frac_low", "clip_frac_high", "kl")
 
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
     """Budgets of one ablation size."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     algos: tuple[str, ...] = ALGOS
     variants: tuple[str, ...] = VARIANTS
+    designs: tuple[str, ...] = DESIGNS
     sft_steps: int = 4000         # Base policy SFT steps (the trainer's default).
-    answerer_steps: tuple[int, ...] = (250, 1000, 4000)   # 1x, 4x, 16x: one run's snapshots.
-    rl_steps: int = 80            # RL steps of every variant (START: 2/3 think, 1/3 response).
+    answerer_steps: tuple[int, ...] = (600, 900, 1800)   # One SFT run's snapshots.
+    rl_steps: int = 60            # RL steps of every variant.
+    stage1_steps: int = 40        # START: think steps (then rl_steps - stage1_steps of stage 2).
     prompts_per_step: int = 16
     group_size: int = 8
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3   # joint and RLVR.
+    start_learning_rate: float = 1e-3    # START stage 1 (every START variant).
+    stage2_learning_rate: float = 1e-3   # START stage 2 (every design).
+    sweep: bool = True            # Choose the three rates by `sweep` first (same for both).
+    anchor_kl: float = 0.1        # The `anchor` design's KL coefficient (thinking tokens).
     questions: int = 64           # Cross-Generation and final-reward questions per family.
 
 
 FULL = Scale()
 REDUCED = Scale(seeds=(0,), algos=("grpo",), variants=("base", "joint", "start_frozen"),
-                sft_steps=60, answerer_steps=(10, 20, 40), rl_steps=3, prompts_per_step=2,
-                group_size=2, questions=8)
+                designs=("response", "frozen_thinker", "anchor"), sft_steps=60,
+                answerer_steps=(10, 20, 40), rl_steps=3, stage1_steps=2, prompts_per_step=2,
+                group_size=2, questions=8, sweep=False)
+# The learning-rate sweep: the same candidates and criterion for joint RL and START.
+SWEEP_RATES = (5e-4, 1e-3, 2e-3)
+SWEEP_SEED = 100              # Its own seed: no run of the ablation's seeds is used to choose.
+SWEEP_WINDOW = 5              # Criterion: mean training reward of the last 5 steps (GRPO).
 
 
-def run_config(scale: Scale, seed: int):
+def run_config(scale: Scale, seed: int, setting: str = "standard"):
     c = default_config()
     c.seed = seed
     c.data.name = "mixed"         # Bases and answerers learn both families.
     c.sft.steps = scale.sft_steps
+    for key, value in SETTINGS[setting]["mixture"].items():
+        c.sft.mixture[key] = value
     c.data.prompts_per_step = scale.prompts_per_step
     c.algo.group_size = scale.group_size
     c.eval.every = 0
     c.checkpoint.every = 1000
-    c.checkpoint.export_hf = False
+    c.checkpoint.export_hf = True
     c.log.progress = False
     c.log.samples_every = 0
     return c
 
 
+def judge_of(setting: str):
+    return rewards.make("synthetic", **SETTINGS[setting]["judge"])
+
+
 def variant_config(variant: str, algo: str, seed: int, base_dir: str, data_dir: str,
-                   scale: Scale):
-    c = run_config(scale, seed)
+                   scale: Scale, setting: str = "standard", design: str | None = None,
+                   stage1_only: bool = False):
+    """The run config of a variant; START variants have stage 1 and (unless `stage1_only`)
+    stage 2 of `design` (default `response`)."""
+    c = run_config(scale, seed, setting)
     c.init_checkpoint = base_dir
     c.data.name = FAMILY_OF[variant]
     c.data.data_dir = data_dir
     c.reward.name = "synthetic"
-    c.schedule = variant
+    for key, value in SETTINGS[setting]["judge"].items():
+        c.reward.kwargs[key] = value
+    c.schedule = variant if design is None else f"{variant}.{design}"
     if algo == "ppo":
         c.algo.advantage = "gae"
+        c.algo.ppo_epochs = PPO_EPOCHS
     lr, n = scale.learning_rate, scale.rl_steps
     if variant in ("rlvr", "joint"):
         c.stages = {"s1": stage("joint", "self", n, lr)}
-    else:
-        n1 = max(1, (2 * n) // 3)
-        responder = "frozen" if variant == "start_frozen" else "self"
-        c.stages = {"s1": stage("think", responder, n1, lr),
-                    "s2": stage("response", "self", n - n1, lr)}
+        return c
+    lr, n1 = scale.start_learning_rate, scale.stage1_steps
+    responder = "frozen" if variant == "start_frozen" else "self"
+    stages = {"s1": stage("think", responder, n1, lr)}
+    if variant == "start_al" and stage1_only:
+        # The answer-likelihood reward scores the thinking by the base's likelihood of the
+        # reference answer; it never reads the response.
+        c.reward.name = "answer_likelihood"
+        c.reward.kwargs = {"checkpoint": base_dir, "tokenizer": "world"}
+    if not stage1_only:
+        lr2 = scale.stage2_learning_rate
+        stages["s2"] = {
+            "response": stage("response", "self", n - n1, lr2),
+            "joint": stage("joint", "self", n - n1, lr2),
+            "frozen_thinker": stage("response", "self", n - n1, lr2, thinker="frozen"),
+            "anchor": stage("response", "self", n - n1, lr2, kl_coef=scale.anchor_kl,
+                            kl_reference="stage_start", kl_scope="think"),
+        }[design or "response"]
+    c.stages = stages
     return c
 
 
-def train_base(out: str, scale: Scale, seed: int) -> str:
+def train_base(out: str, scale: Scale, seed: int, setting: str = "standard") -> str:
     """Cold-start SFT policy of one seed, as a HF directory (cached)."""
     workdir = os.path.join(out, f"seed{seed}", "base")
-    c = run_config(scale, seed)
+    c = run_config(scale, seed, setting)
     c.data.data_dir = os.path.join(out, "data")
     spec = train.RunSpec.from_config(c)
     train_data, _ = data_io.datasets(spec.data, workdir)
@@ -131,13 +199,15 @@ def train_base(out: str, scale: Scale, seed: int) -> str:
 
 
 def train_answerers(out: str, scale: Scale) -> dict[str, tuple]:
-    """Answerers of three capability levels: one SFT run, kept after 1x / 4x / 16x steps."""
+    """Answerers of three capability levels: one SFT run (default mixture, seed 100), kept
+    after `scale.answerer_steps` steps, named by their multiple of the first."""
     c = run_config(scale, 100)
     c.data.data_dir = os.path.join(out, "data")
     workdir = os.path.join(out, "answerers")
-    names = {steps: f"A{round(steps / scale.answerer_steps[0])}x" for steps in scale.answerer_steps}
+    names = {steps: f"A{steps / scale.answerer_steps[0]:g}x" for steps in scale.answerer_steps}
     paths = {steps: os.path.join(workdir, name) for steps, name in names.items()}
     if not all(os.path.isfile(os.path.join(p, "config.json")) for p in paths.values()):
+        import jax  # noqa: PLC0415
         spec = train.RunSpec.from_config(c)
         tok = world.load_tokenizer(spec.tokenizer)
         train_data, _ = data_io.datasets(spec.data, workdir)
@@ -156,69 +226,234 @@ def train_answerers(out: str, scale: Scale) -> dict[str, tuple]:
 def _curves(workdir: str) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
-    return [{k: r[k] for k in ("step",) + CURVE_KEYS if k in r} for r in rows]
+    return [{k: r[k] for k in ("step", "stage") + CURVE_KEYS if k in r} for r in rows]
 
 
-def run(out: str, scale: Scale = FULL, log=print) -> dict:
+def _train(config, workdir: str) -> None:
+    """Trains (or resumes, or finds finished) one run; its policy is in `<workdir>/export`."""
+    if not os.path.isfile(os.path.join(workdir, "export", "config.json")):
+        train.Trainer(config, workdir).run()
+
+
+def _from_stage1(stage1_dir: str, workdir: str) -> None:
+    """Seeds a stage-2 run's workdir with the finished stage-1 run: its checkpoints (the
+    run resumes at the stage boundary) and its metrics (the curves go on)."""
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copytree(os.path.join(stage1_dir, "checkpoints"), os.path.join(workdir, "checkpoints"))
+    shutil.copy(os.path.join(stage1_dir, "metrics.jsonl"), workdir)
+
+
+def sweep(out: str, scale: Scale, setting: str = "standard", log=print) -> dict:
+    """Chooses the learning rates by one small sweep, the same for joint RL and START.
+
+    On `SWEEP_SEED` (a seed no reported run uses) with GRPO, each of `SWEEP_RATES` trains
+    joint RL for `rl_steps`, and START (frozen responder, then `response`) for the same
+    steps with that rate in both stages; the rate with the highest mean training reward
+    over the last `SWEEP_WINDOW` steps is kept for each (cached in ``<out>/sweep.json``).
+    Returns {"learning_rate", "start_learning_rate", "stage2_learning_rate", "runs"}.
+    """
+    path = os.path.join(out, "sweep.json")
+    done = _load(path)
+    if done is not None:
+        return done
+    base_dir = train_base(out, scale, SWEEP_SEED, setting)
+    runs = {}
+    for method in ("joint", "start_frozen"):
+        for lr in SWEEP_RATES:
+            sc = dataclasses.replace(scale, learning_rate=lr, start_learning_rate=lr,
+                                     stage2_learning_rate=lr)
+            wd = os.path.join(out, "sweep", method, f"lr{lr:g}")
+            _train(variant_config(method, "grpo", SWEEP_SEED, base_dir,
+                                  os.path.join(out, "data"), sc, setting), wd)
+            rows = _curves(wd)
+            runs[f"{method}/lr{lr:g}"] = {
+                "method": method, "learning_rate": lr,
+                "reward_last": float(np.mean([r["reward_mean"] for r in rows[-SWEEP_WINDOW:]])),
+                "complete_last": float(np.mean([r["behaviour/facts/think_complete"]
+                                                for r in rows[-SWEEP_WINDOW:]]))}
+            log(f"sweep {method} lr {lr:g}: reward {runs[f'{method}/lr{lr:g}']['reward_last']:.3f}")
+    best = {m: max((r for r in runs.values() if r["method"] == m),
+                   key=lambda r: r["reward_last"])["learning_rate"]
+            for m in ("joint", "start_frozen")}
+    done = {"learning_rate": best["joint"], "start_learning_rate": best["start_frozen"],
+            "stage2_learning_rate": best["start_frozen"], "runs": runs}
+    _save(path, done)
+    return done
+
+
+def ladder(answerers: dict, questions: dict, judge, seed: int = 3) -> dict:
+    """Each answerer's mean score on held-out questions after the world's gold thinking and
+    after empty thinking, per family: the capability ladder of the answerers."""
+    out = {}
+    for name, policy in answerers.items():
+        for family, q in questions.items():
+            prompts = [x["prompt"] for x in q]
+            for label, thinking in (("gold", [x["thinking"] for x in q]), ("empty", [""] * len(q))):
+                answers = policy.answer(prompts, thinking, seed)
+                scores = judge([rewards.RewardInput(x["prompt"], r, (), (), x["reference"], False,
+                                                    x["metadata"]) for x, r in zip(q, answers)])
+                out.setdefault(name, {})[f"{family}_{label}"] = round(float(np.mean(scores)), 4)
+    return out
+
+
+def _policy(path: str, tok, sc) -> cg.ModelPolicy:
+    return cg.ModelPolicy(*checkpoints.load_pretrained(path), tok, sc)
+
+
+def train_seed(out: str, scale: Scale, seed: int, setting: str, tok, sc, log=print):
+    """Every training run of one seed (cached): {thinker name: (policy, workdir or None)}."""
+    base_dir = train_base(out, scale, seed, setting)
+    data_dir = os.path.join(out, "data")
+    root = os.path.join(out, f"seed{seed}")
+    thinkers = {}
+    if "base" in scale.variants:
+        thinkers["base"] = (_policy(base_dir, tok, sc), None)
+    began = time.perf_counter()
+    for algo in scale.algos:
+        for variant in scale.variants:
+            if variant == "base":
+                continue
+            cfg = dict(algo=algo, seed=seed, base_dir=base_dir, data_dir=data_dir, scale=scale,
+                       setting=setting)
+            if variant in ("rlvr", "joint"):
+                wd = os.path.join(root, variant, algo)
+                _train(variant_config(variant, **cfg), wd)
+                thinkers[f"{variant}/{algo}"] = (_policy(os.path.join(wd, "export"), tok, sc), wd)
+                continue
+            s1 = os.path.join(root, variant, algo, "s1")
+            _train(variant_config(variant, stage1_only=True, **cfg), s1)
+            designs = scale.designs if variant == "start_frozen" else ("response",)
+            if variant == "start_frozen":
+                thinkers[f"{variant}.s1/{algo}"] = (
+                    _policy(os.path.join(s1, "export"), tok, sc), s1)
+            for design in designs:
+                wd = os.path.join(root, variant, algo, design)
+                _from_stage1(s1, wd)
+                _train(variant_config(variant, design=design, **cfg), wd)
+                policy = _policy(os.path.join(wd, "export"), tok, sc)
+                if design == "frozen_thinker":
+                    policy = cg.SplitPolicy(_policy(os.path.join(wd, "export_thinker"), tok, sc),
+                                            policy)
+                name = variant if design == "response" else f"{variant}.{design}"
+                thinkers[f"{name}/{algo}"] = (policy, wd)
+            log(f"seed {seed} {variant}/{algo} trained ({time.perf_counter() - began:.0f} s)")
+    return thinkers
+
+
+def _load(path: str):
+    if os.path.isfile(path):
+        with open(path) as fh:
+            return json.load(fh)
+    return None
+
+
+def _save(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(value, fh)
+    os.replace(tmp, path)
+
+
+def run(out: str, scale: Scale = FULL, log=print, setting: str = "standard") -> dict:
     """Trains every variant and runs Cross-Generation; returns (and saves) the results."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting {setting!r} is not one of {sorted(SETTINGS)}")
     os.makedirs(out, exist_ok=True)
     began = time.perf_counter()
     tok = world.tokenizer()
     c = default_config()
     sc = sampling.SamplingConfig(temperature=1.0, think_budget=c.sampling.think_budget,
                                  response_budget=c.sampling.response_budget)
-    judge = rewards.make("synthetic")
+    judge = judge_of(setting)
+    chosen = None
+    if scale.sweep:
+        chosen = sweep(out, scale, setting, log)
+        scale = dataclasses.replace(scale, **{k: v for k, v in chosen.items() if k != "runs"})
+        log(f"sweep chose {scale.learning_rate:g} (joint, RLVR) and {scale.start_learning_rate:g} "
+            f"(START) ({time.perf_counter() - began:.0f} s)")
     answerers = {n: cg.ModelPolicy(cfg, p, tok, sc)
                  for n, (cfg, p) in train_answerers(out, scale).items()}
-    log(f"answerers ready ({time.perf_counter() - began:.0f} s)")
     qs = {f: load_questions(f"synthetic:{f}", os.path.join(out, "data"), scale.questions)
           for f in ("arith", "facts")}
+    levels = _load(os.path.join(out, "ladder.json"))
+    if levels is None:
+        levels = ladder(answerers, qs, judge)
+        _save(os.path.join(out, "ladder.json"), levels)
+    log(f"answerers ready ({time.perf_counter() - began:.0f} s)")
     records, curves, cg_results = [], [], []
     for seed in scale.seeds:
-        base_dir = train_base(out, scale, seed)
-        log(f"seed {seed}: base ready ({time.perf_counter() - began:.0f} s)")
-        thinkers = {}
-        runs = ([("base", None)] if "base" in scale.variants else []) + [
-            (v, a) for a in scale.algos for v in scale.variants if v != "base"]
-        for variant, algo in runs:
-            if variant == "base":
-                name, cfg_params = "base", checkpoints.load_pretrained(base_dir)
-            else:
-                name = f"{variant}/{algo}"
-                workdir = os.path.join(out, f"seed{seed}", variant, algo)
-                trainer = train.Trainer(variant_config(variant, algo, seed, base_dir,
-                                                       os.path.join(out, "data"), scale), workdir)
-                summary = trainer.run()
-                cfg_params = (trainer.model_config, summary["params"])
-                curves.append({"seed": seed, "thinker": name, "rows": _curves(workdir)})
-            thinkers[name] = cg.ModelPolicy(*cfg_params, tok, sc)
-            final = evaluate_policy(thinkers[name], judge, qs, 7 + seed)
+        thinkers = train_seed(out, scale, seed, setting, tok, sc, log)
+        log(f"seed {seed}: {len(thinkers)} thinkers ready ({time.perf_counter() - began:.0f} s)")
+        for name, (policy, workdir) in thinkers.items():
+            path = os.path.join(out, f"seed{seed}", f"final_{name.replace('/', '_')}.json")
+            final = _load(path)
+            if final is None:
+                final = evaluate_policy(policy, judge, qs, 7 + seed)
+                _save(path, final)
             records.append({"seed": seed, "thinker": name, **final})
-            log(f"seed {seed} {name}: facts {np.mean(final['scores_facts']):.3f} "
-                f"arith {np.mean(final['scores_arith']):.3f} "
-                f"({time.perf_counter() - began:.0f} s)")
+            if workdir is not None:
+                curves.append({"seed": seed, "thinker": name, "rows": _curves(workdir)})
         for family, q in qs.items():
-            result = cg.run(thinkers, answerers, q, judge, seeds=(seed,), bootstrap_samples=200,
-                            classify=cg.classify_synthetic)
-            cg_results.append({"seed": seed, "family": family, "sources": result.sources,
-                               "answerers": result.answerers,
-                               "scores": result.scores[:, :, 0].round(4).tolist(),
-                               "thinking_classes": result.thinking_classes})
+            path = os.path.join(out, f"seed{seed}", f"cg_{family}.json")
+            entry = _load(path)
+            if entry is None or entry["sources"][:-2] != list(thinkers):
+                result = cg.run({n: p for n, (p, _) in thinkers.items()}, answerers, q, judge,
+                                seeds=(seed,), bootstrap_samples=200,
+                                classify=cg.classify_synthetic)
+                entry = {"seed": seed, "family": family, "sources": result.sources,
+                         "answerers": result.answerers,
+                         "scores": result.scores[:, :, 0].round(4).tolist(),
+                         "thinking_classes": result.thinking_classes}
+                _save(path, entry)
+            cg_results.append(entry)
         log(f"seed {seed}: Cross-Generation done ({time.perf_counter() - began:.0f} s)")
-    results = {"scale": dataclasses.asdict(scale), "records": records, "curves": curves,
-               "cross_generation": cg_results, "levels": synthetic.reward_levels(200, 0),
-               "seconds": time.perf_counter() - began}
+    results = {"setting": setting, "settings": SETTINGS[setting],
+               "scale": dataclasses.asdict(scale), "sweep": chosen, "ladder": levels,
+               "records": records, "curves": curves,
+               "cross_generation": cg_results, "levels": synthetic.reward_levels(200, 0, judge),
+               "seconds": time.perf_counter() - began, "provenance": provenance()}
     results["summary"] = summarize(results)
-    with open(os.path.join(out, "results.json"), "w") as fh:
-        json.dump(results, fh)
+    results["contrasts"] = contrasts(results)
+    results["controls"] = controls(results)
+    _save(os.path.join(out, "results.json"), results)
     return results
 
+
+def provenance() -> dict:
+    """The commit, package versions, command line and machine that produced a result."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        try:
+            return subprocess.run(("git",) + args, cwd=root, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
+                 "tensorflow-datasets"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain",
+                                                                   "--untracked-files=no")),
+            "versions": versions, "python": platform.python_version(),
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+            "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+# --------------------------------------------------------------------------- statistics
 
 def summarize(results: dict) -> list[dict]:
     """Per thinker: final reward, efficacy and behaviour rates with 95% intervals.
 
-    Final reward and efficacy are bootstrapped over (seed, question) pairs;
-    behaviour rates are pooled over seeds and questions, with a Wilson interval.
+    Final reward and efficacy: a hierarchical bootstrap (`stats.hierarchical_bootstrap`:
+    seeds, then questions within a seed), so the training run is the unit. Behaviour rates
+    are pooled over seeds and questions, with a Wilson interval.
     """
     n = results["scale"]["questions"]
     recs = results["records"]
@@ -231,31 +466,30 @@ def summarize(results: dict) -> list[dict]:
         finals = [r for r in recs if r["thinker"] == t]
         for fam in ("facts", "arith"):
             if finals:
-                final_scores = [r[f"scores_{fam}"] for r in finals]      # [seeds, questions]
-                row[f"final_{fam}"] = stats.bootstrap_interval(final_scores)
+                row[f"final_{fam}"] = _interval(_per_seed(results, t, "final", fam))
                 for key in ("think_complete", "response_salient", "styled"):
                     vals = [r[f"rates_{fam}"].get(f"{fam}/{key}") for r in finals]
                     if all(v is not None for v in vals):
-                        row[f"{key}_{fam}"] = stats.pooled_proportion(vals, len(final_scores[0]))
-            gains, complete = [], []
-            for r in cgs:
-                if r["family"] != fam or t not in r["sources"]:
-                    continue
-                scores = np.asarray(r["scores"])              # [sources, answerers, questions]
-                gains.append(scores[r["sources"].index(t)] - scores[r["sources"].index(cg.EMPTY)])
-                if t in r["thinking_classes"]:
-                    complete.append(r["thinking_classes"][t].get("complete", 0.0))
-            if gains:
-                e = stats.bootstrap_efficacy(np.stack(gains, axis=1))   # [answerers, seeds, q]
-                row[f"efficacy_{fam}"] = [e["mean"], e["low"], e["high"]]
+                        row[f"{key}_{fam}"] = stats.pooled_proportion(vals, n)
+            gains = _per_seed(results, t, "efficacy", fam)
+            if gains is not None:
+                row[f"efficacy_{fam}"] = _interval(gains)
+            complete = [r["thinking_classes"][t].get("complete", 0.0) for r in cgs
+                        if r["family"] == fam and t in r["thinking_classes"]]
             if complete:
                 row[f"cg_complete_{fam}"] = stats.pooled_proportion(complete, n)
         rows.append(row)
     return rows
 
 
-def _per_pair(results: dict, thinker: str, what: str, family: str) -> np.ndarray | None:
-    """[seeds, questions] values of one thinker: final scores, or efficacy gains."""
+def _interval(per_seed) -> list[float]:
+    h = stats.hierarchical_bootstrap(per_seed, samples=2000)
+    return [h["mean"], h["low"], h["high"]]
+
+
+def _per_seed(results: dict, thinker: str, what: str, family: str) -> np.ndarray | None:
+    """[seeds, questions] values of one thinker (seeds in order): final scores, or
+    efficacy gains (mean over answerers of the gain over empty thinking)."""
     if what == "final":
         rows = sorted((r for r in results["records"] if r["thinker"] == thinker),
                       key=lambda r: r["seed"])
@@ -271,52 +505,113 @@ def _per_pair(results: dict, thinker: str, what: str, family: str) -> np.ndarray
     return np.asarray(out) if out else None
 
 
-def contrast(results: dict, a: str, b: str, what: str, family: str) -> list[float] | None:
-    """Paired difference a - b (final reward or efficacy) with a bootstrap 95% interval.
-
-    Pairs are (seed, question): both thinkers answered the same questions with
-    the same answerers, so the difference is taken per pair before resampling.
-    """
-    x, y = _per_pair(results, a, what, family), _per_pair(results, b, what, family)
+def contrast(results: dict, a: str, b: str, what: str, family: str) -> dict | None:
+    """Paired difference a - b (final reward or efficacy), per (seed, question), with the
+    hierarchical bootstrap's mean, 95% interval and two-sided p-value."""
+    x, y = _per_seed(results, a, what, family), _per_seed(results, b, what, family)
     if x is None or y is None:
         return None
-    return stats.bootstrap_interval(x - y)
+    return stats.hierarchical_bootstrap(x - y, samples=2000)
 
 
 CONTRASTS = (
     # (claim, a, b, what, family)
-    ("1: RLVR improves thinking on the verifiable family", "rlvr/{algo}", "base", "efficacy", "arith"),
-    ("1: ... and transfers it to GQA", "rlvr/{algo}", "base", "efficacy", "facts"),
-    ("2: joint RL on GQA raises the GQA reward", "joint/{algo}", "base", "final", "facts"),
-    ("2: ... and the GQA thinking", "joint/{algo}", "base", "efficacy", "facts"),
-    ("3: START (self) vs joint, thinking", "start_self/{algo}", "joint/{algo}", "efficacy", "facts"),
-    ("3: START (frozen) vs joint, thinking", "start_frozen/{algo}", "joint/{algo}", "efficacy", "facts"),
-    ("3: START (self) vs joint, final answer", "start_self/{algo}", "joint/{algo}", "final", "facts"),
-    ("3: START (frozen) vs joint, final answer", "start_frozen/{algo}", "joint/{algo}", "final", "facts"),
+    ("1", "rlvr/{algo}", "base", "efficacy", "arith"),
+    ("1", "rlvr/{algo}", "base", "efficacy", "facts"),
+    ("2", "joint/{algo}", "base", "final", "facts"),
+    ("2", "joint/{algo}", "base", "efficacy", "facts"),
+    ("3", "start_self/{algo}", "joint/{algo}", "efficacy", "facts"),
+    ("3", "start_frozen/{algo}", "joint/{algo}", "efficacy", "facts"),
+    ("3", "start_self/{algo}", "joint/{algo}", "final", "facts"),
+    ("3", "start_frozen/{algo}", "joint/{algo}", "final", "facts"),
+    ("3", "start_frozen.joint/{algo}", "joint/{algo}", "efficacy", "facts"),
+    ("3", "start_frozen.frozen_thinker/{algo}", "joint/{algo}", "efficacy", "facts"),
+    ("3", "start_frozen.anchor/{algo}", "joint/{algo}", "efficacy", "facts"),
+    ("3", "start_frozen.joint/{algo}", "joint/{algo}", "final", "facts"),
+    ("3", "start_frozen.frozen_thinker/{algo}", "joint/{algo}", "final", "facts"),
+    ("3", "start_frozen.anchor/{algo}", "joint/{algo}", "final", "facts"),
+    ("3", "start_al/{algo}", "joint/{algo}", "efficacy", "facts"),
+    ("3", "start_al/{algo}", "joint/{algo}", "final", "facts"),
+    ("s1", "start_frozen.s1/{algo}", "joint/{algo}", "efficacy", "facts"),
 )
+CLAIMS = {"1": "RLVR improves thinking on the verifiable family (and transfers to GQA)",
+          "2": "joint RL on GQA raises the GQA reward and thinking",
+          "3": "START improves thinking and the final answer over joint RL",
+          "s1": "START's stage-1 thinking against joint (at the end of stage 1 vs joint's end)"}
 
 
 def contrasts(results: dict) -> list[dict]:
-    """The paired differences behind the claims, per algorithm."""
+    """The paired differences behind the claims, per algorithm, with Holm-adjusted p-values
+    over each claim's contrasts (both algorithms together) and Bonferroni 95% intervals."""
     out = []
     for claim, a, b, what, family in CONTRASTS:
         for algo in results["scale"]["algos"]:
             value = contrast(results, a.format(algo=algo), b.format(algo=algo), what, family)
             if value is not None:
                 out.append({"claim": claim, "a": a.format(algo=algo), "b": b.format(algo=algo),
-                            "what": what, "family": family, "diff": value})
+                            "what": what, "family": family,
+                            "diff": [value["mean"], value["low"], value["high"]],
+                            "p": value["p"], "seeds": value["seeds"]})
+    for claim in {c["claim"] for c in out}:
+        family = [c for c in out if c["claim"] == claim]
+        for c, adjusted in zip(family, stats.holm([c["p"] for c in family])):
+            c["p_holm"] = adjusted
+            c["verdict"] = ("no clear difference" if adjusted >= 0.05
+                            else "a > b" if c["diff"][0] > 0 else "a < b")
     return out
 
 
 def contrast_table(results: dict) -> str:
     lines = []
-    for c in contrasts(results):
+    for c in results.get("contrasts") or contrasts(results):
         d = c["diff"]
-        verdict = "a > b" if d[1] > 0 else "a < b" if d[2] < 0 else "no clear difference"
-        lines.append(f"{c['claim']:<45} {c['a']:>18} - {c['b']:<12} {c['what']:>8} "
-                     f"{c['family']:<5} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]  {verdict}")
+        lines.append(f"claim {c['claim']:<3} {c['a']:>34} - {c['b']:<12} {c['what']:>8} "
+                     f"{c['family']:<5} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] "
+                     f"p={c['p']:.3f} holm={c['p_holm']:.3f}  {c['verdict']}")
     return "\n".join(lines)
 
+
+CONTROL_KEYS = (("reward_mean", "reward"), ("behaviour/facts/think_complete", "complete"),
+                ("behaviour/facts/styled", "styled"),
+                ("behaviour/facts/response_salient", "salient"))
+CONTROL_WINDOW = 5
+
+
+def controls(results: dict) -> list[dict]:
+    """The positive control: per trained thinker, the change of the training reward and of
+    the behaviour rates from the first to the last `CONTROL_WINDOW` steps of its run (and
+    over stage 1 alone for START), mean over seeds with a seed-level bootstrap interval.
+    A run is *trapped* when its reward rises while its complete-thinking rate does not."""
+    out = []
+    for name in sorted({c["thinker"] for c in results["curves"]}):
+        runs = [c["rows"] for c in results["curves"] if c["thinker"] == name]
+        row = {"thinker": name, "seeds": len(runs)}
+        for key, label in CONTROL_KEYS:
+            if not all(key in r for run in runs for r in run):
+                continue
+            k = CONTROL_WINDOW
+            deltas = [np.mean([r[key] for r in run[-k:]]) - np.mean([r[key] for r in run[:k]])
+                      for run in runs]
+            s1 = [[r for r in run if r.get("stage", 0) == 0] for run in runs]
+            row[label] = _interval(np.asarray(deltas)[:, None])
+            if all(len(x) > k for x in s1) and any(len(x) < len(run) for x, run in zip(s1, runs)):
+                row[f"{label}_stage1"] = _interval(np.asarray(
+                    [np.mean([r[key] for r in x[-k:]]) - np.mean([r[key] for r in x[:k]])
+                     for x in s1])[:, None])
+        out.append(row)
+    return out
+
+
+def control_table(results: dict) -> str:
+    fmt = lambda v: "-" if v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"  # noqa: E731
+    lines = [f"{'run':<34} " + " ".join(f"{label:>24}" for _, label in CONTROL_KEYS)]
+    for row in results.get("controls") or controls(results):
+        lines.append(f"{row['thinker']:<34} " + " ".join(
+            f"{fmt(row.get(label)):>24}" for _, label in CONTROL_KEYS))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- tables, figures
 
 COLUMNS = (("final_facts", "final facts"), ("efficacy_facts", "efficacy facts"),
            ("cg_complete_facts", "complete facts"), ("styled_facts", "styled facts"),
@@ -353,13 +648,15 @@ CURVE_PANELS = (("reward_mean", "train reward"),
                 ("behaviour/arith/think_complete", "arith: complete thinking (RLVR)"))
 
 
-def plot_curves(results: dict, path: str, smooth: int = 5) -> None:
-    """Reward and behaviour rates against RL step, per variant: mean over seeds, band = +-1 sd."""
+def plot_curves(results: dict, path: str, smooth: int = 5, algo: str | None = None) -> None:
+    """Reward and behaviour rates against RL step, per run: mean over seeds, band = +-1 sd
+    (only `algo`'s runs when given)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = sorted({c["thinker"] for c in results["curves"]})
-    colours = dict(zip(names, plt.cm.tab10(np.linspace(0, 1, 10))))
+    names = sorted({c["thinker"] for c in results["curves"]
+                    if algo is None or c["thinker"].endswith("/" + algo)})
+    colours = dict(zip(names, plt.cm.tab20(np.linspace(0, 1, max(len(names), 2)))))
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     for ax, (key, title) in zip(axes.ravel(), CURVE_PANELS):
         for name in names:
@@ -371,14 +668,15 @@ def plot_curves(results: dict, path: str, smooth: int = 5) -> None:
             steps = np.array([r["step"] for r in runs[0][:n]])
             mean, sd = y.mean(0), y.std(0)
             style = "--" if name.endswith("/ppo") else "-"
-            ax.plot(steps, mean, style, color=colours[name], label=name, lw=1.6)
-            ax.fill_between(steps, mean - sd, mean + sd, color=colours[name], alpha=0.15)
+            ax.plot(steps, mean, style, color=colours[name], label=name, lw=1.4)
+            ax.fill_between(steps, mean - sd, mean + sd, color=colours[name], alpha=0.12)
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"Learning curves (mean over seeds, band +-1 sd, {smooth}-step moving average)")
+    axes[0, 0].legend(fontsize=6, ncol=2)
+    fig.suptitle(f"{results.get('setting', 'standard')} setting: learning curves (mean over "
+                 f"seeds, band +-1 sd, {smooth}-step moving average)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -397,13 +695,13 @@ def plot(results: dict, path: str) -> None:
               ("final_arith", "final reward (verifiable arith)"),
               ("efficacy_arith", "thinking efficacy (verifiable arith)"),
               ("cg_complete_arith", "complete thinking (arith, truth)"))
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     for ax, (key, title) in zip(axes.ravel(), panels):
         vals = [r.get(key) or (np.nan, np.nan, np.nan) for r in rows]
         mean = np.array([v[0] for v in vals])
         err = np.array([[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]])
         ax.bar(range(len(names)), mean, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_title(title)
     fig.tight_layout()
@@ -427,10 +725,33 @@ def plot_matrices(results: dict, path: str) -> None:
                    xlabel="answerer (SFT budget)", ylabel=None, fontsize=7, dpi=100)
 
 
+def ladder_table(results: dict) -> str:
+    levels = results.get("ladder") or {}
+    keys = ("arith_gold", "arith_empty", "facts_gold", "facts_empty")
+    lines = [f"{'answerer':<10} " + " ".join(f"{k:>12}" for k in keys)]
+    for name, row in levels.items():
+        lines.append(f"{name:<10} " + " ".join(f"{row.get(k, float('nan')):>12.3f}" for k in keys))
+    return "\n".join(lines)
+
+
+def report(results: dict, out: str) -> None:
+    """Prints the tables and writes the figures of a results dict into `out`."""
+    print(ladder_table(results))
+    print(table(results))
+    print(contrast_table(results))
+    print(control_table(results))
+    plot_curves(results, os.path.join(out, "curves.png"))
+    plot(results, os.path.join(out, "ablation.png"))
+    plot_matrices(results, os.path.join(out, "cross_generation.png"))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="standard")
     parser.add_argument("--scale", choices=("full", "reduced"), default="full")
+    parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the scale's)")
+    parser.add_argument("--algos", default="", help="comma-separated algorithms")
     parser.add_argument("--reuse", action="store_true",
                         help="re-summarise and re-plot an existing <out>/results.json")
     args = parser.parse_args()
@@ -438,14 +759,16 @@ if __name__ == "__main__":
         with open(os.path.join(args.out, "results.json")) as fh:
             res = json.load(fh)
         res["summary"] = summarize(res)
-        with open(os.path.join(args.out, "results.json"), "w") as fh:
-            json.dump(res, fh)
+        res["contrasts"] = contrasts(res)
+        res["controls"] = controls(res)
+        _save(os.path.join(args.out, "results.json"), res)
     else:
-        res = run(args.out, FULL if args.scale == "full" else REDUCED)
-    print(table(res))
-    print(contrast_table(res))
-    plot_curves(res, os.path.join(args.out, "curves.png"))
-    plot(res, os.path.join(args.out, "ablation.png"))
-    plot_matrices(res, os.path.join(args.out, "cross_generation.png"))
+        sc = FULL if args.scale == "full" else REDUCED
+        if args.seeds:
+            sc = dataclasses.replace(sc, seeds=tuple(int(s) for s in args.seeds.split(",")))
+        if args.algos:
+            sc = dataclasses.replace(sc, algos=tuple(args.algos.split(",")))
+        res = run(args.out, sc, setting=args.setting)
+    report(res, args.out)
     print(f"results: {args.out}/results.json, plots: {args.out}/curves.png, ablation.png, "
           f"cross_generation.png; {res['seconds'] / 60:.1f} min")

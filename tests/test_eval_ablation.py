@@ -70,7 +70,8 @@ def test_summary_numbers_by_hand():
     recs = [r for r in results["records"] if r["thinker"] == "joint/grpo"]
     final = rows["joint/grpo"]["final_facts"]
     assert final[0] == pytest.approx(np.mean([r["scores_facts"] for r in recs]), abs=1e-12)
-    assert final == stats.bootstrap_interval([r["scores_facts"] for r in recs])
+    h = stats.hierarchical_bootstrap([r["scores_facts"] for r in recs], samples=2000)
+    assert final == [h["mean"], h["low"], h["high"]]   # Seeds, then questions: the run is the unit.
     k = sum(round(r["rates_facts"]["facts/styled"] * N) for r in recs)
     styled = rows["joint/grpo"]["styled_facts"]
     np.testing.assert_allclose(styled, [k / (2 * N), *_wilson(k, 2 * N)], rtol=0, atol=1e-12)
@@ -92,11 +93,31 @@ def test_contrasts_are_paired_differences():
     a = np.array([r["scores_facts"] for r in results["records"] if r["thinker"] == "joint/grpo"])
     b = np.array([r["scores_facts"] for r in results["records"] if r["thinker"] == "base"])
     diff = found[("joint/grpo", "base", "final", "facts")]
-    assert diff == stats.bootstrap_interval(a - b)
+    h = stats.hierarchical_bootstrap(a - b, samples=2000)
+    assert diff == [h["mean"], h["low"], h["high"]]
     assert diff[0] == pytest.approx((a - b).mean(), abs=1e-12)
     assert ("start_frozen/grpo", "joint/grpo", "efficacy", "facts") in found
     text = ablation.contrast_table(results)
     assert len(text.splitlines()) == len(found)
+    # Holm within each claim: the adjusted p-values of claim 3 are those of its raw ones.
+    three = [c for c in ablation.contrasts(results) if c["claim"] == "3"]
+    assert len(three) == 2
+    assert [c["p_holm"] for c in three] == stats.holm([c["p"] for c in three])
+    for c in ablation.contrasts(results):
+        assert c["verdict"] == ("no clear difference" if c["p_holm"] >= 0.05 else
+                                "a > b" if c["diff"][0] > 0 else "a < b")
+
+
+def test_controls_are_first_to_last_window_changes():
+    results = made_up_results()
+    rows = {r["thinker"]: r for r in ablation.controls(results)}
+    runs = [c["rows"] for c in results["curves"] if c["thinker"] == "joint/grpo"]
+    k = ablation.CONTROL_WINDOW
+    want = np.mean([np.mean([r["reward_mean"] for r in run[-k:]])
+                    - np.mean([r["reward_mean"] for r in run[:k]]) for run in runs])
+    assert rows["joint/grpo"]["reward"][0] == pytest.approx(want, abs=1e-12)
+    assert rows["joint/grpo"]["seeds"] == len(SEEDS)
+    assert len(ablation.control_table(results).splitlines()) == 1 + len(rows)
 
 
 def test_tables_and_matrix():

@@ -21,7 +21,8 @@ def test_reduced_ablation_notebook_runs(tmp_path, monkeypatch):
                    resources={"metadata": {"path": os.path.join(ROOT, "experiments")}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                       for o in c.get("outputs", []))
-    assert "all checks passed for 3 trained thinkers" in outputs
+    assert "all checks passed for 6 trained thinkers" in outputs
     results = json.load(open(tmp_path / "ablation" / "results.json"))
     thinkers = {r["thinker"] for r in results["summary"]}
-    assert {"base", "joint/grpo", "start_frozen/grpo", "empty", "self"} <= thinkers
+    assert {"base", "joint/grpo", "start_frozen/grpo", "start_frozen.s1/grpo",
+            "start_frozen.frozen_thinker/grpo", "empty", "self"} <= thinkers

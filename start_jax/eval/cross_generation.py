@@ -97,6 +97,30 @@ class ModelPolicy:
         return [row["response"] for row in self.generate(prompts, seed, thinking)]
 
 
+@dataclasses.dataclass
+class SplitPolicy:
+    """Two models as one system: `thinker` writes the thinking and `answerer` the response
+    from it (what a stage with a frozen thinker trains: the stage-start snapshot thinks,
+    the trained policy responds). A thinker, an answerer and a policy for `evaluate_policy`."""
+
+    thinker: ModelPolicy
+    answerer: ModelPolicy
+
+    def think(self, prompts, seed):
+        return self.thinker.think(prompts, seed)
+
+    def generate(self, prompts: Sequence[str], seed: int, thinking: Sequence[str] | None = None,
+                 no_thinking: bool = False) -> list[dict]:
+        if no_thinking:
+            return self.answerer.generate(prompts, seed, no_thinking=True)
+        if thinking is None:
+            thinking = self.think(prompts, seed)
+        return self.answerer.generate(prompts, seed, thinking)
+
+    def answer(self, prompts, thinking, seed):
+        return [row["response"] for row in self.generate(prompts, seed, thinking)]
+
+
 def repeat_group(prompts: Sequence, thinking: Sequence | None = None) -> int:
     """The largest g dividing the number of rows such that each run of g consecutive rows
     repeats one prompt (and one given thinking): the `group_size` that shares their prefill."""
