@@ -533,11 +533,19 @@ CONTRASTS = (
     ("3", "start_al/{algo}", "joint/{algo}", "efficacy", "facts"),
     ("3", "start_al/{algo}", "joint/{algo}", "final", "facts"),
     ("s1", "start_frozen.s1/{algo}", "joint/{algo}", "efficacy", "facts"),
+    ("s2", "start_frozen/{algo}", "start_frozen.s1/{algo}", "efficacy", "facts"),
+    ("s2", "start_frozen.joint/{algo}", "start_frozen.s1/{algo}", "efficacy", "facts"),
+    ("s2", "start_frozen.anchor/{algo}", "start_frozen.s1/{algo}", "efficacy", "facts"),
+    ("s2", "start_frozen/{algo}", "start_frozen.s1/{algo}", "final", "facts"),
+    ("s2", "start_frozen.joint/{algo}", "start_frozen.s1/{algo}", "final", "facts"),
+    ("s2", "start_frozen.frozen_thinker/{algo}", "start_frozen.s1/{algo}", "final", "facts"),
+    ("s2", "start_frozen.anchor/{algo}", "start_frozen.s1/{algo}", "final", "facts"),
 )
 CLAIMS = {"1": "RLVR improves thinking on the verifiable family (and transfers to GQA)",
           "2": "joint RL on GQA raises the GQA reward and thinking",
           "3": "START improves thinking and the final answer over joint RL",
-          "s1": "START's stage-1 thinking against joint (at the end of stage 1 vs joint's end)"}
+          "s1": "START's stage-1 thinking against joint (at the end of stage 1 vs joint's end)",
+          "s2": "each stage-2 design against the stage-1 snapshot it starts from"}
 
 
 def contrasts(results: dict) -> list[dict]:
@@ -599,6 +607,17 @@ def controls(results: dict) -> list[dict]:
                     [np.mean([r[key] for r in x[-k:]]) - np.mean([r[key] for r in x[:k]])
                      for x in s1])[:, None])
         out.append(row)
+    return out
+
+
+def clip_fractions(results: dict) -> dict[str, float]:
+    """Per PPO run, the mean over seeds and steps of the fraction of tokens whose ratio was
+    clipped (low + high): with 2 passes per batch the ratio moves and the clip binds."""
+    out = {}
+    for name in sorted({c["thinker"] for c in results["curves"] if c["thinker"].endswith("/ppo")}):
+        rows = [r for c in results["curves"] if c["thinker"] == name for r in c["rows"]]
+        if rows and "clip_frac_low" in rows[0]:
+            out[name] = float(np.mean([r["clip_frac_low"] + r["clip_frac_high"] for r in rows]))
     return out
 
 
@@ -740,6 +759,8 @@ def report(results: dict, out: str) -> None:
     print(table(results))
     print(contrast_table(results))
     print(control_table(results))
+    for name, frac in clip_fractions(results).items():
+        print(f"clipped fraction {name}: {frac:.4f}")
     plot_curves(results, os.path.join(out, "curves.png"))
     plot(results, os.path.join(out, "ablation.png"))
     plot_matrices(results, os.path.join(out, "cross_generation.png"))
