@@ -753,6 +753,62 @@ def ladder_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def stage1_check(results: dict, window: int = 5) -> list[dict]:
+    """"Stage 1 equals joint": per algorithm, START-frozen's training-curve rates at the end of
+    stage 1 minus joint's at the same step (mean of the `window` steps up to it), paired by
+    seed, with a seed-level interval."""
+    n1 = results["scale"]["stage1_steps"]
+    out = []
+    for algo in results["scale"]["algos"]:
+        a = {c["seed"]: c["rows"] for c in results["curves"]
+             if c["thinker"] == f"start_frozen.s1/{algo}"}
+        b = {c["seed"]: c["rows"] for c in results["curves"] if c["thinker"] == f"joint/{algo}"}
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        row = {"algo": algo, "step": n1, "seeds": len(seeds)}
+        for key, label in CONTROL_KEYS:
+            def at(rows):
+                vals = [r[key] for r in rows if n1 - window < r["step"] <= n1 and key in r]
+                return np.mean(vals) if vals else np.nan
+            diffs = np.asarray([at(a[s]) - at(b[s]) for s in seeds])
+            if np.isfinite(diffs).all():
+                row[label] = _interval(diffs[:, None])
+        out.append(row)
+    return out
+
+
+def markdown(results: dict) -> str:
+    """The README's tables of one setting: ladder, summary, contrasts, controls, stage 1."""
+    fmt = lambda v: "-" if v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"  # noqa: E731
+    lines = ["| answerer | arith, gold thinking | arith, empty | facts, gold thinking | "
+             "facts, empty |", "|---|---|---|---|---|"]
+    for name, row in (results.get("ladder") or {}).items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in (
+            "arith_gold", "arith_empty", "facts_gold", "facts_empty")) + " |")
+    lines += ["", table(results, markdown=True), "",
+              "| claim | a | b | what | family | a - b [95%] | p | Holm p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for c in results.get("contrasts") or contrasts(results):
+        lines.append(f"| {c['claim']} | {c['a']} | {c['b']} | {c['what']} | {c['family']} | "
+                     f"{fmt(c['diff'])} | {c['p']:.3f} | {c['p_holm']:.3f} | {c['verdict']} |")
+    lines += ["", "| run (first 5 -> last 5 steps) | " + " | ".join(
+        label for _, label in CONTROL_KEYS) + " |", "|---|" + "---|" * len(CONTROL_KEYS)]
+    for row in results.get("controls") or controls(results):
+        lines.append(f"| {row['thinker']} | " + " | ".join(
+            fmt(row.get(label)) for _, label in CONTROL_KEYS) + " |")
+    lines += ["", "| START-frozen at the end of stage 1 minus joint at that step | " + " | ".join(
+        label for _, label in CONTROL_KEYS) + " |", "|---|" + "---|" * len(CONTROL_KEYS)]
+    for row in stage1_check(results):
+        lines.append(f"| {row['algo']}, step {row['step']} | " + " | ".join(
+            fmt(row.get(label)) for _, label in CONTROL_KEYS) + " |")
+    clipped = clip_fractions(results)
+    if clipped:
+        lines += ["", "PPO clipped fraction (mean over seeds and steps): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in clipped.items())]
+    return "\n".join(lines)
+
+
 def report(results: dict, out: str) -> None:
     """Prints the tables and writes the figures of a results dict into `out`."""
     print(ladder_table(results))
@@ -761,6 +817,8 @@ def report(results: dict, out: str) -> None:
     print(control_table(results))
     for name, frac in clip_fractions(results).items():
         print(f"clipped fraction {name}: {frac:.4f}")
+    with open(os.path.join(out, "tables.md"), "w") as fh:
+        fh.write(markdown(results) + "\n")
     plot_curves(results, os.path.join(out, "curves.png"))
     plot(results, os.path.join(out, "ablation.png"))
     plot_matrices(results, os.path.join(out, "cross_generation.png"))

@@ -140,3 +140,19 @@ def test_figures(tmp_path):
         path = str(tmp_path / name)
         draw(results, path)
         assert os.path.getsize(path) > 10_000, name
+
+
+def test_markdown_tables_and_stage1_check():
+    results = made_up_results()
+    results["scale"]["stage1_steps"] = 3
+    text = ablation.markdown(results)
+    assert "| claim | a | b |" in text and "| joint/grpo |" in text
+    assert ablation.stage1_check(results) == []          # No stage-1 snapshot run here.
+    for c in results["curves"]:
+        if c["thinker"] == "start_frozen/grpo":
+            c["thinker"] = "start_frozen.s1/grpo"
+    row = ablation.stage1_check(results)[0]
+    a = {c["seed"]: c["rows"] for c in results["curves"] if c["thinker"] == "start_frozen.s1/grpo"}
+    b = {c["seed"]: c["rows"] for c in results["curves"] if c["thinker"] == "joint/grpo"}
+    at = lambda rows: np.mean([r["reward_mean"] for r in rows if r["step"] <= 3])  # noqa: E731
+    assert row["reward"][0] == pytest.approx(np.mean([at(a[s]) - at(b[s]) for s in SEEDS]))
