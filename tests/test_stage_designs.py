@@ -21,17 +21,17 @@ from tests.test_trainer import _assert_same_metrics, _metrics, smoke_config
 
 
 def designs_config():
-    """s1 thinks (frozen responder); s2 trains the response under a frozen thinker with the
-    optimizer carried and a warmup; s3 trains the response with the thinking anchored to the
-    policy at s3's start."""
+    """s1 thinks (frozen responder); s2 trains the response with the thinking anchored to the
+    policy at s2's start; s3 trains the response under a frozen thinker with the optimizer
+    carried and a warmup."""
     c = smoke_config()
     c.algo.kl_coef = 0.0
     c.stages = {
         "s1": stage("think", "frozen", steps=2),
-        "s2": stage("response", "self", steps=2, thinker="frozen", carry_optimizer=True,
-                    warmup_steps=1),
-        "s3": stage("response", "self", steps=2, kl_coef=0.5, kl_reference="stage_start",
+        "s2": stage("response", "self", steps=2, kl_coef=0.5, kl_reference="stage_start",
                     kl_scope="think"),
+        "s3": stage("response", "self", steps=2, thinker="frozen", carry_optimizer=True,
+                    warmup_steps=1),
     }
     c.checkpoint.every = 1
     c.checkpoint.keep = 10
@@ -59,11 +59,11 @@ def test_stage_options_reach_the_spec():
     spec = train.RunSpec.from_config(designs_config())
     s1, s2, s3 = spec.stages
     assert (s1.thinker, s1.needs_snapshot, s1.kl_coef, s1.warmup_steps) == ("self", False, 0, 0)
-    assert (s2.thinker, s2.carry_optimizer, s2.warmup_steps, s2.needs_snapshot) == (
+    assert (s3.thinker, s3.carry_optimizer, s3.warmup_steps, s3.needs_snapshot) == (
         "frozen", True, 1, True)
-    assert (s3.kl_coef, s3.kl_reference, s3.kl_scope, s3.needs_snapshot) == (
+    assert (s2.kl_coef, s2.kl_reference, s2.kl_scope, s2.needs_snapshot) == (
         0.5, "stage_start", "think", True)
-    loss = s3.train_config(spec.train).loss
+    loss = s2.train_config(spec.train).loss
     assert (loss.kl_coef, loss.kl_scope) == (0.5, "think")
     assert s1.train_config(spec.train) == spec.train   # Nothing per stage: the run's settings.
 
@@ -71,20 +71,24 @@ def test_stage_options_reach_the_spec():
 def test_frozen_thinker_samples_the_snapshot_and_trains_the_response_only(designs_run):
     trainer, summary = designs_run
     rows = _metrics(trainer.workdir)
-    s2_rows = [r for r in rows if r["stage"] == 1]
-    assert [r["step"] for r in s2_rows] == [3, 4]
-    for r in s2_rows:
+    s3_rows = [r for r in rows if r["stage"] == 2]
+    assert [r["step"] for r in s3_rows] == [5, 6]
+    for r in s3_rows:
         assert r["mask_think_tokens"] == 0 and r["mask_response_tokens"] > 0, r
         assert r["kl"] == 0.0
-    # The stage's snapshot is the policy at its start (the step-2 checkpoint), and its
+    # The stage's snapshot is the policy at its start (the step-4 checkpoint), and its
     # thinking tokens are exactly the snapshot's own samples for the same keys.
-    s2 = trainer.stages[1]
-    snap = _params_at(trainer, 2).params
-    trainer.snapshot = snap
+    s3 = trainer.stages[2]
+    snap = _params_at(trainer, 4).params
+    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                        summary["thinker_params"], snap)
+    assert all(jax.tree.leaves(same))
     final = summary["params"]
+    moved = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), final, snap)
+    assert not all(jax.tree.leaves(moved))               # The policy itself trained on.
     examples = [trainer.train_data[i] for i in range(2)]
-    step = 3
-    got = jax.device_get(trainer.rollouts(final, examples, step, s2))
+    step = 5
+    got = jax.device_get(trainer.rollouts(final, examples, step, s3))
     prompts = [p for p in trainer.encode(examples) for _ in range(trainer.spec.group_size)]
     row_ids = np.arange(len(prompts)) + step * len(prompts)
     want = jax.device_get(sampling.sample(
@@ -102,35 +106,40 @@ def test_frozen_thinker_samples_the_snapshot_and_trains_the_response_only(design
         np.testing.assert_array_equal(got.tokens[i][think[i]], want.tokens[i][want_think[i]])
     # The gradient of that stage's loss reaches the response tokens only.
     reward = np.linspace(0.0, 1.0, len(prompts)).astype(np.float32)
-    state = trainer.fresh_state(s2, final)
-    batch = jax.device_get(trainer.make_batch(state, jax.device_put(got), reward, s2))
+    state = trainer.fresh_state(s3, final)
+    batch = jax.device_get(trainer.make_batch(state, jax.device_put(got), reward, s3))
     batch = jax.tree.map(jnp.asarray, batch)
-    counts = rl.loss_counts(batch, s2.train_config(trainer.spec.train).loss)
+    counts = rl.loss_counts(batch, s3.train_config(trainer.spec.train).loss)
     logp = jnp.asarray(np.where(batch.segment_ids > 0, -1.0, 0.0), jnp.float32)
     grad = jax.grad(lambda lp: rl.policy_loss_terms(
-        lp, jnp.zeros_like(lp), batch, counts, s2.train_config(trainer.spec.train).loss,
+        lp, jnp.zeros_like(lp), batch, counts, s3.train_config(trainer.spec.train).loss,
         on_policy=True)[0])(logp)
     touched = np.asarray(grad) != 0
     assert touched.any()
     assert (np.asarray(batch.segment_ids)[touched] == segments.RESPONSE).all()
     # The trained system is the snapshot thinking and the policy responding: both exported.
-    assert os.path.isfile(os.path.join(trainer.workdir, "export", "config.json"))
-    assert "export_thinker" not in summary      # The last stage (s3) thinks itself.
+    for name in ("export", "export_thinker"):
+        assert os.path.isfile(os.path.join(trainer.workdir, name, "config.json"))
+    assert summary["export_thinker"] == os.path.join(trainer.workdir, "export_thinker")
 
 
 def test_stage_start_kl_is_zero_at_the_first_step_and_anchors_the_thinking(designs_run):
     trainer, _ = designs_run
-    s3 = [r for r in _metrics(trainer.workdir) if r["stage"] == 2]
-    assert [r["step"] for r in s3] == [5, 6]
-    assert abs(s3[0]["kl"]) < 1e-9, s3[0]["kl"]       # The reference is the policy itself.
-    assert s3[1]["kl"] > 1e-7, s3[1]["kl"]             # One update later it is not.
-    for r in s3:                                        # The loss trains the response only.
+    s2 = [r for r in _metrics(trainer.workdir) if r["stage"] == 1]
+    assert [r["step"] for r in s2] == [3, 4]
+    assert abs(s2[0]["kl"]) < 1e-9, s2[0]["kl"]       # The reference is the policy itself.
+    assert s2[1]["kl"] > 1e-7, s2[1]["kl"]             # One update later it is not.
+    for r in s2:                                        # The loss trains the response only.
         assert r["mask_think_tokens"] == 0 and r["mask_response_tokens"] > 0
-    # The reference of s3 is the policy at s3's start, not the initial policy.
-    start = _params_at(trainer, 4).params
-    chex_equal = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
-                              trainer.reference_params(trainer.stages[2]), start)
-    assert all(jax.tree.leaves(chex_equal))
+    # The reference of s2 is the policy at s2's start (the step-2 checkpoint), not the
+    # initial policy (a resumed run restores it: test_resume_... at step 3).
+    ckpt = checkpointing.Checkpointer(os.path.join(trainer.workdir, "checkpoints"), 10)
+    snapshot = ckpt.restore_snapshot(3, trainer.restore_target(trainer.stages[1]).params)
+    ckpt.close()
+    same = jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), snapshot,
+                        _params_at(trainer, 2).params)
+    assert all(jax.tree.leaves(same))
+
 
 
 def test_carried_optimizer_state_continues_the_moments():
@@ -154,39 +163,41 @@ def test_carried_optimizer_state_continues_the_moments():
     assert not np.allclose(fresh, cont)
 
 
-@pytest.mark.parametrize("resume_at", [3, 4])
+@pytest.mark.parametrize("resume_at", [3, 4, 5])
 def test_resume_inside_and_at_the_start_of_a_stage_is_exact(designs_run, tmp_path, resume_at):
-    """3: inside s2 (carried moments and the thinker snapshot from the checkpoint);
-    4: at s3's start (its snapshot taken from the restored policy)."""
+    """3: inside s2 (its KL reference snapshot from the checkpoint); 4: at s3's start (the
+    moments carried from the restored state, the thinker snapshot taken from its policy);
+    5: inside s3 (the carried moments and the thinker snapshot from the checkpoint)."""
     trainer, _ = designs_run
     workdir = str(tmp_path / "resumed")
     shutil.copytree(trainer.workdir, workdir)
     for name in os.listdir(os.path.join(workdir, "checkpoints")):
         if name.isdigit() and int(name) > resume_at:
             shutil.rmtree(os.path.join(workdir, "checkpoints", name))
-    shutil.rmtree(os.path.join(workdir, "export"))
+    for name in ("export", "export_thinker"):
+        shutil.rmtree(os.path.join(workdir, name))
     resumed = train.Trainer(designs_config(), workdir)
     resumed.run()
     _assert_same_metrics(_metrics(workdir), _metrics(trainer.workdir))
 
 
-@pytest.mark.parametrize("override, message", [
-    (dict(train_segments="joint"), "train_segments='response'"),
-    (dict(responder="frozen"), "responder='self'"),
-    (dict(thinker="both"), "thinker='both'"),
-    (dict(kl_reference="stage_start"), "needs a KL coefficient"),
-    (dict(kl_reference="start"), "kl_reference='start'"),
-    (dict(kl_scope="prompt"), "kl_scope='prompt'"),
-    (dict(kl_coef=-0.5), "kl_coef=-0.5"),
-    (dict(warmup_steps=-2), "warmup_steps=-2"),
+@pytest.mark.parametrize("name, override, message", [
+    ("s3", dict(train_segments="joint"), "train_segments='response'"),
+    ("s3", dict(responder="frozen"), "responder='self'"),
+    ("s3", dict(thinker="both"), "thinker='both'"),
+    ("s3", dict(kl_reference="stage_start"), "needs a KL coefficient"),
+    ("s2", dict(kl_reference="start"), "kl_reference='start'"),
+    ("s2", dict(kl_scope="prompt"), "kl_scope='prompt'"),
+    ("s2", dict(kl_coef=-0.5), "kl_coef=-0.5"),
+    ("s2", dict(warmup_steps=-2), "warmup_steps=-2"),
 ])
-def test_bad_stage_options_name_the_field(override, message):
+def test_bad_stage_options_name_the_field(name, override, message):
     c = designs_config()
     for key, value in override.items():
-        c.stages.s2[key] = value
+        c.stages[name][key] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as err:
         train.RunSpec.from_config(c)
-    assert "stages.s2." in str(err.value)
+    assert f"stages.{name}." in str(err.value)
 
 
 def test_carry_on_the_first_stage_is_an_error():
@@ -194,22 +205,3 @@ def test_carry_on_the_first_stage_is_an_error():
     c.stages.s1.carry_optimizer = True
     with pytest.raises(ConfigError, match="stages.s1.carry_optimizer=True"):
         train.RunSpec.from_config(c)
-
-
-def test_frozen_thinker_as_last_stage_exports_both_models(tmp_path):
-    c = smoke_config()
-    c.stages = {"s1": stage("think", "frozen", steps=1),
-                "s2": stage("response", "self", steps=1, thinker="frozen")}
-    c.eval.every = 0
-    trainer = train.Trainer(c, str(tmp_path))
-    summary = trainer.run()
-    thinker = summary["export_thinker"]
-    with open(os.path.join(thinker, "config.json")) as fh:
-        assert json.load(fh)
-    # The thinker is the policy after s1, unchanged by s2; the policy itself moved on.
-    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
-                        summary["thinker_params"], trainer.snapshot)
-    assert all(jax.tree.leaves(same))
-    moved = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
-                         summary["thinker_params"], summary["params"])
-    assert not all(jax.tree.leaves(moved))
