@@ -210,8 +210,8 @@ class Trainer:
                 state = state.replace(
                     opt_state=rl.carry_optimizer_state(previous.opt_state, state.opt_state),
                     critic_opt_state=previous.critic_opt_state)
-        self.snapshot = (jax.jit(lambda p: jax.tree.map(jnp.copy, p))(state.params)
-                         if stage.needs_snapshot else None)
+        self.snapshot = (jax.tree.map(jnp.copy, state.params) if stage.needs_snapshot
+                         else None)
         return state
 
     def restore_target(self, stage: StageSpec):
@@ -367,10 +367,11 @@ class Trainer:
         latest = ckpt.latest_step()
         if latest is not None:
             resumed = self.stage_at(latest)
-            state, meta = ckpt.restore(latest, self.restore_target(resumed),
+            target = self.restore_target(resumed)
+            state, meta = ckpt.restore(latest, target,
                                        checkpointing.model_fields(self.model_config))
             if resumed.needs_snapshot and latest != resumed.start:   # Inside the stage.
-                self.snapshot = ckpt.restore_snapshot(latest, self.restore_target(resumed).params)
+                self.snapshot = ckpt.restore_snapshot(latest, target.params)
             iterator.restore(meta["data"])
             start = latest
             logging.info("resumed from %s/checkpoints at step %d", self.workdir, latest)
