@@ -15,11 +15,15 @@ Settings (`SETTINGS`): the world's judge and cold-start prior.
 * ``compete``: a shortcut that competes with thinking. The judge is fooled by a
   confident tone (``w_fooled=0.45``: a styled wrong answer earns 0.45, 0.7 when it names
   the salient thing; any correct answer 0.8, styled or not), so once a policy answers in
-  the styled form, being right is worth only 0.1-0.35 more than guessing; and the prior
-  thinks less (complete 0.25, sloppy 0.35, guess 0.4).
+  the styled form, being right is worth only 0.1-0.35 more than guessing; the prior is
+  the default one (complete thinking is sampled, so RL can find it).
+* ``compete_sparse``: the same judge with a prior that thinks less (complete 0.25,
+  sloppy 0.35, guess 0.4). Its base writes complete thinking for about 2% of questions,
+  too rarely for any method to find it: kept to reproduce that finding.
 
-For each setting and seed a cold-start SFT policy (the *base*) is trained once; every
-variant starts from it:
+For each setting one cold-start SFT policy (the *base*, seed `BASE_SEED`) is trained once;
+every run of every seed starts from it (the seed varies the RL run: its sampling, data
+order and critic), as RL runs from one pretrained checkpoint do:
 
 | variant        | data  | stages                                                       |
 |----------------|-------|--------------------------------------------------------------|
@@ -35,7 +39,10 @@ checkpoint: `response` (the response only, fresh optimizer), `joint`, `frozen_th
 (thinking from the stage-1 policy, the response trained; the system is that pair) and
 `anchor` (the response, with a KL on the thinking to the stage-2 start). The stage-1
 policy itself is a thinker too (``start_frozen.s1``). Each with GRPO and with PPO (a
-critic with GAE, `PPO_EPOCHS` passes over each batch, so the ratio and the clip bind).
+critic with GAE, `PPO_MINIBATCHES` updates per batch, so the ratio and the clip bind).
+
+With ``--workers=2`` (the default) the independent runs go to two processes that share a
+persistent XLA cache: one process uses about one core of a small CPU model.
 
 Answerers of three capability levels (one SFT run of the same architecture, kept after
 `Scale.answerer_steps`) then answer from every thinker's thinking on held-out arith and
@@ -62,7 +69,7 @@ import time
 import numpy as np
 
 from start_jax import checkpoints, models, rewards, sampling, sharding, train
-from start_jax.data import world
+from start_jax.data import pipeline, world
 from start_jax.eval import cross_generation as cg
 from start_jax.eval import plots, stats
 from start_jax.eval.evaluate import evaluate_policy
@@ -75,13 +82,17 @@ from start_jax.train.init_policy import initial_policy, model_config_of, sft_tra
 VARIANTS = ("base", "rlvr", "joint", "start_self", "start_frozen", "start_al")
 DESIGNS = ("response", "joint", "frozen_thinker", "anchor")
 ALGOS = ("grpo", "ppo")
-PPO_EPOCHS = 2
+PPO_EPOCHS = 1
+PPO_MINIBATCHES = 2           # Two updates per batch: the second one's ratio is not 1.
+BASE_SEED = 0                 # The one cold-start SFT run of a setting.
 FAMILY_OF = {"rlvr": "arith", "joint": "facts", "start_self": "facts", "start_frozen": "facts",
              "start_al": "facts"}
 SETTINGS = {
     "standard": dict(judge={}, mixture={}),
     "compete": dict(judge=dict(w_correct=0.8, w_style=0.0, w_salient=0.25, w_fooled=0.45),
-                    mixture=dict(complete=0.25, sloppy=0.35, guess=0.4, styled=0.25)),
+                    mixture={}),
+    "compete_sparse": dict(judge=dict(w_correct=0.8, w_style=0.0, w_salient=0.25, w_fooled=0.45),
+                           mixture=dict(complete=0.25, sloppy=0.35, guess=0.4, styled=0.25)),
 }
 # Per-step metrics kept from each run's metrics.jsonl (the learning curves).
 CURVE_KEYS = ("reward_mean", "behaviour/facts/think_complete", "behaviour/facts/think_empty",
@@ -122,6 +133,7 @@ REDUCED = Scale(seeds=(0,), algos=("grpo",), variants=("base", "joint", "start_f
 SWEEP_RATES = (5e-4, 1e-3, 2e-3)
 SWEEP_SEED = 100              # Its own seed: no run of the ablation's seeds is used to choose.
 SWEEP_WINDOW = 5              # Criterion: mean training reward of the last 5 steps (GRPO).
+SWEEP_SPLITS = (1 / 2, 2 / 3, 5 / 6)   # START's stage-1 share of `rl_steps` (30, 40, 50 of 60).
 
 
 def run_config(scale: Scale, seed: int, setting: str = "standard"):
@@ -161,6 +173,7 @@ def variant_config(variant: str, algo: str, seed: int, base_dir: str, data_dir: 
     if algo == "ppo":
         c.algo.advantage = "gae"
         c.algo.ppo_epochs = PPO_EPOCHS
+        c.algo.minibatches = PPO_MINIBATCHES
     lr, n = scale.learning_rate, scale.rl_steps
     if variant in ("rlvr", "joint"):
         c.stages = {"s1": stage("joint", "self", n, lr)}
@@ -186,10 +199,11 @@ def variant_config(variant: str, algo: str, seed: int, base_dir: str, data_dir: 
     return c
 
 
-def train_base(out: str, scale: Scale, seed: int, setting: str = "standard") -> str:
-    """Cold-start SFT policy of one seed, as a HF directory (cached)."""
-    workdir = os.path.join(out, f"seed{seed}", "base")
-    c = run_config(scale, seed, setting)
+def train_base(out: str, scale: Scale, setting: str = "standard") -> str:
+    """The cold-start SFT policy every run of a setting starts from (`BASE_SEED`), as a HF
+    directory (cached)."""
+    workdir = os.path.join(out, "base")
+    c = run_config(scale, BASE_SEED, setting)
     c.data.data_dir = os.path.join(out, "data")
     spec = train.RunSpec.from_config(c)
     train_data, _ = data_io.datasets(spec.data, workdir)
@@ -198,29 +212,33 @@ def train_base(out: str, scale: Scale, seed: int, setting: str = "standard") -> 
     return os.path.join(workdir, "init_policy")
 
 
-def train_answerers(out: str, scale: Scale) -> dict[str, tuple]:
+def answerer_paths(out: str, scale: Scale) -> dict[str, str]:
+    names = {steps: f"A{steps / scale.answerer_steps[0]:g}x" for steps in scale.answerer_steps}
+    return {names[s]: os.path.join(out, "answerers", names[s]) for s in scale.answerer_steps}
+
+
+def train_answerers(out: str, scale: Scale) -> None:
     """Answerers of three capability levels: one SFT run (default mixture, seed 100), kept
-    after `scale.answerer_steps` steps, named by their multiple of the first."""
+    after `scale.answerer_steps` steps, named by their multiple of the first (cached)."""
+    paths = answerer_paths(out, scale)
+    if all(os.path.isfile(os.path.join(p, "config.json")) for p in paths.values()):
+        return
+    import jax  # noqa: PLC0415
     c = run_config(scale, 100)
     c.data.data_dir = os.path.join(out, "data")
     workdir = os.path.join(out, "answerers")
-    names = {steps: f"A{steps / scale.answerer_steps[0]:g}x" for steps in scale.answerer_steps}
-    paths = {steps: os.path.join(workdir, name) for steps, name in names.items()}
-    if not all(os.path.isfile(os.path.join(p, "config.json")) for p in paths.values()):
-        import jax  # noqa: PLC0415
-        spec = train.RunSpec.from_config(c)
-        tok = world.load_tokenizer(spec.tokenizer)
-        train_data, _ = data_io.datasets(spec.data, workdir)
-        examples = [train_data[i] for i in range(min(len(train_data), c.sft.examples))]
-        config = model_config_of(spec, tok)
-        params = models.init_params(config, jax.random.key(100))
-        _, _, snaps = sft.train_sft(config, params, tok, sft_traces(spec, examples),
-                                    max(scale.answerer_steps), c.sft.batch_size,
-                                    c.sft.learning_rate, seed=100, progress=False,
-                                    snapshots=scale.answerer_steps)
-        for steps, path in paths.items():
-            checkpoints.save_pretrained(config, snaps[steps], path)
-    return {names[s]: checkpoints.load_pretrained(paths[s]) for s in scale.answerer_steps}
+    spec = train.RunSpec.from_config(c)
+    tok = world.load_tokenizer(spec.tokenizer)
+    train_data, _ = data_io.datasets(spec.data, workdir)
+    examples = [train_data[i] for i in range(min(len(train_data), c.sft.examples))]
+    config = model_config_of(spec, tok)
+    params = models.init_params(config, jax.random.key(100))
+    _, _, snaps = sft.train_sft(config, params, tok, sft_traces(spec, examples),
+                                max(scale.answerer_steps), c.sft.batch_size,
+                                c.sft.learning_rate, seed=100, progress=False,
+                                snapshots=scale.answerer_steps)
+    for (_, path), steps in zip(paths.items(), scale.answerer_steps):
+        checkpoints.save_pretrained(config, snaps[steps], path)
 
 
 def _curves(workdir: str) -> list[dict]:
@@ -245,40 +263,55 @@ def _from_stage1(stage1_dir: str, workdir: str) -> None:
     shutil.copy(os.path.join(stage1_dir, "metrics.jsonl"), workdir)
 
 
-def sweep(out: str, scale: Scale, setting: str = "standard", log=print) -> dict:
-    """Chooses the learning rates by one small sweep, the same for joint RL and START.
+def _sweep_run(out: str, scale: Scale, setting: str, method: str, lr: float,
+               stage1_steps: int) -> dict:
+    """One sweep run (GRPO, `SWEEP_SEED`), trained or found; returns its criterion."""
+    sc = dataclasses.replace(scale, learning_rate=lr, start_learning_rate=lr,
+                             stage2_learning_rate=lr, stage1_steps=stage1_steps)
+    name = f"lr{lr:g}" if stage1_steps == scale.stage1_steps else f"lr{lr:g}_s1{stage1_steps}"
+    wd = os.path.join(out, "sweep", method, name)
+    _train(variant_config(method, "grpo", SWEEP_SEED, os.path.join(out, "base", "init_policy"),
+                          os.path.join(out, "data"), sc, setting), wd)
+    rows = _curves(wd)[-SWEEP_WINDOW:]
+    return {"method": method, "learning_rate": lr, "stage1_steps": stage1_steps,
+            "reward_last": float(np.mean([r["reward_mean"] for r in rows])),
+            "complete_last": float(np.mean([r["behaviour/facts/think_complete"] for r in rows]))}
+
+
+def sweep(out: str, scale: Scale, setting: str = "standard", log=print, pool=None) -> dict:
+    """Chooses the learning rates and START's stage split by one small sweep.
 
     On `SWEEP_SEED` (a seed no reported run uses) with GRPO, each of `SWEEP_RATES` trains
     joint RL for `rl_steps`, and START (frozen responder, then `response`) for the same
-    steps with that rate in both stages; the rate with the highest mean training reward
-    over the last `SWEEP_WINDOW` steps is kept for each (cached in ``<out>/sweep.json``).
-    Returns {"learning_rate", "start_learning_rate", "stage2_learning_rate", "runs"}.
+    steps with that rate in both stages and `stage1_steps` in stage 1; then, at START's
+    chosen rate, each of `SWEEP_SPLITS` (stage-1 shares of `rl_steps`). The criterion,
+    the same for both methods: the highest mean training reward over the last
+    `SWEEP_WINDOW` steps (cached in ``<out>/sweep.json``). Returns {"learning_rate",
+    "start_learning_rate", "stage2_learning_rate", "stage1_steps", "runs"}.
     """
     path = os.path.join(out, "sweep.json")
     done = _load(path)
     if done is not None:
         return done
-    base_dir = train_base(out, scale, SWEEP_SEED, setting)
     runs = {}
-    for method in ("joint", "start_frozen"):
-        for lr in SWEEP_RATES:
-            sc = dataclasses.replace(scale, learning_rate=lr, start_learning_rate=lr,
-                                     stage2_learning_rate=lr)
-            wd = os.path.join(out, "sweep", method, f"lr{lr:g}")
-            _train(variant_config(method, "grpo", SWEEP_SEED, base_dir,
-                                  os.path.join(out, "data"), sc, setting), wd)
-            rows = _curves(wd)
-            runs[f"{method}/lr{lr:g}"] = {
-                "method": method, "learning_rate": lr,
-                "reward_last": float(np.mean([r["reward_mean"] for r in rows[-SWEEP_WINDOW:]])),
-                "complete_last": float(np.mean([r["behaviour/facts/think_complete"]
-                                                for r in rows[-SWEEP_WINDOW:]]))}
-            log(f"sweep {method} lr {lr:g}: reward {runs[f'{method}/lr{lr:g}']['reward_last']:.3f}")
+
+    def collect(jobs):
+        for r in _map(pool, _sweep_run, [(out, scale, setting) + j for j in jobs]):
+            key = f"{r['method']}/lr{r['learning_rate']:g}/s1{r['stage1_steps']}"
+            runs[key] = r
+            log(f"sweep {key}: reward {r['reward_last']:.3f}")
+
+    collect([(m, lr, scale.stage1_steps) for m in ("joint", "start_frozen") for lr in SWEEP_RATES])
     best = {m: max((r for r in runs.values() if r["method"] == m),
-                   key=lambda r: r["reward_last"])["learning_rate"]
-            for m in ("joint", "start_frozen")}
-    done = {"learning_rate": best["joint"], "start_learning_rate": best["start_frozen"],
-            "stage2_learning_rate": best["start_frozen"], "runs": runs}
+                   key=lambda r: r["reward_last"]) for m in ("joint", "start_frozen")}
+    lr = best["start_frozen"]["learning_rate"]
+    splits = sorted({max(1, min(scale.rl_steps - 1, round(f * scale.rl_steps)))
+                     for f in SWEEP_SPLITS} - {scale.stage1_steps})
+    collect([("start_frozen", lr, n) for n in splits])
+    split = max((r for r in runs.values() if r["method"] == "start_frozen"
+                 and r["learning_rate"] == lr), key=lambda r: r["reward_last"])
+    done = {"learning_rate": best["joint"]["learning_rate"], "start_learning_rate": lr,
+            "stage2_learning_rate": lr, "stage1_steps": split["stage1_steps"], "runs": runs}
     _save(path, done)
     return done
 
@@ -302,44 +335,122 @@ def _policy(path: str, tok, sc) -> cg.ModelPolicy:
     return cg.ModelPolicy(*checkpoints.load_pretrained(path), tok, sc)
 
 
-def train_seed(out: str, scale: Scale, seed: int, setting: str, tok, sc, log=print):
-    """Every training run of one seed (cached): {thinker name: (policy, workdir or None)}."""
-    base_dir = train_base(out, scale, seed, setting)
-    data_dir = os.path.join(out, "data")
-    root = os.path.join(out, f"seed{seed}")
-    thinkers = {}
-    if "base" in scale.variants:
-        thinkers["base"] = (_policy(base_dir, tok, sc), None)
+def train_runs(out: str, scale: Scale, seed: int, setting: str, algo: str) -> float:
+    """Every training run of one (seed, algorithm), trained or found; returns the seconds."""
     began = time.perf_counter()
+    cfg = dict(algo=algo, seed=seed, base_dir=os.path.join(out, "base", "init_policy"),
+               data_dir=os.path.join(out, "data"), scale=scale, setting=setting)
+    root = os.path.join(out, f"seed{seed}")
+    for variant in scale.variants:
+        if variant == "base":
+            continue
+        if variant in ("rlvr", "joint"):
+            _train(variant_config(variant, **cfg), os.path.join(root, variant, algo))
+            continue
+        s1 = os.path.join(root, variant, algo, "s1")
+        _train(variant_config(variant, stage1_only=True, **cfg), s1)
+        for design in (scale.designs if variant == "start_frozen" else ("response",)):
+            wd = os.path.join(root, variant, algo, design)
+            _from_stage1(s1, wd)
+            _train(variant_config(variant, design=design, **cfg), wd)
+    return time.perf_counter() - began
+
+
+def _workdirs(out: str, scale: Scale, seed: int) -> dict[str, str | None]:
+    """The thinkers of one seed: {name: its run's workdir (None for the base)}."""
+    root = os.path.join(out, f"seed{seed}")
+    dirs = {"base": None} if "base" in scale.variants else {}
     for algo in scale.algos:
         for variant in scale.variants:
-            if variant == "base":
-                continue
-            cfg = dict(algo=algo, seed=seed, base_dir=base_dir, data_dir=data_dir, scale=scale,
-                       setting=setting)
             if variant in ("rlvr", "joint"):
-                wd = os.path.join(root, variant, algo)
-                _train(variant_config(variant, **cfg), wd)
-                thinkers[f"{variant}/{algo}"] = (_policy(os.path.join(wd, "export"), tok, sc), wd)
-                continue
-            s1 = os.path.join(root, variant, algo, "s1")
-            _train(variant_config(variant, stage1_only=True, **cfg), s1)
-            designs = scale.designs if variant == "start_frozen" else ("response",)
-            if variant == "start_frozen":
-                thinkers[f"{variant}.s1/{algo}"] = (
-                    _policy(os.path.join(s1, "export"), tok, sc), s1)
-            for design in designs:
-                wd = os.path.join(root, variant, algo, design)
-                _from_stage1(s1, wd)
-                _train(variant_config(variant, design=design, **cfg), wd)
-                policy = _policy(os.path.join(wd, "export"), tok, sc)
-                if design == "frozen_thinker":
-                    policy = cg.SplitPolicy(_policy(os.path.join(wd, "export_thinker"), tok, sc),
-                                            policy)
-                name = variant if design == "response" else f"{variant}.{design}"
-                thinkers[f"{name}/{algo}"] = (policy, wd)
-            log(f"seed {seed} {variant}/{algo} trained ({time.perf_counter() - began:.0f} s)")
+                dirs[f"{variant}/{algo}"] = os.path.join(root, variant, algo)
+            elif variant != "base":
+                if variant == "start_frozen":
+                    dirs[f"{variant}.s1/{algo}"] = os.path.join(root, variant, algo, "s1")
+                for design in (scale.designs if variant == "start_frozen" else ("response",)):
+                    name = variant if design == "response" else f"{variant}.{design}"
+                    dirs[f"{name}/{algo}"] = os.path.join(root, variant, algo, design)
+    return dirs
+
+
+def thinkers_of(out: str, scale: Scale, seed: int, tok, sc) -> dict:
+    """The trained thinkers of one seed: {name: (policy, workdir or None)}. A frozen-thinker
+    run's system is its stage-start thinker with its trained responder."""
+    thinkers = {}
+    for name, wd in _workdirs(out, scale, seed).items():
+        if wd is None:
+            policy = _policy(os.path.join(out, "base", "init_policy"), tok, sc)
+        else:
+            policy = _policy(os.path.join(wd, "export"), tok, sc)
+            if os.path.isdir(os.path.join(wd, "export_thinker")):
+                policy = cg.SplitPolicy(_policy(os.path.join(wd, "export_thinker"), tok, sc),
+                                        policy)
+        thinkers[name] = (policy, wd)
     return thinkers
+
+
+def _sampling():
+    c = default_config()
+    return sampling.SamplingConfig(temperature=1.0, think_budget=c.sampling.think_budget,
+                                   response_budget=c.sampling.response_budget)
+
+
+def evaluate_seed(out: str, scale: Scale, seed: int, setting: str) -> float:
+    """Final rewards and Cross-Generation of one seed's thinkers (cached in
+    ``<out>/seed<k>/final_*.json`` and ``cg_<family>.json``); returns the seconds."""
+    began = time.perf_counter()
+    tok, sc, judge = world.tokenizer(), _sampling(), judge_of(setting)
+    answerers = {n: _policy(p, tok, sc) for n, p in answerer_paths(out, scale).items()}
+    qs = _questions(out, scale)
+    thinkers = thinkers_of(out, scale, seed, tok, sc)
+    for name, (policy, _) in thinkers.items():
+        path = os.path.join(out, f"seed{seed}", f"final_{name.replace('/', '_')}.json")
+        if _load(path) is None:
+            _save(path, evaluate_policy(policy, judge, qs, 7 + seed))
+    for family, q in qs.items():
+        path = os.path.join(out, f"seed{seed}", f"cg_{family}.json")
+        entry = _load(path)
+        if entry is None or entry["sources"][:-2] != list(thinkers):
+            result = cg.run({n: p for n, (p, _) in thinkers.items()}, answerers, q, judge,
+                            seeds=(seed,), bootstrap_samples=200,
+                            classify=cg.classify_synthetic)
+            _save(path, {"seed": seed, "family": family, "sources": result.sources,
+                         "answerers": result.answerers,
+                         "scores": result.scores[:, :, 0].round(4).tolist(),
+                         "thinking_classes": result.thinking_classes})
+    return time.perf_counter() - began
+
+
+def _questions(out: str, scale: Scale) -> dict:
+    return {f: load_questions(f"synthetic:{f}", os.path.join(out, "data"), scale.questions)
+            for f in ("arith", "facts")}
+
+
+def _call(job):
+    fn, args = job
+    return fn(*args)
+
+
+def _map(pool, fn, arglists) -> list:
+    """`fn` over `arglists`, in `pool`'s processes when there is one (results in order)."""
+    if pool is None:
+        return [fn(*a) for a in arglists]
+    return list(pool.map(_call, [(fn, tuple(a)) for a in arglists]))
+
+
+def _pool(workers: int, out: str):
+    """A pool of `workers` fresh processes (none for 1) sharing one persistent XLA cache:
+    every run of the ablation compiles the same few programs."""
+    if workers <= 1:
+        return None
+    import concurrent.futures  # noqa: PLC0415
+    import multiprocessing  # noqa: PLC0415
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(out, "xla_cache")
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _load(path: str):
@@ -356,64 +467,65 @@ def _save(path: str, value) -> None:
     os.replace(tmp, path)
 
 
-def run(out: str, scale: Scale = FULL, log=print, setting: str = "standard") -> dict:
-    """Trains every variant and runs Cross-Generation; returns (and saves) the results."""
+def run(out: str, scale: Scale = FULL, log=print, setting: str = "standard",
+        workers: int = 1) -> dict:
+    """Trains every variant and runs Cross-Generation; returns (and saves) the results.
+
+    With `workers` > 1 the independent pieces (sweep runs, answerers, each (seed,
+    algorithm)'s runs, each seed's evaluation) run in that many processes.
+    """
     if setting not in SETTINGS:
         raise ValueError(f"setting {setting!r} is not one of {sorted(SETTINGS)}")
     os.makedirs(out, exist_ok=True)
     began = time.perf_counter()
-    tok = world.tokenizer()
-    c = default_config()
-    sc = sampling.SamplingConfig(temperature=1.0, think_budget=c.sampling.think_budget,
-                                 response_budget=c.sampling.response_budget)
-    judge = judge_of(setting)
-    chosen = None
-    if scale.sweep:
-        chosen = sweep(out, scale, setting, log)
-        scale = dataclasses.replace(scale, **{k: v for k, v in chosen.items() if k != "runs"})
-        log(f"sweep chose {scale.learning_rate:g} (joint, RLVR) and {scale.start_learning_rate:g} "
-            f"(START) ({time.perf_counter() - began:.0f} s)")
-    answerers = {n: cg.ModelPolicy(cfg, p, tok, sc)
-                 for n, (cfg, p) in train_answerers(out, scale).items()}
-    qs = {f: load_questions(f"synthetic:{f}", os.path.join(out, "data"), scale.questions)
-          for f in ("arith", "facts")}
+    tok, judge = world.tokenizer(), judge_of(setting)
+    train_base(out, scale, setting)
+    for family in ("arith", "facts"):      # Built here: the worker processes only read them.
+        for split in ("train", "test"):
+            pipeline.load_synthetic(family, os.path.join(out, "data"), split)
+    log(f"base and data ready ({time.perf_counter() - began:.0f} s)")
+    pool = _pool(workers, out)
+    try:
+        waiting = pool.submit(train_answerers, out, scale) if pool else None
+        chosen = None
+        if scale.sweep:
+            chosen = sweep(out, scale, setting, log, pool)
+            scale = dataclasses.replace(scale, **{k: v for k, v in chosen.items() if k != "runs"})
+            log(f"sweep chose {scale.learning_rate:g} (joint, RLVR), {scale.start_learning_rate:g}"
+                f" (START), {scale.stage1_steps} stage-1 steps ({time.perf_counter() - began:.0f} s)")
+        waiting.result() if waiting else train_answerers(out, scale)
+        # The longest jobs first: PPO (a critic) before GRPO.
+        jobs = [(out, scale, seed, setting, algo) for algo in sorted(scale.algos, reverse=True)
+                for seed in scale.seeds]
+        for (_, _, seed, _, algo), secs in zip(jobs, _map(pool, train_runs, jobs)):
+            log(f"seed {seed} {algo}: trained in {secs:.0f} s")
+        log(f"training done ({time.perf_counter() - began:.0f} s)")
+        _map(pool, evaluate_seed, [(out, scale, seed, setting) for seed in scale.seeds])
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    log(f"evaluation done ({time.perf_counter() - began:.0f} s)")
     levels = _load(os.path.join(out, "ladder.json"))
     if levels is None:
-        levels = ladder(answerers, qs, judge)
+        sc = _sampling()
+        answerers = {n: _policy(p, tok, sc) for n, p in answerer_paths(out, scale).items()}
+        levels = ladder(answerers, _questions(out, scale), judge)
         _save(os.path.join(out, "ladder.json"), levels)
-    log(f"answerers ready ({time.perf_counter() - began:.0f} s)")
     records, curves, cg_results = [], [], []
     for seed in scale.seeds:
-        thinkers = train_seed(out, scale, seed, setting, tok, sc, log)
-        log(f"seed {seed}: {len(thinkers)} thinkers ready ({time.perf_counter() - began:.0f} s)")
-        for name, (policy, workdir) in thinkers.items():
-            path = os.path.join(out, f"seed{seed}", f"final_{name.replace('/', '_')}.json")
-            final = _load(path)
-            if final is None:
-                final = evaluate_policy(policy, judge, qs, 7 + seed)
-                _save(path, final)
+        for name, workdir in _workdirs(out, scale, seed).items():
+            final = _load(os.path.join(out, f"seed{seed}", f"final_{name.replace('/', '_')}.json"))
             records.append({"seed": seed, "thinker": name, **final})
             if workdir is not None:
                 curves.append({"seed": seed, "thinker": name, "rows": _curves(workdir)})
-        for family, q in qs.items():
-            path = os.path.join(out, f"seed{seed}", f"cg_{family}.json")
-            entry = _load(path)
-            if entry is None or entry["sources"][:-2] != list(thinkers):
-                result = cg.run({n: p for n, (p, _) in thinkers.items()}, answerers, q, judge,
-                                seeds=(seed,), bootstrap_samples=200,
-                                classify=cg.classify_synthetic)
-                entry = {"seed": seed, "family": family, "sources": result.sources,
-                         "answerers": result.answerers,
-                         "scores": result.scores[:, :, 0].round(4).tolist(),
-                         "thinking_classes": result.thinking_classes}
-                _save(path, entry)
-            cg_results.append(entry)
-        log(f"seed {seed}: Cross-Generation done ({time.perf_counter() - began:.0f} s)")
+        for family in ("arith", "facts"):
+            cg_results.append(_load(os.path.join(out, f"seed{seed}", f"cg_{family}.json")))
     results = {"setting": setting, "settings": SETTINGS[setting],
                "scale": dataclasses.asdict(scale), "sweep": chosen, "ladder": levels,
                "records": records, "curves": curves,
                "cross_generation": cg_results, "levels": synthetic.reward_levels(200, 0, judge),
-               "seconds": time.perf_counter() - began, "provenance": provenance()}
+               "seconds": time.perf_counter() - began, "workers": workers,
+               "provenance": provenance()}
     results["summary"] = summarize(results)
     results["contrasts"] = contrasts(results)
     results["controls"] = controls(results)
@@ -824,16 +936,18 @@ def report(results: dict, out: str) -> None:
     plot_matrices(results, os.path.join(out, "cross_generation.png"))
 
 
-if __name__ == "__main__":
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="standard")
     parser.add_argument("--scale", choices=("full", "reduced"), default="full")
     parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the scale's)")
     parser.add_argument("--algos", default="", help="comma-separated algorithms")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes for the independent runs (1: all in this one)")
     parser.add_argument("--reuse", action="store_true",
                         help="re-summarise and re-plot an existing <out>/results.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.reuse:
         with open(os.path.join(args.out, "results.json")) as fh:
             res = json.load(fh)
@@ -847,7 +961,13 @@ if __name__ == "__main__":
             sc = dataclasses.replace(sc, seeds=tuple(int(s) for s in args.seeds.split(",")))
         if args.algos:
             sc = dataclasses.replace(sc, algos=tuple(args.algos.split(",")))
-        res = run(args.out, sc, setting=args.setting)
+        res = run(args.out, sc, setting=args.setting, workers=args.workers)
     report(res, args.out)
     print(f"results: {args.out}/results.json, plots: {args.out}/curves.png, ablation.png, "
           f"cross_generation.png; {res['seconds'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    # Through the package, so that the worker processes find the jobs by their module name.
+    from experiments import ablation
+    ablation.main()
