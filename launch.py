@@ -39,20 +39,6 @@ from ml_collections import config_flags
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "experiments",
                               "configs", "default.py")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", DEFAULT_CONFIG, "Experiment config file (a get_config() module).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; default ./workdir/<config name>.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Multi-host: call jax.distributed.initialize() (see the docstring).")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "With --distributed: host:port of process 0's coordinator "
-    "(default: auto-detected on TPU / SLURM / Open MPI, or $JAX_COORDINATOR_ADDRESS).")
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "With --distributed: the number of processes (default: auto-detected).")
-_PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "With --distributed: this process's index, 0 to num_processes-1 "
-    "(default: auto-detected).")
-_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a bad-input error.")
 
 
 def _fail(message: str) -> None:
@@ -69,15 +55,33 @@ def _config_file(argv) -> str:
     return DEFAULT_CONFIG
 
 
+def _load_config(argv):
+    """The config file's `get_config()` result, or a one-line error naming the file."""
+    path = _config_file(argv).split(":")[0]
+    if not os.path.isfile(path):
+        _fail(f"--config={path}: no such config file")
+    spec = importlib.util.spec_from_file_location("_launch_config", path)
+    if spec is None:
+        _fail(f"--config={path}: not a Python file (a config file defines get_config())")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        _fail(f"--config={path} line {e.lineno}: {e.msg}")
+    except Exception as e:  # noqa: BLE001 - any error of the user's module, named by its file.
+        _fail(f"--config={path}: loading it raised {type(e).__name__}: {e}")
+    if not callable(getattr(module, "get_config", None)):
+        _fail(f"--config={path}: defines no get_config() (a config file returns its "
+              "ml_collections.ConfigDict from get_config())")
+    try:
+        return module.get_config()
+    except Exception as e:  # noqa: BLE001
+        _fail(f"--config={path}: get_config() raised {type(e).__name__}: {e}")
+
+
 def _unknown_override(argv) -> str | None:
     """The first --config.a.b override naming a field the config file does not have."""
-    path = _config_file(argv)
-    spec = importlib.util.spec_from_file_location("_launch_config", path.split(":")[0])
-    if spec is None or not os.path.isfile(path.split(":")[0]):
-        return f"--config={path}: no such config file"
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = _load_config(argv)
     for arg in argv:
         if not arg.startswith("--config."):
             continue
@@ -85,6 +89,12 @@ def _unknown_override(argv) -> str | None:
         node, walked = config, []
         for key in keys:
             if not hasattr(node, "keys") or key not in node.keys():
+                if walked and walked[-1] in ("kwargs", "template_kwargs"):
+                    free = ".".join(walked)
+                    return (f"{arg.split('=', 1)[0]}: the config file sets no '{free}.{key}', "
+                            "and an override can only change a field the file has; add "
+                            f"c.{free}.{key} = ... to the config file (known: "
+                            f"{', '.join(sorted(node.keys())) or 'none'})")
                 where = f"under '{'.'.join(walked)}'" if walked else "at the top level"
                 known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
                 return (f"{arg.split('=', 1)[0]}: unknown config field '{'.'.join(walked + [key])}' "
@@ -93,7 +103,30 @@ def _unknown_override(argv) -> str | None:
     return None
 
 
+try:
+    # The config file is loaded (and --config.* overrides applied) here, at definition,
+    # when --config is not given: a bad override fails here.
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", DEFAULT_CONFIG, "Experiment config file (a get_config() module).")
+except (KeyError, AttributeError, ValueError, TypeError) as _e:
+    _fail(_unknown_override(sys.argv) or f"bad --config override: {_e}")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; default ./workdir/<config name>.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host: call jax.distributed.initialize() (see the docstring).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: host:port of process 0's coordinator "
+    "(default: auto-detected on TPU / SLURM / Open MPI, or $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: the number of processes (default: auto-detected).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index, 0 to num_processes-1 "
+    "(default: auto-detected).")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a bad-input error.")
+
+
 def _parse_flags(argv):
+    if not any(a in ("--traceback", "--helpfull", "--help", "-h") for a in argv):
+        _load_config(argv)    # A missing or broken config file: one line naming it.
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -120,6 +153,23 @@ def _initialize_distributed(jax) -> None:
     multihost_utils.sync_global_devices("launch.py: processes started")
 
 
+def _check_flags() -> None:
+    """Flags that only mean something together, and the workdir, before any work."""
+    given = [f"--{f.name}" for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
+             if f.value is not None]
+    if given and not _DISTRIBUTED.value:
+        _fail(f"{', '.join(given)} without --distributed would be ignored and this process "
+              "would train alone; add --distributed (or drop them for a single-host run)")
+    n, i = _NUM_PROCESSES.value, _PROCESS_ID.value
+    if n is not None and n < 1:
+        _fail(f"--num_processes={n} must be >= 1")
+    if i is not None and (i < 0 or (n is not None and i >= n)):
+        _fail(f"--process_id={i} must be in 0..{'num_processes-1' if n is None else n - 1}")
+    if _WORKDIR.value and os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+        _fail(f"--workdir={_WORKDIR.value} is an existing file, not a directory; "
+              "choose another --workdir")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -127,9 +177,18 @@ def main(argv):
         # Library INFO logs (orbax, tfds) would interleave with the progress bar; -v 0 shows
         # them. (absl's app.run resets a changed default of --verbosity to 0, so it is set here.)
         logging.set_verbosity(logging.WARNING)
+    _check_flags()
     import jax
     if _DISTRIBUTED.value:   # One process per host; all run this same command.
-        _initialize_distributed(jax)
+        try:
+            _initialize_distributed(jax)
+        except Exception as e:  # noqa: BLE001 - jax raises several kinds; all end the same way.
+            if _TRACEBACK.value:
+                raise
+            _fail(f"--distributed: jax.distributed.initialize failed ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else ''}); check --coordinator_address, "
+                  "--num_processes and --process_id, or run where they are detected (TPU, "
+                  "SLURM, Open MPI)")
     from start_jax import train
     from start_jax.errors import TrainingError, UserError
     name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]

@@ -84,11 +84,22 @@ def _token_content(value: Any) -> str | None:
     return value
 
 
+class MissingTag(UserError):
+    """A think tag the tokenizer does not have (`file`, `token`)."""
+
+    def __init__(self, message: str, file: str, token: str):
+        super().__init__(message)
+        self.file, self.token = file, token
+
+
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    with path.open(encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); the file may be cut short") from None
 
 
 def _chat_template(directory: pathlib.Path, tok_config: dict[str, Any]) -> str | None:
@@ -207,7 +218,11 @@ class HFTokenizer:
         tok_file = directory / "tokenizer.json"
         if not tok_file.is_file():
             raise MissingFile(f"tokenizer file {tok_file} not found")
-        tok = tokenizers.Tokenizer.from_file(str(tok_file))
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(tok_file))
+        except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception.
+            raise UserError(f"{tok_file}: not a readable tokenizer.json ({e}); the file may be "
+                            "cut short: copy it again") from None
         # Padding/truncation baked into tokenizer.json would silently change
         # encode() lengths; batching and padding are done by our own code.
         tok.no_padding()
@@ -218,11 +233,10 @@ class HFTokenizer:
         def lookup(token: str, purpose: str, hint: str) -> int:
             token_id = tok.token_to_id(token)
             if token_id is None:
-                raise UserError(
+                raise MissingTag(
                     f"tokenizer {tok_file} has no token {token!r} (needed for "
                     f"{purpose}); name a token it has with {hint}=..., or pass "
-                    "add_missing_tags=True to add it"
-                )
+                    "add_missing_tags=True to add it", str(tok_file), token)
             return token_id
 
         missing = [t for t in (think_token, end_think_token) if tok.token_to_id(t) is None]

@@ -22,3 +22,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test that trains or runs for long; "
+                                       "`pytest -m 'not slow'` is the fast tier")

@@ -184,3 +184,16 @@ def test_rl_step_makes_no_implicit_transfer(tmp_path):
             metrics = jax.device_get(metrics)
         assert np.isfinite(metrics["loss"])
     assert rollout.tokens.shape == (4, trainer.width)
+
+
+def test_options_the_run_does_not_read_are_named():
+    config = smoke_config()
+    assert trainer_module.ignored_options(train.RunSpec.from_config(config)) == []
+    config.init_checkpoint = "/some/checkpoint"
+    config.tokenizer = "world"
+    config.sft.steps = 50
+    config.algo.critic_learning_rate = 5e-4
+    assert trainer_module.ignored_options(train.RunSpec.from_config(config)) == [
+        "sft.steps, sft.batch_size set, but a run from init_checkpoint trains no cold-start "
+        "SFT: ignored",
+        "algo.critic_learning_rate set, but algo.advantage='grpo' trains no critic: ignored"]

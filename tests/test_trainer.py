@@ -117,8 +117,11 @@ def test_outputs_are_written_and_readable(finished_run):
     np.testing.assert_allclose([e.value for e in events], [m["reward_mean"] for m in metrics],
                                rtol=1e-6)
     with open(os.path.join(trainer.workdir, "samples.jsonl")) as fh:
-        sample = json.loads(fh.readline())
-    assert {"prompt", "thinking", "response", "reward", "step"} <= set(sample)
+        samples = [json.loads(line) for line in fh]
+    assert {"prompt", "thinking", "response", "reward", "step"} <= set(samples[0])
+    # One step numbering in every log: samples of the step metrics.jsonl calls 1, 3, 5.
+    assert sorted({s["step"] for s in samples}) == [1, 3, 5]
+    assert {s["step"] for s in samples} <= {m["step"] for m in metrics}
     config, _ = checkpoints.load_pretrained(summary["export"])
     assert config.hidden_size == 32
 

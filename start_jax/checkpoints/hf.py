@@ -120,7 +120,10 @@ def read_config(path: str, **overrides) -> ModelConfig:
             hf = json.load(fh)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: invalid JSON: {e}") from None
-    return ModelConfig.from_hf_dict(hf, source=file, **overrides)
+    try:
+        return ModelConfig.from_hf_dict(hf, source=file, **overrides)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _weight_files(path: str) -> dict[str, str]:

@@ -33,6 +33,7 @@ _DTYPES = {
         "bfloat16": jnp.bfloat16,
         "float16": jnp.float16,
 }
+DTYPE_NAMES = tuple(_DTYPES)   # The names `as_dtype` (and a config's dtype fields) accept.
 
 
 def as_dtype(dtype: Any) -> jnp.dtype:

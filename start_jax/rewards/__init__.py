@@ -5,6 +5,7 @@ from start_jax.rewards.base import (
     MathVerifier,
     RewardFn,
     RewardInput,
+    check,
     make,
     normalize_answer,
     register,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import inspect
+import os
 import numbers
 import re
 import threading
@@ -65,22 +66,33 @@ _REGISTRY: dict[str, Callable[..., RewardFn]] = {}
 def register(name: str):
     """Decorator adding a reward factory (a function or class) by name."""
     def wrap(factory):
-        if name in _REGISTRY:
-            raise ValueError(f"reward {name!r} is already registered")
+        known = _REGISTRY.get(name)
+        # The same definition loaded again (a config file executed twice, under another
+        # module name) replaces itself.
+        if known is not None and _origin(known) != _origin(factory):
+            raise ValueError(f"reward {name!r} is already registered (by {_origin(known)[1]} "
+                             f"in {_origin(known)[0]})")
         _REGISTRY[name] = factory
         return factory
     return wrap
 
 
-def make(name: str, **kwargs) -> RewardFn:
-    """Builds a registered reward function.
+def _origin(factory) -> tuple[str, str]:
+    """(defining file, qualified name) of a reward factory."""
+    try:
+        path = inspect.getsourcefile(factory) or "?"
+    except TypeError:
+        path = "?"
+    return os.path.abspath(path) if path != "?" else path, getattr(factory, "__qualname__", "?")
 
-    Raises:
-      ConfigError: an unknown name, or keyword arguments the reward does not
-        take or lacks (named as the ``reward.kwargs`` fields of a run's config).
-    """
+
+def check(name: str, **kwargs) -> None:
+    """Raises the ConfigError `make` would for this name and these arguments, without
+    building anything (a run checks its reward before any work)."""
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown reward {name!r}; registered: {sorted(_REGISTRY)}")
+        raise ConfigError(f"config: unknown reward {name!r}; registered: {sorted(_REGISTRY)} "
+                          "(reward.name; a config file can add one with "
+                          "@start_jax.rewards.register)")
     factory = _REGISTRY[name]
     try:
         inspect.signature(factory).bind(**kwargs)
@@ -94,7 +106,17 @@ def make(name: str, **kwargs) -> RewardFn:
                 f"takes no reward.kwargs.{unknown[0]} (it takes {sorted(params)})" if unknown
                 else str(e))
         raise ConfigError(f"config: reward {name!r} {what}") from None
-    return factory(**kwargs)
+
+
+def make(name: str, **kwargs) -> RewardFn:
+    """Builds a registered reward function.
+
+    Raises:
+      ConfigError: an unknown name, or keyword arguments the reward does not
+        take or lacks (named as the ``reward.kwargs`` fields of a run's config).
+    """
+    check(name, **kwargs)
+    return _REGISTRY[name](**kwargs)
 
 
 def registered() -> list[str]:

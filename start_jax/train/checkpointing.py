@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -27,6 +28,10 @@ from start_jax.errors import UserError
 
 class CheckpointMismatch(UserError):
     """The checkpoint was written for a different model."""
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint that cannot be read (the run falls back to the previous one)."""
 
 
 class Checkpointer:
@@ -61,20 +66,58 @@ class Checkpointer:
                 f"written by a run with other stage options; use another --workdir ({e})"
             ) from None
 
-    def restore(self, step: int, target_state, model_fields: dict):
-        """Restores (state, meta) into the structure and shardings of `target_state`."""
-        meta = self.manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def set_aside(self, step: int, directory: str) -> None:
+        """Moves checkpoint `step` (a damaged one) into `directory`, out of the run's way."""
+        os.makedirs(directory, exist_ok=True)
+        dest = os.path.join(directory, str(step))
+        if os.path.exists(dest):
+            shutil.rmtree(dest)
+        shutil.move(os.path.join(self.directory, str(step)), dest)
+        self.manager.reload()
+
+    def restore(self, step: int, target_state, model_fields: dict, critic: bool | None = None):
+        """Restores (state, meta) into the structure and shardings of `target_state`.
+
+        Raises:
+          DamagedCheckpoint: its metadata cannot be read (a killed writer, a full disk).
+          CheckpointMismatch: it was written for another model or with(out) a critic.
+        """
+        where = f"checkpoint {self.directory}/{step}"
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # noqa: BLE001 - orbax and json raise many kinds.
+            raise DamagedCheckpoint(f"{where}: its metadata cannot be read "
+                                    f"({type(e).__name__}: {str(e)[:200]})") from None
+        if not isinstance(meta, dict) or "data" not in meta:
+            raise DamagedCheckpoint(f"{where}: its metadata has no data iterator position")
         saved = meta.get("model", {})
         diffs = [f"{k}: checkpoint {saved.get(k)!r} != config {v!r}"
                  for k, v in model_fields.items() if saved.get(k) != v]
         if diffs:
             raise CheckpointMismatch(
-                f"checkpoint {self.directory}/{step} was written for a different model ("
+                f"{where} was written for a different model ("
                 + "; ".join(diffs) + "); use another --workdir or the matching config")
+        if critic is not None and meta.get("critic", critic) != critic:
+            has = "has a critic" if meta["critic"] else "has no critic"
+            raise CheckpointMismatch(
+                f"{where} {has} and this run's algo.advantage "
+                f"{'needs one' if critic else 'does not'}; resume with the algo.advantage that "
+                "wrote it, or train this one in another --workdir")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))["state"]
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract)))["state"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointMismatch(
+                f"{where}: its train state does not match this run's (another optimizer, a "
+                "critic added or removed with algo.advantage, or other stage options); resume "
+                "with the config that wrote it, or use another --workdir "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+            ) from None
         return restored, meta
 
     def close(self) -> None:

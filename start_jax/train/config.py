@@ -13,7 +13,7 @@ import re
 import ml_collections
 
 from start_jax.errors import ConfigError
-from start_jax.models.config import ATTENTION_IMPLS
+from start_jax.models.config import ATTENTION_IMPLS, DTYPE_NAMES, SUPPORTED_MODEL_TYPES
 from start_jax.rl import losses, masks
 from start_jax.rl.advantages import ESTIMATORS
 
@@ -215,6 +215,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.data.prompts_per_step, int) or config.data.prompts_per_step < 1:
         raise ConfigError(f"config: data.prompts_per_step={config.data.prompts_per_step!r} must be "
                          "an integer >= 1")
+    _check_numbers(config)
     for name in stage_names(config):
         st = config.stages[name]
         _check_keys(st, stage(), f"stages.{name}.")
@@ -231,6 +232,51 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config: stages.{name}.learning_rate={lr!r} must be a finite "
                              "number > 0")
         _check_stage_design(config, name, st, first=name == stage_names(config)[0])
+        if config.sampling.think_budget == 0 and st.steps and st.train_segments == "think":
+            raise ConfigError(
+                f"config: stages.{name}.train_segments='think' with sampling.think_budget=0: "
+                "the stage has no thinking tokens to train; raise sampling.think_budget")
+    if not any(config.stages[n].steps for n in stage_names(config)):
+        raise ConfigError(
+            "config: every stage has steps=0, so the run would train nothing after the cold "
+            f"start; give a stage steps >= 1 (--config.stages.{stage_names(config)[0]}.steps=N)")
+
+
+def _integer(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_numbers(config) -> None:
+    """Counts, sizes and dtypes outside the stages, each against its range."""
+    for key, low, what in (
+            ("checkpoint.every", 1, "(save every N RL steps)"),
+            ("checkpoint.keep", 1, "(checkpoints kept)"),
+            ("eval.every", 0, "(0 evaluates only at the end)"),
+            ("eval.prompts", 1, "(test prompts per evaluation)"),
+            ("log.samples_every", 0, "(0 writes no samples)"),
+            ("log.samples", 0, ""),
+            ("data.max_prompt_tokens", 1, ""),
+            ("sampling.think_budget", 0, ""),
+            ("sampling.response_budget", 1, "(eos included)"),
+            ("sft.steps", 0, ""),
+            ("model.hidden_size", 1, ""), ("model.intermediate_size", 1, ""),
+            ("model.num_layers", 1, ""), ("model.num_heads", 1, ""),
+            ("model.num_kv_heads", 1, ""), ("model.head_dim", 1, ""),
+            ("model.max_position_embeddings", 1, "")):
+        group, field = key.split(".")
+        value = config[group][field]
+        if not _integer(value, low):
+            raise ConfigError(f"config: {key}={value!r} must be an integer >= {low} {what}".rstrip())
+    m = config.model
+    if m.num_heads % m.num_kv_heads:
+        raise ConfigError(f"config: model.num_heads={m.num_heads} must be a multiple of "
+                          f"model.num_kv_heads={m.num_kv_heads} (each key/value head serves a "
+                          "group of query heads)")
+    for key, value, allowed in (("model.model_type", m.model_type, SUPPORTED_MODEL_TYPES),
+                                ("model.dtype", m.dtype, DTYPE_NAMES),
+                                ("model.param_dtype", m.param_dtype, DTYPE_NAMES)):
+        if value not in allowed:
+            raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")
 
 
 def _check_stage_design(config, name: str, st, first: bool) -> None:

@@ -26,6 +26,7 @@ from start_jax.rewards import synthetic
 from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig
 from start_jax.sampling import Compaction, SamplingConfig, num_decode_steps
 from start_jax.sharding import MeshConfig
+from start_jax.tokenizer import MissingTag
 from start_jax.train.config import stage_names, validate
 
 
@@ -195,8 +196,15 @@ class RunSpec:
     def load_tokenizer(self):
         """The run's tokenizer, with its think tags (added when `tags` says so)."""
         think, end_think, add = self.tags
-        return world.load_tokenizer(self.tokenizer, think_token=think, end_think_token=end_think,
-                                    add_missing_tags=add)
+        try:
+            return world.load_tokenizer(self.tokenizer, think_token=think,
+                                        end_think_token=end_think, add_missing_tags=add)
+        except MissingTag as e:
+            field = "think_tag" if e.token == think else "end_think_tag"
+            raise ConfigError(
+                f"tokenizer {e.file} has no token {e.token!r} (prompt.{field}); name a token "
+                f"it has with --config.prompt.{field}=..., or add the tags with "
+                "--config.prompt.add_tags=True (the added tags' embeddings start untrained)") from None
 
     def make_reward(self):
         return rewards.make(self.reward_name, **dict(self.reward_kwargs))
@@ -223,6 +231,7 @@ class RunSpec:
             raise ConfigError(
                 f"config: reward.name={c.reward.name!r} judges only the embedded world's tasks, "
                 f"but data.source={c.data.source!r}; set --config.reward.name to one of {others}")
+        rewards.check(c.reward.name, **c.reward.kwargs.to_dict())
         try:
             mixture = Mixture(**c.sft.mixture.to_dict())
         except (TypeError, ValueError) as e:
@@ -259,6 +268,13 @@ class RunSpec:
         # think_budget + 1 + response_budget of them (a frozen responder's too), so the columns
         # before it hold only prompt and padding: the update's vocabulary head skips them.
         width = rollout_width(c.data.max_prompt_tokens, sampling)
+        if not c.init_checkpoint and width > c.model.max_position_embeddings:
+            raise ConfigError(
+                f"config: a rollout takes {width} positions (data.max_prompt_tokens="
+                f"{c.data.max_prompt_tokens} + sampling.think_budget={sampling.think_budget} + "
+                f"sampling.response_budget={sampling.response_budget} + the tags), more than "
+                f"model.max_position_embeddings={c.model.max_position_embeddings}; lower the "
+                "budgets or raise the context")
         if not isinstance(a.length_groups, int) or a.length_groups < 1:
             raise ConfigError(f"config: algo.length_groups={a.length_groups!r} must be an "
                               "integer >= 1 (1 trains every row on every column)")

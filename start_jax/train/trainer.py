@@ -33,13 +33,15 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from start_jax import models, rewards, rl, sampling, segments, sharding
-from start_jax.checkpoints import save_pretrained
+from start_jax.checkpoints import read_config, save_pretrained
+from start_jax.data.builders.jsonl_tasks import read_jsonl
 from start_jax.data.pipeline import PromptIterator
-from start_jax.errors import TrainingError
+from start_jax.errors import ConfigError, TrainingError
 from start_jax.eval import classify
 from start_jax.train import checkpointing, data_io
+from start_jax.train.config import default_config
 from start_jax.train.init_policy import initial_policy
-from start_jax.train.spec import StageSpec, as_spec
+from start_jax.train.spec import RunSpec, StageSpec, as_spec
 from start_jax.train.writers import MetricWriter, write_samples
 
 # An update whose norm is this fraction of the parameter norm or more has exploded.
@@ -100,10 +102,13 @@ class Trainer:
     def __init__(self, config, workdir: str):
         self.spec = spec = as_spec(config)
         self.workdir = os.path.abspath(workdir)
+        self.mesh, self.tokenizer = preflight(spec, self.workdir)
+        for message in ignored_options(spec):
+            logging.warning(message)
+            if jax.process_index() == 0:
+                print(f"warning: {message}")
         os.makedirs(self.workdir, exist_ok=True)
-        self.mesh = sharding.make_mesh(spec.mesh)
         self.rules = sharding.ShardingRules(replicate_uneven=spec.replicate_uneven)
-        self.tokenizer = spec.load_tokenizer()
         self.special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
         self.train_data, self.test_data = data_io.datasets(spec.data, self.workdir,
                                                            self.tokenizer, spec.prompt)
@@ -364,12 +369,9 @@ class Trainer:
                                           spec.checkpoint.keep)
         iterator = PromptIterator(self.train_data, spec.data.prompts_per_step, spec.seed)
         start, state = 0, None
-        latest = ckpt.latest_step()
+        latest, state, meta, target = self._restore_latest(ckpt)
         if latest is not None:
             resumed = self.stage_at(latest)
-            target = self.restore_target(resumed)
-            state, meta = ckpt.restore(latest, target,
-                                       checkpointing.model_fields(self.model_config))
             if resumed.needs_snapshot and latest != resumed.start:   # Inside the stage.
                 self.snapshot = ckpt.restore_snapshot(latest, target.params)
             iterator.restore(meta["data"])
@@ -403,8 +405,8 @@ class Trainer:
                 rows = self._rows_to_decode(host, examples, write)
                 metrics.update(self._rollout_metrics(host), stage=self.stages.index(stage))
                 metrics.update(self.behaviour_metrics(rows))
-                if write:
-                    self._write_samples(step, rows, reward)
+                if write:   # Numbered as in metrics.jsonl: the step just taken, from 1.
+                    self._write_samples(step + 1, rows, reward)
                 done = step + 1
                 if spec.eval.every and (done % spec.eval.every == 0 or done == self.total_steps):
                     metrics.update(self.evaluate(state.params, done, stage))
@@ -469,8 +471,36 @@ class Trainer:
                 f"{stage.responder} responder, steps {stage.start}-{stage.end - 1}, "
                 f"lr {stage.learning_rate:g}{extra}")
 
+    def _restore_latest(self, ckpt):
+        """(step, state, meta, restore target) of the newest readable checkpoint, or Nones.
+        A damaged newer one is moved to ``<workdir>/checkpoints_damaged/<step>`` with a
+        warning and the previous one is used; when none is readable the error names them."""
+        damaged = []
+        for step in reversed(ckpt.all_steps()):
+            target = self.restore_target(self.stage_at(step))
+            try:
+                state, meta = ckpt.restore(step, target,
+                                           checkpointing.model_fields(self.model_config),
+                                           critic=self.critic_config is not None)
+            except checkpointing.DamagedCheckpoint as e:
+                damaged.append((step, str(e)))
+                continue
+            for bad, message in damaged:
+                ckpt.set_aside(bad, os.path.join(self.workdir, "checkpoints_damaged"))
+                logging.warning("%s; resuming from step %d", message, step)
+                if self.primary:
+                    print(f"warning: {message}; moved to {self.workdir}/checkpoints_damaged; "
+                          f"resuming from step {step}")
+            return step, state, meta, target
+        if damaged:
+            raise checkpointing.DamagedCheckpoint(
+                "; ".join(m for _, m in damaged) + "; no readable checkpoint is left: move "
+                f"{self.workdir}/checkpoints away to start again")
+        return None, None, None, None
+
     def _meta(self, step: int, iterator) -> dict:
         return {"step": step, "data": iterator.state(), "seed": self.spec.seed,
+                "critic": self.critic_config is not None,
                 "model": checkpointing.model_fields(self.model_config),
                 "config": json.loads(self.spec.config_json)}
 
@@ -485,6 +515,57 @@ class Trainer:
         rows = [{**row, "reward": float(r)} for row, r in
                 zip(rows[: self.spec.log.samples], reward)]
         write_samples(self.workdir, step, rows)
+
+
+def ignored_options(spec: RunSpec) -> list[str]:
+    """Options set away from their defaults that the run's path does not read."""
+    out = []
+    defaults = default_config()
+    if spec.init_checkpoint:
+        changed = [f"sft.{k}" for k in ("steps", "batch_size", "learning_rate", "examples",
+                                         "draws") if getattr(spec.sft, k) != defaults.sft[k]]
+        if changed:
+            out.append(f"{', '.join(changed)} set, but a run from init_checkpoint trains no "
+                       "cold-start SFT: ignored")
+    if (not spec.advantage.needs_critic
+            and spec.optim.critic_learning_rate != defaults.algo.critic_learning_rate):
+        out.append(f"algo.critic_learning_rate set, but algo.advantage="
+                   f"{spec.advantage.estimator!r} trains no critic: ignored")
+    return out
+
+
+def preflight(spec: RunSpec, workdir: str):
+    """What can be checked before any work, without writing anything: the workdir, the
+    mesh, the tokenizer, the init checkpoint's config (family, context) and the JSONL
+    files (every line). Returns (mesh, tokenizer); raises a UserError naming the field,
+    flag, file or line."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"workdir {workdir} is an existing file, not a directory")
+    try:
+        mesh = sharding.make_mesh(spec.mesh)
+    except ValueError as e:
+        raise ConfigError(f"config: mesh.data={spec.mesh.data}, mesh.fsdp={spec.mesh.fsdp}, "
+                          f"mesh.tensor={spec.mesh.tensor} does not fit the "
+                          f"{jax.device_count()} devices ({e})") from None
+    tokenizer = spec.load_tokenizer()
+    if spec.init_checkpoint:
+        context = read_config(spec.init_checkpoint).max_position_embeddings
+        if spec.width > context:
+            raise ConfigError(
+                f"config: a rollout takes {spec.width} positions (data.max_prompt_tokens="
+                f"{spec.data.max_prompt_tokens} + sampling.think_budget="
+                f"{spec.sampling.think_budget} + sampling.response_budget="
+                f"{spec.sampling.response_budget} + the tags), more than the "
+                f"max_position_embeddings={context} of {spec.init_checkpoint}/config.json; "
+                "lower the budgets")
+    if spec.data.source == "jsonl":
+        for path in (spec.data.train_path, spec.data.test_path):
+            if path:
+                if not os.path.isfile(path):
+                    raise ConfigError(f"JSONL file {os.path.abspath(path)} not found "
+                                      "(data.train_path / data.test_path)")
+                read_jsonl(path)
+    return mesh, tokenizer
 
 
 def run(config, workdir: str) -> dict:

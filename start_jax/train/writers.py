@@ -53,7 +53,8 @@ class MetricWriter:
 
 
 def write_samples(workdir: str, step: int, rows: list[dict]) -> None:
-    """Appends decoded rollouts (prompt / thinking / response / reward) to samples.jsonl."""
+    """Appends decoded rollouts (prompt / thinking / response / reward) to samples.jsonl;
+    `step` counts from 1, as in metrics.jsonl."""
     if jax.process_index() != 0:
         return
     with open(os.path.join(workdir, "samples.jsonl"), "a") as fh:

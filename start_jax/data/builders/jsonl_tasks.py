@@ -88,8 +88,13 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, str]]]:
     """
     path = os.fspath(path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} line {lineno}: not UTF-8 text ({e.reason} at byte "
+                                f"{e.start} of the line); save the file as UTF-8") from None
             if line.strip():
                 rows.append((lineno, parse_line(path, lineno, line)))
     if not rows:
