@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from start_jax import models
+
 from tests.test_trainer import SMOKE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +91,9 @@ def _files(tmp):
          "raises": write("cfg/raises.py", "def get_config():\n    raise RuntimeError('boom')\n"),
          "tok_cut": write("tok_cut/tokenizer.json", '{"model": {"vocab": {"a": 1'),
          "ckpt_cut": write("ckpt_cut/config.json", '{"model_type": "qwen3", "hidden'),
-         "ckpt_gpt2": write("ckpt_gpt2/config.json", json.dumps({"model_type": "gpt2"}))}
+         "ckpt_gpt2": write("ckpt_gpt2/config.json", json.dumps({"model_type": "gpt2"})),
+         "ckpt_short": write("ckpt_short/config.json", json.dumps(
+             models.tiny_config(64, max_position_embeddings=16).to_hf_dict()))}
     write("tok_cut/tokenizer_config.json", "{}")
     return {k: v if not k.startswith(("tok_", "ckpt_")) else os.path.dirname(v)
             for k, v in f.items()}
@@ -171,6 +175,9 @@ def _cases(f, tmp):
         ("checkpoint_config_cut", [f"{c}init_checkpoint={f['ckpt_cut']}"], "config.json"),
         ("checkpoint_family", [f"{c}init_checkpoint={f['ckpt_gpt2']}"], "gpt2"),
         ("budget_past_context", [c + "sampling.think_budget=200"], "max_position_embeddings"),
+        ("budget_past_checkpoint_context", [f"{c}init_checkpoint={f['ckpt_short']}",
+                                            f"{c}tokenizer=world"],
+         f"max_position_embeddings of {f['ckpt_short']}/config.json=16"),
         ("mesh_too_large", [c + "mesh.data=64"], "mesh"),
     ]
 

@@ -268,13 +268,9 @@ class RunSpec:
         # think_budget + 1 + response_budget of them (a frozen responder's too), so the columns
         # before it hold only prompt and padding: the update's vocabulary head skips them.
         width = rollout_width(c.data.max_prompt_tokens, sampling)
-        if not c.init_checkpoint and width > c.model.max_position_embeddings:
-            raise ConfigError(
-                f"config: a rollout takes {width} positions (data.max_prompt_tokens="
-                f"{c.data.max_prompt_tokens} + sampling.think_budget={sampling.think_budget} + "
-                f"sampling.response_budget={sampling.response_budget} + the tags), more than "
-                f"model.max_position_embeddings={c.model.max_position_embeddings}; lower the "
-                "budgets or raise the context")
+        if not c.init_checkpoint:
+            check_context(width, c.data.max_prompt_tokens, sampling,
+                          c.model.max_position_embeddings, "model.max_position_embeddings")
         if not isinstance(a.length_groups, int) or a.length_groups < 1:
             raise ConfigError(f"config: algo.length_groups={a.length_groups!r} must be an "
                               "integer >= 1 (1 trains every row on every column)")
@@ -313,6 +309,18 @@ class RunSpec:
             stages=tuple(stages), checkpoint=CheckpointSpec(**c.checkpoint.to_dict()),
             eval=EvalSpec(**c.eval.to_dict()), log=LogSpec(**c.log.to_dict()),
             config_json=json.dumps(json.loads(c.to_json_best_effort()), sort_keys=True))
+
+
+def check_context(width: int, max_prompt_tokens: int, sampling: SamplingConfig,
+                  context: int, where: str) -> None:
+    """Raises a ConfigError when a rollout of `width` positions exceeds `context` (named by
+    `where`)."""
+    if width > context:
+        raise ConfigError(
+            f"config: a rollout takes {width} positions (data.max_prompt_tokens="
+            f"{max_prompt_tokens} + sampling.think_budget={sampling.think_budget} + "
+            f"sampling.response_budget={sampling.response_budget} + the tags), more than the "
+            f"{where}={context}; lower the budgets or raise the context")
 
 
 def rollout_width(max_prompt_tokens: int, sampling: SamplingConfig) -> int:

@@ -41,7 +41,7 @@ from start_jax.eval import classify
 from start_jax.train import checkpointing, data_io
 from start_jax.train.config import default_config
 from start_jax.train.init_policy import initial_policy
-from start_jax.train.spec import RunSpec, StageSpec, as_spec
+from start_jax.train.spec import RunSpec, StageSpec, as_spec, check_context
 from start_jax.train.writers import MetricWriter, write_samples
 
 # An update whose norm is this fraction of the parameter norm or more has exploded.
@@ -549,15 +549,9 @@ def preflight(spec: RunSpec, workdir: str):
                           f"{jax.device_count()} devices ({e})") from None
     tokenizer = spec.load_tokenizer()
     if spec.init_checkpoint:
-        context = read_config(spec.init_checkpoint).max_position_embeddings
-        if spec.width > context:
-            raise ConfigError(
-                f"config: a rollout takes {spec.width} positions (data.max_prompt_tokens="
-                f"{spec.data.max_prompt_tokens} + sampling.think_budget="
-                f"{spec.sampling.think_budget} + sampling.response_budget="
-                f"{spec.sampling.response_budget} + the tags), more than the "
-                f"max_position_embeddings={context} of {spec.init_checkpoint}/config.json; "
-                "lower the budgets")
+        check_context(spec.width, spec.data.max_prompt_tokens, spec.sampling,
+                      read_config(spec.init_checkpoint).max_position_embeddings,
+                      f"max_position_embeddings of {spec.init_checkpoint}/config.json")
     if spec.data.source == "jsonl":
         for path in (spec.data.train_path, spec.data.test_path):
             if path:
