@@ -102,6 +102,14 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({e}); the file may be cut short") from None
 
 
+def _eos_ids(config: dict[str, Any], tok: tokenizers.Tokenizer) -> set[int]:
+    """The ``eos_token_id`` entries (an id or a list) of a config that name tokens."""
+    ids = config.get("eos_token_id")
+    ids = ids if isinstance(ids, list) else [ids]
+    size = tok.get_vocab_size(with_added_tokens=True)
+    return {int(i) for i in ids if isinstance(i, int) and 0 <= i < size}
+
+
 def _chat_template(directory: pathlib.Path, tok_config: dict[str, Any]) -> str | None:
     """Finds the chat template in the formats HF has used over time."""
     template = tok_config.get("chat_template")
@@ -156,9 +164,12 @@ class HFTokenizer:
         think_token: str = THINK_TOKEN,
         end_think_token: str = END_THINK_TOKEN,
         pad_token: str | None = None,
+        stop_ids: Sequence[int] = (),
     ):
         self._tok = tok
         self.eos_id = eos_id
+        # Further ids that end a generation as eos does, sorted, without eos.
+        self.stop_ids = tuple(sorted({int(t) for t in stop_ids} - {int(eos_id)}))
         self.pad_id = pad_id
         self.think_id = think_id
         self.end_think_id = end_think_id
@@ -188,6 +199,10 @@ class HFTokenizer:
           * eos: the ``eos_token`` argument, else ``eos_token`` from
             ``tokenizer_config.json``, else ``eos_token_id`` from ``config.json``
             (the first one if it is a list).
+          * further stop ids (`stop_ids`: a row ends at any of them as at
+            eos): every ``eos_token_id`` of ``config.json`` and
+            ``generation_config.json`` (an id or a list, as Llama 3 and Qwen3
+            write them) inside the vocabulary, eos itself excluded.
           * pad: the ``pad_token`` argument, else ``pad_token`` from
             ``tokenizer_config.json``, else falls back to the eos token (padding
             is always masked out, so reusing eos is harmless).
@@ -269,6 +284,8 @@ class HFTokenizer:
 
         pad_token = pad_token or _token_content(tok_config.get("pad_token"))
         pad_id = lookup(pad_token, "padding", "pad_token") if pad_token else eos_id
+        stop_ids = _eos_ids(model_config, tok) | _eos_ids(
+            _read_json(directory / "generation_config.json"), tok)
 
         return cls(
             tok,
@@ -283,6 +300,7 @@ class HFTokenizer:
             eos_token=eos_token,
             bos_token=_token_content(tok_config.get("bos_token")) or "",
             source=str(directory),
+            stop_ids=sorted(stop_ids),
         )
 
     @property
@@ -367,6 +385,11 @@ class HFTokenizer:
             config["chat_template"] = self._chat_template
         with (directory / "tokenizer_config.json").open("w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
+        if self.stop_ids:   # Read back as further stop ids (as transformers does).
+            generation = directory / "generation_config.json"
+            extra = _read_json(generation)
+            extra["eos_token_id"] = [self.eos_id, *self.stop_ids]
+            generation.write_text(json.dumps(extra, indent=2), encoding="utf-8")
         return directory
 
 
@@ -425,6 +448,7 @@ class CharTokenizer:
         self.pad_id, self.eos_id, self.think_id, self.end_think_id, self.unk_id = (
             self._vocab[t] for t in self.SPECIAL_TOKENS
         )
+        self.stop_ids: tuple[int, ...] = ()  # eos is the only id that ends a row.
         # Capturing group keeps the special tokens in re.split's output.
         self._special_re = re.compile(
             "(" + "|".join(re.escape(t) for t in self.SPECIAL_TOKENS) + ")"
@@ -518,6 +542,11 @@ class CharTokenizer:
         }
         with (directory / "tokenizer_config.json").open("w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
+        if self.stop_ids:   # Read back as further stop ids (as transformers does).
+            generation = directory / "generation_config.json"
+            extra = _read_json(generation)
+            extra["eos_token_id"] = [self.eos_id, *self.stop_ids]
+            generation.write_text(json.dumps(extra, indent=2), encoding="utf-8")
         return directory
 
 

@@ -291,7 +291,9 @@ class GenerativeJudge:
         ids = list(row_ids) + [int(row_ids[0]) + self.batch_size + j
                                for j in range(self.batch_size - n)]
         rollout = sampling.generate(self.config, self.params, padded, self.sampling_config, rng,
-                                    eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+                                    eos_id=(self.tokenizer.eos_id,
+                                            *getattr(self.tokenizer, "stop_ids", ())),
+                                    pad_id=self.tokenizer.pad_id,
                                     row_ids=ids, pad_multiple=LENGTH_MULTIPLE)
         tokens = np.asarray(rollout.tokens)[:n]
         segs = np.asarray(rollout.segment_ids)[:n]

@@ -139,7 +139,7 @@ def _check_groups(prefix: core.Prefix, group: int) -> None:
 
 
 def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
-             config: SamplingConfig, rng: jax.Array | int, *, eos_id: int, pad_id: int,
+             config: SamplingConfig, rng: jax.Array | int, *, eos_id: int | Sequence[int], pad_id: int,
              max_new_tokens: int | None = None, row_ids: Sequence[int] | None = None,
              mesh: jax.sharding.Mesh | None = None, rules=None, pad_multiple: int = 8,
              max_length: int | None = None,
@@ -163,8 +163,8 @@ def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]]
       config: temperature, top-k/top-p, `banned_tokens`,
         `min_response_tokens` (eos is not drawn before that many tokens) and
         `logprobs_of`; `think_budget` is unused.
-      eos_id, pad_id: the end-of-sequence id and the id written after a row
-        ends (and as left padding).
+      eos_id, pad_id: the end-of-sequence id (or several: a row stops at any
+        of them) and the id written after a row ends (and as left padding).
       max_new_tokens: tokens to generate at most (eos included); default
         `config.response_budget`, which it replaces.
 
@@ -177,10 +177,13 @@ def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]]
         raise ValueError(f"max_new_tokens (response_budget) must be >= 1, got "
                          f"{config.response_budget}")
     vocab = model_config.vocab_size
-    for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
+    eos_ids = [int(eos_id)] if isinstance(eos_id, (int, np.integer)) else [int(t) for t in eos_id]
+    if not eos_ids:
+        raise ValueError("eos_id must be an id or a non-empty sequence of ids")
+    for name, value in [("eos_id", t) for t in eos_ids] + [("pad_id", pad_id)]:
         if not 0 <= int(value) < vocab:
             raise ValueError(f"{name}={value} is outside the vocabulary of {vocab} tokens")
-    special = core.SpecialTokens(eos=int(eos_id), pad=int(pad_id))
+    special = core.SpecialTokens(eos=eos_ids[0], pad=int(pad_id), stop=tuple(eos_ids[1:]))
     prefix = core.build_plain_prefix(prompts, special.pad, config.response_budget, pad_multiple)
     _check_groups(prefix, group_size)
     return _from_prefix(model_config, params, prefix, config.response_budget, config, rng,
@@ -193,7 +196,7 @@ def _from_prefix(model_config, params, prefix: core.Prefix, steps: int, config: 
                  logits_processor, width, what: str, group: int = 1,
                  compact: Compaction | None = None) -> core.Rollout:
     """Checks a host prefix against the context, puts it on device and samples."""
-    config.check_vocab(model_config.vocab_size, special.eos)
+    config.check_vocab(model_config.vocab_size, special.eos_ids)
     limit = model_config.max_position_embeddings if max_length is None else max_length
     longest = int(prefix.mask.sum(1).max())
     if longest + steps > limit:
@@ -230,7 +233,7 @@ def respond(model_config: ModelConfig, params, thinking: core.Rollout, config: S
     them with its own. `compact` as in `sample`.
     """
     steps = config.response_budget
-    config.check_vocab(model_config.vocab_size, special.eos)
+    config.check_vocab(model_config.vocab_size, special.eos_ids)
     limit = model_config.max_position_embeddings if max_length is None else max_length
     if thinking.tokens.shape[1] + steps > limit:
         raise ValueError(f"thinking rollout of {thinking.tokens.shape[1]} columns + {steps} "

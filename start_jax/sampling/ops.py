@@ -6,7 +6,7 @@ All functions work on one decode step: logits [B, V] float32.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,10 @@ class SamplingConfig:
       `min_response_tokens + 1` tokens (as `min_new_tokens` in transformers).
       Thinking is not affected (an eos drawn inside the thinking still closes
       it). With `min_response_tokens >= response_budget` no row draws eos.
+      Every id that ends a row (`SpecialTokens.eos_ids`) counts as eos.
+    * `ban_tags_in_response` (default True): the think tags are never drawn
+      in the response of a segmented rollout (a second `<think>` or
+      `</think>` after the thinking closed). No effect on plain generation.
 
     `logprobs_of` chooses what `Rollout.logprobs` reports for each sampled
     token (see `draw`):
@@ -63,6 +67,7 @@ class SamplingConfig:
     banned_tokens: tuple[int, ...] = ()  # Ids never drawn (stored sorted, unique).
     min_response_tokens: int = 0         # Response tokens before eos may be drawn.
     logprobs_of: str = "model"           # What Rollout.logprobs reports: see above.
+    ban_tags_in_response: bool = True    # No think tag drawn in a response.
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -84,6 +89,10 @@ class SamplingConfig:
         if 0 < self.response_budget < self.min_response_tokens:
             raise ValueError(f"min_response_tokens={self.min_response_tokens} exceeds "
                              f"response_budget={self.response_budget}")
+        if not isinstance(self.ban_tags_in_response, (bool, np.bool_)):
+            raise ValueError("ban_tags_in_response must be True or False, got "
+                             f"{self.ban_tags_in_response!r}")
+        object.__setattr__(self, "ban_tags_in_response", bool(self.ban_tags_in_response))
         if self.logprobs_of not in LOGPROBS_OF:
             raise ValueError(f"logprobs_of must be one of {LOGPROBS_OF}, "
                              f"got {self.logprobs_of!r}")
@@ -98,6 +107,9 @@ class SamplingConfig:
 
         True when greedy, filtered, with banned tokens or a minimum length
         (a user `logits_processor`, not part of the config, also processes).
+        `ban_tags_in_response` is not counted: it reshapes the response of
+        segmented rollouts only, and only in the rare rows the model would
+        put a tag there.
         """
         return (self.greedy or self.top_k > 0 or self.top_p < 1.0 or bool(self.banned_tokens)
                 or self.min_response_tokens > 0)
@@ -105,13 +117,21 @@ class SamplingConfig:
     def replace(self, **kwargs) -> "SamplingConfig":
         return dataclasses.replace(self, **kwargs)
 
-    def check_vocab(self, vocab_size: int, eos: int) -> None:
-        """Raises ValueError if the constraints do not fit a vocabulary of `vocab_size`."""
+    def check_vocab(self, vocab_size: int, eos: int | Sequence[int]) -> None:
+        """Raises ValueError if the constraints do not fit a vocabulary of `vocab_size`.
+
+        `eos`: the id, or every id, that ends a row.
+        """
         outside = [t for t in self.banned_tokens if t >= vocab_size]
         if outside:
             raise ValueError(f"banned_tokens {outside} are outside the vocabulary of "
                              f"{vocab_size} tokens")
-        closed = set(self.banned_tokens) | ({eos} if self.min_response_tokens else set())
+        eos_ids = {int(eos)} if _is_int(eos) else {int(t) for t in eos}
+        outside = sorted(t for t in eos_ids if not 0 <= t < vocab_size)
+        if outside:
+            raise ValueError(f"eos ids {outside} are outside the vocabulary of "
+                             f"{vocab_size} tokens")
+        closed = set(self.banned_tokens) | (eos_ids if self.min_response_tokens else set())
         if len(closed) >= vocab_size:
             raise ValueError(f"banned_tokens (with eos, when min_response_tokens > 0) cover all "
                              f"{vocab_size} tokens of the vocabulary: nothing can be drawn")
@@ -203,18 +223,28 @@ def first_argmax(x: jax.Array) -> jax.Array:
     return jnp.minimum(index, v - 1)  # A row with NaN has no equal entry.
 
 
-def constrain(logits: jax.Array, config: SamplingConfig, eos: int,
-              eos_blocked: jax.Array) -> jax.Array:
-    """Applies the config's banned tokens and minimum length to logits [B, V].
+def constrain(logits: jax.Array, config: SamplingConfig, eos: int | Sequence[int],
+              eos_blocked: jax.Array, tags: Sequence[int] = (),
+              responding: jax.Array | None = None) -> jax.Array:
+    """Applies the config's banned tokens, minimum length and tag ban to logits [B, V].
 
-    `eos_blocked` [B] marks the rows whose response is still shorter than
-    `config.min_response_tokens`. Returns `logits` itself when the config
-    constrains nothing (no extra pass over [B, V] in the decode loop).
+    `eos` is the id, or every id, that ends a row; `eos_blocked` [B] marks the
+    rows whose response is still shorter than `config.min_response_tokens`.
+    `tags` are the think tags' ids and `responding` [B] the rows in their
+    response, where `config.ban_tags_in_response` bans the tags. Returns
+    `logits` itself when nothing is constrained (no extra pass over [B, V]
+    in the decode loop).
     """
+    def block(x, ids, rows):
+        ids = jnp.asarray(ids, jnp.int32)
+        return x.at[:, ids].set(jnp.where(rows[:, None], NEG_INF, x[:, ids]))
+
     if config.banned_tokens:
         logits = logits.at[:, jnp.asarray(config.banned_tokens, jnp.int32)].set(NEG_INF)
     if config.min_response_tokens > 0:
-        logits = logits.at[:, eos].set(jnp.where(eos_blocked, NEG_INF, logits[:, eos]))
+        logits = block(logits, [eos] if _is_int(eos) else list(eos), eos_blocked)
+    if config.ban_tags_in_response and tags and responding is not None:
+        logits = block(logits, list(tags), responding)
     return logits
 
 

@@ -61,17 +61,40 @@ class SpecialTokens:
     pad: int
     think: int | None = dataclasses.field(default=None, kw_only=True)
     end_think: int | None = dataclasses.field(default=None, kw_only=True)
+    # Further ids that end a row as eos does (Llama 3 and Qwen3 list several:
+    # `<|eot_id|>`, `<|eom_id|>`, `<|end_of_text|>`); stored sorted, without eos.
+    stop: tuple[int, ...] = dataclasses.field(default=(), kw_only=True)
+
+    def __post_init__(self):
+        stop = tuple(sorted({int(t) for t in self.stop} - {int(self.eos)}))
+        object.__setattr__(self, "stop", stop)
 
     @property
     def segmented(self) -> bool:
         """Whether the thinking tags are known (needed to write `<think>` rows)."""
         return self.think is not None and self.end_think is not None
 
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a row: eos, then the `stop` ids."""
+        return (self.eos, *self.stop)
+
+    @property
+    def tags(self) -> tuple[int, ...]:
+        """The think tags' ids (empty for plain generation)."""
+        return tuple(t for t in (self.think, self.end_think) if t is not None)
+
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "SpecialTokens":
         return cls(think=getattr(tokenizer, "think_id", None),
                    end_think=getattr(tokenizer, "end_think_id", None),
-                   eos=tokenizer.eos_id, pad=tokenizer.pad_id)
+                   eos=tokenizer.eos_id, pad=tokenizer.pad_id,
+                   stop=tuple(getattr(tokenizer, "stop_ids", ())))
+
+
+def is_eos(token: jax.Array, tok: SpecialTokens) -> jax.Array:
+    """Whether each of `token` is one of the ids that end a row."""
+    return functools.reduce(jnp.logical_or, [token == t for t in tok.eos_ids])
 
 
 @flax.struct.dataclass
@@ -197,9 +220,9 @@ def _advance(state: DecodeState, drawn, logp, sampling: SamplingConfig, tok: Spe
     ends_think = thinking & (token == end_think)
     think_content = thinking & ~ends_think
     think_count = state.think_count + think_content
-    close_think = think_content & (token == tok.eos)
+    close_think = think_content & is_eos(token, tok)
     response_count = state.response_count + responding
-    eos = responding & (token == tok.eos)
+    eos = responding & is_eos(token, tok)
     out_of_budget = responding & ~eos & (response_count >= sampling.response_budget)
     after_think = segments.RESPONSE if sampling.response_budget > 0 else segments.PAD
     phase = jnp.where(ends_think, after_think, state.phase)
@@ -250,9 +273,10 @@ def decode(model_config, params, state: DecodeState, until=None, *, sampling: Sa
         logits = transformer.head_logits(model_config, params, s.hidden[:, None])[:, 0]
         u = jax.lax.dynamic_index_in_dim(s.uniforms, s.step, 1, keepdims=False)
         processed = logits if logits_processor is None else logits_processor(logits, s.step)
-        eos_blocked = ((s.phase == segments.RESPONSE)
-                       & (s.response_count < sampling.min_response_tokens))
-        processed = ops.constrain(processed, sampling, tokens_.eos, eos_blocked)
+        responding = s.phase == segments.RESPONSE
+        eos_blocked = responding & (s.response_count < sampling.min_response_tokens)
+        processed = ops.constrain(processed, sampling, tokens_.eos_ids, eos_blocked,
+                                  tokens_.tags, responding)
         drawn, logp = ops.draw(u, logits, sampling,
                                None if processed is logits else processed)
         token, segment, logprob, forced, active, fields = _advance(
