@@ -170,7 +170,9 @@ def default_corpus(n_problems: int = 300, seed: int = 1234) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _train_tokenizer_json(corpus: tuple[str, ...], vocab_size: int) -> str:
+def _train_tokenizer_json(corpus: tuple[str, ...], vocab_size: int,
+                          special: tuple[str, ...] = SPECIAL_TOKENS,
+                          added: tuple[str, ...] = THINK_TOKENS) -> str:
     """The trained ``tokenizer.json`` text (cached: one training per corpus and size)."""
     tok = tokenizers.Tokenizer(models.BPE(byte_fallback=False, ignore_merges=False))
     tok.normalizer = normalizers.NFC()
@@ -186,9 +188,10 @@ def _train_tokenizer_json(corpus: tuple[str, ...], vocab_size: int) -> str:
     tok.train_from_iterator(list(corpus), trainer=trainer)
     # Added after training, so they follow the BPE vocabulary as in Qwen3.
     tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
-                            for t in SPECIAL_TOKENS])
-    tok.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False)
-                    for t in THINK_TOKENS])
+                            for t in special])
+    if added:
+        tok.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False)
+                        for t in added])
     return tok.to_str()
 
 
@@ -317,3 +320,54 @@ def write_gsm8k_jsonl(path, n: int, seed: int = 0, messages: bool = False,
         for row in gsm8k_rows(n, seed, messages, traces):
             f.write(json.dumps(row) + "\n")
     return path
+
+
+# ---------------------------------------------------------------- Llama 3 style
+
+BEGIN, END_OF_TEXT, START_HEADER, END_HEADER, EOT, EOM = (
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+    "<|eot_id|>", "<|eom_id|>")
+LLAMA3_SPECIAL_TOKENS = (BEGIN, END_OF_TEXT, START_HEADER, END_HEADER, EOM, EOT)
+
+# A Llama-3-style chat template (written for these tests): bos, then each turn
+# as header, blank line, content, <|eot_id|>.
+LLAMA3_CHAT_TEMPLATE = """{{- bos_token }}
+{%- for message in messages %}
+    {{- '<|start_header_id|>' + message.role + '<|end_header_id|>\n\n' + message.content | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+"""
+
+
+def make_tiny_llama3(directory, seed: int = 0, **overrides) -> pathlib.Path:
+    """A random tiny Llama checkpoint with a Llama-3-style tokenizer in ``directory``.
+
+    As in Llama 3: no think tags and no pad token; the vocabulary is exactly the
+    tokenizer's (no spare embedding rows); eos is ``<|eot_id|>`` in
+    ``tokenizer_config.json`` while ``config.json`` and ``generation_config.json``
+    list ``<|end_of_text|>``, ``<|eom_id|>`` and ``<|eot_id|>``.
+    """
+    from tests import hf_fixtures  # torch / transformers only when a checkpoint is made.
+
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = _train_tokenizer_json(tuple(default_corpus()), DEFAULT_VOCAB_SIZE,
+                                 LLAMA3_SPECIAL_TOKENS, ())
+    (directory / "tokenizer.json").write_text(text, encoding="utf-8")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BEGIN,
+              "eos_token": EOT, "chat_template": LLAMA3_CHAT_TEMPLATE,
+              "clean_up_tokenization_spaces": True}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2),
+                                                     encoding="utf-8")
+    tok = tokenizers.Tokenizer.from_str(text)
+    ids = {t: tok.token_to_id(t) for t in LLAMA3_SPECIAL_TOKENS}
+    fields = dict(vocab_size=tok.get_vocab_size(with_added_tokens=True), hidden_size=32,
+                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                  tie_word_embeddings=False, bos_token_id=ids[BEGIN],
+                  eos_token_id=[ids[END_OF_TEXT], ids[EOM], ids[EOT]])
+    fields.update(overrides)
+    hf_fixtures.make_checkpoint("llama3", str(directory), seed=seed, **fields)
+    return directory

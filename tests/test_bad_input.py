@@ -195,5 +195,15 @@ def test_options_the_run_does_not_read_are_named():
     config.algo.critic_learning_rate = 5e-4
     assert trainer_module.ignored_options(train.RunSpec.from_config(config)) == [
         "sft.steps, sft.batch_size set, but a run from init_checkpoint trains no cold-start "
-        "SFT: ignored",
+        "SFT unless sft.from_checkpoint=True: ignored",
         "algo.critic_learning_rate set, but algo.advantage='grpo' trains no critic: ignored"]
+    config.sft.from_checkpoint = True   # Now the SFT settings are read.
+    assert trainer_module.ignored_options(train.RunSpec.from_config(config)) == [
+        "algo.critic_learning_rate set, but algo.advantage='grpo' trains no critic: ignored"]
+    config.sft.steps = 0
+    assert "sft.from_checkpoint set with sft.steps=0: no SFT step runs" in " ".join(
+        trainer_module.ignored_options(train.RunSpec.from_config(config)))
+    config.init_checkpoint = ""
+    assert ("sft.from_checkpoint set without init_checkpoint (a random init always trains "
+            "its cold start): ignored") in trainer_module.ignored_options(
+                train.RunSpec.from_config(config))

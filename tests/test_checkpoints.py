@@ -190,3 +190,28 @@ def test_family_fixes_qk_norm_and_qkv_bias(tmp_path):
         checkpoints.save_pretrained(config, models.init_params(config, jax.random.key(0)),
                                str(tmp_path / family))
         assert checkpoints.load_pretrained(str(tmp_path / family))[0] == config
+
+
+def test_growing_the_vocabulary_adds_mean_rows_and_keeps_the_old_tokens(tmp_path, qwen3_dir):
+    config, params = checkpoints.load_pretrained(qwen3_dir)
+    grown_config, grown = checkpoints.load_pretrained(qwen3_dir, vocab_size=config.vocab_size + 3)
+    v = config.vocab_size
+    assert grown_config.vocab_size == v + 3
+    emb, new_emb = np.asarray(params["embed"]["embedding"]), np.asarray(grown["embed"]["embedding"])
+    np.testing.assert_array_equal(new_emb[:v], emb)
+    np.testing.assert_allclose(new_emb[v:], np.repeat(emb.mean(0, keepdims=True), 3, 0), atol=1e-7)
+    if "lm_head" in params:   # Untied: new head columns, the mean column.
+        head, new_head = np.asarray(params["lm_head"]), np.asarray(grown["lm_head"])
+        np.testing.assert_array_equal(new_head[:, :v], head)
+        np.testing.assert_allclose(new_head[:, v:], np.repeat(head.mean(1, keepdims=True), 3, 1),
+                                   atol=1e-7)
+    # The old tokens' logits are unchanged; a smaller or equal size changes nothing.
+    tokens = np.asarray([[5, 9, 11, 2]])
+    old = models.forward(config, params, tokens).logits
+    new = models.forward(grown_config, grown, tokens).logits
+    np.testing.assert_allclose(np.asarray(new)[..., :v], np.asarray(old), atol=1e-5)
+    same_config, _ = checkpoints.load_pretrained(qwen3_dir, vocab_size=v - 1)
+    assert same_config.vocab_size == v
+    # Saved and read back at the new size.
+    checkpoints.save_pretrained(grown_config, grown, str(tmp_path / "grown"))
+    assert checkpoints.read_config(str(tmp_path / "grown")).vocab_size == v + 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -88,6 +89,9 @@ def test_launch_runs_start_on_a_chat_checkpoint_and_logs_rendered_samples(files,
         assert "<think>" not in s["thinking"] and "</think>" not in s["thinking"]
         assert set(s) >= {"thinking", "response", "reward"}
     assert "stage s1 (1/2" in proc.stdout and "stage s2 (2/2" in proc.stdout
+    # No library log line (absl's "W1202 16:16:24.372290 ...": tfds, orbax) in the output.
+    assert not re.search(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", proc.stdout + proc.stderr,
+                         re.MULTILINE), proc.stderr[-3000:]
     # The exported policy carries the tokenizer with its chat template.
     again = HFTokenizer.from_pretrained(workdir / "export")
     assert again.apply_chat_template([{"role": "user", "content": "x"}]) == \

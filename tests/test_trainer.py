@@ -195,6 +195,8 @@ def test_resume_after_sigkill_and_sigterm_reproduces_every_metric(tmp_path, fini
 
     out = _finish(_launch(workdir))
     assert f"resuming from step {saved}" in out
+    # No library log line (absl's "W1202 16:16:24.372290 ...") in a run's output.
+    assert not re.search(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", out, re.MULTILINE), out
     _assert_same_metrics(_metrics(workdir), _metrics(reference))
 
 

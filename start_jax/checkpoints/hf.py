@@ -196,7 +196,8 @@ def _get(tree: dict, path: tuple[str, ...]):
 
 
 def load_pretrained(path: str, dtype=jnp.float32, mesh=None, rules=None,
-                                        compute_dtype=None, **config_overrides):
+                                        compute_dtype=None, vocab_size: int | None = None,
+                                        **config_overrides):
     """Loads a HF model directory.
 
     Args:
@@ -206,6 +207,12 @@ def load_pretrained(path: str, dtype=jnp.float32, mesh=None, rules=None,
             its sharding from the rules table.
         rules: optional `sharding.ShardingRules`.
         compute_dtype: activation dtype; defaults to `dtype`.
+        vocab_size: grow the vocabulary to this many tokens (new tokens added
+            to a tokenizer): the embedding gets new rows and an untied head new
+            columns, each the mean of the checkpoint's (so a new token starts
+            as an average token; `resize_token_embeddings` in transformers
+            starts near the same mean). None or no larger than the
+            checkpoint's: unchanged.
         **config_overrides: extra `ModelConfig` fields (e.g. `remat=True`).
 
     Returns:
@@ -213,7 +220,10 @@ def load_pretrained(path: str, dtype=jnp.float32, mesh=None, rules=None,
     """
     param_dtype = as_dtype(dtype).name
     compute = param_dtype if compute_dtype is None else as_dtype(compute_dtype).name
-    config = read_config(path, param_dtype=param_dtype, dtype=compute, **config_overrides)
+    stored = read_config(path, param_dtype=param_dtype, dtype=compute, **config_overrides)
+    config = stored
+    if vocab_size is not None and vocab_size > stored.vocab_size:
+        config = stored.replace(vocab_size=int(vocab_size))
     reader = _Reader(path)
     shardings = None
     if mesh is not None:
@@ -221,11 +231,13 @@ def load_pretrained(path: str, dtype=jnp.float32, mesh=None, rules=None,
     np_dtype = np.dtype(ml_dtypes.bfloat16) if param_dtype == "bfloat16" else np.dtype(param_dtype)
     params: dict = {}
     used = set()
-    for entry in _layout(config):
+    for entry in _layout(stored):
         names = _hf_names(entry, config.num_layers)
         arrays = [entry.to_ours(reader.get(name, entry.hf_shape)).astype(np_dtype) for name in names]
         used.update(names)
         value = np.stack(arrays) if entry.per_layer else arrays[0]
+        if config is not stored and entry.path in (("embed", "embedding"), ("lm_head",)):
+            value = _grow_vocab(value, config.vocab_size, axis=0 if entry.path[0] == "embed" else 1)
         if shardings is not None:
             value = jax.device_put(value, _get(shardings, entry.path))
         else:
@@ -237,6 +249,14 @@ def load_pretrained(path: str, dtype=jnp.float32, mesh=None, rules=None,
         logging.warning("%s: %d tensors not used by the model: %s", path, len(unused),
                                         ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""))
     return config, params
+
+
+def _grow_vocab(value: np.ndarray, vocab_size: int, axis: int) -> np.ndarray:
+    """`value` with entries along its vocabulary `axis` added up to `vocab_size`,
+    each the mean of the existing ones (computed in float32)."""
+    mean = value.astype(np.float32).mean(axis=axis, keepdims=True).astype(value.dtype)
+    extra = np.repeat(mean, vocab_size - value.shape[axis], axis=axis)
+    return np.concatenate([value, extra], axis=axis)
 
 
 def _to_host(x) -> np.ndarray:

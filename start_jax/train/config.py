@@ -104,7 +104,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.max_prompt_tokens = 32    # Longer prompts are an error (world prompts: <= 14).
 
     c.sft = ml_collections.ConfigDict()
-    c.sft.steps = 4000               # Cold-start SFT steps (random init only).
+    c.sft.steps = 4000               # Cold-start SFT steps (random init, or from_checkpoint).
+    c.sft.from_checkpoint = False    # True: an init_checkpoint gets the cold-start SFT too, on
+                                     # the JSONL's thinking/response traces (set steps and a
+                                     # learning_rate fit for a trained model, e.g. 1e-5); tags
+                                     # added by prompt.add_tags get embedding rows (the mean
+                                     # row). Trained once, cached in <workdir>/init_policy.
     c.sft.batch_size = 32            # Sequences per SFT step.
     c.sft.learning_rate = 3e-3       # SFT peak learning rate.
     # Behaviour mixture of the synthetic SFT traces (start_jax.data.behaviours):
@@ -120,6 +125,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.top_p = 1.0           # 1 = off.
     c.sampling.think_budget = 16     # Thinking tokens before </think> is forced.
     c.sampling.response_budget = 8   # Response tokens, eos included.
+    c.sampling.ban_tags_in_response = True  # Never draw a think tag in the response.
     c.sampling.dtype = ""            # Compute dtype of the sampler; '' = model.dtype
                                      # ('bfloat16' samples in bf16 for a float32 trainer).
     c.sampling.compact_every = 8     # Every N decode steps, rows that finished stop costing

@@ -1,10 +1,12 @@
-"""The initial policy of a run: a HF checkpoint, or a random init after cold-start SFT.
+"""The initial policy of a run: a HF checkpoint, or a cold start (SFT on thinking traces).
 
-A random-init run trains its cold start once and writes it to
-``<workdir>/init_policy`` (a HF directory plus `SFT_RECORD`, the settings that
-made it); every later process of the run loads it from there, so the reference
-policy and the frozen responder are the same across restarts. A cached policy
-made by other settings is an error naming them.
+The cold start begins from a random init, or from `init_checkpoint` with
+`sft.from_checkpoint` (think tags added to the tokenizer then get embedding
+rows). It is trained once and written to ``<workdir>/init_policy`` (a HF
+directory plus `SFT_RECORD`, the settings that made it); every later process
+of the run loads it from there, so the reference policy and the frozen
+responder are the same across restarts. A cached policy made by other
+settings is an error naming them.
 """
 
 from __future__ import annotations
@@ -30,23 +32,21 @@ SFT_RECORD = "start_jax_sft.json"
 def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
     """(model_config, params) of the run's starting point, sharded on `mesh`."""
     m = spec.model
-    if spec.init_checkpoint:
-        model_config, params = load_pretrained(
-            spec.init_checkpoint, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh,
-            **m.runtime())
-        if model_config.vocab_size < tokenizer.vocab_size:
-            added = " (with the think tags prompt.add_tags added)" if spec.tags[2] else ""
-            raise ConfigError(f"{spec.init_checkpoint}: vocab_size {model_config.vocab_size} is "
-                              f"smaller than the tokenizer's {tokenizer.vocab_size}{added}; "
-                              "name tags the tokenizer has with prompt.think_tag and "
-                              "prompt.end_think_tag")
-        return model_config, params
+    if not spec.cold_start:
+        check_vocab(spec, tokenizer)
+        return load_pretrained(spec.init_checkpoint, dtype=m.param_dtype, compute_dtype=m.dtype,
+                               mesh=mesh, **m.runtime())
     path = os.path.join(workdir, "init_policy")
     # With several processes, all train the cold start together (its steps are global
     # programs on the mesh) when process 0 finds none; process 0 writes it.
     if not sharding.primary_value(np.bool_(os.path.isfile(os.path.join(path, "config.json")))):
-        model_config = model_config_of(spec, tokenizer)
-        params = models.init_sharded(model_config, jax.random.key(spec.seed), mesh)
+        if spec.init_checkpoint:
+            model_config, params = load_pretrained(
+                spec.init_checkpoint, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh,
+                vocab_size=tokenizer.vocab_size, **m.runtime())
+        else:
+            model_config = model_config_of(spec, tokenizer)
+            params = models.init_sharded(model_config, jax.random.key(spec.seed), mesh)
         if spec.sft.steps:
             n = min(len(train_data), spec.sft.examples)
             examples = [train_data[i] for i in range(n)]
@@ -64,7 +64,21 @@ def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
     _check_cached(path, spec, tokenizer)
     model_config, params = load_pretrained(path, dtype=m.param_dtype, compute_dtype=m.dtype,
                                            mesh=mesh, **m.runtime())
+    if spec.init_checkpoint:   # The context is the checkpoint's, as without SFT.
+        return model_config, params
     return model_config.replace(max_position_embeddings=m.max_position_embeddings), params
+
+
+def check_vocab(spec: RunSpec, tokenizer) -> None:
+    """An init_checkpoint used without a cold start needs a row for every token."""
+    size = read_config(spec.init_checkpoint).vocab_size
+    if size < tokenizer.vocab_size:
+        added = " (with the think tags prompt.add_tags added)" if spec.tags[2] else ""
+        raise ConfigError(f"{spec.init_checkpoint}: vocab_size {size} is smaller than the "
+                          f"tokenizer's {tokenizer.vocab_size}{added}; set "
+                          "sft.from_checkpoint=True to add rows for the new tokens and teach "
+                          "them by cold-start SFT, or name tags the tokenizer has with "
+                          "prompt.think_tag and prompt.end_think_tag")
 
 
 def _write(path: str, model_config, params, spec: RunSpec) -> None:
@@ -95,9 +109,12 @@ def sft_traces(spec: RunSpec, examples) -> list[dict]:
 
 
 def sft_fields(spec: RunSpec) -> dict:
-    """What the cold start of a random init depends on beyond the model shape."""
-    return {"tokenizer": spec.tokenizer, "data": [spec.data.source, spec.data.name],
-            "seed": spec.seed, **spec.sft.record()}
+    """What the cold start depends on beyond the model shape."""
+    fields = {"tokenizer": spec.tokenizer, "data": [spec.data.source, spec.data.name],
+              "seed": spec.seed, **spec.sft.record()}
+    if spec.init_checkpoint:
+        fields["init_checkpoint"] = os.path.abspath(spec.init_checkpoint)
+    return fields
 
 
 def _check_cached(path: str, spec: RunSpec, tokenizer) -> None:
@@ -113,10 +130,13 @@ def _check_cached(path: str, spec: RunSpec, tokenizer) -> None:
                               "use another --workdir or the matching config")
     cached = read_config(path)
     m = spec.model
+    if spec.init_checkpoint:
+        m = read_config(spec.init_checkpoint)
     want = dict(model_type=m.model_type, hidden_size=m.hidden_size,
                 intermediate_size=m.intermediate_size, num_layers=m.num_layers,
                 num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
-                vocab_size=tokenizer.vocab_size)
+                vocab_size=max(tokenizer.vocab_size,
+                               m.vocab_size if spec.init_checkpoint else 0))
     diffs = [f"{k}: {getattr(cached, k)!r} != {v!r}" for k, v in want.items()
              if getattr(cached, k) != v]
     if diffs:

@@ -106,6 +106,7 @@ class SftSpec:
     mixture: Mixture
     examples: int
     draws: int
+    from_checkpoint: bool = False   # Cold-start SFT for an init_checkpoint too.
 
     def record(self) -> dict:
         """JSON-ready fields (the cold-start record of a cached initial policy)."""
@@ -174,6 +175,11 @@ class RunSpec:
         return sum(s.steps for s in self.stages)
 
     @property
+    def cold_start(self) -> bool:
+        """Whether the run trains a cold start (random init, or `sft.from_checkpoint`)."""
+        return not self.init_checkpoint or self.sft.from_checkpoint
+
+    @property
     def group_size(self) -> int:
         return self.advantage.group_size
 
@@ -240,7 +246,8 @@ class RunSpec:
             sampling = SamplingConfig(
                 temperature=c.sampling.temperature, top_k=c.sampling.top_k,
                 top_p=c.sampling.top_p, think_budget=c.sampling.think_budget,
-                response_budget=c.sampling.response_budget)
+                response_budget=c.sampling.response_budget,
+                ban_tags_in_response=c.sampling.ban_tags_in_response)
         except ValueError as e:
             raise ConfigError(f"config: sampling.{e}") from None
         compaction = None
@@ -299,7 +306,8 @@ class RunSpec:
             compaction=compaction,
             sft=SftSpec(steps=c.sft.steps, batch_size=c.sft.batch_size,
                         learning_rate=c.sft.learning_rate, mixture=mixture,
-                        examples=c.sft.examples, draws=c.sft.draws),
+                        examples=c.sft.examples, draws=c.sft.draws,
+                        from_checkpoint=bool(c.sft.from_checkpoint)),
             sampling=sampling, reward_name=c.reward.name,
             reward_kwargs=tuple(sorted(c.reward.kwargs.to_dict().items())),
             advantage=advantage, train=train,
