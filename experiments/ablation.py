@@ -493,14 +493,20 @@ def run(out: str, scale: Scale = FULL, log=print, setting: str = "standard",
             scale = dataclasses.replace(scale, **{k: v for k, v in chosen.items() if k != "runs"})
             log(f"sweep chose {scale.learning_rate:g} (joint, RLVR), {scale.start_learning_rate:g}"
                 f" (START), {scale.stage1_steps} stage-1 steps ({time.perf_counter() - began:.0f} s)")
-        waiting.result() if waiting else train_answerers(out, scale)
+        if waiting is not None:
+            waiting.result()
+        else:
+            train_answerers(out, scale)
         # The longest jobs first: PPO (a critic) before GRPO.
         jobs = [(out, scale, seed, setting, algo) for algo in sorted(scale.algos, reverse=True)
                 for seed in scale.seeds]
         for (_, _, seed, _, algo), secs in zip(jobs, _map(pool, train_runs, jobs)):
             log(f"seed {seed} {algo}: trained in {secs:.0f} s")
         log(f"training done ({time.perf_counter() - began:.0f} s)")
-        _map(pool, evaluate_seed, [(out, scale, seed, setting) for seed in scale.seeds])
+        evaluated = _map(pool, evaluate_seed,
+                         [(out, scale, seed, setting) for seed in scale.seeds])
+        for seed, secs in zip(scale.seeds, evaluated):
+            log(f"seed {seed}: evaluated in {secs:.0f} s")
     finally:
         if pool is not None:
             pool.shutdown()

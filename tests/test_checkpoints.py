@@ -215,3 +215,32 @@ def test_growing_the_vocabulary_adds_mean_rows_and_keeps_the_old_tokens(tmp_path
     # Saved and read back at the new size.
     checkpoints.save_pretrained(grown_config, grown, str(tmp_path / "grown"))
     assert checkpoints.read_config(str(tmp_path / "grown")).vocab_size == v + 3
+
+
+def test_restore_latest_sets_a_damaged_checkpoint_aside_and_uses_the_previous(tmp_path):
+    from start_jax.train import checkpointing
+
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    fields = {"model_type": "qwen3"}
+    for step in (2, 4):
+        ckpt.save(step, {"w": np.full((3,), float(step), np.float32)},
+                  {"data": {"index": step}, "model": fields})
+    ckpt.manager.wait_until_finished()
+    target = {"w": np.zeros((3,), np.float32)}
+    step, state, meta, _, aside = ckpt.restore_latest(lambda s: target, fields, None,
+                                                      str(tmp_path / "damaged"))
+    assert step == 4 and aside == [] and meta["data"] == {"index": 4}
+    np.testing.assert_array_equal(state["w"], 4.0)
+    meta_file = tmp_path / "checkpoints" / "4" / "meta" / "metadata"
+    meta_file.write_bytes(meta_file.read_bytes()[:5])           # Cut short.
+    step, state, meta, _, aside = ckpt.restore_latest(lambda s: target, fields, None,
+                                                      str(tmp_path / "damaged"))
+    assert step == 2 and len(aside) == 1 and "checkpoints/4: its metadata cannot be read" in aside[0]
+    np.testing.assert_array_equal(state["w"], 2.0)
+    assert (tmp_path / "damaged" / "4").is_dir() and ckpt.all_steps() == [2]
+    meta_file = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
+    meta_file.write_bytes(b"{")
+    with pytest.raises(checkpointing.DamagedCheckpoint, match="no readable checkpoint is left"):
+        ckpt.restore_latest(lambda s: target, fields, None, str(tmp_path / "damaged"))
+    empty = checkpointing.Checkpointer(str(tmp_path / "none"))
+    assert empty.restore_latest(lambda s: target, fields, None, "x") == (None,) * 4 + ([],)

@@ -120,6 +120,36 @@ class Checkpointer:
             ) from None
         return restored, meta
 
+    def restore_latest(self, target_of, model_fields: dict, critic: bool | None,
+                       damaged_dir: str):
+        """(step, state, meta, target, set_aside) of the newest readable checkpoint.
+
+        `target_of(step)` is the restore target of a step's checkpoint. A damaged
+        newer checkpoint is moved to ``damaged_dir/<step>`` and the previous one is
+        used; `set_aside` lists the messages of the ones moved. All Nones (and an
+        empty list) when there is no checkpoint.
+
+        Raises:
+          DamagedCheckpoint: no checkpoint is readable (the message names them).
+          CheckpointMismatch: the newest readable one belongs to another run.
+        """
+        damaged = []
+        for step in reversed(self.all_steps()):
+            target = target_of(step)
+            try:
+                state, meta = self.restore(step, target, model_fields, critic=critic)
+            except DamagedCheckpoint as e:
+                damaged.append((step, str(e)))
+                continue
+            for bad, _ in damaged:
+                self.set_aside(bad, damaged_dir)
+            return step, state, meta, target, [m for _, m in damaged]
+        if damaged:
+            raise DamagedCheckpoint(
+                "; ".join(m for _, m in damaged) + "; no readable checkpoint is left: move "
+                f"{self.directory} away to start again")
+        return None, None, None, None, []
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

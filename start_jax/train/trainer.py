@@ -472,31 +472,18 @@ class Trainer:
                 f"lr {stage.learning_rate:g}{extra}")
 
     def _restore_latest(self, ckpt):
-        """(step, state, meta, restore target) of the newest readable checkpoint, or Nones.
-        A damaged newer one is moved to ``<workdir>/checkpoints_damaged/<step>`` with a
-        warning and the previous one is used; when none is readable the error names them."""
-        damaged = []
-        for step in reversed(ckpt.all_steps()):
-            target = self.restore_target(self.stage_at(step))
-            try:
-                state, meta = ckpt.restore(step, target,
-                                           checkpointing.model_fields(self.model_config),
-                                           critic=self.critic_config is not None)
-            except checkpointing.DamagedCheckpoint as e:
-                damaged.append((step, str(e)))
-                continue
-            for bad, message in damaged:
-                ckpt.set_aside(bad, os.path.join(self.workdir, "checkpoints_damaged"))
-                logging.warning("%s; resuming from step %d", message, step)
-                if self.primary:
-                    print(f"warning: {message}; moved to {self.workdir}/checkpoints_damaged; "
-                          f"resuming from step {step}")
-            return step, state, meta, target
-        if damaged:
-            raise checkpointing.DamagedCheckpoint(
-                "; ".join(m for _, m in damaged) + "; no readable checkpoint is left: move "
-                f"{self.workdir}/checkpoints away to start again")
-        return None, None, None, None
+        """(step, state, meta, restore target) of the newest readable checkpoint, or Nones
+        (`Checkpointer.restore_latest`); says which damaged ones were set aside."""
+        damaged_dir = os.path.join(self.workdir, "checkpoints_damaged")
+        step, state, meta, target, set_aside = ckpt.restore_latest(
+            lambda s: self.restore_target(self.stage_at(s)),
+            checkpointing.model_fields(self.model_config),
+            self.critic_config is not None, damaged_dir)
+        for message in set_aside:
+            logging.warning("%s; resuming from step %d", message, step)
+            if self.primary:
+                print(f"warning: {message}; moved to {damaged_dir}; resuming from step {step}")
+        return step, state, meta, target
 
     def _meta(self, step: int, iterator) -> dict:
         return {"step": step, "data": iterator.state(), "seed": self.spec.seed,
