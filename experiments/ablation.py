@@ -897,7 +897,8 @@ def stage1_check(results: dict, window: int = 5) -> list[dict]:
 
 
 def markdown(results: dict) -> str:
-    """The README's tables of one setting: ladder, summary, contrasts, controls, stage 1."""
+    """The tables of one setting (docs/results.md, tables.md): ladder, summary, contrasts,
+    controls, stage 1."""
     fmt = lambda v: "-" if v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"  # noqa: E731
     lines = ["| answerer | arith, gold thinking | arith, empty | facts, gold thinking | "
              "facts, empty |", "|---|---|---|---|---|"]
