@@ -9,6 +9,13 @@ Every registered estimator has one signature, ``(rewards [B], values [B, L],
 mask [B, L], config: AdvantageConfig) -> (advantages [B, L], returns [B, L])``;
 `estimate` dispatches on ``config.estimator``. Sequence estimators ignore the
 values and return zero returns.
+
+This module is the one home of the estimators: a new one is a function, a
+`register` call (saying whether it needs a critic and when it needs groups of
+at least two completions) and, if it has a hyperparameter, a field of
+`AdvantageConfig`. The run config's ``algo`` section gets a key for every field
+(with its default) and the run spec reads them back (`AdvantageConfig.from_section`),
+so neither names an estimator or its options.
 """
 
 from __future__ import annotations
@@ -123,9 +130,13 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1
 
 @dataclasses.dataclass(frozen=True)
 class AdvantageConfig:
-    """Which estimator and its settings (only the ones it reads matter)."""
+    """Which estimator and its settings (only the ones it reads matter).
 
-    estimator: str = "grpo"       # A key of ESTIMATORS.
+    Every field after `group_size` is an estimator's hyperparameter: the run
+    config has it as ``algo.<field>`` with this default.
+    """
+
+    estimator: str = "grpo"       # A key of ESTIMATORS (the run config's algo.advantage).
     group_size: int = 1           # Consecutive completions of one prompt.
     grpo_scale: str = "std"       # GRPO: 'std' or 'none' (Dr.GRPO).
     group_baseline: bool = True   # REINFORCE++: subtract the group mean.
@@ -136,9 +147,43 @@ class AdvantageConfig:
     def needs_critic(self) -> bool:
         return self.estimator in CRITIC_ESTIMATORS
 
+    @property
+    def needs_groups(self) -> bool:
+        """Whether the estimator compares completions of one prompt (group_size >= 2)."""
+        return _GROUPED[self.estimator](self) if self.estimator in _GROUPED else False
+
+    @classmethod
+    def options(cls) -> dict:
+        """The estimators' hyperparameters and their defaults (the fields after group_size)."""
+        return {f.name: f.default for f in dataclasses.fields(cls)
+                if f.name not in ("estimator", "group_size")}
+
+    @classmethod
+    def from_section(cls, section) -> "AdvantageConfig":
+        """From a run config's ``algo`` section (a mapping): ``advantage`` names the
+        estimator; every other field is read under its own name."""
+        return cls(estimator=section["advantage"], group_size=section["group_size"],
+                   **{name: section[name] for name in cls.options()})
+
 
 Estimator = Callable[[jax.Array, jax.Array, jax.Array, AdvantageConfig],
                      tuple[jax.Array, jax.Array]]
+
+ESTIMATORS: dict[str, Estimator] = {}
+CRITIC_ESTIMATORS: tuple[str, ...] = ()
+_GROUPED: dict[str, Callable[[AdvantageConfig], bool]] = {}
+
+
+def register(name: str, fn: Estimator, *, critic: bool = False,
+             grouped: bool | Callable[[AdvantageConfig], bool] = False) -> Estimator:
+    """Adds estimator `name`; `critic`: it reads a value model's values; `grouped` (or a
+    predicate of the config): it needs at least two completions per prompt."""
+    global CRITIC_ESTIMATORS
+    ESTIMATORS[name] = fn
+    if critic:
+        CRITIC_ESTIMATORS = tuple(sorted({*CRITIC_ESTIMATORS, name}))
+    _GROUPED[name] = grouped if callable(grouped) else (lambda config, g=bool(grouped): g)
+    return fn
 
 
 def _sequence(fn) -> Estimator:
@@ -149,13 +194,11 @@ def _sequence(fn) -> Estimator:
     return estimator
 
 
-ESTIMATORS: dict[str, Estimator] = {
-    "grpo": _sequence(lambda r, c: grpo(r, c.group_size, c.grpo_scale)),
-    "rloo": _sequence(lambda r, c: rloo(r, c.group_size)),
-    "reinforce_pp": _sequence(lambda r, c: reinforce_pp(r, c.group_size, c.group_baseline)),
-    "gae": lambda r, v, m, c: gae(r, v, m, gamma=c.gamma, lam=c.lam),
-}
-CRITIC_ESTIMATORS = ("gae",)
+register("grpo", _sequence(lambda r, c: grpo(r, c.group_size, c.grpo_scale)), grouped=True)
+register("rloo", _sequence(lambda r, c: rloo(r, c.group_size)), grouped=True)
+register("reinforce_pp", _sequence(lambda r, c: reinforce_pp(r, c.group_size, c.group_baseline)),
+         grouped=lambda c: c.group_baseline)
+register("gae", lambda r, v, m, c: gae(r, v, m, gamma=c.gamma, lam=c.lam), critic=True)
 
 
 def estimate(rewards: jax.Array, values: jax.Array, mask: jax.Array,

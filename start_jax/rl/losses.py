@@ -47,6 +47,21 @@ class LossConfig:
     temperature: float = 1.0           # Sampling temperature of the rollouts.
     tis_cap: float = 0.0               # Truncated importance sampling cap; 0 = off.
 
+    # Set by the run from the sampling config, not options of the config's algo section.
+    DERIVED = ("norm_length", "temperature")
+
+    @classmethod
+    def options(cls) -> dict:
+        """The loss's options (each an ``algo.<field>`` key of the run config) and defaults."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in cls.DERIVED}
+
+    @classmethod
+    def from_section(cls, section, **derived) -> "LossConfig":
+        """From a run config's ``algo`` section (a mapping) plus the `DERIVED` fields
+        (and any field given here instead of read from the section)."""
+        return cls(**{name: section[name] for name in cls.options() if name not in derived},
+                   **derived)
+
     def __post_init__(self):
         for name, value, allowed in (("policy_loss", self.policy_loss, POLICY_LOSSES),
                                      ("aggregation", self.aggregation, AGGREGATIONS),

@@ -15,9 +15,9 @@ import ml_collections
 from start_jax.errors import ConfigError
 from start_jax.models.config import ATTENTION_IMPLS, DTYPE_NAMES, SUPPORTED_MODEL_TYPES
 from start_jax.rl import losses, masks
-from start_jax.rl.advantages import ESTIMATORS
+from start_jax.rl.advantages import ESTIMATORS, AdvantageConfig
 
-ADVANTAGES = tuple(sorted(ESTIMATORS))
+ADVANTAGES = tuple(sorted(ESTIMATORS))   # The built-in ones; validate reads the registry.
 RESPONDERS = ("self", "frozen")
 THINKERS = ("self", "frozen")
 KL_REFERENCES = ("init", "stage_start")
@@ -137,12 +137,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.reward.kwargs = ml_collections.ConfigDict()  # Passed to the reward factory.
 
     c.algo = ml_collections.ConfigDict()
-    c.algo.advantage = "grpo"        # grpo | rloo | reinforce_pp | gae.
+    c.algo.advantage = "grpo"        # A registered estimator (start_jax.rl.advantages).
     c.algo.group_size = 8            # Completions per prompt.
-    c.algo.grpo_scale = "std"        # 'std' or 'none' (Dr.GRPO).
-    c.algo.group_baseline = True     # REINFORCE++: subtract the group mean.
-    c.algo.gamma = 1.0               # GAE discount.
-    c.algo.lam = 0.95                # GAE lambda.
+    # The estimators' own options, each with its default and meaning in
+    # AdvantageConfig (start_jax/rl/advantages.py): grpo_scale ('std', or 'none' for
+    # Dr.GRPO), group_baseline (REINFORCE++), gamma and lam (GAE), ...
+    for name, default in AdvantageConfig.options().items():
+        c.algo[name] = default
     c.algo.policy_loss = "ppo"       # ppo | dual_clip | gspo.
     c.algo.clip_low = 0.2            # PPO lower clip.
     c.algo.clip_high = 0.28          # PPO upper clip (DAPO clip-higher).
@@ -162,6 +163,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.algo.value_clip = 0.2          # Critic value clipping.
     c.algo.value_coef = 0.5          # Critic loss weight.
     c.algo.critic_learning_rate = 1e-3  # Critic learning rate.
+    for name, default in losses.LossConfig.options().items():   # A loss option added in
+        if name not in c.algo:                                   # rl/losses.py, default there.
+            c.algo[name] = default
 
     c.optim = ml_collections.ConfigDict()
     c.optim.warmup_steps = 0         # Linear warmup (optimizer updates) at the start of each
@@ -194,7 +198,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError (a ValueError) for unknown keys or values, naming the full key."""
     _check_keys(config, default_config(), "")
     for key, value, allowed in (
-            ("algo.advantage", config.algo.advantage, ADVANTAGES),
+            ("algo.advantage", config.algo.advantage, tuple(sorted(ESTIMATORS))),
             ("algo.policy_loss", config.algo.policy_loss, losses.POLICY_LOSSES),
             ("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS),
             ("algo.kl_estimator", config.algo.kl_estimator, losses.KL_ESTIMATORS),
@@ -212,9 +216,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     g = config.algo.group_size
     if not isinstance(g, int) or g < 1:
         raise ConfigError(f"config: algo.group_size={g!r} must be an integer >= 1")
-    grouped = config.algo.advantage in ("grpo", "rloo") or (
-        config.algo.advantage == "reinforce_pp" and config.algo.group_baseline)
-    if grouped and g < 2:
+    if AdvantageConfig.from_section(config.algo).needs_groups and g < 2:
         raise ConfigError(f"config: algo.group_size=1 with algo.advantage={config.algo.advantage!r} "
                          "makes every advantage 0 (a group baseline needs >= 2 completions); "
                          "use group_size >= 2 or a batch baseline")

@@ -260,17 +260,11 @@ class RunSpec:
                                   f"and sampling.compact_min_rows={c.sampling.compact_min_rows!r} "
                                   "must be >= 1 (compact_every=0 turns compaction off)") from None
         a = c.algo
-        loss = LossConfig(
-            policy_loss=a.policy_loss, clip_low=a.clip_low, clip_high=a.clip_high,
-            dual_clip=a.dual_clip, aggregation=a.aggregation,
-            norm_length=sampling.think_budget + sampling.response_budget + 1,
-            kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, kl_scope=a.kl_scope,
-            entropy_coef=a.entropy_coef, value_clip=a.value_clip, value_coef=a.value_coef,
+        loss = LossConfig.from_section(
+            a, norm_length=sampling.think_budget + sampling.response_budget + 1,
             temperature=sampling.temperature if sampling.temperature > 0 else 1.0,  # Greedy rollouts
             tis_cap=float(a.tis_cap))                       # report log-probs at T = 1.
-        advantage = AdvantageConfig(estimator=a.advantage, group_size=a.group_size,
-                                    grpo_scale=a.grpo_scale, group_baseline=a.group_baseline,
-                                    gamma=a.gamma, lam=a.lam)
+        advantage = AdvantageConfig.from_section(a)
         # Rollouts are right-aligned in `width` columns and the decoded part is the last
         # think_budget + 1 + response_budget of them (a frozen responder's too), so the columns
         # before it hold only prompt and padding: the update's vocabulary head skips them.

@@ -1,0 +1,73 @@
+"""Estimators and losses are extended in their own module: the run config and the run
+spec read their options from the dataclasses, with nothing named by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from start_jax.rl import advantages, losses
+from start_jax.train import config as config_module
+from start_jax.train.spec import RunSpec
+from tests.test_trainer import smoke_config
+
+
+def test_every_estimator_and_loss_option_is_a_config_key_with_the_library_default():
+    c = config_module.default_config()
+    for name, default in advantages.AdvantageConfig.options().items():
+        assert c.algo[name] == default, name
+    for name in losses.LossConfig.options():
+        assert name in c.algo, name
+    # The run's defaults that differ from the library's are stated in the config.
+    assert c.algo.clip_high == 0.28 != losses.LossConfig().clip_high
+
+
+def test_the_spec_reads_every_option_back():
+    c = smoke_config()
+    c.algo.advantage, c.algo.gamma, c.algo.lam = "gae", 0.9, 0.8
+    c.algo.clip_low, c.algo.entropy_coef, c.algo.kl_estimator = 0.1, 0.01, "k2"
+    spec = RunSpec.from_config(c)
+    assert spec.advantage == advantages.AdvantageConfig(
+        "gae", group_size=c.algo.group_size, grpo_scale="std", group_baseline=True,
+        gamma=0.9, lam=0.8)
+    loss = spec.train.loss
+    assert (loss.clip_low, loss.entropy_coef, loss.kl_estimator) == (0.1, 0.01, "k2")
+    assert loss.norm_length == c.sampling.think_budget + c.sampling.response_budget + 1
+    assert spec.train.use_critic
+
+
+def test_a_registered_estimator_is_usable_by_a_run_without_other_edits():
+    """A batch-mean baseline registered from outside the library: accepted by the
+    config check (group_size=1 too, as it declares no groups) and run by `estimate`."""
+    def batch_mean(rewards, values, mask, config):
+        del values, config
+        r = rewards.astype(jnp.float32)
+        return advantages.broadcast(r - r.mean(), mask), jnp.zeros(mask.shape, jnp.float32)
+
+    advantages.register("batch_mean", batch_mean)
+    try:
+        c = smoke_config()
+        c.algo.advantage, c.algo.group_size = "batch_mean", 1
+        config_module.validate(c)
+        spec = RunSpec.from_config(c)
+        assert not spec.advantage.needs_critic and not spec.advantage.needs_groups
+        mask = np.ones((4, 3), bool)
+        adv, _ = advantages.estimate(jnp.asarray([1.0, 0.0, 0.0, 1.0]), jnp.zeros((4, 3)),
+                                     jnp.asarray(mask), spec.advantage)
+        np.testing.assert_allclose(np.asarray(adv)[:, 0], [0.5, -0.5, -0.5, 0.5])
+    finally:
+        del advantages.ESTIMATORS["batch_mean"], advantages._GROUPED["batch_mean"]
+    with pytest.raises(ValueError, match="algo.advantage='batch_mean' is not one of"):
+        config_module.validate(c)
+
+
+def test_groups_are_asked_for_by_the_estimators_themselves():
+    need = {name: advantages.AdvantageConfig(name, group_size=2).needs_groups
+            for name in advantages.ESTIMATORS}
+    assert need == {"grpo": True, "rloo": True, "reinforce_pp": True, "gae": False}
+    assert not advantages.AdvantageConfig("reinforce_pp", group_baseline=False).needs_groups
+    assert advantages.CRITIC_ESTIMATORS == ("gae",)
+    assert dataclasses.fields(advantages.AdvantageConfig)[0].name == "estimator"
