@@ -127,7 +127,12 @@ def run_step(trainer: Trainer, iterator: PromptIterator, state, step: int):
                                     None if state is None else state.critic_params)
     examples = iterator.next_batch()
     t["other host"] += clock() - start
+    if hasattr(trainer, "rl_step"):   # The trainer's own step, timed phase by phase.
+        state, host, reward, batch, metrics = trainer.rl_step(state, examples, step, stage,
+                                                              clock=t)
+        return state, t, host, reward, batch, metrics
 
+    # A library from before `Trainer.rl_step` (this script run against an older checkout).
     start = clock()
     rollout = jax.block_until_ready(trainer.rollouts(state.params, examples, step, stage))
     t["rollout"] = clock() - start

@@ -176,14 +176,9 @@ def test_rl_step_makes_no_implicit_transfer(tmp_path):
     state = trainer.fresh_state(stage, trainer.init_params)
     for step in range(3):   # The first step builds and compiles; the next two run guarded.
         with jax.transfer_guard("disallow" if step else "allow"):
-            rollout = trainer.rollouts(state.params, examples, step, stage)
-            host = jax.device_get(rollout)
-            reward = trainer.score(host, examples, config.algo.group_size)
-            batch = trainer.make_batch(state, rollout, reward, stage)
-            state, metrics = trainer.update(state, batch, step, stage)
-            metrics = jax.device_get(metrics)
+            state, host, _, _, metrics = trainer.rl_step(state, examples, step, stage)
         assert np.isfinite(metrics["loss"])
-    assert rollout.tokens.shape == (4, trainer.width)
+    assert host.tokens.shape == (4, trainer.width)
 
 
 def test_options_the_run_does_not_read_are_named():

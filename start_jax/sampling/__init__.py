@@ -12,6 +12,9 @@
   max_new_tokens=...)`: plain generation, the bare prompt continued with no
   tags (base models, judges, parity checks); generated tokens carry the
   RESPONSE segment and a row stops at eos.
+* `Sampler(model_config, special, mesh=..., width=..., compact=...)`: the three
+  above bound to one model and placement, so that a call passes only the
+  parameters, prompts, sampling config and key.
 
 `SamplingConfig` (hashable, a static jit argument: an equal config never
 recompiles) holds the temperature, top-k/top-p, the segment budgets,
@@ -37,6 +40,7 @@ from start_jax.sampling.ops import (
     filter_logits,
     sampled_token_log_probs,
 )
+from start_jax.sampling.session import Sampler
 from start_jax.sampling.sampler import (
     DecodeState,
     Prefix,
@@ -49,7 +53,7 @@ from start_jax.sampling.sampler import (
     prefill,
 )
 
-__all__ = ["Compaction", "DecodeState", "LOGPROBS_OF", "Prefix", "Rollout", "SamplingConfig", "SpecialTokens",
-           "assemble", "build_plain_prefix", "build_prefix", "decode", "decode_segments",
-           "filter_logits", "generate", "num_decode_steps", "prefill", "respond", "sample",
-           "sampled_token_log_probs", "thinking_of"]
+__all__ = ["Compaction", "DecodeState", "LOGPROBS_OF", "Prefix", "Rollout", "Sampler",
+           "SamplingConfig", "SpecialTokens", "assemble", "build_plain_prefix", "build_prefix",
+           "decode", "decode_segments", "filter_logits", "generate", "num_decode_steps",
+           "prefill", "respond", "sample", "sampled_token_log_probs", "thinking_of"]

@@ -131,6 +131,9 @@ class Trainer:
         # The sampler may compute in another dtype than the trainer (bf16 sampling, fp32 update).
         self.sampler_config = (self.model_config.replace(dtype=spec.sampling_dtype)
                                if spec.sampling_dtype else self.model_config)
+        self.sampler = sampling.Sampler(self.sampler_config, self.special, mesh=self.mesh,
+                                        rules=self.rules, width=self.width,
+                                        max_length=self.model_config.max_position_embeddings)
         self._jits: dict = {}
         # With several processes (jax.distributed) every process runs this same loop on
         # its shards; process 0 alone writes files and prints.
@@ -237,10 +240,7 @@ class Trainer:
         return _fold_key(pair)
 
     def _sample(self, params, prompts, sc, rng, row_ids, **kwargs):
-        return sampling.sample(self.sampler_config, params, prompts, sc, rng, self.special,
-                               row_ids=row_ids, mesh=self.mesh, rules=self.rules,
-                               max_length=self.model_config.max_position_embeddings,
-                               width=self.width, **kwargs)
+        return self.sampler.sample(params, prompts, sc, rng, row_ids=row_ids, **kwargs)
 
     def rollouts(self, params, examples, step: int, stage: StageSpec, group_size: int | None = None):
         """`group_size` rollouts per example (default: the run's), with the stage's thinker
@@ -261,15 +261,11 @@ class Trainer:
         thinker = self.snapshot if stage.thinker == "frozen" else params
         responder = self.init_params if stage.responder == "frozen" else params
         # One model thinks; the other responds from the device rollout.
-        thinking = sampling.sample(
-            self.sampler_config, thinker, prompts, sc.replace(response_budget=0), rng,
-            self.special, row_ids=row_ids, mesh=self.mesh, rules=self.rules,
-            width=self.width - sc.response_budget, **shape)
-        return sampling.respond(self.sampler_config, responder, thinking, sc,
-                                self._key(3, step), self.special, row_ids=row_ids, mesh=self.mesh,
-                                rules=self.rules,
-                                max_length=self.model_config.max_position_embeddings,
-                                width=self.width, compact=self.spec.compaction)
+        thinking = self.sampler.sample(thinker, prompts, sc.replace(response_budget=0), rng,
+                                       row_ids=row_ids, width=self.width - sc.response_budget,
+                                       **shape)
+        return self.sampler.respond(responder, thinking, sc, self._key(3, step),
+                                    row_ids=row_ids, compact=self.spec.compaction)
 
     def score(self, rollout, examples, repeat: int) -> np.ndarray:
         """Response-only rewards of a host copy of the rollout."""
@@ -313,6 +309,39 @@ class Trainer:
         with sharding.logical_constraint_context(self.mesh, self.rules):
             return fn(state.params, ref, state.critic_params, rollout.tokens,
                       rollout.segment_ids, rollout.forced, r, rollout.logprobs, rollout.sampled)
+
+    def rl_step(self, state: rl.TrainState, examples, step: int, stage: StageSpec,
+                clock: dict | None = None):
+        """One RL step on `examples`: rollouts, rewards, the batch, the update, its checks.
+
+        Returns (state, host rollout, rewards, batch, host metrics). The loop of `run`,
+        the step benchmark and the tests all take their step from here. With `clock`, a
+        dict, each phase's device work is waited for and its seconds are added to
+        ``clock[phase]`` ("rollout", "copy+score", "make_batch", "update", "other host").
+        """
+        def timed(phase, fn):
+            if clock is None:
+                return fn()
+            began = time.perf_counter()
+            out = jax.block_until_ready(fn())
+            clock[phase] = clock.get(phase, 0.0) + time.perf_counter() - began
+            return out
+
+        rollout = timed("rollout", lambda: self.rollouts(state.params, examples, step, stage))
+
+        def score():
+            host = sharding.to_host(rollout)                     # Host view 1: the rollout.
+            return host, self.score(host, examples, self.spec.group_size)
+        host, reward = timed("copy+score", score)
+        batch = timed("make_batch", lambda: self.make_batch(state, rollout, reward, stage))
+        state, metrics = timed("update", lambda: self.update(state, batch, step, stage,
+                                                             self.widths_of(host)))
+
+        def check():
+            out = rl.check_finite(sharding.to_host(metrics), step)  # Host view 2.
+            check_health(out, step, stage)
+            return out
+        return state, host, reward, batch, timed("other host", check)
 
     def widths_of(self, host) -> tuple[int, ...] | None:
         """The update's length groups for a host copy of the rollout (`rl.length_widths`):
@@ -383,7 +412,6 @@ class Trainer:
         summary = {"first": None, "last": None, "eval": {}}
         began = time.perf_counter()
         stopped = False
-        g = spec.group_size
         with _SigtermFlag() as sigterm, tqdm.trange(
                 start, self.total_steps, initial=start, total=self.total_steps, desc="rl",
                 unit="step", disable=not (spec.log.progress and self.primary)) as bar:
@@ -394,13 +422,7 @@ class Trainer:
                 if step == stage.start:  # A fresh (or carried) optimizer, a snapshot.
                     state = self.stage_state(stage, state)
                 examples = iterator.next_batch()
-                rollout = self.rollouts(state.params, examples, step, stage)
-                host = sharding.to_host(rollout)                     # Host view 1: the rollout.
-                reward = self.score(host, examples, g)
-                batch = self.make_batch(state, rollout, reward, stage)
-                state, metrics = self.update(state, batch, step, stage, self.widths_of(host))
-                metrics = rl.check_finite(sharding.to_host(metrics), step)  # Host view 2.
-                check_health(metrics, step, stage)
+                state, host, reward, _, metrics = self.rl_step(state, examples, step, stage)
                 write = bool(spec.log.samples_every) and step % spec.log.samples_every == 0
                 rows = self._rows_to_decode(host, examples, write)
                 metrics.update(self._rollout_metrics(host), stage=self.stages.index(stage))
