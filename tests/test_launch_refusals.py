@@ -89,6 +89,17 @@ def _files(tmp):
          "no_get_config": write("cfg/no_get.py", "x = 1\n"),
          "syntax": write("cfg/syntax.py", "def get_config(:\n"),
          "raises": write("cfg/raises.py", "def get_config():\n    raise RuntimeError('boom')\n"),
+         # A reward registered by the config file itself (the file is loaded more than once).
+         "own_reward": write("cfg/own_reward.py", (
+             "from start_jax import rewards\n"
+             "from start_jax.train.config import default_config\n\n\n"
+             "@rewards.register('always_one')\n"
+             "def always_one(**kwargs):\n"
+             "    return lambda inputs: [1.0] * len(inputs)\n\n\n"
+             "def get_config():\n"
+             "    c = default_config()\n"
+             "    c.reward.name = 'always_one'\n"
+             "    return c\n")),
          "tok_cut": write("tok_cut/tokenizer.json", '{"model": {"vocab": {"a": 1'),
          "ckpt_cut": write("ckpt_cut/config.json", '{"model_type": "qwen3", "hidden'),
          "ckpt_gpt2": write("ckpt_gpt2/config.json", json.dumps({"model_type": "gpt2"})),
@@ -152,6 +163,10 @@ def _cases(f, tmp):
         ("no_get_config", [f"--config={f['no_get_config']}"], "defines no get_config()"),
         ("config_syntax", [f"--config={f['syntax']}"], f"--config={f['syntax']} line 1"),
         ("config_raises", [f"--config={f['raises']}"], "get_config() raised RuntimeError"),
+        ("own_reward_typo", [f"--config={f['own_reward']}", c + "algo.foo=1"],
+         "unknown config field 'algo.foo'"),
+        ("own_reward_bad_value", [f"--config={f['own_reward']}", c + "algo.group_size=0"],
+         "algo.group_size=0"),
         ("workdir_is_file", [f"--workdir={f['file_workdir']}"], "--workdir="),
         ("distributed_flags_alone", ["--num_processes=2", "--process_id=1",
                                      "--coordinator_address=localhost:1"], "without --distributed"),

@@ -71,7 +71,8 @@ def test_added_tags_without_the_sft_option_are_refused_before_any_work(files):
 def test_cold_start_sft_on_the_checkpoint_teaches_it_to_close_its_thinking(files):
     workdir = files["dir"] / "run"
     proc = _launch(files, workdir, **{"sft.from_checkpoint": True, "sft.steps": 300,
-                                      "sft.batch_size": 16, "sft.learning_rate": 3e-3})
+                                      "sft.batch_size": 16, "sft.learning_rate": 3e-3,
+                                      "sampling.ban_tags_in_response": True})
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert not LOG_LINE.search(proc.stderr + proc.stdout), proc.stderr[-3000:]
 

@@ -104,7 +104,9 @@ class Trainer:
         self.workdir = os.path.abspath(workdir)
         self.mesh, self.tokenizer = preflight(spec, self.workdir)
         for message in ignored_options(spec):
-            logging.warning(message)
+            # Printed once for the user; the log keeps it at INFO (a WARNING would print
+            # the same line again, as an absl log line).
+            logging.info("warning: %s", message)
             if jax.process_index() == 0:
                 print(f"warning: {message}")
         os.makedirs(self.workdir, exist_ok=True)
@@ -502,7 +504,7 @@ class Trainer:
             checkpointing.model_fields(self.model_config),
             self.critic_config is not None, damaged_dir)
         for message in set_aside:
-            logging.warning("%s; resuming from step %d", message, step)
+            logging.info("warning: %s; resuming from step %d", message, step)   # Printed below.
             if self.primary:
                 print(f"warning: {message}; moved to {damaged_dir}; resuming from step {step}")
         return step, state, meta, target
