@@ -112,9 +112,8 @@ class SamplingConfig:
 
         True when greedy, filtered, with banned tokens or a minimum length
         (a user `logits_processor`, not part of the config, also processes).
-        `ban_tags_in_response` is not counted: it reshapes the response of
-        segmented rollouts only, and only in the rare rows the model would
-        put a tag there.
+        `ban_tags_in_response` is not counted: it applies to the responses of
+        segmented rollouts only, which the config alone cannot tell.
         """
         return (self.greedy or self.top_k > 0 or self.top_p < 1.0 or bool(self.banned_tokens)
                 or self.min_response_tokens > 0)
@@ -122,16 +121,16 @@ class SamplingConfig:
     def replace(self, **kwargs) -> "SamplingConfig":
         return dataclasses.replace(self, **kwargs)
 
-    def check_vocab(self, vocab_size: int, eos: int | Sequence[int]) -> None:
+    def check_vocab(self, vocab_size: int, eos_ids: Sequence[int]) -> None:
         """Raises ValueError if the constraints do not fit a vocabulary of `vocab_size`.
 
-        `eos`: the id, or every id, that ends a row.
+        `eos_ids`: every id that ends a row (`SpecialTokens.eos_ids`).
         """
         outside = [t for t in self.banned_tokens if t >= vocab_size]
         if outside:
             raise ValueError(f"banned_tokens {outside} are outside the vocabulary of "
                              f"{vocab_size} tokens")
-        eos_ids = {int(eos)} if _is_int(eos) else {int(t) for t in eos}
+        eos_ids = {int(t) for t in eos_ids}
         outside = sorted(t for t in eos_ids if not 0 <= t < vocab_size)
         if outside:
             raise ValueError(f"eos ids {outside} are outside the vocabulary of "
@@ -228,12 +227,12 @@ def first_argmax(x: jax.Array) -> jax.Array:
     return jnp.minimum(index, v - 1)  # A row with NaN has no equal entry.
 
 
-def constrain(logits: jax.Array, config: SamplingConfig, eos: int | Sequence[int],
+def constrain(logits: jax.Array, config: SamplingConfig, eos_ids: Sequence[int],
               eos_blocked: jax.Array, tags: Sequence[int] = (),
               responding: jax.Array | None = None) -> jax.Array:
     """Applies the config's banned tokens, minimum length and tag ban to logits [B, V].
 
-    `eos` is the id, or every id, that ends a row; `eos_blocked` [B] marks the
+    `eos_ids` are the ids that end a row; `eos_blocked` [B] marks the
     rows whose response is still shorter than `config.min_response_tokens`.
     `tags` are the think tags' ids and `responding` [B] the rows in their
     response, where `config.ban_tags_in_response` bans the tags. Returns
@@ -247,7 +246,7 @@ def constrain(logits: jax.Array, config: SamplingConfig, eos: int | Sequence[int
     if config.banned_tokens:
         logits = logits.at[:, jnp.asarray(config.banned_tokens, jnp.int32)].set(NEG_INF)
     if config.min_response_tokens > 0:
-        logits = block(logits, [eos] if _is_int(eos) else list(eos), eos_blocked)
+        logits = block(logits, list(eos_ids), eos_blocked)
     if config.ban_tags_in_response and tags and responding is not None:
         logits = block(logits, list(tags), responding)
     return logits
