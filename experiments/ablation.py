@@ -140,6 +140,9 @@ def run_config(scale: Scale, seed: int, setting: str = "standard"):
     c = default_config()
     c.seed = seed
     c.data.name = "mixed"         # Bases and answerers learn both families.
+    # The settings as pre-registered and run: think tags may be drawn in a response (the ban,
+    # on by default since, came later; the world's judges score such responses as written).
+    c.sampling.ban_tags_in_response = False
     c.sft.steps = scale.sft_steps
     for key, value in SETTINGS[setting]["mixture"].items():
         c.sft.mixture[key] = value
@@ -392,7 +395,8 @@ def thinkers_of(out: str, scale: Scale, seed: int, tok, sc) -> dict:
 def _sampling():
     c = default_config()
     return sampling.SamplingConfig(temperature=1.0, think_budget=c.sampling.think_budget,
-                                   response_budget=c.sampling.response_budget)
+                                   response_budget=c.sampling.response_budget,
+                                   ban_tags_in_response=False)   # As in `run_config`.
 
 
 def evaluate_seed(out: str, scale: Scale, seed: int, setting: str) -> float:

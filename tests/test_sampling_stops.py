@@ -95,11 +95,10 @@ def test_generate_stops_at_any_of_several_eos_ids_and_min_length_blocks_them_all
         sampling.generate(config, params, [[5]], cfg, 0, eos_id=[EOS, 99], pad_id=PAD)
 
 
-def test_think_tags_are_banned_in_the_response_on_request(tiny):
+def test_think_tags_are_banned_in_the_response(tiny):
     config, params = tiny
-    assert not sampling.SamplingConfig().ban_tags_in_response   # Off by default (see ops).
-    cfg = sampling.SamplingConfig(temperature=1.0, think_budget=3, response_budget=5,
-                                  ban_tags_in_response=True)
+    assert sampling.SamplingConfig().ban_tags_in_response   # On by default.
+    cfg = sampling.SamplingConfig(temperature=1.0, think_budget=3, response_budget=5)
     steps = sampling.num_decode_steps(cfg, True)
     # Row 0 asks for <think> everywhere, row 1 for </think>: both tags are
     # allowed inside the thinking (</think> closes it) and banned after it.

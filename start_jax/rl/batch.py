@@ -52,7 +52,8 @@ def build_batch(params, ref_params, critic_params, tokens: jax.Array, segment_id
 
     def log_probs(p):
         return lp.token_log_probs(model_config, p, tokens, segment_ids, loss.temperature,
-                                  train.logprob_chunk, train.logprob_start)[0]
+                                  train.logprob_chunk, train.logprob_start,
+                                  train.response_banned)[0]
 
     old = zeros if train.on_policy else log_probs(params)
     ref = log_probs(ref_params) if loss.kl_coef else zeros

@@ -7,6 +7,10 @@ vocabulary head is one matmul whose logits the backward pass reuses; otherwise
 it runs on `chunk` positions at a time inside a rematerialised scan, so
 neither the forward nor the backward pass ever holds a [B, L, V] float32
 logits array: the peak is [B, chunk, V].
+
+`banned` ids (the think tags of a run with `sampling.ban_tags_in_response`)
+have no probability at the positions a `ban` mask marks (the response
+tokens): the same distribution the sampler draws those tokens from.
 """
 
 from __future__ import annotations
@@ -65,7 +69,18 @@ def _chunk_logits(h, kernel, temperature, dtype):
                       preferred_element_type=jnp.float32) / temperature
 
 
-def _block_stats(h, kernel, y, temperature, dtype):
+BANNED_LOGIT = -1e30   # Finite, so that 0 * logit stays 0 in the entropy and its gradient.
+
+
+def _ban(z, ban, banned):
+    """z [B, C, V] with the `banned` columns at BANNED_LOGIT where `ban` [B, C] is set."""
+    if not banned or ban is None:
+        return z
+    ids = jnp.asarray(banned, jnp.int32)
+    return z.at[..., ids].set(jnp.where(ban[..., None], BANNED_LOGIT, z[..., ids]))
+
+
+def _block_stats(h, kernel, y, temperature, dtype, ban=None, banned=()):
     """(log p_T(y), entropy, z, lse) of one block of positions [B, C].
 
     z = logits / temperature [B, C, V] float32 and lse its log-sum-exp [B, C, 1]:
@@ -73,7 +88,7 @@ def _block_stats(h, kernel, y, temperature, dtype):
     maximum, e = exp(z - m) and s = sum(e). XLA:CPU computes the maximum with
     the logits matmul, then e once; z - m is not stored.
     """
-    z = _chunk_logits(h, kernel, temperature, dtype)
+    z = _ban(_chunk_logits(h, kernel, temperature, dtype), ban, banned)
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     e = jnp.exp(z - m)
     s = jnp.sum(e, axis=-1, keepdims=True)
@@ -105,9 +120,12 @@ def _block_grads(h, kernel, y, z, lse, a, b, temperature, dtype):
     return d_h, d_kernel
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def chunked_head(hidden, kernel, targets, temperature, chunk, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 7))
+def chunked_head(hidden, kernel, targets, temperature, chunk, dtype, ban=None, banned=()):
     """log p_T(targets) and entropies [B, T] through the head `kernel` [D, V].
+
+    `ban` [B, T] bool (or None) marks the positions where the `banned` ids
+    have no probability.
 
     With chunk < T, forward and backward both loop over chunks of positions;
     the backward recomputes each chunk's logits and writes d logits directly,
@@ -119,30 +137,35 @@ def chunked_head(hidden, kernel, targets, temperature, chunk, dtype):
     V] float32 logits for the backward, which then recomputes nothing. A zero
     entropy cotangent (the loss has no entropy term) is skipped.
     """
-    return _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype)[0]
+    return _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype, ban,
+                             banned)[0]
 
 
 def _value(x):
     return x.value if isinstance(x, jax.custom_derivatives.CustomVJPPrimal) else x
 
 
-def _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype):
-    hidden, kernel, targets = _value(hidden), _value(kernel), _value(targets)
+def _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype, ban, banned):
+    hidden, kernel, targets, ban = _value(hidden), _value(kernel), _value(targets), _value(ban)
+    if not banned:
+        ban = None
     t = hidden.shape[1]
     if chunk >= t:
-        logp, ent, z, lse = _block_stats(hidden, kernel, targets, temperature, dtype)
-        return (logp, ent), (hidden, kernel, targets, z, lse)
+        logp, ent, z, lse = _block_stats(hidden, kernel, targets, temperature, dtype, ban, banned)
+        return (logp, ent), (hidden, kernel, targets, ban, z, lse)
 
     def body(_, xs):
-        h, y = xs
-        return None, _block_stats(h, kernel, y, temperature, dtype)[:2]
+        h, y, b = xs
+        return None, _block_stats(h, kernel, y, temperature, dtype, b, banned)[:2]
 
-    _, (logp, ent) = jax.lax.scan(body, None, (_chunks(hidden, chunk), _chunks(targets, chunk)))
-    return (_unchunk(logp, t), _unchunk(ent, t)), (hidden, kernel, targets, None, None)
+    xs = (_chunks(hidden, chunk), _chunks(targets, chunk),
+          None if ban is None else _chunks(ban, chunk))
+    _, (logp, ent) = jax.lax.scan(body, None, xs)
+    return (_unchunk(logp, t), _unchunk(ent, t)), (hidden, kernel, targets, ban, None, None)
 
 
-def _chunked_head_bwd(temperature, chunk, dtype, residuals, cotangents):
-    hidden, kernel, targets, z, lse = residuals
+def _chunked_head_bwd(temperature, chunk, dtype, banned, residuals, cotangents):
+    hidden, kernel, targets, ban, z, lse = residuals
     g_logp, g_ent = cotangents
     zero = jax.custom_derivatives.SymbolicZero
     if isinstance(g_logp, zero):
@@ -153,21 +176,22 @@ def _chunked_head_bwd(temperature, chunk, dtype, residuals, cotangents):
     if z is not None:
         d_hidden, d_kernel = _block_grads(hidden, kernel, targets, z, lse, g_logp, g_ent,
                                           temperature, dtype)
-        return d_hidden, _kernel_grad(d_kernel, kernel.dtype), None
+        return d_hidden, _kernel_grad(d_kernel, kernel.dtype), None, None
 
     def body(d_kernel, xs):
-        h, y, a, b = xs
-        z = _chunk_logits(h, kernel, temperature, dtype)             # [B, C, V]
+        h, y, a, b, n = xs
+        z = _ban(_chunk_logits(h, kernel, temperature, dtype), n, banned)   # [B, C, V]
         lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
         d_h, d_k = _block_grads(h, kernel, y, z, lse, a, b, temperature, dtype)
         return d_kernel + d_k, d_h
 
     xs = (_chunks(hidden, chunk), _chunks(targets, chunk), _chunks(g_logp, chunk),
-          None if g_ent is None else _chunks(g_ent, chunk))
+          None if g_ent is None else _chunks(g_ent, chunk),
+          None if ban is None else _chunks(ban, chunk))
     d_kernel, d_h = jax.lax.scan(body, jnp.zeros(kernel.shape, jnp.float32), xs)
     n, b, c, d = d_h.shape
     d_hidden = jnp.moveaxis(d_h, 0, 1).reshape(b, n * c, d)[:, :t]
-    return d_hidden, _kernel_grad(d_kernel, kernel.dtype), None
+    return d_hidden, _kernel_grad(d_kernel, kernel.dtype), None, None
 
 
 def _kernel_grad(d_kernel, dtype):
@@ -211,8 +235,8 @@ def _even_chunk(chunk: int, length: int) -> int:
 
 
 def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.Array,
-                   temperature: float = 1.0, chunk: int = 0
-                   ) -> tuple[jax.Array, jax.Array]:
+                   temperature: float = 1.0, chunk: int = 0, ban: jax.Array | None = None,
+                   banned: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
     """log p_T(targets) and entropies [B, T] from hidden states [B, T, D].
 
     p_T = softmax(logits / temperature): the distribution the sampler drew
@@ -221,20 +245,25 @@ def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.
     then kept for the backward pass, which recomputes nothing), else chunks
     whose logits take at most 128 MiB, recomputed in the backward pass
     (`chunked_head`). A given `chunk` >= T also runs the head at once.
+    `ban` [B, T] marks the positions where the `banned` ids get no probability.
     """
     t = hidden.shape[1]
     if not chunk:
         chunk = auto_chunk(hidden.shape[0], config.vocab_size, t)
     chunk = max(1, min(_even_chunk(chunk, t), t))
     kernel = transformer.head_kernel(config, params)
+    banned = tuple(sorted({int(t) for t in banned})) if ban is not None else ()
     return chunked_head(hidden, kernel, targets.astype(jnp.int32), float(temperature), chunk,
-                        config.jnp_dtype)
+                        config.jnp_dtype, ban if banned else None, banned)
 
 
 def token_log_probs(config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array,
-                    temperature: float = 1.0, chunk: int = 0, start: int = 0
-                    ) -> tuple[jax.Array, jax.Array]:
+                    temperature: float = 1.0, chunk: int = 0, start: int = 0,
+                    response_banned: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
     """(logp, entropy), each [B, L] aligned with `tokens`; 0 at t = 0.
+
+    `response_banned` ids (the think tags when `sampling.ban_tags_in_response`
+    is set) get no probability at the RESPONSE tokens, as in the sampler.
 
     `start` > 0: the vocabulary head runs only for columns start..L-1 (the
     trunk still reads every token); columns before `start` are 0. For
@@ -243,7 +272,9 @@ def token_log_probs(config: ModelConfig, params, tokens: jax.Array, segment_ids:
     """
     start = max(1, min(start, tokens.shape[1]))
     hidden = _shifted_hidden(config, params, tokens, segment_ids)[:, start - 1:]
-    logp, entropy = head_log_probs(config, params, hidden, tokens[:, start:], temperature, chunk)
+    ban = segment_ids[:, start:] == segments.RESPONSE if response_banned else None
+    logp, entropy = head_log_probs(config, params, hidden, tokens[:, start:], temperature, chunk,
+                                   ban, response_banned)
     pad = lambda x: jnp.pad(x, ((0, 0), (start, 0)))  # noqa: E731
     return pad(logp), pad(entropy)
 
@@ -255,11 +286,12 @@ def token_values(config: ModelConfig, params, tokens: jax.Array, segment_ids: ja
     return _pad_front(transformer.head_values(config, params, hidden))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "temperature", "chunk"))
+@functools.partial(jax.jit, static_argnames=("config", "temperature", "chunk", "response_banned"))
 def rollout_log_probs(config: ModelConfig, params, tokens, segment_ids, temperature=1.0,
-                      chunk=0) -> jax.Array:
+                      chunk=0, response_banned=()) -> jax.Array:
     """Jitted, gradient-free log-probabilities for old and reference policies."""
-    return token_log_probs(config, params, tokens, segment_ids, temperature, chunk)[0]
+    return token_log_probs(config, params, tokens, segment_ids, temperature, chunk,
+                           response_banned=tuple(response_banned))[0]
 
 
 rollout_values = jax.jit(token_values, static_argnames=("config",))

@@ -73,6 +73,10 @@ class TrainConfig:
     # its rows fill (`length_widths`); 1 = every row on every column. Needs minibatches = 1.
     length_groups: int = 1
     use_critic: bool = False   # Train a value model (PPO with GAE).
+    # Ids with no probability at the RESPONSE tokens, in every log-probability of the update
+    # (current, old, reference): the think tags when the sampler bans them there
+    # (`SamplingConfig.ban_tags_in_response`), so that the update sees the policy that sampled.
+    response_banned: tuple[int, ...] = ()
 
     @property
     def on_policy(self) -> bool:
@@ -198,7 +202,8 @@ def policy_loss(params, batch: Batch, counts, model_config: ModelConfig, config:
     """Loss of one micro-batch, scaled by the whole minibatch's counts."""
     start = config.logprob_start
     logp, entropy = lp.token_log_probs(model_config, params, batch.tokens, batch.segment_ids,
-                                       config.loss.temperature, config.logprob_chunk, start)
+                                       config.loss.temperature, config.logprob_chunk, start,
+                                       config.response_banned)
     loss, aux = policy_loss_terms(logp, entropy, batch, counts, config.loss, config.on_policy)
     if start:  # A mask token without a log-probability: stop the run (check_finite).
         early = jnp.any(batch.loss_mask[:, :start]) | jnp.any(batch.kl_mask[:, :start])

@@ -37,20 +37,21 @@ class SamplingConfig:
       Thinking is not affected (an eos drawn inside the thinking still closes
       it). With `min_response_tokens >= response_budget` no row draws eos.
       Every id that ends a row (`SpecialTokens.eos_ids`) counts as eos.
-    * `ban_tags_in_response` (default False): the think tags are never drawn
+    * `ban_tags_in_response` (default True): the think tags are never drawn
       in the response of a segmented rollout (a second `<think>` or
       `</think>` after the thinking closed). No effect on plain generation.
-      For evaluation and inference. In RL it makes the rollouts samples of a
-      restricted policy while the update's log-probabilities are the
-      unrestricted policy's: the gradient is then biased (in the PPO + GAE
-      test of `tests/test_rl_learns.py` the paid rate collapsed, 0.91 -> 0.73
-      at seed 0 and 0.0 at seed 1), so runs leave it off.
+      The ban is part of the policy, not a processing step: the "model"
+      log-probabilities below are those of the policy with the tags' logits
+      at -inf in the response, and the update computes its log-probabilities
+      the same way (`TrainConfig.response_banned`), so RL trains the policy
+      that sampled.
 
     `logprobs_of` chooses what `Rollout.logprobs` reports for each sampled
     token (see `draw`):
 
     * "model" (default): log softmax(logits / T)[token] of the unprocessed
-      model at temperature T (T = 1 when greedy): top-k/top-p filtering,
+      model at temperature T (T = 1 when greedy; the think tags banned in
+      the response with `ban_tags_in_response`): top-k/top-p filtering,
       banned tokens, the minimum length and any user `logits_processor` are
       ignored. This is what a trainer recomputes with a forward pass at
       temperature T.
@@ -72,7 +73,7 @@ class SamplingConfig:
     banned_tokens: tuple[int, ...] = ()  # Ids never drawn (stored sorted, unique).
     min_response_tokens: int = 0         # Response tokens before eos may be drawn.
     logprobs_of: str = "model"           # What Rollout.logprobs reports: see above.
-    ban_tags_in_response: bool = False   # No think tag drawn in a response.
+    ban_tags_in_response: bool = True    # No think tag drawn in a response.
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -112,8 +113,8 @@ class SamplingConfig:
 
         True when greedy, filtered, with banned tokens or a minimum length
         (a user `logits_processor`, not part of the config, also processes).
-        `ban_tags_in_response` is not counted: it applies to the responses of
-        segmented rollouts only, which the config alone cannot tell.
+        `ban_tags_in_response` is not counted: it is part of the model's
+        distribution (see above).
         """
         return (self.greedy or self.top_k > 0 or self.top_p < 1.0 or bool(self.banned_tokens)
                 or self.min_response_tokens > 0)
@@ -227,6 +228,12 @@ def first_argmax(x: jax.Array) -> jax.Array:
     return jnp.minimum(index, v - 1)  # A row with NaN has no equal entry.
 
 
+def ban_tags(logits: jax.Array, tags: Sequence[int], responding: jax.Array) -> jax.Array:
+    """logits [B, V] with the think tags' ids at -inf in the rows `responding` [B]."""
+    ids = jnp.asarray(list(tags), jnp.int32)
+    return logits.at[:, ids].set(jnp.where(responding[:, None], NEG_INF, logits[:, ids]))
+
+
 def constrain(logits: jax.Array, config: SamplingConfig, eos_ids: Sequence[int],
               eos_blocked: jax.Array, tags: Sequence[int] = (),
               responding: jax.Array | None = None) -> jax.Array:
@@ -248,7 +255,7 @@ def constrain(logits: jax.Array, config: SamplingConfig, eos_ids: Sequence[int],
     if config.min_response_tokens > 0:
         logits = block(logits, list(eos_ids), eos_blocked)
     if config.ban_tags_in_response and tags and responding is not None:
-        logits = block(logits, list(tags), responding)
+        logits = ban_tags(logits, tags, responding)
     return logits
 
 

@@ -272,11 +272,16 @@ def decode(model_config, params, state: DecodeState, until=None, *, sampling: Sa
         # they would be copied between loop buffers every step.
         logits = transformer.head_logits(model_config, params, s.hidden[:, None])[:, 0]
         u = jax.lax.dynamic_index_in_dim(s.uniforms, s.step, 1, keepdims=False)
-        processed = logits if logits_processor is None else logits_processor(logits, s.step)
         responding = s.phase == segments.RESPONSE
+        if sampling.ban_tags_in_response and tokens_.tags:
+            # Part of the policy (its "model" log-probabilities), not a processing step.
+            logits = ops.ban_tags(logits, tokens_.tags, responding)
+        processed = logits if logits_processor is None else logits_processor(logits, s.step)
         eos_blocked = responding & (s.response_count < sampling.min_response_tokens)
+        # Banned again after a processor, which may have written the tags' logits.
         processed = ops.constrain(processed, sampling, tokens_.eos_ids, eos_blocked,
-                                  tokens_.tags, responding)
+                                  tokens_.tags if logits_processor is not None else (),
+                                  responding)
         drawn, logp = ops.draw(u, logits, sampling,
                                None if processed is logits else processed)
         token, segment, logprob, forced, active, fields = _advance(

@@ -125,10 +125,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.top_p = 1.0           # 1 = off.
     c.sampling.think_budget = 16     # Thinking tokens before </think> is forced.
     c.sampling.response_budget = 8   # Response tokens, eos included.
-    c.sampling.ban_tags_in_response = False  # Never draw a think tag in the response. Off:
-                                     # the update does not yet apply the ban to its
-                                     # log-probabilities, which biases the gradient (see
-                                     # SamplingConfig).
+    c.sampling.ban_tags_in_response = True  # Never draw a think tag in the response; the
+                                     # update's log-probabilities apply the same ban.
     c.sampling.dtype = ""            # Compute dtype of the sampler; '' = model.dtype
                                      # ('bfloat16' samples in bf16 for a float32 trainer).
     c.sampling.compact_every = 8     # Every N decode steps, rows that finished stop costing

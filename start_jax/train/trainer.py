@@ -19,6 +19,7 @@ alike; process 0 alone writes files and prints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -112,6 +113,11 @@ class Trainer:
         os.makedirs(self.workdir, exist_ok=True)
         self.rules = sharding.ShardingRules(replicate_uneven=spec.replicate_uneven)
         self.special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
+        # The update's settings; the think tags get no probability in its response tokens
+        # when the sampler bans them there (the same policy on both sides).
+        self.train_config = dataclasses.replace(
+            spec.train, response_banned=self.special.tags if spec.sampling.ban_tags_in_response
+            else ())
         self.train_data, self.test_data = data_io.datasets(spec.data, self.workdir,
                                                            self.tokenizer, spec.prompt)
         self.encode = data_io.PromptEncoder(self.tokenizer, spec.data.max_prompt_tokens)
@@ -276,7 +282,7 @@ class Trainer:
         return rewards.score(rollout, self.tokenizer, self.reward_fn, refs, meta)
 
     def _batch_fn(self, stage: StageSpec):
-        cfg = rl.BatchConfig(train=stage.train_config(self.spec.train),
+        cfg = rl.BatchConfig(train=stage.train_config(self.train_config),
                              advantage=self.spec.advantage, train_segments=stage.train_segments)
         key = ("batch", cfg)   # Frozen and hashable: stages with equal settings share a program.
         if key not in self._jits:
@@ -285,7 +291,7 @@ class Trainer:
         return self._jits[key]
 
     def _step_fn(self, stage: StageSpec):
-        train = stage.train_config(self.spec.train)
+        train = stage.train_config(self.train_config)
         key = ("step", stage.learning_rate, stage.warmup_steps, train)
         if key not in self._jits:
             self._jits[key] = rl.jit_train_step(
@@ -348,7 +354,7 @@ class Trainer:
     def widths_of(self, host) -> tuple[int, ...] | None:
         """The update's length groups for a host copy of the rollout (`rl.length_widths`):
         None when off, or when a group would not split evenly over the mesh's batch shards."""
-        train = self.spec.train
+        train = self.train_config
         rows = host.segment_ids.shape[0]
         if (rows // train.length_groups) % (sharding.batch_shards(self.mesh, self.rules)
                                             * train.micro_batches):
