@@ -35,10 +35,25 @@ FAMILIES = {
                                         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
                                                                             high_freq_factor=4.0,
                                                                             original_max_position_embeddings=32))),
+        # Sliding-window layers (window 4) around a global one, linear RoPE scaling on the
+        # global layer, a query scale other than 1 / sqrt(head_dim).
+        "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,
+                   dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+                        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                        rope_parameters={
+                            "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                               "rope_theta": 1_000_000.0},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+                        tie_word_embeddings=True)),
         "qwen2_score": (transformers.Qwen2Config, transformers.Qwen2ForSequenceClassification,
                                         dict(rope_theta=10_000.0, num_labels=1)),
         "llama_score": (transformers.LlamaConfig, transformers.LlamaForSequenceClassification,
                                         dict(rope_theta=10_000.0, num_labels=1)),
+        "gemma3_score": (transformers.Gemma3TextConfig,
+                         transformers.Gemma3TextForSequenceClassification,
+                         dict(head_dim=16, sliding_window=4, num_labels=1,
+                              layer_types=["sliding_attention", "full_attention",
+                                           "sliding_attention"])),
 }
 
 

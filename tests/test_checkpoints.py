@@ -44,6 +44,8 @@ def _state_dict(directory, model_cls):
     ("llama3", transformers.LlamaForCausalLM),
     ("qwen2_score", transformers.Qwen2ForSequenceClassification),
     ("llama_score", transformers.LlamaForSequenceClassification),
+    ("gemma3", transformers.Gemma3ForCausalLM),
+    ("gemma3_score", transformers.Gemma3TextForSequenceClassification),
 ])
 def test_round_trip_through_transformers_is_exact(tmp_path, family, cls):
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")

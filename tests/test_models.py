@@ -14,7 +14,7 @@ from start_jax.models import layers
 from tests import hf_fixtures
 
 TOL = 1e-4  # float32 max abs logit difference allowed against transformers.
-CAUSAL = ("qwen2", "qwen3", "llama3")
+CAUSAL = ("qwen2", "qwen3", "llama3", "gemma3")
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,29 @@ def test_fused_projections_stack_the_separate_weights(checkpoints, family):
                                models.forward(config, params, tokens).logits, atol=1e-5, rtol=0)
 
 
+def test_gemma3_sliding_window_and_local_rope_are_applied(checkpoints):
+    """The Gemma 3 parity above could not hold without its sliding-window layers, their
+    RoPE base or the global layer's linear scaling: each changes the logits."""
+    directory, hf_model = checkpoints["gemma3"]
+    config, params = load_pretrained(directory)
+    assert config.sliding_layers == (True, False, True) and config.sliding_window == 4
+    assert config.local_rope_theta == 10_000.0 and config.rope_factor == 2.0
+    tokens = jnp.asarray(_tokens(2, 24, seed=7))
+    ref = _torch_logits(hf_model, np.asarray(tokens))
+    ours = np.asarray(models.forward(config, params, tokens).logits)
+    assert np.abs(ours - ref).max() <= TOL
+    for change in (dict(sliding_window=None, sliding_layers=()), dict(local_rope_theta=None),
+                   dict(rope_factor=1.0), dict(query_scale=None)):
+        other = np.asarray(models.forward(config.replace(**change), params, tokens).logits)
+        assert np.abs(other - ref).max() > 1e-2, change
+    # Within the window the sliding layers see everything: the first 4 tokens agree with a
+    # model whose window is longer than the input, and only those.
+    plain = config.replace(sliding_window=1000)
+    assert np.abs(np.asarray(models.forward(plain, params, tokens).logits) - ref).max() > 1e-2
+    np.testing.assert_allclose(models.forward(plain, params, tokens[:, :4]).logits,
+                               ours[:, :4], atol=1e-5)
+
+
 def test_decode_with_left_padded_prompts_uses_row_positions(checkpoints):
     directory, hf_model = checkpoints["qwen3"]
     config, params = load_pretrained(directory)
@@ -149,7 +172,7 @@ def test_llama3_rope_frequencies_match_transformers(checkpoints):
     assert not np.allclose(ours, plain)  # The scaling really changes something.
 
 
-@pytest.mark.parametrize("family", ["qwen2_score", "llama_score"])
+@pytest.mark.parametrize("family", ["qwen2_score", "llama_score", "gemma3_score"])
 def test_sequence_classification_score_matches_transformers(checkpoints, family):
     directory, hf_model = checkpoints[family]
     config, params = load_pretrained(directory)

@@ -20,7 +20,7 @@ SPECIAL = sampling.SpecialTokens(think=3, end_think=4, eos=1, pad=0)
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     out = {}
-    for family in ("qwen3", "llama3"):
+    for family in ("qwen3", "llama3", "gemma3"):
         directory = str(tmp_path_factory.mktemp(family))
         model = hf_fixtures.make_checkpoint(family, directory)
         out[family] = (directory, model)
@@ -39,7 +39,7 @@ def _until(tokens, stops):
     return tokens
 
 
-@pytest.mark.parametrize("family", ["qwen3", "llama3"])
+@pytest.mark.parametrize("family", ["qwen3", "llama3", "gemma3"])
 def test_greedy_matches_transformers_generate(checkpoints, family):
     directory, hf_model = checkpoints[family]
     config, params = load_pretrained(directory)

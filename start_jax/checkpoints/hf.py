@@ -13,6 +13,9 @@ Layout conversion (HF torch `Linear.weight` is [out, in]):
     gate/up_proj.weight [F, D] <-> [D, F];  down_proj.weight [D, F] <-> [F, D]
     lm_head.weight [V, D]   <->  lm_head [D, V]
     score.weight [1, D]     <->  value_head [D]
+
+The names are Llama's; a family whose names differ lists them
+(`families.Family.tensor_names`: Gemma's four norms around each sub-layer).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from start_jax.errors import UserError
+from start_jax.models import families
 from start_jax.models.config import ModelConfig, as_dtype
 from start_jax.models.sharding import param_shardings
 
@@ -96,6 +100,11 @@ def _layout(config: ModelConfig) -> list[_Entry]:
             _Entry(("layers", "mlp", "up_proj"), f"{layer}mlp.up_proj.weight", (f, d), t, t, True),
             _Entry(("layers", "mlp", "down_proj"), f"{layer}mlp.down_proj.weight", (d, f), t, t, True),
     ]
+    names = families.get(config.model_type).tensor_names
+    if config.sandwich_norm:
+        for path in (("layers", "attn_out_norm", "scale"), ("layers", "mlp_out_norm", "scale")):
+            entries.append(_Entry(path, names[path], (d,), same, same, True))
+    entries = [dataclasses.replace(e, hf_name=names.get(e.path, e.hf_name)) for e in entries]
     if config.lm_head and not config.tie_embeddings:
         entries.append(_Entry(("lm_head",), "lm_head.weight", (v, d), t, t, False))
     if config.value_head:

@@ -6,7 +6,9 @@
     s <= q_slots[t]  and  key_valid[b, s]
 
 (`q_slots` None means q_slots = arange(T), i.e. self-attention without a
-cache, S == T). `key_valid` marks padding (anywhere: left-padded prompts,
+cache, S == T), and, for a sliding-window layer (`window` given),
+
+    s > q_slots[t] - window. `key_valid` marks padding (anywhere: left-padded prompts,
 right-padded responses, unwritten cache slots) and the query slots give
 causality, also for a chunk of queries appended to a KV cache at an offset.
 
@@ -41,6 +43,8 @@ Implementations (`impl`):
   checked only on CPU in Pallas's TPU interpret mode (the forward pass in
   tests/test_attention.py; gradients once, to 1.1e-5 of the dense path). On a
   multi-device mesh the kernel would need a `shard_map` around it (not done).
+* With a `window`, "cudnn" and "pallas" take "blockwise" (their window
+  options are not wired); "xla" and "blockwise" apply it.
 * "auto": `choose_impl`: "xla" for T < `DENSE_MAX_T` (decode, short
   prefills), else by `jax.default_backend()`: gpu -> "cudnn" for
   bfloat16/float16 and "blockwise" otherwise, tpu -> "pallas", cpu and
@@ -126,7 +130,8 @@ def choose_impl(impl: str, t: int, dtype, q_slots_given: bool = True,
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, key_valid: jax.Array,
            q_slots: jax.Array | None = None, impl: str = "auto", block_q: int | None = None,
-           block_k: int | None = None, v_slots_last: bool = False) -> jax.Array:
+           block_k: int | None = None, v_slots_last: bool = False,
+           window: jax.Array | int | None = None) -> jax.Array:
     """Attention of q [B, T, K, G, H] (pre-scaled) to k, v; returns [B, T, K, G, H].
 
     Args:
@@ -140,21 +145,25 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, key_valid: jax.Array,
         block_q, block_k: tile sizes of "blockwise" (clipped to T and S);
             None: `default_block()` (128 on CPU, 512 elsewhere).
         v_slots_last: v is [B, K, H, S].
+        window: None, or an int32 scalar (traced or not): key slot s is
+            visible only if s > q_slots[t] - window (a sliding-window layer).
     """
     b, t, kh, g, h = q.shape
     s = k.shape[2]
     if q_slots is None and s != t:
         raise ValueError(f"q_slots=None needs as many keys as queries; got T={t}, S={s}")
     impl = choose_impl(impl, t, q.dtype, q_slots is not None)
+    if window is not None and impl in ("cudnn", "pallas"):
+        impl = "blockwise"
     block_q = block_q or default_block()
     block_k = block_k or default_block()
     if impl == "xla":
-        return _attend_dense(q, k, v, key_valid, q_slots, v_slots_last)
+        return _attend_dense(q, k, v, key_valid, q_slots, v_slots_last, window)
     if impl == "pallas":
         return _attend_pallas(q, k, v, key_valid, v_slots_last)
     slots = jnp.arange(t, dtype=jnp.int32) if q_slots is None else q_slots.astype(jnp.int32)
     if impl == "blockwise":
-        return blockwise(q, k, v, slots, key_valid, block_q, block_k, v_slots_last)
+        return blockwise(q, k, v, slots, key_valid, block_q, block_k, v_slots_last, window)
     if impl == "cudnn":
         return attend_rolled(q, k, v, key_valid, q_slots, implementation="cudnn",
                              fallback=functools.partial(blockwise, block_q=block_q,
@@ -163,20 +172,23 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, key_valid: jax.Array,
     raise AssertionError(impl)
 
 
-def dense_mask(key_valid: jax.Array, q_slots: jax.Array | None, t: int) -> jax.Array:
-    """The [B, T, S] bool mask that `key_valid` and `q_slots` describe."""
+def dense_mask(key_valid: jax.Array, q_slots: jax.Array | None, t: int,
+               window: jax.Array | int | None = None) -> jax.Array:
+    """The [B, T, S] bool mask that `key_valid`, `q_slots` and `window` describe."""
     s = key_valid.shape[1]
     if q_slots is None:
         q_slots = jnp.arange(t)
     causal = jnp.arange(s)[None, :] <= q_slots[:, None]                # [T, S]
+    if window is not None:
+        causal &= jnp.arange(s)[None, :] > q_slots[:, None] - window
     return causal[None] & key_valid.astype(bool)[:, None, :]           # [B, T, S]
 
 
-def _attend_dense(q, k, v, key_valid, q_slots, v_slots_last):
+def _attend_dense(q, k, v, key_valid, q_slots, v_slots_last, window=None):
     """The dense reference (the model's attention before this module)."""
     b, t, kh, g, h = q.shape
     dt = q.dtype
-    mask = dense_mask(key_valid, q_slots, t)
+    mask = dense_mask(key_valid, q_slots, t, window)
     scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k.astype(dt),
                         preferred_element_type=jnp.float32)
     scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
@@ -198,7 +210,7 @@ def _pad_axis(x, axis: int, size: int, value=0):
 
 
 def blockwise(q, k, v, q_slots, key_valid, block_q: int = 128, block_k: int = 128,
-              v_slots_last: bool = False):
+              v_slots_last: bool = False, window=None):
     """Online-softmax attention over tiles; see the module docstring."""
     b, t, kh, g, h = q.shape
     s = k.shape[2]
@@ -215,14 +227,18 @@ def blockwise(q, k, v, q_slots, key_valid, block_q: int = 128, block_k: int = 12
     kp = _pad_axis(k.astype(dt), 2, sp)
     vp = _pad_axis(v.astype(dt), 3 if v_slots_last else 2, sp)
     valid = _pad_axis(key_valid.astype(bool), 1, sp, False)
-    out = _flash(bq, bk, v_slots_last)(qt, kp, vp, slots, valid)      # [B, K, G, Tp, H]
+    windowed = window is not None
+    w = jnp.asarray(window if windowed else 0, jnp.int32)
+    out = _flash(bq, bk, v_slots_last, windowed)(qt, kp, vp, slots, valid, w)  # [B, K, G, Tp, H]
     return out[:, :, :, :t].transpose(0, 3, 1, 2, 4)
 
 
-def _tile_mask(q_slots_blk, valid, j, bk):
+def _tile_mask(q_slots_blk, valid, j, bk, window=None):
     """[B, 1, 1, bq, bk] bool mask of key block j for queries at q_slots_blk [bq]."""
     key_slots = j * bk + jnp.arange(bk)
     causal = key_slots[None, :] <= q_slots_blk[:, None]                  # [bq, bk]
+    if window is not None:
+        causal &= key_slots[None, :] > q_slots_blk[:, None] - window
     vb = jax.lax.dynamic_slice_in_dim(valid, j * bk, bk, axis=1)          # [B, bk]
     return (causal[None] & vb[:, None, :])[:, None, None]
 
@@ -246,7 +262,7 @@ def _pv(p, vb, v_slots_last):
     return jnp.einsum(spec, p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
 
 
-def _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid):
+def _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, window=None):
     """(out [B, K, G, Tp, H] in q.dtype, lse [B, K, G, Tp] float32)."""
     b, kh, g, tp, h = q.shape
     nq, nk = tp // bq, k.shape[2] // bk
@@ -259,7 +275,7 @@ def _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid):
         def k_block(j, c):
             m, l, acc = c
             kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
-            sc = jnp.where(_tile_mask(sl, valid, j, bk), _scores(qb, kb), MASK_VALUE)
+            sc = jnp.where(_tile_mask(sl, valid, j, bk, window), _scores(qb, kb), MASK_VALUE)
             m_new = jnp.maximum(m, jnp.max(sc, axis=-1))
             alpha = jnp.exp(m - m_new)
             p = jnp.exp(sc - m_new[..., None])
@@ -280,7 +296,7 @@ def _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid):
     return jax.lax.fori_loop(0, nq, q_block, init)
 
 
-def _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do):
+def _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do, window=None):
     """Gradients w.r.t. q, k, v, recomputing each tile's probabilities from lse."""
     b, kh, g, tp, h = q.shape
     nq, nk = tp // bq, k.shape[2] // bk
@@ -299,7 +315,7 @@ def _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do):
             dqb, dk, dv = c
             kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
             vb = _slice_v(v, j, bk, v_slots_last)
-            mask = _tile_mask(sl, valid, j, bk)
+            mask = _tile_mask(sl, valid, j, bk, window)
             p = jnp.exp(jnp.where(mask, _scores(qb, kb), MASK_VALUE) - lse_b[..., None])
             if v_slots_last:
                 dv_j = jnp.einsum("BKGts,BKGtH->BKHs", p.astype(dt), dob,
@@ -333,21 +349,26 @@ def _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do):
 
 
 @functools.lru_cache(maxsize=None)
-def _flash(bq: int, bk: int, v_slots_last: bool):
-    """The differentiable tiled kernel for one tile shape and value layout."""
+def _flash(bq: int, bk: int, v_slots_last: bool, windowed: bool = False):
+    """The differentiable tiled kernel for one tile shape and value layout; `windowed`:
+    its last argument is a sliding window (else it is ignored)."""
+
+    def w_of(window):
+        return window if windowed else None
 
     @jax.custom_vjp
-    def flash(q, k, v, q_slots, valid):
-        return _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid)[0]
+    def flash(q, k, v, q_slots, valid, window):
+        return _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, w_of(window))[0]
 
-    def fwd(q, k, v, q_slots, valid):
-        out, lse = _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid)
-        return out, (q, k, v, q_slots, valid, out, lse)
+    def fwd(q, k, v, q_slots, valid, window):
+        out, lse = _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, w_of(window))
+        return out, (q, k, v, q_slots, valid, window, out, lse)
 
     def bwd(res, do):
-        q, k, v, q_slots, valid, out, lse = res
-        dq, dk, dv = _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do)
-        return dq, dk, dv, None, None
+        q, k, v, q_slots, valid, window, out, lse = res
+        dq, dk, dv = _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do,
+                               w_of(window))
+        return dq, dk, dv, None, None, None
 
     flash.defvjp(fwd, bwd)
     return flash

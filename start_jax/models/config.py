@@ -2,8 +2,10 @@
 
 `ModelConfig` is hashable, so it can be passed to `jax.jit` as a static
 argument. It is built from a Hugging Face `config.json` with
-`ModelConfig.from_hf_dict` and written back with `to_hf_dict`. `tiny_config`
-gives a one-layer model small enough for tests and examples.
+`ModelConfig.from_hf_dict` and written back with `to_hf_dict`; what differs
+between families (the fields each fixes, its config.json keys) lives in
+`models.families`, one module a family. `tiny_config` gives a one-layer model
+small enough for tests and examples.
 """
 
 from __future__ import annotations
@@ -13,17 +15,16 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+from start_jax.models import families
 
-# Hugging Face architecture names we write back, per (model_type, head).
-_ARCHITECTURES = {
-        ("llama", "lm"): "LlamaForCausalLM",
-        ("qwen2", "lm"): "Qwen2ForCausalLM",
-        ("qwen3", "lm"): "Qwen3ForCausalLM",
-        ("llama", "score"): "LlamaForSequenceClassification",
-        ("qwen2", "score"): "Qwen2ForSequenceClassification",
-        ("qwen3", "score"): "Qwen3ForSequenceClassification",
-}
+SUPPORTED_MODEL_TYPES = families.supported()
+
+# MLP gate activations (`ModelConfig.hidden_act`) and their Hugging Face names.
+HIDDEN_ACTS = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}
+# Fields a family fixes; a config that leaves one None and whose family leaves it
+# free gets this value.
+_FREE_DEFAULTS = dict(qkv_bias=False, qk_norm=False, hidden_act="silu", norm_offset=0.0,
+                      embed_scale=False, sandwich_norm=False)
 
 # Values of `ModelConfig.attention_impl` (see `models.attention`).
 ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "pallas")
@@ -59,7 +60,8 @@ class RopeScaling:
 class ModelConfig:
     """Shape and numerics of a decoder-only transformer."""
 
-    model_type: str = "qwen3"          # 'llama', 'qwen2' or 'qwen3'.
+    model_type: str = "qwen3"          # A key of `models.families`: 'llama', 'qwen2',
+                                       # 'qwen3', 'gemma3_text'.
     vocab_size: int = 128              # Rows of the embedding table.
     hidden_size: int = 64              # Width of the residual stream, D.
     intermediate_size: int = 128       # Hidden width of the SwiGLU MLP, F.
@@ -70,8 +72,23 @@ class ModelConfig:
     rope_theta: float = 10_000.0       # RoPE base frequency.
     rope_scaling: RopeScaling | None = None  # None: plain RoPE.
     rms_norm_eps: float = 1e-6         # Epsilon of every RMSNorm.
-    qkv_bias: bool | None = None       # Bias on q/k/v; None: True for qwen2 only.
-    qk_norm: bool | None = None        # RMSNorm on q/k heads; None: True for qwen3 only.
+    # The fields down to `sandwich_norm` are the family's architecture: None takes the
+    # family's value (`families.Family.fixed`), and a contradicting value is refused.
+    qkv_bias: bool | None = None       # Bias on q/k/v (qwen2).
+    qk_norm: bool | None = None        # RMSNorm on each q/k head before RoPE (qwen3, gemma).
+    hidden_act: str | None = None      # MLP gate: 'silu' (SwiGLU) or 'gelu_tanh' (GeGLU).
+    norm_offset: float | None = None   # RMSNorm scale offset + w: 0, or 1 (gemma: in float32).
+    embed_scale: bool | None = None    # Embeddings times sqrt(hidden_size) (gemma).
+    sandwich_norm: bool | None = None  # RMSNorm also on the attention and MLP outputs (gemma).
+    query_scale: float | None = None   # Query multiplier; None: 1 / sqrt(head_dim).
+    # Sliding-window attention: layer i with sliding_layers[i] sees the last
+    # `sliding_window` cache slots (itself included), with RoPE base
+    # `local_rope_theta`; the others see every earlier slot, with base `rope_theta`
+    # and positions divided by `rope_factor`. None / (): no sliding layer.
+    sliding_window: int | None = None
+    sliding_layers: tuple[bool, ...] = ()
+    local_rope_theta: float | None = None
+    rope_factor: float = 1.0
     tie_embeddings: bool = False       # Logits use the embedding table.
     lm_head: bool = True               # Policy head: per-token logits.
     value_head: bool = False           # Value head: one scalar per token.
@@ -93,22 +110,27 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self):
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                    f"unsupported model_type {self.model_type!r}; supported: "
-                    f"{', '.join(SUPPORTED_MODEL_TYPES)}")
-        # Each family fixes these two; None takes the family's value, and a
-        # contradicting value is an error (it could not be saved as that family).
-        family = {"qwen2": (True, False), "qwen3": (None, True), "llama": (None, False)}
-        bias, norm = family[self.model_type]
-        if self.qkv_bias is None:
-            object.__setattr__(self, "qkv_bias", bool(bias))
-        if self.qk_norm is None:
-            object.__setattr__(self, "qk_norm", norm)
-        if bias is not None and self.qkv_bias != bias:
-            raise ValueError(f"model_type={self.model_type!r} needs qkv_bias={bias}")
-        if self.qk_norm != norm:
-            raise ValueError(f"model_type={self.model_type!r} needs qk_norm={norm}")
+        family = families.get(self.model_type)
+        for name, default in _FREE_DEFAULTS.items():
+            fixed = family.fixed.get(name)
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, default if fixed is None else fixed)
+            elif fixed is not None and value != fixed:
+                raise ValueError(f"model_type={self.model_type!r} needs {name}={fixed!r}")
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(f"unknown hidden_act {self.hidden_act!r}; expected one of "
+                             f"{', '.join(HIDDEN_ACTS)}")
+        layers = tuple(bool(x) for x in self.sliding_layers)
+        object.__setattr__(self, "sliding_layers", layers)
+        if self.sliding_window is not None or layers:
+            if (isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int)
+                    or self.sliding_window < 1):
+                raise ValueError("sliding_window must be a positive integer with sliding_layers, "
+                                 f"got {self.sliding_window!r}")
+            if len(layers) != self.num_layers:
+                raise ValueError(f"sliding_layers has {len(layers)} entries for "
+                                 f"{self.num_layers} layers")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                     f"num_heads={self.num_heads} is not a multiple of "
@@ -128,6 +150,11 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
     @property
+    def windowed(self) -> bool:
+        """Whether some layer attends through a sliding window."""
+        return self.sliding_window is not None and any(self.sliding_layers)
+
+    @property
     def jnp_param_dtype(self) -> jnp.dtype:
         return as_dtype(self.param_dtype)
 
@@ -145,23 +172,19 @@ class ModelConfig:
                                       **overrides) -> "ModelConfig":
         """Reads a Hugging Face `config.json` dict (transformers 4.x or 5.x)."""
         model_type = hf.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                    f"{source}: unsupported model_type {model_type!r}; supported: "
-                    f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+        if model_type == "gemma3":
+            raise ValueError(f"{source}: model_type 'gemma3' is the multimodal Gemma 3; load "
+                             "a text-only checkpoint (model_type 'gemma3_text')")
+        family = families.get(model_type, source)
 
         def need(key):
             if key not in hf:
                 raise ValueError(f"{source}: missing field {key!r}")
             return hf[key]
 
-        if hf.get("use_sliding_window"):
-            raise ValueError(f"{source}: use_sliding_window=true is not supported")
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"{source}: hidden_act={act!r} is not supported (silu only)")
-        if hf.get("mlp_bias"):
-            raise ValueError(f"{source}: mlp_bias=true is not supported")
+        for key in ("hidden_size", "num_attention_heads", "num_hidden_layers"):
+            need(key)
+        own = family.from_hf(hf, source)   # The family's own fields and checks.
 
         # transformers 5 keeps theta and scaling in `rope_parameters`; 4.x uses
         # `rope_theta` and `rope_scaling`.
@@ -169,7 +192,9 @@ class ModelConfig:
         theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         scaling = None
-        if rope_type == "llama3":
+        if "rope_theta" in own:
+            pass                           # The family reads its RoPE itself.
+        elif rope_type == "llama3":
             try:
                 scaling = RopeScaling(
                         factor=float(rope["factor"]),
@@ -195,10 +220,6 @@ class ModelConfig:
                 raise ValueError(
                         f"{source}: sequence-classification checkpoints need num_labels=1 "
                         f"for a scalar reward, found {num_labels}")
-        if model_type == "qwen2":
-            qkv_bias = True
-        else:
-            qkv_bias = bool(hf.get("attention_bias", False))
         eos = hf.get("eos_token_id")
         if isinstance(eos, list):
             eos = tuple(eos)
@@ -214,8 +235,6 @@ class ModelConfig:
                 rope_theta=float(theta),
                 rope_scaling=scaling,
                 rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                qkv_bias=qkv_bias,
-                qk_norm=model_type == "qwen3",
                 tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                 lm_head=not is_score,
                 value_head=is_score,
@@ -224,6 +243,7 @@ class ModelConfig:
                 eos_token_id=eos,
                 pad_token_id=hf.get("pad_token_id"),
         )
+        fields.update(own)
         fields.update(overrides)
         return cls(**fields)
 
@@ -234,8 +254,11 @@ class ModelConfig:
         if self.rope_scaling is not None:
             rope = {"rope_type": "llama3", "rope_theta": self.rope_theta,
                             **dataclasses.asdict(self.rope_scaling)}
+        family = families.get(self.model_type)
+        if head not in family.architectures:
+            raise ValueError(f"model_type={self.model_type!r} has no {head!r} architecture")
         hf = {
-                "architectures": [_ARCHITECTURES[(self.model_type, head)]],
+                "architectures": [family.architectures[head]],
                 "model_type": self.model_type,
                 "vocab_size": self.vocab_size,
                 "hidden_size": self.hidden_size,
@@ -244,7 +267,7 @@ class ModelConfig:
                 "num_attention_heads": self.num_heads,
                 "num_key_value_heads": self.num_kv_heads,
                 "head_dim": self.head_dim,
-                "hidden_act": "silu",
+                "hidden_act": HIDDEN_ACTS[self.hidden_act],
                 "rms_norm_eps": self.rms_norm_eps,
                 "rope_theta": self.rope_theta,
                 "rope_parameters": rope,
@@ -258,11 +281,7 @@ class ModelConfig:
                                                   else self.eos_token_id),
                 "pad_token_id": self.pad_token_id,
         }
-        if self.model_type == "llama":
-            hf["attention_bias"] = self.qkv_bias
-            hf["mlp_bias"] = False
-        if self.model_type == "qwen3":
-            hf["attention_bias"] = self.qkv_bias
+        hf.update(family.to_hf(self))
         if self.value_head and not self.lm_head:
             hf["num_labels"] = 1
             hf["id2label"] = {"0": "LABEL_0"}

@@ -1,4 +1,8 @@
-"""Building blocks of the decoder: RMSNorm, RoPE, attention and SwiGLU MLP.
+"""Building blocks of the decoder: RMSNorm, RoPE, attention and the gated MLP.
+
+One parameter layout serves every family (`models.families`); a family's
+differences are `ModelConfig` fields read here (norm offset, activation,
+sandwich norms, query scale, sliding windows).
 
 Shape letters used in einsum strings and comments:
     B batch, T new tokens, S key/cache slots, D model width, N query heads,
@@ -97,29 +101,44 @@ def dense_init(fan_in: int):
 
 
 class RMSNorm(nn.Module):
-    """y = x / rms(x) * scale, computed in float32 as the HF models do."""
+    """y = x / rms(x) * (offset + scale), computed in float32 as the HF models do."""
 
     eps: float
     dtype: jnp.dtype
     param_dtype: jnp.dtype
     axis_name: str = "norm"
+    offset: float = 0.0   # 1: Gemma's (1 + w), its weights starting at 0.
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],),
-                                      (self.axis_name,), self.param_dtype)
+        init = nn.initializers.zeros if self.offset else nn.initializers.ones
+        scale = _param(self, "scale", init, (x.shape[-1],), (self.axis_name,), self.param_dtype)
         xf = x.astype(jnp.float32)
         y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        if self.offset:   # Gemma multiplies in float32, then casts.
+            return (y * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
         # HF casts back to the input dtype before the multiply; do the same so
         # that bfloat16 runs round at the same place.
         return scale.astype(self.dtype) * y.astype(self.dtype)
 
 
-def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
-    """Inverse frequencies [H/2] in float32, with optional llama3 scaling."""
+def norm(config: ModelConfig, name: str, axis_name: str = "norm") -> RMSNorm:
+    """The family's RMSNorm (`config.norm_offset`) named `name`."""
+    return RMSNorm(config.rms_norm_eps, config.jnp_dtype, config.jnp_param_dtype, axis_name,
+                   offset=config.norm_offset, name=name)
+
+
+def rope_inverse_frequencies(config: ModelConfig, local: bool = False) -> np.ndarray:
+    """Inverse frequencies [H/2] in float32: the global layers' (llama3 or linear
+    scaling), or with `local` the sliding-window layers' (base `local_rope_theta`)."""
     dim = config.head_dim
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
-    inv_freq = (1.0 / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)
+    theta = config.local_rope_theta if local and config.local_rope_theta else config.rope_theta
+    inv_freq = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
+    if local:
+        return inv_freq
+    if config.rope_factor != 1.0:
+        inv_freq = (inv_freq / np.float32(config.rope_factor)).astype(np.float32)
     s = config.rope_scaling
     if s is None:
         return inv_freq
@@ -136,12 +155,33 @@ def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
     return np.where(medium, blended, scaled).astype(np.float32)
 
 
-def rope_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+def rope_tables(config: ModelConfig, positions: jax.Array, local: bool = False
+                ) -> tuple[jax.Array, jax.Array]:
     """cos and sin [B, T, 1, H] for positions [B, T]; computed once per forward."""
-    inv_freq = rope_inverse_frequencies(config)
+    inv_freq = rope_inverse_frequencies(config, local)
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B,T,H/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]         # [B,T,1,H]
     return jnp.cos(angles), jnp.sin(angles)
+
+
+def layer_ropes(config: ModelConfig, positions: jax.Array):
+    """What the decoder blocks get: the global layers' `rope_tables`, and with sliding
+    layers the pair (global, local), of which `DecoderBlock` picks its own."""
+    ropes = rope_tables(config, positions)
+    if config.windowed:
+        ropes = (ropes, rope_tables(config, positions, local=True))
+    return ropes
+
+
+NO_WINDOW = 2 ** 30   # The window of a global layer in a model with sliding layers.
+
+
+def layer_windows(config: ModelConfig) -> np.ndarray | None:
+    """[L] int32: the slots each layer sees (NO_WINDOW: all), or None without sliding layers."""
+    if not config.windowed:
+        return None
+    return np.asarray([config.sliding_window if s else NO_WINDOW for s in config.sliding_layers],
+                      np.int32)
 
 
 def apply_rope(x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
@@ -158,7 +198,7 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, rope, mask, kv, cache_index, layer):
+    def __call__(self, x, rope, mask, kv, cache_index, layer, window=None):
         """Attends x [B, T, D] to itself and to cached keys.
 
         Args:
@@ -176,6 +216,8 @@ class Attention(nn.Module):
                 in place.
             cache_index: int32 scalar write offset into the cache.
             layer: int32 scalar index of this layer.
+            window: None, or int32 scalar: key slot s is visible only if
+                s > q_slots[t] - window (a sliding-window layer).
 
         Returns:
             ([B, T, D] output, updated (k, v) or None).
@@ -207,15 +249,16 @@ class Attention(nn.Module):
                 q = q + _param(self, "q_bias", zeros, (n, h), ("q_heads", "head_dim"), pdt).astype(dt)
                 k = k + _param(self, "k_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt).astype(dt)
                 v = v + _param(self, "v_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt).astype(dt)
-        if cfg.qk_norm:  # Qwen3 normalises each head before RoPE.
-            q = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="q_norm")(q)
-            k = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="k_norm")(k)
+        if cfg.qk_norm:  # Qwen3 and Gemma 3 normalise each head before RoPE.
+            q = norm(cfg, "q_norm", "head_dim")(q)
+            k = norm(cfg, "k_norm", "head_dim")(k)
         q = apply_rope(q, rope)
         k = apply_rope(k, rope)
 
         b, t = x.shape[:2]
         g = n // k_heads
-        q = q.reshape(b, t, k_heads, g, h) * jnp.asarray(1.0 / math.sqrt(h), dt)
+        scale = cfg.query_scale if cfg.query_scale is not None else 1.0 / math.sqrt(h)
+        q = q.reshape(b, t, k_heads, g, h) * jnp.asarray(scale, dt)
         # Keys as [B, K, S, H] and, in the cache, values as [B, K, H, S]: both
         # attention dots then contract the last axis of each operand, which
         # XLA:CPU runs as one fast batched matmul straight from the cache
@@ -239,12 +282,19 @@ class Attention(nn.Module):
         key_valid, q_slots = mask
         out = attend(q, k, v, key_valid=key_valid, q_slots=q_slots, impl=cfg.attention_impl,
                      block_q=cfg.attention_block_q, block_k=cfg.attention_block_k,
-                     v_slots_last=kv is not None).reshape(b, t, n, h)
+                     v_slots_last=kv is not None, window=window).reshape(b, t, n, h)
         return project(out, wo.astype(dt), 2), kv
 
 
+def activation(config: ModelConfig):
+    """The MLP gate's activation: silu (SwiGLU) or tanh-approximated gelu (GeGLU)."""
+    if config.hidden_act == "gelu_tanh":
+        return functools.partial(jax.nn.gelu, approximate=True)
+    return jax.nn.silu
+
+
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """Gated MLP: down(act(gate(x)) * up(x)), act silu (SwiGLU) or gelu (GeGLU)."""
 
     config: ModelConfig
 
@@ -257,31 +307,45 @@ class MLP(nn.Module):
             # `fuse_projections` layout: one matmul for gate and up.
             both = self.get_variable("params", FUSED_GATE_UP)             # [D, 2, F]
             gate_up = jnp.einsum("BTD,DZF->BTZF", x, both.astype(dt))
-            hidden = jax.nn.silu(gate_up[..., 0, :]) * gate_up[..., 1, :]
+            hidden = activation(cfg)(gate_up[..., 0, :]) * gate_up[..., 1, :]
         else:
             gate = _param(self, "gate_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
             up = _param(self, "up_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
-            hidden = jax.nn.silu(project(x, gate.astype(dt))) * project(x, up.astype(dt))
+            hidden = activation(cfg)(project(x, gate.astype(dt))) * project(x, up.astype(dt))
         down = _param(self, "down_proj", dense_init(f), (f, d), ("mlp", "embed"), pdt)  # Last, as always.
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
         return project(hidden, down.astype(dt))
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm residual block; the scan body over layers."""
+    """Pre-norm residual block; the scan body over layers.
+
+    With `sandwich_norm` (Gemma) the attention and MLP outputs are normalised
+    too (`attn_out_norm`, `mlp_out_norm`) before they join the residual.
+    """
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, carry, rope, mask, cache_index):
-        """carry = (x [B, T, D], whole cache or None, layer index); mask as in `Attention`."""
+        """carry = (x [B, T, D], whole cache or None, layer index); mask as in `Attention`;
+        rope from `layer_ropes`."""
         x, kv, layer = carry
         cfg = self.config
-        dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
-        h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
-        attn_out, kv = Attention(cfg, name="attn")(h, rope, mask, kv, cache_index, layer)
+        window = None
+        if cfg.windowed:   # This layer's window and RoPE tables.
+            window = jnp.asarray(layer_windows(cfg))[layer]
+            sliding = jnp.asarray(cfg.sliding_layers)[layer]
+            rope = tuple(jnp.where(sliding, local, full) for full, local in zip(*rope))
+        h = norm(cfg, "input_norm")(x)
+        attn_out, kv = Attention(cfg, name="attn")(h, rope, mask, kv, cache_index, layer, window)
+        if cfg.sandwich_norm:
+            attn_out = norm(cfg, "attn_out_norm")(attn_out)
         x = x + attn_out
-        h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
-        x = x + MLP(cfg, name="mlp")(h)
+        h = norm(cfg, "post_attn_norm")(x)
+        mlp_out = MLP(cfg, name="mlp")(h)
+        if cfg.sandwich_norm:
+            mlp_out = norm(cfg, "mlp_out_norm")(mlp_out)
+        x = x + mlp_out
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         return (x, kv, layer + 1), None

@@ -16,8 +16,9 @@ from start_jax.sharding import ShardingRules
 def param_shardings(model_config, mesh: Mesh, rules: ShardingRules | None = None):
     """NamedSharding for every parameter of a model."""
     rules = rules or ShardingRules()
-    return rules.tree_shardings(mesh, transformer.param_logical_axes(model_config),
-                                transformer.param_shapes(model_config))
+    return rules.tree_shardings(
+        mesh, transformer.param_logical_axes(model_config), transformer.param_shapes(model_config)
+    )
 
 
 def init_sharded(model_config, rng: jax.Array, mesh: Mesh, rules: ShardingRules | None = None):
@@ -29,7 +30,8 @@ def init_sharded(model_config, rng: jax.Array, mesh: Mesh, rules: ShardingRules 
     """
     shardings = param_shardings(model_config, mesh, rules)
     return jax.jit(transformer.init_params, static_argnums=0, out_shardings=shardings)(
-        model_config, rng)
+        model_config, rng
+    )
 
 
 def shard_params(model_config, params, mesh: Mesh, rules: ShardingRules | None = None):
@@ -37,11 +39,15 @@ def shard_params(model_config, params, mesh: Mesh, rules: ShardingRules | None =
     return jax.device_put(params, param_shardings(model_config, mesh, rules))
 
 
-def cache_shardings(model_config, mesh: Mesh, batch_size: int, max_length: int,
-                    rules: ShardingRules | None = None):
+def cache_shardings(
+    model_config, mesh: Mesh, batch_size: int, max_length: int, rules: ShardingRules | None = None
+):
     """NamedShardings for a `KVCache` of the given size."""
     rules = rules or ShardingRules()
     shapes = jax.eval_shape(lambda: transformer.init_cache(model_config, batch_size, max_length))
-    return jax.tree.map(lambda axes, s: rules.sharding(mesh, axes, s.shape),
-                        transformer.CACHE_LOGICAL_AXES, shapes,
-                        is_leaf=lambda x: isinstance(x, tuple))
+    return jax.tree.map(
+        lambda axes, s: rules.sharding(mesh, axes, s.shape),
+        transformer.CACHE_LOGICAL_AXES,
+        shapes,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from start_jax.models.config import ModelConfig
-from start_jax.models.layers import DecoderBlock, RMSNorm, _param, rope_tables
+from start_jax.models.layers import DecoderBlock, _param, layer_ropes, norm
 
 
 @flax.struct.dataclass
@@ -94,7 +94,7 @@ class Transformer(nn.Module):
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
-        self.final_norm = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, pdt, name="final_norm")
+        self.final_norm = norm(cfg, "final_norm")
         if cfg.lm_head and not cfg.tie_embeddings:
             self.lm_head = _param(self, "lm_head", nn.initializers.normal(stddev=0.02),
                                                         (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
@@ -108,8 +108,11 @@ class Transformer(nn.Module):
         `mask` is (key_valid [B, S], q_slots [T] or None): see `Attention`.
         """
         x = self.embed(tokens)
+        if self.config.embed_scale:   # Gemma: the scale rounded to the parameters' dtype.
+            scale = jnp.asarray(self.config.hidden_size ** 0.5, self.config.jnp_param_dtype)
+            x = x * scale.astype(x.dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        rope = rope_tables(self.config, positions)
+        rope = layer_ropes(self.config, positions)
         (x, kv, _), _ = self.layers((x, kv, jnp.zeros((), jnp.int32)), rope, mask,
                                     cache_index)
         return self.final_norm(x), kv
