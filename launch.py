@@ -37,8 +37,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "experiments",
-                              "configs", "default.py")
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "experiments", "configs", "default.py"
+)
 
 
 def _fail(message: str) -> None:
@@ -71,8 +72,10 @@ def _load_config(argv):
     except Exception as e:  # noqa: BLE001 - any error of the user's module, named by its file.
         _fail(f"--config={path}: loading it raised {type(e).__name__}: {e}")
     if not callable(getattr(module, "get_config", None)):
-        _fail(f"--config={path}: defines no get_config() (a config file returns its "
-              "ml_collections.ConfigDict from get_config())")
+        _fail(
+            f"--config={path}: defines no get_config() (a config file returns its "
+            "ml_collections.ConfigDict from get_config())"
+        )
     try:
         return module.get_config()
     except Exception as e:  # noqa: BLE001
@@ -85,20 +88,24 @@ def _unknown_override(argv) -> str | None:
     for arg in argv:
         if not arg.startswith("--config."):
             continue
-        keys = arg[len("--config."):].split("=", 1)[0].split(".")
+        keys = arg[len("--config.") :].split("=", 1)[0].split(".")
         node, walked = config, []
         for key in keys:
             if not hasattr(node, "keys") or key not in node.keys():
                 if walked and walked[-1] in ("kwargs", "template_kwargs"):
                     free = ".".join(walked)
-                    return (f"{arg.split('=', 1)[0]}: the config file sets no '{free}.{key}', "
-                            "and an override can only change a field the file has; add "
-                            f"c.{free}.{key} = ... to the config file (known: "
-                            f"{', '.join(sorted(node.keys())) or 'none'})")
+                    return (
+                        f"{arg.split('=', 1)[0]}: the config file sets no '{free}.{key}', "
+                        "and an override can only change a field the file has; add "
+                        f"c.{free}.{key} = ... to the config file (known: "
+                        f"{', '.join(sorted(node.keys())) or 'none'})"
+                    )
                 where = f"under '{'.'.join(walked)}'" if walked else "at the top level"
                 known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
-                return (f"{arg.split('=', 1)[0]}: unknown config field '{'.'.join(walked + [key])}' "
-                        f"(known keys {where}: {known})")
+                return (
+                    f"{arg.split('=', 1)[0]}: unknown config field '{'.'.join(walked + [key])}' "
+                    f"(known keys {where}: {known})"
+                )
             node, walked = node[key], walked + [key]
     return None
 
@@ -107,26 +114,36 @@ try:
     # The config file is loaded (and --config.* overrides applied) here, at definition,
     # when --config is not given: a bad override fails here.
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", DEFAULT_CONFIG, "Experiment config file (a get_config() module).")
+        "config", DEFAULT_CONFIG, "Experiment config file (a get_config() module)."
+    )
 except (KeyError, AttributeError, ValueError, TypeError) as _e:
     _fail(_unknown_override(sys.argv) or f"bad --config override: {_e}")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; default ./workdir/<config name>.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory; default ./workdir/<config name>."
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Multi-host: call jax.distributed.initialize() (see the docstring).")
+    "distributed", False, "Multi-host: call jax.distributed.initialize() (see the docstring)."
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "With --distributed: host:port of process 0's coordinator "
-    "(default: auto-detected on TPU / SLURM / Open MPI, or $JAX_COORDINATOR_ADDRESS).")
+    "coordinator_address",
+    None,
+    "With --distributed: host:port of process 0's coordinator "
+    "(default: auto-detected on TPU / SLURM / Open MPI, or $JAX_COORDINATOR_ADDRESS).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "With --distributed: the number of processes (default: auto-detected).")
+    "num_processes", None, "With --distributed: the number of processes (default: auto-detected)."
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "With --distributed: this process's index, 0 to num_processes-1 "
-    "(default: auto-detected).")
+    "process_id",
+    None,
+    "With --distributed: this process's index, 0 to num_processes-1 (default: auto-detected).",
+)
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a bad-input error.")
 
 
 def _parse_flags(argv):
     if not any(a in ("--traceback", "--helpfull", "--help", "-h") for a in argv):
-        _load_config(argv)    # A missing or broken config file: one line naming it.
+        _load_config(argv)  # A missing or broken config file: one line naming it.
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -143,31 +160,43 @@ def _initialize_distributed(jax) -> None:
     # recent versions; set here for those without one). Must be set before any backend starts.
     if not jax.config.jax_cpu_collectives_implementation:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = {k: v for k, v in (("coordinator_address", _COORDINATOR.value),
-                                ("num_processes", _NUM_PROCESSES.value),
-                                ("process_id", _PROCESS_ID.value)) if v is not None}
+    kwargs = {
+        k: v
+        for k, v in (
+            ("coordinator_address", _COORDINATOR.value),
+            ("num_processes", _NUM_PROCESSES.value),
+            ("process_id", _PROCESS_ID.value),
+        )
+        if v is not None
+    }
     jax.distributed.initialize(**kwargs)
     # A first collective while all processes are here: gloo sets up its connections then
     # (it waits only 30 s for that), so later waits (process 0 building the data) are safe.
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices("launch.py: processes started")
 
 
 def _check_flags() -> None:
     """Flags that only mean something together, and the workdir, before any work."""
-    given = [f"--{f.name}" for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
-             if f.value is not None]
+    given = [
+        f"--{f.name}" for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID) if f.value is not None
+    ]
     if given and not _DISTRIBUTED.value:
-        _fail(f"{', '.join(given)} without --distributed would be ignored and this process "
-              "would train alone; add --distributed (or drop them for a single-host run)")
+        _fail(
+            f"{', '.join(given)} without --distributed would be ignored and this process "
+            "would train alone; add --distributed (or drop them for a single-host run)"
+        )
     n, i = _NUM_PROCESSES.value, _PROCESS_ID.value
     if n is not None and n < 1:
         _fail(f"--num_processes={n} must be >= 1")
     if i is not None and (i < 0 or (n is not None and i >= n)):
         _fail(f"--process_id={i} must be in 0..{'num_processes-1' if n is None else n - 1}")
     if _WORKDIR.value and os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
-        _fail(f"--workdir={_WORKDIR.value} is an existing file, not a directory; "
-              "choose another --workdir")
+        _fail(
+            f"--workdir={_WORKDIR.value} is an existing file, not a directory; "
+            "choose another --workdir"
+        )
 
 
 def main(argv):
@@ -179,18 +208,22 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     _check_flags()
     import jax
-    if _DISTRIBUTED.value:   # One process per host; all run this same command.
+
+    if _DISTRIBUTED.value:  # One process per host; all run this same command.
         try:
             _initialize_distributed(jax)
         except Exception as e:  # noqa: BLE001 - jax raises several kinds; all end the same way.
             if _TRACEBACK.value:
                 raise
-            _fail(f"--distributed: jax.distributed.initialize failed ({type(e).__name__}: "
-                  f"{str(e).splitlines()[0] if str(e) else ''}); check --coordinator_address, "
-                  "--num_processes and --process_id, or run where they are detected (TPU, "
-                  "SLURM, Open MPI)")
+            _fail(
+                f"--distributed: jax.distributed.initialize failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); check --coordinator_address, "
+                "--num_processes and --process_id, or run where they are detected (TPU, "
+                "SLURM, Open MPI)"
+            )
     from start_jax import train
     from start_jax.errors import TrainingError, UserError
+
     name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
     workdir = _WORKDIR.value or os.path.join("workdir", name)
     try:
@@ -198,8 +231,11 @@ def main(argv):
     except UserError as e:
         if _TRACEBACK.value:
             raise
-        kept = (f" (the checkpoints in {os.path.abspath(workdir)}/checkpoints are kept)"
-                if isinstance(e, TrainingError) else "")
+        kept = (
+            f" (the checkpoints in {os.path.abspath(workdir)}/checkpoints are kept)"
+            if isinstance(e, TrainingError)
+            else ""
+        )
         _fail(f"{e}{kept}")
 
 

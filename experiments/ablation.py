@@ -83,23 +83,40 @@ VARIANTS = ("base", "rlvr", "joint", "start_self", "start_frozen", "start_al")
 DESIGNS = ("response", "joint", "frozen_thinker", "anchor")
 ALGOS = ("grpo", "ppo")
 PPO_EPOCHS = 1
-PPO_MINIBATCHES = 2           # Two updates per batch: the second one's ratio is not 1.
-BASE_SEED = 0                 # The one cold-start SFT run of a setting.
-FAMILY_OF = {"rlvr": "arith", "joint": "facts", "start_self": "facts", "start_frozen": "facts",
-             "start_al": "facts"}
+PPO_MINIBATCHES = 2  # Two updates per batch: the second one's ratio is not 1.
+BASE_SEED = 0  # The one cold-start SFT run of a setting.
+FAMILY_OF = {
+    "rlvr": "arith",
+    "joint": "facts",
+    "start_self": "facts",
+    "start_frozen": "facts",
+    "start_al": "facts",
+}
 SETTINGS = {
     "standard": dict(judge={}, mixture={}),
-    "compete": dict(judge=dict(w_correct=0.8, w_style=0.0, w_salient=0.25, w_fooled=0.45),
-                    mixture={}),
-    "compete_sparse": dict(judge=dict(w_correct=0.8, w_style=0.0, w_salient=0.25, w_fooled=0.45),
-                           mixture=dict(complete=0.25, sloppy=0.35, guess=0.4, styled=0.25)),
+    "compete": dict(
+        judge=dict(w_correct=0.8, w_style=0.0, w_salient=0.25, w_fooled=0.45), mixture={}
+    ),
+    "compete_sparse": dict(
+        judge=dict(w_correct=0.8, w_style=0.0, w_salient=0.25, w_fooled=0.45),
+        mixture=dict(complete=0.25, sloppy=0.35, guess=0.4, styled=0.25),
+    ),
 }
 # Per-step metrics kept from each run's metrics.jsonl (the learning curves).
-CURVE_KEYS = ("reward_mean", "behaviour/facts/think_complete", "behaviour/facts/think_empty",
-              "behaviour/facts/response_correct", "behaviour/facts/response_salient",
-              "behaviour/facts/styled", "behaviour/arith/think_complete",
-              "behaviour/arith/response_correct", "behaviour/arith/steps_correct",
-              "clip_frac_low", "clip_frac_high", "kl")
+CURVE_KEYS = (
+    "reward_mean",
+    "behaviour/facts/think_complete",
+    "behaviour/facts/think_empty",
+    "behaviour/facts/response_correct",
+    "behaviour/facts/response_salient",
+    "behaviour/facts/styled",
+    "behaviour/arith/think_complete",
+    "behaviour/arith/response_correct",
+    "behaviour/arith/steps_correct",
+    "clip_frac_low",
+    "clip_frac_high",
+    "kl",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,36 +127,46 @@ class Scale:
     algos: tuple[str, ...] = ALGOS
     variants: tuple[str, ...] = VARIANTS
     designs: tuple[str, ...] = DESIGNS
-    sft_steps: int = 4000         # Base policy SFT steps (the trainer's default).
-    answerer_steps: tuple[int, ...] = (600, 900, 1800)   # One SFT run's snapshots.
-    rl_steps: int = 60            # RL steps of every variant.
-    stage1_steps: int = 40        # START: think steps (then rl_steps - stage1_steps of stage 2).
+    sft_steps: int = 4000  # Base policy SFT steps (the trainer's default).
+    answerer_steps: tuple[int, ...] = (600, 900, 1800)  # One SFT run's snapshots.
+    rl_steps: int = 60  # RL steps of every variant.
+    stage1_steps: int = 40  # START: think steps (then rl_steps - stage1_steps of stage 2).
     prompts_per_step: int = 16
     group_size: int = 8
-    learning_rate: float = 1e-3   # joint and RLVR.
-    start_learning_rate: float = 1e-3    # START stage 1 (every START variant).
-    stage2_learning_rate: float = 1e-3   # START stage 2 (every design).
-    sweep: bool = True            # Choose the three rates by `sweep` first (same for both).
-    anchor_kl: float = 0.1        # The `anchor` design's KL coefficient (thinking tokens).
-    questions: int = 64           # Cross-Generation and final-reward questions per family.
+    learning_rate: float = 1e-3  # joint and RLVR.
+    start_learning_rate: float = 1e-3  # START stage 1 (every START variant).
+    stage2_learning_rate: float = 1e-3  # START stage 2 (every design).
+    sweep: bool = True  # Choose the three rates by `sweep` first (same for both).
+    anchor_kl: float = 0.1  # The `anchor` design's KL coefficient (thinking tokens).
+    questions: int = 64  # Cross-Generation and final-reward questions per family.
 
 
 FULL = Scale()
-REDUCED = Scale(seeds=(0,), algos=("grpo",), variants=("base", "joint", "start_frozen"),
-                designs=("response", "frozen_thinker", "anchor"), sft_steps=60,
-                answerer_steps=(10, 20, 40), rl_steps=3, stage1_steps=2, prompts_per_step=2,
-                group_size=2, questions=8, sweep=False)
+REDUCED = Scale(
+    seeds=(0,),
+    algos=("grpo",),
+    variants=("base", "joint", "start_frozen"),
+    designs=("response", "frozen_thinker", "anchor"),
+    sft_steps=60,
+    answerer_steps=(10, 20, 40),
+    rl_steps=3,
+    stage1_steps=2,
+    prompts_per_step=2,
+    group_size=2,
+    questions=8,
+    sweep=False,
+)
 # The learning-rate sweep: the same candidates and criterion for joint RL and START.
 SWEEP_RATES = (5e-4, 1e-3, 2e-3)
-SWEEP_SEED = 100              # Its own seed: no run of the ablation's seeds is used to choose.
-SWEEP_WINDOW = 5              # Criterion: mean training reward of the last 5 steps (GRPO).
-SWEEP_SPLITS = (1 / 2, 2 / 3, 5 / 6)   # START's stage-1 share of `rl_steps` (30, 40, 50 of 60).
+SWEEP_SEED = 100  # Its own seed: no run of the ablation's seeds is used to choose.
+SWEEP_WINDOW = 5  # Criterion: mean training reward of the last 5 steps (GRPO).
+SWEEP_SPLITS = (1 / 2, 2 / 3, 5 / 6)  # START's stage-1 share of `rl_steps` (30, 40, 50 of 60).
 
 
 def run_config(scale: Scale, seed: int, setting: str = "standard"):
     c = default_config()
     c.seed = seed
-    c.data.name = "mixed"         # Bases and answerers learn both families.
+    c.data.name = "mixed"  # Bases and answerers learn both families.
     # The settings as pre-registered and run: think tags may be drawn in a response (the ban,
     # on by default since, came later; the world's judges score such responses as written).
     c.sampling.ban_tags_in_response = False
@@ -160,9 +187,17 @@ def judge_of(setting: str):
     return rewards.make("synthetic", **SETTINGS[setting]["judge"])
 
 
-def variant_config(variant: str, algo: str, seed: int, base_dir: str, data_dir: str,
-                   scale: Scale, setting: str = "standard", design: str | None = None,
-                   stage1_only: bool = False):
+def variant_config(
+    variant: str,
+    algo: str,
+    seed: int,
+    base_dir: str,
+    data_dir: str,
+    scale: Scale,
+    setting: str = "standard",
+    design: str | None = None,
+    stage1_only: bool = False,
+):
     """The run config of a variant; START variants have stage 1 and (unless `stage1_only`)
     stage 2 of `design` (default `response`)."""
     c = run_config(scale, seed, setting)
@@ -195,8 +230,15 @@ def variant_config(variant: str, algo: str, seed: int, base_dir: str, data_dir: 
             "response": stage("response", "self", n - n1, lr2),
             "joint": stage("joint", "self", n - n1, lr2),
             "frozen_thinker": stage("response", "self", n - n1, lr2, thinker="frozen"),
-            "anchor": stage("response", "self", n - n1, lr2, kl_coef=scale.anchor_kl,
-                            kl_reference="stage_start", kl_scope="think"),
+            "anchor": stage(
+                "response",
+                "self",
+                n - n1,
+                lr2,
+                kl_coef=scale.anchor_kl,
+                kl_reference="stage_start",
+                kl_scope="think",
+            ),
         }[design or "response"]
     c.stages = stages
     return c
@@ -210,8 +252,13 @@ def train_base(out: str, scale: Scale, setting: str = "standard") -> str:
     c.data.data_dir = os.path.join(out, "data")
     spec = train.RunSpec.from_config(c)
     train_data, _ = data_io.datasets(spec.data, workdir)
-    initial_policy(spec, workdir, world.load_tokenizer(spec.tokenizer),
-                   sharding.make_mesh(spec.mesh), train_data)
+    initial_policy(
+        spec,
+        workdir,
+        world.load_tokenizer(spec.tokenizer),
+        sharding.make_mesh(spec.mesh),
+        train_data,
+    )
     return os.path.join(workdir, "init_policy")
 
 
@@ -227,6 +274,7 @@ def train_answerers(out: str, scale: Scale) -> None:
     if all(os.path.isfile(os.path.join(p, "config.json")) for p in paths.values()):
         return
     import jax  # noqa: PLC0415
+
     c = run_config(scale, 100)
     c.data.data_dir = os.path.join(out, "data")
     workdir = os.path.join(out, "answerers")
@@ -236,10 +284,18 @@ def train_answerers(out: str, scale: Scale) -> None:
     examples = [train_data[i] for i in range(min(len(train_data), c.sft.examples))]
     config = model_config_of(spec, tok)
     params = models.init_params(config, jax.random.key(100))
-    _, _, snaps = sft.train_sft(config, params, tok, sft_traces(spec, examples),
-                                max(scale.answerer_steps), c.sft.batch_size,
-                                c.sft.learning_rate, seed=100, progress=False,
-                                snapshots=scale.answerer_steps)
+    _, _, snaps = sft.train_sft(
+        config,
+        params,
+        tok,
+        sft_traces(spec, examples),
+        max(scale.answerer_steps),
+        c.sft.batch_size,
+        c.sft.learning_rate,
+        seed=100,
+        progress=False,
+        snapshots=scale.answerer_steps,
+    )
     for (_, path), steps in zip(paths.items(), scale.answerer_steps):
         checkpoints.save_pretrained(config, snaps[steps], path)
 
@@ -266,19 +322,39 @@ def _from_stage1(stage1_dir: str, workdir: str) -> None:
     shutil.copy(os.path.join(stage1_dir, "metrics.jsonl"), workdir)
 
 
-def _sweep_run(out: str, scale: Scale, setting: str, method: str, lr: float,
-               stage1_steps: int) -> dict:
+def _sweep_run(
+    out: str, scale: Scale, setting: str, method: str, lr: float, stage1_steps: int
+) -> dict:
     """One sweep run (GRPO, `SWEEP_SEED`), trained or found; returns its criterion."""
-    sc = dataclasses.replace(scale, learning_rate=lr, start_learning_rate=lr,
-                             stage2_learning_rate=lr, stage1_steps=stage1_steps)
+    sc = dataclasses.replace(
+        scale,
+        learning_rate=lr,
+        start_learning_rate=lr,
+        stage2_learning_rate=lr,
+        stage1_steps=stage1_steps,
+    )
     name = f"lr{lr:g}" if stage1_steps == scale.stage1_steps else f"lr{lr:g}_s1{stage1_steps}"
     wd = os.path.join(out, "sweep", method, name)
-    _train(variant_config(method, "grpo", SWEEP_SEED, os.path.join(out, "base", "init_policy"),
-                          os.path.join(out, "data"), sc, setting), wd)
+    _train(
+        variant_config(
+            method,
+            "grpo",
+            SWEEP_SEED,
+            os.path.join(out, "base", "init_policy"),
+            os.path.join(out, "data"),
+            sc,
+            setting,
+        ),
+        wd,
+    )
     rows = _curves(wd)[-SWEEP_WINDOW:]
-    return {"method": method, "learning_rate": lr, "stage1_steps": stage1_steps,
-            "reward_last": float(np.mean([r["reward_mean"] for r in rows])),
-            "complete_last": float(np.mean([r["behaviour/facts/think_complete"] for r in rows]))}
+    return {
+        "method": method,
+        "learning_rate": lr,
+        "stage1_steps": stage1_steps,
+        "reward_last": float(np.mean([r["reward_mean"] for r in rows])),
+        "complete_last": float(np.mean([r["behaviour/facts/think_complete"] for r in rows])),
+    }
 
 
 def sweep(out: str, scale: Scale, setting: str = "standard", log=print, pool=None) -> dict:
@@ -305,16 +381,27 @@ def sweep(out: str, scale: Scale, setting: str = "standard", log=print, pool=Non
             log(f"sweep {key}: reward {r['reward_last']:.3f}")
 
     collect([(m, lr, scale.stage1_steps) for m in ("joint", "start_frozen") for lr in SWEEP_RATES])
-    best = {m: max((r for r in runs.values() if r["method"] == m),
-                   key=lambda r: r["reward_last"]) for m in ("joint", "start_frozen")}
+    best = {
+        m: max((r for r in runs.values() if r["method"] == m), key=lambda r: r["reward_last"])
+        for m in ("joint", "start_frozen")
+    }
     lr = best["start_frozen"]["learning_rate"]
-    splits = sorted({max(1, min(scale.rl_steps - 1, round(f * scale.rl_steps)))
-                     for f in SWEEP_SPLITS} - {scale.stage1_steps})
+    splits = sorted(
+        {max(1, min(scale.rl_steps - 1, round(f * scale.rl_steps))) for f in SWEEP_SPLITS}
+        - {scale.stage1_steps}
+    )
     collect([("start_frozen", lr, n) for n in splits])
-    split = max((r for r in runs.values() if r["method"] == "start_frozen"
-                 and r["learning_rate"] == lr), key=lambda r: r["reward_last"])
-    done = {"learning_rate": best["joint"]["learning_rate"], "start_learning_rate": lr,
-            "stage2_learning_rate": lr, "stage1_steps": split["stage1_steps"], "runs": runs}
+    split = max(
+        (r for r in runs.values() if r["method"] == "start_frozen" and r["learning_rate"] == lr),
+        key=lambda r: r["reward_last"],
+    )
+    done = {
+        "learning_rate": best["joint"]["learning_rate"],
+        "start_learning_rate": lr,
+        "stage2_learning_rate": lr,
+        "stage1_steps": split["stage1_steps"],
+        "runs": runs,
+    }
     _save(path, done)
     return done
 
@@ -328,8 +415,14 @@ def ladder(answerers: dict, questions: dict, judge, seed: int = 3) -> dict:
             prompts = [x["prompt"] for x in q]
             for label, thinking in (("gold", [x["thinking"] for x in q]), ("empty", [""] * len(q))):
                 answers = policy.answer(prompts, thinking, seed)
-                scores = judge([rewards.RewardInput(x["prompt"], r, (), (), x["reference"], False,
-                                                    x["metadata"]) for x, r in zip(q, answers)])
+                scores = judge(
+                    [
+                        rewards.RewardInput(
+                            x["prompt"], r, (), (), x["reference"], False, x["metadata"]
+                        )
+                        for x, r in zip(q, answers)
+                    ]
+                )
                 out.setdefault(name, {})[f"{family}_{label}"] = round(float(np.mean(scores)), 4)
     return out
 
@@ -341,8 +434,14 @@ def _policy(path: str, tok, sc) -> cg.ModelPolicy:
 def train_runs(out: str, scale: Scale, seed: int, setting: str, algo: str) -> float:
     """Every training run of one (seed, algorithm), trained or found; returns the seconds."""
     began = time.perf_counter()
-    cfg = dict(algo=algo, seed=seed, base_dir=os.path.join(out, "base", "init_policy"),
-               data_dir=os.path.join(out, "data"), scale=scale, setting=setting)
+    cfg = dict(
+        algo=algo,
+        seed=seed,
+        base_dir=os.path.join(out, "base", "init_policy"),
+        data_dir=os.path.join(out, "data"),
+        scale=scale,
+        setting=setting,
+    )
     root = os.path.join(out, f"seed{seed}")
     for variant in scale.variants:
         if variant == "base":
@@ -352,7 +451,7 @@ def train_runs(out: str, scale: Scale, seed: int, setting: str, algo: str) -> fl
             continue
         s1 = os.path.join(root, variant, algo, "s1")
         _train(variant_config(variant, stage1_only=True, **cfg), s1)
-        for design in (scale.designs if variant == "start_frozen" else ("response",)):
+        for design in scale.designs if variant == "start_frozen" else ("response",):
             wd = os.path.join(root, variant, algo, design)
             _from_stage1(s1, wd)
             _train(variant_config(variant, design=design, **cfg), wd)
@@ -370,7 +469,7 @@ def _workdirs(out: str, scale: Scale, seed: int) -> dict[str, str | None]:
             elif variant != "base":
                 if variant == "start_frozen":
                     dirs[f"{variant}.s1/{algo}"] = os.path.join(root, variant, algo, "s1")
-                for design in (scale.designs if variant == "start_frozen" else ("response",)):
+                for design in scale.designs if variant == "start_frozen" else ("response",):
                     name = variant if design == "response" else f"{variant}.{design}"
                     dirs[f"{name}/{algo}"] = os.path.join(root, variant, algo, design)
     return dirs
@@ -386,17 +485,21 @@ def thinkers_of(out: str, scale: Scale, seed: int, tok, sc) -> dict:
         else:
             policy = _policy(os.path.join(wd, "export"), tok, sc)
             if os.path.isdir(os.path.join(wd, "export_thinker")):
-                policy = cg.SplitPolicy(_policy(os.path.join(wd, "export_thinker"), tok, sc),
-                                        policy)
+                policy = cg.SplitPolicy(
+                    _policy(os.path.join(wd, "export_thinker"), tok, sc), policy
+                )
         thinkers[name] = (policy, wd)
     return thinkers
 
 
 def _sampling():
     c = default_config()
-    return sampling.SamplingConfig(temperature=1.0, think_budget=c.sampling.think_budget,
-                                   response_budget=c.sampling.response_budget,
-                                   ban_tags_in_response=False)   # As in `run_config`.
+    return sampling.SamplingConfig(
+        temperature=1.0,
+        think_budget=c.sampling.think_budget,
+        response_budget=c.sampling.response_budget,
+        ban_tags_in_response=False,
+    )  # As in `run_config`.
 
 
 def evaluate_seed(out: str, scale: Scale, seed: int, setting: str) -> float:
@@ -415,19 +518,34 @@ def evaluate_seed(out: str, scale: Scale, seed: int, setting: str) -> float:
         path = os.path.join(out, f"seed{seed}", f"cg_{family}.json")
         entry = _load(path)
         if entry is None or entry["sources"][:-2] != list(thinkers):
-            result = cg.run({n: p for n, (p, _) in thinkers.items()}, answerers, q, judge,
-                            seeds=(seed,), bootstrap_samples=200,
-                            classify=cg.classify_synthetic)
-            _save(path, {"seed": seed, "family": family, "sources": result.sources,
-                         "answerers": result.answerers,
-                         "scores": result.scores[:, :, 0].round(4).tolist(),
-                         "thinking_classes": result.thinking_classes})
+            result = cg.run(
+                {n: p for n, (p, _) in thinkers.items()},
+                answerers,
+                q,
+                judge,
+                seeds=(seed,),
+                bootstrap_samples=200,
+                classify=cg.classify_synthetic,
+            )
+            _save(
+                path,
+                {
+                    "seed": seed,
+                    "family": family,
+                    "sources": result.sources,
+                    "answerers": result.answerers,
+                    "scores": result.scores[:, :, 0].round(4).tolist(),
+                    "thinking_classes": result.thinking_classes,
+                },
+            )
     return time.perf_counter() - began
 
 
 def _questions(out: str, scale: Scale) -> dict:
-    return {f: load_questions(f"synthetic:{f}", os.path.join(out, "data"), scale.questions)
-            for f in ("arith", "facts")}
+    return {
+        f: load_questions(f"synthetic:{f}", os.path.join(out, "data"), scale.questions)
+        for f in ("arith", "facts")
+    }
 
 
 def _call(job):
@@ -449,12 +567,14 @@ def _pool(workers: int, out: str):
         return None
     import concurrent.futures  # noqa: PLC0415
     import multiprocessing  # noqa: PLC0415
+
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(out, "xla_cache")
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     return concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"))
+        workers, mp_context=multiprocessing.get_context("spawn")
+    )
 
 
 def _load(path: str):
@@ -471,8 +591,9 @@ def _save(path: str, value) -> None:
     os.replace(tmp, path)
 
 
-def run(out: str, scale: Scale = FULL, log=print, setting: str = "standard",
-        workers: int = 1) -> dict:
+def run(
+    out: str, scale: Scale = FULL, log=print, setting: str = "standard", workers: int = 1
+) -> dict:
     """Trains every variant and runs Cross-Generation; returns (and saves) the results.
 
     With `workers` > 1 the independent pieces (sweep runs, answerers, each (seed,
@@ -484,7 +605,7 @@ def run(out: str, scale: Scale = FULL, log=print, setting: str = "standard",
     began = time.perf_counter()
     tok, judge = world.tokenizer(), judge_of(setting)
     train_base(out, scale, setting)
-    for family in ("arith", "facts"):      # Built here: the worker processes only read them.
+    for family in ("arith", "facts"):  # Built here: the worker processes only read them.
         for split in ("train", "test"):
             pipeline.load_synthetic(family, os.path.join(out, "data"), split)
     log(f"base and data ready ({time.perf_counter() - began:.0f} s)")
@@ -495,20 +616,25 @@ def run(out: str, scale: Scale = FULL, log=print, setting: str = "standard",
         if scale.sweep:
             chosen = sweep(out, scale, setting, log, pool)
             scale = dataclasses.replace(scale, **{k: v for k, v in chosen.items() if k != "runs"})
-            log(f"sweep chose {scale.learning_rate:g} (joint, RLVR), {scale.start_learning_rate:g}"
-                f" (START), {scale.stage1_steps} stage-1 steps ({time.perf_counter() - began:.0f} s)")
+            log(
+                f"sweep chose {scale.learning_rate:g} (joint, RLVR), {scale.start_learning_rate:g}"
+                f" (START), {scale.stage1_steps} stage-1 steps "
+                f"({time.perf_counter() - began:.0f} s)"
+            )
         if waiting is not None:
             waiting.result()
         else:
             train_answerers(out, scale)
         # The longest jobs first: PPO (a critic) before GRPO.
-        jobs = [(out, scale, seed, setting, algo) for algo in sorted(scale.algos, reverse=True)
-                for seed in scale.seeds]
+        jobs = [
+            (out, scale, seed, setting, algo)
+            for algo in sorted(scale.algos, reverse=True)
+            for seed in scale.seeds
+        ]
         for (_, _, seed, _, algo), secs in zip(jobs, _map(pool, train_runs, jobs)):
             log(f"seed {seed} {algo}: trained in {secs:.0f} s")
         log(f"training done ({time.perf_counter() - began:.0f} s)")
-        evaluated = _map(pool, evaluate_seed,
-                         [(out, scale, seed, setting) for seed in scale.seeds])
+        evaluated = _map(pool, evaluate_seed, [(out, scale, seed, setting) for seed in scale.seeds])
         for seed, secs in zip(scale.seeds, evaluated):
             log(f"seed {seed}: evaluated in {secs:.0f} s")
     finally:
@@ -530,12 +656,20 @@ def run(out: str, scale: Scale = FULL, log=print, setting: str = "standard",
                 curves.append({"seed": seed, "thinker": name, "rows": _curves(workdir)})
         for family in ("arith", "facts"):
             cg_results.append(_load(os.path.join(out, f"seed{seed}", f"cg_{family}.json")))
-    results = {"setting": setting, "settings": SETTINGS[setting],
-               "scale": dataclasses.asdict(scale), "sweep": chosen, "ladder": levels,
-               "records": records, "curves": curves,
-               "cross_generation": cg_results, "levels": synthetic.reward_levels(200, 0, judge),
-               "seconds": time.perf_counter() - began, "workers": workers,
-               "provenance": provenance()}
+    results = {
+        "setting": setting,
+        "settings": SETTINGS[setting],
+        "scale": dataclasses.asdict(scale),
+        "sweep": chosen,
+        "ladder": levels,
+        "records": records,
+        "curves": curves,
+        "cross_generation": cg_results,
+        "levels": synthetic.reward_levels(200, 0, judge),
+        "seconds": time.perf_counter() - began,
+        "workers": workers,
+        "provenance": provenance(),
+    }
     results["summary"] = summarize(results)
     results["contrasts"] = contrasts(results)
     results["controls"] = controls(results)
@@ -549,26 +683,39 @@ def provenance() -> dict:
 
     def git(*args):
         try:
-            return subprocess.run(("git",) + args, cwd=root, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+            return subprocess.run(
+                ("git",) + args, cwd=root, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
     versions = {}
-    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
-                 "tensorflow-datasets"):
+    for name in (
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "numpy",
+        "tensorflow-datasets",
+    ):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain",
-                                                                   "--untracked-files=no")),
-            "versions": versions, "python": platform.python_version(),
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-            "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "versions": versions,
+        "python": platform.python_version(),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "cpus": os.cpu_count(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 # --------------------------------------------------------------------------- statistics
+
 
 def summarize(results: dict) -> list[dict]:
     """Per thinker: final reward, efficacy and behaviour rates with 95% intervals.
@@ -580,8 +727,9 @@ def summarize(results: dict) -> list[dict]:
     n = results["scale"]["questions"]
     recs = results["records"]
     cgs = results["cross_generation"]
-    thinkers = sorted({s for r in cgs for s in r["sources"]},
-                      key=lambda s: (s in (cg.EMPTY, cg.SELF), s))
+    thinkers = sorted(
+        {s for r in cgs for s in r["sources"]}, key=lambda s: (s in (cg.EMPTY, cg.SELF), s)
+    )
     rows = []
     for t in thinkers:
         row = {"thinker": t}
@@ -596,8 +744,11 @@ def summarize(results: dict) -> list[dict]:
             gains = _per_seed(results, t, "efficacy", fam)
             if gains is not None:
                 row[f"efficacy_{fam}"] = _interval(gains)
-            complete = [r["thinking_classes"][t].get("complete", 0.0) for r in cgs
-                        if r["family"] == fam and t in r["thinking_classes"]]
+            complete = [
+                r["thinking_classes"][t].get("complete", 0.0)
+                for r in cgs
+                if r["family"] == fam and t in r["thinking_classes"]
+            ]
             if complete:
                 row[f"cg_complete_{fam}"] = stats.pooled_proportion(complete, n)
         rows.append(row)
@@ -613,17 +764,19 @@ def _per_seed(results: dict, thinker: str, what: str, family: str) -> np.ndarray
     """[seeds, questions] values of one thinker (seeds in order): final scores, or
     efficacy gains (mean over answerers of the gain over empty thinking)."""
     if what == "final":
-        rows = sorted((r for r in results["records"] if r["thinker"] == thinker),
-                      key=lambda r: r["seed"])
+        rows = sorted(
+            (r for r in results["records"] if r["thinker"] == thinker), key=lambda r: r["seed"]
+        )
         return np.asarray([r[f"scores_{family}"] for r in rows]) if rows else None
     out = []
-    for r in sorted((r for r in results["cross_generation"] if r["family"] == family),
-                    key=lambda r: r["seed"]):
+    for r in sorted(
+        (r for r in results["cross_generation"] if r["family"] == family), key=lambda r: r["seed"]
+    ):
         if thinker not in r["sources"]:
             return None
-        scores = np.asarray(r["scores"])                      # [sources, answerers, questions]
+        scores = np.asarray(r["scores"])  # [sources, answerers, questions]
         gain = scores[r["sources"].index(thinker)] - scores[r["sources"].index(cg.EMPTY)]
-        out.append(gain.mean(0))                              # Mean over answerers.
+        out.append(gain.mean(0))  # Mean over answerers.
     return np.asarray(out) if out else None
 
 
@@ -663,11 +816,13 @@ CONTRASTS = (
     ("s2", "start_frozen.frozen_thinker/{algo}", "start_frozen.s1/{algo}", "final", "facts"),
     ("s2", "start_frozen.anchor/{algo}", "start_frozen.s1/{algo}", "final", "facts"),
 )
-CLAIMS = {"1": "RLVR improves thinking on the verifiable family (and transfers to GQA)",
-          "2": "joint RL on GQA raises the GQA reward and thinking",
-          "3": "START improves thinking and the final answer over joint RL",
-          "s1": "START's stage-1 thinking against joint (at the end of stage 1 vs joint's end)",
-          "s2": "each stage-2 design against the stage-1 snapshot it starts from"}
+CLAIMS = {
+    "1": "RLVR improves thinking on the verifiable family (and transfers to GQA)",
+    "2": "joint RL on GQA raises the GQA reward and thinking",
+    "3": "START improves thinking and the final answer over joint RL",
+    "s1": "START's stage-1 thinking against joint (at the end of stage 1 vs joint's end)",
+    "s2": "each stage-2 design against the stage-1 snapshot it starts from",
+}
 
 
 def contrasts(results: dict) -> list[dict]:
@@ -678,16 +833,29 @@ def contrasts(results: dict) -> list[dict]:
         for algo in results["scale"]["algos"]:
             value = contrast(results, a.format(algo=algo), b.format(algo=algo), what, family)
             if value is not None:
-                out.append({"claim": claim, "a": a.format(algo=algo), "b": b.format(algo=algo),
-                            "what": what, "family": family,
-                            "diff": [value["mean"], value["low"], value["high"]],
-                            "p": value["p"], "seeds": value["seeds"]})
+                out.append(
+                    {
+                        "claim": claim,
+                        "a": a.format(algo=algo),
+                        "b": b.format(algo=algo),
+                        "what": what,
+                        "family": family,
+                        "diff": [value["mean"], value["low"], value["high"]],
+                        "p": value["p"],
+                        "seeds": value["seeds"],
+                    }
+                )
     for claim in {c["claim"] for c in out}:
         family = [c for c in out if c["claim"] == claim]
         for c, adjusted in zip(family, stats.holm([c["p"] for c in family])):
             c["p_holm"] = adjusted
-            c["verdict"] = ("no clear difference" if adjusted >= 0.05
-                            else "a > b" if c["diff"][0] > 0 else "a < b")
+            c["verdict"] = (
+                "no clear difference"
+                if adjusted >= 0.05
+                else "a > b"
+                if c["diff"][0] > 0
+                else "a < b"
+            )
     return out
 
 
@@ -695,15 +863,20 @@ def contrast_table(results: dict) -> str:
     lines = []
     for c in results.get("contrasts") or contrasts(results):
         d = c["diff"]
-        lines.append(f"claim {c['claim']:<3} {c['a']:>34} - {c['b']:<12} {c['what']:>8} "
-                     f"{c['family']:<5} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] "
-                     f"p={c['p']:.3f} holm={c['p_holm']:.3f}  {c['verdict']}")
+        lines.append(
+            f"claim {c['claim']:<3} {c['a']:>34} - {c['b']:<12} {c['what']:>8} "
+            f"{c['family']:<5} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] "
+            f"p={c['p']:.3f} holm={c['p_holm']:.3f}  {c['verdict']}"
+        )
     return "\n".join(lines)
 
 
-CONTROL_KEYS = (("reward_mean", "reward"), ("behaviour/facts/think_complete", "complete"),
-                ("behaviour/facts/styled", "styled"),
-                ("behaviour/facts/response_salient", "salient"))
+CONTROL_KEYS = (
+    ("reward_mean", "reward"),
+    ("behaviour/facts/think_complete", "complete"),
+    ("behaviour/facts/styled", "styled"),
+    ("behaviour/facts/response_salient", "salient"),
+)
 CONTROL_WINDOW = 5
 
 
@@ -720,14 +893,21 @@ def controls(results: dict) -> list[dict]:
             if not all(key in r for run in runs for r in run):
                 continue
             k = CONTROL_WINDOW
-            deltas = [np.mean([r[key] for r in run[-k:]]) - np.mean([r[key] for r in run[:k]])
-                      for run in runs]
+            deltas = [
+                np.mean([r[key] for r in run[-k:]]) - np.mean([r[key] for r in run[:k]])
+                for run in runs
+            ]
             s1 = [[r for r in run if r.get("stage", 0) == 0] for run in runs]
             row[label] = _interval(np.asarray(deltas)[:, None])
             if all(len(x) > k for x in s1) and any(len(x) < len(run) for x, run in zip(s1, runs)):
-                row[f"{label}_stage1"] = _interval(np.asarray(
-                    [np.mean([r[key] for r in x[-k:]]) - np.mean([r[key] for r in x[:k]])
-                     for x in s1])[:, None])
+                row[f"{label}_stage1"] = _interval(
+                    np.asarray(
+                        [
+                            np.mean([r[key] for r in x[-k:]]) - np.mean([r[key] for r in x[:k]])
+                            for x in s1
+                        ]
+                    )[:, None]
+                )
         out.append(row)
     return out
 
@@ -747,25 +927,34 @@ def control_table(results: dict) -> str:
     fmt = lambda v: "-" if v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"  # noqa: E731
     lines = [f"{'run':<34} " + " ".join(f"{label:>24}" for _, label in CONTROL_KEYS)]
     for row in results.get("controls") or controls(results):
-        lines.append(f"{row['thinker']:<34} " + " ".join(
-            f"{fmt(row.get(label)):>24}" for _, label in CONTROL_KEYS))
+        lines.append(
+            f"{row['thinker']:<34} "
+            + " ".join(f"{fmt(row.get(label)):>24}" for _, label in CONTROL_KEYS)
+        )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- tables, figures
 
-COLUMNS = (("final_facts", "final facts"), ("efficacy_facts", "efficacy facts"),
-           ("cg_complete_facts", "complete facts"), ("styled_facts", "styled facts"),
-           ("response_salient_facts", "salient facts"), ("final_arith", "final arith"),
-           ("efficacy_arith", "efficacy arith"), ("cg_complete_arith", "complete arith"))
+COLUMNS = (
+    ("final_facts", "final facts"),
+    ("efficacy_facts", "efficacy facts"),
+    ("cg_complete_facts", "complete facts"),
+    ("styled_facts", "styled facts"),
+    ("response_salient_facts", "salient facts"),
+    ("final_arith", "final arith"),
+    ("efficacy_arith", "efficacy arith"),
+    ("cg_complete_arith", "complete arith"),
+)
 
 
 def table(results: dict, markdown: bool = False) -> str:
     """The summary as text (or a markdown table): mean [low, high] per column."""
     fmt = lambda v: "-" if v is None else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
     head = ["thinker"] + [label for _, label in COLUMNS]
-    body = [[row["thinker"]] + [fmt(row.get(key)) for key, _ in COLUMNS]
-            for row in results["summary"]]
+    body = [
+        [row["thinker"]] + [fmt(row.get(key)) for key, _ in COLUMNS] for row in results["summary"]
+    ]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
@@ -781,22 +970,31 @@ def _smooth(y: np.ndarray, k: int) -> np.ndarray:
     return np.convolve(pad, np.ones(k) / k, mode="valid")
 
 
-CURVE_PANELS = (("reward_mean", "train reward"),
-                ("behaviour/facts/think_complete", "facts: complete thinking"),
-                ("behaviour/facts/styled", "facts: styled response"),
-                ("behaviour/facts/response_salient", "facts: salient (shortcut) answer"),
-                ("behaviour/facts/response_correct", "facts: correct answer"),
-                ("behaviour/arith/think_complete", "arith: complete thinking (RLVR)"))
+CURVE_PANELS = (
+    ("reward_mean", "train reward"),
+    ("behaviour/facts/think_complete", "facts: complete thinking"),
+    ("behaviour/facts/styled", "facts: styled response"),
+    ("behaviour/facts/response_salient", "facts: salient (shortcut) answer"),
+    ("behaviour/facts/response_correct", "facts: correct answer"),
+    ("behaviour/arith/think_complete", "arith: complete thinking (RLVR)"),
+)
 
 
 def plot_curves(results: dict, path: str, smooth: int = 5, algo: str | None = None) -> None:
     """Reward and behaviour rates against RL step, per run: mean over seeds, band = +-1 sd
     (only `algo`'s runs when given)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = sorted({c["thinker"] for c in results["curves"]
-                    if algo is None or c["thinker"].endswith("/" + algo)})
+
+    names = sorted(
+        {
+            c["thinker"]
+            for c in results["curves"]
+            if algo is None or c["thinker"].endswith("/" + algo)
+        }
+    )
     colours = dict(zip(names, plt.cm.tab20(np.linspace(0, 1, max(len(names), 2)))))
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     for ax, (key, title) in zip(axes.ravel(), CURVE_PANELS):
@@ -816,8 +1014,10 @@ def plot_curves(results: dict, path: str, smooth: int = 5, algo: str | None = No
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=6, ncol=2)
-    fig.suptitle(f"{results.get('setting', 'standard')} setting: learning curves (mean over "
-                 f"seeds, band +-1 sd, {smooth}-step moving average)")
+    fig.suptitle(
+        f"{results.get('setting', 'standard')} setting: learning curves (mean over "
+        f"seeds, band +-1 sd, {smooth}-step moving average)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -826,16 +1026,20 @@ def plot_curves(results: dict, path: str, smooth: int = 5, algo: str | None = No
 def plot(results: dict, path: str) -> None:
     """Bar charts with 95% intervals: final reward, efficacy and complete thinking per family."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     rows = [r for r in results["summary"] if r["thinker"] != cg.EMPTY]
     names = [r["thinker"] for r in rows]
-    panels = (("final_facts", "final reward (GQA facts)"),
-              ("efficacy_facts", "thinking efficacy (GQA facts)"),
-              ("cg_complete_facts", "complete thinking (facts, truth)"),
-              ("final_arith", "final reward (verifiable arith)"),
-              ("efficacy_arith", "thinking efficacy (verifiable arith)"),
-              ("cg_complete_arith", "complete thinking (arith, truth)"))
+    panels = (
+        ("final_facts", "final reward (GQA facts)"),
+        ("efficacy_facts", "thinking efficacy (GQA facts)"),
+        ("cg_complete_facts", "complete thinking (facts, truth)"),
+        ("final_arith", "final reward (verifiable arith)"),
+        ("efficacy_arith", "thinking efficacy (verifiable arith)"),
+        ("cg_complete_arith", "complete thinking (arith, truth)"),
+    )
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     for ax, (key, title) in zip(axes.ravel(), panels):
         vals = [r.get(key) or (np.nan, np.nan, np.nan) for r in rows]
@@ -861,9 +1065,17 @@ def matrix(results: dict, family: str):
 
 def plot_matrices(results: dict, path: str) -> None:
     """Heat maps of the seed-averaged Cross-Generation matrices, facts and arith side by side."""
-    plots.heatmaps(path, [(f"Cross-Generation score ({family})", *matrix(results, family))
-                          for family in ("facts", "arith")],
-                   xlabel="answerer (SFT budget)", ylabel=None, fontsize=7, dpi=100)
+    plots.heatmaps(
+        path,
+        [
+            (f"Cross-Generation score ({family})", *matrix(results, family))
+            for family in ("facts", "arith")
+        ],
+        xlabel="answerer (SFT budget)",
+        ylabel=None,
+        fontsize=7,
+        dpi=100,
+    )
 
 
 def ladder_table(results: dict) -> str:
@@ -876,23 +1088,28 @@ def ladder_table(results: dict) -> str:
 
 
 def stage1_check(results: dict, window: int = 5) -> list[dict]:
-    """"Stage 1 equals joint": per algorithm, START-frozen's training-curve rates at the end of
+    """ "Stage 1 equals joint": per algorithm, START-frozen's training-curve rates at the end of
     stage 1 minus joint's at the same step (mean of the `window` steps up to it), paired by
     seed, with a seed-level interval."""
     n1 = results["scale"]["stage1_steps"]
     out = []
     for algo in results["scale"]["algos"]:
-        a = {c["seed"]: c["rows"] for c in results["curves"]
-             if c["thinker"] == f"start_frozen.s1/{algo}"}
+        a = {
+            c["seed"]: c["rows"]
+            for c in results["curves"]
+            if c["thinker"] == f"start_frozen.s1/{algo}"
+        }
         b = {c["seed"]: c["rows"] for c in results["curves"] if c["thinker"] == f"joint/{algo}"}
         seeds = sorted(set(a) & set(b))
         if not seeds:
             continue
         row = {"algo": algo, "step": n1, "seeds": len(seeds)}
         for key, label in CONTROL_KEYS:
-            def at(rows):
+
+            def at(rows, key=key):
                 vals = [r[key] for r in rows if n1 - window < r["step"] <= n1 and key in r]
                 return np.mean(vals) if vals else np.nan
+
             diffs = np.asarray([at(a[s]) - at(b[s]) for s in seeds])
             if np.isfinite(diffs).all():
                 row[label] = _interval(diffs[:, None])
@@ -904,31 +1121,63 @@ def markdown(results: dict) -> str:
     """The tables of one setting (docs/results.md, tables.md): ladder, summary, contrasts,
     controls, stage 1."""
     fmt = lambda v: "-" if v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"  # noqa: E731
-    lines = ["| answerer | arith, gold thinking | arith, empty | facts, gold thinking | "
-             "facts, empty |", "|---|---|---|---|---|"]
+    lines = [
+        "| answerer | arith, gold thinking | arith, empty | facts, gold thinking | facts, empty |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in (results.get("ladder") or {}).items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in (
-            "arith_gold", "arith_empty", "facts_gold", "facts_empty")) + " |")
-    lines += ["", table(results, markdown=True), "",
-              "| claim | a | b | what | family | a - b [95%] | p | Holm p | verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{row[k]:.3f}" for k in ("arith_gold", "arith_empty", "facts_gold", "facts_empty")
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        table(results, markdown=True),
+        "",
+        "| claim | a | b | what | family | a - b [95%] | p | Holm p | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in results.get("contrasts") or contrasts(results):
-        lines.append(f"| {c['claim']} | {c['a']} | {c['b']} | {c['what']} | {c['family']} | "
-                     f"{fmt(c['diff'])} | {c['p']:.3f} | {c['p_holm']:.3f} | {c['verdict']} |")
-    lines += ["", "| run (first 5 -> last 5 steps) | " + " | ".join(
-        label for _, label in CONTROL_KEYS) + " |", "|---|" + "---|" * len(CONTROL_KEYS)]
+        lines.append(
+            f"| {c['claim']} | {c['a']} | {c['b']} | {c['what']} | {c['family']} | "
+            f"{fmt(c['diff'])} | {c['p']:.3f} | {c['p_holm']:.3f} | {c['verdict']} |"
+        )
+    lines += [
+        "",
+        "| run (first 5 -> last 5 steps) | "
+        + " | ".join(label for _, label in CONTROL_KEYS)
+        + " |",
+        "|---|" + "---|" * len(CONTROL_KEYS),
+    ]
     for row in results.get("controls") or controls(results):
-        lines.append(f"| {row['thinker']} | " + " | ".join(
-            fmt(row.get(label)) for _, label in CONTROL_KEYS) + " |")
-    lines += ["", "| START-frozen at the end of stage 1 minus joint at that step | " + " | ".join(
-        label for _, label in CONTROL_KEYS) + " |", "|---|" + "---|" * len(CONTROL_KEYS)]
+        lines.append(
+            f"| {row['thinker']} | "
+            + " | ".join(fmt(row.get(label)) for _, label in CONTROL_KEYS)
+            + " |"
+        )
+    lines += [
+        "",
+        "| START-frozen at the end of stage 1 minus joint at that step | "
+        + " | ".join(label for _, label in CONTROL_KEYS)
+        + " |",
+        "|---|" + "---|" * len(CONTROL_KEYS),
+    ]
     for row in stage1_check(results):
-        lines.append(f"| {row['algo']}, step {row['step']} | " + " | ".join(
-            fmt(row.get(label)) for _, label in CONTROL_KEYS) + " |")
+        lines.append(
+            f"| {row['algo']}, step {row['step']} | "
+            + " | ".join(fmt(row.get(label)) for _, label in CONTROL_KEYS)
+            + " |"
+        )
     clipped = clip_fractions(results)
     if clipped:
-        lines += ["", "PPO clipped fraction (mean over seeds and steps): " + ", ".join(
-            f"{k} {v:.4f}" for k, v in clipped.items())]
+        lines += [
+            "",
+            "PPO clipped fraction (mean over seeds and steps): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in clipped.items()),
+        ]
     return "\n".join(lines)
 
 
@@ -954,10 +1203,17 @@ def main(argv=None) -> None:
     parser.add_argument("--scale", choices=("full", "reduced"), default="full")
     parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the scale's)")
     parser.add_argument("--algos", default="", help="comma-separated algorithms")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="processes for the independent runs (1: all in this one)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="re-summarise and re-plot an existing <out>/results.json")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes for the independent runs (1: all in this one)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="re-summarise and re-plot an existing <out>/results.json",
+    )
     args = parser.parse_args(argv)
     if args.reuse:
         with open(os.path.join(args.out, "results.json")) as fh:
@@ -974,11 +1230,14 @@ def main(argv=None) -> None:
             sc = dataclasses.replace(sc, algos=tuple(args.algos.split(",")))
         res = run(args.out, sc, setting=args.setting, workers=args.workers)
     report(res, args.out)
-    print(f"results: {args.out}/results.json, plots: {args.out}/curves.png, ablation.png, "
-          f"cross_generation.png; {res['seconds'] / 60:.1f} min")
+    print(
+        f"results: {args.out}/results.json, plots: {args.out}/curves.png, ablation.png, "
+        f"cross_generation.png; {res['seconds'] / 60:.1f} min"
+    )
 
 
 if __name__ == "__main__":
     # Through the package, so that the worker processes find the jobs by their module name.
     from experiments import ablation
+
     ablation.main()

@@ -10,7 +10,11 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
     """
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for j, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
-                        for c, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        print(
+            "  ".join(
+                cell.ljust(w) if c == 0 else cell.rjust(w)
+                for c, (cell, w) in enumerate(zip(row, widths))
+            ).rstrip()
+        )
         if j == 0:
             print("  ".join("-" * w for w in widths))

@@ -54,7 +54,8 @@ Last, the attention table: (a)'s temporaries at each of `--attention_lengths`
 blockwise on CPU) and with the dense 'xla' implementation for comparison,
 the latter up to `--dense_max_length` (nothing is allocated: its [B, heads, L,
 L] scores need not fit; it compiled in about 6 s at every length here), with
-the ratio dense / auto and the temporaries per token of the batch. `--attention_lengths ''` skips it.
+the ratio dense / auto and the temporaries per token of the batch.
+`--attention_lengths ''` skips it.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ from experiments.bench_common import print_table
 from start_jax import models, rl, segments
 from start_jax.models import attention
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 REMAT = True  # Set from --remat: recompute each block in the backward pass.
@@ -83,18 +84,28 @@ ATTENTION = "auto"  # Set from --attention: ModelConfig.attention_impl.
 
 def model_config(vocab: int, layers: int, attention_impl: str | None = None) -> models.ModelConfig:
     return models.ModelConfig(
-        model_type="qwen3", vocab_size=vocab, hidden_size=256, intermediate_size=768,
-        num_layers=layers, num_heads=8, num_kv_heads=4, head_dim=32,
-        tie_embeddings=True, max_position_embeddings=1024, remat=REMAT,
-        attention_impl=attention_impl or ATTENTION)
+        model_type="qwen3",
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=layers,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=32,
+        tie_embeddings=True,
+        max_position_embeddings=1024,
+        remat=REMAT,
+        attention_impl=attention_impl or ATTENTION,
+    )
 
 
 def naive_log_probs(config: models.ModelConfig, params, tokens, segment_ids):
     """logp [B, L - 1] of tokens[:, 1:] from full [B, L, V] logits (the reference path)."""
     mask = segment_ids != segments.PAD
     positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-    logits = models.forward(config, params, tokens, positions=positions,
-                            attention_mask=mask).logits             # [B, L, V] float32.
+    logits = models.forward(
+        config, params, tokens, positions=positions, attention_mask=mask
+    ).logits  # [B, L, V] float32.
     logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
     return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
@@ -103,8 +114,9 @@ def trunk_hidden(config: models.ModelConfig, params, tokens, segment_ids):
     """Final-norm hidden states [B, L, D], no vocabulary head (the trunk's share)."""
     mask = segment_ids != segments.PAD
     positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-    return models.apply(config, params, tokens, positions=positions, attention_mask=mask,
-                        heads=False).hidden
+    return models.apply(
+        config, params, tokens, positions=positions, attention_mask=mask, heads=False
+    ).hidden
 
 
 def chunked_log_probs(config, params, tokens, segment_ids, chunk):
@@ -114,9 +126,11 @@ def chunked_log_probs(config, params, tokens, segment_ids, chunk):
 
 def make_variants(config: models.ModelConfig, chunk: int):
     """name -> (function to jit, whether it is differentiated)."""
+
     def loss(logp_fn):
         def fn(params, tokens, segment_ids, weights):
             return jnp.sum(weights[:, 1:] * logp_fn(params, tokens, segment_ids))
+
         return fn
 
     chunked = lambda p, t, s: chunked_log_probs(config, p, t, s, chunk)  # noqa: E731
@@ -137,23 +151,35 @@ def parse_ints(text: str) -> list[int]:
 
 def shapes(b: int, l: int):
     """Abstract int32 tokens, int32 segment ids and float32 weights [B, L]."""
-    return (jax.ShapeDtypeStruct((b, l), jnp.int32), jax.ShapeDtypeStruct((b, l), jnp.int32),
-            jax.ShapeDtypeStruct((b, l), jnp.float32))
+    return (
+        jax.ShapeDtypeStruct((b, l), jnp.int32),
+        jax.ShapeDtypeStruct((b, l), jnp.int32),
+        jax.ShapeDtypeStruct((b, l), jnp.float32),
+    )
 
 
 def compile_train_step(config: models.ModelConfig, b: int, l: int, chunk: int):
     """(a): `rl.jit_train_step` compiled on abstract state and batch (state donated)."""
     tx = rl.make_optimizer(learning_rate=1e-5, max_grad_norm=1.0)
-    train_cfg = rl.TrainConfig(loss=rl.LossConfig(kl_coef=0.01), micro_batches=1,
-                               logprob_chunk=chunk)
+    train_cfg = rl.TrainConfig(
+        loss=rl.LossConfig(kl_coef=0.01), micro_batches=1, logprob_chunk=chunk
+    )
     state = jax.eval_shape(lambda p: rl.init_state(p, tx), models.param_shapes(config))
     i32, f32 = jax.ShapeDtypeStruct((b, l), jnp.int32), jax.ShapeDtypeStruct((b, l), jnp.float32)
     boolean = jax.ShapeDtypeStruct((b, l), jnp.bool_)
-    batch = rl.Batch(tokens=i32, segment_ids=i32, loss_mask=boolean, kl_mask=boolean,
-                     advantages=f32, old_logprobs=f32, ref_logprobs=f32, returns=f32,
-                     old_values=f32, rewards=jax.ShapeDtypeStruct((b,), jnp.float32))
-    return rl.jit_train_step(config, train_cfg, tx).lower(state, batch,
-                                                          jax.random.key(0)).compile()
+    batch = rl.Batch(
+        tokens=i32,
+        segment_ids=i32,
+        loss_mask=boolean,
+        kl_mask=boolean,
+        advantages=f32,
+        old_logprobs=f32,
+        ref_logprobs=f32,
+        returns=f32,
+        old_values=f32,
+        rewards=jax.ShapeDtypeStruct((b,), jnp.float32),
+    )
+    return rl.jit_train_step(config, train_cfg, tx).lower(state, batch, jax.random.key(0)).compile()
 
 
 def compile_variant(fn, param_shapes, b: int, l: int):
@@ -162,8 +188,10 @@ def compile_variant(fn, param_shapes, b: int, l: int):
 
 def memory_stats(compiled) -> dict[str, float]:
     m = compiled.memory_analysis()
-    out = {name: float(getattr(m, f"{name}_size_in_bytes", float("nan")))
-           for name in ("argument", "output", "alias", "temp")}
+    out = {
+        name: float(getattr(m, f"{name}_size_in_bytes", float("nan")))
+        for name in ("argument", "output", "alias", "temp")
+    }
     return out
 
 
@@ -183,9 +211,9 @@ def random_inputs(config, batch: int, length: int, seed: int):
     for b in range(batch):
         p = rs.randint(prompt // 2, prompt + 1)
         r = rs.randint((length - prompt - think) // 2, length - prompt - think + 1)
-        seg[b, prompt - p:prompt] = segments.PROMPT
-        seg[b, prompt:prompt + think] = segments.THINK
-        seg[b, prompt + think:prompt + think + r] = segments.RESPONSE
+        seg[b, prompt - p : prompt] = segments.PROMPT
+        seg[b, prompt : prompt + think] = segments.THINK
+        seg[b, prompt + think : prompt + think + r] = segments.RESPONSE
     tokens = rs.randint(5, config.vocab_size, size=(batch, length)).astype(np.int32)
     tokens[seg == segments.PAD] = 0
     weights = ((seg == segments.THINK) | (seg == segments.RESPONSE)).astype(np.float32)
@@ -199,25 +227,48 @@ def main(argv=None) -> None:
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--chunk", type=int, default=16,
-                        help="head chunk (the library's auto choice for these shapes is 16)")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=16,
+        help="head chunk (the library's auto choice for these shapes is 16)",
+    )
     parser.add_argument("--remat", type=int, default=1, help="1: remat the decoder blocks")
-    parser.add_argument("--max_run_gib", type=float, default=8.0,
-                        help="run (b) for real only if args + output + temp is below this "
-                             "(0: never)")
-    parser.add_argument("--sweep_chunks", default="64,128,512",
-                        help="extra chunk sizes compiled at --length ('' for none)")
-    parser.add_argument("--sweep_lengths", default="2048,4096",
-                        help="extra lengths compiled at --chunk ('' for none)")
+    parser.add_argument(
+        "--max_run_gib",
+        type=float,
+        default=8.0,
+        help="run (b) for real only if args + output + temp is below this (0: never)",
+    )
+    parser.add_argument(
+        "--sweep_chunks",
+        default="64,128,512",
+        help="extra chunk sizes compiled at --length ('' for none)",
+    )
+    parser.add_argument(
+        "--sweep_lengths",
+        default="2048,4096",
+        help="extra lengths compiled at --chunk ('' for none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--attention", default="auto", choices=attention.IMPLS,
-                        help="ModelConfig.attention_impl of every compile above the attention "
-                             "table")
-    parser.add_argument("--attention_lengths", default="1024,2048,4096,8192,32768",
-                        help="lengths of the attention table: (a) with 'auto' vs dense 'xla' "
-                             "attention ('' for none)")
-    parser.add_argument("--dense_max_length", type=int, default=32768,
-                        help="longest length the attention table compiles dense attention at")
+    parser.add_argument(
+        "--attention",
+        default="auto",
+        choices=attention.IMPLS,
+        help="ModelConfig.attention_impl of every compile above the attention table",
+    )
+    parser.add_argument(
+        "--attention_lengths",
+        default="1024,2048,4096,8192,32768",
+        help="lengths of the attention table: (a) with 'auto' vs dense 'xla' "
+        "attention ('' for none)",
+    )
+    parser.add_argument(
+        "--dense_max_length",
+        type=int,
+        default=32768,
+        help="longest length the attention table compiles dense attention at",
+    )
     args = parser.parse_args(argv)
     global REMAT, ATTENTION
     REMAT = bool(args.remat)
@@ -232,18 +283,26 @@ def main(argv=None) -> None:
 
     print("== environment")
     print(f"python {platform.python_version()}  jax {jax.__version__}  numpy {np.__version__}")
-    print(f"jax devices: {jax.devices()}  (backend {jax.default_backend()})  "
-          f"os.cpu_count() = {os.cpu_count()}")
+    print(
+        f"jax devices: {jax.devices()}  (backend {jax.default_backend()})  "
+        f"os.cpu_count() = {os.cpu_count()}"
+    )
     print("== configuration")
-    print(f"model: Qwen3-shaped vocab={v} hidden={config.hidden_size} "
-          f"mlp={config.intermediate_size} layers={config.num_layers} heads={config.num_heads} "
-          f"kv_heads={config.num_kv_heads} head_dim={config.head_dim} qk_norm tied embeddings, "
-          f"float32; {num_params:,} parameters ({num_params * 4 / GIB:.3f} GiB)")
-    print(f"batch={b} length={l} chunk={args.chunk} remat={REMAT} attention={ATTENTION} "
-          f"(at length {l} this runs "
-          f"{attention.choose_impl(ATTENTION, l, config.jnp_dtype, q_slots_given=False)})")
-    print(f"one full [B, L, V] float32 logits array: {b}*{l}*{v}*4 = {full_logits:,.0f} bytes "
-          f"= {gib(full_logits)} GiB; one [B, chunk, V] chunk: {gib(chunk_logits)} GiB")
+    print(
+        f"model: Qwen3-shaped vocab={v} hidden={config.hidden_size} "
+        f"mlp={config.intermediate_size} layers={config.num_layers} heads={config.num_heads} "
+        f"kv_heads={config.num_kv_heads} head_dim={config.head_dim} qk_norm tied embeddings, "
+        f"float32; {num_params:,} parameters ({num_params * 4 / GIB:.3f} GiB)"
+    )
+    print(
+        f"batch={b} length={l} chunk={args.chunk} remat={REMAT} attention={ATTENTION} "
+        f"(at length {l} this runs "
+        f"{attention.choose_impl(ATTENTION, l, config.jnp_dtype, q_slots_given=False)})"
+    )
+    print(
+        f"one full [B, L, V] float32 logits array: {b}*{l}*{v}*4 = {full_logits:,.0f} bytes "
+        f"= {gib(full_logits)} GiB; one [B, chunk, V] chunk: {gib(chunk_logits)} GiB"
+    )
     sys.stdout.flush()
 
     results = {}
@@ -264,26 +323,64 @@ def main(argv=None) -> None:
     print("== compile-time memory (GiB)")
     rows = [("variant", "arguments", "output", "alias", "temp", "temp/full logits")]
     for name, m in results.items():
-        rows.append((name, gib(m["argument"]), gib(m["output"]), gib(m["alias"]), gib(m["temp"]),
-                     f"{m['temp'] / full_logits:.3f}"))
+        rows.append(
+            (
+                name,
+                gib(m["argument"]),
+                gib(m["output"]),
+                gib(m["alias"]),
+                gib(m["temp"]),
+                f"{m['temp'] / full_logits:.3f}",
+            )
+        )
     rows.append(("one [B, L, V] f32 logits", "", "", "", gib(full_logits), "1.000"))
-    rows.append(("one [B, chunk, V] f32 chunk", "", "", "", gib(chunk_logits),
-                 f"{chunk_logits / full_logits:.3f}"))
+    rows.append(
+        (
+            "one [B, chunk, V] f32 chunk",
+            "",
+            "",
+            "",
+            gib(chunk_logits),
+            f"{chunk_logits / full_logits:.3f}",
+        )
+    )
     print_table(rows)
     sys.stdout.flush()
 
     sweep = [(l, c) for c in parse_ints(args.sweep_chunks) if c != args.chunk]
     sweep += [(n, args.chunk) for n in parse_ints(args.sweep_lengths) if n != l]
     if sweep:
-        print("== sweep: temp (GiB) of (a) to (d) vs length and chunk "
-              f"(batch {b}, vocab {v}; compile only)")
-        rows = [("length", "chunk", "full logits", "(a) train", "(b) chunked", "(c) naive",
-                 "(d) trunk", "(a)/full", "(b)/full", "(c)/full", "(b-d)/chunk")]
+        print(
+            "== sweep: temp (GiB) of (a) to (d) vs length and chunk "
+            f"(batch {b}, vocab {v}; compile only)"
+        )
+        rows = [
+            (
+                "length",
+                "chunk",
+                "full logits",
+                "(a) train",
+                "(b) chunked",
+                "(c) naive",
+                "(d) trunk",
+                "(a)/full",
+                "(b)/full",
+                "(c)/full",
+                "(b-d)/chunk",
+            )
+        ]
         for length, chunk in sorted(set([(l, args.chunk)] + sweep)):
             full = float(b * length * v * 4)
             if (length, chunk) == (l, args.chunk):
-                temps = [results[k]["temp"] for k in ("(a) train step", "(b) chunked grad",
-                                                       "(c) naive grad", "(d) trunk-only grad")]
+                temps = [
+                    results[k]["temp"]
+                    for k in (
+                        "(a) train step",
+                        "(b) chunked grad",
+                        "(c) naive grad",
+                        "(d) trunk-only grad",
+                    )
+                ]
             else:
                 start = time.perf_counter()
                 variants = make_variants(config, chunk)
@@ -291,13 +388,22 @@ def main(argv=None) -> None:
                 for name in ("(b) chunked grad", "(c) naive grad", "(d) trunk-only grad"):
                     compiled = compile_variant(variants[name], param_shapes, b, length)
                     temps.append(memory_stats(compiled)["temp"])
-                print(f"length {length} chunk {chunk}: compiled in "
-                      f"{time.perf_counter() - start:.1f} s")
+                print(
+                    f"length {length} chunk {chunk}: compiled in "
+                    f"{time.perf_counter() - start:.1f} s"
+                )
                 sys.stdout.flush()
             one_chunk = float(b * min(chunk, length - 1) * v * 4)
-            rows.append((str(length), str(chunk), gib(full), *(gib(t) for t in temps),
-                         *(f"{t / full:.3f}" for t in temps[:3]),
-                         f"{(temps[1] - temps[3]) / one_chunk:.2f}"))
+            rows.append(
+                (
+                    str(length),
+                    str(chunk),
+                    gib(full),
+                    *(gib(t) for t in temps),
+                    *(f"{t / full:.3f}" for t in temps[:3]),
+                    f"{(temps[1] - temps[3]) / one_chunk:.2f}",
+                )
+            )
         print_table(rows)
         sys.stdout.flush()
 
@@ -318,19 +424,25 @@ def main(argv=None) -> None:
         gnorm = float(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))))
         print(f"predicted footprint (arguments + output + temp): {gib(need)} GiB")
         print(f"wall time {run_s:.2f} s; grad norm {gnorm:.4f} (finite: {np.isfinite(gnorm)})")
-        print(f"process peak RSS: {gib(before)} GiB before the run (params, inputs, compiled "
-              f"programs), {gib(after)} GiB after; increase {gib(after - before)} GiB "
-              f"= {(after - before) / full_logits:.3f} x one full logits array")
+        print(
+            f"process peak RSS: {gib(before)} GiB before the run (params, inputs, compiled "
+            f"programs), {gib(after)} GiB after; increase {gib(after - before)} GiB "
+            f"= {(after - before) / full_logits:.3f} x one full logits array"
+        )
     print("(the naive path is not run: its temp above is what it would need)")
 
-    a, bb, c, d = (results[k]["temp"] for k in ("(a) train step", "(b) chunked grad",
-                                                 "(c) naive grad", "(d) trunk-only grad"))
-    print(f"conclusion: temp / one full [B, L, V] logits array ({gib(full_logits)} GiB) = "
-          f"{a / full_logits:.3f} train step, {bb / full_logits:.3f} chunked grad, "
-          f"{c / full_logits:.3f} naive grad ({c / max(bb, 1.0):.1f}x the chunked); the head's "
-          f"share (minus trunk-only {gib(d)} GiB) is {(bb - d) / full_logits:.3f} chunked "
-          f"(= {(bb - d) / chunk_logits:.2f} [B, chunk, V] arrays) vs {(c - d) / full_logits:.3f} "
-          f"naive")
+    a, bb, c, d = (
+        results[k]["temp"]
+        for k in ("(a) train step", "(b) chunked grad", "(c) naive grad", "(d) trunk-only grad")
+    )
+    print(
+        f"conclusion: temp / one full [B, L, V] logits array ({gib(full_logits)} GiB) = "
+        f"{a / full_logits:.3f} train step, {bb / full_logits:.3f} chunked grad, "
+        f"{c / full_logits:.3f} naive grad ({c / max(bb, 1.0):.1f}x the chunked); the head's "
+        f"share (minus trunk-only {gib(d)} GiB) is {(bb - d) / full_logits:.3f} chunked "
+        f"(= {(bb - d) / chunk_logits:.2f} [B, chunk, V] arrays) vs {(c - d) / full_logits:.3f} "
+        f"naive"
+    )
 
     lengths = parse_ints(args.attention_lengths)
     if lengths:
@@ -341,10 +453,22 @@ def attention_table(args, lengths: list[int]) -> None:
     """(a)'s temporaries vs length with 'auto' attention and with dense 'xla' attention."""
     b, v = args.batch, args.vocab
     dtype = model_config(v, args.layers).jnp_dtype
-    print(f"== attention: (a) train step temp (GiB) vs length (batch {b}, chunk {args.chunk}, "
-          f"backend {jax.default_backend()}; compile only)")
-    rows = [("length", "auto runs", "(a) auto", "(a) dense xla", "dense/auto",
-             "auto KiB/token", "compile auto s", "compile dense s")]
+    print(
+        f"== attention: (a) train step temp (GiB) vs length (batch {b}, chunk {args.chunk}, "
+        f"backend {jax.default_backend()}; compile only)"
+    )
+    rows = [
+        (
+            "length",
+            "auto runs",
+            "(a) auto",
+            "(a) dense xla",
+            "dense/auto",
+            "auto KiB/token",
+            "compile auto s",
+            "compile dense s",
+        )
+    ]
     for length in lengths:
         picked = attention.choose_impl("auto", length, dtype, q_slots_given=False)
         temps, secs = {}, {}
@@ -355,14 +479,24 @@ def attention_table(args, lengths: list[int]) -> None:
             compiled = compile_train_step(model_config(v, args.layers, impl), b, length, args.chunk)
             temps[impl] = memory_stats(compiled)["temp"]
             secs[impl] = time.perf_counter() - start
-            print(f"length {length} attention {impl}: temp {gib(temps[impl])} GiB, compiled in "
-                  f"{secs[impl]:.1f} s")
+            print(
+                f"length {length} attention {impl}: temp {gib(temps[impl])} GiB, compiled in "
+                f"{secs[impl]:.1f} s"
+            )
             sys.stdout.flush()
         dense = temps.get("xla", float("nan"))
-        rows.append((str(length), picked, gib(temps["auto"]), gib(dense),
-                     f"{dense / temps['auto']:.1f}" if dense == dense else "n/a",
-                     f"{temps['auto'] / (b * length) / 1024:.1f}",
-                     f"{secs['auto']:.1f}", f"{secs['xla']:.1f}" if "xla" in secs else "-"))
+        rows.append(
+            (
+                str(length),
+                picked,
+                gib(temps["auto"]),
+                gib(dense),
+                f"{dense / temps['auto']:.1f}" if dense == dense else "n/a",
+                f"{temps['auto'] / (b * length) / 1024:.1f}",
+                f"{secs['auto']:.1f}",
+                f"{secs['xla']:.1f}" if "xla" in secs else "-",
+            )
+        )
     print_table(rows)
     sys.stdout.flush()
 

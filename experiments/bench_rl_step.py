@@ -82,10 +82,21 @@ import jax
 import numpy as np
 
 from experiments.bench_common import print_table
-from experiments.bench_rollout import (PROMPT_TOKENS, add_model_args, ending_summary,
-                                       length_summary, make_tasks, mfu, peak_flops,
-                                       print_environment, print_model, rl_config,
-                                       rollout_stats, si, write_checkpoint)
+from experiments.bench_rollout import (
+    PROMPT_TOKENS,
+    add_model_args,
+    ending_summary,
+    length_summary,
+    make_tasks,
+    mfu,
+    peak_flops,
+    print_environment,
+    print_model,
+    rl_config,
+    rollout_stats,
+    si,
+    write_checkpoint,
+)
 from start_jax import rl
 from start_jax.data.pipeline import PromptIterator
 from start_jax.tokenizer import load_tokenizer
@@ -97,9 +108,11 @@ PHASES = ("rollout", "copy+score", "make_batch", "update", "other host")
 class CompileClock:
     """Seconds jax spends tracing, lowering and compiling (from `jax.monitoring`)."""
 
-    EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-              "/jax/core/compile/jaxpr_to_mlir_module_duration",
-              "/jax/core/compile/backend_compile_duration")
+    EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
 
     def __init__(self):
         self.seconds = 0.0
@@ -122,14 +135,16 @@ def run_step(trainer: Trainer, iterator: PromptIterator, state, step: int):
     clock = time.perf_counter
     start = clock()
     stage = trainer.stage_at(step)
-    if state is None or step == stage.start:   # Each stage starts its optimizer afresh.
-        state = trainer.fresh_state(stage, trainer.init_params if state is None else state.params,
-                                    None if state is None else state.critic_params)
+    if state is None or step == stage.start:  # Each stage starts its optimizer afresh.
+        state = trainer.fresh_state(
+            stage,
+            trainer.init_params if state is None else state.params,
+            None if state is None else state.critic_params,
+        )
     examples = iterator.next_batch()
     t["other host"] += clock() - start
-    if hasattr(trainer, "rl_step"):   # The trainer's own step, timed phase by phase.
-        state, host, reward, batch, metrics = trainer.rl_step(state, examples, step, stage,
-                                                              clock=t)
+    if hasattr(trainer, "rl_step"):  # The trainer's own step, timed phase by phase.
+        state, host, reward, batch, metrics = trainer.rl_step(state, examples, step, stage, clock=t)
         return state, t, host, reward, batch, metrics
 
     # A library from before `Trainer.rl_step` (this script run against an older checkout).
@@ -138,7 +153,7 @@ def run_step(trainer: Trainer, iterator: PromptIterator, state, step: int):
     t["rollout"] = clock() - start
 
     start = clock()
-    host = jax.device_get(rollout)                       # Host view 1: the rollout.
+    host = jax.device_get(rollout)  # Host view 1: the rollout.
     reward = trainer.score(host, examples, trainer.spec.group_size)
     t["copy+score"] = clock() - start
 
@@ -166,18 +181,22 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="measured steps")
     parser.add_argument("--warmup", type=int, default=1, help="steps before (compilation)")
     parser.add_argument("--responder", choices=("self", "frozen"), default="self")
-    parser.add_argument("--train_segments", choices=("joint", "think", "response"),
-                        default="think")
+    parser.add_argument("--train_segments", choices=("joint", "think", "response"), default="think")
     parser.add_argument("--reward", choices=("exact_match", "math"), default="exact_match")
     parser.add_argument("--learning_rate", type=float, default=1e-5)
-    parser.add_argument("--kl_coef", type=float, default=0.0,
-                        help="> 0 adds a reference forward to make_batch")
+    parser.add_argument(
+        "--kl_coef", type=float, default=0.0, help="> 0 adds a reference forward to make_batch"
+    )
     parser.add_argument("--ppo_epochs", type=int, default=1)
     parser.add_argument("--minibatches", type=int, default=1)
     parser.add_argument("--micro_batches", type=int, default=1)
     parser.add_argument("--remat", action="store_true", help="model.remat in the update")
-    parser.add_argument("--length_groups", type=int, default=2,
-                        help="algo.length_groups (1 = every row on every column)")
+    parser.add_argument(
+        "--length_groups",
+        type=int,
+        default=2,
+        help="algo.length_groups (1 = every row on every column)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1 (the first step compiles)")
@@ -209,25 +228,33 @@ def main(argv=None) -> None:
 
     print("== configuration")
     print_model(info, args)
-    print(f"checkpoint + tokenizer + calibration + {len(tasks)} JSONL tasks: {build_s:.1f} s; "
-          f"Trainer(config) (data set build, checkpoint load): {setup_s:.1f} s "
-          f"(of which compiling {setup_compile:.1f} s)")
-    print(f"step: {spec.data.prompts_per_step} prompts x group {spec.group_size} = {rows} rows; "
-          f"think_budget={spec.sampling.think_budget} "
-          f"response_budget={spec.sampling.response_budget}; rollout width {spec.width}; "
-          f"mesh {dict(trainer.mesh.shape)}; sampler dtype "
-          f"{trainer.sampler_config.dtype}, update dtype {trainer.model_config.dtype}")
-    print(f"stage {stage.name}: train {stage.train_segments}, {stage.responder} responder, "
-          f"lr {stage.learning_rate:g}; advantage {spec.advantage.estimator}, loss "
-          f"{spec.train.loss.policy_loss} {spec.train.loss.aggregation}, kl_coef "
-          f"{spec.train.loss.kl_coef}, ppo_epochs {spec.train.ppo_epochs}, minibatches "
-          f"{spec.train.minibatches}, micro_batches {spec.train.micro_batches}, remat "
-          f"{trainer.model_config.remat}, length_groups "
-          f"{getattr(spec.train, 'length_groups', 1)}, logprob_start "
-          f"{getattr(spec.train, 'logprob_start', 0)}; reward {spec.reward_name}")
-    print(f"make_batch runs {forwards} forward(s) (old log-probs: "
-          f"{'no, on-policy' if spec.train.on_policy else 'yes'}; reference: "
-          f"{'yes' if spec.train.loss.kl_coef else 'no, kl_coef = 0'})")
+    print(
+        f"checkpoint + tokenizer + calibration + {len(tasks)} JSONL tasks: {build_s:.1f} s; "
+        f"Trainer(config) (data set build, checkpoint load): {setup_s:.1f} s "
+        f"(of which compiling {setup_compile:.1f} s)"
+    )
+    print(
+        f"step: {spec.data.prompts_per_step} prompts x group {spec.group_size} = {rows} rows; "
+        f"think_budget={spec.sampling.think_budget} "
+        f"response_budget={spec.sampling.response_budget}; rollout width {spec.width}; "
+        f"mesh {dict(trainer.mesh.shape)}; sampler dtype "
+        f"{trainer.sampler_config.dtype}, update dtype {trainer.model_config.dtype}"
+    )
+    print(
+        f"stage {stage.name}: train {stage.train_segments}, {stage.responder} responder, "
+        f"lr {stage.learning_rate:g}; advantage {spec.advantage.estimator}, loss "
+        f"{spec.train.loss.policy_loss} {spec.train.loss.aggregation}, kl_coef "
+        f"{spec.train.loss.kl_coef}, ppo_epochs {spec.train.ppo_epochs}, minibatches "
+        f"{spec.train.minibatches}, micro_batches {spec.train.micro_batches}, remat "
+        f"{trainer.model_config.remat}, length_groups "
+        f"{getattr(spec.train, 'length_groups', 1)}, logprob_start "
+        f"{getattr(spec.train, 'logprob_start', 0)}; reward {spec.reward_name}"
+    )
+    print(
+        f"make_batch runs {forwards} forward(s) (old log-probs: "
+        f"{'no, on-policy' if spec.train.on_policy else 'yes'}; reference: "
+        f"{'yes' if spec.train.loss.kl_coef else 'no, kl_coef = 0'})"
+    )
     print(f"steps: {args.warmup} warm-up + {args.steps} measured")
     sys.stdout.flush()
 
@@ -236,27 +263,56 @@ def main(argv=None) -> None:
         compiled, n_compiles = clock.seconds, clock.compiles
         state, t, host, reward, batch, metrics = run_step(trainer, iterator, state, step)
         s = rollout_stats(host, spec.sampling.think_budget)
-        s.update(t=t, total=sum(t.values()), compile=clock.seconds - compiled,
-                 compiles=clock.compiles - n_compiles, reward=float(np.mean(reward)),
-                 loss_tokens=int(np.asarray(jax.device_get(batch.loss_mask)).sum()),
-                 loss=float(metrics["loss"]), warmup=step < args.warmup)
+        s.update(
+            t=t,
+            total=sum(t.values()),
+            compile=clock.seconds - compiled,
+            compiles=clock.compiles - n_compiles,
+            reward=float(np.mean(reward)),
+            loss_tokens=int(np.asarray(jax.device_get(batch.loss_mask)).sum()),
+            loss=float(metrics["loss"]),
+            warmup=step < args.warmup,
+        )
         records.append(s)
-        print(f"step {step} ({'warm-up' if s['warmup'] else 'measured'}): {s['total']:.2f} s "
-              f"(compiling {s['compile']:.2f} s, {s['compiles']} programs), "
-              f"{s['generated']} generated, {s['real_tokens']} trained tokens, "
-              f"loss {s['loss']:.4f}")
+        print(
+            f"step {step} ({'warm-up' if s['warmup'] else 'measured'}): {s['total']:.2f} s "
+            f"(compiling {s['compile']:.2f} s, {s['compiles']} programs), "
+            f"{s['generated']} generated, {s['real_tokens']} trained tokens, "
+            f"loss {s['loss']:.4f}"
+        )
         sys.stdout.flush()
     tmp_dir.cleanup()
 
     print("== every step (seconds)")
-    table = [("step", "kind", *PHASES, "total", "compiling", "generated", "trained",
-              "think mean", "resp mean", "reward")]
+    table = [
+        (
+            "step",
+            "kind",
+            *PHASES,
+            "total",
+            "compiling",
+            "generated",
+            "trained",
+            "think mean",
+            "resp mean",
+            "reward",
+        )
+    ]
     for i, s in enumerate(records):
-        table.append((str(i), "warm-up" if s["warmup"] else "measured",
-                      *(f"{s['t'][p]:.3f}" for p in PHASES), f"{s['total']:.3f}",
-                      f"{s['compile']:.2f}", str(s["generated"]), str(s["real_tokens"]),
-                      f"{s['think'].mean():.1f}", f"{s['response'].mean():.1f}",
-                      f"{s['reward']:.3f}"))
+        table.append(
+            (
+                str(i),
+                "warm-up" if s["warmup"] else "measured",
+                *(f"{s['t'][p]:.3f}" for p in PHASES),
+                f"{s['total']:.3f}",
+                f"{s['compile']:.2f}",
+                str(s["generated"]),
+                str(s["real_tokens"]),
+                f"{s['think'].mean():.1f}",
+                f"{s['response'].mean():.1f}",
+                f"{s['reward']:.3f}",
+            )
+        )
     print_table(table)
 
     measured = [s for s in records if not s["warmup"]]
@@ -266,9 +322,11 @@ def main(argv=None) -> None:
     phase = {p: float(np.mean([s["t"][p] for s in measured])) for p in PHASES}
     step_s = mean("total")
     generated, trained = mean("generated"), mean("real_tokens")
-    flops = {"rollout": 2.0 * n_params * generated,
-             "make_batch": 2.0 * n_params * trained * forwards,
-             "update": 6.0 * n_params * trained * spec.train.ppo_epochs}
+    flops = {
+        "rollout": 2.0 * n_params * generated,
+        "make_batch": 2.0 * n_params * trained * forwards,
+        "update": 6.0 * n_params * trained * spec.train.ppo_epochs,
+    }
     peak, peak_src = peak_flops(args.dtype, args.peak_tflops)
 
     print(f"== phases: means over {len(measured)} measured steps")
@@ -276,45 +334,84 @@ def main(argv=None) -> None:
     for p in PHASES:
         values = [s["t"][p] for s in measured]
         f = flops.get(p)
-        table.append((p, f"{phase[p]:.3f}", f"{100 * phase[p] / step_s:.1f}",
-                      f"{min(values):.3f}", f"{max(values):.3f}",
-                      "" if f is None else si(f, "FLOP"),
-                      "" if f is None else si(f / phase[p], "FLOP/s"),
-                      "" if f is None else mfu(f / phase[p], peak)))
+        table.append(
+            (
+                p,
+                f"{phase[p]:.3f}",
+                f"{100 * phase[p] / step_s:.1f}",
+                f"{min(values):.3f}",
+                f"{max(values):.3f}",
+                "" if f is None else si(f, "FLOP"),
+                "" if f is None else si(f / phase[p], "FLOP/s"),
+                "" if f is None else mfu(f / phase[p], peak),
+            )
+        )
     total_flops = sum(flops.values())
-    table.append(("step", f"{step_s:.3f}", "100.0", f"{min(s['total'] for s in measured):.3f}",
-                  f"{max(s['total'] for s in measured):.3f}", si(total_flops, "FLOP"),
-                  si(total_flops / step_s, "FLOP/s"), mfu(total_flops / step_s, peak)))
+    table.append(
+        (
+            "step",
+            f"{step_s:.3f}",
+            "100.0",
+            f"{min(s['total'] for s in measured):.3f}",
+            f"{max(s['total'] for s in measured):.3f}",
+            si(total_flops, "FLOP"),
+            si(total_flops / step_s, "FLOP/s"),
+            mfu(total_flops / step_s, peak),
+        )
+    )
     print_table(table)
-    print(f"model FLOPs: rollout 2*N*generated; make_batch 2*N*T x {forwards} forward(s); "
-          f"update 6*N*T x {spec.train.ppo_epochs} epoch(s); N = {n_params:,} (all parameters), "
-          f"T = trained tokens; attention and prefill not counted. Peak: "
-          f"{'n/a' if peak is None else si(peak, 'FLOP/s')} ({peak_src})")
+    print(
+        f"model FLOPs: rollout 2*N*generated; make_batch 2*N*T x {forwards} forward(s); "
+        f"update 6*N*T x {spec.train.ppo_epochs} epoch(s); N = {n_params:,} (all parameters), "
+        f"T = trained tokens; attention and prefill not counted. Peak: "
+        f"{'n/a' if peak is None else si(peak, 'FLOP/s')} ({peak_src})"
+    )
 
     think_end, response_end = ending_summary(measured)
     print("== throughput and shapes (means over the measured steps)")
     summary = [
         ("quantity", "value", "note"),
-        ("compile (warm-up steps)", f"{sum(s['compile'] for s in records if s['warmup']):.1f} s",
-         f"+ {setup_compile:.1f} s in Trainer(config); not in the step times"),
+        (
+            "compile (warm-up steps)",
+            f"{sum(s['compile'] for s in records if s['warmup']):.1f} s",
+            f"+ {setup_compile:.1f} s in Trainer(config); not in the step times",
+        ),
         ("step time", f"{step_s:.3f} s", "sum of the phases"),
-        ("rollout tokens/s", f"{generated / phase['rollout']:,.1f}",
-         "generated tokens / rollout seconds"),
-        ("trained tokens/s", f"{trained / phase['update']:,.1f}",
-         "trained tokens / update seconds"),
+        (
+            "rollout tokens/s",
+            f"{generated / phase['rollout']:,.1f}",
+            "generated tokens / rollout seconds",
+        ),
+        (
+            "trained tokens/s",
+            f"{trained / phase['update']:,.1f}",
+            "trained tokens / update seconds",
+        ),
         ("generated tokens/s of the step", f"{generated / step_s:,.1f}", "generated / step"),
         ("trained tokens/s of the step", f"{trained / step_s:,.1f}", "trained / step"),
-        ("generated tokens / step", f"{generated:,.0f}",
-         f"of {rows} x {spec.sampling.think_budget + 1 + spec.sampling.response_budget} at most"),
-        ("trained tokens / step", f"{trained:,.0f}",
-         f"real tokens, prompt incl.; padded positions {rows} x {spec.width} = "
-         f"{rows * spec.width:,}"),
-        ("loss-mask tokens / step", f"{mean('loss_tokens'):,.0f}",
-         f"train_segments={stage.train_segments}"),
+        (
+            "generated tokens / step",
+            f"{generated:,.0f}",
+            f"of {rows} x {spec.sampling.think_budget + 1 + spec.sampling.response_budget} at most",
+        ),
+        (
+            "trained tokens / step",
+            f"{trained:,.0f}",
+            f"real tokens, prompt incl.; padded positions {rows} x {spec.width} = "
+            f"{rows * spec.width:,}",
+        ),
+        (
+            "loss-mask tokens / step",
+            f"{mean('loss_tokens'):,.0f}",
+            f"train_segments={stage.train_segments}",
+        ),
         ("think tokens", length_summary([s["think"] for s in measured]), think_end),
         ("response tokens", length_summary([s["response"] for s in measured]), response_end),
-        ("reward mean", f"{mean('reward'):.3f}",
-         "a random model: about 0 (advantages 0; costs unchanged)"),
+        (
+            "reward mean",
+            f"{mean('reward'):.3f}",
+            "a random model: about 0 (advantages 0; costs unchanged)",
+        ),
     ]
     print_table(summary)
 

@@ -66,10 +66,19 @@ def ban_end_think_and_eos(logits, step):
 
 def build_checkpoint(path: str) -> tuple[transformers.PreTrainedModel, int]:
     config = transformers.Qwen3Config(
-        vocab_size=16384, hidden_size=256, intermediate_size=768, num_hidden_layers=8,
-        num_attention_heads=8, num_key_value_heads=4, head_dim=32, tie_word_embeddings=True,
-        max_position_embeddings=1024, eos_token_id=SPECIAL.eos, pad_token_id=SPECIAL.pad,
-        bos_token_id=2)
+        vocab_size=16384,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+        eos_token_id=SPECIAL.eos,
+        pad_token_id=SPECIAL.pad,
+        bos_token_id=2,
+    )
     torch.manual_seed(0)
     model = transformers.Qwen3ForCausalLM(config).eval()
     model.save_pretrained(path)
@@ -114,45 +123,72 @@ def main(argv=None) -> None:
     prompt_ids = rs.randint(5, config.vocab_size, size=(args.batch, args.prompt_len))
     prompts = [[int(t) for t in row] for row in prompt_ids]
     think_budget, response_budget = args.new_tokens - 2, 1
-    cfg = sampling.SamplingConfig(temperature=1.0, top_k=0, top_p=1.0,
-                                  think_budget=think_budget, response_budget=response_budget)
+    cfg = sampling.SamplingConfig(
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        think_budget=think_budget,
+        response_budget=response_budget,
+    )
     steps = sampling.num_decode_steps(cfg, any_thinking=True)
     assert steps == args.new_tokens, (steps, args.new_tokens)
-    prefix_width = sampling.build_prefix(prompts, SPECIAL, response_budget=response_budget).tokens.shape[1]
+    prefix_width = sampling.build_prefix(
+        prompts, SPECIAL, response_budget=response_budget
+    ).tokens.shape[1]
 
     hf_input = torch.tensor(
         np.concatenate([prompt_ids, np.full((args.batch, 1), SPECIAL.think)], axis=1),
-        dtype=torch.long)
+        dtype=torch.long,
+    )
     hf_mask = torch.ones_like(hf_input)
 
     print("== environment")
-    print(f"python {platform.python_version()}  jax {jax.__version__}  torch {torch.__version__}"
-          f"  transformers {transformers.__version__}")
+    print(
+        f"python {platform.python_version()}  jax {jax.__version__}  torch {torch.__version__}"
+        f"  transformers {transformers.__version__}"
+    )
     print(f"jax devices: {jax.devices()}  (backend {jax.default_backend()})")
-    print(f"torch device: cpu  torch.get_num_threads() = {torch.get_num_threads()}"
-          f"  (os.cpu_count() = {os.cpu_count()})")
+    print(
+        f"torch device: cpu  torch.get_num_threads() = {torch.get_num_threads()}"
+        f"  (os.cpu_count() = {os.cpu_count()})"
+    )
     print(f"platform: {platform.platform()}  processor: {platform.processor() or '?'}")
     print("== configuration")
-    print(f"model: random Qwen3 vocab={config.vocab_size} hidden={config.hidden_size} "
-          f"mlp={config.intermediate_size} layers={config.num_layers} heads={config.num_heads} "
-          f"kv_heads={config.num_kv_heads} head_dim={config.head_dim} tied embeddings, float32")
+    print(
+        f"model: random Qwen3 vocab={config.vocab_size} hidden={config.hidden_size} "
+        f"mlp={config.intermediate_size} layers={config.num_layers} heads={config.num_heads} "
+        f"kv_heads={config.num_kv_heads} head_dim={config.head_dim} tied embeddings, float32"
+    )
     print(f"parameters: {num_params:,} (transformers), {num_jax_params:,} (ours)")
-    print(f"batch={args.batch} prompt_len={args.prompt_len} new_tokens={args.new_tokens} "
-          f"repeats={args.repeats} seed={args.seed}")
+    print(
+        f"batch={args.batch} prompt_len={args.prompt_len} new_tokens={args.new_tokens} "
+        f"repeats={args.repeats} seed={args.seed}"
+    )
     print("sampling: temperature=1.0 top_k=0 top_p=1.0; fixed lengths (no early stop)")
-    print(f"ours: think_budget={think_budget} response_budget={response_budget} -> {steps} "
-          f"decode steps; </think> and eos banned; prefix = prompt + <think> = "
-          f"{args.prompt_len + 1} tokens, left-padded to {prefix_width}; KV cache "
-          f"{prefix_width + steps} slots")
-    print(f"transformers: generate(input [{args.batch}, {args.prompt_len + 1}] = prompt + <think>, "
-          f"do_sample=True, temperature=1.0, top_k=0, top_p=1.0, "
-          f"max_new_tokens=min_new_tokens={args.new_tokens}, pad_token_id={SPECIAL.pad})")
+    print(
+        f"ours: think_budget={think_budget} response_budget={response_budget} -> {steps} "
+        f"decode steps; </think> and eos banned; prefix = prompt + <think> = "
+        f"{args.prompt_len + 1} tokens, left-padded to {prefix_width}; KV cache "
+        f"{prefix_width + steps} slots"
+    )
+    print(
+        f"transformers: generate(input [{args.batch}, {args.prompt_len + 1}] = prompt + <think>, "
+        f"do_sample=True, temperature=1.0, top_k=0, top_p=1.0, "
+        f"max_new_tokens=min_new_tokens={args.new_tokens}, pad_token_id={SPECIAL.pad})"
+    )
     sys.stdout.flush()
 
     # --- ours -----------------------------------------------------------------
     def run_ours(i: int):
-        rollout = sampling.sample(config, params, prompts, cfg, args.seed + i, SPECIAL,
-                                  logits_processor=ban_end_think_and_eos)
+        rollout = sampling.sample(
+            config,
+            params,
+            prompts,
+            cfg,
+            args.seed + i,
+            SPECIAL,
+            logits_processor=ban_end_think_and_eos,
+        )
         jax.block_until_ready(rollout.tokens)
         return rollout
 
@@ -173,9 +209,16 @@ def main(argv=None) -> None:
         torch.manual_seed(args.seed + i)
         with torch.no_grad():
             return hf_model.generate(
-                hf_input, attention_mask=hf_mask, do_sample=True, temperature=1.0, top_k=0,
-                top_p=1.0, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                pad_token_id=SPECIAL.pad)
+                hf_input,
+                attention_mask=hf_mask,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                pad_token_id=SPECIAL.pad,
+            )
 
     print("== transformers (generate)")
     start = time.perf_counter()
@@ -199,16 +242,22 @@ def main(argv=None) -> None:
     ours_med, hf_med = statistics.median(ours_times), statistics.median(hf_times)
     ours_tps, hf_tps = decode_tokens / ours_med, decode_tokens / hf_med
     print("== summary")
-    print(f"decode tokens per call = batch * new_tokens = {decode_tokens}; times are the median "
-          f"of {args.repeats} end-to-end calls (prefill included)")
-    rows = [("sampler", "first call s", "median s", "tokens/s"),
-            ("ours (jax)", f"{ours_first:.3f}", f"{ours_med:.3f}", f"{ours_tps:.1f}"),
-            ("transformers", f"{hf_first:.3f}", f"{hf_med:.3f}", f"{hf_tps:.1f}")]
+    print(
+        f"decode tokens per call = batch * new_tokens = {decode_tokens}; times are the median "
+        f"of {args.repeats} end-to-end calls (prefill included)"
+    )
+    rows = [
+        ("sampler", "first call s", "median s", "tokens/s"),
+        ("ours (jax)", f"{ours_first:.3f}", f"{ours_med:.3f}", f"{ours_tps:.1f}"),
+        ("transformers", f"{hf_first:.3f}", f"{hf_med:.3f}", f"{hf_tps:.1f}"),
+    ]
     print_table(rows)
     print(f"ratio ours/transformers (tokens/s): {ours_tps / hf_tps:.2f}x")
     pairs = [h / o for o, h in zip(ours_times, hf_times)]
-    print(f"ratios of the {len(pairs)} alternating pairs: {min(pairs):.2f}x to {max(pairs):.2f}x "
-          f"(median {statistics.median(pairs):.2f}x)")
+    print(
+        f"ratios of the {len(pairs)} alternating pairs: {min(pairs):.2f}x to {max(pairs):.2f}x "
+        f"(median {statistics.median(pairs):.2f}x)"
+    )
     print("(ours' first call includes jit compilation; transformers' is its warm-up call)")
 
 

@@ -76,8 +76,16 @@ from start_jax.rl import logprobs
 THINK_TAG, END_THINK_TAG = 3, 4
 
 
-BENCH_MODEL = dict(vocab_size=16384, hidden_size=256, intermediate_size=768, num_layers=8,
-                   num_heads=8, num_kv_heads=4, head_dim=32, tie_embeddings=True)
+BENCH_MODEL = dict(
+    vocab_size=16384,
+    hidden_size=256,
+    intermediate_size=768,
+    num_layers=8,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=32,
+    tie_embeddings=True,
+)
 
 
 def model_config(name: str = "bench") -> models.ModelConfig:
@@ -92,8 +100,15 @@ def regions(length: int, prompt: int | None = None) -> tuple[int, int, int]:
     return prompt, think, length - prompt - think
 
 
-def build_batch(config: models.ModelConfig, params, batch: int, length: int, chunk: int,
-                seed: int, prompt: int | None = None) -> rl.Batch:
+def build_batch(
+    config: models.ModelConfig,
+    params,
+    batch: int,
+    length: int,
+    chunk: int,
+    seed: int,
+    prompt: int | None = None,
+) -> rl.Batch:
     """A realistic thinking-rollout batch; see the module docstring."""
     rs = np.random.RandomState(seed)
     prompt, think, response = regions(length, prompt)
@@ -103,15 +118,15 @@ def build_batch(config: models.ModelConfig, params, batch: int, length: int, chu
     forced = np.zeros((batch, length), bool)
     tokens = rs.randint(5, config.vocab_size, size=(batch, length)).astype(np.int32)
     for b in range(batch):
-        p = rs.randint(prompt // 2, prompt + 1)            # Left-padded prompt.
-        seg[b, prompt - p:prompt] = segments.PROMPT
-        seg[b, prompt:prompt + think] = segments.THINK
+        p = rs.randint(prompt // 2, prompt + 1)  # Left-padded prompt.
+        seg[b, prompt - p : prompt] = segments.PROMPT
+        seg[b, prompt : prompt + think] = segments.THINK
         tokens[b, prompt] = THINK_TAG
-        forced[b, prompt] = True                           # `<think>` is written by rule.
+        forced[b, prompt] = True  # `<think>` is written by rule.
         tokens[b, prompt + think - 1] = END_THINK_TAG
-        forced[b, prompt + think - 1] = b % 2 == 0         # Budget-forced `</think>`.
-        r = rs.randint(response // 2, response + 1)        # Right-padded response.
-        seg[b, prompt + think:prompt + think + r] = segments.RESPONSE
+        forced[b, prompt + think - 1] = b % 2 == 0  # Budget-forced `</think>`.
+        r = rs.randint(response // 2, response + 1)  # Right-padded response.
+        seg[b, prompt + think : prompt + think + r] = segments.RESPONSE
     tokens[seg == segments.PAD] = 0
     seg_j, forced_j = jnp.asarray(seg), jnp.asarray(forced)
     mask = rl.loss_mask(seg_j, forced_j, "joint")
@@ -122,9 +137,18 @@ def build_batch(config: models.ModelConfig, params, batch: int, length: int, chu
     tokens_j = jnp.asarray(tokens)
     old = rl.rollout_log_probs(config, params, tokens_j, seg_j, 1.0, chunk)
     zeros = jnp.zeros((batch, length), jnp.float32)
-    return rl.Batch(tokens=tokens_j, segment_ids=seg_j, loss_mask=mask, kl_mask=kl,
-                    advantages=advantages, old_logprobs=old, ref_logprobs=old, returns=zeros,
-                    old_values=zeros, rewards=jnp.asarray(rewards))
+    return rl.Batch(
+        tokens=tokens_j,
+        segment_ids=seg_j,
+        loss_mask=mask,
+        kl_mask=kl,
+        advantages=advantages,
+        old_logprobs=old,
+        ref_logprobs=old,
+        returns=zeros,
+        old_values=zeros,
+        rewards=jnp.asarray(rewards),
+    )
 
 
 def matmul_peak(size: int, repeats: int) -> tuple[float, list[float]]:
@@ -139,11 +163,12 @@ def matmul_peak(size: int, repeats: int) -> tuple[float, list[float]]:
         start = time.perf_counter()
         jax.block_until_ready(mm(a, b))
         times.append(time.perf_counter() - start)
-    return 2.0 * size ** 3 / statistics.median(times), times
+    return 2.0 * size**3 / statistics.median(times), times
 
 
-def flops_per_step(config: models.ModelConfig, batch: int, length: int, start: int = 1,
-                   head_chunked: bool = False) -> dict[str, float]:
+def flops_per_step(
+    config: models.ModelConfig, batch: int, length: int, start: int = 1, head_chunked: bool = False
+) -> dict[str, float]:
     """Model and hardware FLOPs of one step; the head runs on columns start..length-1."""
     d, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
     n, k, h, layers = config.num_heads, config.num_kv_heads, config.head_dim, config.num_layers
@@ -153,10 +178,16 @@ def flops_per_step(config: models.ModelConfig, batch: int, length: int, start: i
     t = batch * length
     t_head = batch * (length - start)
     dense = 6.0 * n_trunk * t + 6.0 * n_head * t_head
-    attention = 12.0 * layers * length ** 2 * n * h * batch
+    attention = 12.0 * layers * length**2 * n * h * batch
     model = dense + attention
-    return dict(n_trunk=n_trunk, n_head=n_head, dense=dense, attention=attention, model=model,
-                hardware=model + (2.0 * n_head * t_head if head_chunked else 0.0))
+    return dict(
+        n_trunk=n_trunk,
+        n_head=n_head,
+        dense=dense,
+        attention=attention,
+        model=model,
+        hardware=model + (2.0 * n_head * t_head if head_chunked else 0.0),
+    )
 
 
 def fmt_times(times: list[float]) -> str:
@@ -175,16 +206,28 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="bench", choices=["bench", *MODELS])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--prompt", type=int, default=None,
-                        help="prompt region width (default length/4)")
+    parser.add_argument(
+        "--prompt", type=int, default=None, help="prompt region width (default length/4)"
+    )
     parser.add_argument("--micro_batches", type=int, default=1)
-    parser.add_argument("--chunk", type=int, default=0,
-                        help="logprob_chunk positions (0: auto, see rl.logprobs.auto_chunk)")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="logprob_chunk positions (0: auto, see rl.logprobs.auto_chunk)",
+    )
     parser.add_argument("--kl_coef", type=float, default=0.01)
-    parser.add_argument("--skip_prompt_head", action="store_true",
-                        help="TrainConfig.logprob_start = the prompt width")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="compute dtype (parameters stay float32)")
+    parser.add_argument(
+        "--skip_prompt_head",
+        action="store_true",
+        help="TrainConfig.logprob_start = the prompt width",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="compute dtype (parameters stay float32)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak_size", type=int, default=2048)
     parser.add_argument("--peak_repeats", type=int, default=10)
@@ -196,8 +239,10 @@ def main(argv=None) -> None:
         parser.error("--batch must be divisible by --micro_batches")
     prompt, think, response = regions(args.length, args.prompt)
     if min(prompt, think, response) < 2:
-        parser.error(f"--length {args.length} with --prompt {prompt} is too short for "
-                     "prompt/think/response regions")
+        parser.error(
+            f"--length {args.length} with --prompt {prompt} is too short for "
+            "prompt/think/response regions"
+        )
 
     config = model_config(args.model).replace(dtype=args.dtype)
     params = models.init_params(config, jax.random.key(args.seed))
@@ -209,9 +254,12 @@ def main(argv=None) -> None:
     head_chunked = chunk < head_positions
     fl = flops_per_step(config, args.batch, args.length, max(start, 1), head_chunked)
     tx = rl.make_optimizer(learning_rate=1e-5, max_grad_norm=1.0)
-    train_cfg = rl.TrainConfig(loss=rl.LossConfig(kl_coef=args.kl_coef),
-                               micro_batches=args.micro_batches, logprob_chunk=args.chunk,
-                               logprob_start=start)
+    train_cfg = rl.TrainConfig(
+        loss=rl.LossConfig(kl_coef=args.kl_coef),
+        micro_batches=args.micro_batches,
+        logprob_chunk=args.chunk,
+        logprob_start=start,
+    )
     batch = build_batch(config, params, args.batch, args.length, args.chunk, args.seed, prompt)
     seg = np.asarray(batch.segment_ids)
     state = rl.init_state(params, tx)
@@ -220,28 +268,43 @@ def main(argv=None) -> None:
 
     print("== environment")
     print(f"python {platform.python_version()}  jax {jax.__version__}  numpy {np.__version__}")
-    print(f"jax devices: {jax.devices()}  (backend {jax.default_backend()})  "
-          f"os.cpu_count() = {os.cpu_count()}")
+    print(
+        f"jax devices: {jax.devices()}  (backend {jax.default_backend()})  "
+        f"os.cpu_count() = {os.cpu_count()}"
+    )
     print(f"platform: {platform.platform()}  processor: {platform.processor() or '?'}")
     print("== configuration")
     tied = "tied" if config.tie_embeddings else "untied"
-    print(f"model: {args.model}, random Qwen3 vocab={config.vocab_size} "
-          f"hidden={config.hidden_size} mlp={config.intermediate_size} "
-          f"layers={config.num_layers} heads={config.num_heads} kv_heads={config.num_kv_heads} "
-          f"head_dim={config.head_dim} qk_norm {tied} embeddings, float32 parameters, "
-          f"{args.dtype} compute")
-    print(f"parameters: {num_params:,} total; matmul weights: {fl['n_trunk']:,} trunk "
-          f"+ {fl['n_head']:,} {tied} head = {fl['n_trunk'] + fl['n_head']:,}")
-    print(f"batch={args.batch} length={args.length} (prompt {prompt}, think {think}, response "
-          f"{response}) micro_batches={args.micro_batches} logprob_chunk={args.chunk} "
-          f"logprob_start={start} repeats={args.repeats}")
-    print(f"vocabulary head: {head_positions} positions per row, "
-          + (f"chunks of {chunk} (logits recomputed in the backward pass)" if head_chunked
-             else "one matmul (logits kept for the backward pass)"))
+    print(
+        f"model: {args.model}, random Qwen3 vocab={config.vocab_size} "
+        f"hidden={config.hidden_size} mlp={config.intermediate_size} "
+        f"layers={config.num_layers} heads={config.num_heads} kv_heads={config.num_kv_heads} "
+        f"head_dim={config.head_dim} qk_norm {tied} embeddings, float32 parameters, "
+        f"{args.dtype} compute"
+    )
+    print(
+        f"parameters: {num_params:,} total; matmul weights: {fl['n_trunk']:,} trunk "
+        f"+ {fl['n_head']:,} {tied} head = {fl['n_trunk'] + fl['n_head']:,}"
+    )
+    print(
+        f"batch={args.batch} length={args.length} (prompt {prompt}, think {think}, response "
+        f"{response}) micro_batches={args.micro_batches} logprob_chunk={args.chunk} "
+        f"logprob_start={start} repeats={args.repeats}"
+    )
+    print(
+        f"vocabulary head: {head_positions} positions per row, "
+        + (
+            f"chunks of {chunk} (logits recomputed in the backward pass)"
+            if head_chunked
+            else "one matmul (logits kept for the backward pass)"
+        )
+    )
     counts = {name: int((seg == sid).sum()) for sid, name in segments.NAMES.items()}
     print(f"segment tokens: {counts}; loss-mask tokens: {int(np.asarray(batch.loss_mask).sum())}")
-    print(f"train: PPO token-mean, kl_coef={args.kl_coef} (k3), AdamW lr=1e-5, clip 1.0, 1 epoch "
-          "x 1 minibatch (on-policy)")
+    print(
+        f"train: PPO token-mean, kl_coef={args.kl_coef} (k3), AdamW lr=1e-5, clip 1.0, 1 epoch "
+        "x 1 minibatch (on-policy)"
+    )
     sys.stdout.flush()
 
     print("== train step (rl.jit_train_step)")
@@ -270,8 +333,10 @@ def main(argv=None) -> None:
     state, metrics = run(state, 0)
     warm_s = time.perf_counter() - start
     first = rl.check_finite(metrics, 0)
-    print(f"warm-up step: {warm_s:.3f} s  (loss {first['loss']:.5f}, approx_kl "
-          f"{first['approx_kl']:.2e}, l2_grads {first['l2_grads']:.4f})")
+    print(
+        f"warm-up step: {warm_s:.3f} s  (loss {first['loss']:.5f}, approx_kl "
+        f"{first['approx_kl']:.2e}, l2_grads {first['l2_grads']:.4f})"
+    )
     times = []
     for i in range(1, args.repeats + 1):
         start = time.perf_counter()
@@ -281,33 +346,46 @@ def main(argv=None) -> None:
     print(f"timed steps (s): {fmt_times(times)}  (last loss {last['loss']:.5f})")
     sys.stdout.flush()
 
-    print(f"== float32 matmul peak ({args.peak_size}x{args.peak_size} @ "
-          f"{args.peak_size}x{args.peak_size}, jitted)")
+    print(
+        f"== float32 matmul peak ({args.peak_size}x{args.peak_size} @ "
+        f"{args.peak_size}x{args.peak_size}, jitted)"
+    )
     peak, peak_times = matmul_peak(args.peak_size, args.peak_repeats)
     print(f"timed matmuls (s): {fmt_times(peak_times)}")
 
     med = statistics.median(times)
     model_fs, hw_fs = fl["model"] / med, fl["hardware"] / med
     print("== summary")
-    print(f"T = batch * length = {tokens} tokens per step; step time is the median of "
-          f"{args.repeats} steps after the warm-up")
+    print(
+        f"T = batch * length = {tokens} tokens per step; step time is the median of "
+        f"{args.repeats} steps after the warm-up"
+    )
     rows = [
         ("quantity", "value", "note"),
         ("compile (lower + compile)", f"{lower_s + compile_s:.2f} s", "ahead of time"),
         ("warm-up step", f"{warm_s:.3f} s", "first call, compiled"),
         ("median step time", f"{med:.3f} s", f"min {min(times):.3f}, max {max(times):.3f}"),
         ("train tokens/s", f"{tokens / med:,.0f}", "B*L / median step"),
-        ("model FLOPs / step", si(fl["model"], "FLOP"),
-         "6*N_trunk*T + 6*N_head*T_head + 12*layers*L^2*heads*head_dim*B"),
+        (
+            "model FLOPs / step",
+            si(fl["model"], "FLOP"),
+            "6*N_trunk*T + 6*N_head*T_head + 12*layers*L^2*heads*head_dim*B",
+        ),
         ("  of which 6*N*T", si(fl["dense"], "FLOP"), "N = all matmul weights incl. the head"),
         ("  of which attention", si(fl["attention"], "FLOP"), "full L x L (dense mask)"),
-        ("hardware FLOPs / step", si(fl["hardware"], "FLOP"),
-         "+ 2*D*V*T_head head remat" if head_chunked else "head not recomputed"),
+        (
+            "hardware FLOPs / step",
+            si(fl["hardware"], "FLOP"),
+            "+ 2*D*V*T_head head remat" if head_chunked else "head not recomputed",
+        ),
         ("XLA cost_analysis FLOPs", si(xla_flops, "FLOP"), "scan bodies counted once: undercount"),
         ("achieved model FLOP/s", si(model_fs, "FLOP/s"), ""),
         ("achieved hardware FLOP/s", si(hw_fs, "FLOP/s"), ""),
-        ("f32 matmul peak (measured)", si(peak, "FLOP/s"),
-         f"median of {args.peak_repeats}, {args.peak_size}^3"),
+        (
+            "f32 matmul peak (measured)",
+            si(peak, "FLOP/s"),
+            f"median of {args.peak_repeats}, {args.peak_size}^3",
+        ),
         ("model FLOP utilisation", f"{100 * model_fs / peak:.1f} %", "model FLOP/s / peak"),
         ("hardware FLOP utilisation", f"{100 * hw_fs / peak:.1f} %", "hardware FLOP/s / peak"),
     ]

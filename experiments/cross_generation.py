@@ -41,13 +41,22 @@ def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--reward", default="synthetic", help="a registered reward name")
     parser.add_argument("--seeds", default="0", help="comma-separated sampling seeds")
-    parser.add_argument("--responses", type=int, default=1,
-                        help="answers per question and thinking; a score is their mean")
-    parser.add_argument("--tokenizer", default="world",
-                        help="'world', 'char' or a directory; a model directory with tokenizer.json "
-                             "uses its own")
-    parser.add_argument("--chat_template", action="store_true",
-                        help="render each question with each model's own chat template")
+    parser.add_argument(
+        "--responses",
+        type=int,
+        default=1,
+        help="answers per question and thinking; a score is their mean",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="world",
+        help="'world', 'char' or a directory; a model directory with tokenizer.json uses its own",
+    )
+    parser.add_argument(
+        "--chat_template",
+        action="store_true",
+        help="render each question with each model's own chat template",
+    )
     parser.add_argument("--system", default="", help="system message (with --chat_template)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--think_budget", type=int, default=48)
@@ -58,8 +67,11 @@ def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
     answerer_paths = _named_paths(args.answerer, "answerer")
     if not thinker_paths or not answerer_paths:
         parser.error("give at least one --thinker and one --answerer")
-    sc = sampling.SamplingConfig(temperature=args.temperature, think_budget=args.think_budget,
-                                 response_budget=args.response_budget)
+    sc = sampling.SamplingConfig(
+        temperature=args.temperature,
+        think_budget=args.think_budget,
+        response_budget=args.response_budget,
+    )
 
     def load(path):
         tok_dir = path if os.path.isfile(os.path.join(path, "tokenizer.json")) else args.tokenizer
@@ -67,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
         return config, params, world.load_tokenizer(tok_dir)
 
     fmt = PromptFormat.create(args.chat_template, args.system)
-    policies: dict[str, cg.ModelPolicy] = {}     # One model per directory, thinker or answerer.
+    policies: dict[str, cg.ModelPolicy] = {}  # One model per directory, thinker or answerer.
     for path in [*thinker_paths.values(), *answerer_paths.values()]:
         if path not in policies:
             policies[path] = cg.ModelPolicy(*load(path), sc, prompt_format=fmt)
@@ -75,9 +87,15 @@ def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
     answerers = {n: policies[p] for n, p in answerer_paths.items()}
     os.makedirs(args.out, exist_ok=True)
     qs = load_questions(args.data, os.path.join(args.out, "data"), args.questions)
-    result = cg.run(thinkers, answerers, qs, rewards.make(args.reward),
-                    seeds=[int(s) for s in args.seeds.split(",")], responses=args.responses,
-                    classify=cg.classify_synthetic if args.data.startswith("synthetic") else None)
+    result = cg.run(
+        thinkers,
+        answerers,
+        qs,
+        rewards.make(args.reward),
+        seeds=[int(s) for s in args.seeds.split(",")],
+        responses=args.responses,
+        classify=cg.classify_synthetic if args.data.startswith("synthetic") else None,
+    )
     cg.save(result, os.path.join(args.out, "cross_generation.json"))
     result.heatmap(os.path.join(args.out, "cross_generation.png"))
     print(result.table())

@@ -36,23 +36,24 @@ MESH_AXES = ("data", "fsdp", "tensor")
 class ShardingError(UserError):
     """A dimension does not divide over its mesh axes (and replication was not asked for)."""
 
+
 MeshAxes = str | tuple[str, ...] | None
 
 # logical axis -> mesh axes. Activations use the `act_*` names and `batch`.
 DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
-        ("batch", ("data", "fsdp")),
-        ("length", None),
-        ("cache_length", None),
-        ("vocab", "tensor"),
-        ("embed", "fsdp"),
-        ("mlp", "tensor"),
-        ("q_heads", "tensor"),
-        ("kv_heads", "tensor"),
-        ("head_dim", None),
-        ("norm", None),
-        ("layers", None),
-        ("act_embed", None),
-        ("act_mlp", "tensor"),
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("cache_length", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
 )
 
 
@@ -60,13 +61,14 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
 class MeshConfig:
     """Mesh shape; one axis may be -1 to take the remaining devices."""
 
-    data: int = 1    # Replicated-parameter data parallelism.
-    fsdp: int = -1   # Sharded-parameter data parallelism.
+    data: int = 1  # Replicated-parameter data parallelism.
+    fsdp: int = -1  # Sharded-parameter data parallelism.
     tensor: int = 1  # Tensor parallelism.
 
 
-def make_mesh(config: MeshConfig | None = None, devices: Sequence[jax.Device] | None = None,
-                            **sizes) -> Mesh:
+def make_mesh(
+    config: MeshConfig | None = None, devices: Sequence[jax.Device] | None = None, **sizes
+) -> Mesh:
     """Builds a ('data', 'fsdp', 'tensor') mesh.
 
     Either pass a `MeshConfig` or the sizes as keywords (`make_mesh(fsdp=8)`).
@@ -90,12 +92,14 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[jax.Device] | 
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) != len(devices):
         raise ValueError(
-                f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
-                f"but {len(devices)} are available")
+            f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
+            f"but {len(devices)} are available"
+        )
     # jax.make_mesh orders devices by the physical topology (TPU/GPU links);
     # Auto axes keep GSPMD propagation (no explicit-sharding types).
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
-                         devices=devices)
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices
+    )
 
 
 def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
@@ -109,7 +113,7 @@ class ShardingRules:
     """Maps logical axis names to mesh axes."""
 
     rules: tuple[tuple[str, MeshAxes], ...] = DEFAULT_RULES
-    replicate_uneven: bool = False   # Replicate, rather than reject, a dimension not divisible.
+    replicate_uneven: bool = False  # Replicate, rather than reject, a dimension not divisible.
 
     def __post_init__(self):
         names = [name for name, _ in self.rules]
@@ -119,8 +123,10 @@ class ShardingRules:
         for name, axes in self.rules:
             for a in _as_tuple(axes):
                 if a not in MESH_AXES:
-                    raise ValueError(f"sharding rule {name!r} -> {axes!r}: unknown mesh axis {a!r}; "
-                                                      f"mesh axes are {MESH_AXES}")
+                    raise ValueError(
+                        f"sharding rule {name!r} -> {axes!r}: unknown mesh axis {a!r}; "
+                        f"mesh axes are {MESH_AXES}"
+                    )
 
     def replace(self, **updates: MeshAxes) -> "ShardingRules":
         """A copy with some logical axes remapped (`rules.replace(vocab=None)`)."""
@@ -133,12 +139,15 @@ class ShardingRules:
             return ()
         table = dict(self.rules)
         if logical not in table:
-            raise KeyError(f"no sharding rule for logical axis {logical!r}; "
-                                          f"known: {sorted(table)}")
+            raise KeyError(f"no sharding rule for logical axis {logical!r}; known: {sorted(table)}")
         return _as_tuple(table[logical])
 
-    def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None,
-                      mesh: Mesh | None = None) -> PartitionSpec:
+    def spec(
+        self,
+        logical_axes: Sequence[str | None],
+        shape: Sequence[int] | None = None,
+        mesh: Mesh | None = None,
+    ) -> PartitionSpec:
         """PartitionSpec for an array with the given logical axes.
 
         Raises if two of its dimensions map to the same mesh axis. With `shape`
@@ -152,8 +161,9 @@ class ShardingRules:
             for a in axes:
                 if a in used:
                     raise ValueError(
-                            f"logical axes {tuple(logical_axes)}: {used[a]!r} and {name!r} both map "
-                            f"to mesh axis {a!r}")
+                        f"logical axes {tuple(logical_axes)}: {used[a]!r} and {name!r} both map "
+                        f"to mesh axis {a!r}"
+                    )
                 used[a] = name
             if axes and shape is not None and mesh is not None:
                 size = math.prod(mesh.shape[a] for a in axes)
@@ -163,26 +173,38 @@ class ShardingRules:
                             f"dimension {dim} ({name}, size {shape[dim]}) of an array with axes "
                             f"{tuple(logical_axes)} does not divide over mesh axes {axes} of size "
                             f"{size}; change the mesh (--config.mesh.*) or allow replication "
-                            "(--config.mesh.replicate_uneven=True)")
-                    logging.info("replicating dim %d (%s, size %d) of %s: not divisible by %d",
-                                              dim, name, shape[dim], tuple(logical_axes), size)
+                            "(--config.mesh.replicate_uneven=True)"
+                        )
+                    logging.info(
+                        "replicating dim %d (%s, size %d) of %s: not divisible by %d",
+                        dim,
+                        name,
+                        shape[dim],
+                        tuple(logical_axes),
+                        size,
+                    )
                     axes = ()
             out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
         return PartitionSpec(*out)
 
-    def sharding(self, mesh: Mesh, logical_axes: Sequence[str | None],
-                              shape: Sequence[int] | None = None) -> NamedSharding:
+    def sharding(
+        self, mesh: Mesh, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None
+    ) -> NamedSharding:
         return NamedSharding(mesh, self.spec(logical_axes, shape, mesh))
 
     def tree_shardings(self, mesh: Mesh, logical_tree, shape_tree):
         """Maps a pytree of logical-axis tuples (+ matching shapes) to shardings."""
         return jax.tree.map(
-                lambda axes, s: self.sharding(mesh, axes, s.shape),
-                logical_tree, shape_tree, is_leaf=lambda x: isinstance(x, tuple))
+            lambda axes, s: self.sharding(mesh, axes, s.shape),
+            logical_tree,
+            shape_tree,
+            is_leaf=lambda x: isinstance(x, tuple),
+        )
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2, rules: ShardingRules | None = None,
-                                      batch_size: int | None = None) -> NamedSharding:
+def batch_sharding(
+    mesh: Mesh, ndim: int = 2, rules: ShardingRules | None = None, batch_size: int | None = None
+) -> NamedSharding:
     """Sharding of a [B, ...] input: batch over the data axes, rest replicated."""
     rules = rules or ShardingRules()
     shape = None if batch_size is None else (batch_size,) + (1,) * (ndim - 1)
@@ -206,7 +228,6 @@ def logical_constraint_context(mesh: Mesh, rules: ShardingRules | None = None):
     return stack
 
 
-
 # ------------------------------------------------------------------ several processes
 # With `jax.distributed` a mesh spans the devices of every process: an array on it is
 # global, and each process holds only its own shards. The helpers below are what
@@ -224,12 +245,12 @@ def like_trees(tree, known: Sequence[tuple], default):
       known: (tree structure, shardings pytree of that structure) pairs.
       default: the sharding of every other leaf (step counts, scalars).
     """
+
     def match(x):
         s = jax.tree.structure(x)
         return next((sh for d, sh in known if d == s), None)
 
-    return jax.tree.map(lambda x: match(x) or default, tree,
-                        is_leaf=lambda x: match(x) is not None)
+    return jax.tree.map(lambda x: match(x) or default, tree, is_leaf=lambda x: match(x) is not None)
 
 
 def host_to_global(x, sharding: jax.sharding.Sharding | None):
@@ -255,8 +276,11 @@ def to_host(tree):
     if jax.process_count() == 1:
         return jax.device_get(tree)
     leaves, treedef = jax.tree.flatten(tree)
-    split = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)
-             and not x.is_fully_addressable and not x.is_fully_replicated]
+    split = [
+        i
+        for i, x in enumerate(leaves)
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated
+    ]
     if split:
         gathered = multihost_utils.process_allgather([leaves[i] for i in split], tiled=True)
         for i, value in zip(split, gathered):

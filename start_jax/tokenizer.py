@@ -34,10 +34,7 @@ THINK_TOKEN = "<think>"
 END_THINK_TOKEN = "</think>"
 
 DEFAULT_ALPHABET = (
-    string.ascii_lowercase
-    + string.ascii_uppercase
-    + string.digits
-    + " .,;:?!=+-*/()'\"\n"
+    string.ascii_lowercase + string.ascii_uppercase + string.digits + " .,;:?!=+-*/()'\"\n"
 )
 
 
@@ -128,12 +125,18 @@ def _raise_template_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+def _tojson(
+    x: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
     # transformers' tojson filter: Jinja's own escapes <, >, &, ' and sorts keys,
     # which would change the tool schemas that templates such as Qwen3's render.
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
+    return json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _strftime_now(fmt: str) -> str:
@@ -236,8 +239,10 @@ class HFTokenizer:
         try:
             tok = tokenizers.Tokenizer.from_file(str(tok_file))
         except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception.
-            raise UserError(f"{tok_file}: not a readable tokenizer.json ({e}); the file may be "
-                            "cut short: copy it again") from None
+            raise UserError(
+                f"{tok_file}: not a readable tokenizer.json ({e}); the file may be "
+                "cut short: copy it again"
+            ) from None
         # Padding/truncation baked into tokenizer.json would silently change
         # encode() lengths; batching and padding are done by our own code.
         tok.no_padding()
@@ -251,13 +256,17 @@ class HFTokenizer:
                 raise MissingTag(
                     f"tokenizer {tok_file} has no token {token!r} (needed for "
                     f"{purpose}); name a token it has with {hint}=..., or pass "
-                    "add_missing_tags=True to add it", str(tok_file), token)
+                    "add_missing_tags=True to add it",
+                    str(tok_file),
+                    token,
+                )
             return token_id
 
         missing = [t for t in (think_token, end_think_token) if tok.token_to_id(t) is None]
         if add_missing_tags and missing:
-            tok.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False)
-                            for t in missing])
+            tok.add_tokens(
+                [tokenizers.AddedToken(t, special=False, normalized=False) for t in missing]
+            )
         think_id = lookup(think_token, "the thinking segment", "think_token")
         end_think_id = lookup(end_think_token, "the thinking segment", "end_think_token")
 
@@ -285,7 +294,8 @@ class HFTokenizer:
         pad_token = pad_token or _token_content(tok_config.get("pad_token"))
         pad_id = lookup(pad_token, "padding", "pad_token") if pad_token else eos_id
         stop_ids = _eos_ids(model_config, tok) | _eos_ids(
-            _read_json(directory / "generation_config.json"), tok)
+            _read_json(directory / "generation_config.json"), tok
+        )
 
         return cls(
             tok,
@@ -377,15 +387,18 @@ class HFTokenizer:
         directory = pathlib.Path(dirpath)
         directory.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(directory / "tokenizer.json"))
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": self._eos_token,
-                  "pad_token": self._pad_token or self._eos_token}
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": self._eos_token,
+            "pad_token": self._pad_token or self._eos_token,
+        }
         if self._bos_token:
             config["bos_token"] = self._bos_token
         if self._chat_template:
             config["chat_template"] = self._chat_template
         with (directory / "tokenizer_config.json").open("w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
-        if self.stop_ids:   # Read back as further stop ids (as transformers does).
+        if self.stop_ids:  # Read back as further stop ids (as transformers does).
             generation = directory / "generation_config.json"
             extra = _read_json(generation)
             extra["eos_token_id"] = [self.eos_id, *self.stop_ids]
@@ -431,8 +444,10 @@ class CharTokenizer:
         words = tuple(words)
         bad = [w for w in words if len(w) < 2 or any(ch not in alphabet for ch in w)]
         if bad or len(set(words)) != len(words):
-            raise ValueError(f"words must be distinct strings of 2+ alphabet characters; "
-                             f"bad: {bad or sorted({w for w in words if words.count(w) > 1})}")
+            raise ValueError(
+                f"words must be distinct strings of 2+ alphabet characters; "
+                f"bad: {bad or sorted({w for w in words if words.count(w) > 1})}"
+            )
         self.alphabet = alphabet
         self.words = words
         self._vocab = {t: i for i, t in enumerate(self.SPECIAL_TOKENS)}
@@ -442,7 +457,8 @@ class CharTokenizer:
             self._vocab[w] = len(self._vocab)
         # Longest word first, so the leftmost match is the longest; then any character.
         self._piece_pattern = "|".join(
-            [re.escape(w) for w in sorted(words, key=len, reverse=True)] + [r"[\s\S]"])
+            [re.escape(w) for w in sorted(words, key=len, reverse=True)] + [r"[\s\S]"]
+        )
         self._piece_re = re.compile(self._piece_pattern)
         self._inverse = {i: t for t, i in self._vocab.items()}
         self.pad_id, self.eos_id, self.think_id, self.end_think_id, self.unk_id = (
@@ -465,8 +481,10 @@ class CharTokenizer:
             if i % 2:  # Odd pieces are the captured special tokens.
                 ids.append(self._vocab[piece])
             else:
-                ids.extend(self._vocab.get(m, self.unk_id)
-                           for m in (self._piece_re.findall(piece) if self.words else piece))
+                ids.extend(
+                    self._vocab.get(m, self.unk_id)
+                    for m in (self._piece_re.findall(piece) if self.words else piece)
+                )
         return ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -481,9 +499,7 @@ class CharTokenizer:
         """
         n_special = len(self.SPECIAL_TOKENS)
         return "".join(
-            self._inverse[int(i)]
-            for i in ids
-            if not (skip_special_tokens and int(i) < n_special)
+            self._inverse[int(i)] for i in ids if not (skip_special_tokens and int(i) < n_special)
         )
 
     def apply_chat_template(
@@ -499,7 +515,7 @@ class CharTokenizer:
         """Returns the id of a special token or alphabet character, else None."""
         return self._vocab.get(token)
 
-    has_chat_template = True   # The fixed "role: content" format.
+    has_chat_template = True  # The fixed "role: content" format.
 
     def to_hf_tokenizer_json(self, path: str | os.PathLike) -> None:
         """Writes an equivalent Hugging Face ``tokenizer.json`` to ``path``."""
@@ -514,10 +530,7 @@ class CharTokenizer:
         # WordLevel decoding joins tokens with spaces by default; Fuse does not.
         tok.decoder = tokenizers.decoders.Fuse()
         tok.add_special_tokens(
-            [
-                tokenizers.AddedToken(t, special=True, normalized=False)
-                for t in self.SPECIAL_TOKENS
-            ]
+            [tokenizers.AddedToken(t, special=True, normalized=False) for t in self.SPECIAL_TOKENS]
         )
         tok.save(str(path))
 
@@ -542,7 +555,7 @@ class CharTokenizer:
         }
         with (directory / "tokenizer_config.json").open("w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
-        if self.stop_ids:   # Read back as further stop ids (as transformers does).
+        if self.stop_ids:  # Read back as further stop ids (as transformers does).
             generation = directory / "generation_config.json"
             extra = _read_json(generation)
             extra["eos_token_id"] = [self.eos_id, *self.stop_ids]
@@ -550,9 +563,12 @@ class CharTokenizer:
         return directory
 
 
-def load_tokenizer(path_or_name: str | os.PathLike, think_token: str = THINK_TOKEN,
-                   end_think_token: str = END_THINK_TOKEN,
-                   add_missing_tags: bool = False) -> Tokenizer:
+def load_tokenizer(
+    path_or_name: str | os.PathLike,
+    think_token: str = THINK_TOKEN,
+    end_think_token: str = END_THINK_TOKEN,
+    add_missing_tags: bool = False,
+) -> Tokenizer:
     """`CharTokenizer` for ``"char"``, else an `HFTokenizer` directory.
 
     The think tags and `add_missing_tags` are as in `HFTokenizer.from_pretrained`
@@ -563,14 +579,19 @@ def load_tokenizer(path_or_name: str | os.PathLike, think_token: str = THINK_TOK
     if str(path_or_name) == "char":
         check_default_tags(path_or_name, think_token, end_think_token)
         return CharTokenizer()
-    return HFTokenizer.from_pretrained(path_or_name, think_token=think_token,
-                                       end_think_token=end_think_token,
-                                       add_missing_tags=add_missing_tags)
+    return HFTokenizer.from_pretrained(
+        path_or_name,
+        think_token=think_token,
+        end_think_token=end_think_token,
+        add_missing_tags=add_missing_tags,
+    )
 
 
 def check_default_tags(name, think_token: str, end_think_token: str) -> None:
     """Raises UserError unless the tags are ``<think>``/``</think>`` (for tokenizers
     whose tags are fixed)."""
     if (think_token, end_think_token) != (THINK_TOKEN, END_THINK_TOKEN):
-        raise UserError(f"tokenizer {name!r} has the fixed tags {THINK_TOKEN}/{END_THINK_TOKEN}, "
-                        f"not {think_token}/{end_think_token}")
+        raise UserError(
+            f"tokenizer {name!r} has the fixed tags {THINK_TOKEN}/{END_THINK_TOKEN}, "
+            f"not {think_token}/{end_think_token}"
+        )

@@ -27,17 +27,26 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 ENDOFTEXT, IM_START, IM_END, THINK, END_THINK = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<think>",
+    "</think>",
+)
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)  # special=True
-THINK_TOKENS = (THINK, END_THINK)               # added, special=False (as in Qwen3)
+THINK_TOKENS = (THINK, END_THINK)  # added, special=False (as in Qwen3)
 DEFAULT_VOCAB_SIZE = 512  # BPE vocabulary; the added tokens follow it.
 
 # Qwen2/Qwen3's pre-tokenizer split (contractions, letters, single digits,
 # punctuation runs, newlines, spaces) ahead of a byte-level mapping without its own regex.
-_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
-SYSTEM_PROMPT = "You are a careful assistant. Think step by step, then give the final answer in \\boxed{}."
+SYSTEM_PROMPT = (
+    "You are a careful assistant. Think step by step, then give the final answer in \\boxed{}."
+)
 INSTRUCTION = "Put the final answer in \\boxed{}."
 
 # A Qwen3-style chat template (written for these tests): ChatML turns, an
@@ -83,8 +92,28 @@ CHAT_TEMPLATE = """\
 {%- endif %}
 """
 
-_NAMES = ("Ava", "Ben", "Chloe", "Dev", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jack",
-          "Kira", "Liam", "Maya", "Noah", "Olga", "Paul", "Rosa", "Sam", "Tara", "Zoe")
+_NAMES = (
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Emma",
+    "Finn",
+    "Grace",
+    "Hugo",
+    "Iris",
+    "Jack",
+    "Kira",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olga",
+    "Paul",
+    "Rosa",
+    "Sam",
+    "Tara",
+    "Zoe",
+)
 _ITEMS = ("apples", "marbles", "stickers", "books", "cookies", "pencils", "shells", "stamps")
 
 
@@ -121,20 +150,28 @@ def _problem(rng: random.Random) -> dict[str, str]:
     elif kind == 4:
         a = rng.randint(4, 40)
         ans = 3 * a
-        q = (f"{name} reads {a} pages on Monday and twice as many pages on Tuesday. "
-             f"How many pages does {name} read in total?")
+        q = (
+            f"{name} reads {a} pages on Monday and twice as many pages on Tuesday. "
+            f"How many pages does {name} read in total?"
+        )
         t = f"On Tuesday {name} reads 2 * {a} = {2 * a} pages. In total {a} + {2 * a} = {ans}."
         r = f"{name} reads {ans} pages in total."
     else:
         p, n = rng.randint(2, 9), rng.randint(2, 8)
         bill = next(b for b in (20, 50, 100) if b > p * n)
         ans = bill - p * n
-        q = (f"A pen costs {p} dollars. {name} buys {n} pens and pays with a {bill} dollar bill. "
-             f"How much change does {name} get?")
+        q = (
+            f"A pen costs {p} dollars. {name} buys {n} pens and pays with a {bill} dollar bill. "
+            f"How much change does {name} get?"
+        )
         t = f"The pens cost {n} * {p} = {p * n} dollars. The change is {bill} - {p * n} = {ans}."
         r = f"{name} gets {ans} dollars in change."
-    return {"prompt": q, "reference": str(ans), "thinking": t,
-            "response": f"{r} The answer is \\boxed{{{ans}}}."}
+    return {
+        "prompt": q,
+        "reference": str(ans),
+        "thinking": t,
+        "response": f"{r} The answer is \\boxed{{{ans}}}.",
+    }
 
 
 _ENGLISH = (
@@ -161,42 +198,58 @@ def default_corpus(n_problems: int = 300, seed: int = 1234) -> list[str]:
         p = _problem(rng)
         lines += [f"{p['prompt']} {INSTRUCTION}", p["thinking"], p["response"]]
         if rng.random() < 0.3:  # A chat turn as the template lays it out, without the tags.
-            lines.append(f"system\n{SYSTEM_PROMPT}\nuser\n{p['prompt']} {INSTRUCTION}\n"
-                         f"assistant\n\n{p['thinking']}\n\n\n{p['response']}\n")
-    lines += [" ".join(str(rng.randint(0, 10 ** rng.randint(1, 5))) for _ in range(12))
-              for _ in range(20)]
+            lines.append(
+                f"system\n{SYSTEM_PROMPT}\nuser\n{p['prompt']} {INSTRUCTION}\n"
+                f"assistant\n\n{p['thinking']}\n\n\n{p['response']}\n"
+            )
+    lines += [
+        " ".join(str(rng.randint(0, 10 ** rng.randint(1, 5))) for _ in range(12)) for _ in range(20)
+    ]
     lines += [SYSTEM_PROMPT]
     return lines
 
 
 @functools.lru_cache(maxsize=8)
-def _train_tokenizer_json(corpus: tuple[str, ...], vocab_size: int,
-                          special: tuple[str, ...] = SPECIAL_TOKENS,
-                          added: tuple[str, ...] = THINK_TOKENS) -> str:
+def _train_tokenizer_json(
+    corpus: tuple[str, ...],
+    vocab_size: int,
+    special: tuple[str, ...] = SPECIAL_TOKENS,
+    added: tuple[str, ...] = THINK_TOKENS,
+) -> str:
     """The trained ``tokenizer.json`` text (cached: one training per corpus and size)."""
     tok = tokenizers.Tokenizer(models.BPE(byte_fallback=False, ignore_merges=False))
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(tokenizers.Regex(_SPLIT_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
-    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False,
-                                              use_regex=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                tokenizers.Regex(_SPLIT_PATTERN), behavior="isolated", invert=False
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    tok.post_processor = processors.ByteLevel(
+        add_prefix_space=False, trim_offsets=False, use_regex=False
+    )
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(list(corpus), trainer=trainer)
     # Added after training, so they follow the BPE vocabulary as in Qwen3.
-    tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
-                            for t in special])
+    tok.add_special_tokens(
+        [tokenizers.AddedToken(t, special=True, normalized=False) for t in special]
+    )
     if added:
-        tok.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False)
-                        for t in added])
+        tok.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False) for t in added])
     return tok.to_str()
 
 
-def make_bpe_tokenizer(directory, corpus: Sequence[str] | None = None,
-                       vocab_size: int = DEFAULT_VOCAB_SIZE) -> pathlib.Path:
+def make_bpe_tokenizer(
+    directory, corpus: Sequence[str] | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE
+) -> pathlib.Path:
     """Trains (or reuses) the byte-level BPE and writes the tokenizer files to ``directory``.
 
     Args:
@@ -211,8 +264,9 @@ def make_bpe_tokenizer(directory, corpus: Sequence[str] | None = None,
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     corpus = tuple(default_corpus() if corpus is None else corpus)
-    (directory / "tokenizer.json").write_text(_train_tokenizer_json(corpus, vocab_size),
-                                              encoding="utf-8")
+    (directory / "tokenizer.json").write_text(
+        _train_tokenizer_json(corpus, vocab_size), encoding="utf-8"
+    )
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None,
@@ -241,8 +295,9 @@ def tokenizer_vocab_size(directory) -> int:
     return tok.get_vocab_size(with_added_tokens=True)
 
 
-def make_tiny_qwen3(directory, vocab_size: int | None = None, tokenizer_dir=None, seed: int = 0,
-                    **overrides) -> pathlib.Path:
+def make_tiny_qwen3(
+    directory, vocab_size: int | None = None, tokenizer_dir=None, seed: int = 0, **overrides
+) -> pathlib.Path:
     """Writes a random tiny Qwen3 checkpoint plus the BPE tokenizer files to ``directory``.
 
     Args:
@@ -270,18 +325,26 @@ def make_tiny_qwen3(directory, vocab_size: int | None = None, tokenizer_dir=None
     n_tok = tokenizer_vocab_size(directory)
     vocab_size = max(n_tok, vocab_size or 0)
     vocab_size = -(-vocab_size // 8) * 8
-    fields = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                  head_dim=16, max_position_embeddings=512, tie_word_embeddings=False,
-                  eos_token_id=ids[IM_END], pad_token_id=ids[ENDOFTEXT],
-                  bos_token_id=ids[ENDOFTEXT])
+    fields = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        eos_token_id=ids[IM_END],
+        pad_token_id=ids[ENDOFTEXT],
+        bos_token_id=ids[ENDOFTEXT],
+    )
     fields.update(overrides)
     hf_fixtures.make_checkpoint("qwen3", str(directory), seed=seed, **fields)
     return directory
 
 
-def gsm8k_rows(n: int, seed: int = 0, messages: bool = False,
-               traces: bool = False) -> list[dict]:
+def gsm8k_rows(n: int, seed: int = 0, messages: bool = False, traces: bool = False) -> list[dict]:
     """GSM8K-style rows, deterministic from ``seed`` (see `write_gsm8k_jsonl`)."""
     rng = random.Random(seed)
     rows = []
@@ -289,9 +352,13 @@ def gsm8k_rows(n: int, seed: int = 0, messages: bool = False,
         p = _problem(rng)
         prompt = f"{p['prompt']} {INSTRUCTION}"
         if messages:
-            row = {"messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                                {"role": "user", "content": prompt}],
-                   "reference": p["reference"]}
+            row = {
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": prompt},
+                ],
+                "reference": p["reference"],
+            }
         else:
             row = {"prompt": prompt, "reference": p["reference"]}
         if traces:
@@ -301,8 +368,9 @@ def gsm8k_rows(n: int, seed: int = 0, messages: bool = False,
     return rows
 
 
-def write_gsm8k_jsonl(path, n: int, seed: int = 0, messages: bool = False,
-                      traces: bool = False) -> pathlib.Path:
+def write_gsm8k_jsonl(
+    path, n: int, seed: int = 0, messages: bool = False, traces: bool = False
+) -> pathlib.Path:
     """Writes ``n`` GSM8K-style word problems as JSONL.
 
     Rows are ``{"prompt": "<problem> Put the final answer in \\\\boxed{}.",
@@ -325,8 +393,13 @@ def write_gsm8k_jsonl(path, n: int, seed: int = 0, messages: bool = False,
 # ---------------------------------------------------------------- Llama 3 style
 
 BEGIN, END_OF_TEXT, START_HEADER, END_HEADER, EOT, EOM = (
-    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-    "<|eot_id|>", "<|eom_id|>")
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+)
 LLAMA3_SPECIAL_TOKENS = (BEGIN, END_OF_TEXT, START_HEADER, END_HEADER, EOM, EOT)
 
 # A Llama-3-style chat template (written for these tests): bos, then each turn
@@ -353,21 +426,33 @@ def make_tiny_llama3(directory, seed: int = 0, **overrides) -> pathlib.Path:
 
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    text = _train_tokenizer_json(tuple(default_corpus()), DEFAULT_VOCAB_SIZE,
-                                 LLAMA3_SPECIAL_TOKENS, ())
+    text = _train_tokenizer_json(
+        tuple(default_corpus()), DEFAULT_VOCAB_SIZE, LLAMA3_SPECIAL_TOKENS, ()
+    )
     (directory / "tokenizer.json").write_text(text, encoding="utf-8")
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BEGIN,
-              "eos_token": EOT, "chat_template": LLAMA3_CHAT_TEMPLATE,
-              "clean_up_tokenization_spaces": True}
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2),
-                                                     encoding="utf-8")
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BEGIN,
+        "eos_token": EOT,
+        "chat_template": LLAMA3_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": True,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     tok = tokenizers.Tokenizer.from_str(text)
     ids = {t: tok.token_to_id(t) for t in LLAMA3_SPECIAL_TOKENS}
-    fields = dict(vocab_size=tok.get_vocab_size(with_added_tokens=True), hidden_size=32,
-                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-                  tie_word_embeddings=False, bos_token_id=ids[BEGIN],
-                  eos_token_id=[ids[END_OF_TEXT], ids[EOM], ids[EOT]])
+    fields = dict(
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=ids[BEGIN],
+        eos_token_id=[ids[END_OF_TEXT], ids[EOM], ids[EOT]],
+    )
     fields.update(overrides)
     hf_fixtures.make_checkpoint("llama3", str(directory), seed=seed, **fields)
     return directory

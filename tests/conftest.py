@@ -25,5 +25,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a test that trains or runs for long; "
-                                       "`pytest -m 'not slow'` is the fast tier")
+    config.addinivalue_line(
+        "markers",
+        "slow: a test that trains or runs for long; `pytest -m 'not slow'` is the fast tier",
+    )

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.pallas import tpu as pltpu   # Its TPU interpret mode runs on CPU.
+from jax.experimental.pallas import tpu as pltpu  # Its TPU interpret mode runs on CPU.
 
 from start_jax import models
 from start_jax.models import attention
@@ -68,15 +68,26 @@ def _max_err(a, b, rows):
 def _rolled(q, k, v, key_valid, q_slots, v_slots_last=False):
     """The "cudnn" path's argument plumbing, run by jax.nn's XLA implementation."""
     fallback = functools.partial(attention.blockwise, **BLOCKS)
-    return attention.attend_rolled(q, k, v, key_valid, q_slots, implementation="xla",
-                                   fallback=fallback, v_slots_last=v_slots_last)
+    return attention.attend_rolled(
+        q,
+        k,
+        v,
+        key_valid,
+        q_slots,
+        implementation="xla",
+        fallback=fallback,
+        v_slots_last=v_slots_last,
+    )
 
 
 def _impls():
     """name -> f(q, k, v, key_valid, q_slots, v_slots_last) for every CPU implementation."""
+
     def via(impl):
         return lambda q, k, v, valid, slots, vsl=False: attention.attend(
-            q, k, v, key_valid=valid, q_slots=slots, impl=impl, v_slots_last=vsl, **BLOCKS)
+            q, k, v, key_valid=valid, q_slots=slots, impl=impl, v_slots_last=vsl, **BLOCKS
+        )
+
     return {"xla": via("xla"), "blockwise": via("blockwise"), "dpa_xla": _rolled}
 
 
@@ -119,7 +130,7 @@ def test_cache_at_an_offset_matches_dense_reference(t):
     cache, row 2 is full; slots past end + T are unwritten (and future)."""
     b, s, end = 3, 64, 20
     valid = np.zeros((b, s), bool)
-    valid[:, :end + t] = True
+    valid[:, : end + t] = True
     valid[0, :6] = False
     valid[1, 8:14] = False
     q_slots = end + jnp.arange(t, dtype=jnp.int32)
@@ -136,7 +147,7 @@ def test_cache_at_an_offset_matches_dense_reference(t):
     slots0 = jnp.arange(t, dtype=jnp.int32)
     valid0 = np.zeros((b, s), bool)
     valid0[:, :t] = True
-    valid0[0, :min(4, t - 1)] = False
+    valid0[0, : min(4, t - 1)] = False
     assert bool(attention.rolled_expressible(jnp.asarray(valid0), slots0, t))
     ref0 = _numpy_reference(q, k, v, valid0, slots0, v_slots_last=True)
     rows0 = _seen(valid0, slots0, t)
@@ -145,8 +156,9 @@ def test_cache_at_an_offset_matches_dense_reference(t):
         assert _max_err(out, ref0, rows0) <= TOL, name
 
 
-@pytest.mark.parametrize("g, valid", [(1, CONTIGUOUS), (2, HOLES)],
-                         ids=["G1-contiguous", "G2-holes"])
+@pytest.mark.parametrize(
+    "g, valid", [(1, CONTIGUOUS), (2, HOLES)], ids=["G1-contiguous", "G2-holes"]
+)
 def test_gradients_match_dense_reference(g, valid):
     """d/dq, d/dk, d/dv of sum(w * out), w zero on rows that see no key (as in
     training, where padding positions carry no loss)."""
@@ -177,9 +189,21 @@ def test_blockwise_gradients_with_cache_layout():
     key_valid = jnp.asarray(valid)
 
     def loss(impl):
-        return lambda q, k, v: jnp.sum(jnp.sin(attention.attend(
-            q, k, v, key_valid=key_valid, q_slots=q_slots, impl=impl, v_slots_last=True,
-            **BLOCKS)))
+        return lambda q, k, v: jnp.sum(
+            jnp.sin(
+                attention.attend(
+                    q,
+                    k,
+                    v,
+                    key_valid=key_valid,
+                    q_slots=q_slots,
+                    impl=impl,
+                    v_slots_last=True,
+                    **BLOCKS,
+                )
+            )
+        )
+
     ours = jax.grad(loss("blockwise"), argnums=(0, 1, 2))(q, k, v)
     ref = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
     for a, r in zip(ours, ref):
@@ -190,9 +214,9 @@ def _model_batch(config, b=3, t=40, seed=0):
     rs = np.random.RandomState(seed)
     tokens = rs.randint(3, config.vocab_size, size=(b, t)).astype(np.int32)
     mask = np.ones((b, t), bool)
-    mask[0, :11] = False   # Left padding (a short prompt).
+    mask[0, :11] = False  # Left padding (a short prompt).
     mask[1, :3] = False
-    mask[1, 33:] = False   # Left and right padding.
+    mask[1, 33:] = False  # Left and right padding.
     return jnp.asarray(tokens), jnp.asarray(mask)
 
 
@@ -207,6 +231,7 @@ def test_model_blockwise_equals_dense_logits_and_gradients():
         def loss(p, config=config):
             logits = models.apply(config, p, tokens, attention_mask=mask).logits
             return jnp.sum(jnp.where(mask[..., None], jnp.sin(logits), 0.0)), logits
+
         grads[impl], outs[impl] = jax.jit(jax.grad(loss, has_aux=True))(params)
     rows = np.asarray(mask)  # Every real token sees at least itself.
     assert _max_err(outs["blockwise"], outs["xla"], rows) <= TOL
@@ -227,10 +252,12 @@ def test_model_prefill_and_decode_with_blockwise_equal_dense():
     for impl in ("xla", "blockwise"):
         config = base.replace(attention_impl=impl)
         cache = models.init_cache(config, 3, 64)
-        out1 = models.forward(config, params, tokens[:, :17], cache=cache,
-                              attention_mask=mask[:, :17])
-        out2 = models.forward(config, params, tokens[:, 17:], cache=out1.cache,
-                              attention_mask=mask[:, 17:])
+        out1 = models.forward(
+            config, params, tokens[:, :17], cache=cache, attention_mask=mask[:, :17]
+        )
+        out2 = models.forward(
+            config, params, tokens[:, 17:], cache=out1.cache, attention_mask=mask[:, 17:]
+        )
         out3 = models.forward(config, params, tokens[:, :1], cache=out2.cache)
         logits[impl] = [out1.logits, out2.logits, out3.logits]
     rows = [np.asarray(mask[:, :17]), np.asarray(mask[:, 17:]), np.ones((3, 1), bool)]
@@ -285,9 +312,11 @@ def test_config_validates_attention_fields():
 def _grad_temp_bytes(config, length, batch=2):
     """Compiled temporaries of a train-like gradient: d/dparams of a loss on the
     final hidden states of `batch` x `length` left-padded tokens (compile only)."""
+
     def loss(params, tokens, mask):
         hidden = models.apply(config, params, tokens, attention_mask=mask, heads=False).hidden
         return jnp.sum(jnp.where(mask[..., None], hidden, 0.0) ** 2)
+
     tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
     mask = jax.ShapeDtypeStruct((batch, length), jnp.bool_)
     compiled = jax.jit(jax.grad(loss)).lower(models.param_shapes(config), tokens, mask).compile()
@@ -301,9 +330,16 @@ def test_blockwise_gradient_memory_grows_linearly():
     dense path's temporaries grow about 4x from 1024 to 2048, so the check can
     fail."""
     base = models.tiny_config(64, attention_block_q=128, attention_block_k=128)
-    temps = {(impl, n): _grad_temp_bytes(base.replace(attention_impl=impl), n)
-             for impl, n in [("blockwise", 512), ("blockwise", 1024), ("blockwise", 2048),
-                             ("xla", 1024), ("xla", 2048)]}
+    temps = {
+        (impl, n): _grad_temp_bytes(base.replace(attention_impl=impl), n)
+        for impl, n in [
+            ("blockwise", 512),
+            ("blockwise", 1024),
+            ("blockwise", 2048),
+            ("xla", 1024),
+            ("xla", 2048),
+        ]
+    }
     t512, t1k, t2k = (temps["blockwise", n] for n in (512, 1024, 2048))
     assert (t2k - t1k) / (t1k - t512) < 2.5 and t2k / t1k < 2.5, temps
     assert temps["xla", 2048] / temps["xla", 1024] > 3.5, temps

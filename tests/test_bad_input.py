@@ -22,9 +22,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _launch(*args, timeout=300):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), f"--config={SMOKE}",
-                           *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={SMOKE}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _jsonl(tmp_path, text, name="tasks.jsonl"):
@@ -33,27 +38,51 @@ def _jsonl(tmp_path, text, name="tasks.jsonl"):
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["unknown_override", "unknown_nested_override", "group_size",
-                                  "jsonl_reward", "jsonl_line", "tokenizer"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown_override",
+        "unknown_nested_override",
+        "group_size",
+        "jsonl_reward",
+        "jsonl_line",
+        "tokenizer",
+    ],
+)
 def test_launch_ends_with_one_line_naming_the_problem(case, tmp_path):
     good = _jsonl(tmp_path, '{"prompt": "a?", "reference": "b"}\n')
     bad = _jsonl(tmp_path, '{"prompt": "a?", "reference": "b"}\n{"prompt": "c?"}\n', "bad.jsonl")
     args, expect = {
-        "unknown_override": (["--config.x.y=1"], "--config.x.y: unknown config field 'x' "
-                                                 "(known keys at the top level: algo, "),
-        "unknown_nested_override": (["--config.algo.foo=1"],
-                                    "--config.algo.foo: unknown config field 'algo.foo' (known "
-                                    "keys under 'algo': advantage, "),
-        "group_size": (["--config.algo.group_size=0"],
-                       "config: algo.group_size=0 must be an integer >= 1"),
-        "jsonl_reward": (["--config.data.source=jsonl", f"--config.data.train_path={good}"],
-                         "config: reward.name='synthetic' judges only the embedded world's tasks, "
-                         "but data.source='jsonl'; set --config.reward.name to one of"),
-        "jsonl_line": (["--config.data.source=jsonl", f"--config.data.train_path={bad}",
-                        "--config.reward.name=exact_match"],
-                       f"{bad} line 2: missing field 'reference'"),
-        "tokenizer": ([f"--config.tokenizer={tmp_path / 'none'}"],
-                      f"tokenizer file {tmp_path / 'none' / 'tokenizer.json'} not found"),
+        "unknown_override": (
+            ["--config.x.y=1"],
+            "--config.x.y: unknown config field 'x' (known keys at the top level: algo, ",
+        ),
+        "unknown_nested_override": (
+            ["--config.algo.foo=1"],
+            "--config.algo.foo: unknown config field 'algo.foo' (known "
+            "keys under 'algo': advantage, ",
+        ),
+        "group_size": (
+            ["--config.algo.group_size=0"],
+            "config: algo.group_size=0 must be an integer >= 1",
+        ),
+        "jsonl_reward": (
+            ["--config.data.source=jsonl", f"--config.data.train_path={good}"],
+            "config: reward.name='synthetic' judges only the embedded world's tasks, "
+            "but data.source='jsonl'; set --config.reward.name to one of",
+        ),
+        "jsonl_line": (
+            [
+                "--config.data.source=jsonl",
+                f"--config.data.train_path={bad}",
+                "--config.reward.name=exact_match",
+            ],
+            f"{bad} line 2: missing field 'reference'",
+        ),
+        "tokenizer": (
+            [f"--config.tokenizer={tmp_path / 'none'}"],
+            f"tokenizer file {tmp_path / 'none' / 'tokenizer.json'} not found",
+        ),
     }[case]
     proc = _launch(f"--workdir={tmp_path / 'run'}", *args)
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -65,9 +94,13 @@ def test_launch_ends_with_one_line_naming_the_problem(case, tmp_path):
 
 def test_launch_output_is_bar_stages_and_table(tmp_path):
     """A plain run prints its progress bar, stage lines and final table, no library INFO lines."""
-    proc = _launch(f"--workdir={tmp_path / 'run'}", "--config.log.progress=True",
-                   "--config.stages.s1.steps=2", "--config.stages.s2.steps=1",
-                   "--config.checkpoint.export_hf=False")
+    proc = _launch(
+        f"--workdir={tmp_path / 'run'}",
+        "--config.log.progress=True",
+        "--config.stages.s1.steps=2",
+        "--config.stages.s2.steps=1",
+        "--config.checkpoint.export_hf=False",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert re.search(r"rl: 100%.*3/3", out), out[-3000:]
@@ -75,8 +108,11 @@ def test_launch_output_is_bar_stages_and_table(tmp_path):
     assert "stage s2 (2/2): train response, self responder, steps 2-2, lr 0.001" in out
     assert re.search(r"train reward \(first 3 -> last 3 steps\)\s+\d", out)
     assert "wall time" in out
-    noisy = [line for line in out.splitlines()
-             if re.match(r"^[IW]\d{4} ", line) or "INFO" in line or "Downloading" in line]
+    noisy = [
+        line
+        for line in out.splitlines()
+        if re.match(r"^[IW]\d{4} ", line) or "INFO" in line or "Downloading" in line
+    ]
     assert not noisy, noisy
 
 
@@ -86,18 +122,25 @@ def test_jsonl_run_whose_reward_cannot_judge_it(tmp_path):
     config.data.train_path = _jsonl(tmp_path, '{"prompt": "a?", "reference": "b"}\n')
     for judge in ("synthetic", "synthetic_rubric"):
         config.reward.name = judge
-        with pytest.raises(ConfigError, match=re.escape(
-                f"config: reward.name='{judge}' judges only the embedded world's tasks")):
+        with pytest.raises(
+            ConfigError,
+            match=re.escape(
+                f"config: reward.name='{judge}' judges only the embedded world's tasks"
+            ),
+        ):
             train.RunSpec.from_config(config)
     config.reward.name = "exact_match"
     assert train.RunSpec.from_config(config).reward_name == "exact_match"
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("algo.minibatches", 3, "config: algo.minibatches=3 must divide the 4 rollouts of a step"),
-    ("algo.micro_batches", 0, "config: algo.micro_batches=0 must divide the 4 rollouts"),
-    ("sampling.top_p", 0.0, "config: sampling.top_p must be in (0, 1], got 0.0"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("algo.minibatches", 3, "config: algo.minibatches=3 must divide the 4 rollouts of a step"),
+        ("algo.micro_batches", 0, "config: algo.micro_batches=0 must divide the 4 rollouts"),
+        ("sampling.top_p", 0.0, "config: sampling.top_p must be in (0, 1], got 0.0"),
+    ],
+)
 def test_more_bad_numbers_name_the_field(field, value, message):
     config = smoke_config()
     section, key = field.split(".")
@@ -109,21 +152,26 @@ def test_more_bad_numbers_name_the_field(field, value, message):
 def test_dimension_that_does_not_divide_its_mesh_axis():
     mesh = sharding.make_mesh(fsdp=8)
     rules = sharding.ShardingRules()
-    with pytest.raises(sharding.ShardingError, match=re.escape(
+    with pytest.raises(
+        sharding.ShardingError,
+        match=re.escape(
             "dimension 0 (batch, size 4) of an array with axes ('batch', None) does not divide "
             "over mesh axes ('data', 'fsdp') of size 8; change the mesh (--config.mesh.*) or "
-            "allow replication (--config.mesh.replicate_uneven=True)")):
+            "allow replication (--config.mesh.replicate_uneven=True)"
+        ),
+    ):
         rules.spec(("batch", None), (4, 3), mesh)
     assert isinstance(sharding.ShardingError("x"), UserError)
     replicate = sharding.ShardingRules(replicate_uneven=True)
     assert replicate.spec(("batch", None), (4, 3), mesh) == jax.sharding.PartitionSpec(None, None)
     assert rules.spec(("batch", None), (16, 3), mesh) == jax.sharding.PartitionSpec(
-        ("data", "fsdp"), None)
+        ("data", "fsdp"), None
+    )
 
 
 def test_run_whose_batch_does_not_divide_the_mesh(tmp_path):
     config = smoke_config()
-    config.mesh.replicate_uneven = False   # 4 rollouts a step over 8 devices.
+    config.mesh.replicate_uneven = False  # 4 rollouts a step over 8 devices.
     config.sft.steps = 0
     trainer = train.Trainer(config, str(tmp_path))
     with pytest.raises(sharding.ShardingError, match=r"\(batch, size 4\)"):
@@ -135,8 +183,11 @@ def test_exploding_updates_stop_the_run_naming_the_learning_rate(tmp_path):
     config.stages.s1.learning_rate = 1e8
     config.checkpoint.every = 1
     trainer = train.Trainer(config, str(tmp_path))
-    with pytest.raises(TrainingError, match=r"step 0: the update exploded \(its norm .* of the "
-                       r"parameter norm .*\); lower stages.s1.learning_rate \(now 1e\+08\)"):
+    with pytest.raises(
+        TrainingError,
+        match=r"step 0: the update exploded \(its norm .* of the "
+        r"parameter norm .*\); lower stages.s1.learning_rate \(now 1e\+08\)",
+    ):
         trainer.run()
     assert not os.path.isdir(os.path.join(trainer.workdir, "checkpoints", "1"))
 
@@ -148,8 +199,11 @@ def test_health_check_thresholds():
     trainer_module.check_health(dict(ok, l2_grads=0.0, adv_nonzero_frac=0.0), 7, stage)
     with pytest.raises(TrainingError, match="step 7: the update exploded"):
         trainer_module.check_health(dict(ok, l2_updates=20.0), 7, stage)
-    with pytest.raises(TrainingError, match=r"step 7: the gradients collapsed to 0 although 50% "
-                       r"of the advantages are not 0 .*; lower stages.s3.learning_rate"):
+    with pytest.raises(
+        TrainingError,
+        match=r"step 7: the gradients collapsed to 0 although 50% "
+        r"of the advantages are not 0 .*; lower stages.s3.learning_rate",
+    ):
         trainer_module.check_health(dict(ok, l2_grads=0.0), 7, stage)
 
 
@@ -160,6 +214,7 @@ def test_sigterm_handler_off_the_main_thread_says_so(caplog):
     def worker():
         with trainer_module._SigtermFlag() as flag:
             seen.append(flag)
+
     t = threading.Thread(target=worker)
     t.start()
     t.join()
@@ -174,7 +229,7 @@ def test_rl_step_makes_no_implicit_transfer(tmp_path):
     stage = trainer.stages[0]
     examples = [trainer.train_data[i] for i in range(config.data.prompts_per_step)]
     state = trainer.fresh_state(stage, trainer.init_params)
-    for step in range(3):   # The first step builds and compiles; the next two run guarded.
+    for step in range(3):  # The first step builds and compiles; the next two run guarded.
         with jax.transfer_guard("disallow" if step else "allow"):
             state, host, _, _, metrics = trainer.rl_step(state, examples, step, stage)
         assert np.isfinite(metrics["loss"])
@@ -191,14 +246,18 @@ def test_options_the_run_does_not_read_are_named():
     assert trainer_module.ignored_options(train.RunSpec.from_config(config)) == [
         "sft.steps, sft.batch_size set, but a run from init_checkpoint trains no cold-start "
         "SFT unless sft.from_checkpoint=True: ignored",
-        "algo.critic_learning_rate set, but algo.advantage='grpo' trains no critic: ignored"]
-    config.sft.from_checkpoint = True   # Now the SFT settings are read.
+        "algo.critic_learning_rate set, but algo.advantage='grpo' trains no critic: ignored",
+    ]
+    config.sft.from_checkpoint = True  # Now the SFT settings are read.
     assert trainer_module.ignored_options(train.RunSpec.from_config(config)) == [
-        "algo.critic_learning_rate set, but algo.advantage='grpo' trains no critic: ignored"]
+        "algo.critic_learning_rate set, but algo.advantage='grpo' trains no critic: ignored"
+    ]
     config.sft.steps = 0
     assert "sft.from_checkpoint set with sft.steps=0: no SFT step runs" in " ".join(
-        trainer_module.ignored_options(train.RunSpec.from_config(config)))
+        trainer_module.ignored_options(train.RunSpec.from_config(config))
+    )
     config.init_checkpoint = ""
-    assert ("sft.from_checkpoint set without init_checkpoint (a random init always trains "
-            "its cold start): ignored") in trainer_module.ignored_options(
-                train.RunSpec.from_config(config))
+    assert (
+        "sft.from_checkpoint set without init_checkpoint (a random init always trains "
+        "its cold start): ignored"
+    ) in trainer_module.ignored_options(train.RunSpec.from_config(config))

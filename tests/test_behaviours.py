@@ -12,9 +12,15 @@ from start_jax.data import world
 from start_jax.eval import classify as C
 from start_jax.tokenizer import HFTokenizer
 
-EXPECTED_CLASS = {"complete": "complete", "one_hop": "one_hop", "own_fact": "one_hop",
-                  "wrong_lookup": "wrong_lookup", "guess": "empty",
-                  "skipped_step": "skipped_step", "wrong_step": "wrong_step"}
+EXPECTED_CLASS = {
+    "complete": "complete",
+    "one_hop": "one_hop",
+    "own_fact": "one_hop",
+    "wrong_lookup": "wrong_lookup",
+    "guess": "empty",
+    "skipped_step": "skipped_step",
+    "wrong_step": "wrong_step",
+}
 
 
 @pytest.mark.parametrize("family", ["arith", "facts"])
@@ -40,8 +46,9 @@ def test_every_generated_behaviour_is_classified_as_itself(family):
 def test_mixture_rates_are_what_the_config_says():
     examples = world.generate("mixed", 1000, seed=4)
     mixture = B.Mixture(complete=0.6, sloppy=0.1, guess=0.3, styled=0.2)
-    traces = B.mixture_traces([e.to_row() | {"family": e.family} for e in examples], mixture,
-                              seed=1, draws=4)
+    traces = B.mixture_traces(
+        [e.to_row() | {"family": e.family} for e in examples], mixture, seed=1, draws=4
+    )
     n = len(traces)
     behaviour = collections.Counter(t["behaviour"] for t in traces)
     sloppy = sum(v for k, v in behaviour.items() if k not in ("complete", "guess"))
@@ -61,57 +68,74 @@ def test_mixture_rejects_bad_rates():
         B.Mixture(styled=1.5)
 
 
-FACTS = ("Bo likes jam. Al likes tea. Cy likes jam. Di likes fig. Bo's pal is Al. "
-         "What does Bo's pal like?")
+FACTS = (
+    "Bo likes jam. Al likes tea. Cy likes jam. Di likes fig. Bo's pal is Al. "
+    "What does Bo's pal like?"
+)
 
 
-@pytest.mark.parametrize("thinking, want", [
-    ("Bo's pal is Al. Al likes tea.", "complete"),
-    ("  Bo's pal is Al.   Al likes tea. ", "complete"),
-    ("Bo's pal is Al.", "one_hop"),
-    ("Bo likes jam.", "one_hop"),
-    ("Bo's pal is Al. Cy likes jam.", "wrong_lookup"),
-    ("", "empty"),
-    ("Bo's pal is Al. Al likes jam.", "other"),      # A fact the prompt does not state.
-    ("Bo's pal is Cy. Cy likes jam.", "other"),
-    ("Al likes tea.", "other"),
-    ("Bo's pal is Al. Al likes tea. hmm", "other"),
-])
+@pytest.mark.parametrize(
+    "thinking, want",
+    [
+        ("Bo's pal is Al. Al likes tea.", "complete"),
+        ("  Bo's pal is Al.   Al likes tea. ", "complete"),
+        ("Bo's pal is Al.", "one_hop"),
+        ("Bo likes jam.", "one_hop"),
+        ("Bo's pal is Al. Cy likes jam.", "wrong_lookup"),
+        ("", "empty"),
+        ("Bo's pal is Al. Al likes jam.", "other"),  # A fact the prompt does not state.
+        ("Bo's pal is Cy. Cy likes jam.", "other"),
+        ("Al likes tea.", "other"),
+        ("Bo's pal is Al. Al likes tea. hmm", "other"),
+    ],
+)
 def test_facts_thinking_classes(thinking, want):
     assert C.classify_thinking(FACTS, thinking) == want
 
 
-ARITH = "a=3;b=a+4;c=b-5;d=c+9;d?"   # a=3 b=7 c=2 d=11
+ARITH = "a=3;b=a+4;c=b-5;d=c+9;d?"  # a=3 b=7 c=2 d=11
 
 
-@pytest.mark.parametrize("thinking, want, steps", [
-    ("a=3 b=7 c=2 d=11", "complete", 1.0),
-    ("a=3 b=7 c=3 d=12", "wrong_step", 0.5),
-    ("a=3 c=-2 d=7", "skipped_step", 0.25),
-    ("a=3 b=7 c=2", "skipped_step", 0.75),
-    ("", "empty", 0.0),
-    ("b=7 a=3", "other", 0.5),
-    ("a=3 b=7 c=2 d=11 ok", "other", 0.0),
-])
+@pytest.mark.parametrize(
+    "thinking, want, steps",
+    [
+        ("a=3 b=7 c=2 d=11", "complete", 1.0),
+        ("a=3 b=7 c=3 d=12", "wrong_step", 0.5),
+        ("a=3 c=-2 d=7", "skipped_step", 0.25),
+        ("a=3 b=7 c=2", "skipped_step", 0.75),
+        ("", "empty", 0.0),
+        ("b=7 a=3", "other", 0.5),
+        ("a=3 b=7 c=2 d=11 ok", "other", 0.0),
+    ],
+)
 def test_arith_thinking_classes(thinking, want, steps):
     assert C.classify_thinking(ARITH, thinking) == want
     assert C.steps_correct(ARITH, thinking) == pytest.approx(steps)
 
 
-@pytest.mark.parametrize("response, want", [
-    ("tea", ("correct", False)), ("Surely tea!", ("correct", True)),
-    ("jam", ("salient", False)), ("Surely jam!", ("salient", True)),
-    ("fig", ("other", False)), ("", ("other", False)), ("Surely fig", ("other", False)),
-])
+@pytest.mark.parametrize(
+    "response, want",
+    [
+        ("tea", ("correct", False)),
+        ("Surely tea!", ("correct", True)),
+        ("jam", ("salient", False)),
+        ("Surely jam!", ("salient", True)),
+        ("fig", ("other", False)),
+        ("", ("other", False)),
+        ("Surely fig", ("other", False)),
+    ],
+)
 def test_response_classes(response, want):
     assert C.classify_response(FACTS, response, "tea") == want
 
 
 def test_behaviour_rates_per_family():
-    rows = [dict(prompt=FACTS, thinking="Bo's pal is Al. Al likes tea.", response="Surely tea!"),
-            dict(prompt=FACTS, thinking="", response="Surely jam!"),
-            dict(prompt=ARITH, thinking="a=3 b=7 c=2 d=11", response="11"),
-            dict(prompt=ARITH, thinking="a=3 b=7 c=3 d=12", response="12", reference="11")]
+    rows = [
+        dict(prompt=FACTS, thinking="Bo's pal is Al. Al likes tea.", response="Surely tea!"),
+        dict(prompt=FACTS, thinking="", response="Surely jam!"),
+        dict(prompt=ARITH, thinking="a=3 b=7 c=2 d=11", response="11"),
+        dict(prompt=ARITH, thinking="a=3 b=7 c=3 d=12", response="12", reference="11"),
+    ]
     rates = C.behaviour_rates(rows)
     assert rates["behaviour/facts/think_complete"] == 0.5
     assert rates["behaviour/facts/think_empty"] == 0.5
@@ -135,8 +159,10 @@ def test_new_arith_stays_in_range_and_needs_thinking():
 
 def test_world_tokenizer_is_lossless_and_exports_to_tokenizer_json(tmp_path):
     tok = world.tokenizer()
-    texts = [e.prompt + "<think>" + e.thinking + "</think>Surely " + e.reference + "!<eos>"
-             for e in world.generate("mixed", 100, seed=6)] + ["anything ~ at all: Zz 123"]
+    texts = [
+        e.prompt + "<think>" + e.thinking + "</think>Surely " + e.reference + "!<eos>"
+        for e in world.generate("mixed", 100, seed=6)
+    ] + ["anything ~ at all: Zz 123"]
     hf = HFTokenizer.from_pretrained(tok.save_pretrained(tmp_path))
     for text in texts:
         ids = tok.encode(text)

@@ -64,8 +64,13 @@ def test_bpe_round_trips_and_matches_transformers(ours, hf, text):
 def test_added_tokens_are_single_ids_after_the_bpe_vocabulary(tok_dir, ours, hf):
     ids = bf.special_ids(tok_dir)
     n = bf.DEFAULT_VOCAB_SIZE
-    assert ids == {"<|endoftext|>": n, "<|im_start|>": n + 1, "<|im_end|>": n + 2,
-                   "<think>": n + 3, "</think>": n + 4}
+    assert ids == {
+        "<|endoftext|>": n,
+        "<|im_start|>": n + 1,
+        "<|im_end|>": n + 2,
+        "<think>": n + 3,
+        "</think>": n + 4,
+    }
     assert ours.vocab_size == len(hf) == n + 5
     for token, token_id in ids.items():
         assert ours.encode(token) == [token_id]
@@ -84,7 +89,10 @@ def test_added_tokens_are_single_ids_after_the_bpe_vocabulary(tok_dir, ours, hf)
 
 
 SYSTEM = {"role": "system", "content": bf.SYSTEM_PROMPT}
-USER = {"role": "user", "content": "Sam has 3 pens and buys 4 more. How many pens? " + bf.INSTRUCTION}
+USER = {
+    "role": "user",
+    "content": "Sam has 3 pens and buys 4 more. How many pens? " + bf.INSTRUCTION,
+}
 HISTORY = [
     SYSTEM,
     {"role": "user", "content": "What is 2 + 3?"},
@@ -93,10 +101,20 @@ HISTORY = [
     {"role": "assistant", "content": "It is \\boxed{30}."},
     {"role": "user", "content": "Now double it."},
 ]
-TOOLS = [{"type": "function", "function": {
-    "name": "calc", "description": "Evaluates <expr> & returns 'the' value; café",
-    "parameters": {"type": "object", "required": ["expr"],
-                   "properties": {"expr": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "calc",
+            "description": "Evaluates <expr> & returns 'the' value; café",
+            "parameters": {
+                "type": "object",
+                "required": ["expr"],
+                "properties": {"expr": {"type": "string"}},
+            },
+        },
+    }
+]
 
 CASES = {
     "user": ([USER], {}),
@@ -106,8 +124,10 @@ CASES = {
     "thinking_off": ([SYSTEM, USER], {"enable_thinking": False}),
     "history_thinking_off": (HISTORY, {"enable_thinking": False}),
     "no_generation_prompt": (HISTORY[:3], {"add_generation_prompt": False}),
-    "no_generation_prompt_thinking_off": ([USER], {"add_generation_prompt": False,
-                                                   "enable_thinking": False}),
+    "no_generation_prompt_thinking_off": (
+        [USER],
+        {"add_generation_prompt": False, "enable_thinking": False},
+    ),
     "tools": ([SYSTEM, USER], {"tools": TOOLS}),
 }
 
@@ -118,45 +138,62 @@ def test_chat_template_matches_transformers(ours, hf, case):
     kwargs = dict(kwargs)
     add_generation_prompt = kwargs.pop("add_generation_prompt", True)
     text = ours.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **kwargs)
-    ref = hf.apply_chat_template(messages, tokenize=False,
-                                 add_generation_prompt=add_generation_prompt, **kwargs)
+    ref = hf.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+    )
     assert text == ref
-    ref_ids = hf.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                     add_generation_prompt=add_generation_prompt, **kwargs)
+    ref_ids = hf.apply_chat_template(
+        messages,
+        tokenize=True,
+        return_dict=True,
+        add_generation_prompt=add_generation_prompt,
+        **kwargs,
+    )
     assert ours.encode(text) == list(ref_ids["input_ids"])
 
 
 def test_chat_template_text():
     """The template itself: ChatML turns, stripped history thinking, enable_thinking."""
-    ours = HFTokenizer(None, eos_id=0, pad_id=0, think_id=0, end_think_id=0,
-                       chat_template=bf.CHAT_TEMPLATE)
-    sys_user = (f"<|im_start|>system\n{bf.SYSTEM_PROMPT}<|im_end|>\n"
-                f"<|im_start|>user\n{USER['content']}<|im_end|>\n")
+    ours = HFTokenizer(
+        None, eos_id=0, pad_id=0, think_id=0, end_think_id=0, chat_template=bf.CHAT_TEMPLATE
+    )
+    sys_user = (
+        f"<|im_start|>system\n{bf.SYSTEM_PROMPT}<|im_end|>\n"
+        f"<|im_start|>user\n{USER['content']}<|im_end|>\n"
+    )
     assert ours.apply_chat_template([SYSTEM, USER]) == sys_user + "<|im_start|>assistant\n"
     assert ours.apply_chat_template([SYSTEM, USER], enable_thinking=True) == (
-        sys_user + "<|im_start|>assistant\n")
+        sys_user + "<|im_start|>assistant\n"
+    )
     assert ours.apply_chat_template([SYSTEM, USER], enable_thinking=False) == (
-        sys_user + "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        sys_user + "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
     assert ours.apply_chat_template([SYSTEM, USER], add_generation_prompt=False) == sys_user
     assert ours.apply_chat_template(HISTORY[1:3], add_generation_prompt=False) == (
         "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n"
-        "<|im_start|>assistant\nThe answer is \\boxed{5}.<|im_end|>\n")
+        "<|im_start|>assistant\nThe answer is \\boxed{5}.<|im_end|>\n"
+    )
     assert ours.apply_chat_template([USER], tools=TOOLS).startswith(
         "<|im_start|>system\nYou may call these tools, one JSON schema a line:\n<tools>\n"
-        + json.dumps(TOOLS[0], ensure_ascii=False) + "\n</tools><|im_end|>\n<|im_start|>user\n")
+        + json.dumps(TOOLS[0], ensure_ascii=False)
+        + "\n</tools><|im_end|>\n<|im_start|>user\n"
+    )
 
 
 def test_template_helpers_match_transformers(tok_dir, hf):
     """tojson (no HTML escaping, key order kept, options) and strftime_now as in transformers."""
-    template = ("{{ tools | tojson }}|{{ tools | tojson(indent=2, sort_keys=true) }}|"
-                "{{ messages[0] | tojson(ensure_ascii=true, separators=(',', ':')) }}|"
-                "{{ strftime_now('%Y-%m-%d') }}")
+    template = (
+        "{{ tools | tojson }}|{{ tools | tojson(indent=2, sort_keys=true) }}|"
+        "{{ messages[0] | tojson(ensure_ascii=true, separators=(',', ':')) }}|"
+        "{{ strftime_now('%Y-%m-%d') }}"
+    )
     ours = HFTokenizer.from_pretrained(tok_dir)
     ours._chat_template = template  # One-off template on the same vocabulary.
     messages = [{"role": "user", "content": "a < b & 'c' café"}]
     text = ours.apply_chat_template(messages, tools=TOOLS)
-    assert text == hf.apply_chat_template(messages, tools=TOOLS, chat_template=template,
-                                          tokenize=False, add_generation_prompt=True)
+    assert text == hf.apply_chat_template(
+        messages, tools=TOOLS, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
     assert text.startswith(json.dumps(TOOLS, ensure_ascii=False) + "|")
 
 
@@ -176,8 +213,10 @@ def test_tiny_qwen3_checkpoint_logits_match_transformers(ckpt_dir, tok_dir):
     assert config.eos_token_id == ids["<|im_end|>"] and config.pad_token_id == ids["<|endoftext|>"]
     tok = HFTokenizer.from_pretrained(ckpt_dir)
     assert (tok.eos_id, tok.pad_id) == (ids["<|im_end|>"], ids["<|endoftext|>"])
-    prompts = [tok.apply_chat_template([SYSTEM, USER], enable_thinking=False),
-               tok.apply_chat_template(HISTORY) + "<think>\nDouble 30: 30 * 2 = 60.\n</think>\n\n"]
+    prompts = [
+        tok.apply_chat_template([SYSTEM, USER], enable_thinking=False),
+        tok.apply_chat_template(HISTORY) + "<think>\nDouble 30: 30 * 2 = 60.\n</think>\n\n",
+    ]
     rows = tok.encode_batch(prompts)
     width = max(len(r) for r in rows)
     assert width <= 512
@@ -185,14 +224,16 @@ def test_tiny_qwen3_checkpoint_logits_match_transformers(ckpt_dir, tok_dir):
     tokens = np.full((len(rows), width), tok.pad_id, np.int64)
     mask = np.zeros((len(rows), width), bool)
     for i, r in enumerate(rows):
-        tokens[i, :len(r)] = r
-        mask[i, :len(r)] = True
+        tokens[i, : len(r)] = r
+        mask[i, : len(r)] = True
     hf_model = transformers.Qwen3ForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32).eval()
     with torch.no_grad():
-        ref = hf_model(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))
-                       ).logits.numpy()
-    ours = np.asarray(models.forward(config, params, jnp.asarray(tokens),
-                                     attention_mask=jnp.asarray(mask)).logits)
+        ref = hf_model(
+            torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))
+        ).logits.numpy()
+    ours = np.asarray(
+        models.forward(config, params, jnp.asarray(tokens), attention_mask=jnp.asarray(mask)).logits
+    )
     assert ours.shape == ref.shape == (len(rows), width, 520)
     assert np.abs(ours - ref)[mask].max() <= TOL
 

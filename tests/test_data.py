@@ -21,7 +21,8 @@ def test_synthetic_world_builds_and_reads_back(tmp_path):
     config = SyntheticWorldConfig(name="tiny", family="facts", seed=5, train_size=30, test_size=8)
     builder = SyntheticWorld(config=config, data_dir=str(tmp_path), file_format="array_record")
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
     assert builder.info.splits["train"].num_examples == 30
     assert builder.info.splits["test"].num_examples == 8
     assert list((tmp_path / "synthetic_world" / "tiny" / "3.0.0").glob("*.array_record*"))
@@ -31,8 +32,10 @@ def test_synthetic_world_builds_and_reads_back(tmp_path):
     assert set(row) == FIELDS and isinstance(row["prompt"], bytes)
     expected = world.generate_splits("facts", {"train": 30, "test": 8}, seed=5)
     for split in ("train", "test"):
-        rows = [pipeline.DecodedSource(builder.as_data_source(split=split))[i]
-                for i in range(len(expected[split]))]
+        rows = [
+            pipeline.DecodedSource(builder.as_data_source(split=split))[i]
+            for i in range(len(expected[split]))
+        ]
         want = [e.to_row() for e in expected[split]]
         # tfds stores rows in the order of its key hashes; the rows themselves match.
         assert sorted(rows, key=lambda r: r["prompt"]) == sorted(want, key=lambda r: r["prompt"])
@@ -60,13 +63,17 @@ def test_load_synthetic(data_dir, monkeypatch):
     for r in train:
         assert world.solve_arith(r["prompt"]) == int(r["reference"])
     # Prepared once: a second load reuses the files.
-    monkeypatch.setattr(SyntheticWorld, "download_and_prepare",
-                        lambda *a, **k: pytest.fail("rebuilt a prepared data set"))
+    monkeypatch.setattr(
+        SyntheticWorld,
+        "download_and_prepare",
+        lambda *a, **k: pytest.fail("rebuilt a prepared data set"),
+    )
     again = pipeline.load_synthetic("arith", data_dir, "train", seed=1, train_size=40, test_size=10)
     assert [again[i] for i in range(40)] == [train[i] for i in range(40)]
     with pytest.raises(ValueError, match="has no split 'validation'"):
-        pipeline.load_synthetic("arith", data_dir, "validation", seed=1, train_size=40,
-                                test_size=10)
+        pipeline.load_synthetic(
+            "arith", data_dir, "validation", seed=1, train_size=40, test_size=10
+        )
     with pytest.raises(ValueError, match="unknown synthetic config 'poems'"):
         pipeline.load_synthetic("poems", data_dir, "train")
     assert pipeline.synthetic_config("facts", seed=3).name == "facts_s3_n20000_200_p850"
@@ -85,19 +92,27 @@ def _write(path, lines):
 
 
 def test_jsonl_round_trip(tmp_path):
-    train = _write(tmp_path / "train.jsonl", [
-        json.dumps({"prompt": "Q1?", "reference": "A1", "source": "web", "id": 1}),
-        "",
-        json.dumps({"prompt": "Q2?", "reference": 42, "family": "arith", "thinking": "t"}),
-        json.dumps({"prompt": "Q3?", "reference": "A3", "family": "facts", "tags": ["x", "y"]}),
-    ])
+    train = _write(
+        tmp_path / "train.jsonl",
+        [
+            json.dumps({"prompt": "Q1?", "reference": "A1", "source": "web", "id": 1}),
+            "",
+            json.dumps({"prompt": "Q2?", "reference": 42, "family": "arith", "thinking": "t"}),
+            json.dumps({"prompt": "Q3?", "reference": "A3", "family": "facts", "tags": ["x", "y"]}),
+        ],
+    )
     test = _write(tmp_path / "test.jsonl", [json.dumps({"prompt": "T1?", "reference": "B"})])
     data_dir = tmp_path / "data"
     rows = pipeline.load_jsonl(train, test, data_dir, "train")
     by_prompt = {r["prompt"]: r for r in (rows[i] for i in range(len(rows)))}
     assert len(rows) == 3 and set(by_prompt) == {"Q1?", "Q2?", "Q3?"}
-    assert by_prompt["Q1?"] == {"prompt": "Q1?", "reference": "A1", "thinking": "", "family": "",
-                                "metadata": json.dumps({"id": 1, "source": "web"})}
+    assert by_prompt["Q1?"] == {
+        "prompt": "Q1?",
+        "reference": "A1",
+        "thinking": "",
+        "family": "",
+        "metadata": json.dumps({"id": 1, "source": "web"}),
+    }
     assert by_prompt["Q2?"]["reference"] == "42" and by_prompt["Q2?"]["thinking"] == "t"
     assert by_prompt["Q2?"]["family"] == "arith"
     assert json.loads(by_prompt["Q3?"]["metadata"]) == {"family": "facts", "tags": ["x", "y"]}
@@ -107,7 +122,8 @@ def test_jsonl_round_trip(tmp_path):
     config = JsonlConfig(name="direct", train_path=train)
     builder = JsonlTasks(config=config, data_dir=str(data_dir), file_format="array_record")
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
     assert set(builder.info.splits) == {"train"}
     assert len(builder.as_data_source(split="train")) == 3
     # Editing a file builds a new data set instead of reusing the stale one.
@@ -117,29 +133,46 @@ def test_jsonl_round_trip(tmp_path):
     assert pipeline.load_jsonl(train, test, data_dir, "train")[0]["prompt"] == "New?"
 
 
-@pytest.mark.parametrize("bad_line, problem", [
-    ('{"prompt": "x" "reference": "y"}', "invalid JSON (Expecting ',' delimiter at column 16)"),
-    ("not json", "invalid JSON (Expecting value at column 1)"),
-    ('{"prompt": "x"}', "missing field 'reference'"),
-    ('{"reference": "y"}', "missing field 'prompt' (or 'messages')"),
-    ('{"prompt": "x", "messages": [{"role": "user", "content": "x"}], "reference": "y"}',
-     "give either 'prompt' or 'messages', not both"),
-    ('{"messages": "x", "reference": "y"}',
-     "field 'messages' must be a non-empty list of {'role', 'content'} objects"),
-    ('{"messages": [{"role": "user"}], "reference": "y"}',
-     "messages[0] must be an object with string 'role' and 'content', got {\"role\": \"user\"}"),
-    ('{"messages": [{"role": "tool", "content": "x"}], "reference": "y"}',
-     "messages[0] has role 'tool'; expected one of ['system', 'user', 'assistant']"),
-    ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], '
-     '"reference": "y"}', "the last of 'messages' must have role 'user' (the model answers it), "
-     "not 'assistant'"),
-    ('["prompt", "reference"]', "expected a JSON object, got list"),
-    ('{"prompt": 3, "reference": "y"}', "field 'prompt' must be a string, got int"),
-    ('{"prompt": "x", "reference": null}',
-     "field 'reference' must be a string or a number, got null"),
-    ('{"prompt": "x", "reference": "y", "thinking": 1}',
-     "field 'thinking' must be a string, got int"),
-])
+@pytest.mark.parametrize(
+    "bad_line, problem",
+    [
+        ('{"prompt": "x" "reference": "y"}', "invalid JSON (Expecting ',' delimiter at column 16)"),
+        ("not json", "invalid JSON (Expecting value at column 1)"),
+        ('{"prompt": "x"}', "missing field 'reference'"),
+        ('{"reference": "y"}', "missing field 'prompt' (or 'messages')"),
+        (
+            '{"prompt": "x", "messages": [{"role": "user", "content": "x"}], "reference": "y"}',
+            "give either 'prompt' or 'messages', not both",
+        ),
+        (
+            '{"messages": "x", "reference": "y"}',
+            "field 'messages' must be a non-empty list of {'role', 'content'} objects",
+        ),
+        (
+            '{"messages": [{"role": "user"}], "reference": "y"}',
+            "messages[0] must be an object with string 'role' and 'content', got {\"role\": \"user\"}",
+        ),
+        (
+            '{"messages": [{"role": "tool", "content": "x"}], "reference": "y"}',
+            "messages[0] has role 'tool'; expected one of ['system', 'user', 'assistant']",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], '
+            '"reference": "y"}',
+            "the last of 'messages' must have role 'user' (the model answers it), not 'assistant'",
+        ),
+        ('["prompt", "reference"]', "expected a JSON object, got list"),
+        ('{"prompt": 3, "reference": "y"}', "field 'prompt' must be a string, got int"),
+        (
+            '{"prompt": "x", "reference": null}',
+            "field 'reference' must be a string or a number, got null",
+        ),
+        (
+            '{"prompt": "x", "reference": "y", "thinking": 1}',
+            "field 'thinking' must be a string, got int",
+        ),
+    ],
+)
 def test_jsonl_malformed_line(tmp_path, bad_line, problem):
     good = json.dumps({"prompt": "Q?", "reference": "A"})
     train = _write(tmp_path / "train.jsonl", [good, "", bad_line, good])
@@ -174,7 +207,7 @@ def test_prompt_iterator_is_deterministic():
     flat = [i for b in a for i in b]
     # Each epoch is a permutation; batches that cross an epoch end are completed.
     for epoch in range(4):
-        assert sorted(flat[epoch * 10:(epoch + 1) * 10]) == list(range(10))
+        assert sorted(flat[epoch * 10 : (epoch + 1) * 10]) == list(range(10))
     assert flat[:10] != flat[10:20]
 
 

@@ -36,9 +36,14 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "experiments", "configs", "smoke.py")
-COMMON = ["--config.algo.entropy_coef=0.01", "--config.eval.every=0", "--config.sft.steps=1",
-          "--config.stages.s1.steps=2", "--config.stages.s2.steps=1"]
-CUT = ["--config.stages.s2.steps=0"]   # The pair runs stage s1 only.
+COMMON = [
+    "--config.algo.entropy_coef=0.01",
+    "--config.eval.every=0",
+    "--config.sft.steps=1",
+    "--config.stages.s1.steps=2",
+    "--config.stages.s2.steps=1",
+]
+CUT = ["--config.stages.s2.steps=0"]  # The pair runs stage s1 only.
 # Floats agree to RTOL relative (plus ATOL, for values at 0). The logprob_mismatch_*
 # metrics (sampler vs trainer log-probabilities) are rounding themselves, 1e-7 to 1e-6,
 # and agree to MISMATCH_ATOL absolute. Measured here: 3.7e-6 relative at most (l2_grads)
@@ -55,20 +60,39 @@ def _free_port() -> int:
 
 
 def _env(devices: int, cache: str | None = None) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TOKENIZERS_PARALLELISM="false",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
     env.pop("JAX_NUM_CPU_DEVICES", None)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    if cache:   # The resumed run reuses the programs the reference compiled.
-        env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    if cache:  # The resumed run reuses the programs the reference compiled.
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=cache,
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
     return env
 
 
 def _launch(workdir: str, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), f"--config={SMOKE}",
-                             f"--workdir={workdir}", *COMMON, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch.py"),
+            f"--config={SMOKE}",
+            f"--workdir={workdir}",
+            *COMMON,
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(procs: dict[str, subprocess.Popen]) -> dict[str, str]:
@@ -83,11 +107,14 @@ def _finish(procs: dict[str, subprocess.Popen]) -> dict[str, str]:
                 p.kill()
                 p.communicate()
     failed = {n: p.returncode for n, p in procs.items() if p.returncode}
-    assert not failed, "\n\n".join(f"== {n} (exit {procs[n].returncode}):\n{out[n][-6000:]}"
-                                   for n in failed)
+    assert not failed, "\n\n".join(
+        f"== {n} (exit {procs[n].returncode}):\n{out[n][-6000:]}" for n in failed
+    )
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(f"{', '.join(procs)}: {time.perf_counter() - began:.1f} s, "
-          f"{used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime:.1f} s of CPU")
+    print(
+        f"{', '.join(procs)}: {time.perf_counter() - began:.1f} s, "
+        f"{used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime:.1f} s of CPU"
+    )
     return out
 
 
@@ -105,8 +132,9 @@ def _differences(ref: list[dict], got: list[dict]) -> list[str]:
             continue
         for k, v in r.items():
             if isinstance(v, float) or isinstance(g[k], float):
-                rtol, atol = ((0.0, MISMATCH_ATOL) if k.startswith("logprob_mismatch")
-                              else (RTOL, ATOL))
+                rtol, atol = (
+                    (0.0, MISMATCH_ATOL) if k.startswith("logprob_mismatch") else (RTOL, ATOL)
+                )
                 if not np.isclose(g[k], v, rtol=rtol, atol=atol):
                     bad.append(f"step {r['step']} {k}: {g[k]!r} != {v!r}")
             elif g[k] != v:
@@ -120,13 +148,19 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
     procs = {"reference (1 process, 8 devices)": _launch(ref_dir, _env(8, cache))}
     for i in range(2):
         procs[f"process {i} of 2 (4 devices)"] = _launch(
-            pair_dir, _env(4), *CUT, "--distributed",
-            f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}")
+            pair_dir,
+            _env(4),
+            *CUT,
+            "--distributed",
+            f"--coordinator_address=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        )
     out = _finish(procs)
 
     pair = _rows(pair_dir, "metrics.jsonl")
-    assert [r["step"] for r in pair] == [1, 2]          # Written once, by process 0.
-    assert "train reward" in out["process 0 of 2 (4 devices)"]   # Its summary table.
+    assert [r["step"] for r in pair] == [1, 2]  # Written once, by process 0.
+    assert "train reward" in out["process 0 of 2 (4 devices)"]  # Its summary table.
     assert "train reward" not in out["process 1 of 2 (4 devices)"]
     assert os.path.isdir(os.path.join(pair_dir, "checkpoints", "2"))
     assert os.path.isfile(os.path.join(pair_dir, "export", "config.json"))
@@ -138,12 +172,18 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
     assert [r["step"] for r in got] == [r["step"] for r in ref] == [1, 2, 3]
     bad = _differences(ref, got)
     assert not bad, "\n".join(bad[:20])
-    diff = [(abs(g[k] - r[k]), abs(g[k] - r[k]) / max(abs(r[k]), 1e-30), k)
-            for r, g in zip(ref, got) for k in r if isinstance(r[k], float)]
-    noise = [d for d in diff if not d[2].startswith("logprob_mismatch")]   # ~1e-7 of rounding.
-    print("largest difference: %.2g absolute (%s); %.2g relative (%s) beside the "
-          "logprob_mismatch metrics" % (*max(diff)[::2], *max(d[1:] for d in noise)))
+    diff = [
+        (abs(g[k] - r[k]), abs(g[k] - r[k]) / max(abs(r[k]), 1e-30), k)
+        for r, g in zip(ref, got)
+        for k in r
+        if isinstance(r[k], float)
+    ]
+    noise = [d for d in diff if not d[2].startswith("logprob_mismatch")]  # ~1e-7 of rounding.
+    print(
+        "largest difference: %.2g absolute (%s); %.2g relative (%s) beside the "
+        "logprob_mismatch metrics" % (*max(diff)[::2], *max(d[1:] for d in noise))
+    )
     ref_s, got_s = _rows(ref_dir, "samples.jsonl"), _rows(pair_dir, "samples.jsonl")
-    assert [r["step"] for r in got_s] == [r["step"] for r in ref_s]   # Written once.
+    assert [r["step"] for r in got_s] == [r["step"] for r in ref_s]  # Written once.
     bad = _differences(ref_s, got_s)
     assert not bad, "\n".join(bad[:20])

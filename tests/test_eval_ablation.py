@@ -18,7 +18,7 @@ from start_jax.eval import stats
 THINKERS = ("base", "joint/grpo", "start_frozen/grpo")
 ANSWERERS = ("A1x", "A4x")
 SEEDS = (0, 1)
-N = 6   # Questions per family and seed.
+N = 6  # Questions per family and seed.
 
 
 def _wilson(k: int, n: int, z: float = 1.959964) -> list[float]:
@@ -36,25 +36,46 @@ def made_up_results() -> dict:
             rec = {"seed": seed, "thinker": t}
             for fam in ("facts", "arith"):
                 rec[f"scores_{fam}"] = rs.choice([0.0, 0.5, 0.8, 1.0], N).tolist()
-                rec[f"rates_{fam}"] = {f"{fam}/{key}": rs.randint(0, N + 1) / N
-                                       for key in ("think_complete", "response_salient",
-                                                   "styled")}
+                rec[f"rates_{fam}"] = {
+                    f"{fam}/{key}": rs.randint(0, N + 1) / N
+                    for key in ("think_complete", "response_salient", "styled")
+                }
             records.append(rec)
             if t != "base":
-                curves.append({"seed": seed, "thinker": t, "rows": [
-                    {"step": s, **{k: float(rs.rand()) for k in ablation.CURVE_KEYS}}
-                    for s in range(1, 5)]})
+                curves.append(
+                    {
+                        "seed": seed,
+                        "thinker": t,
+                        "rows": [
+                            {"step": s, **{k: float(rs.rand()) for k in ablation.CURVE_KEYS}}
+                            for s in range(1, 5)
+                        ],
+                    }
+                )
         for fam in ("facts", "arith"):
             sources = list(THINKERS) + ["empty", "self"]
             scores = rs.binomial(1, 0.5, size=(len(sources), len(ANSWERERS), N)).astype(float)
             classes = {s: {"complete": rs.randint(0, N + 1) / N} for s in THINKERS}
             classes["empty"] = {"empty": 1.0}
-            cgs.append({"seed": seed, "family": fam, "sources": sources,
-                        "answerers": list(ANSWERERS), "scores": scores.tolist(),
-                        "thinking_classes": classes})
+            cgs.append(
+                {
+                    "seed": seed,
+                    "family": fam,
+                    "sources": sources,
+                    "answerers": list(ANSWERERS),
+                    "scores": scores.tolist(),
+                    "thinking_classes": classes,
+                }
+            )
     scale = dataclasses.replace(ablation.REDUCED, seeds=SEEDS, questions=N)
-    results = {"scale": dataclasses.asdict(scale), "records": records, "curves": curves,
-               "cross_generation": cgs, "levels": {}, "seconds": 1.0}
+    results = {
+        "scale": dataclasses.asdict(scale),
+        "records": records,
+        "curves": curves,
+        "cross_generation": cgs,
+        "levels": {},
+        "seconds": 1.0,
+    }
     results["summary"] = ablation.summarize(results)
     return results
 
@@ -71,25 +92,33 @@ def test_summary_numbers_by_hand():
     final = rows["joint/grpo"]["final_facts"]
     assert final[0] == pytest.approx(np.mean([r["scores_facts"] for r in recs]), abs=1e-12)
     h = stats.hierarchical_bootstrap([r["scores_facts"] for r in recs], samples=2000)
-    assert final == [h["mean"], h["low"], h["high"]]   # Seeds, then questions: the run is the unit.
+    assert final == [h["mean"], h["low"], h["high"]]  # Seeds, then questions: the run is the unit.
     k = sum(round(r["rates_facts"]["facts/styled"] * N) for r in recs)
     styled = rows["joint/grpo"]["styled_facts"]
     np.testing.assert_allclose(styled, [k / (2 * N), *_wilson(k, 2 * N)], rtol=0, atol=1e-12)
-    gains = [np.asarray(c["scores"])[1] - np.asarray(c["scores"])[3]   # joint/grpo - empty.
-             for c in results["cross_generation"] if c["family"] == "arith"]
+    gains = [
+        np.asarray(c["scores"])[1] - np.asarray(c["scores"])[3]  # joint/grpo - empty.
+        for c in results["cross_generation"]
+        if c["family"] == "arith"
+    ]
     assert rows["joint/grpo"]["efficacy_arith"][0] == pytest.approx(np.mean(gains), abs=1e-12)
     assert rows["empty"]["efficacy_facts"] == [0.0, 0.0, 0.0]
-    k = sum(round(c["thinking_classes"]["base"]["complete"] * N)
-            for c in results["cross_generation"] if c["family"] == "facts")
-    np.testing.assert_allclose(rows["base"]["cg_complete_facts"],
-                               [k / (2 * N), *_wilson(k, 2 * N)], rtol=0, atol=1e-12)
+    k = sum(
+        round(c["thinking_classes"]["base"]["complete"] * N)
+        for c in results["cross_generation"]
+        if c["family"] == "facts"
+    )
+    np.testing.assert_allclose(
+        rows["base"]["cg_complete_facts"], [k / (2 * N), *_wilson(k, 2 * N)], rtol=0, atol=1e-12
+    )
     assert "final_facts" not in rows["self"]
 
 
 def test_contrasts_are_paired_differences():
     results = made_up_results()
-    found = {(c["a"], c["b"], c["what"], c["family"]): c["diff"]
-             for c in ablation.contrasts(results)}
+    found = {
+        (c["a"], c["b"], c["what"], c["family"]): c["diff"] for c in ablation.contrasts(results)
+    }
     a = np.array([r["scores_facts"] for r in results["records"] if r["thinker"] == "joint/grpo"])
     b = np.array([r["scores_facts"] for r in results["records"] if r["thinker"] == "base"])
     diff = found[("joint/grpo", "base", "final", "facts")]
@@ -104,8 +133,13 @@ def test_contrasts_are_paired_differences():
     assert len(three) == 2
     assert [c["p_holm"] for c in three] == stats.holm([c["p"] for c in three])
     for c in ablation.contrasts(results):
-        assert c["verdict"] == ("no clear difference" if c["p_holm"] >= 0.05 else
-                                "a > b" if c["diff"][0] > 0 else "a < b")
+        assert c["verdict"] == (
+            "no clear difference"
+            if c["p_holm"] >= 0.05
+            else "a > b"
+            if c["diff"][0] > 0
+            else "a < b"
+        )
 
 
 def test_controls_are_first_to_last_window_changes():
@@ -113,8 +147,13 @@ def test_controls_are_first_to_last_window_changes():
     rows = {r["thinker"]: r for r in ablation.controls(results)}
     runs = [c["rows"] for c in results["curves"] if c["thinker"] == "joint/grpo"]
     k = ablation.CONTROL_WINDOW
-    want = np.mean([np.mean([r["reward_mean"] for r in run[-k:]])
-                    - np.mean([r["reward_mean"] for r in run[:k]]) for run in runs])
+    want = np.mean(
+        [
+            np.mean([r["reward_mean"] for r in run[-k:]])
+            - np.mean([r["reward_mean"] for r in run[:k]])
+            for run in runs
+        ]
+    )
     assert rows["joint/grpo"]["reward"][0] == pytest.approx(want, abs=1e-12)
     assert rows["joint/grpo"]["seeds"] == len(SEEDS)
     assert len(ablation.control_table(results).splitlines()) == 1 + len(rows)
@@ -128,15 +167,20 @@ def test_tables_and_matrix():
     assert md[0].startswith("| thinker |") and len(md) == 2 + 5
     sources, answerers, m = ablation.matrix(results, "facts")
     assert sources == list(THINKERS) + ["empty", "self"] and answerers == list(ANSWERERS)
-    expected = np.mean([np.asarray(c["scores"]) for c in results["cross_generation"]
-                        if c["family"] == "facts"], axis=(0, 3))
+    expected = np.mean(
+        [np.asarray(c["scores"]) for c in results["cross_generation"] if c["family"] == "facts"],
+        axis=(0, 3),
+    )
     np.testing.assert_allclose(m, expected, rtol=0, atol=1e-12)
 
 
 def test_figures(tmp_path):
     results = made_up_results()
-    for name, draw in (("curves.png", ablation.plot_curves), ("ablation.png", ablation.plot),
-                       ("cross_generation.png", ablation.plot_matrices)):
+    for name, draw in (
+        ("curves.png", ablation.plot_curves),
+        ("ablation.png", ablation.plot),
+        ("cross_generation.png", ablation.plot_matrices),
+    ):
         path = str(tmp_path / name)
         draw(results, path)
         assert os.path.getsize(path) > 10_000, name
@@ -147,7 +191,7 @@ def test_markdown_tables_and_stage1_check():
     results["scale"]["stage1_steps"] = 3
     text = ablation.markdown(results)
     assert "| claim | a | b |" in text and "| joint/grpo |" in text
-    assert ablation.stage1_check(results) == []          # No stage-1 snapshot run here.
+    assert ablation.stage1_check(results) == []  # No stage-1 snapshot run here.
     for c in results["curves"]:
         if c["thinker"] == "start_frozen/grpo":
             c["thinker"] = "start_frozen.s1/grpo"

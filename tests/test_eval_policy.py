@@ -11,8 +11,8 @@ import pytest
 
 from start_jax import models, rewards, sampling
 from start_jax.data import pipeline, world
-from start_jax.eval import cross_generation as cg
 from start_jax.eval import classify, plots
+from start_jax.eval import cross_generation as cg
 from start_jax.eval.evaluate import evaluate_policy
 from start_jax.eval.questions import load_questions
 
@@ -36,11 +36,15 @@ class Scripted:
         for p in prompts:
             i, e = self.by_prompt[p]
             if no_thinking:
-                rows.append(dict(prompt=p, thinking="",
-                                 response=e.reference if i == 0 else "zzz"))
+                rows.append(dict(prompt=p, thinking="", response=e.reference if i == 0 else "zzz"))
             elif i % 2 == 0:
-                rows.append(dict(prompt=p, thinking=e.thinking,
-                                 response=world.golden_response(e, styled=True)))
+                rows.append(
+                    dict(
+                        prompt=p,
+                        thinking=e.thinking,
+                        response=world.golden_response(e, styled=True),
+                    )
+                )
             else:
                 rows.append(dict(prompt=p, thinking="", response="zzz"))
         return rows
@@ -50,8 +54,9 @@ class Scripted:
 def test_evaluate_policy_on_scripted_rollouts(family):
     examples = world.generate(family, 4, seed=3)
     qs = _questions(family, 4)
-    out = evaluate_policy(Scripted(list(zip(qs, examples))), rewards.make("synthetic"),
-                          {family: qs}, seed=0)
+    out = evaluate_policy(
+        Scripted(list(zip(qs, examples))), rewards.make("synthetic"), {family: qs}, seed=0
+    )
     assert out[f"scores_{family}"] == [1.0, 0.0, 1.0, 0.0]
     rates = out[f"rates_{family}"]
     assert rates[f"{family}/think_complete"] == 0.5
@@ -76,24 +81,38 @@ def test_evaluate_policy_matches_sampling_directly():
     special = sampling.SpecialTokens.from_tokenizer(tok)
     ids = [tok.encode(x["prompt"]) for x in q]
     rows = sampling.decode_segments(tok, sampling.sample(config, params, ids, sc, 7, special))
-    scores = judge([rewards.RewardInput(x["prompt"], r["response"], (), (), x["reference"],
-                                        False, x["metadata"]) for x, r in zip(q, rows)])
+    scores = judge(
+        [
+            rewards.RewardInput(
+                x["prompt"], r["response"], (), (), x["reference"], False, x["metadata"]
+            )
+            for x, r in zip(q, rows)
+        ]
+    )
     assert out["scores_facts"] == np.asarray(scores, np.float64).round(4).tolist()
     for r, x in zip(rows, q):
         r.update(reference=x["reference"], family="facts")
     assert out["rates_facts"] == classify.behaviour_rates(rows, prefix="")
-    empty = sampling.decode_segments(tok, sampling.sample(config, params, ids, sc, 7, special,
-                                                          no_thinking=True))
+    empty = sampling.decode_segments(
+        tok, sampling.sample(config, params, ids, sc, 7, special, no_thinking=True)
+    )
     assert all(r["thinking"] == "" for r in empty)
-    assert out["correct_after_empty_facts"] == float(np.mean([
-        classify.classify_response(x["prompt"], r["response"], x["reference"], "facts")[0]
-        == "correct" for x, r in zip(q, empty)]))
+    assert out["correct_after_empty_facts"] == float(
+        np.mean(
+            [
+                classify.classify_response(x["prompt"], r["response"], x["reference"], "facts")[0]
+                == "correct"
+                for x, r in zip(q, empty)
+            ]
+        )
+    )
 
 
 def test_load_questions_from_jsonl_and_bad_specs(tmp_path):
     path = tmp_path / "tasks.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Q{i}?", "reference": str(i)}) + "\n"
-                            for i in range(5)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"Q{i}?", "reference": str(i)}) + "\n" for i in range(5))
+    )
     qs = load_questions(f"jsonl:{path}", tmp_path / "data", 3)
     assert len(qs) == 3
     assert {q["prompt"] for q in qs} <= {f"Q{i}?" for i in range(5)}
@@ -106,9 +125,17 @@ def test_load_questions_from_jsonl_and_bad_specs(tmp_path):
 def test_heatmaps_side_by_side(tmp_path):
     m = np.array([[0.1, 0.9], [0.5, 0.2], [0.0, 1.0]])
     path = str(tmp_path / "two.png")
-    plots.heatmaps(path, [("facts", ["a", "b", "empty"], ["A1x", "A4x"], m),
-                          ("arith", ["a", "b", "empty"], ["A1x", "A4x"], m.T.T * 0.5)],
-                   xlabel="answerer (SFT budget)", ylabel=None, fontsize=7, dpi=60)
+    plots.heatmaps(
+        path,
+        [
+            ("facts", ["a", "b", "empty"], ["A1x", "A4x"], m),
+            ("arith", ["a", "b", "empty"], ["A1x", "A4x"], m.T.T * 0.5),
+        ],
+        xlabel="answerer (SFT budget)",
+        ylabel=None,
+        fontsize=7,
+        dpi=60,
+    )
     assert os.path.getsize(path) > 5000
     one = str(tmp_path / "one.png")
     plots.heatmaps(one, [("scores above 1", ["x"], ["A"], [[2.0]])])

@@ -43,8 +43,12 @@ def test_pooled_proportion_counts_questions_over_seeds():
     assert rate == 6 / 16
     np.testing.assert_allclose([low, high], _wilson_closed_form(6, 16), rtol=0, atol=1e-12)
     # Rates stored rounded (0.333 for 1/3) still count whole questions.
-    np.testing.assert_allclose(stats.pooled_proportion([0.333, 0.667], 3),
-                               [0.5, *_wilson_closed_form(3, 6)], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        stats.pooled_proportion([0.333, 0.667], 3),
+        [0.5, *_wilson_closed_form(3, 6)],
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_bootstrap_interval_against_a_direct_resampling():
@@ -60,11 +64,11 @@ def test_bootstrap_interval_against_a_direct_resampling():
 
 
 def test_bootstrap_efficacy_averages_answerers_per_pair():
-    gain = np.zeros((2, 1, 4))            # [answerers, seeds, questions]
+    gain = np.zeros((2, 1, 4))  # [answerers, seeds, questions]
     gain[0, 0] = [1, 1, 0, 0]
     gain[1, 0] = [1, 0, 0, 0]
     e = stats.bootstrap_efficacy(gain, samples=200)
-    assert e["mean"] == pytest.approx(0.375, abs=1e-12)    # Pairs 1, 0.5, 0, 0.
+    assert e["mean"] == pytest.approx(0.375, abs=1e-12)  # Pairs 1, 0.5, 0, 0.
     assert 0.0 <= e["low"] <= e["mean"] <= e["high"] <= 1.0
     assert stats.bootstrap_interval(gain.mean(0), samples=200) == [e["mean"], e["low"], e["high"]]
 
@@ -96,5 +100,6 @@ def test_hierarchical_bootstrap_treats_the_run_as_the_unit():
     assert abs((one["high"] - one["low"]) - (flat[2] - flat[1])) < 0.01
     # Ragged runs and determinism.
     ragged = [[0.1, 0.2, 0.3], [0.0, 0.1]]
-    assert stats.hierarchical_bootstrap(ragged, seed=3) == stats.hierarchical_bootstrap(ragged,
-                                                                                       seed=3)
+    assert stats.hierarchical_bootstrap(ragged, seed=3) == stats.hierarchical_bootstrap(
+        ragged, seed=3
+    )

@@ -31,8 +31,13 @@ def test_the_spec_reads_every_option_back():
     c.algo.clip_low, c.algo.entropy_coef, c.algo.kl_estimator = 0.1, 0.01, "k2"
     spec = RunSpec.from_config(c)
     assert spec.advantage == advantages.AdvantageConfig(
-        "gae", group_size=c.algo.group_size, grpo_scale="std", group_baseline=True,
-        gamma=0.9, lam=0.8)
+        "gae",
+        group_size=c.algo.group_size,
+        grpo_scale="std",
+        group_baseline=True,
+        gamma=0.9,
+        lam=0.8,
+    )
     loss = spec.train.loss
     assert (loss.clip_low, loss.entropy_coef, loss.kl_estimator) == (0.1, 0.01, "k2")
     assert loss.norm_length == c.sampling.think_budget + c.sampling.response_budget + 1
@@ -42,6 +47,7 @@ def test_the_spec_reads_every_option_back():
 def test_a_registered_estimator_is_usable_by_a_run_without_other_edits():
     """A batch-mean baseline registered from outside the library: accepted by the
     config check (group_size=1 too, as it declares no groups) and run by `estimate`."""
+
     def batch_mean(rewards, values, mask, config):
         del values, config
         r = rewards.astype(jnp.float32)
@@ -55,8 +61,9 @@ def test_a_registered_estimator_is_usable_by_a_run_without_other_edits():
         spec = RunSpec.from_config(c)
         assert not spec.advantage.needs_critic and not spec.advantage.needs_groups
         mask = np.ones((4, 3), bool)
-        adv, _ = advantages.estimate(jnp.asarray([1.0, 0.0, 0.0, 1.0]), jnp.zeros((4, 3)),
-                                     jnp.asarray(mask), spec.advantage)
+        adv, _ = advantages.estimate(
+            jnp.asarray([1.0, 0.0, 0.0, 1.0]), jnp.zeros((4, 3)), jnp.asarray(mask), spec.advantage
+        )
         np.testing.assert_allclose(np.asarray(adv)[:, 0], [0.5, -0.5, -0.5, 0.5])
     finally:
         del advantages.ESTIMATORS["batch_mean"], advantages._GROUPED["batch_mean"]
@@ -65,8 +72,10 @@ def test_a_registered_estimator_is_usable_by_a_run_without_other_edits():
 
 
 def test_groups_are_asked_for_by_the_estimators_themselves():
-    need = {name: advantages.AdvantageConfig(name, group_size=2).needs_groups
-            for name in advantages.ESTIMATORS}
+    need = {
+        name: advantages.AdvantageConfig(name, group_size=2).needs_groups
+        for name in advantages.ESTIMATORS
+    }
     assert need == {"grpo": True, "rloo": True, "reinforce_pp": True, "gae": False}
     assert not advantages.AdvantageConfig("reinforce_pp", group_baseline=False).needs_groups
     assert advantages.CRITIC_ESTIMATORS == ("gae",)

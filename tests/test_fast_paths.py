@@ -43,6 +43,7 @@ def test_whole_head_equals_chunked_values_and_gradients(entropy_weight):
             logp, ent = lp.chunked_head(h, k, targets, 0.8, chunk, jnp.float32)
             # Without an entropy term its cotangent is a symbolic zero (skipped).
             return jnp.sum(logp * w1) + (jnp.sum(ent * w2) if entropy_weight else 0.0)
+
         return f
 
     for whole in (t, 2 * t):
@@ -72,16 +73,18 @@ def test_whole_head_equals_naive_log_softmax():
     for x, y in zip(whole(hidden, kernel), naive(hidden, kernel)):
         np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
     obj = lambda f: lambda h, k: jnp.sum(f(h, k)[0] * w1 + f(h, k)[1] * w2)  # noqa: E731
-    for x, y in zip(jax.grad(obj(whole), argnums=(0, 1))(hidden, kernel),
-                    jax.grad(obj(naive), argnums=(0, 1))(hidden, kernel)):
+    for x, y in zip(
+        jax.grad(obj(whole), argnums=(0, 1))(hidden, kernel),
+        jax.grad(obj(naive), argnums=(0, 1))(hidden, kernel),
+    ):
         np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
 
 
 def test_auto_chunk_whole_head_when_small_else_even_chunks():
-    assert lp.auto_chunk(16, 32000, 95) == 95                 # 195 MB of logits: whole.
-    assert lp.auto_chunk(16, 32000, 95, unchunked=0) == 48    # Two chunks, not 64 + 31.
-    assert lp.auto_chunk(8, 151936, 1023) == 16               # 4.6 GiB: chunks of 78 MB.
-    assert lp.auto_chunk(1, 10, 5, unchunked=0) == 5          # Chunks never exceed the length.
+    assert lp.auto_chunk(16, 32000, 95) == 95  # 195 MB of logits: whole.
+    assert lp.auto_chunk(16, 32000, 95, unchunked=0) == 48  # Two chunks, not 64 + 31.
+    assert lp.auto_chunk(8, 151936, 1023) == 16  # 4.6 GiB: chunks of 78 MB.
+    assert lp.auto_chunk(1, 10, 5, unchunked=0) == 5  # Chunks never exceed the length.
     assert lp._even_chunk(64, 95) == 48 and lp._even_chunk(7, 7) == 7
 
 
@@ -102,12 +105,15 @@ def test_token_log_probs_whole_and_chunked_agree_through_the_model():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("spec,x_shape,w_shape,k", [
-    ("BTD,DNH->BTNH", (2, 5, 16), (16, 4, 8), 1),       # q/k/v: narrow input.
-    ("BTNH,NHD->BTD", (2, 5, 4, 8), (4, 8, 16), 2),     # o_proj: two contracted axes.
-    ("BTF,FD->BTD", (2, 5, 48), (48, 16), 1),           # down_proj: the wide-input branch.
-    ("BTD,DF->BTF", (2, 5, 16), (16, 48), 1),           # gate/up.
-])
+@pytest.mark.parametrize(
+    "spec,x_shape,w_shape,k",
+    [
+        ("BTD,DNH->BTNH", (2, 5, 16), (16, 4, 8), 1),  # q/k/v: narrow input.
+        ("BTNH,NHD->BTD", (2, 5, 4, 8), (4, 8, 16), 2),  # o_proj: two contracted axes.
+        ("BTF,FD->BTD", (2, 5, 48), (48, 16), 1),  # down_proj: the wide-input branch.
+        ("BTD,DF->BTF", (2, 5, 16), (16, 48), 1),  # gate/up.
+    ],
+)
 def test_project_equals_einsum(dtype, spec, x_shape, w_shape, k):
     rs = np.random.RandomState(3)
     x = jnp.asarray(rs.randn(*x_shape), dtype)
@@ -141,10 +147,18 @@ def test_train_step_runs_in_both_dtypes(dtype):
     mask = rl.loss_mask(seg, forced, "joint")
     adv = jnp.where(mask, jnp.asarray(rs.randn(b, 1), jnp.float32), 0.0)
     zeros = jnp.zeros((b, length), jnp.float32)
-    batch = rl.Batch(tokens=tokens, segment_ids=seg, loss_mask=mask,
-                     kl_mask=rl.kl_mask(seg, forced, "joint"), advantages=adv,
-                     old_logprobs=zeros, ref_logprobs=zeros, returns=zeros, old_values=zeros,
-                     rewards=jnp.zeros((b,), jnp.float32))
+    batch = rl.Batch(
+        tokens=tokens,
+        segment_ids=seg,
+        loss_mask=mask,
+        kl_mask=rl.kl_mask(seg, forced, "joint"),
+        advantages=adv,
+        old_logprobs=zeros,
+        ref_logprobs=zeros,
+        returns=zeros,
+        old_values=zeros,
+        rewards=jnp.zeros((b,), jnp.float32),
+    )
     tx = rl.make_optimizer(1e-3)
     for chunk in (0, 5):
         state = rl.init_state(jax.tree.map(jnp.copy, params), tx)  # The step donates it.
@@ -159,9 +173,9 @@ def _prompt_batch(config, b=4, prompt=5, length=14, seed=5):
     rs = np.random.RandomState(seed)
     seg = np.zeros((b, length), np.int32)
     for i in range(b):
-        seg[i, prompt - rs.randint(2, prompt + 1):prompt] = 1
-        seg[i, prompt:prompt + 4] = 2
-        seg[i, prompt + 4:length - rs.randint(0, 3)] = 3
+        seg[i, prompt - rs.randint(2, prompt + 1) : prompt] = 1
+        seg[i, prompt : prompt + 4] = 2
+        seg[i, prompt + 4 : length - rs.randint(0, 3)] = 3
     tokens = np.where(seg > 0, rs.randint(1, config.vocab_size, size=(b, length)), 0)
     seg, tokens = jnp.asarray(seg), jnp.asarray(tokens, jnp.int32)
     forced = jnp.zeros((b, length), bool)
@@ -169,10 +183,18 @@ def _prompt_batch(config, b=4, prompt=5, length=14, seed=5):
     adv = jnp.where(mask, jnp.asarray(rs.randn(b, 1), jnp.float32), 0.0)
     noise = jnp.asarray(rs.randn(b, length) * 0.05, jnp.float32)
     zeros = jnp.zeros((b, length), jnp.float32)
-    return rl.Batch(tokens=tokens, segment_ids=seg, loss_mask=mask,
-                    kl_mask=rl.kl_mask(seg, forced, "joint"), advantages=adv,
-                    old_logprobs=zeros, ref_logprobs=noise, returns=zeros, old_values=zeros,
-                    rewards=jnp.zeros((b,), jnp.float32))
+    return rl.Batch(
+        tokens=tokens,
+        segment_ids=seg,
+        loss_mask=mask,
+        kl_mask=rl.kl_mask(seg, forced, "joint"),
+        advantages=adv,
+        old_logprobs=zeros,
+        ref_logprobs=noise,
+        returns=zeros,
+        old_values=zeros,
+        rewards=jnp.zeros((b,), jnp.float32),
+    )
 
 
 def test_logprob_start_skips_the_prompt_columns_only():

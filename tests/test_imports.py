@@ -22,8 +22,15 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "start_jax"
-LAYERS = (("segments", "tokenizer", "sharding", "errors"), ("models",),
-          ("checkpoints", "sampling", "rl"), ("data",), ("rewards",), ("eval",), ("train",))
+LAYERS = (
+    ("segments", "tokenizer", "sharding", "errors"),
+    ("models",),
+    ("checkpoints", "sampling", "rl"),
+    ("data",),
+    ("rewards",),
+    ("eval",),
+    ("train",),
+)
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 
@@ -53,7 +60,11 @@ def _imports(module: str):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("start_jax"):
             for alias in node.names:
                 target = f"{node.module}.{alias.name}"
-                yield (target if _is_module(target) else node.module), node.lineno, id(node) in nested
+                yield (
+                    (target if _is_module(target) else node.module),
+                    node.lineno,
+                    id(node) in nested,
+                )
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("start_jax"):
@@ -83,8 +94,9 @@ def test_layers_point_down():
             if in_function:
                 bad.append(f"{where} inside a function")
             if dst is not None and RANK[dst] > RANK[src]:
-                bad.append(f"{where}: {src} (layer {RANK[src]}) may not import {dst} "
-                           f"(layer {RANK[dst]})")
+                bad.append(
+                    f"{where}: {src} (layer {RANK[src]}) may not import {dst} (layer {RANK[dst]})"
+                )
     assert not bad, "\n".join(bad)
 
 
@@ -134,15 +146,26 @@ sys.exit(1 if failed else 0)
 def test_every_module_imports_first():
     """Each module as the first start_jax import (the package modules are reset between)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", FIRST_IMPORT, *modules()], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", FIRST_IMPORT, *modules()],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_first_import_in_a_fresh_process():
     """The lowest-level packages that once had a cycle, each in a process of its own."""
     for module in ("start_jax.checkpoints", "start_jax.rewards"):
-        proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT,
-                              env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            cwd=ROOT,
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]

@@ -14,7 +14,6 @@ import sys
 import pytest
 
 from start_jax import models
-
 from tests.test_trainer import SMOKE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +72,7 @@ print(json.dumps(out))
 
 def _files(tmp):
     """Bad files of every kind, made in `tmp`."""
+
     def write(name, data):
         path = os.path.join(tmp, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -80,34 +80,43 @@ def _files(tmp):
             fh.write(data.encode() if isinstance(data, str) else data)
         return path
 
-    f = {"good": write("good.jsonl", '{"prompt": "a?", "reference": "b"}\n'),
-         "latin1": write("latin1.jsonl", b'{"prompt": "caf\xe9?", "reference": "b"}\n'),
-         "not_json": write("not_json.jsonl", '{"prompt": "a?", "reference": "b"}\n{oops\n'),
-         "no_reference": write("no_ref.jsonl", '{"prompt": "a?"}\n'),
-         "empty": write("empty.jsonl", ""),
-         "file_workdir": write("a_file", "x"),
-         "no_get_config": write("cfg/no_get.py", "x = 1\n"),
-         "syntax": write("cfg/syntax.py", "def get_config(:\n"),
-         "raises": write("cfg/raises.py", "def get_config():\n    raise RuntimeError('boom')\n"),
-         # A reward registered by the config file itself (the file is loaded more than once).
-         "own_reward": write("cfg/own_reward.py", (
-             "from start_jax import rewards\n"
-             "from start_jax.train.config import default_config\n\n\n"
-             "@rewards.register('always_one')\n"
-             "def always_one(**kwargs):\n"
-             "    return lambda inputs: [1.0] * len(inputs)\n\n\n"
-             "def get_config():\n"
-             "    c = default_config()\n"
-             "    c.reward.name = 'always_one'\n"
-             "    return c\n")),
-         "tok_cut": write("tok_cut/tokenizer.json", '{"model": {"vocab": {"a": 1'),
-         "ckpt_cut": write("ckpt_cut/config.json", '{"model_type": "qwen3", "hidden'),
-         "ckpt_gpt2": write("ckpt_gpt2/config.json", json.dumps({"model_type": "gpt2"})),
-         "ckpt_short": write("ckpt_short/config.json", json.dumps(
-             models.tiny_config(64, max_position_embeddings=16).to_hf_dict()))}
+    f = {
+        "good": write("good.jsonl", '{"prompt": "a?", "reference": "b"}\n'),
+        "latin1": write("latin1.jsonl", b'{"prompt": "caf\xe9?", "reference": "b"}\n'),
+        "not_json": write("not_json.jsonl", '{"prompt": "a?", "reference": "b"}\n{oops\n'),
+        "no_reference": write("no_ref.jsonl", '{"prompt": "a?"}\n'),
+        "empty": write("empty.jsonl", ""),
+        "file_workdir": write("a_file", "x"),
+        "no_get_config": write("cfg/no_get.py", "x = 1\n"),
+        "syntax": write("cfg/syntax.py", "def get_config(:\n"),
+        "raises": write("cfg/raises.py", "def get_config():\n    raise RuntimeError('boom')\n"),
+        # A reward registered by the config file itself (the file is loaded more than once).
+        "own_reward": write(
+            "cfg/own_reward.py",
+            (
+                "from start_jax import rewards\n"
+                "from start_jax.train.config import default_config\n\n\n"
+                "@rewards.register('always_one')\n"
+                "def always_one(**kwargs):\n"
+                "    return lambda inputs: [1.0] * len(inputs)\n\n\n"
+                "def get_config():\n"
+                "    c = default_config()\n"
+                "    c.reward.name = 'always_one'\n"
+                "    return c\n"
+            ),
+        ),
+        "tok_cut": write("tok_cut/tokenizer.json", '{"model": {"vocab": {"a": 1'),
+        "ckpt_cut": write("ckpt_cut/config.json", '{"model_type": "qwen3", "hidden'),
+        "ckpt_gpt2": write("ckpt_gpt2/config.json", json.dumps({"model_type": "gpt2"})),
+        "ckpt_short": write(
+            "ckpt_short/config.json",
+            json.dumps(models.tiny_config(64, max_position_embeddings=16).to_hf_dict()),
+        ),
+    }
     write("tok_cut/tokenizer_config.json", "{}")
-    return {k: v if not k.startswith(("tok_", "ckpt_")) else os.path.dirname(v)
-            for k, v in f.items()}
+    return {
+        k: v if not k.startswith(("tok_", "ckpt_")) else os.path.dirname(v) for k, v in f.items()
+    }
 
 
 def _cases(f, tmp):
@@ -135,52 +144,85 @@ def _cases(f, tmp):
         ("sampling_dtype", [c + "sampling.dtype=fp8"], "sampling.dtype='fp8'"),
         ("compact", [c + "sampling.compact_min_rows=0"], "sampling.compact_min_rows"),
         ("response_budget", [c + "sampling.response_budget=0"], "sampling.response_budget=0"),
-        ("think_budget_think_stage", [c + "sampling.think_budget=0"],
-         "stages.s1.train_segments='think' with sampling.think_budget=0"),
+        (
+            "think_budget_think_stage",
+            [c + "sampling.think_budget=0"],
+            "stages.s1.train_segments='think' with sampling.think_budget=0",
+        ),
         ("checkpoint_every", [c + "checkpoint.every=0"], "checkpoint.every=0"),
         ("checkpoint_keep", [c + "checkpoint.keep=0"], "checkpoint.keep=0"),
         ("eval_prompts", [c + "eval.prompts=0"], "eval.prompts=0"),
         ("eval_every", [c + "eval.every=-1"], "eval.every=-1"),
-        ("all_stages_empty", [c + "stages.s1.steps=0", c + "stages.s2.steps=0"],
-         "every stage has steps=0"),
+        (
+            "all_stages_empty",
+            [c + "stages.s1.steps=0", c + "stages.s2.steps=0"],
+            "every stage has steps=0",
+        ),
         ("stage_steps", [c + "stages.s1.steps=-1"], "stages.s1.steps=-1"),
         ("stage_lr", [c + "stages.s1.learning_rate=0.0"], "stages.s1.learning_rate=0.0"),
         ("stage_segments", [c + "stages.s1.train_segments=all"], "stages.s1.train_segments"),
         ("stage_responder", [c + "stages.s1.responder=judge"], "stages.s1.responder"),
         ("stage_thinker", [c + "stages.s1.thinker=frozen"], "stages.s1.thinker='frozen'"),
         ("stage_carry_first", [c + "stages.s1.carry_optimizer=True"], "stages.s1.carry_optimizer"),
-        ("stage_kl_reference", [c + "stages.s2.kl_reference=stage_start"],
-         "stages.s2.kl_reference='stage_start'"),
+        (
+            "stage_kl_reference",
+            [c + "stages.s2.kl_reference=stage_start"],
+            "stages.s2.kl_reference='stage_start'",
+        ),
         ("num_heads", [c + "model.num_heads=3"], "model.num_heads=3"),
         ("model_dtype", [c + "model.dtype=bf16"], "model.dtype='bf16'"),
         ("model_type", [c + "model.model_type=qwen2.5"], "model.model_type='qwen2.5'"),
         ("attention_impl", [c + "model.attention_impl=flash"], "model.attention_impl='flash'"),
         ("hidden_size", [c + "model.hidden_size=0"], "model.hidden_size=0"),
         ("sft_mixture", [c + "sft.mixture.complete=-1.0"], "sft."),
-        ("judge_option_on_command_line", [c + "reward.kwargs.w_fooled=0.3"],
-         "add c.reward.kwargs.w_fooled = ... to the config file"),
+        (
+            "judge_option_on_command_line",
+            [c + "reward.kwargs.w_fooled=0.3"],
+            "add c.reward.kwargs.w_fooled = ... to the config file",
+        ),
         ("no_config_file", [f"--config={tmp}/nope.py"], f"--config={tmp}/nope.py"),
         ("no_get_config", [f"--config={f['no_get_config']}"], "defines no get_config()"),
         ("config_syntax", [f"--config={f['syntax']}"], f"--config={f['syntax']} line 1"),
         ("config_raises", [f"--config={f['raises']}"], "get_config() raised RuntimeError"),
-        ("own_reward_typo", [f"--config={f['own_reward']}", c + "algo.foo=1"],
-         "unknown config field 'algo.foo'"),
-        ("own_reward_bad_value", [f"--config={f['own_reward']}", c + "algo.group_size=0"],
-         "algo.group_size=0"),
+        (
+            "own_reward_typo",
+            [f"--config={f['own_reward']}", c + "algo.foo=1"],
+            "unknown config field 'algo.foo'",
+        ),
+        (
+            "own_reward_bad_value",
+            [f"--config={f['own_reward']}", c + "algo.group_size=0"],
+            "algo.group_size=0",
+        ),
         ("workdir_is_file", [f"--workdir={f['file_workdir']}"], "--workdir="),
-        ("distributed_flags_alone", ["--num_processes=2", "--process_id=1",
-                                     "--coordinator_address=localhost:1"], "without --distributed"),
-        ("process_id_range", ["--distributed", "--num_processes=2", "--process_id=2"],
-         "--process_id=2"),
+        (
+            "distributed_flags_alone",
+            ["--num_processes=2", "--process_id=1", "--coordinator_address=localhost:1"],
+            "without --distributed",
+        ),
+        (
+            "process_id_range",
+            ["--distributed", "--num_processes=2", "--process_id=2"],
+            "--process_id=2",
+        ),
         ("num_processes", ["--distributed", "--num_processes=0"], "--num_processes=0"),
         ("jsonl_no_path", jsonl, "data.train_path"),
-        ("jsonl_synthetic_judge", ["--config.data.source=jsonl",
-                                   f"--config.data.train_path={f['good']}"], "reward.name"),
+        (
+            "jsonl_synthetic_judge",
+            ["--config.data.source=jsonl", f"--config.data.train_path={f['good']}"],
+            "reward.name",
+        ),
         ("jsonl_missing_file", jsonl + [f"{c}data.train_path={tmp}/none.jsonl"], "none.jsonl"),
-        ("jsonl_missing_field", jsonl + [f"{c}data.train_path={f['no_reference']}"],
-         f"{f['no_reference']} line 1"),
-        ("jsonl_bad_line", jsonl + [f"{c}data.train_path={f['not_json']}"],
-         f"{f['not_json']} line 2"),
+        (
+            "jsonl_missing_field",
+            jsonl + [f"{c}data.train_path={f['no_reference']}"],
+            f"{f['no_reference']} line 1",
+        ),
+        (
+            "jsonl_bad_line",
+            jsonl + [f"{c}data.train_path={f['not_json']}"],
+            f"{f['not_json']} line 2",
+        ),
         ("jsonl_not_utf8", jsonl + [f"{c}data.train_path={f['latin1']}"], f"{f['latin1']}"),
         ("jsonl_empty", jsonl + [f"{c}data.train_path={f['empty']}"], f"{f['empty']}"),
         ("unknown_reward", [c + "reward.name=nope"], "'nope'"),
@@ -190,28 +232,39 @@ def _cases(f, tmp):
         ("checkpoint_config_cut", [f"{c}init_checkpoint={f['ckpt_cut']}"], "config.json"),
         ("checkpoint_family", [f"{c}init_checkpoint={f['ckpt_gpt2']}"], "gpt2"),
         ("budget_past_context", [c + "sampling.think_budget=200"], "max_position_embeddings"),
-        ("budget_past_checkpoint_context", [f"{c}init_checkpoint={f['ckpt_short']}",
-                                            f"{c}tokenizer=world"],
-         f"max_position_embeddings of {f['ckpt_short']}/config.json=16"),
+        (
+            "budget_past_checkpoint_context",
+            [f"{c}init_checkpoint={f['ckpt_short']}", f"{c}tokenizer=world"],
+            f"max_position_embeddings of {f['ckpt_short']}/config.json=16",
+        ),
         ("mesh_too_large", [c + "mesh.data=64"], "mesh"),
     ]
 
 
 def _reruns(tmp):
     """A finished smoke run, then refused reruns of it, then a damaged latest checkpoint."""
-    run = [f"--config={SMOKE}", f"--workdir={tmp}/finished", "--config.checkpoint.every=1",
-           "--config.checkpoint.export_hf=False"]
+    run = [
+        f"--config={SMOKE}",
+        f"--workdir={tmp}/finished",
+        "--config.checkpoint.every=1",
+        "--config.checkpoint.export_hf=False",
+    ]
     more = "--config.stages.s2.steps=3"
-    return {"train": run,
-            "rerun_critic_added": run + ["--config.algo.advantage=gae"],
-            "rerun_other_model": run + ["--config.model.hidden_size=48"],
-            "rerun_bad_value": run + ["--config.checkpoint.every=0"],
-            "rerun_more_steps_bad_jsonl": run + [more, "--config.data.source=jsonl",
-                                                 "--config.reward.name=exact_match",
-                                                 f"--config.data.train_path={tmp}/none.jsonl"],
-            f"cut:{tmp}/finished/checkpoints/6/meta/metadata":
-                f"{tmp}/finished/checkpoints/6/meta/metadata",
-            "resume_past_damage": run + [more]}
+    return {
+        "train": run,
+        "rerun_critic_added": run + ["--config.algo.advantage=gae"],
+        "rerun_other_model": run + ["--config.model.hidden_size=48"],
+        "rerun_bad_value": run + ["--config.checkpoint.every=0"],
+        "rerun_more_steps_bad_jsonl": run
+        + [
+            more,
+            "--config.data.source=jsonl",
+            "--config.reward.name=exact_match",
+            f"--config.data.train_path={tmp}/none.jsonl",
+        ],
+        f"cut:{tmp}/finished/checkpoints/6/meta/metadata": f"{tmp}/finished/checkpoints/6/meta/metadata",
+        "resume_past_damage": run + [more],
+    }
 
 
 def _drive(tmp: str, spec: dict) -> dict:
@@ -219,8 +272,14 @@ def _drive(tmp: str, spec: dict) -> dict:
     with open(path, "w") as fh:
         json.dump(spec, fh)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", DRIVER, path], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, path],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -231,9 +290,12 @@ def refusals(tmp_path_factory):
     cases = _cases(_files(tmp), tmp)
     names = [n for n, _, _ in cases]
     assert len(set(names)) == len(names)
-    spec = {n: [f"--workdir={tmp}/run_{n}"] + args if not any(a.startswith("--workdir")
-                                                                for a in args) else args
-            for n, args, _ in cases}
+    spec = {
+        n: [f"--workdir={tmp}/run_{n}"] + args
+        if not any(a.startswith("--workdir") for a in args)
+        else args
+        for n, args, _ in cases
+    }
     return cases, _drive(tmp, spec), tmp
 
 
@@ -250,12 +312,18 @@ def test_at_least_forty_bad_inputs_each_refused_with_one_line(refusals):
     for name, _, expect in cases:
         r = results[name]
         lines = [line for line in r["stderr"].splitlines() if line.strip()]
-        ok = (r["code"] == 2 and not r["traceback"] and len(lines) == 1
-              and lines[0].startswith("launch.py: error: ") and expect in lines[0])
+        ok = (
+            r["code"] == 2
+            and not r["traceback"]
+            and len(lines) == 1
+            and lines[0].startswith("launch.py: error: ")
+            and expect in lines[0]
+        )
         if not ok:
-            failures.append(f"{name}: exit {r['code']}, stderr {r['stderr'][-400:]!r} "
-                            f"{r['traceback'][-600:]}")
-        elif not name.startswith("workdir"):   # Refused before anything was written.
+            failures.append(
+                f"{name}: exit {r['code']}, stderr {r['stderr'][-400:]!r} {r['traceback'][-600:]}"
+            )
+        elif not name.startswith("workdir"):  # Refused before anything was written.
             assert not os.path.exists(os.path.join(tmp, f"run_{name}", "checkpoints")), name
     assert not failures, "\n".join(failures)
 
@@ -266,11 +334,12 @@ def test_refused_reruns_leave_the_workdir_byte_identical(reruns):
     assert results["train"]["code"] == 0, results["train"]["traceback"][-2000:]
     finished = results["train"]["digest"]
     assert any(p.startswith("checkpoints/6/") for p in finished)
-    for name, expect in (("rerun_critic_added", "has no critic and this run's algo.advantage "
-                                                "needs one"),
-                         ("rerun_other_model", "hidden_size"),
-                         ("rerun_bad_value", "checkpoint.every=0"),
-                         ("rerun_more_steps_bad_jsonl", "none.jsonl")):
+    for name, expect in (
+        ("rerun_critic_added", "has no critic and this run's algo.advantage needs one"),
+        ("rerun_other_model", "hidden_size"),
+        ("rerun_bad_value", "checkpoint.every=0"),
+        ("rerun_more_steps_bad_jsonl", "none.jsonl"),
+    ):
         r = results[name]
         lines = [line for line in r["stderr"].splitlines() if line.strip()]
         assert r["code"] == 2 and len(lines) == 1 and expect in lines[0], (name, r)
@@ -291,9 +360,19 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(reruns):
 def test_bad_override_without_a_config_flag_is_one_line(tmp_path):
     """With the default config, overrides are applied while launch.py defines its flags."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config.x=1",
-                           f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch.py"),
+            "--config.x=1",
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("launch.py: error: --config.x: unknown config field 'x'")

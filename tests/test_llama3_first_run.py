@@ -38,17 +38,39 @@ def files(tmp_path_factory):
 
 
 def _launch(files, workdir, **fields):
-    args = {"init_checkpoint": files["ckpt"], "data.source": "jsonl",
-            "data.train_path": files["train"], "data.test_path": files["test"],
-            "data.max_prompt_tokens": 96, "data.prompts_per_step": 4, "reward.name": "math",
-            "prompt.chat_template": True, "prompt.add_tags": True,
-            "sampling.think_budget": THINK_BUDGET, "sampling.response_budget": 32,
-            "stages.s1.steps": 1, "stages.s2.steps": 1, "eval.every": 0,
-            "log.samples_every": 1, "log.samples": 8, **fields}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), f"--config={SMOKE}",
-                           f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in args.items()]],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    args = {
+        "init_checkpoint": files["ckpt"],
+        "data.source": "jsonl",
+        "data.train_path": files["train"],
+        "data.test_path": files["test"],
+        "data.max_prompt_tokens": 96,
+        "data.prompts_per_step": 4,
+        "reward.name": "math",
+        "prompt.chat_template": True,
+        "prompt.add_tags": True,
+        "sampling.think_budget": THINK_BUDGET,
+        "sampling.response_budget": 32,
+        "stages.s1.steps": 1,
+        "stages.s2.steps": 1,
+        "eval.every": 0,
+        "log.samples_every": 1,
+        "log.samples": 8,
+        **fields,
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch.py"),
+            f"--config={SMOKE}",
+            f"--workdir={workdir}",
+            *[f"--config.{k}={v}" for k, v in args.items()],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
 
 
 def test_added_tags_without_the_sft_option_are_refused_before_any_work(files):
@@ -70,9 +92,17 @@ def test_added_tags_without_the_sft_option_are_refused_before_any_work(files):
 @pytest.mark.slow
 def test_cold_start_sft_on_the_checkpoint_teaches_it_to_close_its_thinking(files):
     workdir = files["dir"] / "run"
-    proc = _launch(files, workdir, **{"sft.from_checkpoint": True, "sft.steps": 300,
-                                      "sft.batch_size": 16, "sft.learning_rate": 3e-3,
-                                      "sampling.ban_tags_in_response": True})
+    proc = _launch(
+        files,
+        workdir,
+        **{
+            "sft.from_checkpoint": True,
+            "sft.steps": 300,
+            "sft.batch_size": 16,
+            "sft.learning_rate": 3e-3,
+            "sampling.ban_tags_in_response": True,
+        },
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert not LOG_LINE.search(proc.stderr + proc.stdout), proc.stderr[-3000:]
 
@@ -98,6 +128,5 @@ def test_cold_start_sft_on_the_checkpoint_teaches_it_to_close_its_thinking(files
     # The exported tokenizer keeps the tags and every end-of-turn id.
     export = HFTokenizer.from_pretrained(workdir / "export")
     assert export.eos_id == ids[bpe_fixtures.EOT]
-    assert export.stop_ids == tuple(sorted((ids[bpe_fixtures.END_OF_TEXT],
-                                            ids[bpe_fixtures.EOM])))
+    assert export.stop_ids == tuple(sorted((ids[bpe_fixtures.END_OF_TEXT], ids[bpe_fixtures.EOM])))
     assert export.think_id == tok.think_id and export.end_think_id == tok.end_think_id

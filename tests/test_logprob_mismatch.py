@@ -1,4 +1,5 @@
-"""Sampler/trainer log-probability mismatch: the logged figures and truncated importance sampling."""
+"""Sampler/trainer log-probability mismatch: the logged figures and truncated importance
+sampling."""
 
 from __future__ import annotations
 
@@ -35,8 +36,7 @@ def test_mismatch_metrics_and_truncated_importance_weights_by_hand():
     adv = np.asarray(batch.advantages)
     both = mask & sampled
     for cap in (0.0, 2.0):
-        cfg = losses.LossConfig(clip_low=0.2, clip_high=0.28, aggregation="token-mean",
-                                tis_cap=cap)
+        cfg = losses.LossConfig(clip_low=0.2, clip_high=0.28, aggregation="token-mean", tis_cap=cap)
         counts = rl.loss_counts(batch, cfg)
         loss, aux = rl.policy_loss_terms(jnp.asarray(logp), entropy, batch, counts, cfg)
         per_token = _np_ppo(logp, old, adv, cfg)
@@ -49,8 +49,9 @@ def test_mismatch_metrics_and_truncated_importance_weights_by_hand():
     # On-policy, the old policy is the current one: the mismatch is |logp - sampler|.
     counts = rl.loss_counts(batch, cfg)
     _, aux = rl.policy_loss_terms(jnp.asarray(logp), entropy, batch, counts, cfg, on_policy=True)
-    np.testing.assert_allclose(float(aux["logprob_mismatch_mean"]),
-                               np.abs(logp - sampler)[both].mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(aux["logprob_mismatch_mean"]), np.abs(logp - sampler)[both].mean(), rtol=1e-5
+    )
 
 
 def test_bf16_sampler_with_float32_trainer_logs_the_mismatch(tmp_path):

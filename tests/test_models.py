@@ -62,8 +62,9 @@ def test_left_padded_forward_matches_transformers(checkpoints, family):
     mask[2, :11] = False
     tokens = np.where(mask, tokens, 0)
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    ours = np.asarray(models.forward(config, params, jnp.asarray(tokens),
-                                     attention_mask=jnp.asarray(mask)).logits)
+    ours = np.asarray(
+        models.forward(config, params, jnp.asarray(tokens), attention_mask=jnp.asarray(mask)).logits
+    )
     ref = _torch_logits(hf_model, tokens, mask, positions)
     assert np.abs(ours - ref)[mask].max() <= TOL
 
@@ -84,7 +85,7 @@ def test_prefill_then_decode_matches_full_forward_and_transformers(checkpoints, 
     steps = [np.asarray(out.logits)]
     cache = out.cache
     for t in range(prefill, tokens.shape[1]):
-        out = models.forward(config, step_params, jnp.asarray(tokens[:, t:t + 1]), cache=cache)
+        out = models.forward(config, step_params, jnp.asarray(tokens[:, t : t + 1]), cache=cache)
         cache = out.cache
         steps.append(np.asarray(out.logits))
     decoded = np.concatenate(steps, axis=1)
@@ -100,21 +101,32 @@ def test_fused_projections_stack_the_separate_weights(checkpoints, family):
     attn, mlp = params["layers"]["attn"], params["layers"]["mlp"]
     fattn, fmlp = fused["layers"]["attn"], fused["layers"]["mlp"]
     n, k = config.num_heads, config.num_kv_heads
-    assert fattn["qkv_proj"].shape == (config.num_layers, config.hidden_size, n + 2 * k,
-                                       config.head_dim)
-    for name, part in [("q_proj", slice(0, n)), ("k_proj", slice(n, n + k)),
-                       ("v_proj", slice(n + k, n + 2 * k))]:
+    assert fattn["qkv_proj"].shape == (
+        config.num_layers,
+        config.hidden_size,
+        n + 2 * k,
+        config.head_dim,
+    )
+    for name, part in [
+        ("q_proj", slice(0, n)),
+        ("k_proj", slice(n, n + k)),
+        ("v_proj", slice(n + k, n + 2 * k)),
+    ]:
         np.testing.assert_array_equal(fattn["qkv_proj"][:, :, part], attn[name])
         assert name not in fattn
     assert ("qkv_bias" in fattn) == config.qkv_bias
     if config.qkv_bias:
-        np.testing.assert_array_equal(fattn["qkv_bias"][:, n:n + k], attn["k_bias"])
+        np.testing.assert_array_equal(fattn["qkv_bias"][:, n : n + k], attn["k_bias"])
     np.testing.assert_array_equal(fmlp["gate_up_proj"][:, :, 0], mlp["gate_proj"])
     np.testing.assert_array_equal(fmlp["gate_up_proj"][:, :, 1], mlp["up_proj"])
     assert set(fmlp) == {"gate_up_proj", "down_proj"}
     tokens = jnp.asarray(_tokens(3, 12, seed=5))
-    np.testing.assert_allclose(models.forward(config, fused, tokens).logits,
-                               models.forward(config, params, tokens).logits, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        models.forward(config, fused, tokens).logits,
+        models.forward(config, params, tokens).logits,
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_gemma3_sliding_window_and_local_rope_are_applied(checkpoints):
@@ -128,16 +140,21 @@ def test_gemma3_sliding_window_and_local_rope_are_applied(checkpoints):
     ref = _torch_logits(hf_model, np.asarray(tokens))
     ours = np.asarray(models.forward(config, params, tokens).logits)
     assert np.abs(ours - ref).max() <= TOL
-    for change in (dict(sliding_window=None, sliding_layers=()), dict(local_rope_theta=None),
-                   dict(rope_factor=1.0), dict(query_scale=None)):
+    for change in (
+        dict(sliding_window=None, sliding_layers=()),
+        dict(local_rope_theta=None),
+        dict(rope_factor=1.0),
+        dict(query_scale=None),
+    ):
         other = np.asarray(models.forward(config.replace(**change), params, tokens).logits)
         assert np.abs(other - ref).max() > 1e-2, change
     # Within the window the sliding layers see everything: the first 4 tokens agree with a
     # model whose window is longer than the input, and only those.
     plain = config.replace(sliding_window=1000)
     assert np.abs(np.asarray(models.forward(plain, params, tokens).logits) - ref).max() > 1e-2
-    np.testing.assert_allclose(models.forward(plain, params, tokens[:, :4]).logits,
-                               ours[:, :4], atol=1e-5)
+    np.testing.assert_allclose(
+        models.forward(plain, params, tokens[:, :4]).logits, ours[:, :4], atol=1e-5
+    )
 
 
 def test_decode_with_left_padded_prompts_uses_row_positions(checkpoints):
@@ -150,11 +167,16 @@ def test_decode_with_left_padded_prompts_uses_row_positions(checkpoints):
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
     ref = _torch_logits(hf_model, tokens, mask, positions)
     cache = models.init_cache(config, 2, 16)
-    out = models.forward(config, params, jnp.asarray(tokens[:, :8]),
-                         attention_mask=jnp.asarray(mask[:, :8]), cache=cache)
+    out = models.forward(
+        config,
+        params,
+        jnp.asarray(tokens[:, :8]),
+        attention_mask=jnp.asarray(mask[:, :8]),
+        cache=cache,
+    )
     logits = [np.asarray(out.logits)]
     for t in range(8, 14):
-        out = models.forward(config, params, jnp.asarray(tokens[:, t:t + 1]), cache=out.cache)
+        out = models.forward(config, params, jnp.asarray(tokens[:, t : t + 1]), cache=out.cache)
         logits.append(np.asarray(out.logits))
     logits = np.concatenate(logits, axis=1)
     assert np.abs(logits - ref)[mask].max() <= TOL
@@ -179,7 +201,7 @@ def test_sequence_classification_score_matches_transformers(checkpoints, family)
     assert config.value_head and not config.lm_head
     tokens = _tokens(3, 12, seed=4)
     mask = np.ones_like(tokens, dtype=bool)
-    mask[1, 9:] = False   # Right padding with pad id 0, which HF pools past.
+    mask[1, 9:] = False  # Right padding with pad id 0, which HF pools past.
     mask[2, 5:] = False
     tokens = np.where(mask, tokens, hf_fixtures._COMMON["pad_token_id"])
     with torch.no_grad():
@@ -211,10 +233,12 @@ def test_policy_and_value_heads_on_one_trunk():
     tokens = jnp.asarray(_tokens(2, 5))
     out = models.forward(config, params, tokens, return_hidden=True)
     assert out.logits.shape == (2, 5, config.vocab_size) and out.values.shape == (2, 5)
-    np.testing.assert_allclose(models.head_logits(config, params, out.hidden), out.logits,
-                               atol=1e-6)
-    np.testing.assert_allclose(models.head_values(config, params, out.hidden), out.values,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        models.head_logits(config, params, out.hidden), out.logits, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        models.head_values(config, params, out.hidden), out.values, atol=1e-6
+    )
     trunk_only = models.forward(config, params, tokens, heads=False)
     assert trunk_only.logits is None and trunk_only.hidden.shape == (2, 5, config.hidden_size)
 
@@ -222,8 +246,7 @@ def test_policy_and_value_heads_on_one_trunk():
 def test_param_and_compute_dtypes_are_separate(checkpoints):
     directory, _ = checkpoints["qwen3"]
     config32, params32 = load_pretrained(directory)
-    config, params = load_pretrained(directory, dtype=jnp.float32,
-                                            compute_dtype=jnp.bfloat16)
+    config, params = load_pretrained(directory, dtype=jnp.float32, compute_dtype=jnp.bfloat16)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     tokens = jnp.asarray(_tokens(2, 9))
     out = models.forward(config, params, tokens, return_hidden=True)

@@ -17,12 +17,24 @@ def test_reduced_ablation_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATION_REUSE", "0")
     monkeypatch.delenv("XLA_FLAGS", raising=False)  # One CPU device in the kernel, as a user has.
     nb = nbformat.read(os.path.join(ROOT, "experiments", "ablation.ipynb"), as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": os.path.join(ROOT, "experiments")}}).execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                      for o in c.get("outputs", []))
+    NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": os.path.join(ROOT, "experiments")}},
+    ).execute()
+    outputs = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
     assert "all checks passed for 6 trained thinkers" in outputs
     results = json.load(open(tmp_path / "ablation" / "results.json"))
     thinkers = {r["thinker"] for r in results["summary"]}
-    assert {"base", "joint/grpo", "start_frozen/grpo", "start_frozen.s1/grpo",
-            "start_frozen.frozen_thinker/grpo", "empty", "self"} <= thinkers
+    assert {
+        "base",
+        "joint/grpo",
+        "start_frozen/grpo",
+        "start_frozen.s1/grpo",
+        "start_frozen.frozen_thinker/grpo",
+        "empty",
+        "self",
+    } <= thinkers

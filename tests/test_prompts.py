@@ -13,11 +13,15 @@ from start_jax.train.spec import DataSpec, RunSpec
 
 ROWS = [
     {"prompt": "What is 2+3?", "reference": 5, "thinking": "2+3=5", "response": "It is 5."},
-    {"messages": [{"role": "system", "content": "Be brief."},
-                  {"role": "user", "content": "Hi?"},
-                  {"role": "assistant", "content": "Hello."},
-                  {"role": "user", "content": "Capital of France?"}],
-     "reference": "Paris"},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Capital of France?"},
+        ],
+        "reference": "Paris",
+    },
 ]
 
 
@@ -29,8 +33,15 @@ def _write(path, rows):
 @pytest.fixture
 def jsonl_sources(tmp_path):
     path = _write(tmp_path / "train.jsonl", ROWS)
-    spec = DataSpec(source="jsonl", name="", train_path=path, test_path="", data_dir="",
-                    prompts_per_step=2, max_prompt_tokens=200)
+    spec = DataSpec(
+        source="jsonl",
+        name="",
+        train_path=path,
+        test_path="",
+        data_dir="",
+        prompts_per_step=2,
+        max_prompt_tokens=200,
+    )
     return lambda tok, fmt: data_io.datasets(spec, str(tmp_path), tok, fmt)
 
 
@@ -44,15 +55,16 @@ def test_messages_row_is_stored_with_its_last_user_message_as_prompt(tmp_path):
 
 def test_chat_template_renders_prompt_and_messages(jsonl_sources):
     tok = CharTokenizer()
-    fmt = prompts.PromptFormat.create(chat_template=True, system="Think step by step.",
-                                      template_kwargs={"enable_thinking": True})
+    fmt = prompts.PromptFormat.create(
+        chat_template=True, system="Think step by step.", template_kwargs={"enable_thinking": True}
+    )
     train, _ = jsonl_sources(tok, fmt)
     # A prompt row becomes [system, user]; the format's system message is added.
-    assert train[0]["prompt"] == ("system: Think step by step.\nuser: What is 2+3?\n"
-                                  "assistant: ")
+    assert train[0]["prompt"] == ("system: Think step by step.\nuser: What is 2+3?\nassistant: ")
     # A messages row keeps its own system message and history.
-    assert train[1]["prompt"] == ("system: Be brief.\nuser: Hi?\nassistant: Hello.\n"
-                                  "user: Capital of France?\nassistant: ")
+    assert train[1]["prompt"] == (
+        "system: Be brief.\nuser: Hi?\nassistant: Hello.\nuser: Capital of France?\nassistant: "
+    )
     # The question stays readable for rewards (a judge reads metadata['question']).
     assert train[0]["question"] == "What is 2+3?"
     assert train[1]["metadata"]["question"] == "Capital of France?"
@@ -74,8 +86,11 @@ def test_tokenizer_without_template_is_a_config_error(jsonl_sources, tmp_path):
     del config["chat_template"]
     (d / "tokenizer_config.json").write_text(json.dumps(config))
     train, _ = jsonl_sources(HFTokenizer.from_pretrained(d), prompts.PromptFormat.create(True))
-    with pytest.raises(ConfigError, match=r"prompt.chat_template=True but .* has no chat "
-                                          r"template"):
+    with pytest.raises(
+        ConfigError,
+        match=r"prompt.chat_template=True but .* has no chat "
+        r"template",
+    ):
         train[0]
 
 
@@ -86,7 +101,7 @@ def test_spec_reads_prompt_section():
     c.prompt.chat_template = True
     c.prompt.system = "S"
     c.prompt.template_kwargs.enable_thinking = False
-    c.init_checkpoint = "/ckpt"        # No tokenizer.json there: the world's.
+    c.init_checkpoint = "/ckpt"  # No tokenizer.json there: the world's.
     spec = RunSpec.from_config(c)
     assert spec.prompt == prompts.PromptFormat(True, "S", (("enable_thinking", False),))
     assert spec.tokenizer == "world"

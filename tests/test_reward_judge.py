@@ -36,6 +36,7 @@ def _random_params(seed=0):
         if "norm" in jax.tree_util.keystr(path):
             return np.ones(x.shape, np.float32)
         return rs.normal(0.0, 0.2, x.shape).astype(np.float32)
+
     return jax.tree_util.tree_map_with_path(fill, models.param_shapes(CONFIG))
 
 
@@ -49,8 +50,13 @@ def _bigram_params(successors: dict[str, str]):
     text after a given last prompt token.
     """
     params = jax.tree_util.tree_map_with_path(
-        lambda path, x: np.ones(x.shape, np.float32) if "norm" in jax.tree_util.keystr(path)
-        else np.zeros(x.shape, np.float32), models.param_shapes(CONFIG))
+        lambda path, x: (
+            np.ones(x.shape, np.float32)
+            if "norm" in jax.tree_util.keystr(path)
+            else np.zeros(x.shape, np.float32)
+        ),
+        models.param_shapes(CONFIG),
+    )
     tokens = sorted(set(successors))
     assert len(tokens) <= CONFIG.hidden_size
     for dim, ch in enumerate(tokens):
@@ -62,11 +68,33 @@ def _bigram_params(successors: dict[str, str]):
 
 
 # The chat prompt ends with "assistant: "; the judge then writes "Score:7.5".
-SCORE_CHAIN = {" ": "S", "S": "c", "c": "o", "o": "r", "r": "e", "e": ":", ":": "7",
-               "7": ".", ".": "5", "5": "<eos>"}
+SCORE_CHAIN = {
+    " ": "S",
+    "S": "c",
+    "c": "o",
+    "o": "r",
+    "r": "e",
+    "e": ":",
+    ":": "7",
+    "7": ".",
+    ".": "5",
+    "5": "<eos>",
+}
 # A bare prompt ending with the response: its last letter picks the output.
-PER_ROW = {"a": "3", "3": "<eos>", "b": "8", "8": "<eos>", "c": "1", "1": "2", "2": "<eos>",
-           "d": "-", "-": "4", "4": "<eos>", "e": "x", "x": "<eos>"}
+PER_ROW = {
+    "a": "3",
+    "3": "<eos>",
+    "b": "8",
+    "8": "<eos>",
+    "c": "1",
+    "1": "2",
+    "2": "<eos>",
+    "d": "-",
+    "-": "4",
+    "4": "<eos>",
+    "e": "x",
+    "x": "<eos>",
+}
 PER_ROW_OUTPUT = {"a": "3", "b": "8", "c": "12", "d": "-4", "e": "x"}
 PER_ROW_REWARD = {"a": 0.3, "b": 0.8, "c": 1.0, "d": 0.0, "e": 0.0}
 BARE_RUBRIC = "Q: {question}\nRef: {reference}\nA: {response}"
@@ -74,73 +102,121 @@ BARE_RUBRIC = "Q: {question}\nRef: {reference}\nA: {response}"
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    return dict(random=_save(tmp_path_factory.mktemp("random"), _random_params()),
-                score=_save(tmp_path_factory.mktemp("score"), _bigram_params(SCORE_CHAIN)),
-                per_row=_save(tmp_path_factory.mktemp("per_row"), _bigram_params(PER_ROW)))
+    return dict(
+        random=_save(tmp_path_factory.mktemp("random"), _random_params()),
+        score=_save(tmp_path_factory.mktemp("score"), _bigram_params(SCORE_CHAIN)),
+        per_row=_save(tmp_path_factory.mktemp("per_row"), _bigram_params(PER_ROW)),
+    )
 
 
 def _input(prompt, response, reference=None, question=None):
-    return rewards.RewardInput(prompt=prompt, response=response,
-                               prompt_ids=tuple(TOK.encode(prompt)),
-                               response_ids=tuple(TOK.encode(response)), reference=reference,
-                               metadata=None if question is None else {"question": question})
+    return rewards.RewardInput(
+        prompt=prompt,
+        response=response,
+        prompt_ids=tuple(TOK.encode(prompt)),
+        response_ids=tuple(TOK.encode(response)),
+        reference=reference,
+        metadata=None if question is None else {"question": question},
+    )
 
 
-ROWS = [_input("Prompt 1: what is 2+3?", "It is 5.", 5),
-        _input("<long chat prompt with SECRET header>", "Paris", "Paris",
-               question="Capital of France?"),
-        _input("Name a colour.", "blue, surely", None)]
+ROWS = [
+    _input("Prompt 1: what is 2+3?", "It is 5.", 5),
+    _input(
+        "<long chat prompt with SECRET header>", "Paris", "Paris", question="Capital of France?"
+    ),
+    _input("Name a colour.", "blue, surely", None),
+]
 
 
 def test_parse_score_table():
     table = [
         ("Score: 7", 7.0),
-        ("Score: 3\nOn reflection... Score: 8", 8.0),         # The last match wins.
+        ("Score: 3\nOn reflection... Score: 8", 8.0),  # The last match wins.
         ("Score:9", 9.0),
         ("Score:   7.5 out of 10", 7.5),
         ("Score: -2", -2.0),
-        ("Score: 42", 42.0),                                 # Parsed; the mapping clips.
-        ("I would give it a Score: 6. Score: ten", 6.0),      # "ten" is no match.
+        ("Score: 42", 42.0),  # Parsed; the mapping clips.
+        ("I would give it a Score: 6. Score: ten", 6.0),  # "ten" is no match.
         ("no score here", None),
-        ("score: 7", None),                                   # Case-sensitive.
+        ("score: 7", None),  # Case-sensitive.
         ("", None),
     ]
     for text, expected in table:
         assert judge_lib.parse_score(text, judge_lib.DEFAULT_SCORE_PATTERN) == expected, text
     assert judge_lib.parse_score("8/10, then 6/10", r"(\d+)/10") == 6.0
-    assert judge_lib.parse_score("Grade: ten", r"Grade: (\w+)") is None      # Not a number.
-    assert judge_lib.parse_score("Grade: nan", r"Grade: (\w+)") is None      # Not finite.
-    for score, lo, hi, reward in [(7, 0, 10, 0.7), (0, 0, 10, 0.0), (10, 0, 10, 1.0),
-                                  (12, 0, 10, 1.0), (-3, 0, 10, 0.0), (3, 1, 5, 0.5),
-                                  (7.5, 0, 10, 0.75)]:
+    assert judge_lib.parse_score("Grade: ten", r"Grade: (\w+)") is None  # Not a number.
+    assert judge_lib.parse_score("Grade: nan", r"Grade: (\w+)") is None  # Not finite.
+    for score, lo, hi, reward in [
+        (7, 0, 10, 0.7),
+        (0, 0, 10, 0.0),
+        (10, 0, 10, 1.0),
+        (12, 0, 10, 1.0),
+        (-3, 0, 10, 0.0),
+        (3, 1, 5, 0.5),
+        (7.5, 0, 10, 0.75),
+    ]:
         assert judge_lib.score_to_reward(score, lo, hi) == pytest.approx(reward)
     # Only the three placeholders are filled, once: other braces stay.
-    assert judge_lib.fill_rubric(r"\boxed{{x}} {question}|{response}|{reference} {other}",
-                                 "q{reference}", "r{question}", "ref") \
+    assert (
+        judge_lib.fill_rubric(
+            r"\boxed{{x}} {question}|{response}|{reference} {other}",
+            "q{reference}",
+            "r{question}",
+            "ref",
+        )
         == r"\boxed{{x}} q{reference}|r{question}|ref {other}"
+    )
 
 
 def test_judge_runs_through_the_sampler_and_unparsable_rows(dirs):
-    fn = rewards.make("judge", checkpoint=dirs["random"], on_unparsable="zero",
-                      max_new_tokens=MAX_NEW, batch_size=BATCH)
+    fn = rewards.make(
+        "judge",
+        checkpoint=dirs["random"],
+        on_unparsable="zero",
+        max_new_tokens=MAX_NEW,
+        batch_size=BATCH,
+    )
     assert "judge" in rewards.registered() and fn.chat_template
     out = fn(ROWS)
     assert out.dtype == np.float32 and out.shape == (3,)
     # Each row's prompt is the filled default rubric as a user message; the
     # question comes from metadata when present, a missing reference is "(none)".
-    expected_prompts = [TOK.apply_chat_template([{"role": "user", "content": (
-        judge_lib.fill_rubric(judge_lib.DEFAULT_RUBRIC, q, x.response, ref))}])
-        for x, q, ref in zip(ROWS, ["Prompt 1: what is 2+3?", "Capital of France?",
-                                    "Name a colour."], ["5", "Paris", "(none)"])]
+    expected_prompts = [
+        TOK.apply_chat_template(
+            [
+                {
+                    "role": "user",
+                    "content": (
+                        judge_lib.fill_rubric(judge_lib.DEFAULT_RUBRIC, q, x.response, ref)
+                    ),
+                }
+            ]
+        )
+        for x, q, ref in zip(
+            ROWS,
+            ["Prompt 1: what is 2+3?", "Capital of France?", "Name a colour."],
+            ["5", "Paris", "(none)"],
+        )
+    ]
     assert fn.last_prompts == expected_prompts
     assert "SECRET" not in fn.last_prompts[1]
     # The outputs are what the sampler writes on those prompts, decoded.
-    rollout = sampling.generate(fn.config, fn.params, [TOK.encode(p) for p in expected_prompts],
-                                sampling.SamplingConfig(temperature=0.0), 0, eos_id=TOK.eos_id,
-                                pad_id=TOK.pad_id, max_new_tokens=MAX_NEW)
+    rollout = sampling.generate(
+        fn.config,
+        fn.params,
+        [TOK.encode(p) for p in expected_prompts],
+        sampling.SamplingConfig(temperature=0.0),
+        0,
+        eos_id=TOK.eos_id,
+        pad_id=TOK.pad_id,
+        max_new_tokens=MAX_NEW,
+    )
     tokens, segs = np.asarray(rollout.tokens), np.asarray(rollout.segment_ids)
-    direct = [TOK.decode(row[seg == segments.RESPONSE], skip_special_tokens=True)
-              for row, seg in zip(tokens, segs)]
+    direct = [
+        TOK.decode(row[seg == segments.RESPONSE], skip_special_tokens=True)
+        for row, seg in zip(tokens, segs)
+    ]
     assert fn.last_outputs == direct and sum(map(len, direct)) > 0
     # A random judge writes no score: each row scores 0 and is counted.
     np.testing.assert_array_equal(out, 0.0)
@@ -148,8 +224,9 @@ def test_judge_runs_through_the_sampler_and_unparsable_rows(dirs):
     assert np.isnan(fn.last_scores).all()
 
     # The default is an error that names the pattern and quotes the output.
-    strict = rewards.make("judge", checkpoint=dirs["random"], max_new_tokens=MAX_NEW,
-                          batch_size=BATCH)
+    strict = rewards.make(
+        "judge", checkpoint=dirs["random"], max_new_tokens=MAX_NEW, batch_size=BATCH
+    )
     with pytest.raises(judge_lib.JudgeError) as info:
         strict(ROWS)
     message = str(info.value)
@@ -157,15 +234,14 @@ def test_judge_runs_through_the_sampler_and_unparsable_rows(dirs):
     assert repr(judge_lib.DEFAULT_SCORE_PATTERN) in message
     assert f"row 0: no score in the judge's output {direct[0]!r}" in message
     assert "on_unparsable='zero'" in message and "rubric" in message
-    assert strict.last_outputs == direct        # Kept for debugging after the error.
+    assert strict.last_outputs == direct  # Kept for debugging after the error.
     long = strict._unparsable_error(4, "z" * 500)
     assert "'" + "z" * 200 + "...'" in str(long) and "z" * 201 not in str(long)
 
 
 def test_parsed_score_flows_into_the_reward(dirs):
     """Chat template, default rubric and pattern: the judge writes "Score:7.5" -> 0.75."""
-    fn = rewards.make("judge", checkpoint=dirs["score"], max_new_tokens=MAX_NEW,
-                      batch_size=BATCH)
+    fn = rewards.make("judge", checkpoint=dirs["score"], max_new_tokens=MAX_NEW, batch_size=BATCH)
     out = fn(ROWS)
     assert fn.last_prompts[0].endswith("assistant: ")
     assert fn.last_outputs == ["Score:7.5"] * 3
@@ -173,25 +249,49 @@ def test_parsed_score_flows_into_the_reward(dirs):
     np.testing.assert_allclose(out, 0.75, rtol=1e-6)
     assert fn.unparsable_count == 0 and fn.last_out_of_range == 0
     # Another range maps the same score elsewhere; out of range clips.
-    np.testing.assert_allclose(rewards.make("judge", checkpoint=dirs["score"], min_score=5,
-                                            max_score=10, max_new_tokens=MAX_NEW,
-                                            batch_size=BATCH)(ROWS), 0.5, rtol=1e-6)
-    low = rewards.make("judge", checkpoint=dirs["score"], min_score=0, max_score=5,
-                       max_new_tokens=MAX_NEW, batch_size=BATCH)
+    np.testing.assert_allclose(
+        rewards.make(
+            "judge",
+            checkpoint=dirs["score"],
+            min_score=5,
+            max_score=10,
+            max_new_tokens=MAX_NEW,
+            batch_size=BATCH,
+        )(ROWS),
+        0.5,
+        rtol=1e-6,
+    )
+    low = rewards.make(
+        "judge",
+        checkpoint=dirs["score"],
+        min_score=0,
+        max_score=5,
+        max_new_tokens=MAX_NEW,
+        batch_size=BATCH,
+    )
     np.testing.assert_array_equal(low(ROWS), 1.0)
     assert low.last_out_of_range == 3
 
 
 def _per_row_inputs(letters):
-    return [_input(f"question {i}", f"answer {i} ends in {ch}", reference=i)
-            for i, ch in enumerate(letters)]
+    return [
+        _input(f"question {i}", f"answer {i} ends in {ch}", reference=i)
+        for i, ch in enumerate(letters)
+    ]
 
 
 def test_batched_equals_one_at_a_time_and_does_not_recompile(dirs):
-    fn = rewards.make("judge", checkpoint=dirs["per_row"], chat_template=False,
-                      rubric=BARE_RUBRIC, score_pattern=DIGITS, on_unparsable="zero",
-                      max_new_tokens=MAX_NEW, batch_size=BATCH)
-    letters = "abcdeab"   # Two batches of 4: the second is padded.
+    fn = rewards.make(
+        "judge",
+        checkpoint=dirs["per_row"],
+        chat_template=False,
+        rubric=BARE_RUBRIC,
+        score_pattern=DIGITS,
+        on_unparsable="zero",
+        max_new_tokens=MAX_NEW,
+        batch_size=BATCH,
+    )
+    letters = "abcdeab"  # Two batches of 4: the second is padded.
     batched = fn(_per_row_inputs(letters))
     assert fn.last_outputs == [PER_ROW_OUTPUT[ch] for ch in letters]
     np.testing.assert_allclose(batched, [PER_ROW_REWARD[ch] for ch in letters], rtol=1e-6)
@@ -204,8 +304,10 @@ def test_batched_equals_one_at_a_time_and_does_not_recompile(dirs):
     single = np.concatenate([fn([x]) for x in _per_row_inputs(letters)])
     np.testing.assert_array_equal(single, batched)
     # Other rows and batch sizes of the same width bucket reuse the compiled sampler.
-    other = [_input("a longer question?", "so it is b", None),
-             _input("q", "c", 7, question="the real question")]
+    other = [
+        _input("a longer question?", "so it is b", None),
+        _input("q", "c", 7, question="the real question"),
+    ]
     np.testing.assert_allclose(fn(other), [0.8, 1.0], rtol=1e-6)
     assert fn.last_prompts[1] == "Q: the real question\nRef: 7\nA: c"
     assert (core.prefill._cache_size(), core.decode._cache_size()) == sizes
@@ -214,13 +316,22 @@ def test_batched_equals_one_at_a_time_and_does_not_recompile(dirs):
     assert core.prefill._cache_size() == sizes[0] + 1
 
     # The default on_unparsable raises on the row whose output has no number.
-    strict = rewards.make("judge", checkpoint=dirs["per_row"], chat_template=False,
-                          rubric=BARE_RUBRIC, score_pattern=DIGITS, max_new_tokens=MAX_NEW,
-                          batch_size=BATCH)
+    strict = rewards.make(
+        "judge",
+        checkpoint=dirs["per_row"],
+        chat_template=False,
+        rubric=BARE_RUBRIC,
+        score_pattern=DIGITS,
+        max_new_tokens=MAX_NEW,
+        batch_size=BATCH,
+    )
     np.testing.assert_allclose(strict(_per_row_inputs("ab")), [0.3, 0.8], rtol=1e-6)
-    with pytest.raises(judge_lib.JudgeError,
-                       match=re.escape(f"row 2: no score in the judge's output 'x': "
-                                       f"score_pattern {DIGITS!r} does not match")):
+    with pytest.raises(
+        judge_lib.JudgeError,
+        match=re.escape(
+            f"row 2: no score in the judge's output 'x': score_pattern {DIGITS!r} does not match"
+        ),
+    ):
         strict(_per_row_inputs("abe"))
 
 

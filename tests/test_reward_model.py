@@ -14,13 +14,15 @@ from tests import hf_fixtures
 def test_reward_model_judge_matches_transformers(tmp_path):
     tok = CharTokenizer()
     directory = str(tmp_path / "rm")
-    hf = hf_fixtures.make_checkpoint("qwen2_score", directory, vocab_size=tok.vocab_size,
-                                     pad_token_id=tok.pad_id)
+    hf = hf_fixtures.make_checkpoint(
+        "qwen2_score", directory, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id
+    )
     tok.save_pretrained(directory)
     judge = rewards.make("reward_model", path=directory, separator="\n")
-    inputs = [rewards.RewardInput(prompt=p, response=r, prompt_ids=(), response_ids=())
-              for p, r in [("a=3; a?", "3"), ("Bob likes tea. What?", "Surely tea!"),
-                           ("x?", "")]]
+    inputs = [
+        rewards.RewardInput(prompt=p, response=r, prompt_ids=(), response_ids=())
+        for p, r in [("a=3; a?", "3"), ("Bob likes tea. What?", "Surely tea!"), ("x?", "")]
+    ]
     ours = judge(inputs)
     ids = [tok.encode(x.prompt + "\n" + x.response) for x in inputs]
     with torch.no_grad():

@@ -29,9 +29,9 @@ TABLE = [
     (r"\boxed{\dfrac{3}{4}}", "0.75", 1.0),
     (r"\boxed{3/4}", "0.75", 1.0),
     (r"Simplify: $\frac{2}{4}$", r"\frac{1}{2}", 1.0),
-    ("The answer is 1/3", "0.333333", 1.0),        # Equal after rounding to 6 places.
+    ("The answer is 1/3", "0.333333", 1.0),  # Equal after rounding to 6 places.
     (r"\boxed{0.34}", r"\frac{1}{3}", 0.0),
-    ("The answer is 0.4999999", "0.5", 1.0),       # Equal after rounding to 6 places.
+    ("The answer is 0.4999999", "0.5", 1.0),  # Equal after rounding to 6 places.
     ("The answer is 0.49", "0.5", 0.0),
     (r"\boxed{2.50}", 2.5, 1.0),
     ("That is 0.75 of the cake.", fractions.Fraction(3, 4), 1.0),
@@ -40,7 +40,7 @@ TABLE = [
     (r"$\frac{\sqrt{8}}{2}$", r"\sqrt{2}", 1.0),
     (r"\boxed{2\pi}", r"2\pi", 1.0),
     (r"\boxed{\pi \cdot 2}", r"2\pi", 1.0),
-    (r"\boxed{6.283185}", r"2\pi", 1.0),            # Numeric, 6 places.
+    (r"\boxed{6.283185}", r"2\pi", 1.0),  # Numeric, 6 places.
     (r"\boxed{\sqrt{3}}", r"\sqrt{2}", 0.0),
     (r"\boxed{\pi}", r"2\pi", 0.0),
     (r"\boxed{x = 5}", "5", 1.0),
@@ -78,15 +78,16 @@ TABLE = [
 FALLBACK = [
     ("東京", "東京", 1.0),
     (r"The capital is \boxed{ 東京 }.", "東京", 1.0),
-    ("The capital is 東京", "東京", 0.0),          # The whole response is the answer.
+    ("The capital is 東京", "東京", 0.0),  # The whole response is the answer.
     (r"\boxed{#}", "#", 1.0),
     ("", "", 0.0),
 ]
 
 
 def _input(response, reference):
-    return rewards.RewardInput(prompt="q", response=response, prompt_ids=(), response_ids=(),
-                               reference=reference)
+    return rewards.RewardInput(
+        prompt="q", response=response, prompt_ids=(), response_ids=(), reference=reference
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +108,21 @@ def test_table_agrees_with_math_verify_and_by_hand(math_reward):
     assert got.dtype == np.float32 and got.shape == (len(TABLE),)
     direct = [_direct(math_reward, r, ref) for r, ref, _ in TABLE]
     expected = [e for _, _, e in TABLE]
-    rows = [(i, TABLE[i][:2], float(g), d, e)
-            for i, (g, d, e) in enumerate(zip(got, direct, expected)) if not g == d == e]
+    rows = [
+        (i, TABLE[i][:2], float(g), d, e)
+        for i, (g, d, e) in enumerate(zip(got, direct, expected))
+        if not g == d == e
+    ]
     assert not rows, f"(row, (response, reference), reward, math_verify, expected): {rows}"
     assert 0 < sum(expected) < len(expected)
 
 
 def test_answer_and_reference_texts(math_reward):
     # The last complete \boxed{} is the answer, nested braces kept; else the whole response.
-    assert math_reward.final_answer(r"\boxed{1} then \boxed{\frac{1}{2}} and \boxed{3") == \
-        r"\boxed{\frac{1}{2}}"
+    assert (
+        math_reward.final_answer(r"\boxed{1} then \boxed{\frac{1}{2}} and \boxed{3")
+        == r"\boxed{\frac{1}{2}}"
+    )
     assert math_reward.final_answer("so c = 14") == "so c = 14"
     # A bare reference is read as boxed LaTeX; one with delimiters as it is.
     assert math_reward.reference_text(r"2\pi") == r"\boxed{2\pi}"
@@ -138,8 +144,14 @@ def test_unparsable_reference_falls_back_to_string_equality(math_reward):
 
 
 def test_reads_only_response_and_reference(math_reward):
-    x = rewards.RewardInput(prompt=r"\boxed{5}", response="It is 4.", prompt_ids=(5,),
-                            response_ids=(4,), reference="5", metadata={"answer": "5"})
+    x = rewards.RewardInput(
+        prompt=r"\boxed{5}",
+        response="It is 4.",
+        prompt_ids=(5,),
+        response_ids=(4,),
+        reference="5",
+        metadata={"answer": "5"},
+    )
     np.testing.assert_array_equal(math_reward([x]), [0.0])
 
 
@@ -168,12 +180,15 @@ def test_missing_math_verify(monkeypatch):
 
 
 def test_start_jax_imports_without_math_verify():
-    code = ("import sys; sys.modules['math_verify'] = None\n"
-            "import start_jax, start_jax.rewards as r\n"
-            "assert 'math' in r.registered()\n"
-            "try:\n    r.make('math')\nexcept ImportError as e:\n    print(e)\n")
+    code = (
+        "import sys; sys.modules['math_verify'] = None\n"
+        "import start_jax, start_jax.rewards as r\n"
+        "assert 'math' in r.registered()\n"
+        "try:\n    r.make('math')\nexcept ImportError as e:\n    print(e)\n"
+    )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "pip install math-verify" in out.stdout

@@ -19,9 +19,8 @@ import os
 import numpy as np
 import pytest
 
-from start_jax.rewards import synthetic
 from start_jax import rewards, train
-
+from start_jax.rewards import synthetic
 from start_jax.train.config import stage
 from tests.test_trainer import smoke_config
 
@@ -31,8 +30,9 @@ class StyledOnly:
     """1.0 for a styled response (``Surely ...!``), else 0.0."""
 
     def __call__(self, inputs):
-        return np.asarray([float(synthetic.parse_response(x.response)[1]) for x in inputs],
-                          np.float32)
+        return np.asarray(
+            [float(synthetic.parse_response(x.response)[1]) for x in inputs], np.float32
+        )
 
 
 def tiny_config(seed: int, advantage: str, init_checkpoint: str = ""):
@@ -85,6 +85,6 @@ def test_rl_raises_the_rate_of_the_paid_behaviour(base_dir, tmp_path, advantage)
     with open(os.path.join(trainer.workdir, "metrics.jsonl")) as fh:
         curve = [json.loads(line)["behaviour/facts/styled"] for line in fh]
     print(f"{advantage}: styled rate {before:.3f} -> {after:.3f}; train curve {np.round(curve, 2)}")
-    assert 0.1 <= before <= 0.45, before          # The base samples the behaviour, rarely.
+    assert 0.1 <= before <= 0.45, before  # The base samples the behaviour, rarely.
     assert after >= 0.8 and after - before >= 0.45, (before, after, curve)
     assert np.mean(curve[-3:]) - np.mean(curve[:3]) >= 0.4, curve

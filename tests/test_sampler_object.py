@@ -26,18 +26,36 @@ def test_sampler_methods_equal_the_functions_with_the_held_arguments():
     s = sampling.Sampler(config, SPECIAL, mesh=mesh, width=24, compact=compact)
     held = dict(mesh=mesh, width=24, compact=compact)
 
-    _same(s.sample(params, prompts, cfg, 3),
-          sampling.sample(config, params, prompts, cfg, 3, SPECIAL, **held))
+    _same(
+        s.sample(params, prompts, cfg, 3),
+        sampling.sample(config, params, prompts, cfg, 3, SPECIAL, **held),
+    )
     assert s.sample(params, prompts, cfg, 3).tokens.shape[1] == 24
     # A call's keyword overrides the held one.
     assert s.sample(params, prompts, cfg, 3, width=32).tokens.shape[1] == 32
 
     thinking = s.sample(params, prompts, cfg.replace(response_budget=0), 3, width=16)
     ids = list(range(len(prompts)))
-    _same(s.respond(params, thinking, cfg, jax.random.key(4), row_ids=ids),
-          sampling.respond(config, params, thinking, cfg, jax.random.key(4), SPECIAL,
-                           row_ids=ids, **held))
+    _same(
+        s.respond(params, thinking, cfg, jax.random.key(4), row_ids=ids),
+        sampling.respond(
+            config, params, thinking, cfg, jax.random.key(4), SPECIAL, row_ids=ids, **held
+        ),
+    )
 
     plain = s.generate(params, prompts, cfg, 5, width=None, max_new_tokens=6)
-    _same(plain, sampling.generate(config, params, prompts, cfg, 5, eos_id=[1, 11], pad_id=0,
-                                   mesh=mesh, compact=compact, max_new_tokens=6))
+    _same(
+        plain,
+        sampling.generate(
+            config,
+            params,
+            prompts,
+            cfg,
+            5,
+            eos_id=[1, 11],
+            pad_id=0,
+            mesh=mesh,
+            compact=compact,
+            max_new_tokens=6,
+        ),
+    )

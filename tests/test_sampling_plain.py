@@ -37,8 +37,11 @@ def tiny():
     # hidden state has a large positive entry 0 at every position; the eos
     # column of the head reads it: p(eos) > 1 - 1e-6 after any token (the
     # minimum-length test checks this on its own rollout).
-    eager = dict(params, embed={"embedding": params["embed"]["embedding"].at[:, 0].set(50.0)},
-                 lm_head=params["lm_head"].at[0, EOS].set(20.0))
+    eager = dict(
+        params,
+        embed={"embedding": params["embed"]["embedding"].at[:, 0].set(50.0)},
+        lm_head=params["lm_head"].at[0, EOS].set(20.0),
+    )
     return config, params, eager
 
 
@@ -50,6 +53,7 @@ def _random_params(config, seed):
         if "norm" in jax.tree_util.keystr(path):
             return jnp.ones(x.shape, x.dtype)
         return jnp.asarray(rs.normal(0.0, 0.2, x.shape), x.dtype)
+
     return jax.tree_util.tree_map_with_path(fill, models.param_shapes(config))
 
 
@@ -59,7 +63,7 @@ def _prompts(lengths, vocab, seed=0):
 
 
 def _until(tokens, stop):
-    return tokens[:tokens.index(stop) + 1] if stop in tokens else tokens
+    return tokens[: tokens.index(stop) + 1] if stop in tokens else tokens
 
 
 def _generated(rollout):
@@ -70,8 +74,13 @@ def _generated(rollout):
 
 def _teacher_forced(config, params, rollout):
     """Model logits [B, L - 1, V] that predicted each token of the rollout."""
-    out = models.forward(config, params, rollout.tokens, positions=rollout.positions(),
-                         attention_mask=rollout.attention_mask())
+    out = models.forward(
+        config,
+        params,
+        rollout.tokens,
+        positions=rollout.positions(),
+        attention_mask=rollout.attention_mask(),
+    )
     return np.asarray(out.logits[:, :-1], np.float64)
 
 
@@ -96,8 +105,9 @@ def test_plain_greedy_matches_transformers_generate(checkpoints, family):
     assert any(row[-1] == eos for row in expected) and any(row[-1] != eos for row in expected)
 
     cfg = sampling.SamplingConfig(temperature=0.0)
-    rollout = sampling.generate(config, params, prompts, cfg, 0, eos_id=eos, pad_id=PAD,
-                                max_new_tokens=max_new)
+    rollout = sampling.generate(
+        config, params, prompts, cfg, 0, eos_id=eos, pad_id=PAD, max_new_tokens=max_new
+    )
     assert _generated(rollout) == expected
     segs = np.asarray(rollout.segment_ids)
     assert not np.any(segs == segments.THINK)
@@ -116,10 +126,15 @@ def test_plain_greedy_matches_transformers_generate(checkpoints, family):
     # frequent token.
     counts = np.bincount([t for t in free[0] if t != eos], minlength=hf_fixtures.VOCAB)
     banned = (int(np.argmax(counts)),)
-    expected = [_until(row, eos) for row in hf_fixtures.greedy_generate(
-        hf_model, prompts, max_new, eos=eos, suppress_tokens=list(banned), min_new_tokens=6)]
-    cfg = sampling.SamplingConfig(temperature=0.0, banned_tokens=banned, min_response_tokens=6,
-                                  response_budget=max_new)
+    expected = [
+        _until(row, eos)
+        for row in hf_fixtures.greedy_generate(
+            hf_model, prompts, max_new, eos=eos, suppress_tokens=list(banned), min_new_tokens=6
+        )
+    ]
+    cfg = sampling.SamplingConfig(
+        temperature=0.0, banned_tokens=banned, min_response_tokens=6, response_budget=max_new
+    )
     rollout = sampling.generate(config, params, prompts, cfg, 0, eos_id=eos, pad_id=PAD)
     got = _generated(rollout)
     assert got == expected
@@ -130,29 +145,57 @@ def test_banned_eos_gives_exactly_n_tokens_without_retracing(tiny, monkeypatch):
     config, _, eager = tiny
     chex.clear_trace_counter()
     # Count the traces of the very prefill and decode that generate() calls.
-    monkeypatch.setattr(core, "prefill", jax.jit(
-        chex.assert_max_traces(core.prefill.__wrapped__, n=1),
-        static_argnames=("model_config", "sampling", "tokens_", "num_steps", "cache_sharding", "group")))
-    monkeypatch.setattr(core, "decode", jax.jit(
-        chex.assert_max_traces(core.decode.__wrapped__, n=1),
-        static_argnames=("model_config", "sampling", "tokens_", "logits_processor"),
-        donate_argnames=("state",)))
+    monkeypatch.setattr(
+        core,
+        "prefill",
+        jax.jit(
+            chex.assert_max_traces(core.prefill.__wrapped__, n=1),
+            static_argnames=(
+                "model_config",
+                "sampling",
+                "tokens_",
+                "num_steps",
+                "cache_sharding",
+                "group",
+            ),
+        ),
+    )
+    monkeypatch.setattr(
+        core,
+        "decode",
+        jax.jit(
+            chex.assert_max_traces(core.decode.__wrapped__, n=1),
+            static_argnames=("model_config", "sampling", "tokens_", "logits_processor"),
+            donate_argnames=("state",),
+        ),
+    )
     n = 7
     other = jax.tree.map(lambda x: x * 1.01, eager)
     try:
-        for params, prompts, banned in [(eager, [[5, 6], [7], [8, 9, 10]], (EOS,)),
-                                        (other, [[11] * 6, [12, 13], [14]], [EOS, EOS])]:
+        for params, prompts, banned in [
+            (eager, [[5, 6], [7], [8, 9, 10]], (EOS,)),
+            (other, [[11] * 6, [12, 13], [14]], [EOS, EOS]),
+        ]:
             # A new, equal config each call (a list of bans is stored as a tuple).
             cfg = sampling.SamplingConfig(temperature=1.0, banned_tokens=banned)
-            rollout = sampling.generate(config, params, prompts, cfg, 0, eos_id=EOS,
-                                        pad_id=PAD, max_new_tokens=n)
+            rollout = sampling.generate(
+                config, params, prompts, cfg, 0, eos_id=EOS, pad_id=PAD, max_new_tokens=n
+            )
             np.testing.assert_array_equal(rollout.response_length, n)
             np.testing.assert_array_equal(rollout.response_truncated, True)
             assert all(len(row) == n and EOS not in row for row in _generated(rollout))
         # The guard is live: another config would trace decode a second time.
         with pytest.raises(AssertionError, match="traced > 1 times"):
-            sampling.generate(config, eager, [[5]], cfg.replace(banned_tokens=(EOS, 2)), 0,
-                              eos_id=EOS, pad_id=PAD, max_new_tokens=n)
+            sampling.generate(
+                config,
+                eager,
+                [[5]],
+                cfg.replace(banned_tokens=(EOS, 2)),
+                0,
+                eos_id=EOS,
+                pad_id=PAD,
+                max_new_tokens=n,
+            )
     finally:
         chex.clear_trace_counter()
 
@@ -161,8 +204,9 @@ def test_min_response_tokens_delays_eos_in_plain_and_segmented_modes(tiny):
     config, _, eager = tiny
     prompts = _prompts([2, 5, 3, 7, 1, 4], 16, seed=3)
     m = 4
-    cfg = sampling.SamplingConfig(temperature=1.0, think_budget=3, response_budget=8,
-                                  min_response_tokens=m)
+    cfg = sampling.SamplingConfig(
+        temperature=1.0, think_budget=3, response_budget=8, min_response_tokens=m
+    )
     rollout = sampling.generate(config, eager, prompts, cfg, 0, eos_id=EOS, pad_id=PAD)
     for row in _generated(rollout):
         assert len(row) == m + 1 and row[-1] == EOS and EOS not in row[:-1]
@@ -192,8 +236,9 @@ def test_banned_tokens_never_appear_and_sampled_logprobs_are_of_the_banned_distr
     config, params, _ = tiny
     banned = (2, 6, 7, 9, 12)
     temperature = 1.5
-    cfg = sampling.SamplingConfig(temperature=temperature, response_budget=8,
-                                  banned_tokens=banned, logprobs_of="sampled")
+    cfg = sampling.SamplingConfig(
+        temperature=temperature, response_budget=8, banned_tokens=banned, logprobs_of="sampled"
+    )
     prompts = _prompts([1 + i % 6 for i in range(48)], 16, seed=4)
     rollout = sampling.generate(config, params, prompts, cfg, 5, eos_id=EOS, pad_id=PAD)
     assert rollout.logprobs_of == "sampled"
@@ -221,8 +266,10 @@ def test_bad_configs_and_special_tokens_raise_clear_errors(tiny):
         (dict(banned_tokens=(3, -2)), r"banned_tokens must be integer token ids >= 0, got \[-2\]"),
         (dict(banned_tokens=(1.5,)), r"banned_tokens must be integer token ids"),
         (dict(banned_tokens=7), r"banned_tokens must be a sequence of token ids, got 7"),
-        (dict(min_response_tokens=9, response_budget=4),
-         r"min_response_tokens=9 exceeds response_budget=4"),
+        (
+            dict(min_response_tokens=9, response_budget=4),
+            r"min_response_tokens=9 exceeds response_budget=4",
+        ),
         (dict(logprobs_of="filtered"), r"logprobs_of must be one of \('model', 'sampled'\)"),
     ]
     for kwargs, message in cases:
@@ -231,29 +278,45 @@ def test_bad_configs_and_special_tokens_raise_clear_errors(tiny):
     # A thinking-only config may keep the minimum of the full one.
     assert sampling.SamplingConfig(min_response_tokens=9, response_budget=0).response_budget == 0
     # Bans are a set: order and repeats do not make a new (recompiling) config.
-    assert (sampling.SamplingConfig(banned_tokens=[5, 3, 5])
-            == sampling.SamplingConfig(banned_tokens=(3, 5)))
-    assert (hash(sampling.SamplingConfig(banned_tokens=[5, 3]))
-            == hash(sampling.SamplingConfig(banned_tokens=(3, 5))))
+    assert sampling.SamplingConfig(banned_tokens=[5, 3, 5]) == sampling.SamplingConfig(
+        banned_tokens=(3, 5)
+    )
+    assert hash(sampling.SamplingConfig(banned_tokens=[5, 3])) == hash(
+        sampling.SamplingConfig(banned_tokens=(3, 5))
+    )
 
     def gen(cfg, **kw):
-        return sampling.generate(config, params, [[5, 6]], cfg, 0, **{
-            "eos_id": EOS, "pad_id": PAD, **kw})
+        return sampling.generate(
+            config, params, [[5, 6]], cfg, 0, **{"eos_id": EOS, "pad_id": PAD, **kw}
+        )
 
-    with pytest.raises(ValueError, match=r"banned_tokens \[16, 40\] are outside the vocabulary "
-                       r"of 16 tokens"):
+    with pytest.raises(
+        ValueError,
+        match=r"banned_tokens \[16, 40\] are outside the vocabulary "
+        r"of 16 tokens",
+    ):
         gen(sampling.SamplingConfig(banned_tokens=(3, 16, 40)))
     with pytest.raises(ValueError, match="cover all 16 tokens"):
-        gen(sampling.SamplingConfig(banned_tokens=[t for t in range(16) if t != EOS],
-                                    min_response_tokens=1))
+        gen(
+            sampling.SamplingConfig(
+                banned_tokens=[t for t in range(16) if t != EOS], min_response_tokens=1
+            )
+        )
     with pytest.raises(ValueError, match="eos_id=16 is outside the vocabulary of 16 tokens"):
         gen(sampling.SamplingConfig(), eos_id=16)
     with pytest.raises(ValueError, match="max_new_tokens .* must be >= 1"):
         gen(sampling.SamplingConfig(), max_new_tokens=0)
     with pytest.raises(ValueError, match=r"banned_tokens \[20\] are outside"):
-        sampling.sample(config, params, [[5]], sampling.SamplingConfig(banned_tokens=(20,)), 0,
-                        SPECIAL)
+        sampling.sample(
+            config, params, [[5]], sampling.SamplingConfig(banned_tokens=(20,)), 0, SPECIAL
+        )
     # The segmented modes need the thinking tags; plain generation does not.
     with pytest.raises(ValueError, match="SpecialTokens needs think and end_think ids"):
-        sampling.sample(config, params, [[5]], sampling.SamplingConfig(), 0,
-                        sampling.SpecialTokens(eos=EOS, pad=PAD))
+        sampling.sample(
+            config,
+            params,
+            [[5]],
+            sampling.SamplingConfig(),
+            0,
+            sampling.SpecialTokens(eos=EOS, pad=PAD),
+        )

@@ -9,7 +9,7 @@ from start_jax import models, sampling, sharding
 from start_jax.sampling import sampler as core
 
 SPECIAL = sampling.SpecialTokens(think=3, end_think=4, eos=1, pad=0)
-VOCAB = 12   # Small, so that a random model ends rows at many different lengths.
+VOCAB = 12  # Small, so that a random model ends rows at many different lengths.
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,16 @@ def _prompts(groups, group, seed=0):
 
 
 def _same(a, b):
-    for name in ("tokens", "segment_ids", "forced", "sampled", "think_length",
-                 "response_length", "think_truncated", "response_truncated"):
+    for name in (
+        "tokens",
+        "segment_ids",
+        "forced",
+        "sampled",
+        "think_length",
+        "response_length",
+        "think_truncated",
+        "response_truncated",
+    ):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
 
@@ -51,7 +59,7 @@ def test_compaction_equals_decoding_every_row_to_the_end(tiny, monkeypatch):
     prompts = _prompts(4, 8)
     ref = sampling.sample(config, params, prompts, CFG, 7, SPECIAL)
     ends = np.asarray(ref.think_length) + np.asarray(ref.response_length)
-    assert ends.min() < 10 and ends.max() > 30, ends   # Lengths vary: rows finish early.
+    assert ends.min() < 10 and ends.max() > 30, ends  # Lengths vary: rows finish early.
     sizes = []
     take = core.take_rows
 
@@ -60,20 +68,25 @@ def test_compaction_equals_decoding_every_row_to_the_end(tiny, monkeypatch):
         return take(state, rows, cache_sharding=cache_sharding)
 
     monkeypatch.setattr(core, "take_rows", spy)
-    out = sampling.sample(config, params, prompts, CFG, 7, SPECIAL,
-                          compact=sampling.Compaction(every=4, min_rows=8))
+    out = sampling.sample(
+        config, params, prompts, CFG, 7, SPECIAL, compact=sampling.Compaction(every=4, min_rows=8)
+    )
     _same(out, ref)
-    assert sizes and sizes[0][0] == 32 and sizes[-1][1] < 32, sizes   # It did shrink.
+    assert sizes and sizes[0][0] == 32 and sizes[-1][1] < 32, sizes  # It did shrink.
     # With given thinking (what a responder continues) and in plain generation too.
     thinking = [[7] * (i % 5) for i in range(len(prompts))]
     compact = sampling.Compaction(every=3, min_rows=16)
-    _same(sampling.sample(config, params, prompts, CFG, 2, SPECIAL, thinking=thinking,
-                          compact=compact),
-          sampling.sample(config, params, prompts, CFG, 2, SPECIAL, thinking=thinking))
+    _same(
+        sampling.sample(
+            config, params, prompts, CFG, 2, SPECIAL, thinking=thinking, compact=compact
+        ),
+        sampling.sample(config, params, prompts, CFG, 2, SPECIAL, thinking=thinking),
+    )
     kw = dict(eos_id=1, pad_id=0, max_new_tokens=30)
-    _same(sampling.generate(config, params, prompts, CFG, 4, **kw, compact=compact,
-                            group_size=8),
-          sampling.generate(config, params, prompts, CFG, 4, **kw))
+    _same(
+        sampling.generate(config, params, prompts, CFG, 4, **kw, compact=compact, group_size=8),
+        sampling.generate(config, params, prompts, CFG, 4, **kw),
+    )
 
 
 def test_compaction_on_a_mesh_keeps_a_row_per_shard(tiny, monkeypatch):
@@ -84,10 +97,25 @@ def test_compaction_on_a_mesh_keeps_a_row_per_shard(tiny, monkeypatch):
     ref = sampling.sample(config, params, prompts, CFG, 9, SPECIAL)
     sizes = []
     take = core.take_rows
-    monkeypatch.setattr(core, "take_rows", lambda s, r, cache_sharding=None: (
-        sizes.append(r.shape[0]), take(s, r, cache_sharding=cache_sharding))[1])
-    out = sampling.sample(config, sharded, prompts, CFG, 9, SPECIAL, mesh=mesh, group_size=8,
-                          compact=sampling.Compaction(every=4, min_rows=1))
+    monkeypatch.setattr(
+        core,
+        "take_rows",
+        lambda s, r, cache_sharding=None: (
+            sizes.append(r.shape[0]),
+            take(s, r, cache_sharding=cache_sharding),
+        )[1],
+    )
+    out = sampling.sample(
+        config,
+        sharded,
+        prompts,
+        CFG,
+        9,
+        SPECIAL,
+        mesh=mesh,
+        group_size=8,
+        compact=sampling.Compaction(every=4, min_rows=1),
+    )
     _same(out, ref)
     assert sizes and all(n % 8 == 0 for n in sizes), sizes
 
@@ -96,8 +124,19 @@ def test_compacted_batch_sizes():
     """Active rows go on in the smallest 2^k or 3 * 2^k rows that hold them (at least
     min_rows, a multiple of the mesh's batch shards); no smaller size keeps the batch."""
     from start_jax.sampling.api import _compact_size
+
     assert [_compact_size(n, 64, 8, 1) for n in (0, 3, 9, 13, 17, 25, 33, 48, 49, 63)] == [
-        8, 8, 12, 16, 24, 32, 48, 48, 64, 64]
+        8,
+        8,
+        12,
+        16,
+        24,
+        32,
+        48,
+        48,
+        64,
+        64,
+    ]
     assert [_compact_size(n, 64, 1, 8) for n in (1, 9, 17, 25, 40)] == [8, 16, 24, 32, 48]
     assert _compact_size(5, 40, 8, 1) == 8 and _compact_size(9, 40, 8, 1) == 12
-    assert _compact_size(5, 8, 8, 1) == 8    # Never below min_rows.
+    assert _compact_size(5, 8, 8, 1) == 8  # Never below min_rows.

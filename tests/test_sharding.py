@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from start_jax import checkpoints
-from start_jax import models, sharding
+from start_jax import checkpoints, models, sharding
 from tests import hf_fixtures
 
 MESHES = [dict(data=2, fsdp=2, tensor=2), dict(fsdp=8), dict(data=4, tensor=2)]
@@ -26,7 +25,9 @@ def test_eight_simulated_devices():
     assert jax.device_count() == 8
 
 
-@pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda m: "-".join(f"{k}{v}" for k, v in m.items()))
+@pytest.mark.parametrize(
+    "mesh_shape", MESHES, ids=lambda m: "-".join(f"{k}{v}" for k, v in m.items())
+)
 def test_sharded_forward_equals_unsharded(llama_dir, mesh_shape):
     config, params = checkpoints.load_pretrained(llama_dir)
     tokens = jnp.asarray(np.random.RandomState(0).randint(3, hf_fixtures.VOCAB, (8, 16)))
@@ -44,8 +45,11 @@ def test_sharded_forward_equals_unsharded(llama_dir, mesh_shape):
     # ... and each device holds only its slice.
     up = _get(params_s, ("layers", "mlp", "up_proj"))
     shard_shape = up.addressable_shards[0].data.shape
-    assert shard_shape == (config.num_layers, config.hidden_size // fsdp,
-                           config.intermediate_size // tensor)
+    assert shard_shape == (
+        config.num_layers,
+        config.hidden_size // fsdp,
+        config.intermediate_size // tensor,
+    )
 
     tokens_s = jax.device_put(tokens, sharding.batch_sharding(mesh))
     with sharding.logical_constraint_context(mesh):
@@ -96,12 +100,15 @@ def test_rules_raise_on_colliding_axes():
 
 def test_indivisible_dimension_is_replicated_when_asked():
     mesh = sharding.make_mesh(fsdp=8)
-    spec = sharding.ShardingRules(replicate_uneven=True).spec(("vocab", "embed"), shape=(10, 12),
-                                                              mesh=mesh)
+    spec = sharding.ShardingRules(replicate_uneven=True).spec(
+        ("vocab", "embed"), shape=(10, 12), mesh=mesh
+    )
     assert spec == P("tensor", None)  # tensor has size 1 here; fsdp=8 does not divide 12.
     with pytest.raises(sharding.ShardingError, match=r"dimension 1 \(embed, size 12\)"):
         sharding.ShardingRules().spec(("vocab", "embed"), shape=(10, 12), mesh=mesh)
-    assert sharding.ShardingRules().spec(("vocab", "embed"), shape=(10, 16), mesh=mesh) == P("tensor", "fsdp")
+    assert sharding.ShardingRules().spec(("vocab", "embed"), shape=(10, 16), mesh=mesh) == P(
+        "tensor", "fsdp"
+    )
 
 
 def test_mesh_errors_name_the_problem():

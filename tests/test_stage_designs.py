@@ -3,7 +3,6 @@ state and per-stage warmup; each tested on one in-process run of the smoke model
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -28,10 +27,12 @@ def designs_config():
     c.algo.kl_coef = 0.0
     c.stages = {
         "s1": stage("think", "frozen", steps=2),
-        "s2": stage("response", "self", steps=2, kl_coef=0.5, kl_reference="stage_start",
-                    kl_scope="think"),
-        "s3": stage("response", "self", steps=2, thinker="frozen", carry_optimizer=True,
-                    warmup_steps=1),
+        "s2": stage(
+            "response", "self", steps=2, kl_coef=0.5, kl_reference="stage_start", kl_scope="think"
+        ),
+        "s3": stage(
+            "response", "self", steps=2, thinker="frozen", carry_optimizer=True, warmup_steps=1
+        ),
     }
     c.checkpoint.every = 1
     c.checkpoint.keep = 10
@@ -60,12 +61,20 @@ def test_stage_options_reach_the_spec():
     s1, s2, s3 = spec.stages
     assert (s1.thinker, s1.needs_snapshot, s1.kl_coef, s1.warmup_steps) == ("self", False, 0, 0)
     assert (s3.thinker, s3.carry_optimizer, s3.warmup_steps, s3.needs_snapshot) == (
-        "frozen", True, 1, True)
+        "frozen",
+        True,
+        1,
+        True,
+    )
     assert (s2.kl_coef, s2.kl_reference, s2.kl_scope, s2.needs_snapshot) == (
-        0.5, "stage_start", "think", True)
+        0.5,
+        "stage_start",
+        "think",
+        True,
+    )
     loss = s2.train_config(spec.train).loss
     assert (loss.kl_coef, loss.kl_scope) == (0.5, "think")
-    assert s1.train_config(spec.train) == spec.train   # Nothing per stage: the run's settings.
+    assert s1.train_config(spec.train) == spec.train  # Nothing per stage: the run's settings.
 
 
 def test_frozen_thinker_samples_the_snapshot_and_trains_the_response_only(designs_run):
@@ -80,23 +89,34 @@ def test_frozen_thinker_samples_the_snapshot_and_trains_the_response_only(design
     # thinking tokens are exactly the snapshot's own samples for the same keys.
     s3 = trainer.stages[2]
     snap = _params_at(trainer, 4).params
-    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
-                        summary["thinker_params"], snap)
+    same = jax.tree.map(
+        lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), summary["thinker_params"], snap
+    )
     assert all(jax.tree.leaves(same))
     final = summary["params"]
     moved = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), final, snap)
-    assert not all(jax.tree.leaves(moved))               # The policy itself trained on.
+    assert not all(jax.tree.leaves(moved))  # The policy itself trained on.
     examples = [trainer.train_data[i] for i in range(2)]
     step = 5
     got = jax.device_get(trainer.rollouts(final, examples, step, s3))
     prompts = [p for p in trainer.encode(examples) for _ in range(trainer.spec.group_size)]
     row_ids = np.arange(len(prompts)) + step * len(prompts)
-    want = jax.device_get(sampling.sample(
-        trainer.sampler_config, snap, prompts,
-        trainer.spec.sampling.replace(response_budget=0), trainer._key(0, step),
-        trainer.special, row_ids=row_ids, mesh=trainer.mesh, rules=trainer.rules,
-        width=trainer.width - trainer.spec.sampling.response_budget,
-        group_size=trainer.spec.group_size, compact=trainer.spec.compaction))
+    want = jax.device_get(
+        sampling.sample(
+            trainer.sampler_config,
+            snap,
+            prompts,
+            trainer.spec.sampling.replace(response_budget=0),
+            trainer._key(0, step),
+            trainer.special,
+            row_ids=row_ids,
+            mesh=trainer.mesh,
+            rules=trainer.rules,
+            width=trainer.width - trainer.spec.sampling.response_budget,
+            group_size=trainer.spec.group_size,
+            compact=trainer.spec.compaction,
+        )
+    )
     think = got.segment_ids == segments.THINK
     assert think.any()
     # The thinking ends at the same columns: the response is appended after it.
@@ -111,9 +131,16 @@ def test_frozen_thinker_samples_the_snapshot_and_trains_the_response_only(design
     batch = jax.tree.map(jnp.asarray, batch)
     counts = rl.loss_counts(batch, s3.train_config(trainer.spec.train).loss)
     logp = jnp.asarray(np.where(batch.segment_ids > 0, -1.0, 0.0), jnp.float32)
-    grad = jax.grad(lambda lp: rl.policy_loss_terms(
-        lp, jnp.zeros_like(lp), batch, counts, s3.train_config(trainer.spec.train).loss,
-        on_policy=True)[0])(logp)
+    grad = jax.grad(
+        lambda lp: rl.policy_loss_terms(
+            lp,
+            jnp.zeros_like(lp),
+            batch,
+            counts,
+            s3.train_config(trainer.spec.train).loss,
+            on_policy=True,
+        )[0]
+    )(logp)
     touched = np.asarray(grad) != 0
     assert touched.any()
     assert (np.asarray(batch.segment_ids)[touched] == segments.RESPONSE).all()
@@ -127,19 +154,21 @@ def test_stage_start_kl_is_zero_at_the_first_step_and_anchors_the_thinking(desig
     trainer, _ = designs_run
     s2 = [r for r in _metrics(trainer.workdir) if r["stage"] == 1]
     assert [r["step"] for r in s2] == [3, 4]
-    assert abs(s2[0]["kl"]) < 1e-9, s2[0]["kl"]       # The reference is the policy itself.
-    assert s2[1]["kl"] > 1e-7, s2[1]["kl"]             # One update later it is not.
-    for r in s2:                                        # The loss trains the response only.
+    assert abs(s2[0]["kl"]) < 1e-9, s2[0]["kl"]  # The reference is the policy itself.
+    assert s2[1]["kl"] > 1e-7, s2[1]["kl"]  # One update later it is not.
+    for r in s2:  # The loss trains the response only.
         assert r["mask_think_tokens"] == 0 and r["mask_response_tokens"] > 0
     # The reference of s2 is the policy at s2's start (the step-2 checkpoint), not the
     # initial policy (a resumed run restores it: test_resume_... at step 3).
     ckpt = checkpointing.Checkpointer(os.path.join(trainer.workdir, "checkpoints"), 10)
     snapshot = ckpt.restore_snapshot(3, trainer.restore_target(trainer.stages[1]).params)
     ckpt.close()
-    same = jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), snapshot,
-                        _params_at(trainer, 2).params)
+    same = jax.tree.map(
+        lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)),
+        snapshot,
+        _params_at(trainer, 2).params,
+    )
     assert all(jax.tree.leaves(same))
-
 
 
 def test_carried_optimizer_state_continues_the_moments():
@@ -149,12 +178,20 @@ def test_carried_optimizer_state_continues_the_moments():
     for _ in range(2):
         _, state = tx1.update({"w": jnp.asarray([0.1, -0.2, 0.3])}, state, params)
     carried = rl.carry_optimizer_state(state, tx2.init(params))
-    adam = [s for s in jax.tree.leaves(carried, is_leaf=lambda x: isinstance(
-        x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)][0]
+    adam = [
+        s
+        for s in jax.tree.leaves(carried, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+        if isinstance(s, optax.ScaleByAdamState)
+    ][0]
     assert int(adam.count) == 2 and float(jnp.abs(adam.mu["w"]).sum()) > 0
-    schedule = [s for s in jax.tree.leaves(carried, is_leaf=lambda x: isinstance(
-        x, optax.ScaleByScheduleState)) if isinstance(s, optax.ScaleByScheduleState)][0]
-    assert int(schedule.count) == 0                    # The new stage's warmup starts at 0.
+    schedule = [
+        s
+        for s in jax.tree.leaves(
+            carried, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState)
+        )
+        if isinstance(s, optax.ScaleByScheduleState)
+    ][0]
+    assert int(schedule.count) == 0  # The new stage's warmup starts at 0.
     # The first update of the new stage reads the carried moments: it differs from a fresh one.
     g = {"w": jnp.asarray([0.1, 0.1, 0.1])}
     tx2b = rl.make_optimizer(1e-2)
@@ -181,16 +218,19 @@ def test_resume_inside_and_at_the_start_of_a_stage_is_exact(designs_run, tmp_pat
     _assert_same_metrics(_metrics(workdir), _metrics(trainer.workdir))
 
 
-@pytest.mark.parametrize("name, override, message", [
-    ("s3", dict(train_segments="joint"), "train_segments='response'"),
-    ("s3", dict(responder="frozen"), "responder='self'"),
-    ("s3", dict(thinker="both"), "thinker='both'"),
-    ("s3", dict(kl_reference="stage_start"), "needs a KL coefficient"),
-    ("s2", dict(kl_reference="start"), "kl_reference='start'"),
-    ("s2", dict(kl_scope="prompt"), "kl_scope='prompt'"),
-    ("s2", dict(kl_coef=-0.5), "kl_coef=-0.5"),
-    ("s2", dict(warmup_steps=-2), "warmup_steps=-2"),
-])
+@pytest.mark.parametrize(
+    "name, override, message",
+    [
+        ("s3", dict(train_segments="joint"), "train_segments='response'"),
+        ("s3", dict(responder="frozen"), "responder='self'"),
+        ("s3", dict(thinker="both"), "thinker='both'"),
+        ("s3", dict(kl_reference="stage_start"), "needs a KL coefficient"),
+        ("s2", dict(kl_reference="start"), "kl_reference='start'"),
+        ("s2", dict(kl_scope="prompt"), "kl_scope='prompt'"),
+        ("s2", dict(kl_coef=-0.5), "kl_coef=-0.5"),
+        ("s2", dict(warmup_steps=-2), "warmup_steps=-2"),
+    ],
+)
 def test_bad_stage_options_name_the_field(name, override, message):
     c = designs_config()
     for key, value in override.items():

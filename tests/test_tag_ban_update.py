@@ -37,9 +37,10 @@ def _rollout(params, cfg):
 
 @pytest.mark.parametrize("logprobs_of", ["model", "sampled"])
 def test_update_log_probs_equal_the_sampler_s_under_the_ban(params, logprobs_of):
-    cfg = sampling.SamplingConfig(temperature=0.9, think_budget=6, response_budget=6,
-                                  logprobs_of=logprobs_of)
-    assert cfg.ban_tags_in_response                      # On by default.
+    cfg = sampling.SamplingConfig(
+        temperature=0.9, think_budget=6, response_budget=6, logprobs_of=logprobs_of
+    )
+    assert cfg.ban_tags_in_response  # On by default.
     rollout = _rollout(params, cfg)
     segs = np.asarray(rollout.segment_ids)
     drawn = np.asarray(rollout.sampled) & (segs != segments.PAD)
@@ -47,14 +48,18 @@ def test_update_log_probs_equal_the_sampler_s_under_the_ban(params, logprobs_of)
     assert response.sum() >= 8 and (drawn & (segs == segments.THINK)).sum() >= 8
     tokens = np.asarray(rollout.tokens)
     assert not np.isin(tokens[response], TAGS).any()
-    ours = np.asarray(rl.rollout_log_probs(CONFIG, params, rollout.tokens, rollout.segment_ids,
-                                           0.9, response_banned=TAGS))
+    ours = np.asarray(
+        rl.rollout_log_probs(
+            CONFIG, params, rollout.tokens, rollout.segment_ids, 0.9, response_banned=TAGS
+        )
+    )
     theirs = np.asarray(rollout.logprobs)
     np.testing.assert_allclose(ours[drawn], theirs[drawn], atol=1e-5)
     # Without the ban the update would see another policy: in the response the tags
     # (about 2/16 of the mass of this random model) are missing from the sampler's.
-    plain = np.asarray(rl.rollout_log_probs(CONFIG, params, rollout.tokens, rollout.segment_ids,
-                                            0.9))
+    plain = np.asarray(
+        rl.rollout_log_probs(CONFIG, params, rollout.tokens, rollout.segment_ids, 0.9)
+    )
     gap = ours[response] - plain[response]
     assert gap.min() > 1e-2
     np.testing.assert_allclose(plain[drawn & ~response], ours[drawn & ~response], atol=1e-6)
@@ -84,6 +89,7 @@ def test_banned_head_equals_naive_masked_softmax_values_and_gradients(chunk):
         def f(h, k):
             logp, ent = fn(h, k)
             return jnp.sum(logp * w1) + jnp.sum(ent * w2)
+
         return f
 
     ours = lambda h, k: lp.chunked_head(h, k, targets, 0.8, chunk, jnp.float32, ban, TAGS)  # noqa: E731
@@ -106,19 +112,30 @@ def test_on_policy_update_starts_at_ratio_one_under_the_ban(params):
     cfg = sampling.SamplingConfig(temperature=1.0, think_budget=5, response_budget=5)
     rollout = _rollout(params, cfg)
     train = rl.TrainConfig(ppo_epochs=2, response_banned=TAGS)
-    batch_cfg = rl.BatchConfig(train=train, advantage=rl.AdvantageConfig(estimator="grpo",
-                                                                         group_size=2))
+    batch_cfg = rl.BatchConfig(
+        train=train, advantage=rl.AdvantageConfig(estimator="grpo", group_size=2)
+    )
     rewards = jnp.asarray([1.0, 0.0, 0.5, 0.2])
     batch = rl.jit_build_batch(CONFIG, None, batch_cfg)(
-        params, None, None, rollout.tokens, rollout.segment_ids, rollout.forced, rewards,
-        rollout.logprobs, rollout.sampled)
+        params,
+        None,
+        None,
+        rollout.tokens,
+        rollout.segment_ids,
+        rollout.forced,
+        rewards,
+        rollout.logprobs,
+        rollout.sampled,
+    )
     mask = np.asarray(batch.loss_mask)
-    np.testing.assert_allclose(np.asarray(batch.old_logprobs)[mask],
-                               np.asarray(rollout.logprobs)[mask], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(batch.old_logprobs)[mask], np.asarray(rollout.logprobs)[mask], atol=1e-5
+    )
     counts = rl.loss_counts(batch, train.loss)
     _, aux = train_step.policy_loss(params, batch, counts, CONFIG, train)
     assert abs(float(aux["approx_kl"])) < 1e-6 and float(aux["clip_frac_low"]) == 0.0
     # The same batch scored without the ban is off-policy from the first update.
-    _, plain = train_step.policy_loss(params, batch, counts, CONFIG,
-                              dataclasses.replace(train, response_banned=()))
+    _, plain = train_step.policy_loss(
+        params, batch, counts, CONFIG, dataclasses.replace(train, response_banned=())
+    )
     assert abs(float(plain["approx_kl"])) > 1e-4

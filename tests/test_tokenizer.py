@@ -116,9 +116,7 @@ def test_hf_encode_batch(bpe):
 
 
 def test_hf_missing_think_token(tmp_path):
-    d = _write_bpe_dir(
-        tmp_path / "nothink", ["<|endoftext|>"], {"eos_token": "<|endoftext|>"}
-    )
+    d = _write_bpe_dir(tmp_path / "nothink", ["<|endoftext|>"], {"eos_token": "<|endoftext|>"})
     expected = (
         f"tokenizer {d / 'tokenizer.json'} has no token '<think>' (needed for the "
         "thinking segment); name a token it has with think_token=..., or pass "
@@ -129,11 +127,10 @@ def test_hf_missing_think_token(tmp_path):
 
 
 def test_hf_missing_tags_added_as_tokens(tmp_path):
-    d = _write_bpe_dir(
-        tmp_path / "nothink", ["<|endoftext|>"], {"eos_token": "<|endoftext|>"}
+    d = _write_bpe_dir(tmp_path / "nothink", ["<|endoftext|>"], {"eos_token": "<|endoftext|>"})
+    plain = tokenizer.HFTokenizer.from_pretrained(
+        d, think_token="<|endoftext|>", end_think_token="<|endoftext|>"
     )
-    plain = tokenizer.HFTokenizer.from_pretrained(d, think_token="<|endoftext|>",
-                                                  end_think_token="<|endoftext|>")
     tok = tokenizer.HFTokenizer.from_pretrained(d, add_missing_tags=True)
     n = plain.vocab_size
     # The tags get the next two ids, encode as single tokens, and survive decoding.
@@ -147,7 +144,11 @@ def test_hf_missing_tags_added_as_tokens(tmp_path):
     # Saved with the added tags, the directory reads back the same tokenizer.
     again = tokenizer.HFTokenizer.from_pretrained(tok.save_pretrained(tmp_path / "saved"))
     assert (again.think_id, again.end_think_id, again.eos_id, again.pad_id) == (
-        tok.think_id, tok.end_think_id, tok.eos_id, tok.pad_id)
+        tok.think_id,
+        tok.end_think_id,
+        tok.eos_id,
+        tok.pad_id,
+    )
     assert again.encode(text) == ids
 
 

@@ -25,14 +25,14 @@ def _segments(b=8, length=20, seed=0):
         think = rs.randint(2, 7)
         resp = rs.randint(1, length - pad - prompt - think - 1)
         t = pad
-        seg[i, t:t + prompt] = segments.PROMPT
+        seg[i, t : t + prompt] = segments.PROMPT
         t += prompt
-        seg[i, t:t + think] = segments.THINK
-        forced[i, t] = True                # <think>
+        seg[i, t : t + think] = segments.THINK
+        forced[i, t] = True  # <think>
         if i % 2:
             forced[i, t + think - 1] = True  # A budget-forced </think>.
         t += think
-        seg[i, t:t + resp] = segments.RESPONSE
+        seg[i, t : t + resp] = segments.RESPONSE
     return seg, forced
 
 
@@ -48,10 +48,17 @@ def make_batch(mode="joint", b=8, length=20, seed=0, kl_scope="mask"):
     params = models.init_params(CONFIG, jax.random.key(seed))
     old = rl.rollout_log_probs(CONFIG, params, jnp.asarray(tokens), jnp.asarray(seg)) + noise()
     return rl.Batch(
-        tokens=jnp.asarray(tokens), segment_ids=jnp.asarray(seg), loss_mask=mask,
+        tokens=jnp.asarray(tokens),
+        segment_ids=jnp.asarray(seg),
+        loss_mask=mask,
         kl_mask=rl.kl_mask(jnp.asarray(seg), jnp.asarray(forced), mode, kl_scope),
-        advantages=adv, old_logprobs=old, ref_logprobs=old + noise(),
-        returns=noise(), old_values=noise(), rewards=jnp.asarray(rewards_))
+        advantages=adv,
+        old_logprobs=old,
+        ref_logprobs=old + noise(),
+        returns=noise(),
+        old_values=noise(),
+        rewards=jnp.asarray(rewards_),
+    )
 
 
 def test_chunked_log_probs_equal_naive_and_so_do_gradients():
@@ -59,8 +66,12 @@ def test_chunked_log_probs_equal_naive_and_so_do_gradients():
     batch = make_batch()
 
     def naive(p):
-        logits = models.apply(CONFIG, p, batch.tokens, positions=None,
-                              attention_mask=batch.segment_ids != 0).logits / 0.8
+        logits = (
+            models.apply(
+                CONFIG, p, batch.tokens, positions=None, attention_mask=batch.segment_ids != 0
+            ).logits
+            / 0.8
+        )
         logp = jax.nn.log_softmax(logits, -1)
         picked = jnp.take_along_axis(logp[:, :-1], batch.tokens[:, 1:, None], -1)[..., 0]
         entropy = -jnp.sum(jnp.exp(logp) * logp, -1)[:, :-1]
@@ -82,16 +93,25 @@ def test_chunked_log_probs_equal_naive_and_so_do_gradients():
 
 # Every mode with GSPO (whose sequence-level ratio averages over the mask), each other
 # loss once.
-@pytest.mark.parametrize("kind, mode", [("gspo", "joint"), ("gspo", "think"),
-                                        ("gspo", "response"), ("ppo", "think"),
-                                        ("dual_clip", "response")])
+@pytest.mark.parametrize(
+    "kind, mode",
+    [
+        ("gspo", "joint"),
+        ("gspo", "think"),
+        ("gspo", "response"),
+        ("ppo", "think"),
+        ("dual_clip", "response"),
+    ],
+)
 def test_no_gradient_leaks_outside_the_loss_mask(mode, kind):
     batch = make_batch(mode)
-    lc = losses.LossConfig(policy_loss=kind, kl_coef=0.1, entropy_coef=0.01,
-                           aggregation="seq-mean-token-mean")
+    lc = losses.LossConfig(
+        policy_loss=kind, kl_coef=0.1, entropy_coef=0.01, aggregation="seq-mean-token-mean"
+    )
     counts = rl.loss_counts(batch, lc)
-    logits = jnp.asarray(np.random.RandomState(3).randn(*batch.tokens.shape, CONFIG.vocab_size),
-                         jnp.float32)
+    logits = jnp.asarray(
+        np.random.RandomState(3).randn(*batch.tokens.shape, CONFIG.vocab_size), jnp.float32
+    )
 
     def loss(lg):  # lg[:, t] are the logits that predict tokens[:, t].
         logp, ent = rl.logits_log_probs(lg, batch.tokens)
@@ -121,10 +141,17 @@ def test_micro_batches_give_the_same_update(mode):
     tx = optax.sgd(1.0)  # The update is the gradient itself.
     results = []
     for micro in (1, 4):
-        cfg = rl.TrainConfig(loss=losses.LossConfig(aggregation=mode, kl_coef=0.05,
-                                                    entropy_coef=0.01, norm_length=20),
-                             micro_batches=micro, logprob_chunk=7, use_critic=True)
-        state = rl.init_state(jax.tree.map(jnp.copy, params), tx, jax.tree.map(jnp.copy, critic), tx)
+        cfg = rl.TrainConfig(
+            loss=losses.LossConfig(
+                aggregation=mode, kl_coef=0.05, entropy_coef=0.01, norm_length=20
+            ),
+            micro_batches=micro,
+            logprob_chunk=7,
+            use_critic=True,
+        )
+        state = rl.init_state(
+            jax.tree.map(jnp.copy, params), tx, jax.tree.map(jnp.copy, critic), tx
+        )
         step = rl.jit_train_step(CONFIG, cfg, tx, value_config, tx)
         new, metrics = step(state, batch, jax.random.key(0))
         results.append((_delta(params, new.params), _delta(critic, new.critic_params), metrics))
@@ -152,21 +179,28 @@ def test_length_groups_give_the_same_update(mode="seq-mean-token-sum-norm"):
     entropy, a critic)."""
     batch = make_batch("joint", b=8, length=40, seed=3)
     widths = rl.length_widths(np.asarray(batch.segment_ids), 2)
-    assert widths[0] < 40, widths            # The short half is cropped.
+    assert widths[0] < 40, widths  # The short half is cropped.
     params = models.init_params(CONFIG, jax.random.key(0))
     value_config, critic = models.value_model_from_policy(CONFIG, params, jax.random.key(2))
     tx = optax.sgd(1.0)  # The update is the gradient itself (Adam would magnify rounding).
-    cfg = rl.TrainConfig(loss=losses.LossConfig(aggregation=mode, kl_coef=0.05, entropy_coef=0.01,
-                                                norm_length=40),
-                         ppo_epochs=2, micro_batches=2, use_critic=True)
+    cfg = rl.TrainConfig(
+        loss=losses.LossConfig(aggregation=mode, kl_coef=0.05, entropy_coef=0.01, norm_length=40),
+        ppo_epochs=2,
+        micro_batches=2,
+        use_critic=True,
+    )
     step = rl.jit_train_step(CONFIG, cfg, tx, value_config, tx)
     out = {}
     for w in (None, widths):
-        state = rl.init_state(jax.tree.map(jnp.copy, params), tx, jax.tree.map(jnp.copy, critic), tx)
+        state = rl.init_state(
+            jax.tree.map(jnp.copy, params), tx, jax.tree.map(jnp.copy, critic), tx
+        )
         out[w] = step(state, batch, jax.random.key(4), w)
     (a, ma), (b, mb) = out[None], out[widths]
-    for x, y in zip(jax.tree.leaves((_delta(params, a.params), _delta(critic, a.critic_params))),
-                    jax.tree.leaves((_delta(params, b.params), _delta(critic, b.critic_params)))):
+    for x, y in zip(
+        jax.tree.leaves((_delta(params, a.params), _delta(critic, a.critic_params))),
+        jax.tree.leaves((_delta(params, b.params), _delta(critic, b.critic_params))),
+    ):
         np.testing.assert_allclose(x, y, atol=1e-6)
     assert max(np.abs(x).max() for x in jax.tree.leaves(_delta(params, a.params))) > 1e-4
     assert set(ma) == set(mb)
@@ -175,28 +209,33 @@ def test_length_groups_give_the_same_update(mode="seq-mean-token-sum-norm"):
     # A group cropped short of its rows' tokens is flagged: the loss becomes NaN and
     # check_finite stops the run instead of training on less.
     from start_jax.rl.train_step import _by_length
+
     parts, overflow = _by_length(batch, widths)
     assert [p.tokens.shape for p in parts] == [(4, widths[0]), (4, widths[1])]
     assert not bool(overflow) and bool(_by_length(batch, (widths[0] - 8, 40))[1])
     from start_jax.rl.train_step import _accumulate_groups
+
     summed = lambda p, mb, c: (p * jnp.sum(mb.advantages), {"n": jnp.sum(mb.loss_mask)})  # noqa
     for w, nan in ((widths, False), ((widths[0] - 8, 40), True)):
         _, loss, aux = _accumulate_groups(summed, jnp.ones(()), batch, None, 1, w)
         assert bool(jnp.isnan(loss)) == nan
-        assert nan or int(aux["n"]) == int(batch.loss_mask.sum())   # Every mask token seen.
+        assert nan or int(aux["n"]) == int(batch.loss_mask.sum())  # Every mask token seen.
     with pytest.raises(ValueError, match="length groups need minibatches=1"):
         rl.jit_train_step(CONFIG, cfg.__class__(minibatches=2), tx)(
-            rl.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(4), widths)
+            rl.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(4), widths
+        )
 
 
 def test_sharded_step_equals_unsharded():
     batch = make_batch("joint", b=8)
     params = models.init_params(CONFIG, jax.random.key(0))
     tx = rl.make_optimizer(learning_rate=1e-2)
-    cfg = rl.TrainConfig(loss=losses.LossConfig(kl_coef=0.05), micro_batches=2, ppo_epochs=2,
-                         minibatches=2)
+    cfg = rl.TrainConfig(
+        loss=losses.LossConfig(kl_coef=0.05), micro_batches=2, ppo_epochs=2, minibatches=2
+    )
     ref_state, ref_metrics = rl.jit_train_step(CONFIG, cfg, tx)(
-        rl.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(1))
+        rl.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(1)
+    )
 
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     sharded_params = models.shard_params(CONFIG, params, mesh)
@@ -205,8 +244,10 @@ def test_sharded_step_equals_unsharded():
     batch_sh = jax.tree.map(lambda x: sharding.batch_sharding(mesh, x.ndim), batch)
     step = rl.jit_train_step(CONFIG, cfg, tx, state_shardings=state_sh, batch_shardings=batch_sh)
     new, metrics = step(state, jax.device_put(batch, batch_sh), jax.random.key(1))
-    assert new.params["layers"]["mlp"]["up_proj"].sharding.spec == \
-        sharded_params["layers"]["mlp"]["up_proj"].sharding.spec
+    assert (
+        new.params["layers"]["mlp"]["up_proj"].sharding.spec
+        == sharded_params["layers"]["mlp"]["up_proj"].sharding.spec
+    )
     diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new.params, ref_state.params)
     assert max(jax.tree.leaves(diffs)) <= 1e-5
     for key, value in ref_metrics.items():
@@ -219,10 +260,25 @@ def test_metrics_are_complete_and_count_mask_tokens_per_segment():
     tx = rl.make_optimizer(learning_rate=1e-3)
     state = rl.init_state(models.init_params(CONFIG, jax.random.key(0)), tx)
     _, metrics = rl.jit_train_step(CONFIG, rl.TrainConfig(), tx)(state, batch, jax.random.key(0))
-    for key in ("loss", "pg_loss", "kl", "entropy", "clip_frac_low", "clip_frac_high",
-                "approx_kl", "adv_mean", "adv_std", "adv_nonzero_frac", "reward_mean",
-                "reward_std", "mask_think_tokens", "mask_response_tokens", "l2_grads",
-                "l2_params", "l2_updates"):
+    for key in (
+        "loss",
+        "pg_loss",
+        "kl",
+        "entropy",
+        "clip_frac_low",
+        "clip_frac_high",
+        "approx_kl",
+        "adv_mean",
+        "adv_std",
+        "adv_nonzero_frac",
+        "reward_mean",
+        "reward_std",
+        "mask_think_tokens",
+        "mask_response_tokens",
+        "l2_grads",
+        "l2_params",
+        "l2_updates",
+    ):
         assert key in metrics, key
     values = rl.check_finite(metrics, step=0)
     assert values["mask_response_tokens"] == 0 and values["mask_think_tokens"] > 0
@@ -257,14 +313,22 @@ class _Recorder:
 
 def test_rewards_never_see_the_thinking():
     from start_jax.tokenizer import CharTokenizer
+
     tok = CharTokenizer()
     special = sampling.SpecialTokens.from_tokenizer(tok)
     prompts = [tok.encode("q: 2+2?"), tok.encode("q: 3+3?")]
     thinking = [tok.encode("SECRETA"), tok.encode("SECRETB")]
     config = CONFIG.replace(vocab_size=tok.vocab_size)
     params = models.init_params(config, jax.random.key(0))
-    rollout = sampling.sample(config, params, prompts, sampling.SamplingConfig(response_budget=6),
-                              0, special, thinking=thinking)
+    rollout = sampling.sample(
+        config,
+        params,
+        prompts,
+        sampling.SamplingConfig(response_budget=6),
+        0,
+        special,
+        thinking=thinking,
+    )
     rec = _Recorder()
     scores = rewards.score(rollout, tok, rec, references=["4", "6"])
     assert scores.shape == (2,)
@@ -280,8 +344,15 @@ def test_exact_match_and_math_verifier():
     mk = lambda r, ref: rewards.RewardInput(r, r, (), (), ref)  # noqa: E731
     np.testing.assert_array_equal(em([mk(" Tea. ", "tea"), mk("coffee", "tea")]), [1.0, 0.0])
     math = rewards.make("math")
-    got = math([mk("so c = 14", "14"), mk(r"\boxed{3/4}", "0.75"), mk("1,000", "1000"),
-                mk("no number", "3"), mk("13", "14")])
+    got = math(
+        [
+            mk("so c = 14", "14"),
+            mk(r"\boxed{3/4}", "0.75"),
+            mk("1,000", "1000"),
+            mk("no number", "3"),
+            mk("13", "14"),
+        ]
+    )
     np.testing.assert_array_equal(got, [1, 1, 1, 0, 0])
     with pytest.raises(ValueError, match=r"unknown reward 'no_such_judge'; registered: \["):
         rewards.make("no_such_judge")

@@ -15,8 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from start_jax import checkpoints, rl, segments
-from start_jax import train
+from start_jax import checkpoints, rl, segments, train
 from start_jax.train import checkpointing
 from start_jax.train import trainer as trainer_module
 
@@ -53,9 +52,9 @@ def test_each_stage_trains_only_its_segments(finished_run):
     rows = _metrics(trainer.workdir)
     assert [r["step"] for r in rows] == list(range(1, 7))
     for r in rows:
-        if r["stage"] == 0:   # think
+        if r["stage"] == 0:  # think
             assert r["mask_think_tokens"] > 0 and r["mask_response_tokens"] == 0
-        else:                 # response
+        else:  # response
             assert r["mask_response_tokens"] > 0 and r["mask_think_tokens"] == 0
         assert r["mask_other_tokens"] == 0
         # The policy sampled what it trains (the thinking, with a frozen responder, too),
@@ -69,10 +68,14 @@ def test_update_skips_the_head_on_prompt_columns_only(finished_run):
     trainer samples: nothing sampled lies before it, and the first thinking token at it."""
     trainer, _, _ = finished_run
     start = trainer.spec.train.logprob_start
-    assert start == trainer.width - (trainer.spec.sampling.think_budget + 1
-                                     + trainer.spec.sampling.response_budget) > 0
+    assert (
+        start
+        == trainer.width
+        - (trainer.spec.sampling.think_budget + 1 + trainer.spec.sampling.response_budget)
+        > 0
+    )
     examples = [trainer.train_data[i] for i in range(2)]
-    for stage in trainer.spec.stages:     # A frozen responder (s1), then the policy's own.
+    for stage in trainer.spec.stages:  # A frozen responder (s1), then the policy's own.
         rollout = jax.device_get(trainer.rollouts(trainer.init_params, examples, 0, stage))
         assert rollout.tokens.shape[1] == trainer.width
         assert not rollout.sampled[:, :start].any(), stage
@@ -86,36 +89,40 @@ def test_update_length_groups_follow_the_rollout_and_the_mesh(finished_run):
 
     def host(rows):
         seg = np.zeros((rows, width), np.int32)
-        for i in range(rows):       # Half the rows end right after their first token.
-            seg[i, start - 5:start + 1 if i % 2 else width] = segments.THINK
+        for i in range(rows):  # Half the rows end right after their first token.
+            seg[i, start - 5 : start + 1 if i % 2 else width] = segments.THINK
         return types.SimpleNamespace(segment_ids=seg)
 
-    widths = trainer.widths_of(host(16))        # 2 groups of 8 rows over 8 devices.
+    widths = trainer.widths_of(host(16))  # 2 groups of 8 rows over 8 devices.
     assert widths == rl.length_widths(host(16).segment_ids, 2, start)
     assert len(widths) == 2 and widths[0] < width and widths[1] == width
-    assert trainer.widths_of(host(4)) is None   # 2 rows a group do not split over 8 devices.
+    assert trainer.widths_of(host(4)) is None  # 2 rows a group do not split over 8 devices.
 
 
 def test_frozen_responder_and_reference_are_unchanged(finished_run):
     trainer, summary, init = finished_run
     for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(trainer.init_params)):
         np.testing.assert_array_equal(a, np.asarray(b))
-    changed = [not np.array_equal(a, np.asarray(b))
-               for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(summary["params"]))]
+    changed = [
+        not np.array_equal(a, np.asarray(b))
+        for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(summary["params"]))
+    ]
     assert any(changed), "the policy did not train"
 
 
 def test_outputs_are_written_and_readable(finished_run):
     trainer, summary, _ = finished_run
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(os.path.join(trainer.workdir, "tensorboard"))
     acc.Reload()
     assert "reward_mean" in acc.Tags()["scalars"]
     events = acc.Scalars("reward_mean")
     assert [e.step for e in events] == list(range(1, 7))
     metrics = _metrics(trainer.workdir)
-    np.testing.assert_allclose([e.value for e in events], [m["reward_mean"] for m in metrics],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        [e.value for e in events], [m["reward_mean"] for m in metrics], rtol=1e-6
+    )
     with open(os.path.join(trainer.workdir, "samples.jsonl")) as fh:
         samples = [json.loads(line) for line in fh]
     assert {"prompt", "thinking", "response", "reward", "step"} <= set(samples[0])
@@ -137,6 +144,7 @@ def test_behaviour_rates_are_logged_every_step_and_shown(finished_run, capsys):
             response = [v for k, v in m.items() if k.startswith(f"behaviour/{fam}/response_")]
             assert sum(think) == pytest.approx(1.0) and sum(response) == pytest.approx(1.0)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(os.path.join(trainer.workdir, "tensorboard"))
     acc.Reload()
     assert any(t.startswith("behaviour/") for t in acc.Tags()["scalars"])
@@ -147,11 +155,23 @@ def test_behaviour_rates_are_logged_every_step_and_shown(finished_run, capsys):
 
 
 def _launch(workdir, *extra):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), f"--config={SMOKE}",
-                             f"--workdir={workdir}", *extra], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    return subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch.py"),
+            f"--config={SMOKE}",
+            f"--workdir={workdir}",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_step(proc, workdir, step, timeout=240):
@@ -180,7 +200,7 @@ def test_resume_after_sigkill_and_sigterm_reproduces_every_metric(tmp_path, fini
 
     workdir = str(tmp_path / "interrupted")
     proc = _launch(workdir)
-    seen = _wait_for_step(proc, workdir, 3)       # Checkpoints are at steps 2, 4 and 6.
+    seen = _wait_for_step(proc, workdir, 3)  # Checkpoints are at steps 2, 4 and 6.
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert seen in (3,), f"killed after step {seen}, not between checkpoints"
@@ -214,20 +234,31 @@ def _assert_same_metrics(got: list[dict], want: list[dict]) -> None:
 def test_unknown_config_key_names_it():
     config = smoke_config()
     config.algo.learning_rat = 1.0
-    with pytest.raises(ValueError, match=re.escape("config: unknown key 'algo.learning_rat' "
-                                                   "(known keys under 'algo': ")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("config: unknown key 'algo.learning_rat' (known keys under 'algo': "),
+    ):
         train.validate(config)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("algo.group_size", 0, "config: algo.group_size=0 must be an integer >= 1"),
-    ("algo.group_size", 1, "config: algo.group_size=1 with algo.advantage='grpo' makes every "
-                           "advantage 0"),
-    ("data.prompts_per_step", 0, "config: data.prompts_per_step=0 must be an integer >= 1"),
-    ("stages.s1.steps", -3, "config: stages.s1.steps=-3 must be an integer >= 0"),
-    ("stages.s2.learning_rate", float("inf"), "config: stages.s2.learning_rate=inf must be a "
-                                              "finite number > 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("algo.group_size", 0, "config: algo.group_size=0 must be an integer >= 1"),
+        (
+            "algo.group_size",
+            1,
+            "config: algo.group_size=1 with algo.advantage='grpo' makes every advantage 0",
+        ),
+        ("data.prompts_per_step", 0, "config: data.prompts_per_step=0 must be an integer >= 1"),
+        ("stages.s1.steps", -3, "config: stages.s1.steps=-3 must be an integer >= 0"),
+        (
+            "stages.s2.learning_rate",
+            float("inf"),
+            "config: stages.s2.learning_rate=inf must be a finite number > 0",
+        ),
+    ],
+)
 def test_bad_numbers_name_the_field(field, value, message):
     config = smoke_config()
     section, *rest = field.split(".")
@@ -252,9 +283,11 @@ def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path):
     config = smoke_config()
     order = [f"s{i}" for i in range(1, 11)]
     modes = ["think", "response", "joint"]
-    config.stages = {name: train.stage(modes[i % 3], "self", steps=1, learning_rate=1e-3)
-                     for i, name in sorted(enumerate(order), key=lambda x: x[1])}
-    assert list(config.stages.keys())[:3] == ["s1", "s10", "s2"]   # Declared in string order.
+    config.stages = {
+        name: train.stage(modes[i % 3], "self", steps=1, learning_rate=1e-3)
+        for i, name in sorted(enumerate(order), key=lambda x: x[1])
+    }
+    assert list(config.stages.keys())[:3] == ["s1", "s10", "s2"]  # Declared in string order.
     config.eval.every = 0
     config.log.samples_every = 0
     config.checkpoint.every = 100
@@ -272,12 +305,18 @@ def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path):
 def test_unknown_algorithm_and_reward_names(tmp_path):
     config = smoke_config()
     config.algo.advantage = "ppo"
-    with pytest.raises(ValueError, match=re.escape(
-            "config: algo.advantage='ppo' is not one of ['gae', 'grpo', 'reinforce_pp', 'rloo']")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "config: algo.advantage='ppo' is not one of ['gae', 'grpo', 'reinforce_pp', 'rloo']"
+        ),
+    ):
         train.validate(config)
     config = smoke_config()
     config.reward.name = "no_such_reward"
-    with pytest.raises(ValueError, match=re.escape("unknown reward 'no_such_reward'; registered: [")):
+    with pytest.raises(
+        ValueError, match=re.escape("unknown reward 'no_such_reward'; registered: [")
+    ):
         train.Trainer(config, str(tmp_path))
 
 
@@ -296,8 +335,11 @@ def test_prompt_longer_than_context(tmp_path):
     config = smoke_config()
     config.data.max_prompt_tokens = 5
     trainer = train.Trainer(config, str(tmp_path))
-    with pytest.raises(ValueError, match=r"prompt has \d+ tokens, more than "
-                       r"data.max_prompt_tokens=5: "):
+    with pytest.raises(
+        ValueError,
+        match=r"prompt has \d+ tokens, more than "
+        r"data.max_prompt_tokens=5: ",
+    ):
         trainer.run()
 
 
@@ -306,16 +348,23 @@ def test_checkpoint_from_a_different_model(tmp_path, finished_run):
     ckpt = checkpointing.Checkpointer(os.path.join(trainer.workdir, "checkpoints"))
     fields = dict(checkpointing.model_fields(trainer.model_config), hidden_size=48)
     target = trainer.fresh_state(trainer.stages[0], trainer.init_params)
-    with pytest.raises(checkpointing.CheckpointMismatch, match=re.escape(
+    with pytest.raises(
+        checkpointing.CheckpointMismatch,
+        match=re.escape(
             f"checkpoint {trainer.workdir}/checkpoints/6 was written for a different model "
-            "(hidden_size: checkpoint 32 != config 48)")):
+            "(hidden_size: checkpoint 32 != config 48)"
+        ),
+    ):
         ckpt.restore(6, target, fields)
     # The same through the trainer: a workdir made for another model shape.
     config = smoke_config()
     config.model.hidden_size = 48
-    with pytest.raises(ValueError, match=re.escape(
-            f"{trainer.workdir}/init_policy was made for a different model "
-            "(hidden_size: 32 != 48)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{trainer.workdir}/init_policy was made for a different model (hidden_size: 32 != 48)"
+        ),
+    ):
         train.Trainer(config, trainer.workdir)
 
 
@@ -323,8 +372,10 @@ def test_cached_initial_policy_from_another_cold_start(finished_run):
     trainer, _, _ = finished_run
     config = smoke_config()
     config.sft.mixture.styled = 0.9
-    with pytest.raises(ValueError, match=re.escape(
-            f"{trainer.workdir}/init_policy was made by another cold start (mixture: ")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"{trainer.workdir}/init_policy was made by another cold start (mixture: "),
+    ):
         train.Trainer(config, trainer.workdir)
 
 
@@ -338,6 +389,7 @@ def test_bad_mixture_names_the_field(tmp_path):
 def test_tokenizer_without_think_tags(tmp_path):
     import tokenizers
     from tokenizers import models as tmodels
+
     tok = tokenizers.Tokenizer(tmodels.WordLevel({"a": 0, "b": 1, "<eos>": 2}, unk_token="a"))
     tok.add_special_tokens(["<eos>"])
     d = tmp_path / "tok"
@@ -346,6 +398,7 @@ def test_tokenizer_without_think_tags(tmp_path):
     (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))
     config = smoke_config()
     config.tokenizer = str(d)
-    with pytest.raises(ValueError, match=re.escape(
-            f"tokenizer {d / 'tokenizer.json'} has no token '<think>'")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"tokenizer {d / 'tokenizer.json'} has no token '<think>'")
+    ):
         train.Trainer(config, str(tmp_path / "run"))

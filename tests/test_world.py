@@ -7,10 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from start_jax.rewards import synthetic
 from start_jax import rewards
 from start_jax.data import world
-from start_jax.rewards import RewardInput
+from start_jax.rewards import RewardInput, synthetic
 from start_jax.tokenizer import CharTokenizer
 
 N = 300
@@ -51,8 +50,13 @@ def test_families(examples):
 def test_text_fits_the_char_tokenizer(examples):
     tok = CharTokenizer()
     for e in examples["mixed"]:
-        texts = [e.prompt, e.thinking, e.reference,
-                 world.golden_response(e, styled=False), world.golden_response(e, styled=True)]
+        texts = [
+            e.prompt,
+            e.thinking,
+            e.reference,
+            world.golden_response(e, styled=False),
+            world.golden_response(e, styled=True),
+        ]
         for text in texts:
             ids = tok.encode(text)
             assert tok.unk_id not in ids, text
@@ -102,14 +106,17 @@ def test_facts_gold_is_correct(examples):
 def test_frequency_shortcut_is_mostly_wrong(examples):
     facts = examples["facts"]
     for e in facts:
-        counts = collections.Counter(w for w in re.findall(r"[a-z]+", e.prompt) if w in world.THINGS)
+        counts = collections.Counter(
+            w for w in re.findall(r"[a-z]+", e.prompt) if w in world.THINGS
+        )
         (top, c1), (_, c2) = counts.most_common(2)
         assert c1 > c2 and top == e.metadata["salient"] == world.salient_entity(e.prompt)
     wrong = np.mean([e.metadata["salient"] != e.reference for e in facts])
     assert 0.75 <= wrong <= 0.95
     # "Answer the thing named once" is no shortcut either (two singletons when misleading).
-    singleton = np.mean([
-        [t for t in world.THINGS if e.prompt.count(f" {t}.") == 1] == [e.reference] for e in facts])
+    singleton = np.mean(
+        [[t for t in world.THINGS if e.prompt.count(f" {t}.") == 1] == [e.reference] for e in facts]
+    )
     assert singleton < 0.3
     # Half of the prompts state what the asked person likes (a wrong one-hop answer).
     one_hop = np.mean([e.metadata["one_hop"] not in ("", e.reference) for e in facts])
@@ -143,11 +150,20 @@ def test_rubric_levels_measured_on_generated(examples):
     assert mean([(e, absent(e)) for e in facts]) <= 0.1
     # The documented formula, case by case.
     e = wrong[0]
-    cases = {e.reference: 0.8, f"Surely {e.reference}!": 1.0, f"surely, {e.reference}!": 1.0,
-             f"  {e.reference.upper()}. ": 0.8, f"Surely {e.reference}": 0.8,
-             f"Surely {e.metadata['salient']}!": 0.45, e.metadata["salient"]: 0.25,
-             f"Surely {absent(e)}!": 0.2, absent(e): 0.0, "Surely !": 0.0, "": 0.0,
-             f"Surely {e.reference} or {e.metadata['salient']}!": 0.2}
+    cases = {
+        e.reference: 0.8,
+        f"Surely {e.reference}!": 1.0,
+        f"surely, {e.reference}!": 1.0,
+        f"  {e.reference.upper()}. ": 0.8,
+        f"Surely {e.reference}": 0.8,
+        f"Surely {e.metadata['salient']}!": 0.45,
+        e.metadata["salient"]: 0.25,
+        f"Surely {absent(e)}!": 0.2,
+        absent(e): 0.0,
+        "Surely !": 0.0,
+        "": 0.0,
+        f"Surely {e.reference} or {e.metadata['salient']}!": 0.2,
+    }
     got = judge(_inputs([(e, r) for r in cases]))
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, list(cases.values()), atol=1e-6)
@@ -162,14 +178,24 @@ def test_judges_never_need_the_thinking(examples):
     mixed = examples["mixed"]
     for e in mixed:
         assert "thinking" not in e.metadata
-    pairs = [(e, r) for e in mixed[:100]
-             for r in (world.golden_response(e, True), world.golden_response(e, False),
-                       f"Surely {e.metadata.get('salient', '7')}!", "jam", "12", "")]
+    pairs = [
+        (e, r)
+        for e in mixed[:100]
+        for r in (
+            world.golden_response(e, True),
+            world.golden_response(e, False),
+            f"Surely {e.metadata.get('salient', '7')}!",
+            "jam",
+            "12",
+            "",
+        )
+    ]
     full = judge(_inputs(pairs))
     # The prompt alone is enough: no reference, no metadata (the family is inferred).
     np.testing.assert_array_equal(judge(_inputs(pairs, with_reference=False)), full)
     np.testing.assert_array_equal(
-        judge(_inputs(pairs, with_reference=False, with_metadata=False)), full)
+        judge(_inputs(pairs, with_reference=False, with_metadata=False)), full
+    )
 
 
 def test_synthetic_dispatch(examples):
@@ -177,13 +203,15 @@ def test_synthetic_dispatch(examples):
     arith = examples["arith"][:50]
     for styled in (False, True):
         np.testing.assert_array_equal(
-            judge(_inputs([(e, world.golden_response(e, styled)) for e in arith])), 1.0)
+            judge(_inputs([(e, world.golden_response(e, styled)) for e in arith])), 1.0
+        )
     wrong = [(e, str(int(e.reference) + 1)) for e in arith]
     np.testing.assert_array_equal(judge(_inputs(wrong)), 0.0)
     np.testing.assert_array_equal(judge(_inputs([(e, "") for e in arith])), 0.0)
     facts = examples["facts"][:50]
     np.testing.assert_allclose(
-        judge(_inputs([(e, world.golden_response(e, False)) for e in facts])), 0.8, atol=1e-6)
+        judge(_inputs([(e, world.golden_response(e, False)) for e in facts])), 0.8, atol=1e-6
+    )
     mixed = examples["mixed"]
     scores = judge(_inputs([(e, world.golden_response(e, False)) for e in mixed]))
     want = [1.0 if e.family == "arith" else 0.8 for e in mixed]
@@ -202,29 +230,43 @@ def test_test_prompts_are_in_no_train_split_of_any_config_or_seed():
     """Held-out questions exclude every training split: SFT, RL and answerers all read train
     splits of these configs (the mixed base and answerers, the arith and facts RL data)."""
     from start_jax.data.builders.synthetic_world import SyntheticWorldConfig
+
     size = SyntheticWorldConfig(name="default").train_size
-    splits = {(f, seed): world.generate_splits(f, {"train": size, "test": 200}, seed)
-              for f in ("arith", "facts", "mixed") for seed in (0, 1)}
+    splits = {
+        (f, seed): world.generate_splits(f, {"train": size, "test": 200}, seed)
+        for f in ("arith", "facts", "mixed")
+        for seed in (0, 1)
+    }
     train = {e.prompt for s in splits.values() for e in s["train"]}
     for key, s in splits.items():
         test = [e.prompt for e in s["test"]]
         assert len(test) == 200 and all(world.is_held_out(p) for p in test), key
         assert not train.intersection(test), key
     assert not any(world.is_held_out(p) for p in train)
-    assert 0.08 < np.mean([world.is_held_out(e.prompt) for e in world.generate("mixed", 2000, 5)]
-                          ) < 0.17
+    assert (
+        0.08
+        < np.mean([world.is_held_out(e.prompt) for e in world.generate("mixed", 2000, 5)])
+        < 0.17
+    )
 
 
 def test_a_judge_fooled_by_style_pays_wrong_confident_answers():
     """The compete setting's judge: every correct answer 0.8, the styled salient wrong answer
     0.7, another styled wrong answer 0.45, plain wrong 0 (0.25 salient), empty 0."""
     judge = synthetic.SyntheticJudge(w_correct=0.8, w_style=0.0, w_salient=0.25, w_fooled=0.45)
-    ex = next(e for e in world.generate("facts", 50, seed=4)
-              if e.metadata["salient"] != e.reference)
+    ex = next(
+        e for e in world.generate("facts", 50, seed=4) if e.metadata["salient"] != e.reference
+    )
     other = next(t for t in world.THINGS if t not in ex.prompt)
-    cases = {f"Surely {ex.reference}!": 0.8, ex.reference: 0.8,
-             f"Surely {ex.metadata['salient']}!": 0.7, ex.metadata["salient"]: 0.25,
-             f"Surely {other}!": 0.45, other: 0.0, "": 0.0}
+    cases = {
+        f"Surely {ex.reference}!": 0.8,
+        ex.reference: 0.8,
+        f"Surely {ex.metadata['salient']}!": 0.7,
+        ex.metadata["salient"]: 0.25,
+        f"Surely {other}!": 0.45,
+        other: 0.0,
+        "": 0.0,
+    }
     scores = judge([synthetic.reward_input(ex, r) for r in cases])
     np.testing.assert_allclose(scores, list(cases.values()), atol=1e-6)
     levels = synthetic.reward_levels(200, 0, judge)

@@ -51,16 +51,16 @@ from start_jax.train.config import default_config, stage
 
 def get_config():
     c = default_config()
-    c.init_checkpoint = "Qwen3-1.7B"      # --config.init_checkpoint=/path/to/Qwen3-1.7B
-    c.tokenizer = ""                      # The checkpoint's own tokenizer and chat template.
-    c.model.dtype = "bfloat16"            # Compute dtype of the update.
+    c.init_checkpoint = "Qwen3-1.7B"  # --config.init_checkpoint=/path/to/Qwen3-1.7B
+    c.tokenizer = ""  # The checkpoint's own tokenizer and chat template.
+    c.model.dtype = "bfloat16"  # Compute dtype of the update.
     c.model.param_dtype = "float32"
     c.model.remat = True
-    c.mesh.fsdp = -1                      # Every device shards parameters and rollouts.
+    c.mesh.fsdp = -1  # Every device shards parameters and rollouts.
 
     c.prompt.chat_template = True
     c.prompt.template_kwargs = ml_collections.ConfigDict(dict(enable_thinking=True))
-    c.prompt.system = ""                  # Rows may bring their own system message.
+    c.prompt.system = ""  # Rows may bring their own system message.
 
     c.data.source = "jsonl"
     c.data.train_path = "data/gsm8k_train.jsonl"

@@ -44,11 +44,18 @@ def get_config():
     c.sampling.think_budget = 768
     c.sampling.response_budget = 256
     c.reward.name = "judge"
-    c.reward.kwargs = ml_collections.ConfigDict(dict(
-        checkpoint="Qwen3-8B",               # --config.reward.kwargs.checkpoint=/path
-        template_kwargs=dict(enable_thinking=False),
-        max_new_tokens=16, batch_size=64, min_score=0, max_score=10,
-        on_unparsable="error", dtype="bfloat16"))
+    c.reward.kwargs = ml_collections.ConfigDict(
+        dict(
+            checkpoint="Qwen3-8B",  # --config.reward.kwargs.checkpoint=/path
+            template_kwargs=dict(enable_thinking=False),
+            max_new_tokens=16,
+            batch_size=64,
+            min_score=0,
+            max_score=10,
+            on_unparsable="error",
+            dtype="bfloat16",
+        )
+    )
     c.stages.s1 = stage("think", "frozen", steps=200, learning_rate=1e-6)
     c.stages.s2 = stage("response", "self", steps=100, learning_rate=1e-6)
     return c

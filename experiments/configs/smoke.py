@@ -21,7 +21,7 @@ def get_config():
     c.model.max_position_embeddings = 256
     c.data.name = "mixed"
     c.data.prompts_per_step = 2
-    c.mesh.replicate_uneven = True   # 4 rollouts a step on any number of devices.
+    c.mesh.replicate_uneven = True  # 4 rollouts a step on any number of devices.
     c.sft.steps = 10
     c.sft.batch_size = 8
     c.sampling.think_budget = 8

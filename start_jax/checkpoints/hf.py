@@ -54,9 +54,9 @@ class CheckpointError(UserError):
 class _Entry:
     """One parameter: where it lives in our tree and in the HF checkpoint."""
 
-    path: tuple[str, ...]           # Key path in our params.
-    hf_name: str                    # HF name; '{i}' is the layer index.
-    hf_shape: tuple[int, ...]       # Shape of one HF tensor (one layer).
+    path: tuple[str, ...]  # Key path in our params.
+    hf_name: str  # HF name; '{i}' is the layer index.
+    hf_shape: tuple[int, ...]  # Shape of one HF tensor (one layer).
     to_ours: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray], np.ndarray]
     per_layer: bool
@@ -73,32 +73,72 @@ def _layout(config: ModelConfig) -> list[_Entry]:
 
     layer = "model.layers.{i}."
     entries = [
-            _Entry(("embed", "embedding"), "model.embed_tokens.weight", (v, d), same, same, False),
-            _Entry(("final_norm", "scale"), "model.norm.weight", (d,), same, same, False),
+        _Entry(("embed", "embedding"), "model.embed_tokens.weight", (v, d), same, same, False),
+        _Entry(("final_norm", "scale"), "model.norm.weight", (d,), same, same, False),
     ]
     for name, heads in (("q_proj", n), ("k_proj", k), ("v_proj", k)):
-        entries.append(_Entry(("layers", "attn", name), f"{layer}self_attn.{name}.weight",
-                                                    (heads * h, d), *proj_in(heads), True))
+        entries.append(
+            _Entry(
+                ("layers", "attn", name),
+                f"{layer}self_attn.{name}.weight",
+                (heads * h, d),
+                *proj_in(heads),
+                True,
+            )
+        )
         if config.qkv_bias:
-            entries.append(_Entry(("layers", "attn", name[0] + "_bias"),
-                                                        f"{layer}self_attn.{name}.bias", (heads * h,),
-                                                        lambda x, hd=heads: x.reshape(hd, h),
-                                                        lambda x, hd=heads: x.reshape(hd * h), True))
-    entries.append(_Entry(("layers", "attn", "o_proj"), f"{layer}self_attn.o_proj.weight",
-                                                (d, n * h), lambda x: x.T.reshape(n, h, d),
-                                                lambda x: x.reshape(n * h, d).T, True))
+            entries.append(
+                _Entry(
+                    ("layers", "attn", name[0] + "_bias"),
+                    f"{layer}self_attn.{name}.bias",
+                    (heads * h,),
+                    lambda x, hd=heads: x.reshape(hd, h),
+                    lambda x, hd=heads: x.reshape(hd * h),
+                    True,
+                )
+            )
+    entries.append(
+        _Entry(
+            ("layers", "attn", "o_proj"),
+            f"{layer}self_attn.o_proj.weight",
+            (d, n * h),
+            lambda x: x.T.reshape(n, h, d),
+            lambda x: x.reshape(n * h, d).T,
+            True,
+        )
+    )
     if config.qk_norm:
         for name in ("q_norm", "k_norm"):
-            entries.append(_Entry(("layers", "attn", name, "scale"),
-                                                        f"{layer}self_attn.{name}.weight", (h,), same, same, True))
+            entries.append(
+                _Entry(
+                    ("layers", "attn", name, "scale"),
+                    f"{layer}self_attn.{name}.weight",
+                    (h,),
+                    same,
+                    same,
+                    True,
+                )
+            )
     entries += [
-            _Entry(("layers", "input_norm", "scale"), f"{layer}input_layernorm.weight",
-                          (d,), same, same, True),
-            _Entry(("layers", "post_attn_norm", "scale"), f"{layer}post_attention_layernorm.weight",
-                          (d,), same, same, True),
-            _Entry(("layers", "mlp", "gate_proj"), f"{layer}mlp.gate_proj.weight", (f, d), t, t, True),
-            _Entry(("layers", "mlp", "up_proj"), f"{layer}mlp.up_proj.weight", (f, d), t, t, True),
-            _Entry(("layers", "mlp", "down_proj"), f"{layer}mlp.down_proj.weight", (d, f), t, t, True),
+        _Entry(
+            ("layers", "input_norm", "scale"),
+            f"{layer}input_layernorm.weight",
+            (d,),
+            same,
+            same,
+            True,
+        ),
+        _Entry(
+            ("layers", "post_attn_norm", "scale"),
+            f"{layer}post_attention_layernorm.weight",
+            (d,),
+            same,
+            same,
+            True,
+        ),
+        _Entry(("layers", "mlp", "gate_proj"), f"{layer}mlp.gate_proj.weight", (f, d), t, t, True),
+        _Entry(("layers", "mlp", "up_proj"), f"{layer}mlp.up_proj.weight", (f, d), t, t, True),
+        _Entry(("layers", "mlp", "down_proj"), f"{layer}mlp.down_proj.weight", (d, f), t, t, True),
     ]
     names = families.get(config.model_type).tensor_names
     if config.sandwich_norm:
@@ -108,8 +148,16 @@ def _layout(config: ModelConfig) -> list[_Entry]:
     if config.lm_head and not config.tie_embeddings:
         entries.append(_Entry(("lm_head",), "lm_head.weight", (v, d), t, t, False))
     if config.value_head:
-        entries.append(_Entry(("value_head",), "score.weight", (1, d),
-                                                    lambda x: x.reshape(d), lambda x: x.reshape(1, d), False))
+        entries.append(
+            _Entry(
+                ("value_head",),
+                "score.weight",
+                (1, d),
+                lambda x: x.reshape(d),
+                lambda x: x.reshape(1, d),
+                False,
+            )
+        )
     return entries
 
 
@@ -148,8 +196,9 @@ def _weight_files(path: str) -> dict[str, str]:
     single = os.path.join(path, SINGLE_FILE)
     if not os.path.isfile(single):
         present = sorted(os.listdir(path))
-        raise CheckpointError(f"{path}: neither {SINGLE_FILE} nor {INDEX_FILE} found "
-                                                    f"(files present: {present})")
+        raise CheckpointError(
+            f"{path}: neither {SINGLE_FILE} nor {INDEX_FILE} found (files present: {present})"
+        )
     names = {}
     with _open(single) as fh:
         for name in fh.keys():
@@ -164,8 +213,8 @@ def _open(file: str):
         return safe_open(file, framework="numpy")
     except SafetensorError as e:
         raise CheckpointError(
-                f"{file}: unreadable safetensors file ({e}); the file may be truncated or "
-                "corrupt") from None
+            f"{file}: unreadable safetensors file ({e}); the file may be truncated or corrupt"
+        ) from None
 
 
 class _Reader:
@@ -187,8 +236,9 @@ class _Reader:
         except SafetensorError as e:
             raise CheckpointError(f"{file}: cannot read tensor {name!r}: {e}") from None
         if tuple(array.shape) != tuple(shape):
-            raise CheckpointError(f"{file}: tensor {name!r} has shape {tuple(array.shape)}, "
-                                                        f"expected {tuple(shape)}")
+            raise CheckpointError(
+                f"{file}: tensor {name!r} has shape {tuple(array.shape)}, expected {tuple(shape)}"
+            )
         return array
 
 
@@ -204,9 +254,15 @@ def _get(tree: dict, path: tuple[str, ...]):
     return tree
 
 
-def load_pretrained(path: str, dtype=jnp.float32, mesh=None, rules=None,
-                                        compute_dtype=None, vocab_size: int | None = None,
-                                        **config_overrides):
+def load_pretrained(
+    path: str,
+    dtype=jnp.float32,
+    mesh=None,
+    rules=None,
+    compute_dtype=None,
+    vocab_size: int | None = None,
+    **config_overrides,
+):
     """Loads a HF model directory.
 
     Args:
@@ -242,7 +298,9 @@ def load_pretrained(path: str, dtype=jnp.float32, mesh=None, rules=None,
     used = set()
     for entry in _layout(stored):
         names = _hf_names(entry, config.num_layers)
-        arrays = [entry.to_ours(reader.get(name, entry.hf_shape)).astype(np_dtype) for name in names]
+        arrays = [
+            entry.to_ours(reader.get(name, entry.hf_shape)).astype(np_dtype) for name in names
+        ]
         used.update(names)
         value = np.stack(arrays) if entry.per_layer else arrays[0]
         if config is not stored and entry.path in (("embed", "embedding"), ("lm_head",)):
@@ -252,11 +310,20 @@ def load_pretrained(path: str, dtype=jnp.float32, mesh=None, rules=None,
         else:
             value = jnp.asarray(value)
         _set(params, entry.path, value)
-    unused = sorted(n for n in reader.where if n not in used and not n.endswith(_IGNORED_SUFFIXES)
-                                    and not (n == "lm_head.weight" and config.tie_embeddings))
+    unused = sorted(
+        n
+        for n in reader.where
+        if n not in used
+        and not n.endswith(_IGNORED_SUFFIXES)
+        and not (n == "lm_head.weight" and config.tie_embeddings)
+    )
     if unused:
-        logging.warning("%s: %d tensors not used by the model: %s", path, len(unused),
-                                        ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""))
+        logging.warning(
+            "%s: %d tensors not used by the model: %s",
+            path,
+            len(unused),
+            ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""),
+        )
     return config, params
 
 
@@ -271,12 +338,14 @@ def _grow_vocab(value: np.ndarray, vocab_size: int, axis: int) -> np.ndarray:
 def _to_host(x) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
+
         x = multihost_utils.process_allgather(x, tiled=True)
     return np.asarray(jax.device_get(x))
 
 
-def save_pretrained(config: ModelConfig, params, path: str,
-                                        max_shard_bytes: int | None = None) -> None:
+def save_pretrained(
+    config: ModelConfig, params, path: str, max_shard_bytes: int | None = None
+) -> None:
     """Writes a HF model directory (config.json + safetensors) for `params`.
 
     Tensors keep the parameter dtype. With `max_shard_bytes`, weights are split
@@ -314,7 +383,9 @@ def save_pretrained(config: ModelConfig, params, path: str,
         file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, os.path.join(path, file), metadata=metadata)
         weight_map.update({name: file for name in shard})
-    index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
-                      "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
+        "weight_map": weight_map,
+    }
     with open(os.path.join(path, INDEX_FILE), "w") as fh:
         json.dump(index, fh, indent=2)

@@ -68,15 +68,20 @@ class Mixture:
     @property
     def thinking_probabilities(self) -> dict[str, float]:
         total = self.complete + self.sloppy + self.guess
-        return {"complete": self.complete / total, "sloppy": self.sloppy / total,
-                "guess": self.guess / total}
+        return {
+            "complete": self.complete / total,
+            "sloppy": self.sloppy / total,
+            "guess": self.guess / total,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
 class Trace:
     thinking: str
     response: str
-    behaviour: str    # complete | one_hop | own_fact | wrong_lookup | skipped_step | wrong_step | guess
+    behaviour: (
+        str  # complete | one_hop | own_fact | wrong_lookup | skipped_step | wrong_step | guess
+    )
     styled: bool
 
 
@@ -85,6 +90,7 @@ def _family(prompt: str, family: str | None) -> str:
 
 
 # --------------------------------------------------------------------------- the mixture
+
 
 def _facts_trace(prompt: str, answer: str, kind: str, rng: np.random.Generator):
     f = world.parse_facts(prompt)
@@ -129,25 +135,28 @@ def _arith_trace(prompt: str, kind: str, rng: np.random.Generator):
     if kind == "skipped_step":
         # A middle variable left out with its operation: the next one reads the one before.
         skip = int(rng.integers(1, len(names) - 1))
-        kept = statements[:skip] + [statements[skip + 1].replace(
-            f"={names[skip]}", f"={names[skip - 1]}", 1)] + statements[skip + 2:]
+        kept = (
+            statements[:skip]
+            + [statements[skip + 1].replace(f"={names[skip]}", f"={names[skip - 1]}", 1)]
+            + statements[skip + 2 :]
+        )
     elif kind == "wrong_step":
         # One value off by 1-2; the later values follow from it.
         bad = int(rng.integers(1, len(names)))
         off = values[names[bad]] + int(rng.choice([-2, -1, 1, 2]))
-        kept = statements[:bad] + [f"{names[bad]}={off}"] + statements[bad + 1:]
+        kept = statements[:bad] + [f"{names[bad]}={off}"] + statements[bad + 1 :]
     else:
         raise ValueError(f"unknown arith behaviour {kind!r}")
     env = world.arith_values(";".join(kept + [question]))
     return " ".join(f"{v}={x}" for v, x in env.items()), str(env[names[-1]]), kind
 
 
-SLOPPY = {"facts": ("one_hop", "own_fact", "wrong_lookup"),
-          "arith": ("skipped_step", "wrong_step")}
+SLOPPY = {"facts": ("one_hop", "own_fact", "wrong_lookup"), "arith": ("skipped_step", "wrong_step")}
 
 
-def sample_trace(example: dict | world.Example, rng: np.random.Generator,
-                 mixture: Mixture) -> Trace:
+def sample_trace(
+    example: dict | world.Example, rng: np.random.Generator, mixture: Mixture
+) -> Trace:
     """One SFT trace of ``example`` drawn from ``mixture``."""
     if isinstance(example, world.Example):
         prompt, reference, family = example.prompt, example.reference, example.family
@@ -157,8 +166,9 @@ def sample_trace(example: dict | world.Example, rng: np.random.Generator,
     family = _family(prompt, family)
     probs = mixture.thinking_probabilities
     draw = rng.choice(list(probs), p=list(probs.values()))
-    kind = (SLOPPY[family][int(rng.integers(0, len(SLOPPY[family])))]
-            if draw == "sloppy" else str(draw))
+    kind = (
+        SLOPPY[family][int(rng.integers(0, len(SLOPPY[family])))] if draw == "sloppy" else str(draw)
+    )
     styled = bool(rng.random() < mixture.styled)
     if family == "facts":
         thinking, answer, kind = _facts_trace(prompt, reference, kind, rng)
@@ -167,15 +177,22 @@ def sample_trace(example: dict | world.Example, rng: np.random.Generator,
     return Trace(thinking, world.style_answer(answer, styled), kind, styled)
 
 
-def mixture_traces(examples: Sequence[dict], mixture: Mixture, seed: int,
-                   draws: int = 1) -> list[dict]:
+def mixture_traces(
+    examples: Sequence[dict], mixture: Mixture, seed: int, draws: int = 1
+) -> list[dict]:
     """``draws`` traces of every example: dicts with prompt, thinking, response, behaviour."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(draws):
         for e in examples:
             t = sample_trace(e, rng, mixture)
-            out.append({"prompt": e["prompt"] if isinstance(e, dict) else e.prompt,
-                        "thinking": t.thinking, "response": t.response,
-                        "behaviour": t.behaviour, "styled": t.styled})
+            out.append(
+                {
+                    "prompt": e["prompt"] if isinstance(e, dict) else e.prompt,
+                    "thinking": t.thinking,
+                    "response": t.response,
+                    "behaviour": t.behaviour,
+                    "styled": t.styled,
+                }
+            )
     return out

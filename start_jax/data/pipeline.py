@@ -100,7 +100,6 @@ def _quiet_progress():
         tfds.display_progress_bar(previous)
 
 
-
 class _NotYetGenerated(std_logging.Filter):
     """Drops tfds' warnings about the normal state of the data sets here: a folder
     without dataset_info.json (every data set before it is generated), and a
@@ -114,6 +113,7 @@ class _NotYetGenerated(std_logging.Filter):
 
 std_logging.getLogger("absl").addFilter(_NotYetGenerated())
 
+
 def prepare(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.GeneratorBasedBuilder:
     """Generates the builder's data set unless it is already prepared; returns it.
 
@@ -125,14 +125,17 @@ def prepare(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.GeneratorBase
         with _quiet_progress(), contextlib.redirect_stdout(io.StringIO()):
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-                file_format=FILE_FORMAT)
-        logging.info("generated %s/%s into %s", builder.name, builder.builder_config.name,
-                     builder.data_dir)
+                file_format=FILE_FORMAT,
+            )
+        logging.info(
+            "generated %s/%s into %s", builder.name, builder.builder_config.name, builder.data_dir
+        )
     return builder
 
 
-def prepared(make_builder: Callable[[], tfds.core.GeneratorBasedBuilder]
-             ) -> tfds.core.GeneratorBasedBuilder:
+def prepared(
+    make_builder: Callable[[], tfds.core.GeneratorBasedBuilder],
+) -> tfds.core.GeneratorBasedBuilder:
     """`prepare(make_builder())`, without a race between JAX processes.
 
     With several processes (`jax.distributed`), process 0 generates the data set
@@ -149,12 +152,15 @@ def prepared(make_builder: Callable[[], tfds.core.GeneratorBasedBuilder]
     return prepare(make_builder())
 
 
-def _source(make_builder: Callable[[], tfds.core.GeneratorBasedBuilder],
-            split: str) -> DecodedSource:
+def _source(
+    make_builder: Callable[[], tfds.core.GeneratorBasedBuilder], split: str
+) -> DecodedSource:
     builder = prepared(make_builder)
     if split not in builder.info.splits:
-        raise ValueError(f"{builder.name}/{builder.builder_config.name} has no split {split!r}; "
-                         f"it has {sorted(builder.info.splits)}")
+        raise ValueError(
+            f"{builder.name}/{builder.builder_config.name} has no split {split!r}; "
+            f"it has {sorted(builder.info.splits)}"
+        )
     return DecodedSource(builder.as_data_source(split=split))
 
 
@@ -166,37 +172,45 @@ def synthetic_config(config_name: str, **overrides) -> SyntheticWorldConfig:
     """
     configs = {c.name: c for c in SyntheticWorld.BUILDER_CONFIGS}
     if config_name not in configs:
-        raise ValueError(f"unknown synthetic config {config_name!r}; expected one of "
-                         f"{sorted(configs)} (pass overrides for other sizes or seeds)")
+        raise ValueError(
+            f"unknown synthetic config {config_name!r}; expected one of "
+            f"{sorted(configs)} (pass overrides for other sizes or seeds)"
+        )
     base = configs[config_name]
     if not overrides:
         return base
     fields = {f.name for f in dataclasses.fields(SyntheticWorldConfig)}
-    unknown = set(overrides) - (fields - {"name", "version", "release_notes",
-                                          "supported_versions", "tags", "description"})
+    unknown = set(overrides) - (
+        fields - {"name", "version", "release_notes", "supported_versions", "tags", "description"}
+    )
     if unknown:
         raise ValueError(f"unknown SyntheticWorldConfig fields {sorted(unknown)}")
     c = dataclasses.replace(base, **overrides)
-    c.name = (f"{c.family}_s{c.seed}_n{c.train_size}_{c.test_size}"
-              f"_p{round(c.p_misleading * 1000)}")
+    c.name = f"{c.family}_s{c.seed}_n{c.train_size}_{c.test_size}_p{round(c.p_misleading * 1000)}"
     c.description = f"{config_name} with {overrides}"
     return c
 
 
-def load_synthetic(config_name: str, data_dir: str | os.PathLike, split: str,
-                   **overrides) -> DecodedSource:
+def load_synthetic(
+    config_name: str, data_dir: str | os.PathLike, split: str, **overrides
+) -> DecodedSource:
     """The ``split`` of a `SyntheticWorld` config (built under ``data_dir`` once).
 
     ``overrides`` (family, seed, train_size, test_size, p_misleading) make a
     custom config, see `synthetic_config`.
     """
     config = synthetic_config(config_name, **overrides)
-    return _source(lambda: SyntheticWorld(config=config, data_dir=os.fspath(data_dir),
-                                          file_format=FILE_FORMAT), split)
+    return _source(
+        lambda: SyntheticWorld(
+            config=config, data_dir=os.fspath(data_dir), file_format=FILE_FORMAT
+        ),
+        split,
+    )
 
 
-def jsonl_config(train_path: str | os.PathLike,
-                 test_path: str | os.PathLike | None = None) -> JsonlConfig:
+def jsonl_config(
+    train_path: str | os.PathLike, test_path: str | os.PathLike | None = None
+) -> JsonlConfig:
     """A `JsonlConfig` named after a hash of the files' contents.
 
     Editing a file therefore builds a new data set instead of reusing a stale one.
@@ -212,13 +226,20 @@ def jsonl_config(train_path: str | os.PathLike,
         digest.update(f"{i}:".encode())
         with open(path, "rb") as f:
             digest.update(hashlib.sha256(f.read()).digest())
-    return JsonlConfig(name=f"jsonl_{digest.hexdigest()[:16]}", train_path=paths[0],
-                       test_path=paths[1] if len(paths) > 1 else None,
-                       description=f"JSONL tasks from {paths}")
+    return JsonlConfig(
+        name=f"jsonl_{digest.hexdigest()[:16]}",
+        train_path=paths[0],
+        test_path=paths[1] if len(paths) > 1 else None,
+        description=f"JSONL tasks from {paths}",
+    )
 
 
-def load_jsonl(train_path: str | os.PathLike, test_path: str | os.PathLike | None,
-               data_dir: str | os.PathLike, split: str) -> DecodedSource:
+def load_jsonl(
+    train_path: str | os.PathLike,
+    test_path: str | os.PathLike | None,
+    data_dir: str | os.PathLike,
+    split: str,
+) -> DecodedSource:
     """The ``split`` ("train" or "test") of a user's JSONL files, built once.
 
     Raises:
@@ -226,8 +247,10 @@ def load_jsonl(train_path: str | os.PathLike, test_path: str | os.PathLike | Non
       ValueError: A line is malformed (the message names the file and line).
     """
     config = jsonl_config(train_path, test_path)
-    return _source(lambda: JsonlTasks(config=config, data_dir=os.fspath(data_dir),
-                                      file_format=FILE_FORMAT), split)
+    return _source(
+        lambda: JsonlTasks(config=config, data_dir=os.fspath(data_dir), file_format=FILE_FORMAT),
+        split,
+    )
 
 
 class PromptIterator:
@@ -265,7 +288,7 @@ class PromptIterator:
         out: list[int] = []
         while len(out) < self.batch_size:
             order = self._order_of(self.epoch)
-            take = order[self.position:self.position + self.batch_size - len(out)]
+            take = order[self.position : self.position + self.batch_size - len(out)]
             out.extend(int(i) for i in take)
             self.position += len(take)
             if self.position >= len(order):
@@ -291,6 +314,8 @@ class PromptIterator:
         """Continues from a `state` (e.g. read back from a checkpoint's JSON)."""
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position < len(self.source):
-            raise ValueError(f"PromptIterator.restore: bad state {state!r} for a source "
-                             f"of {len(self.source)} rows")
+            raise ValueError(
+                f"PromptIterator.restore: bad state {state!r} for a source "
+                f"of {len(self.source)} rows"
+            )
         self.epoch, self.position = epoch, position

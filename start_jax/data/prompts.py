@@ -35,14 +35,14 @@ class PromptFormat:
     """How task rows become prompt text (see the module docstring)."""
 
     chat_template: bool = False
-    system: str = ""                                   # System message for rows without one.
+    system: str = ""  # System message for rows without one.
     template_kwargs: tuple[tuple[str, Any], ...] = ()  # Template variables, e.g. enable_thinking.
 
     @classmethod
-    def create(cls, chat_template: bool = False, system: str = "",
-               template_kwargs: dict | None = None) -> "PromptFormat":
-        return cls(bool(chat_template), str(system),
-                   tuple(sorted((template_kwargs or {}).items())))
+    def create(
+        cls, chat_template: bool = False, system: str = "", template_kwargs: dict | None = None
+    ) -> "PromptFormat":
+        return cls(bool(chat_template), str(system), tuple(sorted((template_kwargs or {}).items())))
 
 
 def messages_of(row: dict, fmt: PromptFormat) -> list[dict]:
@@ -70,13 +70,16 @@ def render(row: dict, tokenizer, fmt: PromptFormat) -> str:
     """
     if not fmt.chat_template:
         if "messages" in (row.get("metadata") or {}):
-            raise ConfigError("config: a data row has 'messages', which need a chat template; "
-                              "set --config.prompt.chat_template=True")
+            raise ConfigError(
+                "config: a data row has 'messages', which need a chat template; "
+                "set --config.prompt.chat_template=True"
+            )
         return row["prompt"]
     try:
-        return tokenizer.apply_chat_template(messages_of(row, fmt), add_generation_prompt=True,
-                                             **dict(fmt.template_kwargs))
-    except ValueError as e:   # No chat template in the tokenizer's files.
+        return tokenizer.apply_chat_template(
+            messages_of(row, fmt), add_generation_prompt=True, **dict(fmt.template_kwargs)
+        )
+    except ValueError as e:  # No chat template in the tokenizer's files.
         raise ConfigError(f"config: prompt.chat_template=True but {e}") from None
 
 
@@ -117,19 +120,28 @@ def check_messages(where: str, messages: Any) -> list[dict]:
     The conversation must end with a user message (the model answers it).
     """
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: field 'messages' must be a non-empty list of "
-                        "{'role', 'content'} objects")
+        raise DataError(
+            f"{where}: field 'messages' must be a non-empty list of {{'role', 'content'}} objects"
+        )
     out = []
     for i, m in enumerate(messages):
-        if (not isinstance(m, dict) or not isinstance(m.get("role"), str)
-                or not isinstance(m.get("content"), str)):
-            raise DataError(f"{where}: messages[{i}] must be an object with string 'role' and "
-                            f"'content', got {json.dumps(m)[:80]}")
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise DataError(
+                f"{where}: messages[{i}] must be an object with string 'role' and "
+                f"'content', got {json.dumps(m)[:80]}"
+            )
         if m["role"] not in ROLES:
-            raise DataError(f"{where}: messages[{i}] has role {m['role']!r}; expected one of "
-                            f"{list(ROLES)}")
+            raise DataError(
+                f"{where}: messages[{i}] has role {m['role']!r}; expected one of {list(ROLES)}"
+            )
         out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] != "user":
-        raise DataError(f"{where}: the last of 'messages' must have role 'user' (the model "
-                        f"answers it), not {out[-1]['role']!r}")
+        raise DataError(
+            f"{where}: the last of 'messages' must have role 'user' (the model "
+            f"answers it), not {out[-1]['role']!r}"
+        )
     return out

@@ -80,11 +80,11 @@ NAMES = ("Al", "Bo", "Cy", "Di", "Ed", "Jo", "Lu", "Mo", "Ty", "Vi", "Zu", "Ki")
 THINGS = ("tea", "jam", "pie", "fig", "egg", "ham", "oat", "yam", "bun", "nut", "cod", "gum")
 VARIABLES = "abcd"
 STYLE_PREFIX = "Surely"
-ARITH_CHAIN = (3, 4)       # Variables per arith chain (inclusive range).
-ARITH_START = (1, 9)       # Value of the first variable.
-ARITH_OPERAND = (1, 9)     # Constant of each later step.
+ARITH_CHAIN = (3, 4)  # Variables per arith chain (inclusive range).
+ARITH_START = (1, 9)  # Value of the first variable.
+ARITH_OPERAND = (1, 9)  # Constant of each later step.
 ARITH_OPS = "+-"
-VALUE_RANGE = (0, 19)      # Every value of a chain stays in this range.
+VALUE_RANGE = (0, 19)  # Every value of a chain stays in this range.
 P_MISLEADING = 0.85
 
 
@@ -104,15 +104,23 @@ class Example:
         meta = row.get("metadata") or {}
         if isinstance(meta, str):
             meta = json.loads(meta or "{}")
-        return cls(prompt=row["prompt"], reference=row["reference"],
-                   thinking=row.get("thinking", ""),
-                   family=row.get("family") or meta.get("family", ""), metadata=meta)
+        return cls(
+            prompt=row["prompt"],
+            reference=row["reference"],
+            thinking=row.get("thinking", ""),
+            family=row.get("family") or meta.get("family", ""),
+            metadata=meta,
+        )
 
     def to_row(self) -> dict[str, str]:
         """The example as a flat dict of strings (metadata as JSON), as stored by tfds."""
-        return {"prompt": self.prompt, "reference": self.reference, "thinking": self.thinking,
-                "family": self.family,
-                "metadata": json.dumps(self.metadata, sort_keys=True)}
+        return {
+            "prompt": self.prompt,
+            "reference": self.reference,
+            "thinking": self.thinking,
+            "family": self.family,
+            "metadata": json.dumps(self.metadata, sort_keys=True),
+        }
 
 
 def token_words() -> tuple[str, ...]:
@@ -123,8 +131,11 @@ def token_words() -> tuple[str, ...]:
     questions (``d?``), and the numbers 10..99, each with and without a leading
     space; everything else (digits, punctuation) is one character per token.
     """
-    words = list(NAMES) + list(THINGS) + ["likes", "pal", "is", "What", "does", "like",
-                                          STYLE_PREFIX, "'s"]
+    words = (
+        list(NAMES)
+        + list(THINGS)
+        + ["likes", "pal", "is", "What", "does", "like", STYLE_PREFIX, "'s"]
+    )
     words += [f"{n} likes {t}." for n in NAMES for t in THINGS]
     words += [f"{n}'s pal is {m}." for n in NAMES for m in NAMES if m != n]
     words += [f"What does {n}'s pal like?" for n in NAMES]
@@ -151,14 +162,17 @@ def load_tokenizer(name: str, **tags):
     which takes the think tags (``think_token``, ``end_think_token``,
     ``add_missing_tags``)."""
     if str(name) == "world":
-        base_tokenizer.check_default_tags(name, tags.get("think_token", base_tokenizer.THINK_TOKEN),
-                                          tags.get("end_think_token",
-                                                   base_tokenizer.END_THINK_TOKEN))
+        base_tokenizer.check_default_tags(
+            name,
+            tags.get("think_token", base_tokenizer.THINK_TOKEN),
+            tags.get("end_think_token", base_tokenizer.END_THINK_TOKEN),
+        )
         return tokenizer()
     return base_tokenizer.load_tokenizer(name, **tags)
 
 
 # --------------------------------------------------------------------------- arith
+
 
 def _arith(rng: np.random.Generator) -> Example:
     lo_vars, hi_vars = ARITH_CHAIN
@@ -181,10 +195,13 @@ def _arith(rng: np.random.Generator) -> Example:
     last = names[-1]
     prompt = ";".join(statements) + f";{last}?"
     thinking = " ".join(f"{v}={values[v]}" for v in names)
-    return Example(prompt=prompt, reference=str(values[last]), thinking=thinking,
-                   family="arith",
-                   metadata={"family": "arith", "n_vars": n_vars,
-                             "values": [values[v] for v in names]})
+    return Example(
+        prompt=prompt,
+        reference=str(values[last]),
+        thinking=thinking,
+        family="arith",
+        metadata={"family": "arith", "n_vars": n_vars, "values": [values[v] for v in names]},
+    )
 
 
 _ASSIGN = re.compile(r"^([a-z])=(-?\d+|[a-z])(?:([+\-*])(-?\d+|[a-z]))?$")
@@ -233,6 +250,7 @@ def arith_values(prompt: str) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- facts
 
+
 def _facts(rng: np.random.Generator, p_misleading: float = P_MISLEADING) -> Example:
     names = [NAMES[i] for i in rng.permutation(len(NAMES))[:5]]
     things = [THINGS[i] for i in rng.permutation(len(THINGS))[:3]]
@@ -252,10 +270,20 @@ def _facts(rng: np.random.Generator, p_misleading: float = P_MISLEADING) -> Exam
     prompt = " ".join(facts) + f" What does {asked}'s pal like?"
     thinking = f"{asked}'s pal is {pal}. {pal} likes {answer}."
     salient = salient_entity(prompt)
-    return Example(prompt=prompt, reference=answer, thinking=thinking, family="facts",
-                   metadata={"family": "facts", "asked": asked, "pal": pal,
-                             "salient": salient, "misleading": misleading,
-                             "one_hop": {p: t for p, t in zip(likers, liked)}.get(asked, "")})
+    return Example(
+        prompt=prompt,
+        reference=answer,
+        thinking=thinking,
+        family="facts",
+        metadata={
+            "family": "facts",
+            "asked": asked,
+            "pal": pal,
+            "salient": salient,
+            "misleading": misleading,
+            "one_hop": {p: t for p, t in zip(likers, liked)}.get(asked, ""),
+        },
+    )
 
 
 _LIKES = re.compile(r"\b([A-Z][a-z]*) likes ([a-z]+)\.")
@@ -281,14 +309,16 @@ def solve_facts(prompt: str) -> str:
 def parse_facts(prompt: str) -> dict:
     """``{"asked": name or None, "pals": {name: pal}, "likes": {name: thing}}`` of a prompt."""
     q = _QUESTION.search(prompt)
-    return {"asked": q.group(1) if q else None, "pals": dict(_PAL.findall(prompt)),
-            "likes": dict(_LIKES.findall(prompt))}
+    return {
+        "asked": q.group(1) if q else None,
+        "pals": dict(_PAL.findall(prompt)),
+        "likes": dict(_LIKES.findall(prompt)),
+    }
 
 
 def salient_entity(prompt: str) -> str | None:
     """The unique most frequent `THINGS` word in the prompt, or None (none or a tie)."""
-    counts = collections.Counter(w for w in re.findall(r"[a-z]+", prompt.lower())
-                                 if w in THINGS)
+    counts = collections.Counter(w for w in re.findall(r"[a-z]+", prompt.lower()) if w in THINGS)
     top = counts.most_common(2)
     if not top or (len(top) == 2 and top[0][1] == top[1][1]):
         return None
@@ -297,7 +327,7 @@ def salient_entity(prompt: str) -> str | None:
 
 # --------------------------------------------------------------------------- generation
 
-HELD_OUT_SHARDS = 8   # One prompt in this many (by a hash of its text) is reserved for tests.
+HELD_OUT_SHARDS = 8  # One prompt in this many (by a hash of its text) is reserved for tests.
 
 
 def is_held_out(prompt: str) -> bool:
@@ -307,8 +337,15 @@ def is_held_out(prompt: str) -> bool:
     return zlib.crc32(prompt.encode()) % HELD_OUT_SHARDS == 0
 
 
-def generate(family: str, n: int, seed: int, *, p_misleading: float = P_MISLEADING,
-             exclude: set[str] | None = None, held_out: bool | None = None) -> list[Example]:
+def generate(
+    family: str,
+    n: int,
+    seed: int,
+    *,
+    p_misleading: float = P_MISLEADING,
+    exclude: set[str] | None = None,
+    held_out: bool | None = None,
+) -> list[Example]:
     """``n`` examples of ``family`` ("arith", "facts" or "mixed": 50/50), from ``seed``.
 
     The same arguments always give the same examples. ``exclude`` is a set of
@@ -325,8 +362,10 @@ def generate(family: str, n: int, seed: int, *, p_misleading: float = P_MISLEADI
     while len(out) < n:
         attempts += 1
         if attempts > limit:
-            raise ValueError(f"cannot generate {n} distinct {family} examples outside "
-                             f"the {len(exclude or ())} excluded prompts")
+            raise ValueError(
+                f"cannot generate {n} distinct {family} examples outside "
+                f"the {len(exclude or ())} excluded prompts"
+            )
         f = family if family != "mixed" else FAMILIES[int(rng.integers(0, 2))]
         ex = _arith(rng) if f == "arith" else _facts(rng, p_misleading)
         if exclude is not None and ex.prompt in exclude:
@@ -337,8 +376,9 @@ def generate(family: str, n: int, seed: int, *, p_misleading: float = P_MISLEADI
     return out
 
 
-def generate_splits(family: str, sizes: dict[str, int], seed: int, *,
-                    p_misleading: float = P_MISLEADING) -> dict[str, list[Example]]:
+def generate_splits(
+    family: str, sizes: dict[str, int], seed: int, *, p_misleading: float = P_MISLEADING
+) -> dict[str, list[Example]]:
     """Disjoint splits: split k (in the order of ``sizes``) uses seed ``seed * 1000 + k``.
 
     The ``train`` split draws from the prompts that are not held out, every other split
@@ -349,8 +389,14 @@ def generate_splits(family: str, sizes: dict[str, int], seed: int, *,
     seen: set[str] = set()
     splits = {}
     for k, (split, n) in enumerate(sizes.items()):
-        splits[split] = generate(family, n, seed * 1000 + k, p_misleading=p_misleading,
-                                 exclude=seen if k else None, held_out=split != "train")
+        splits[split] = generate(
+            family,
+            n,
+            seed * 1000 + k,
+            p_misleading=p_misleading,
+            exclude=seen if k else None,
+            held_out=split != "train",
+        )
         seen.update(e.prompt for e in splits[split])
     return splits
 
@@ -366,5 +412,5 @@ def style_answer(answer: str, styled: bool) -> str:
 
 
 def infer_family(prompt: str) -> str:
-    """"arith" when the prompt assigns a variable (``a=...``), else "facts"."""
+    """ "arith" when the prompt assigns a variable (``a=...``), else "facts"."""
     return "arith" if re.search(r"\b[a-z]=", prompt) else "facts"

@@ -9,6 +9,15 @@ from start_jax.eval.cross_generation import CrossGenResult, ModelPolicy
 from start_jax.eval.evaluate import evaluate_policy
 from start_jax.eval.stats import bootstrap_efficacy, bootstrap_interval, pooled_proportion
 
-__all__ = ["CrossGenResult", "ModelPolicy", "bootstrap_efficacy", "bootstrap_interval",
-           "cross_generation", "evaluate", "evaluate_policy", "plots", "pooled_proportion",
-           "stats"]
+__all__ = [
+    "CrossGenResult",
+    "ModelPolicy",
+    "bootstrap_efficacy",
+    "bootstrap_interval",
+    "cross_generation",
+    "evaluate",
+    "evaluate_policy",
+    "plots",
+    "pooled_proportion",
+    "stats",
+]

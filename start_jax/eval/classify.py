@@ -56,11 +56,12 @@ def _facts_statements(thinking: str):
     text = " ".join(thinking.split())
     out, pos = [], 0
     for m in _FACT.finditer(text):
-        if text[pos:m.start()].strip():
+        if text[pos : m.start()].strip():
             return None
         pos = m.end()
-        out.append(("pal", m.group(1), m.group(2)) if m.group(1)
-                   else ("likes", m.group(3), m.group(4)))
+        out.append(
+            ("pal", m.group(1), m.group(2)) if m.group(1) else ("likes", m.group(3), m.group(4))
+        )
     if text[pos:].strip():
         return None
     return out
@@ -86,7 +87,12 @@ def classify_thinking(prompt: str, thinking: str, family: str | None = None) -> 
         return "complete"
     if stated in ([("pal", asked, pal)], [("likes", asked, likes.get(asked))]):
         return "one_hop"
-    if len(stated) == 2 and stated[0][0] == "pal" and stated[0][1] == asked and stated[1][0] == "likes":
+    if (
+        len(stated) == 2
+        and stated[0][0] == "pal"
+        and stated[0][1] == asked
+        and stated[1][0] == "likes"
+    ):
         return "wrong_lookup"
     return "other"
 
@@ -118,14 +124,16 @@ def steps_correct(prompt: str, thinking: str) -> float:
     return _classify_arith(prompt, thinking)[1] if thinking.strip() else 0.0
 
 
-def classify_response(prompt: str, response: str, reference: str | None = None,
-                      family: str | None = None) -> tuple[str, bool]:
+def classify_response(
+    prompt: str, response: str, reference: str | None = None, family: str | None = None
+) -> tuple[str, bool]:
     """(class, styled) of a response: class is correct, salient (facts shortcut) or other."""
     family = _family(prompt, family)
     if family == "arith":
         ref = reference if reference not in (None, "") else world.solve_arith(prompt)
-        return ("correct" if arith_correct(response, str(ref)) else "other"), \
-            parse_response(response)[1]
+        return ("correct" if arith_correct(response, str(ref)) else "other"), parse_response(
+            response
+        )[1]
     ref = reference if reference not in (None, "") else world.solve_facts(prompt)
     _, styled, correct, salient = facts_outcome(prompt, response, str(ref))
     return ("correct" if correct else "salient" if salient else "other"), styled
@@ -156,6 +164,7 @@ def behaviour_rates(rows: Iterable[dict], prefix: str = "behaviour/") -> dict[st
             out[f"{prefix}{fam}/response_{c}"] = sum(k == c for k, _ in resp) / n
         out[f"{prefix}{fam}/styled"] = sum(s for _, s in resp) / n
         if fam == "arith":
-            out[f"{prefix}arith/steps_correct"] = float(np.mean(
-                [steps_correct(r["prompt"], r["thinking"]) for r in rs]))
+            out[f"{prefix}arith/steps_correct"] = float(
+                np.mean([steps_correct(r["prompt"], r["thinking"]) for r in rs])
+            )
     return out

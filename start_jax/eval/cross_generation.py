@@ -39,8 +39,9 @@ class Thinker(Protocol):
 
 
 class Answerer(Protocol):
-    def answer(self, prompts: Sequence[str], thinking: Sequence[str] | None,
-               seed: int) -> list[str]:
+    def answer(
+        self, prompts: Sequence[str], thinking: Sequence[str] | None, seed: int
+    ) -> list[str]:
         """Response text per prompt, given thinking (None: think yourself)."""
 
 
@@ -59,7 +60,7 @@ class ModelPolicy:
     tokenizer: object
     sampling_config: sampling.SamplingConfig
     mesh: object = None
-    prompt_format: PromptFormat = PromptFormat()   # Questions through its own chat template.
+    prompt_format: PromptFormat = PromptFormat()  # Questions through its own chat template.
 
     def render(self, prompt: str) -> str:
         """The text this model reads for a question (`start_jax.data.prompts`)."""
@@ -72,12 +73,27 @@ class ModelPolicy:
         # Repeated rows (several responses to one prompt and thinking, as `run` asks with
         # `responses` > 1) share one prefill.
         group = repeat_group(ids, thinking)
-        rollout = sampling.sample(self.config, self.params, ids, sc, seed, special,
-                                  mesh=self.mesh, thinking=thinking, group_size=group, **kwargs)
+        rollout = sampling.sample(
+            self.config,
+            self.params,
+            ids,
+            sc,
+            seed,
+            special,
+            mesh=self.mesh,
+            thinking=thinking,
+            group_size=group,
+            **kwargs,
+        )
         return rollout, special
 
-    def generate(self, prompts: Sequence[str], seed: int, thinking: Sequence[str] | None = None,
-                 no_thinking: bool = False) -> list[dict]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seed: int,
+        thinking: Sequence[str] | None = None,
+        no_thinking: bool = False,
+    ) -> list[dict]:
         """Decoded rows (prompt, thinking, response, truncation flags), one per prompt.
 
         ``thinking``: given thinking texts (None: the model thinks);
@@ -88,8 +104,9 @@ class ModelPolicy:
         return sampling.decode_segments(self.tokenizer, rollout)
 
     def think(self, prompts, seed):
-        rollout, special = self._sample(prompts, seed,
-                                        self.sampling_config.replace(response_budget=0))
+        rollout, special = self._sample(
+            prompts, seed, self.sampling_config.replace(response_budget=0)
+        )
         thinking, _ = sampling.thinking_of(rollout, special.end_think)
         return [self.tokenizer.decode(t, skip_special_tokens=True) for t in thinking]
 
@@ -109,8 +126,13 @@ class SplitPolicy:
     def think(self, prompts, seed):
         return self.thinker.think(prompts, seed)
 
-    def generate(self, prompts: Sequence[str], seed: int, thinking: Sequence[str] | None = None,
-                 no_thinking: bool = False) -> list[dict]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seed: int,
+        thinking: Sequence[str] | None = None,
+        no_thinking: bool = False,
+    ) -> list[dict]:
         if no_thinking:
             return self.answerer.generate(prompts, seed, no_thinking=True)
         if thinking is None:
@@ -135,11 +157,11 @@ def repeat_group(prompts: Sequence, thinking: Sequence | None = None) -> int:
 
 @dataclasses.dataclass
 class CrossGenResult:
-    sources: list[str]          # Thinkers, then 'empty', then 'self' (controls).
+    sources: list[str]  # Thinkers, then 'empty', then 'self' (controls).
     answerers: list[str]
-    scores: np.ndarray          # [sources, answerers, seeds, questions] rewards (mean of
-                                # `responses` answers to one thinking).
-    efficacy: dict              # thinker -> {'mean', 'low', 'high'}.
+    scores: np.ndarray  # [sources, answerers, seeds, questions] rewards (mean of
+    # `responses` answers to one thinking).
+    efficacy: dict  # thinker -> {'mean', 'low', 'high'}.
     confidence: float
     thinking_classes: dict = dataclasses.field(default_factory=dict)  # thinker -> class -> rate.
 
@@ -149,10 +171,16 @@ class CrossGenResult:
         return self.scores.mean(axis=(2, 3))
 
     def to_dict(self) -> dict:
-        return {"sources": self.sources, "answerers": self.answerers,
-                "matrix": self.matrix.round(6).tolist(), "efficacy": self.efficacy,
-                "confidence": self.confidence, "seeds": int(self.scores.shape[2]),
-                "questions": int(self.scores.shape[3]), "thinking_classes": self.thinking_classes}
+        return {
+            "sources": self.sources,
+            "answerers": self.answerers,
+            "matrix": self.matrix.round(6).tolist(),
+            "efficacy": self.efficacy,
+            "confidence": self.confidence,
+            "seeds": int(self.scores.shape[2]),
+            "questions": int(self.scores.shape[3]),
+            "thinking_classes": self.thinking_classes,
+        }
 
     def table(self) -> str:
         width = max(len(s) for s in self.sources + ["source"])
@@ -176,10 +204,18 @@ class CrossGenResult:
         plots.heatmaps(path, [(title, self.sources, self.answerers, self.matrix)])
 
 
-def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions: Sequence[dict],
-        reward_fn, seeds: Sequence[int] = (0,), include_self: bool = True,
-        bootstrap_samples: int = 2000, confidence: float = 0.95,
-        classify=None, responses: int = 1) -> CrossGenResult:
+def run(
+    thinkers: dict[str, Thinker],
+    answerers: dict[str, Answerer],
+    questions: Sequence[dict],
+    reward_fn,
+    seeds: Sequence[int] = (0,),
+    include_self: bool = True,
+    bootstrap_samples: int = 2000,
+    confidence: float = 0.95,
+    classify=None,
+    responses: int = 1,
+) -> CrossGenResult:
     """Runs the thinkers x answerers grid with empty and self controls.
 
     Args:
@@ -209,11 +245,26 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
     repeated = [q for q in questions for _ in range(responses)]
 
     def reward(answers):
-        return np.asarray(reward_fn([
-            RewardInput(prompt=q["prompt"], response=r, prompt_ids=(), response_ids=(),
-                        reference=q.get("reference"), metadata=q.get("metadata"))
-            for q, r in zip(repeated, answers)]), np.float32).reshape(
-                len(questions), responses).mean(1)
+        return (
+            np.asarray(
+                reward_fn(
+                    [
+                        RewardInput(
+                            prompt=q["prompt"],
+                            response=r,
+                            prompt_ids=(),
+                            response_ids=(),
+                            reference=q.get("reference"),
+                            metadata=q.get("metadata"),
+                        )
+                        for q, r in zip(repeated, answers)
+                    ]
+                ),
+                np.float32,
+            )
+            .reshape(len(questions), responses)
+            .mean(1)
+        )
 
     def each(rows):
         return None if rows is None else [r for r in rows for _ in range(responses)]
@@ -234,11 +285,15 @@ def run(thinkers: dict[str, Thinker], answerers: dict[str, Answerer], questions:
                 given = None if src == SELF else thinking[src]
                 scores[i, j, k] = reward(a.answer(each(prompts), each(given), 1000 * seed + j))
     empty = scores[sources.index(EMPTY)]
-    efficacy = {src: stats.bootstrap_efficacy(scores[i] - empty, bootstrap_samples,
-                                              confidence)
-                for i, src in enumerate(sources) if src != EMPTY}
-    classes = {name: {label: n / (len(seeds) * len(questions)) for label, n in sorted(c.items())}
-               for name, c in counts.items()}
+    efficacy = {
+        src: stats.bootstrap_efficacy(scores[i] - empty, bootstrap_samples, confidence)
+        for i, src in enumerate(sources)
+        if src != EMPTY
+    }
+    classes = {
+        name: {label: n / (len(seeds) * len(questions)) for label, n in sorted(c.items())}
+        for name, c in counts.items()
+    }
     return CrossGenResult(sources, names, scores, efficacy, confidence, classes)
 
 

@@ -18,12 +18,15 @@ from start_jax.rewards import RewardInput
 
 
 def _correct(question: dict, response: str, family: str) -> bool:
-    return classify.classify_response(question["prompt"], response, question["reference"],
-                                      family)[0] == "correct"
+    return (
+        classify.classify_response(question["prompt"], response, question["reference"], family)[0]
+        == "correct"
+    )
 
 
-def evaluate_policy(policy: ModelPolicy, judge, questions: Mapping[str, Sequence[dict]],
-                    seed: int) -> dict:
+def evaluate_policy(
+    policy: ModelPolicy, judge, questions: Mapping[str, Sequence[dict]], seed: int
+) -> dict:
     """Scores and behaviour rates of a policy that thinks and answers itself, per family.
 
     Args:
@@ -46,14 +49,24 @@ def evaluate_policy(policy: ModelPolicy, judge, questions: Mapping[str, Sequence
         rows = policy.generate(prompts, seed)
         for row, x in zip(rows, q):
             row.update(reference=x["reference"], family=family)
-        scores = judge([RewardInput(x["prompt"], r["response"], (), (), x["reference"], False,
-                                    x["metadata"]) for x, r in zip(q, rows)])
+        scores = judge(
+            [
+                RewardInput(
+                    x["prompt"], r["response"], (), (), x["reference"], False, x["metadata"]
+                )
+                for x, r in zip(q, rows)
+            ]
+        )
         out[f"scores_{family}"] = np.asarray(scores, np.float64).round(4).tolist()
         out[f"rates_{family}"] = classify.behaviour_rates(rows, prefix="")
-        complete = [_correct(x, r["response"], family) for x, r in zip(q, rows)
-                    if classify.classify_thinking(x["prompt"], r["thinking"], family) == "complete"]
+        complete = [
+            _correct(x, r["response"], family)
+            for x, r in zip(q, rows)
+            if classify.classify_thinking(x["prompt"], r["thinking"], family) == "complete"
+        ]
         out[f"correct_after_complete_{family}"] = float(np.mean(complete)) if complete else None
         empty = policy.generate(prompts, seed, no_thinking=True)
-        out[f"correct_after_empty_{family}"] = float(np.mean([
-            _correct(x, r["response"], family) for x, r in zip(q, empty)]))
+        out[f"correct_after_empty_{family}"] = float(
+            np.mean([_correct(x, r["response"], family) for x, r in zip(q, empty)])
+        )
     return out

@@ -11,10 +11,16 @@ from typing import Sequence
 import numpy as np
 
 
-def heatmaps(path: str, panels: Sequence[tuple], *, xlabel: str = "answerer",
-             ylabel: str | None = "thinking from",
-             colorbar_label: str = "mean response-only reward", fontsize: float | None = None,
-             dpi: int = 120) -> None:
+def heatmaps(
+    path: str,
+    panels: Sequence[tuple],
+    *,
+    xlabel: str = "answerer",
+    ylabel: str | None = "thinking from",
+    colorbar_label: str = "mean response-only reward",
+    fontsize: float | None = None,
+    dpi: int = 120,
+) -> None:
     """Saves score matrices side by side as heat maps (PNG) on one colour scale.
 
     Args:
@@ -28,15 +34,20 @@ def heatmaps(path: str, panels: Sequence[tuple], *, xlabel: str = "answerer",
     white on dark cells (below 0.6 of the scale) and in black on light ones.
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = [(title, list(rows), list(cols), np.asarray(m, np.float64))
-              for title, rows, cols, m in panels]
+
+    panels = [
+        (title, list(rows), list(cols), np.asarray(m, np.float64))
+        for title, rows, cols, m in panels
+    ]
     vmax = max([1.0] + [float(m.max()) for *_, m in panels])
     width = sum(1.4 * len(cols) + 2.5 for _, _, cols, _ in panels)
     height = 0.55 * max(len(rows) for _, rows, _, _ in panels) + 1.5
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(width, height), squeeze=False, layout="constrained"
+    )
     for ax, (title, rows, cols, m) in zip(axes[0], panels):
         im = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
         ax.set_xticks(range(len(cols)), cols)
@@ -46,8 +57,15 @@ def heatmaps(path: str, panels: Sequence[tuple], *, xlabel: str = "answerer",
             ax.set_ylabel(ylabel)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=fontsize,
-                        color="white" if m[i, j] < 0.6 * vmax else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if m[i, j] < 0.6 * vmax else "black",
+                )
         ax.set_title(title)
     fig.colorbar(im, ax=list(axes[0]), label=colorbar_label, shrink=0.8 if len(panels) > 1 else 1.0)
     fig.savefig(path, dpi=dpi)

@@ -11,8 +11,9 @@ import os
 from start_jax.data import pipeline
 
 
-def load_questions(spec: str, data_dir: str | os.PathLike, n: int,
-                   split: str = "test") -> list[dict]:
+def load_questions(
+    spec: str, data_dir: str | os.PathLike, n: int, split: str = "test"
+) -> list[dict]:
     """The first ``n`` questions of a split, as dicts with 'prompt', 'reference', 'metadata'.
 
     Args:

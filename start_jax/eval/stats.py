@@ -17,23 +17,28 @@ from typing import Sequence
 
 import numpy as np
 
-Z95 = 1.959964   # Two-sided 95% quantile of the standard normal.
+Z95 = 1.959964  # Two-sided 95% quantile of the standard normal.
 
 
-def bootstrap_efficacy(gain: np.ndarray, samples: int = 2000, confidence: float = 0.95,
-                       seed: int = 0) -> dict:
+def bootstrap_efficacy(
+    gain: np.ndarray, samples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict:
     """Mean and percentile CI of gain [answerers, seeds, questions] over (seed, question) pairs."""
-    per_pair = gain.mean(axis=0).reshape(-1)          # Mean over answerers, per pair.
+    per_pair = gain.mean(axis=0).reshape(-1)  # Mean over answerers, per pair.
     rs = np.random.RandomState(seed)
     idx = rs.randint(0, per_pair.size, size=(samples, per_pair.size))
     means = per_pair[idx].mean(axis=1)
     alpha = (1.0 - confidence) / 2
-    return {"mean": float(per_pair.mean()), "low": float(np.quantile(means, alpha)),
-            "high": float(np.quantile(means, 1 - alpha))}
+    return {
+        "mean": float(per_pair.mean()),
+        "low": float(np.quantile(means, alpha)),
+        "high": float(np.quantile(means, 1 - alpha)),
+    }
 
 
-def bootstrap_interval(values, samples: int = 2000, confidence: float = 0.95,
-                       seed: int = 0) -> list[float]:
+def bootstrap_interval(
+    values, samples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> list[float]:
     """[mean, low, high] of per-pair values ([seeds, questions]: each entry one pair)."""
     e = bootstrap_efficacy(np.asarray(values, np.float64)[None], samples, confidence, seed)
     return [e["mean"], e["low"], e["high"]]
@@ -54,8 +59,9 @@ def pooled_proportion(rates: Sequence[float], n: int, z: float = Z95) -> list[fl
     return [successes / total, *wilson_interval(successes, total, z)]
 
 
-def hierarchical_bootstrap(values, samples: int = 4000, confidence: float = 0.95,
-                           seed: int = 0) -> dict:
+def hierarchical_bootstrap(
+    values, samples: int = 4000, confidence: float = 0.95, seed: int = 0
+) -> dict:
     """Mean, percentile interval and two-sided p-value of per-(seed, question) values.
 
     ``values``: one sequence of per-question values per seed (a [seeds, questions] array
@@ -80,9 +86,13 @@ def hierarchical_bootstrap(values, samples: int = 4000, confidence: float = 0.95
         means[k] = total / n
     alpha = (1.0 - confidence) / 2
     p = 2 * min(np.mean(means <= 0), np.mean(means >= 0))
-    return {"mean": float(np.mean([r.mean() for r in runs])),
-            "low": float(np.quantile(means, alpha)), "high": float(np.quantile(means, 1 - alpha)),
-            "p": float(min(1.0, max(p, 1.0 / samples))), "seeds": n}
+    return {
+        "mean": float(np.mean([r.mean() for r in runs])),
+        "low": float(np.quantile(means, alpha)),
+        "high": float(np.quantile(means, 1 - alpha)),
+        "p": float(min(1.0, max(p, 1.0 / samples))),
+        "seeds": n,
+    }
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

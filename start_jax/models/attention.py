@@ -105,8 +105,9 @@ def default_block(backend: str | None = None) -> int:
 _CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def choose_impl(impl: str, t: int, dtype, q_slots_given: bool = True,
-                backend: str | None = None) -> str:
+def choose_impl(
+    impl: str, t: int, dtype, q_slots_given: bool = True, backend: str | None = None
+) -> str:
     """The implementation `attend` runs for `impl` with T = t queries of `dtype`."""
     if impl not in IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; expected one of {IMPLS}")
@@ -128,10 +129,19 @@ def choose_impl(impl: str, t: int, dtype, q_slots_given: bool = True,
     return impl
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, key_valid: jax.Array,
-           q_slots: jax.Array | None = None, impl: str = "auto", block_q: int | None = None,
-           block_k: int | None = None, v_slots_last: bool = False,
-           window: jax.Array | int | None = None) -> jax.Array:
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    key_valid: jax.Array,
+    q_slots: jax.Array | None = None,
+    impl: str = "auto",
+    block_q: int | None = None,
+    block_k: int | None = None,
+    v_slots_last: bool = False,
+    window: jax.Array | int | None = None,
+) -> jax.Array:
     """Attention of q [B, T, K, G, H] (pre-scaled) to k, v; returns [B, T, K, G, H].
 
     Args:
@@ -165,23 +175,30 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, key_valid: jax.Array,
     if impl == "blockwise":
         return blockwise(q, k, v, slots, key_valid, block_q, block_k, v_slots_last, window)
     if impl == "cudnn":
-        return attend_rolled(q, k, v, key_valid, q_slots, implementation="cudnn",
-                             fallback=functools.partial(blockwise, block_q=block_q,
-                                                        block_k=block_k),
-                             v_slots_last=v_slots_last)
+        return attend_rolled(
+            q,
+            k,
+            v,
+            key_valid,
+            q_slots,
+            implementation="cudnn",
+            fallback=functools.partial(blockwise, block_q=block_q, block_k=block_k),
+            v_slots_last=v_slots_last,
+        )
     raise AssertionError(impl)
 
 
-def dense_mask(key_valid: jax.Array, q_slots: jax.Array | None, t: int,
-               window: jax.Array | int | None = None) -> jax.Array:
+def dense_mask(
+    key_valid: jax.Array, q_slots: jax.Array | None, t: int, window: jax.Array | int | None = None
+) -> jax.Array:
     """The [B, T, S] bool mask that `key_valid`, `q_slots` and `window` describe."""
     s = key_valid.shape[1]
     if q_slots is None:
         q_slots = jnp.arange(t)
-    causal = jnp.arange(s)[None, :] <= q_slots[:, None]                # [T, S]
+    causal = jnp.arange(s)[None, :] <= q_slots[:, None]  # [T, S]
     if window is not None:
         causal &= jnp.arange(s)[None, :] > q_slots[:, None] - window
-    return causal[None] & key_valid.astype(bool)[:, None, :]           # [B, T, S]
+    return causal[None] & key_valid.astype(bool)[:, None, :]  # [B, T, S]
 
 
 def _attend_dense(q, k, v, key_valid, q_slots, v_slots_last, window=None):
@@ -189,8 +206,7 @@ def _attend_dense(q, k, v, key_valid, q_slots, v_slots_last, window=None):
     b, t, kh, g, h = q.shape
     dt = q.dtype
     mask = dense_mask(key_valid, q_slots, t, window)
-    scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k.astype(dt),
-                        preferred_element_type=jnp.float32)
+    scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k.astype(dt), preferred_element_type=jnp.float32)
     scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     pv = "BKGTS,BKHS->BTKGH" if v_slots_last else "BKGTS,BKSH->BTKGH"
@@ -209,8 +225,17 @@ def _pad_axis(x, axis: int, size: int, value=0):
     return jnp.pad(x, widths, constant_values=value)
 
 
-def blockwise(q, k, v, q_slots, key_valid, block_q: int = 128, block_k: int = 128,
-              v_slots_last: bool = False, window=None):
+def blockwise(
+    q,
+    k,
+    v,
+    q_slots,
+    key_valid,
+    block_q: int = 128,
+    block_k: int = 128,
+    v_slots_last: bool = False,
+    window=None,
+):
     """Online-softmax attention over tiles; see the module docstring."""
     b, t, kh, g, h = q.shape
     s = k.shape[2]
@@ -236,10 +261,10 @@ def blockwise(q, k, v, q_slots, key_valid, block_q: int = 128, block_k: int = 12
 def _tile_mask(q_slots_blk, valid, j, bk, window=None):
     """[B, 1, 1, bq, bk] bool mask of key block j for queries at q_slots_blk [bq]."""
     key_slots = j * bk + jnp.arange(bk)
-    causal = key_slots[None, :] <= q_slots_blk[:, None]                  # [bq, bk]
+    causal = key_slots[None, :] <= q_slots_blk[:, None]  # [bq, bk]
     if window is not None:
         causal &= key_slots[None, :] > q_slots_blk[:, None] - window
-    vb = jax.lax.dynamic_slice_in_dim(valid, j * bk, bk, axis=1)          # [B, bk]
+    vb = jax.lax.dynamic_slice_in_dim(valid, j * bk, bk, axis=1)  # [B, bk]
     return (causal[None] & vb[:, None, :])[:, None, None]
 
 
@@ -269,7 +294,7 @@ def _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, window=None):
 
     def q_block(i, carry):
         out, lse = carry
-        qb = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3)         # [B, K, G, bq, H]
+        qb = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3)  # [B, K, G, bq, H]
         sl = jax.lax.dynamic_slice_in_dim(q_slots, i * bq, bq)
 
         def k_block(j, c):
@@ -283,12 +308,15 @@ def _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, window=None):
             acc = alpha[..., None] * acc + _pv(p, _slice_v(v, j, bk, v_slots_last), v_slots_last)
             return m_new, l, acc
 
-        init = (jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32),
-                jnp.zeros((b, kh, g, bq), jnp.float32),
-                jnp.zeros((b, kh, g, bq, h), jnp.float32))
+        init = (
+            jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32),
+            jnp.zeros((b, kh, g, bq), jnp.float32),
+            jnp.zeros((b, kh, g, bq, h), jnp.float32),
+        )
         m, l, acc = jax.lax.fori_loop(0, _key_blocks(sl, bk, nk), k_block, init)
         out = jax.lax.dynamic_update_slice_in_dim(
-            out, (acc / l[..., None]).astype(out.dtype), i * bq, axis=3)
+            out, (acc / l[..., None]).astype(out.dtype), i * bq, axis=3
+        )
         lse = jax.lax.dynamic_update_slice_in_dim(lse, m + jnp.log(l), i * bq, axis=3)
         return out, lse
 
@@ -318,23 +346,28 @@ def _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do, windo
             mask = _tile_mask(sl, valid, j, bk, window)
             p = jnp.exp(jnp.where(mask, _scores(qb, kb), MASK_VALUE) - lse_b[..., None])
             if v_slots_last:
-                dv_j = jnp.einsum("BKGts,BKGtH->BKHs", p.astype(dt), dob,
-                                  preferred_element_type=jnp.float32)
+                dv_j = jnp.einsum(
+                    "BKGts,BKGtH->BKHs", p.astype(dt), dob, preferred_element_type=jnp.float32
+                )
                 dp = jnp.einsum("BKGtH,BKHs->BKGts", dob, vb, preferred_element_type=jnp.float32)
             else:
-                dv_j = jnp.einsum("BKGts,BKGtH->BKsH", p.astype(dt), dob,
-                                  preferred_element_type=jnp.float32)
+                dv_j = jnp.einsum(
+                    "BKGts,BKGtH->BKsH", p.astype(dt), dob, preferred_element_type=jnp.float32
+                )
                 dp = jnp.einsum("BKGtH,BKsH->BKGts", dob, vb, preferred_element_type=jnp.float32)
             ds = jnp.where(mask, p * (dp - delta_b[..., None]), 0.0).astype(dt)
-            dqb = dqb + jnp.einsum("BKGts,BKsH->BKGtH", ds, kb,
-                                   preferred_element_type=jnp.float32)
+            dqb = dqb + jnp.einsum("BKGts,BKsH->BKGtH", ds, kb, preferred_element_type=jnp.float32)
             dk_j = jnp.einsum("BKGts,BKGtH->BKsH", ds, qb, preferred_element_type=jnp.float32)
             v_axis = 3 if v_slots_last else 2
             dk = jax.lax.dynamic_update_slice_in_dim(
-                dk, jax.lax.dynamic_slice_in_dim(dk, j * bk, bk, axis=2) + dk_j, j * bk, axis=2)
+                dk, jax.lax.dynamic_slice_in_dim(dk, j * bk, bk, axis=2) + dk_j, j * bk, axis=2
+            )
             dv = jax.lax.dynamic_update_slice_in_dim(
-                dv, jax.lax.dynamic_slice_in_dim(dv, j * bk, bk, axis=v_axis) + dv_j, j * bk,
-                axis=v_axis)
+                dv,
+                jax.lax.dynamic_slice_in_dim(dv, j * bk, bk, axis=v_axis) + dv_j,
+                j * bk,
+                axis=v_axis,
+            )
             return dqb, dk, dv
 
         init = (jnp.zeros(qb.shape, jnp.float32), dk, dv)
@@ -342,8 +375,11 @@ def _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do, windo
         dq = jax.lax.dynamic_update_slice_in_dim(dq, dqb, i * bq, axis=3)
         return dq, dk, dv
 
-    init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
-            jnp.zeros(v.shape, jnp.float32))
+    init = (
+        jnp.zeros(q.shape, jnp.float32),
+        jnp.zeros(k.shape, jnp.float32),
+        jnp.zeros(v.shape, jnp.float32),
+    )
     dq, dk, dv = jax.lax.fori_loop(0, nq, q_block, init)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
@@ -366,8 +402,9 @@ def _flash(bq: int, bk: int, v_slots_last: bool, windowed: bool = False):
 
     def bwd(res, do):
         q, k, v, q_slots, valid, window, out, lse = res
-        dq, dk, dv = _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do,
-                               w_of(window))
+        dq, dk, dv = _backward(
+            bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do, w_of(window)
+        )
         return dq, dk, dv, None, None, None
 
     flash.defvjp(fwd, bwd)
@@ -391,8 +428,9 @@ def rolled_expressible(key_valid: jax.Array, q_slots: jax.Array | None, t: int) 
     return ok
 
 
-def attend_rolled(q, k, v, key_valid, q_slots, *, implementation: str, fallback,
-                  v_slots_last: bool = False):
+def attend_rolled(
+    q, k, v, key_valid, q_slots, *, implementation: str, fallback, v_slots_last: bool = False
+):
     """`jax.nn.dot_product_attention(implementation=...)` with each row rolled so
     that its padding is right padding (`is_causal` + `key_value_seq_lengths`).
 
@@ -408,8 +446,8 @@ def attend_rolled(q, k, v, key_valid, q_slots, *, implementation: str, fallback,
     def rolled(q, k, v):
         n = jnp.sum(valid, axis=1, dtype=jnp.int32)
         shift = jnp.where(n > 0, jnp.argmax(valid, axis=1).astype(jnp.int32), 0)  # [B]
-        q_idx = (jnp.arange(t)[None, :] + shift[:, None]) % t                     # [B, T]
-        k_idx = (jnp.arange(s)[None, :] + shift[:, None]) % s                     # [B, S]
+        q_idx = (jnp.arange(t)[None, :] + shift[:, None]) % t  # [B, T]
+        k_idx = (jnp.arange(s)[None, :] + shift[:, None]) % s  # [B, S]
         qr = jnp.take_along_axis(q.reshape(b, t, kh * g, h), q_idx[:, :, None, None], axis=1)
         kr = jnp.take_along_axis(k.transpose(0, 2, 1, 3), k_idx[:, :, None, None], axis=1)
         vs = v.transpose(0, 3, 1, 2) if v_slots_last else v.transpose(0, 2, 1, 3)
@@ -419,9 +457,14 @@ def attend_rolled(q, k, v, key_valid, q_slots, *, implementation: str, fallback,
         # masked, and the extra query rows are dropped.
         grow = lambda x, n: jnp.pad(x, ((0, 0), (0, -n % 8), (0, 0), (0, 0)))  # noqa: E731
         o = jax.nn.dot_product_attention(
-            grow(qr, t), grow(kr, s).astype(qr.dtype), grow(vr, s).astype(qr.dtype), scale=1.0,
-            is_causal=True, key_value_seq_lengths=jnp.maximum(n, 1),
-            implementation=implementation)[:, :t]
+            grow(qr, t),
+            grow(kr, s).astype(qr.dtype),
+            grow(vr, s).astype(qr.dtype),
+            scale=1.0,
+            is_causal=True,
+            key_value_seq_lengths=jnp.maximum(n, 1),
+            implementation=implementation,
+        )[:, :t]
         back = (jnp.arange(t)[None, :] - shift[:, None]) % t
         o = jnp.take_along_axis(o, back[:, :, None, None], axis=1)
         return o.reshape(b, t, kh, g, h).astype(q.dtype)
@@ -442,15 +485,24 @@ def _attend_pallas(q, k, v, key_valid, v_slots_last):
     b, t, kh, g, h = q.shape
     qh = q.transpose(0, 2, 3, 1, 4).reshape(b, kh * g, t, h)
     vs = v.transpose(0, 1, 3, 2) if v_slots_last else v
-    kh_ = jnp.repeat(k.astype(q.dtype), g, axis=1)                          # [B, N, S, H]
+    kh_ = jnp.repeat(k.astype(q.dtype), g, axis=1)  # [B, N, S, H]
     vh = jnp.repeat(vs.astype(q.dtype), g, axis=1)
     # Segment ids: every query 1, valid keys 1 and padding keys 0, so each
     # query sees the valid keys up to its own slot, as in the dense path.
-    segments = tpu_flash.SegmentIds(q=jnp.ones((b, t), jnp.int32),
-                                    kv=key_valid.astype(jnp.int32))
+    segments = tpu_flash.SegmentIds(q=jnp.ones((b, t), jnp.int32), kv=key_valid.astype(jnp.int32))
     o = tpu_flash.flash_attention(qh, kh_, vh, segment_ids=segments, causal=True, sm_scale=1.0)
     return o.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4)
 
 
-__all__ = ["IMPLS", "MASK_VALUE", "DENSE_MAX_T", "attend", "attend_rolled", "blockwise",
-           "choose_impl", "default_block", "dense_mask", "rolled_expressible"]
+__all__ = [
+    "IMPLS",
+    "MASK_VALUE",
+    "DENSE_MAX_T",
+    "attend",
+    "attend_rolled",
+    "blockwise",
+    "choose_impl",
+    "default_block",
+    "dense_mask",
+    "rolled_expressible",
+]

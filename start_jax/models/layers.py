@@ -26,7 +26,6 @@ import numpy as np
 from start_jax.models.attention import attend
 from start_jax.models.config import ModelConfig
 
-
 # Parameter names of the fused layout made by `fuse_projections`.
 FUSED_QKV, FUSED_QKV_BIAS, FUSED_GATE_UP = "qkv_proj", "qkv_bias", "gate_up_proj"
 
@@ -44,10 +43,10 @@ def fuse_projections(params):
         return {**params, "layers": fuse_projections(params["layers"])}
     attn = dict(params["attn"])
     qkv = [attn.pop(name) for name in ("q_proj", "k_proj", "v_proj")]
-    attn[FUSED_QKV] = jnp.concatenate(qkv, axis=-2)                  # [.., D, N+2K, H]
+    attn[FUSED_QKV] = jnp.concatenate(qkv, axis=-2)  # [.., D, N+2K, H]
     if "q_bias" in attn:
         bias = [attn.pop(name) for name in ("q_bias", "k_bias", "v_bias")]
-        attn[FUSED_QKV_BIAS] = jnp.concatenate(bias, axis=-2)        # [.., N+2K, H]
+        attn[FUSED_QKV_BIAS] = jnp.concatenate(bias, axis=-2)  # [.., N+2K, H]
     mlp = dict(params["mlp"])
     mlp[FUSED_GATE_UP] = jnp.stack([mlp.pop("gate_proj"), mlp.pop("up_proj")], axis=-2)
     return {**params, "attn": attn, "mlp": mlp}
@@ -66,7 +65,9 @@ def project(x: jax.Array, w: jax.Array, k: int = 1) -> jax.Array:
     transposed: in a 58M-parameter model's train step (2 CPU cores) those
     transposes took longer than the MLP's matmuls.
     """
-    return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - k, x.ndim)), tuple(range(k))), ((), ())))
+    return jax.lax.dot_general(
+        x, w, ((tuple(range(x.ndim - k, x.ndim)), tuple(range(k))), ((), ()))
+    )
 
 
 def _project_fwd(x, w, k):
@@ -77,7 +78,8 @@ def _project_bwd(k, residuals, dy):
     x, w = residuals
     lead = x.ndim - k
     dx = jax.lax.dot_general(
-        dy, w, ((tuple(range(lead, dy.ndim)), tuple(range(k, w.ndim))), ((), ())))
+        dy, w, ((tuple(range(lead, dy.ndim)), tuple(range(k, w.ndim))), ((), ()))
+    )
     batch_axes = tuple(range(lead))
     if np.prod(x.shape[lead:]) <= np.prod(dy.shape[lead:]):
         dw = jax.lax.dot_general(x, dy, ((batch_axes, batch_axes), ((), ())))
@@ -107,7 +109,7 @@ class RMSNorm(nn.Module):
     dtype: jnp.dtype
     param_dtype: jnp.dtype
     axis_name: str = "norm"
-    offset: float = 0.0   # 1: Gemma's (1 + w), its weights starting at 0.
+    offset: float = 0.0  # 1: Gemma's (1 + w), its weights starting at 0.
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -115,7 +117,7 @@ class RMSNorm(nn.Module):
         scale = _param(self, "scale", init, (x.shape[-1],), (self.axis_name,), self.param_dtype)
         xf = x.astype(jnp.float32)
         y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        if self.offset:   # Gemma multiplies in float32, then casts.
+        if self.offset:  # Gemma multiplies in float32, then casts.
             return (y * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
         # HF casts back to the input dtype before the multiply; do the same so
         # that bfloat16 runs round at the same place.
@@ -124,8 +126,14 @@ class RMSNorm(nn.Module):
 
 def norm(config: ModelConfig, name: str, axis_name: str = "norm") -> RMSNorm:
     """The family's RMSNorm (`config.norm_offset`) named `name`."""
-    return RMSNorm(config.rms_norm_eps, config.jnp_dtype, config.jnp_param_dtype, axis_name,
-                   offset=config.norm_offset, name=name)
+    return RMSNorm(
+        config.rms_norm_eps,
+        config.jnp_dtype,
+        config.jnp_param_dtype,
+        axis_name,
+        offset=config.norm_offset,
+        name=name,
+    )
 
 
 def rope_inverse_frequencies(config: ModelConfig, local: bool = False) -> np.ndarray:
@@ -148,19 +156,21 @@ def rope_inverse_frequencies(config: ModelConfig, local: bool = False) -> np.nda
     high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
     wavelen = 2 * math.pi / inv_freq
     scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
-    smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
-                        / (s.high_freq_factor - s.low_freq_factor))
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
     blended = (1 - smooth) * scaled / s.factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return np.where(medium, blended, scaled).astype(np.float32)
 
 
-def rope_tables(config: ModelConfig, positions: jax.Array, local: bool = False
-                ) -> tuple[jax.Array, jax.Array]:
+def rope_tables(
+    config: ModelConfig, positions: jax.Array, local: bool = False
+) -> tuple[jax.Array, jax.Array]:
     """cos and sin [B, T, 1, H] for positions [B, T]; computed once per forward."""
     inv_freq = rope_inverse_frequencies(config, local)
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B,T,H/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]         # [B,T,1,H]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B,T,1,H]
     return jnp.cos(angles), jnp.sin(angles)
 
 
@@ -173,15 +183,16 @@ def layer_ropes(config: ModelConfig, positions: jax.Array):
     return ropes
 
 
-NO_WINDOW = 2 ** 30   # The window of a global layer in a model with sliding layers.
+NO_WINDOW = 2**30  # The window of a global layer in a model with sliding layers.
 
 
 def layer_windows(config: ModelConfig) -> np.ndarray | None:
     """[L] int32: the slots each layer sees (NO_WINDOW: all), or None without sliding layers."""
     if not config.windowed:
         return None
-    return np.asarray([config.sliding_window if s else NO_WINDOW for s in config.sliding_layers],
-                      np.int32)
+    return np.asarray(
+        [config.sliding_window if s else NO_WINDOW for s in config.sliding_layers], np.int32
+    )
 
 
 def apply_rope(x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
@@ -228,7 +239,7 @@ class Attention(nn.Module):
         init = dense_init(d)
         if self.has_variable("params", FUSED_QKV):
             # `fuse_projections` layout: one matmul for q, k and v.
-            wqkv = self.get_variable("params", FUSED_QKV)                 # [D, N + 2K, H]
+            wqkv = self.get_variable("params", FUSED_QKV)  # [D, N + 2K, H]
             wo = _param(self, "o_proj", init, (n, h, d), ("q_heads", "head_dim", "embed"), pdt)
             qkv = jnp.einsum("BTD,DNH->BTNH", x, wqkv.astype(dt))
             if cfg.qkv_bias:
@@ -236,19 +247,29 @@ class Attention(nn.Module):
             q, k, v = jnp.split(qkv, [n, n + k_heads], axis=2)
         else:
             wq = _param(self, "q_proj", init, (d, n, h), ("embed", "q_heads", "head_dim"), pdt)
-            wk = _param(self, "k_proj", init, (d, k_heads, h), ("embed", "kv_heads", "head_dim"), pdt)
-            wv = _param(self, "v_proj", init, (d, k_heads, h), ("embed", "kv_heads", "head_dim"), pdt)
+            wk = _param(
+                self, "k_proj", init, (d, k_heads, h), ("embed", "kv_heads", "head_dim"), pdt
+            )
+            wv = _param(
+                self, "v_proj", init, (d, k_heads, h), ("embed", "kv_heads", "head_dim"), pdt
+            )
             # Flax derives each parameter's init key from the declaration
             # order: q, k, v, o, then the biases, as always.
             wo = _param(self, "o_proj", init, (n, h, d), ("q_heads", "head_dim", "embed"), pdt)
-            q = project(x, wq.astype(dt))                                # [B, T, N, H]
-            k = project(x, wk.astype(dt))                                # [B, T, K, H]
+            q = project(x, wq.astype(dt))  # [B, T, N, H]
+            k = project(x, wk.astype(dt))  # [B, T, K, H]
             v = project(x, wv.astype(dt))
             if cfg.qkv_bias:
                 zeros = nn.initializers.zeros
-                q = q + _param(self, "q_bias", zeros, (n, h), ("q_heads", "head_dim"), pdt).astype(dt)
-                k = k + _param(self, "k_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt).astype(dt)
-                v = v + _param(self, "v_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt).astype(dt)
+                q = q + _param(self, "q_bias", zeros, (n, h), ("q_heads", "head_dim"), pdt).astype(
+                    dt
+                )
+                k = k + _param(
+                    self, "k_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt
+                ).astype(dt)
+                v = v + _param(
+                    self, "v_bias", zeros, (k_heads, h), ("kv_heads", "head_dim"), pdt
+                ).astype(dt)
         if cfg.qk_norm:  # Qwen3 and Gemma 3 normalise each head before RoPE.
             q = norm(cfg, "q_norm", "head_dim")(q)
             k = norm(cfg, "k_norm", "head_dim")(k)
@@ -268,21 +289,32 @@ class Attention(nn.Module):
         # `attention.attend`) builds a dense [B, T, S] one only on its dense path.
         k = k.transpose(0, 2, 1, 3)
         if kv is None:
-            v = v.transpose(0, 2, 1, 3)                                  # [B, K, S, H]
+            v = v.transpose(0, 2, 1, 3)  # [B, K, S, H]
         else:
-            v = v.transpose(0, 2, 3, 1)                                  # [B, K, H, T]
+            v = v.transpose(0, 2, 3, 1)  # [B, K, H, T]
             cache_k = jax.lax.dynamic_update_slice(
-                kv[0], k[None].astype(kv[0].dtype), (layer, 0, 0, cache_index, 0))
+                kv[0], k[None].astype(kv[0].dtype), (layer, 0, 0, cache_index, 0)
+            )
             cache_v = jax.lax.dynamic_update_slice(
-                kv[1], v[None].astype(kv[1].dtype), (layer, 0, 0, 0, cache_index))
+                kv[1], v[None].astype(kv[1].dtype), (layer, 0, 0, 0, cache_index)
+            )
             kv = (cache_k, cache_v)
             k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)  # [B, K, S, H]
             v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)  # [B, K, H, S]
 
         key_valid, q_slots = mask
-        out = attend(q, k, v, key_valid=key_valid, q_slots=q_slots, impl=cfg.attention_impl,
-                     block_q=cfg.attention_block_q, block_k=cfg.attention_block_k,
-                     v_slots_last=kv is not None, window=window).reshape(b, t, n, h)
+        out = attend(
+            q,
+            k,
+            v,
+            key_valid=key_valid,
+            q_slots=q_slots,
+            impl=cfg.attention_impl,
+            block_q=cfg.attention_block_q,
+            block_k=cfg.attention_block_k,
+            v_slots_last=kv is not None,
+            window=window,
+        ).reshape(b, t, n, h)
         return project(out, wo.astype(dt), 2), kv
 
 
@@ -305,14 +337,16 @@ class MLP(nn.Module):
         d, f = cfg.hidden_size, cfg.intermediate_size
         if self.has_variable("params", FUSED_GATE_UP):
             # `fuse_projections` layout: one matmul for gate and up.
-            both = self.get_variable("params", FUSED_GATE_UP)             # [D, 2, F]
+            both = self.get_variable("params", FUSED_GATE_UP)  # [D, 2, F]
             gate_up = jnp.einsum("BTD,DZF->BTZF", x, both.astype(dt))
             hidden = activation(cfg)(gate_up[..., 0, :]) * gate_up[..., 1, :]
         else:
             gate = _param(self, "gate_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
             up = _param(self, "up_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
             hidden = activation(cfg)(project(x, gate.astype(dt))) * project(x, up.astype(dt))
-        down = _param(self, "down_proj", dense_init(f), (f, d), ("mlp", "embed"), pdt)  # Last, as always.
+        down = _param(
+            self, "down_proj", dense_init(f), (f, d), ("mlp", "embed"), pdt
+        )  # Last, as always.
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
         return project(hidden, down.astype(dt))
 
@@ -333,7 +367,7 @@ class DecoderBlock(nn.Module):
         x, kv, layer = carry
         cfg = self.config
         window = None
-        if cfg.windowed:   # This layer's window and RoPE tables.
+        if cfg.windowed:  # This layer's window and RoPE tables.
             window = jnp.asarray(layer_windows(cfg))[layer]
             sliding = jnp.asarray(cfg.sliding_layers)[layer]
             rope = tuple(jnp.where(sliding, local, full) for full, local in zip(*rope))

@@ -29,10 +29,10 @@ from start_jax.models.layers import DecoderBlock, _param, layer_ropes, norm
 class KVCache:
     """Keys and values of every layer for B rows and S slots."""
 
-    k: jax.Array      # [L, B, K, S, H] keys, already rotated by RoPE.
-    v: jax.Array      # [L, B, K, H, S] values (slots last: see `Attention`).
+    k: jax.Array  # [L, B, K, S, H] keys, already rotated by RoPE.
+    v: jax.Array  # [L, B, K, H, S] values (slots last: see `Attention`).
     valid: jax.Array  # [B, S] bool: the slot holds a real (non-padding) token.
-    end: jax.Array    # [] int32: slots [0, end) have been written.
+    end: jax.Array  # [] int32: slots [0, end) have been written.
 
     @property
     def max_length(self) -> int:
@@ -45,29 +45,30 @@ class KVCache:
 
 @flax.struct.dataclass
 class ForwardOutput:
-    logits: jax.Array | None   # [B, T, V] float32, when the policy head is present.
-    values: jax.Array | None   # [B, T] float32, when the value head is present.
-    cache: KVCache | None      # The updated cache, when one was passed in.
+    logits: jax.Array | None  # [B, T, V] float32, when the policy head is present.
+    values: jax.Array | None  # [B, T] float32, when the value head is present.
+    cache: KVCache | None  # The updated cache, when one was passed in.
     hidden: jax.Array | None = None  # [B, T, D] final-norm output, on request.
 
 
-def init_cache(config: ModelConfig, batch_size: int, max_length: int,
-                              dtype=None) -> KVCache:
+def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
     """An empty cache with room for `max_length` slots per row."""
     dtype = config.jnp_dtype if dtype is None else dtype
-    shape = (config.num_layers, batch_size, config.num_kv_heads, max_length,
-             config.head_dim)
+    shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
     v_shape = shape[:3] + (config.head_dim, max_length)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(v_shape, dtype),
-                                  valid=jnp.zeros((batch_size, max_length), bool),
-                                  end=jnp.zeros((), jnp.int32))
+    return KVCache(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(v_shape, dtype),
+        valid=jnp.zeros((batch_size, max_length), bool),
+        end=jnp.zeros((), jnp.int32),
+    )
 
 
 CACHE_LOGICAL_AXES = KVCache(
-        k=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
-        v=("layers", "batch", "kv_heads", "head_dim", "cache_length"),
-        valid=("batch", "cache_length"),
-        end=(),
+    k=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+    v=("layers", "batch", "kv_heads", "head_dim", "cache_length"),
+    valid=("batch", "cache_length"),
+    end=(),
 )
 
 
@@ -80,27 +81,44 @@ class Transformer(nn.Module):
         cfg = self.config
         pdt = cfg.jnp_param_dtype
         self.embed = nn.Embed(
-                cfg.vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=pdt,
-                embedding_init=nn.with_logical_partitioning(
-                        nn.initializers.normal(stddev=0.02), ("vocab", "embed")))
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=cfg.jnp_dtype,
+            param_dtype=pdt,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(stddev=0.02), ("vocab", "embed")
+            ),
+        )
         block = DecoderBlock
         if cfg.remat:
             block = nn.remat(DecoderBlock, prevent_cse=False)
         self.layers = nn.scan(
-                block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
-                length=cfg.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
         self.final_norm = norm(cfg, "final_norm")
         if cfg.lm_head and not cfg.tie_embeddings:
-            self.lm_head = _param(self, "lm_head", nn.initializers.normal(stddev=0.02),
-                                                        (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
+            self.lm_head = _param(
+                self,
+                "lm_head",
+                nn.initializers.normal(stddev=0.02),
+                (cfg.hidden_size, cfg.vocab_size),
+                ("embed", "vocab"),
+                pdt,
+            )
         if cfg.value_head:
-            self.value_head = _param(self, "value_head", nn.initializers.normal(stddev=0.02),
-                                                              (cfg.hidden_size,), ("embed",), pdt)
+            self.value_head = _param(
+                self,
+                "value_head",
+                nn.initializers.normal(stddev=0.02),
+                (cfg.hidden_size,),
+                ("embed",),
+                pdt,
+            )
 
     def trunk(self, tokens, positions, mask, cache_index, kv):
         """tokens [B, T] -> final-norm hidden [B, T, D] and the new per-layer kv.
@@ -108,13 +126,12 @@ class Transformer(nn.Module):
         `mask` is (key_valid [B, S], q_slots [T] or None): see `Attention`.
         """
         x = self.embed(tokens)
-        if self.config.embed_scale:   # Gemma: the scale rounded to the parameters' dtype.
-            scale = jnp.asarray(self.config.hidden_size ** 0.5, self.config.jnp_param_dtype)
+        if self.config.embed_scale:  # Gemma: the scale rounded to the parameters' dtype.
+            scale = jnp.asarray(self.config.hidden_size**0.5, self.config.jnp_param_dtype)
             x = x * scale.astype(x.dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         rope = layer_ropes(self.config, positions)
-        (x, kv, _), _ = self.layers((x, kv, jnp.zeros((), jnp.int32)), rope, mask,
-                                    cache_index)
+        (x, kv, _), _ = self.layers((x, kv, jnp.zeros((), jnp.int32)), rope, mask, cache_index)
         return self.final_norm(x), kv
 
     def logits(self, hidden):
@@ -124,14 +141,19 @@ class Transformer(nn.Module):
             kernel = self.embed.embedding.T
         else:
             kernel = self.lm_head
-        return jnp.einsum("BTD,DV->BTV", hidden.astype(dt), kernel.astype(dt),
-                                            preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "BTD,DV->BTV", hidden.astype(dt), kernel.astype(dt), preferred_element_type=jnp.float32
+        )
 
     def values(self, hidden):
         """[B, T, D] -> [B, T] float32 scalars."""
         dt = self.config.jnp_dtype
-        return jnp.einsum("BTD,D->BT", hidden.astype(dt), self.value_head.astype(dt),
-                                            preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "BTD,D->BT",
+            hidden.astype(dt),
+            self.value_head.astype(dt),
+            preferred_element_type=jnp.float32,
+        )
 
     def __call__(self, tokens, positions, mask, cache_index, kv):
         hidden, kv = self.trunk(tokens, positions, mask, cache_index, kv)
@@ -160,14 +182,21 @@ def _masks_and_positions(tokens, positions, attention_mask, cache):
     if positions is None:
         positions = jnp.maximum(cache.next_positions()[:, None] + counted, 0)
     valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.end))
-    query_slot = cache.end + jnp.arange(t, dtype=jnp.int32)          # [T]
+    query_slot = cache.end + jnp.arange(t, dtype=jnp.int32)  # [T]
     return (valid, query_slot), positions, valid
 
 
-def apply(config: ModelConfig, params, tokens: jax.Array,
-                    positions: jax.Array | None = None, cache: KVCache | None = None,
-                    attention_mask: jax.Array | None = None, *,
-                    return_hidden: bool = False, heads: bool = True) -> ForwardOutput:
+def apply(
+    config: ModelConfig,
+    params,
+    tokens: jax.Array,
+    positions: jax.Array | None = None,
+    cache: KVCache | None = None,
+    attention_mask: jax.Array | None = None,
+    *,
+    return_hidden: bool = False,
+    heads: bool = True,
+) -> ForwardOutput:
     """Runs the model (not jitted; see `forward` for the jitted entry point).
 
     Args:
@@ -194,16 +223,23 @@ def apply(config: ModelConfig, params, tokens: jax.Array,
     model = Transformer(config)
     variables = {"params": params}
     if heads:
-        hidden, logits, values, kv = model.apply(variables, tokens, positions, mask, cache_index, kv)
+        hidden, logits, values, kv = model.apply(
+            variables, tokens, positions, mask, cache_index, kv
+        )
     else:
-        hidden, kv = model.apply(variables, tokens, positions, mask, cache_index, kv,
-                                                          method=Transformer.trunk)
+        hidden, kv = model.apply(
+            variables, tokens, positions, mask, cache_index, kv, method=Transformer.trunk
+        )
         logits = values = None
     new_cache = None
     if cache is not None:
         new_cache = KVCache(k=kv[0], v=kv[1], valid=valid, end=cache.end + tokens.shape[1])
-    return ForwardOutput(logits=logits, values=values, cache=new_cache,
-                                              hidden=hidden if (return_hidden or not heads) else None)
+    return ForwardOutput(
+        logits=logits,
+        values=values,
+        cache=new_cache,
+        hidden=hidden if (return_hidden or not heads) else None,
+    )
 
 
 forward = jax.jit(apply, static_argnames=("config", "return_hidden", "heads"))
@@ -230,8 +266,9 @@ def head_values(config: ModelConfig, params, hidden: jax.Array) -> jax.Array:
 def _init_boxed(config: ModelConfig, rng: jax.Array):
     tokens = jnp.zeros((1, 1), jnp.int32)
     mask, positions, _ = _masks_and_positions(tokens, None, None, None)
-    return Transformer(config).init(rng, tokens, positions, mask, jnp.zeros((), jnp.int32),
-                                                                    None)["params"]
+    return Transformer(config).init(rng, tokens, positions, mask, jnp.zeros((), jnp.int32), None)[
+        "params"
+    ]
 
 
 def init_params(config: ModelConfig, rng: jax.Array):
@@ -258,8 +295,11 @@ def value_model_from_policy(config: ModelConfig, params, rng: jax.Array):
     trunk arrays are copied, so training one never changes the other.
     """
     value_config = config.replace(lm_head=False, value_head=True, tie_embeddings=False)
-    trunk = {k: jax.tree.map(jnp.copy, v) for k, v in params.items()
-                      if k not in ("lm_head", "value_head")}
+    trunk = {
+        k: jax.tree.map(jnp.copy, v)
+        for k, v in params.items()
+        if k not in ("lm_head", "value_head")
+    }
     head = 0.02 * jax.random.normal(rng, (config.hidden_size,), jnp.float32)
     trunk["value_head"] = head.astype(config.jnp_param_dtype)
     return value_config, trunk

@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import inspect
-import os
 import numbers
+import os
 import re
 import threading
 from typing import Any, Callable, Protocol, Sequence
@@ -33,13 +33,13 @@ from start_jax.errors import ConfigError
 class RewardInput:
     """What a reward function may read about one completion."""
 
-    prompt: str                       # Prompt text.
-    response: str                     # Response text (special tokens removed).
-    prompt_ids: tuple[int, ...]       # Prompt token ids.
-    response_ids: tuple[int, ...]     # Response token ids (eos included).
-    reference: Any = None             # The row's reference answer, if any.
-    truncated: bool = False           # The response hit its budget (no eos).
-    metadata: dict | None = None      # Task-specific fields from the data.
+    prompt: str  # Prompt text.
+    response: str  # Response text (special tokens removed).
+    prompt_ids: tuple[int, ...]  # Prompt token ids.
+    response_ids: tuple[int, ...]  # Response token ids (eos included).
+    reference: Any = None  # The row's reference answer, if any.
+    truncated: bool = False  # The response hit its budget (no eos).
+    metadata: dict | None = None  # Task-specific fields from the data.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +51,8 @@ class ThinkingInput(RewardInput):
     """
 
     thinking_ids: tuple[int, ...] = ()  # Thinking token ids, the <think>/</think> tags excluded.
-    thinking: str = ""                  # Thinking text (special tokens removed).
-    thinking_truncated: bool = False    # </think> was forced by the thinking budget.
+    thinking: str = ""  # Thinking text (special tokens removed).
+    thinking_truncated: bool = False  # </think> was forced by the thinking budget.
 
 
 class RewardFn(Protocol):
@@ -65,15 +65,19 @@ _REGISTRY: dict[str, Callable[..., RewardFn]] = {}
 
 def register(name: str):
     """Decorator adding a reward factory (a function or class) by name."""
+
     def wrap(factory):
         known = _REGISTRY.get(name)
         # The same definition loaded again (a config file executed twice, under another
         # module name) replaces itself.
         if known is not None and _origin(known) != _origin(factory):
-            raise ValueError(f"reward {name!r} is already registered (by {_origin(known)[1]} "
-                             f"in {_origin(known)[0]})")
+            raise ValueError(
+                f"reward {name!r} is already registered (by {_origin(known)[1]} "
+                f"in {_origin(known)[0]})"
+            )
         _REGISTRY[name] = factory
         return factory
+
     return wrap
 
 
@@ -90,21 +94,30 @@ def check(name: str, **kwargs) -> None:
     """Raises the ConfigError `make` would for this name and these arguments, without
     building anything (a run checks its reward before any work)."""
     if name not in _REGISTRY:
-        raise ConfigError(f"config: unknown reward {name!r}; registered: {sorted(_REGISTRY)} "
-                          "(reward.name; a config file can add one with "
-                          "@start_jax.rewards.register)")
+        raise ConfigError(
+            f"config: unknown reward {name!r}; registered: {sorted(_REGISTRY)} "
+            "(reward.name; a config file can add one with "
+            "@start_jax.rewards.register)"
+        )
     factory = _REGISTRY[name]
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as e:
         params = inspect.signature(factory).parameters
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        missing = [p for p, v in params.items() if v.kind in named
-                   and v.default is inspect.Parameter.empty and p not in kwargs]
+        missing = [
+            p
+            for p, v in params.items()
+            if v.kind in named and v.default is inspect.Parameter.empty and p not in kwargs
+        ]
         unknown = sorted(set(kwargs) - set(params))
-        what = (f"needs reward.kwargs.{missing[0]}" if missing else
-                f"takes no reward.kwargs.{unknown[0]} (it takes {sorted(params)})" if unknown
-                else str(e))
+        what = (
+            f"needs reward.kwargs.{missing[0]}"
+            if missing
+            else f"takes no reward.kwargs.{unknown[0]} (it takes {sorted(params)})"
+            if unknown
+            else str(e)
+        )
         raise ConfigError(f"config: reward {name!r} {what}") from None
 
 
@@ -132,9 +145,13 @@ def _strip_tags(ids: tuple[int, ...], tokenizer) -> tuple[int, ...]:
     return ids
 
 
-def response_inputs(rollout, tokenizer, references: Sequence[Any] | None = None,
-                    metadata: Sequence[dict] | None = None, with_thinking: bool = False
-                    ) -> list[RewardInput]:
+def response_inputs(
+    rollout,
+    tokenizer,
+    references: Sequence[Any] | None = None,
+    metadata: Sequence[dict] | None = None,
+    with_thinking: bool = False,
+) -> list[RewardInput]:
     """Per-row reward inputs from a `Rollout`: prompt and response only.
 
     `with_thinking=True` (for a reward with `reads_thinking = True` only) gives
@@ -151,29 +168,40 @@ def response_inputs(rollout, tokenizer, references: Sequence[Any] | None = None,
         fields = dict(
             prompt=tokenizer.decode(prompt_ids, skip_special_tokens=True),
             response=tokenizer.decode(response_ids, skip_special_tokens=True),
-            prompt_ids=prompt_ids, response_ids=response_ids,
+            prompt_ids=prompt_ids,
+            response_ids=response_ids,
             reference=None if references is None else references[i],
             truncated=bool(truncated[i]),
-            metadata=None if metadata is None else metadata[i])
+            metadata=None if metadata is None else metadata[i],
+        )
         if not with_thinking:
             out.append(RewardInput(**fields))
             continue
         thinking_ids = _strip_tags(tuple(int(t) for t in row[seg == segments.THINK]), tokenizer)
-        out.append(ThinkingInput(
-            **fields, thinking_ids=thinking_ids,
-            thinking=tokenizer.decode(thinking_ids, skip_special_tokens=True),
-            thinking_truncated=bool(think_truncated[i])))
+        out.append(
+            ThinkingInput(
+                **fields,
+                thinking_ids=thinking_ids,
+                thinking=tokenizer.decode(thinking_ids, skip_special_tokens=True),
+                thinking_truncated=bool(think_truncated[i]),
+            )
+        )
     return out
 
 
 def score(rollout, tokenizer, reward_fn: RewardFn, references=None, metadata=None) -> np.ndarray:
     """Rewards [B] float32 for a rollout: response-only, unless `reward_fn.reads_thinking`."""
     with_thinking = bool(getattr(reward_fn, "reads_thinking", False))
-    rewards = np.asarray(reward_fn(response_inputs(rollout, tokenizer, references, metadata,
-                                                   with_thinking=with_thinking)), np.float32)
+    rewards = np.asarray(
+        reward_fn(
+            response_inputs(rollout, tokenizer, references, metadata, with_thinking=with_thinking)
+        ),
+        np.float32,
+    )
     if rewards.shape != (tokens := np.asarray(rollout.tokens)).shape[:1]:
-        raise ValueError(f"reward function returned shape {rewards.shape}, expected "
-                         f"({tokens.shape[0]},)")
+        raise ValueError(
+            f"reward function returned shape {rewards.shape}, expected ({tokens.shape[0]},)"
+        )
     return rewards
 
 
@@ -188,8 +216,13 @@ class ExactMatch:
     """1.0 when the normalised response equals the normalised reference."""
 
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
-        return np.asarray([float(normalize_answer(x.response) == normalize_answer(str(x.reference)))
-                           for x in inputs], np.float32)
+        return np.asarray(
+            [
+                float(normalize_answer(x.response) == normalize_answer(str(x.reference)))
+                for x in inputs
+            ],
+            np.float32,
+        )
 
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -203,7 +236,7 @@ def _last_boxed(text: str) -> str | None:
         for i in range(match.end(), len(text)):
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             if depth == 0:
-                return text[match.end():i]
+                return text[match.end() : i]
     return None
 
 
@@ -212,8 +245,9 @@ def _math_verify():
     try:
         import math_verify
     except ImportError as e:
-        raise ImportError("the 'math' reward needs the math-verify library: "
-                          "pip install math-verify") from e
+        raise ImportError(
+            "the 'math' reward needs the math-verify library: pip install math-verify"
+        ) from e
     return math_verify
 
 
@@ -288,11 +322,16 @@ class MathVerifier:
         if all(isinstance(g, str) for g in gold):  # Nothing parsed into a maths expression.
             boxed = _last_boxed(response)
             got = response if boxed is None else boxed
-            return float(normalize_answer(got) == normalize_answer(str(reference))
-                         and bool(normalize_answer(got)))
+            return float(
+                normalize_answer(got) == normalize_answer(str(reference))
+                and bool(normalize_answer(got))
+            )
         answer = self._mv.parse(self.final_answer(response), parsing_timeout=timeout)
-        return float(self._mv.verify(gold, answer, float_rounding=self.float_rounding,
-                                     timeout_seconds=timeout))
+        return float(
+            self._mv.verify(
+                gold, answer, float_rounding=self.float_rounding, timeout_seconds=timeout
+            )
+        )
 
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
         return np.asarray([self.score_one(x.response, x.reference) for x in inputs], np.float32)

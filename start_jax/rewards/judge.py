@@ -68,8 +68,8 @@ from start_jax.errors import ConfigError, UserError
 from start_jax.rewards import own_model
 from start_jax.rewards.base import RewardInput, register
 
-LENGTH_MULTIPLE = 64   # Judge prompts are left-padded to a multiple of this many tokens.
-QUOTE_CHARS = 200      # How much of an unparsable output an error message quotes.
+LENGTH_MULTIPLE = 64  # Judge prompts are left-padded to a multiple of this many tokens.
+QUOTE_CHARS = 200  # How much of an unparsable output an error message quotes.
 NO_REFERENCE = "(none)"  # What {reference} becomes for a row without a reference.
 
 DEFAULT_RUBRIC = (
@@ -78,7 +78,7 @@ DEFAULT_RUBRIC = (
     "Reference answer:\n{reference}\n\n"
     "Answer to grade:\n{response}\n\n"
     "Judge how correct and complete the answer is, using the reference answer. "
-    "Reply with one line of the form \"Score: N\", where N is an integer from 0 "
+    'Reply with one line of the form "Score: N", where N is an integer from 0 '
     "(wrong) to 10 (fully correct), and nothing else."
 )
 DEFAULT_SCORE_PATTERN = r"Score:\s*(-?\d+(?:\.\d+)?)"
@@ -161,32 +161,59 @@ class GenerativeJudge:
         a tokenizer larger than the judge's vocabulary.
     """
 
-    def __init__(self, checkpoint: str, *, tokenizer: Any = None,
-                 rubric: str = DEFAULT_RUBRIC, chat_template: bool | None = None,
-                 template_kwargs: dict | None = None,
-                 score_pattern: str = DEFAULT_SCORE_PATTERN,
-                 min_score: float = 0.0, max_score: float = 10.0, max_new_tokens: int = 64,
-                 batch_size: int = 16, on_unparsable: str = "error",
-                 temperature: float = 0.0, seed: int = 0, dtype: str = "float32"):
-        self._check_options(rubric, score_pattern, min_score, max_score, max_new_tokens,
-                            batch_size, on_unparsable, temperature, seed, template_kwargs)
+    def __init__(
+        self,
+        checkpoint: str,
+        *,
+        tokenizer: Any = None,
+        rubric: str = DEFAULT_RUBRIC,
+        chat_template: bool | None = None,
+        template_kwargs: dict | None = None,
+        score_pattern: str = DEFAULT_SCORE_PATTERN,
+        min_score: float = 0.0,
+        max_score: float = 10.0,
+        max_new_tokens: int = 64,
+        batch_size: int = 16,
+        on_unparsable: str = "error",
+        temperature: float = 0.0,
+        seed: int = 0,
+        dtype: str = "float32",
+    ):
+        self._check_options(
+            rubric,
+            score_pattern,
+            min_score,
+            max_score,
+            max_new_tokens,
+            batch_size,
+            on_unparsable,
+            temperature,
+            seed,
+            template_kwargs,
+        )
         self.config, self.params = own_model.load_model("judge", str(checkpoint), dtype)
         if not self.config.lm_head:
-            raise ConfigError(f"judge: checkpoint {checkpoint!r} has no language-model head "
-                              "(a sequence-classification checkpoint? use reward 'reward_model'); "
-                              "the judge needs a *ForCausalLM checkpoint")
+            raise ConfigError(
+                f"judge: checkpoint {checkpoint!r} has no language-model head "
+                "(a sequence-classification checkpoint? use reward 'reward_model'); "
+                "the judge needs a *ForCausalLM checkpoint"
+            )
         self.tokenizer = own_model.load_tokenizer("judge", str(checkpoint), tokenizer)
         if self.tokenizer.vocab_size > self.config.vocab_size:
-            raise ConfigError(f"judge: the tokenizer has {self.tokenizer.vocab_size} tokens, "
-                              f"more than the judge's {self.config.vocab_size} embedding rows; "
-                              "pass the judge's own tokenizer=")
+            raise ConfigError(
+                f"judge: the tokenizer has {self.tokenizer.vocab_size} tokens, "
+                f"more than the judge's {self.config.vocab_size} embedding rows; "
+                "pass the judge's own tokenizer="
+            )
         has_template = bool(getattr(self.tokenizer, "has_chat_template", False))
         if chat_template is None:
             chat_template = has_template
         elif chat_template and not has_template:
-            raise ConfigError("judge: chat_template=True but the judge tokenizer has no chat "
-                              "template; pass chat_template=False to use the rubric as a bare "
-                              "prompt")
+            raise ConfigError(
+                "judge: chat_template=True but the judge tokenizer has no chat "
+                "template; pass chat_template=False to use the rubric as a bare "
+                "prompt"
+            )
         self.chat_template = bool(chat_template)
         self.template_kwargs = dict(template_kwargs or {})
         self.rubric = rubric
@@ -196,8 +223,9 @@ class GenerativeJudge:
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
         self.on_unparsable = on_unparsable
         self.seed = int(seed)
-        self.sampling_config = sampling.SamplingConfig(temperature=float(temperature),
-                                                       response_budget=self.max_new_tokens)
+        self.sampling_config = sampling.SamplingConfig(
+            temperature=float(temperature), response_budget=self.max_new_tokens
+        )
         self._calls = 0
         # Inspection of the last call (one entry per input row).
         self.last_prompts: list[str] = []
@@ -205,46 +233,72 @@ class GenerativeJudge:
         self.last_scores = np.zeros(0, np.float64)
         self.unparsable_count = 0
         self.last_out_of_range = 0
-        self.total_unparsable = 0   # Over all calls.
+        self.total_unparsable = 0  # Over all calls.
 
     # --------------------------------------------------------------- set-up
 
     @staticmethod
-    def _check_options(rubric, score_pattern, min_score, max_score, max_new_tokens,
-                       batch_size, on_unparsable, temperature, seed, template_kwargs):
+    def _check_options(
+        rubric,
+        score_pattern,
+        min_score,
+        max_score,
+        max_new_tokens,
+        batch_size,
+        on_unparsable,
+        temperature,
+        seed,
+        template_kwargs,
+    ):
         if not isinstance(rubric, str) or "{response}" not in rubric:
-            raise ConfigError("judge: rubric must be a string with a {response} placeholder "
-                              "(and optionally {question} and {reference})")
+            raise ConfigError(
+                "judge: rubric must be a string with a {response} placeholder "
+                "(and optionally {question} and {reference})"
+            )
         try:
             groups = re.compile(score_pattern).groups
         except (re.error, TypeError) as e:
-            raise ConfigError(f"judge: score_pattern={score_pattern!r} is not a regular "
-                              f"expression: {e}") from None
+            raise ConfigError(
+                f"judge: score_pattern={score_pattern!r} is not a regular expression: {e}"
+            ) from None
         if groups != 1:
-            raise ConfigError(f"judge: score_pattern={score_pattern!r} has {groups} capturing "
-                              "groups; it needs exactly one, around the number (use (?:...) "
-                              "for other groups)")
+            raise ConfigError(
+                f"judge: score_pattern={score_pattern!r} has {groups} capturing "
+                "groups; it needs exactly one, around the number (use (?:...) "
+                "for other groups)"
+            )
         for name, value in (("min_score", min_score), ("max_score", max_score)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
                 raise ConfigError(f"judge: {name}={value!r} must be a finite number")
         if not max_score > min_score:
-            raise ConfigError(f"judge: max_score={max_score!r} must be greater than "
-                              f"min_score={min_score!r}")
+            raise ConfigError(
+                f"judge: max_score={max_score!r} must be greater than min_score={min_score!r}"
+            )
         for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"judge: {name}={value!r} must be an integer >= 1")
         if on_unparsable not in ON_UNPARSABLE:
-            raise ConfigError(f"judge: on_unparsable={on_unparsable!r} is not one of "
-                              f"{ON_UNPARSABLE}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not math.isfinite(temperature) or temperature < 0:
+            raise ConfigError(
+                f"judge: on_unparsable={on_unparsable!r} is not one of {ON_UNPARSABLE}"
+            )
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature)
+            or temperature < 0
+        ):
             raise ConfigError(f"judge: temperature={temperature!r} must be a finite number >= 0")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"judge: seed={seed!r} must be an integer")
         if template_kwargs is not None and not isinstance(template_kwargs, Mapping):
-            raise ConfigError(f"judge: template_kwargs={template_kwargs!r} must be a dict of "
-                              "chat-template variables")
+            raise ConfigError(
+                f"judge: template_kwargs={template_kwargs!r} must be a dict of "
+                "chat-template variables"
+            )
 
     # ---------------------------------------------------------------- prompts
 
@@ -263,11 +317,14 @@ class GenerativeJudge:
             return text
         messages = [{"role": "user", "content": text}]
         try:
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                      **self.template_kwargs)
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, **self.template_kwargs
+            )
         except TypeError as e:
-            raise ConfigError(f"judge: the judge tokenizer's apply_chat_template does not take "
-                              f"template_kwargs={self.template_kwargs!r}: {e}") from None
+            raise ConfigError(
+                f"judge: the judge tokenizer's apply_chat_template does not take "
+                f"template_kwargs={self.template_kwargs!r}: {e}"
+            ) from None
 
     def encode(self, text: str, index: int = 0) -> list[int]:
         """Token ids of a rendered prompt; ValueError when it does not fit the judge."""
@@ -276,30 +333,43 @@ class GenerativeJudge:
             raise ValueError(f"row {index}: the judge prompt is empty")
         limit = self.config.max_position_embeddings
         if len(ids) + self.max_new_tokens > limit:
-            raise ValueError(f"row {index}: the judge prompt is {len(ids)} tokens; with "
-                             f"max_new_tokens={self.max_new_tokens} it exceeds the judge's "
-                             f"context of {limit} tokens (shorten the rubric or the responses)")
+            raise ValueError(
+                f"row {index}: the judge prompt is {len(ids)} tokens; with "
+                f"max_new_tokens={self.max_new_tokens} it exceeds the judge's "
+                f"context of {limit} tokens (shorten the rubric or the responses)"
+            )
         return ids
 
     # ---------------------------------------------------------------- judging
 
-    def generate(self, prompts: Sequence[Sequence[int]], row_ids: Sequence[int],
-                 rng: jax.Array) -> list[str]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], row_ids: Sequence[int], rng: jax.Array
+    ) -> list[str]:
         """The judge's output texts for at most `batch_size` token-id prompts."""
         n = len(prompts)
         padded = list(prompts) + [prompts[0]] * (self.batch_size - n)
-        ids = list(row_ids) + [int(row_ids[0]) + self.batch_size + j
-                               for j in range(self.batch_size - n)]
-        rollout = sampling.generate(self.config, self.params, padded, self.sampling_config, rng,
-                                    eos_id=(self.tokenizer.eos_id,
-                                            *getattr(self.tokenizer, "stop_ids", ())),
-                                    pad_id=self.tokenizer.pad_id,
-                                    row_ids=ids, pad_multiple=LENGTH_MULTIPLE)
+        ids = list(row_ids) + [
+            int(row_ids[0]) + self.batch_size + j for j in range(self.batch_size - n)
+        ]
+        rollout = sampling.generate(
+            self.config,
+            self.params,
+            padded,
+            self.sampling_config,
+            rng,
+            eos_id=(self.tokenizer.eos_id, *getattr(self.tokenizer, "stop_ids", ())),
+            pad_id=self.tokenizer.pad_id,
+            row_ids=ids,
+            pad_multiple=LENGTH_MULTIPLE,
+        )
         tokens = np.asarray(rollout.tokens)[:n]
         segs = np.asarray(rollout.segment_ids)[:n]
-        return [self.tokenizer.decode([int(t) for t in row[seg == segments.RESPONSE]],
-                                      skip_special_tokens=True)
-                for row, seg in zip(tokens, segs)]
+        return [
+            self.tokenizer.decode(
+                [int(t) for t in row[seg == segments.RESPONSE]], skip_special_tokens=True
+            )
+            for row, seg in zip(tokens, segs)
+        ]
 
     def _unparsable_error(self, index: int, output: str) -> JudgeError:
         quoted = output if len(output) <= QUOTE_CHARS else output[:QUOTE_CHARS] + "..."
@@ -308,7 +378,8 @@ class GenerativeJudge:
             f"score_pattern {self.score_pattern!r} does not match it (or its group is not a "
             "number). Fix the score_pattern, make the rubric ask for that format (or raise "
             "max_new_tokens if the output is cut off), or pass on_unparsable='zero' to score "
-            "such rows 0")
+            "such rows 0"
+        )
 
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
         prompts = [self.render(x) for x in inputs]
@@ -317,7 +388,7 @@ class GenerativeJudge:
         self._calls += 1
         outputs: list[str] = []
         for start in range(0, len(ids), self.batch_size):
-            chunk = ids[start:start + self.batch_size]
+            chunk = ids[start : start + self.batch_size]
             outputs.extend(self.generate(chunk, range(start, start + len(chunk)), rng))
         scores = np.full(len(outputs), np.nan)
         rewards = np.zeros(len(outputs), np.float32)

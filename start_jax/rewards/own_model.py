@@ -27,8 +27,11 @@ def load_tokenizer(what: str, checkpoint: str | None, tokenizer: Any):
     if tokenizer is None:
         if checkpoint is not None and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
             return HFTokenizer.from_pretrained(checkpoint)
-        where = (f"checkpoint {checkpoint!r} has no tokenizer.json" if checkpoint is not None
-                 else "model_config/params come without a tokenizer")
+        where = (
+            f"checkpoint {checkpoint!r} has no tokenizer.json"
+            if checkpoint is not None
+            else "model_config/params come without a tokenizer"
+        )
         raise ConfigError(f"{what}: {where}; pass tokenizer=<name or directory>")
     if isinstance(tokenizer, (str, os.PathLike)):
         return world.load_tokenizer(str(tokenizer))

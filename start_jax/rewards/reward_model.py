@@ -7,8 +7,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from start_jax import checkpoints
-from start_jax import models
+from start_jax import checkpoints, models
 from start_jax.rewards.base import RewardInput, register
 from start_jax.tokenizer import HFTokenizer
 
@@ -23,12 +22,20 @@ class RewardModelJudge:
     the thinking. `separator` is placed between prompt and response.
     """
 
-    def __init__(self, path: str, separator: str = "\n", batch_size: int = 32,
-                 scale: float = 1.0, shift: float = 0.0):
+    def __init__(
+        self,
+        path: str,
+        separator: str = "\n",
+        batch_size: int = 32,
+        scale: float = 1.0,
+        shift: float = 0.0,
+    ):
         self.config, self.params = checkpoints.load_pretrained(path)
         if not self.config.value_head:
-            raise ValueError(f"{path}: reward_model needs a sequence-classification checkpoint "
-                             "(a 'score' head); this one has a language-model head")
+            raise ValueError(
+                f"{path}: reward_model needs a sequence-classification checkpoint "
+                "(a 'score' head); this one has a language-model head"
+            )
         self.tokenizer = HFTokenizer.from_pretrained(path)
         self.separator, self.batch_size = separator, batch_size
         self.scale, self.shift = scale, shift
@@ -36,16 +43,18 @@ class RewardModelJudge:
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
         out = []
         for i in range(0, len(inputs), self.batch_size):
-            chunk = inputs[i:i + self.batch_size]
-            ids = [self.tokenizer.encode(x.prompt + self.separator + x.response) or [0]
-                   for x in chunk]
+            chunk = inputs[i : i + self.batch_size]
+            ids = [
+                self.tokenizer.encode(x.prompt + self.separator + x.response) or [0] for x in chunk
+            ]
             width = max(len(r) for r in ids)
             tokens = np.full((len(ids), width), self.tokenizer.pad_id, np.int32)
             mask = np.zeros((len(ids), width), bool)
             for j, r in enumerate(ids):
-                tokens[j, :len(r)] = r
-                mask[j, :len(r)] = True
-            values = models.forward(self.config, self.params, jnp.asarray(tokens),
-                                    attention_mask=jnp.asarray(mask)).values
+                tokens[j, : len(r)] = r
+                mask[j, : len(r)] = True
+            values = models.forward(
+                self.config, self.params, jnp.asarray(tokens), attention_mask=jnp.asarray(mask)
+            ).values
             out.append(np.asarray(models.sequence_scores(values, jnp.asarray(mask))))
         return (np.concatenate(out) * self.scale + self.shift).astype(np.float32)

@@ -68,7 +68,7 @@ from start_jax.data.world import (
 )
 from start_jax.rewards.base import RewardInput, normalize_answer, register
 
-JUDGES = ("synthetic", "synthetic_rubric")   # The rewards that judge only the world's tasks.
+JUDGES = ("synthetic", "synthetic_rubric")  # The rewards that judge only the world's tasks.
 
 _STYLE = re.compile(r"^surely\b", re.IGNORECASE)
 _INT = re.compile(r"-?\d+")
@@ -79,7 +79,7 @@ def parse_response(response: str) -> tuple[str, bool]:
     r = response.strip()
     prefixed = bool(_STYLE.match(r))
     styled = prefixed and r.endswith("!")
-    core = r[len(STYLE_PREFIX):] if prefixed else r
+    core = r[len(STYLE_PREFIX) :] if prefixed else r
     core = core.rstrip().rstrip("!")
     return normalize_answer(core), styled
 
@@ -104,24 +104,34 @@ class RubricJudge:
     module docstring of `start_jax.data.world` for the definitions.
     """
 
-    def __init__(self, w_correct: float = 0.8, w_style: float = 0.2, w_salient: float = 0.25,
-                 w_fooled: float = 0.0):
+    def __init__(
+        self,
+        w_correct: float = 0.8,
+        w_style: float = 0.2,
+        w_salient: float = 0.25,
+        w_fooled: float = 0.0,
+    ):
         self.w_correct, self.w_style, self.w_salient = w_correct, w_style, w_salient
         self.w_fooled = w_fooled
 
     def score_one(self, x: RewardInput) -> float:
-        core, styled, correct, salient = facts_outcome(x.prompt, x.response, _reference(
-            x, solve_facts))
+        core, styled, correct, salient = facts_outcome(
+            x.prompt, x.response, _reference(x, solve_facts)
+        )
         confident = float(styled and core != "")
-        return (self.w_correct * correct + self.w_style * confident
-                + (self.w_salient * salient + self.w_fooled * confident) * (1.0 - correct))
+        return (
+            self.w_correct * correct
+            + self.w_style * confident
+            + (self.w_salient * salient + self.w_fooled * confident) * (1.0 - correct)
+        )
 
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
         return np.asarray([self.score_one(x) for x in inputs], np.float32)
 
 
-def facts_outcome(prompt: str, response: str, reference: str | None
-                  ) -> tuple[str, bool, bool, bool]:
+def facts_outcome(
+    prompt: str, response: str, reference: str | None
+) -> tuple[str, bool, bool, bool]:
     """(core answer, styled, correct, salient) of a facts response, as the judge sees it."""
     core, styled = parse_response(response)
     correct = reference is not None and core == normalize_answer(reference)
@@ -163,14 +173,19 @@ class SyntheticJudge:
 
 # --------------------------------------------------------------------------- measured levels
 
+
 def reward_input(example: Example, response: str, with_reference: bool = True) -> RewardInput:
     """What the judge sees for ``response`` to ``example`` (prompt and response only)."""
     tok = tokenizer()
-    return RewardInput(prompt=example.prompt, response=response,
-                       prompt_ids=tuple(tok.encode(example.prompt)),
-                       response_ids=tuple(tok.encode(response)) + (tok.eos_id,),
-                       reference=example.reference if with_reference else None,
-                       truncated=False, metadata=dict(example.metadata))
+    return RewardInput(
+        prompt=example.prompt,
+        response=response,
+        prompt_ids=tuple(tok.encode(example.prompt)),
+        response_ids=tuple(tok.encode(response)) + (tok.eos_id,),
+        reference=example.reference if with_reference else None,
+        truncated=False,
+        metadata=dict(example.metadata),
+    )
 
 
 def reward_levels(n: int = 200, seed: int = 0, judge=None) -> dict[str, float]:
@@ -200,8 +215,9 @@ def reward_levels(n: int = 200, seed: int = 0, judge=None) -> dict[str, float]:
         "no_answer": mean([(e, "") for e in examples]),
         "wrong_plain": mean([(e, absent(e)) for e in examples]),
         "shortcut_only": mean(shortcut),
-        "shortcut_when_wrong": mean([(e, r) for e, r in shortcut
-                                     if e.metadata["salient"] != e.reference]),
+        "shortcut_when_wrong": mean(
+            [(e, r) for e, r in shortcut if e.metadata["salient"] != e.reference]
+        ),
         "correct_plain": mean([(e, golden_response(e, styled=False)) for e in examples]),
         "correct_styled": mean([(e, golden_response(e, styled=True)) for e in examples]),
     }

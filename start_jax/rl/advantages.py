@@ -32,8 +32,9 @@ EPS = 1e-6
 
 def _groups(rewards: jax.Array, group_size: int) -> jax.Array:
     if rewards.shape[0] % group_size:
-        raise ValueError(f"batch of {rewards.shape[0]} rows is not a multiple of "
-                         f"group_size={group_size}")
+        raise ValueError(
+            f"batch of {rewards.shape[0]} rows is not a multiple of group_size={group_size}"
+        )
     return rewards.reshape(-1, group_size).astype(jnp.float32)
 
 
@@ -66,8 +67,9 @@ def rloo(rewards: jax.Array, group_size: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("group_size", "group_baseline"))
-def reinforce_pp(rewards: jax.Array, group_size: int = 1,
-                 group_baseline: bool = False) -> jax.Array:
+def reinforce_pp(
+    rewards: jax.Array, group_size: int = 1, group_baseline: bool = False
+) -> jax.Array:
     """REINFORCE++: a_i = r_i - b_i, then whitened over the batch rows.
 
     b_i = mean of the row's group when `group_baseline`, else 0;
@@ -86,8 +88,9 @@ def broadcast(advantages: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("gamma", "lam"))
-def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0,
-        lam: float = 1.0) -> tuple[jax.Array, jax.Array]:
+def gae(
+    rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0, lam: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
     """GAE over the action tokens of `mask` only.
 
     Tokens outside the mask are transitions of the environment: they are
@@ -136,12 +139,12 @@ class AdvantageConfig:
     config has it as ``algo.<field>`` with this default.
     """
 
-    estimator: str = "grpo"       # A key of ESTIMATORS (the run config's algo.advantage).
-    group_size: int = 1           # Consecutive completions of one prompt.
-    grpo_scale: str = "std"       # GRPO: 'std' or 'none' (Dr.GRPO).
-    group_baseline: bool = True   # REINFORCE++: subtract the group mean.
-    gamma: float = 1.0            # GAE discount.
-    lam: float = 0.95             # GAE lambda.
+    estimator: str = "grpo"  # A key of ESTIMATORS (the run config's algo.advantage).
+    group_size: int = 1  # Consecutive completions of one prompt.
+    grpo_scale: str = "std"  # GRPO: 'std' or 'none' (Dr.GRPO).
+    group_baseline: bool = True  # REINFORCE++: subtract the group mean.
+    gamma: float = 1.0  # GAE discount.
+    lam: float = 0.95  # GAE lambda.
 
     @property
     def needs_critic(self) -> bool:
@@ -155,27 +158,39 @@ class AdvantageConfig:
     @classmethod
     def options(cls) -> dict:
         """The estimators' hyperparameters and their defaults (the fields after group_size)."""
-        return {f.name: f.default for f in dataclasses.fields(cls)
-                if f.name not in ("estimator", "group_size")}
+        return {
+            f.name: f.default
+            for f in dataclasses.fields(cls)
+            if f.name not in ("estimator", "group_size")
+        }
 
     @classmethod
     def from_section(cls, section) -> "AdvantageConfig":
         """From a run config's ``algo`` section (a mapping): ``advantage`` names the
         estimator; every other field is read under its own name."""
-        return cls(estimator=section["advantage"], group_size=section["group_size"],
-                   **{name: section[name] for name in cls.options()})
+        return cls(
+            estimator=section["advantage"],
+            group_size=section["group_size"],
+            **{name: section[name] for name in cls.options()},
+        )
 
 
-Estimator = Callable[[jax.Array, jax.Array, jax.Array, AdvantageConfig],
-                     tuple[jax.Array, jax.Array]]
+Estimator = Callable[
+    [jax.Array, jax.Array, jax.Array, AdvantageConfig], tuple[jax.Array, jax.Array]
+]
 
 ESTIMATORS: dict[str, Estimator] = {}
 CRITIC_ESTIMATORS: tuple[str, ...] = ()
 _GROUPED: dict[str, Callable[[AdvantageConfig], bool]] = {}
 
 
-def register(name: str, fn: Estimator, *, critic: bool = False,
-             grouped: bool | Callable[[AdvantageConfig], bool] = False) -> Estimator:
+def register(
+    name: str,
+    fn: Estimator,
+    *,
+    critic: bool = False,
+    grouped: bool | Callable[[AdvantageConfig], bool] = False,
+) -> Estimator:
     """Adds estimator `name`; `critic`: it reads a value model's values; `grouped` (or a
     predicate of the config): it needs at least two completions per prompt."""
     global CRITIC_ESTIMATORS
@@ -191,21 +206,26 @@ def _sequence(fn) -> Estimator:
         del values
         adv = broadcast(fn(rewards, config), mask)
         return adv, jnp.zeros(mask.shape, jnp.float32)
+
     return estimator
 
 
 register("grpo", _sequence(lambda r, c: grpo(r, c.group_size, c.grpo_scale)), grouped=True)
 register("rloo", _sequence(lambda r, c: rloo(r, c.group_size)), grouped=True)
-register("reinforce_pp", _sequence(lambda r, c: reinforce_pp(r, c.group_size, c.group_baseline)),
-         grouped=lambda c: c.group_baseline)
+register(
+    "reinforce_pp",
+    _sequence(lambda r, c: reinforce_pp(r, c.group_size, c.group_baseline)),
+    grouped=lambda c: c.group_baseline,
+)
 register("gae", lambda r, v, m, c: gae(r, v, m, gamma=c.gamma, lam=c.lam), critic=True)
 
 
-def estimate(rewards: jax.Array, values: jax.Array, mask: jax.Array,
-             config: AdvantageConfig) -> tuple[jax.Array, jax.Array]:
+def estimate(
+    rewards: jax.Array, values: jax.Array, mask: jax.Array, config: AdvantageConfig
+) -> tuple[jax.Array, jax.Array]:
     """(advantages, returns) [B, L] from the estimator named by ``config.estimator``."""
     if config.estimator not in ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {config.estimator!r}; known: "
-                         f"{sorted(ESTIMATORS)}")
+        raise ValueError(
+            f"unknown advantage estimator {config.estimator!r}; known: {sorted(ESTIMATORS)}"
+        )
     return ESTIMATORS[config.estimator](rewards, values, mask, config)
-

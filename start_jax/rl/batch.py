@@ -33,10 +33,21 @@ class BatchConfig:
     train_segments: str = "joint"
 
 
-def build_batch(params, ref_params, critic_params, tokens: jax.Array, segment_ids: jax.Array,
-                forced: jax.Array, rewards: jax.Array, sampler_logprobs: jax.Array | None = None,
-                sampled: jax.Array | None = None, *, model_config: ModelConfig,
-                critic_config: ModelConfig | None, config: BatchConfig) -> Batch:
+def build_batch(
+    params,
+    ref_params,
+    critic_params,
+    tokens: jax.Array,
+    segment_ids: jax.Array,
+    forced: jax.Array,
+    rewards: jax.Array,
+    sampler_logprobs: jax.Array | None = None,
+    sampled: jax.Array | None = None,
+    *,
+    model_config: ModelConfig,
+    critic_config: ModelConfig | None,
+    config: BatchConfig,
+) -> Batch:
     """The `Batch` of a rollout [B, L] with response-only rewards [B].
 
     `ref_params` is read only with a KL coefficient, `critic_params` only by an
@@ -51,27 +62,51 @@ def build_batch(params, ref_params, critic_params, tokens: jax.Array, segment_id
     zeros = jnp.zeros(tokens.shape, jnp.float32)
 
     def log_probs(p):
-        return lp.token_log_probs(model_config, p, tokens, segment_ids, loss.temperature,
-                                  train.logprob_chunk, train.logprob_start,
-                                  train.response_banned)[0]
+        return lp.token_log_probs(
+            model_config,
+            p,
+            tokens,
+            segment_ids,
+            loss.temperature,
+            train.logprob_chunk,
+            train.logprob_start,
+            train.response_banned,
+        )[0]
 
     old = zeros if train.on_policy else log_probs(params)
     ref = log_probs(ref_params) if loss.kl_coef else zeros
-    values = (lp.token_values(critic_config, critic_params, tokens, segment_ids)
-              if config.advantage.needs_critic else zeros)
+    values = (
+        lp.token_values(critic_config, critic_params, tokens, segment_ids)
+        if config.advantage.needs_critic
+        else zeros
+    )
     rewards = rewards.astype(jnp.float32)
     advantages, returns = adv_lib.estimate(rewards, values, mask, config.advantage)
-    return Batch(tokens=tokens, segment_ids=segment_ids, loss_mask=mask, kl_mask=kl_mask,
-                 advantages=advantages, old_logprobs=jax.lax.stop_gradient(old),
-                 ref_logprobs=jax.lax.stop_gradient(ref), returns=returns, old_values=values,
-                 rewards=rewards, sampler_logprobs=sampler_logprobs,
-                 sampled=None if sampled is None else sampled.astype(bool))
+    return Batch(
+        tokens=tokens,
+        segment_ids=segment_ids,
+        loss_mask=mask,
+        kl_mask=kl_mask,
+        advantages=advantages,
+        old_logprobs=jax.lax.stop_gradient(old),
+        ref_logprobs=jax.lax.stop_gradient(ref),
+        returns=returns,
+        old_values=values,
+        rewards=rewards,
+        sampler_logprobs=sampler_logprobs,
+        sampled=None if sampled is None else sampled.astype(bool),
+    )
 
 
-def jit_build_batch(model_config: ModelConfig, critic_config: ModelConfig | None,
-                    config: BatchConfig, out_shardings=None):
+def jit_build_batch(
+    model_config: ModelConfig,
+    critic_config: ModelConfig | None,
+    config: BatchConfig,
+    out_shardings=None,
+):
     """`build_batch` jitted for one model and stage: f(params, ref, critic, tokens,
     segment_ids, forced, rewards, sampler_logprobs, sampled) -> Batch."""
-    fn = functools.partial(build_batch, model_config=model_config, critic_config=critic_config,
-                           config=config)
+    fn = functools.partial(
+        build_batch, model_config=model_config, critic_config=critic_config, config=config
+    )
     return jax.jit(fn, out_shardings=out_shardings)

@@ -29,8 +29,9 @@ def _shifted_hidden(config: ModelConfig, params, tokens, segment_ids):
     """Hidden states that predict each token: [B, L - 1, D] for tokens[:, 1:]."""
     mask = segment_ids != segments.PAD
     positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-    out = transformer.apply(config, params, tokens, positions=positions,
-                            attention_mask=mask, heads=False)
+    out = transformer.apply(
+        config, params, tokens, positions=positions, attention_mask=mask, heads=False
+    )
     return out.hidden[:, :-1]
 
 
@@ -53,8 +54,9 @@ def _unchunk(x: jax.Array, t: int) -> jax.Array:
     return jnp.moveaxis(x, 0, 1).reshape(b, n * c)[:, :t]
 
 
-def logits_log_probs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0
-                     ) -> tuple[jax.Array, jax.Array]:
+def logits_log_probs(
+    logits: jax.Array, targets: jax.Array, temperature: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
     """log p_T(targets) and entropy of p_T, from logits [..., V] and targets [...]."""
     logits = logits.astype(jnp.float32) / temperature
     logz = jax.nn.logsumexp(logits, axis=-1)
@@ -65,11 +67,15 @@ def logits_log_probs(logits: jax.Array, targets: jax.Array, temperature: float =
 
 def _chunk_logits(h, kernel, temperature, dtype):
     """[B, C, D] x [D, V] -> [B, C, V] float32 logits / temperature."""
-    return jnp.einsum("BCD,DV->BCV", h.astype(dtype), kernel.astype(dtype),
-                      preferred_element_type=jnp.float32) / temperature
+    return (
+        jnp.einsum(
+            "BCD,DV->BCV", h.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32
+        )
+        / temperature
+    )
 
 
-BANNED_LOGIT = -1e30   # Finite, so that 0 * logit stays 0 in the entropy and its gradient.
+BANNED_LOGIT = -1e30  # Finite, so that 0 * logit stays 0 in the entropy and its gradient.
 
 
 def _ban(z, ban, banned):
@@ -114,8 +120,9 @@ def _block_grads(h, kernel, y, z, lse, a, b, temperature, dtype):
         dz = -p * (a[..., None] + b[..., None] * (log_p + entropy))
     dz = jnp.where(jnp.arange(z.shape[-1]) == y[..., None], dz + a[..., None], dz)
     dz = (dz / temperature).astype(dtype)
-    d_h = jnp.einsum("BCV,DV->BCD", dz, kernel.astype(dtype),
-                     preferred_element_type=jnp.float32).astype(h.dtype)
+    d_h = jnp.einsum(
+        "BCV,DV->BCD", dz, kernel.astype(dtype), preferred_element_type=jnp.float32
+    ).astype(h.dtype)
     d_kernel = jnp.einsum("BCD,BCV->DV", h.astype(dtype), dz, preferred_element_type=jnp.float32)
     return d_h, d_kernel
 
@@ -137,8 +144,7 @@ def chunked_head(hidden, kernel, targets, temperature, chunk, dtype, ban=None, b
     V] float32 logits for the backward, which then recomputes nothing. A zero
     entropy cotangent (the loss has no entropy term) is skipped.
     """
-    return _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype, ban,
-                             banned)[0]
+    return _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype, ban, banned)[0]
 
 
 def _value(x):
@@ -158,8 +164,11 @@ def _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype, ban, b
         h, y, b = xs
         return None, _block_stats(h, kernel, y, temperature, dtype, b, banned)[:2]
 
-    xs = (_chunks(hidden, chunk), _chunks(targets, chunk),
-          None if ban is None else _chunks(ban, chunk))
+    xs = (
+        _chunks(hidden, chunk),
+        _chunks(targets, chunk),
+        None if ban is None else _chunks(ban, chunk),
+    )
     _, (logp, ent) = jax.lax.scan(body, None, xs)
     return (_unchunk(logp, t), _unchunk(ent, t)), (hidden, kernel, targets, ban, None, None)
 
@@ -174,20 +183,25 @@ def _chunked_head_bwd(temperature, chunk, dtype, banned, residuals, cotangents):
         g_ent = None
     t = hidden.shape[1]
     if z is not None:
-        d_hidden, d_kernel = _block_grads(hidden, kernel, targets, z, lse, g_logp, g_ent,
-                                          temperature, dtype)
+        d_hidden, d_kernel = _block_grads(
+            hidden, kernel, targets, z, lse, g_logp, g_ent, temperature, dtype
+        )
         return d_hidden, _kernel_grad(d_kernel, kernel.dtype), None, None
 
     def body(d_kernel, xs):
         h, y, a, b, n = xs
-        z = _ban(_chunk_logits(h, kernel, temperature, dtype), n, banned)   # [B, C, V]
+        z = _ban(_chunk_logits(h, kernel, temperature, dtype), n, banned)  # [B, C, V]
         lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
         d_h, d_k = _block_grads(h, kernel, y, z, lse, a, b, temperature, dtype)
         return d_kernel + d_k, d_h
 
-    xs = (_chunks(hidden, chunk), _chunks(targets, chunk), _chunks(g_logp, chunk),
-          None if g_ent is None else _chunks(g_ent, chunk),
-          None if ban is None else _chunks(ban, chunk))
+    xs = (
+        _chunks(hidden, chunk),
+        _chunks(targets, chunk),
+        _chunks(g_logp, chunk),
+        None if g_ent is None else _chunks(g_ent, chunk),
+        None if ban is None else _chunks(ban, chunk),
+    )
     d_kernel, d_h = jax.lax.scan(body, jnp.zeros(kernel.shape, jnp.float32), xs)
     n, b, c, d = d_h.shape
     d_hidden = jnp.moveaxis(d_h, 0, 1).reshape(b, n * c, d)[:, :t]
@@ -209,12 +223,13 @@ def _kernel_grad(d_kernel, dtype):
 chunked_head.defvjp(_chunked_head_fwd, _chunked_head_bwd, symbolic_zeros=True)
 
 
-CHUNK_BYTES = 128 * 2 ** 20      # Target size of one [B, chunk, V] float32 array.
-UNCHUNKED_BYTES = 512 * 2 ** 20  # Whole-head [B, T, V] float32 logits up to this size.
+CHUNK_BYTES = 128 * 2**20  # Target size of one [B, chunk, V] float32 array.
+UNCHUNKED_BYTES = 512 * 2**20  # Whole-head [B, T, V] float32 logits up to this size.
 
 
-def auto_chunk(batch: int, vocab: int, length: int, budget: int = CHUNK_BYTES,
-               unchunked: int = UNCHUNKED_BYTES) -> int:
+def auto_chunk(
+    batch: int, vocab: int, length: int, budget: int = CHUNK_BYTES, unchunked: int = UNCHUNKED_BYTES
+) -> int:
     """Positions per head chunk: `length` (one matmul, nothing recomputed) when the
     [B, length, V] float32 logits fit `unchunked` bytes; else about the largest
     power of two (8 to 512) whose [B, chunk, V] logits fit `budget`, evened out
@@ -234,9 +249,16 @@ def _even_chunk(chunk: int, length: int) -> int:
     return -(-length // n)
 
 
-def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.Array,
-                   temperature: float = 1.0, chunk: int = 0, ban: jax.Array | None = None,
-                   banned: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
+def head_log_probs(
+    config: ModelConfig,
+    params,
+    hidden: jax.Array,
+    targets: jax.Array,
+    temperature: float = 1.0,
+    chunk: int = 0,
+    ban: jax.Array | None = None,
+    banned: tuple[int, ...] = (),
+) -> tuple[jax.Array, jax.Array]:
     """log p_T(targets) and entropies [B, T] from hidden states [B, T, D].
 
     p_T = softmax(logits / temperature): the distribution the sampler drew
@@ -253,13 +275,28 @@ def head_log_probs(config: ModelConfig, params, hidden: jax.Array, targets: jax.
     chunk = max(1, min(_even_chunk(chunk, t), t))
     kernel = transformer.head_kernel(config, params)
     banned = tuple(sorted({int(t) for t in banned})) if ban is not None else ()
-    return chunked_head(hidden, kernel, targets.astype(jnp.int32), float(temperature), chunk,
-                        config.jnp_dtype, ban if banned else None, banned)
+    return chunked_head(
+        hidden,
+        kernel,
+        targets.astype(jnp.int32),
+        float(temperature),
+        chunk,
+        config.jnp_dtype,
+        ban if banned else None,
+        banned,
+    )
 
 
-def token_log_probs(config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array,
-                    temperature: float = 1.0, chunk: int = 0, start: int = 0,
-                    response_banned: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
+def token_log_probs(
+    config: ModelConfig,
+    params,
+    tokens: jax.Array,
+    segment_ids: jax.Array,
+    temperature: float = 1.0,
+    chunk: int = 0,
+    start: int = 0,
+    response_banned: tuple[int, ...] = (),
+) -> tuple[jax.Array, jax.Array]:
     """(logp, entropy), each [B, L] aligned with `tokens`; 0 at t = 0.
 
     `response_banned` ids (the think tags when `sampling.ban_tags_in_response`
@@ -271,27 +308,37 @@ def token_log_probs(config: ModelConfig, params, tokens: jax.Array, segment_ids:
     log-probability, this skips the head's work on the prompt.
     """
     start = max(1, min(start, tokens.shape[1]))
-    hidden = _shifted_hidden(config, params, tokens, segment_ids)[:, start - 1:]
+    hidden = _shifted_hidden(config, params, tokens, segment_ids)[:, start - 1 :]
     ban = segment_ids[:, start:] == segments.RESPONSE if response_banned else None
-    logp, entropy = head_log_probs(config, params, hidden, tokens[:, start:], temperature, chunk,
-                                   ban, response_banned)
+    logp, entropy = head_log_probs(
+        config, params, hidden, tokens[:, start:], temperature, chunk, ban, response_banned
+    )
     pad = lambda x: jnp.pad(x, ((0, 0), (start, 0)))  # noqa: E731
     return pad(logp), pad(entropy)
 
 
-def token_values(config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array
-                 ) -> jax.Array:
+def token_values(
+    config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array
+) -> jax.Array:
     """Value of the state before each token [B, L] (0 at t = 0)."""
     hidden = _shifted_hidden(config, params, tokens, segment_ids)
     return _pad_front(transformer.head_values(config, params, hidden))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "temperature", "chunk", "response_banned"))
-def rollout_log_probs(config: ModelConfig, params, tokens, segment_ids, temperature=1.0,
-                      chunk=0, response_banned=()) -> jax.Array:
+def rollout_log_probs(
+    config: ModelConfig, params, tokens, segment_ids, temperature=1.0, chunk=0, response_banned=()
+) -> jax.Array:
     """Jitted, gradient-free log-probabilities for old and reference policies."""
-    return token_log_probs(config, params, tokens, segment_ids, temperature, chunk,
-                           response_banned=tuple(response_banned))[0]
+    return token_log_probs(
+        config,
+        params,
+        tokens,
+        segment_ids,
+        temperature,
+        chunk,
+        response_banned=tuple(response_banned),
+    )[0]
 
 
 rollout_values = jax.jit(token_values, static_argnames=("config",))

@@ -22,8 +22,12 @@ import jax.numpy as jnp
 
 from start_jax.rl.masks import KL_SCOPES
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                "seq-mean-token-sum-norm")
+AGGREGATIONS = (
+    "token-mean",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+)
 POLICY_LOSSES = ("ppo", "dual_clip", "gspo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -32,20 +36,20 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 class LossConfig:
     """Hyper-parameters of the policy (and value) loss; static under jit."""
 
-    policy_loss: str = "ppo"           # 'ppo', 'dual_clip' or 'gspo'.
-    clip_low: float = 0.2              # ratio >= 1 - clip_low.
-    clip_high: float = 0.2             # ratio <= 1 + clip_high (DAPO: 0.28).
-    dual_clip: float = 3.0             # Dual clip c for negative advantages.
-    aggregation: str = "token-mean"    # One of AGGREGATIONS.
-    norm_length: int = 1024            # Constant length of seq-mean-token-sum-norm.
-    kl_coef: float = 0.0               # Weight of KL(policy || reference).
-    kl_estimator: str = "k3"           # 'k1', 'k2' or 'k3'.
-    kl_scope: str = "mask"             # 'mask' or 'completion'.
-    entropy_coef: float = 0.0          # Entropy bonus weight.
-    value_clip: float = 0.2            # PPO value clipping range.
-    value_coef: float = 0.5            # Weight of the value loss.
-    temperature: float = 1.0           # Sampling temperature of the rollouts.
-    tis_cap: float = 0.0               # Truncated importance sampling cap; 0 = off.
+    policy_loss: str = "ppo"  # 'ppo', 'dual_clip' or 'gspo'.
+    clip_low: float = 0.2  # ratio >= 1 - clip_low.
+    clip_high: float = 0.2  # ratio <= 1 + clip_high (DAPO: 0.28).
+    dual_clip: float = 3.0  # Dual clip c for negative advantages.
+    aggregation: str = "token-mean"  # One of AGGREGATIONS.
+    norm_length: int = 1024  # Constant length of seq-mean-token-sum-norm.
+    kl_coef: float = 0.0  # Weight of KL(policy || reference).
+    kl_estimator: str = "k3"  # 'k1', 'k2' or 'k3'.
+    kl_scope: str = "mask"  # 'mask' or 'completion'.
+    entropy_coef: float = 0.0  # Entropy bonus weight.
+    value_clip: float = 0.2  # PPO value clipping range.
+    value_coef: float = 0.5  # Weight of the value loss.
+    temperature: float = 1.0  # Sampling temperature of the rollouts.
+    tis_cap: float = 0.0  # Truncated importance sampling cap; 0 = off.
 
     # Set by the run from the sampling config, not options of the config's algo section.
     DERIVED = ("norm_length", "temperature")
@@ -59,24 +63,28 @@ class LossConfig:
     def from_section(cls, section, **derived) -> "LossConfig":
         """From a run config's ``algo`` section (a mapping) plus the `DERIVED` fields
         (and any field given here instead of read from the section)."""
-        return cls(**{name: section[name] for name in cls.options() if name not in derived},
-                   **derived)
+        return cls(
+            **{name: section[name] for name in cls.options() if name not in derived}, **derived
+        )
 
     def __post_init__(self):
-        for name, value, allowed in (("policy_loss", self.policy_loss, POLICY_LOSSES),
-                                     ("aggregation", self.aggregation, AGGREGATIONS),
-                                     ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
-                                     ("kl_scope", self.kl_scope, KL_SCOPES)):
+        for name, value, allowed in (
+            ("policy_loss", self.policy_loss, POLICY_LOSSES),
+            ("aggregation", self.aggregation, AGGREGATIONS),
+            ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
+            ("kl_scope", self.kl_scope, KL_SCOPES),
+        ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {list(allowed)}")
 
 
-def aggregate(loss: jax.Array, mask: jax.Array, mode: str, norm_length: int = 1024
-              ) -> tuple[jax.Array, jax.Array]:
+def aggregate(
+    loss: jax.Array, mask: jax.Array, mode: str, norm_length: int = 1024
+) -> tuple[jax.Array, jax.Array]:
     """Reduces token losses [B, L] on `mask` to (sum, count); see module doc."""
     mask = mask.astype(jnp.float32)
-    loss = jnp.where(mask > 0, loss, 0.0)      # No NaN or inf from outside the mask.
-    tokens = mask.sum(-1)                        # [B]
+    loss = jnp.where(mask > 0, loss, 0.0)  # No NaN or inf from outside the mask.
+    tokens = mask.sum(-1)  # [B]
     rows = (tokens > 0).astype(jnp.float32)
     if mode == "token-mean":
         return loss.sum(), mask.sum()
@@ -89,8 +97,9 @@ def aggregate(loss: jax.Array, mask: jax.Array, mode: str, norm_length: int = 10
     raise ValueError(f"unknown aggregation {mode!r}; expected one of {AGGREGATIONS}")
 
 
-def policy_token_losses(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
-                        mask: jax.Array, config: LossConfig) -> dict[str, jax.Array]:
+def policy_token_losses(
+    logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array, config: LossConfig
+) -> dict[str, jax.Array]:
     """Per-token policy-gradient losses [B, L] and clipping indicators.
 
     ratio r = exp(logp - old_logp), A the advantage.
@@ -106,7 +115,8 @@ def policy_token_losses(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
         count = jnp.maximum(mask.sum(-1, keepdims=True), 1)
         seq_log_ratio = log_ratio.sum(-1, keepdims=True) / count
         log_ratio = jnp.minimum(
-            logp - jax.lax.stop_gradient(logp) + jax.lax.stop_gradient(seq_log_ratio), 10.0)
+            logp - jax.lax.stop_gradient(logp) + jax.lax.stop_gradient(seq_log_ratio), 10.0
+        )
     ratio = jnp.exp(log_ratio)
     clipped = jnp.clip(ratio, 1.0 - config.clip_low, 1.0 + config.clip_high)
     unclipped_loss = -advantages * ratio
@@ -124,7 +134,7 @@ def policy_token_losses(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Array:
     """Per-token estimate of KL(policy || reference), from x = ref_logp - logp.
 
-      k1 = -x;  k2 = x^2 / 2;  k3 = exp(x) - x - 1, clamped to [-10, 10].
+    k1 = -x;  k2 = x^2 / 2;  k3 = exp(x) - x - 1, clamped to [-10, 10].
     """
     x = ref_logp - logp
     if estimator == "k1":
@@ -136,8 +146,9 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Arra
     raise ValueError(f"unknown kl_estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
 
 
-def value_token_losses(values: jax.Array, old_values: jax.Array, returns: jax.Array,
-                       clip: float) -> jax.Array:
+def value_token_losses(
+    values: jax.Array, old_values: jax.Array, returns: jax.Array, clip: float
+) -> jax.Array:
     """Clipped value loss 0.5 max((v - R)^2, (v_clip - R)^2) per token [B, L]."""
     v_clipped = old_values + jnp.clip(values - old_values, -clip, clip)
     return 0.5 * jnp.maximum(jnp.square(values - returns), jnp.square(v_clipped - returns))

@@ -28,8 +28,9 @@ KL_SCOPES = ("mask", "completion", "think", "response")
 
 def check_mode(train_segments: str) -> None:
     if train_segments not in TRAIN_SEGMENTS:
-        raise ValueError(f"unknown train_segments {train_segments!r}; expected one of "
-                         f"{sorted(TRAIN_SEGMENTS)}")
+        raise ValueError(
+            f"unknown train_segments {train_segments!r}; expected one of {sorted(TRAIN_SEGMENTS)}"
+        )
 
 
 def loss_mask(segment_ids: jax.Array, forced: jax.Array, train_segments: str) -> jax.Array:
@@ -41,8 +42,9 @@ def loss_mask(segment_ids: jax.Array, forced: jax.Array, train_segments: str) ->
     return keep & ~forced.astype(bool)
 
 
-def kl_mask(segment_ids: jax.Array, forced: jax.Array, train_segments: str,
-            scope: str = "mask") -> jax.Array:
+def kl_mask(
+    segment_ids: jax.Array, forced: jax.Array, train_segments: str, scope: str = "mask"
+) -> jax.Array:
     """bool [B, L]: tokens that carry the KL penalty.
 
     `scope='mask'` (default) uses the loss mask; `'completion'` every sampled

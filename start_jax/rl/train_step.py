@@ -28,10 +28,10 @@ from start_jax.rl import losses
 
 @flax.struct.dataclass
 class TrainState:
-    step: jax.Array                 # [] int32 optimizer updates so far.
-    params: Any                     # Policy parameters.
-    opt_state: Any                  # Policy optimizer state.
-    critic_params: Any = None       # Value-model parameters (PPO with GAE).
+    step: jax.Array  # [] int32 optimizer updates so far.
+    params: Any  # Policy parameters.
+    opt_state: Any  # Policy optimizer state.
+    critic_params: Any = None  # Value-model parameters (PPO with GAE).
     critic_opt_state: Any = None
 
 
@@ -39,21 +39,21 @@ class TrainState:
 class Batch:
     """A rollout batch ready for the loss; every array is [B, L] unless noted."""
 
-    tokens: jax.Array           # int32.
-    segment_ids: jax.Array      # int32 PAD/PROMPT/THINK/RESPONSE.
-    loss_mask: jax.Array        # bool: tokens the policy loss trains.
-    kl_mask: jax.Array          # bool: tokens that carry the KL penalty.
-    advantages: jax.Array       # float32, 0 outside loss_mask.
-    old_logprobs: jax.Array     # float32 log p_old(token).
-    ref_logprobs: jax.Array     # float32 log p_ref(token).
-    returns: jax.Array          # float32 value targets (critic).
-    old_values: jax.Array       # float32 critic values at sampling time.
-    rewards: jax.Array          # [B] float32 response-only rewards.
+    tokens: jax.Array  # int32.
+    segment_ids: jax.Array  # int32 PAD/PROMPT/THINK/RESPONSE.
+    loss_mask: jax.Array  # bool: tokens the policy loss trains.
+    kl_mask: jax.Array  # bool: tokens that carry the KL penalty.
+    advantages: jax.Array  # float32, 0 outside loss_mask.
+    old_logprobs: jax.Array  # float32 log p_old(token).
+    ref_logprobs: jax.Array  # float32 log p_ref(token).
+    returns: jax.Array  # float32 value targets (critic).
+    old_values: jax.Array  # float32 critic values at sampling time.
+    rewards: jax.Array  # [B] float32 response-only rewards.
     # The sampler's own log-probabilities of the tokens it drew, and which tokens those are
     # (None: not known). They give the sampler/trainer mismatch metrics and the truncated
     # importance-sampling weights.
-    sampler_logprobs: jax.Array | None = None   # float32.
-    sampled: jax.Array | None = None            # bool.
+    sampler_logprobs: jax.Array | None = None  # float32.
+    sampled: jax.Array | None = None  # bool.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +61,10 @@ class TrainConfig:
     """Static settings of the update."""
 
     loss: losses.LossConfig = losses.LossConfig()
-    ppo_epochs: int = 1        # mu: passes over one rollout batch.
-    minibatches: int = 1       # Optimizer updates per pass.
-    micro_batches: int = 1     # Gradient-accumulation slices per update.
-    logprob_chunk: int = 0     # Positions per vocabulary-head chunk; 0 = auto (`auto_chunk`).
+    ppo_epochs: int = 1  # mu: passes over one rollout batch.
+    minibatches: int = 1  # Optimizer updates per pass.
+    micro_batches: int = 1  # Gradient-accumulation slices per update.
+    logprob_chunk: int = 0  # Positions per vocabulary-head chunk; 0 = auto (`auto_chunk`).
     # Leading columns that hold only prompt (or padding) in every rollout, e.g. the sampler's
     # prompt width: no loss or KL token lies there, so the vocabulary head skips them (the
     # trunk still reads them). A loss or KL mask token before it makes the loss NaN.
@@ -72,7 +72,7 @@ class TrainConfig:
     # Rows sorted by length and cut into this many equal groups, each trained on the columns
     # its rows fill (`length_widths`); 1 = every row on every column. Needs minibatches = 1.
     length_groups: int = 1
-    use_critic: bool = False   # Train a value model (PPO with GAE).
+    use_critic: bool = False  # Train a value model (PPO with GAE).
     # Ids with no probability at the RESPONSE tokens, in every log-probability of the update
     # (current, old, reference): the think tags when the sampler bans them there
     # (`SamplingConfig.ban_tags_in_response`), so that the update sees the policy that sampled.
@@ -88,16 +88,28 @@ class TrainConfig:
         return self.ppo_epochs * self.minibatches == 1
 
 
-def make_optimizer(learning_rate: float = 1e-6, warmup_steps: int = 0, weight_decay: float = 0.0,
-                   max_grad_norm: float = 1.0) -> optax.GradientTransformation:
+def make_optimizer(
+    learning_rate: float = 1e-6,
+    warmup_steps: int = 0,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+) -> optax.GradientTransformation:
     """AdamW with global-norm clipping and a linear warmup to a constant rate.
 
     Gradient accumulation is done by the train step (exact for every
     aggregation mode), not by `optax.MultiSteps`, which averages per step.
     """
-    lr = (optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
-                                optax.constant_schedule(learning_rate)], [warmup_steps])
-          if warmup_steps else optax.constant_schedule(learning_rate))
+    lr = (
+        optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, learning_rate, warmup_steps),
+                optax.constant_schedule(learning_rate),
+            ],
+            [warmup_steps],
+        )
+        if warmup_steps
+        else optax.constant_schedule(learning_rate)
+    )
     parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm > 0 else []
     parts.append(optax.adamw(lr, weight_decay=weight_decay))
     return optax.chain(*parts)
@@ -110,10 +122,11 @@ def carry_optimizer_state(previous, fresh):
     new stage's. Both must come from `make_optimizer` (one structure)."""
     if isinstance(fresh, optax.ScaleByAdamState):
         if not isinstance(previous, optax.ScaleByAdamState):
-            raise ValueError(f"optimizer states differ: {type(previous).__name__} where the new "
-                             "stage has Adam's")
+            raise ValueError(
+                f"optimizer states differ: {type(previous).__name__} where the new stage has Adam's"
+            )
         return previous
-    if isinstance(fresh, tuple) and not hasattr(fresh, "_fields"):   # A chain's states.
+    if isinstance(fresh, tuple) and not hasattr(fresh, "_fields"):  # A chain's states.
         if not isinstance(previous, tuple) or len(previous) != len(fresh):
             raise ValueError("optimizer states differ in structure between the stages")
         return tuple(carry_optimizer_state(p, f) for p, f in zip(previous, fresh))
@@ -121,9 +134,13 @@ def carry_optimizer_state(previous, fresh):
 
 
 def init_state(params, tx, critic_params=None, critic_tx=None) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      critic_params=critic_params,
-                      critic_opt_state=None if critic_params is None else critic_tx.init(critic_params))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        critic_params=critic_params,
+        critic_opt_state=None if critic_params is None else critic_tx.init(critic_params),
+    )
 
 
 def _l2(tree) -> jax.Array:
@@ -144,8 +161,9 @@ def loss_counts(batch: Batch, loss_config: losses.LossConfig) -> dict[str, jax.A
     return counts
 
 
-def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.LossConfig,
-                      on_policy: bool = False):
+def policy_loss_terms(
+    logp, entropy, batch: Batch, counts, loss_config: losses.LossConfig, on_policy: bool = False
+):
     """(loss, aux) from token log-probabilities and entropies [B, L] of a micro-batch.
 
     loss = pg + kl_coef * kl - entropy_coef * entropy, each term a (sum,
@@ -171,15 +189,18 @@ def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.L
         sampled = batch.loss_mask & batch.sampled
         log_w = old - batch.sampler_logprobs
         diff = jnp.where(sampled, jnp.abs(log_w), 0.0)
-        extra = dict(logprob_mismatch_mean=diff.sum() / jnp.maximum(counts["sampled"], 1.0),
-                     logprob_mismatch_max=diff.max())
+        extra = dict(
+            logprob_mismatch_mean=diff.sum() / jnp.maximum(counts["sampled"], 1.0),
+            logprob_mismatch_max=diff.max(),
+        )
         if lc.tis_cap:
             weight = jnp.where(sampled, jnp.minimum(jnp.exp(log_w), lc.tis_cap), 1.0)
             parts = dict(parts, loss=parts["loss"] * jax.lax.stop_gradient(weight))
     agg = lambda x, m: losses.aggregate(x, m, lc.aggregation, lc.norm_length)[0]  # noqa: E731
     pg = agg(parts["loss"], batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
-    kl = agg(losses.kl_penalty(logp, ref, lc.kl_estimator),
-             batch.kl_mask) / jnp.maximum(counts["kl"], 1e-8)
+    kl = agg(losses.kl_penalty(logp, ref, lc.kl_estimator), batch.kl_mask) / jnp.maximum(
+        counts["kl"], 1e-8
+    )
     ent = agg(entropy, batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
     total = pg  # A zero coefficient leaves its term out: no cotangent flows back through it.
     if lc.kl_coef:
@@ -188,7 +209,9 @@ def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.L
         total = total - lc.entropy_coef * ent
     tokens = jnp.maximum(counts["value"], 1.0)  # Token-mean diagnostics.
     aux = dict(
-        pg_loss=pg, kl=kl, entropy_loss=ent,
+        pg_loss=pg,
+        kl=kl,
+        entropy_loss=ent,
         entropy=jnp.sum(jnp.where(batch.loss_mask, entropy, 0.0)) / tokens,
         clip_frac_low=jnp.sum(parts["clip_low"]) / tokens,
         clip_frac_high=jnp.sum(parts["clip_high"]) / tokens,
@@ -201,9 +224,16 @@ def policy_loss_terms(logp, entropy, batch: Batch, counts, loss_config: losses.L
 def policy_loss(params, batch: Batch, counts, model_config: ModelConfig, config: TrainConfig):
     """Loss of one micro-batch, scaled by the whole minibatch's counts."""
     start = config.logprob_start
-    logp, entropy = lp.token_log_probs(model_config, params, batch.tokens, batch.segment_ids,
-                                       config.loss.temperature, config.logprob_chunk, start,
-                                       config.response_banned)
+    logp, entropy = lp.token_log_probs(
+        model_config,
+        params,
+        batch.tokens,
+        batch.segment_ids,
+        config.loss.temperature,
+        config.logprob_chunk,
+        start,
+        config.response_banned,
+    )
     loss, aux = policy_loss_terms(logp, entropy, batch, counts, config.loss, config.on_policy)
     if start:  # A mask token without a log-probability: stop the run (check_finite).
         early = jnp.any(batch.loss_mask[:, :start]) | jnp.any(batch.kl_mask[:, :start])
@@ -211,11 +241,13 @@ def policy_loss(params, batch: Batch, counts, model_config: ModelConfig, config:
     return loss, aux
 
 
-def critic_loss(critic_params, batch: Batch, counts, critic_config: ModelConfig,
-                config: TrainConfig):
+def critic_loss(
+    critic_params, batch: Batch, counts, critic_config: ModelConfig, config: TrainConfig
+):
     values = lp.token_values(critic_config, critic_params, batch.tokens, batch.segment_ids)
-    per_token = losses.value_token_losses(values, batch.old_values, batch.returns,
-                                          config.loss.value_clip)
+    per_token = losses.value_token_losses(
+        values, batch.old_values, batch.returns, config.loss.value_clip
+    )
     total = jnp.sum(jnp.where(batch.loss_mask, per_token, 0.0)) / jnp.maximum(counts["value"], 1.0)
     return config.loss.value_coef * total, dict(value_loss=total)
 
@@ -227,8 +259,11 @@ def _combine(name: str):
 
 def _add(a, b):
     """Two (grads, loss, metrics) of disjoint rows together (`_combine` per metric)."""
-    return (jax.tree.map(jnp.add, a[0], b[0]), a[1] + b[1],
-            {k: _combine(k)(a[2][k], b[2][k]) for k in b[2]})
+    return (
+        jax.tree.map(jnp.add, a[0], b[0]),
+        a[1] + b[1],
+        {k: _combine(k)(a[2][k], b[2][k]) for k in b[2]},
+    )
 
 
 def _accumulate(loss_fn, params, batch: Batch, counts, micro_batches: int):
@@ -236,8 +271,9 @@ def _accumulate(loss_fn, params, batch: Batch, counts, micro_batches: int):
     b = batch.tokens.shape[0]
     if b % micro_batches:
         raise ValueError(f"minibatch of {b} rows is not divisible by micro_batches={micro_batches}")
-    micro = jax.tree.map(lambda x: x.reshape((micro_batches, b // micro_batches) + x.shape[1:]),
-                         batch)
+    micro = jax.tree.map(
+        lambda x: x.reshape((micro_batches, b // micro_batches) + x.shape[1:]), batch
+    )
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def body(acc, mb):
@@ -245,8 +281,9 @@ def _accumulate(loss_fn, params, batch: Batch, counts, micro_batches: int):
         return _add(acc, (grads, loss, aux)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    first_aux = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro),
-                                               counts)[0][1])
+    first_aux = jax.eval_shape(
+        lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), counts)[0][1]
+    )
     aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first_aux)
     (grads, loss, aux), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), aux0), micro)
     return grads, loss, aux
@@ -256,8 +293,7 @@ def row_ends(segment_ids) -> jax.Array:
     """[B] columns each row fills: one past its last non-PAD token (numpy or jax)."""
     xp = jnp if isinstance(segment_ids, jax.Array) else np
     length = segment_ids.shape[1]
-    return xp.max(xp.where(segment_ids != segments.PAD, xp.arange(1, length + 1)[None], 0),
-                  axis=1)
+    return xp.max(xp.where(segment_ids != segments.PAD, xp.arange(1, length + 1)[None], 0), axis=1)
 
 
 def length_widths(segment_ids, groups: int, start: int = 0) -> tuple[int, ...] | None:
@@ -292,46 +328,77 @@ def _by_length(batch: Batch, widths: tuple[int, ...]) -> tuple[list[Batch], jax.
     size = b // len(widths)
     parts, overflow = [], jnp.zeros((), bool)
     for i, width in enumerate(widths):
-        rows = order[i * size:(i + 1) * size]
-        parts.append(jax.tree.map(
-            lambda x, w=width: x[rows][:, :w] if x.ndim == 2 and x.shape[1] == length else x[rows],
-            batch))
-        overflow |= jnp.any(ends[i * size:(i + 1) * size] > width)
+        rows = order[i * size : (i + 1) * size]
+        parts.append(
+            jax.tree.map(
+                lambda x, w=width, rows=rows: (
+                    x[rows][:, :w] if x.ndim == 2 and x.shape[1] == length else x[rows]
+                ),
+                batch,
+            )
+        )
+        overflow |= jnp.any(ends[i * size : (i + 1) * size] > width)
     return parts, overflow
 
 
-def _accumulate_groups(loss_fn, params, batch: Batch, counts, micro_batches: int,
-                       widths: tuple[int, ...] | None):
+def _accumulate_groups(
+    loss_fn, params, batch: Batch, counts, micro_batches: int, widths: tuple[int, ...] | None
+):
     """`_accumulate` over all rows, or over the length groups of `widths` summed (the loss
     is NaN if a row fills more columns than its group keeps: `check_finite` stops the run)."""
     if widths is None:
         return _accumulate(loss_fn, params, batch, counts, micro_batches)
     parts, overflow = _by_length(batch, widths)
     grads, loss, aux = functools.reduce(
-        _add, [_accumulate(loss_fn, params, part, counts, micro_batches) for part in parts])
+        _add, [_accumulate(loss_fn, params, part, counts, micro_batches) for part in parts]
+    )
     return grads, jnp.where(overflow, jnp.nan, loss), aux
 
 
-def _update(state: TrainState, batch: Batch, model_config, critic_config, config: TrainConfig,
-            tx, critic_tx, widths: tuple[int, ...] | None = None):
+def _update(
+    state: TrainState,
+    batch: Batch,
+    model_config,
+    critic_config,
+    config: TrainConfig,
+    tx,
+    critic_tx,
+    widths: tuple[int, ...] | None = None,
+):
     counts = loss_counts(batch, config.loss)
     grads, loss, aux = _accumulate_groups(
         lambda p, mb, c: policy_loss(p, mb, c, model_config, config),
-        state.params, batch, counts, config.micro_batches, widths)
+        state.params,
+        batch,
+        counts,
+        config.micro_batches,
+        widths,
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(loss=loss, **aux, l2_grads=_l2(grads), l2_params=_l2(params),
-                   l2_updates=_l2(updates))
+    metrics = dict(
+        loss=loss, **aux, l2_grads=_l2(grads), l2_params=_l2(params), l2_updates=_l2(updates)
+    )
     critic_params, critic_opt = state.critic_params, state.critic_opt_state
     if config.use_critic:
         c_grads, _, c_aux = _accumulate_groups(
             lambda p, mb, c: critic_loss(p, mb, c, critic_config, config),
-            critic_params, batch, counts, config.micro_batches, widths)
+            critic_params,
+            batch,
+            counts,
+            config.micro_batches,
+            widths,
+        )
         c_updates, critic_opt = critic_tx.update(c_grads, critic_opt, critic_params)
         critic_params = optax.apply_updates(critic_params, c_updates)
         metrics.update(c_aux, critic_l2_grads=_l2(c_grads), critic_l2_updates=_l2(c_updates))
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                           critic_params=critic_params, critic_opt_state=critic_opt)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        critic_params=critic_params,
+        critic_opt_state=critic_opt,
+    )
     return new_state, metrics
 
 
@@ -342,22 +409,31 @@ def batch_statistics(batch: Batch) -> dict[str, jax.Array]:
     adv = jnp.where(mask, batch.advantages, 0.0)
     adv_mean = adv.sum() / n
     return dict(
-        reward_mean=batch.rewards.mean(), reward_std=batch.rewards.std(),
+        reward_mean=batch.rewards.mean(),
+        reward_std=batch.rewards.std(),
         adv_mean=adv_mean,
         adv_std=jnp.sqrt(jnp.sum(jnp.where(mask, jnp.square(adv - adv_mean), 0.0)) / n),
         adv_nonzero_frac=jnp.sum(mask & (batch.advantages != 0)) / n,
         mask_think_tokens=jnp.sum(mask & (batch.segment_ids == segments.THINK)),
         mask_response_tokens=jnp.sum(mask & (batch.segment_ids == segments.RESPONSE)),
-        mask_other_tokens=jnp.sum(mask & (batch.segment_ids != segments.THINK)
-                                  & (batch.segment_ids != segments.RESPONSE)),
+        mask_other_tokens=jnp.sum(
+            mask & (batch.segment_ids != segments.THINK) & (batch.segment_ids != segments.RESPONSE)
+        ),
     )
 
 
-def train_on_batch(state: TrainState, batch: Batch, rng: jax.Array, *, model_config: ModelConfig,
-               config: TrainConfig, tx: optax.GradientTransformation,
-               critic_config: ModelConfig | None = None,
-               critic_tx: optax.GradientTransformation | None = None,
-               widths: tuple[int, ...] | None = None):
+def train_on_batch(
+    state: TrainState,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    tx: optax.GradientTransformation,
+    critic_config: ModelConfig | None = None,
+    critic_tx: optax.GradientTransformation | None = None,
+    widths: tuple[int, ...] | None = None,
+):
     """All updates of one rollout batch: `ppo_epochs` x `minibatches`.
 
     Rows are shuffled with `rng` in every epoch (not when there is a single
@@ -374,46 +450,69 @@ def train_on_batch(state: TrainState, batch: Batch, rng: jax.Array, *, model_con
     b = batch.tokens.shape[0]
     if b % config.minibatches:
         raise ValueError(f"batch of {b} rows is not divisible by minibatches={config.minibatches}")
-    if widths is not None and (config.minibatches != 1 or b % len(widths)
-                               or (b // len(widths)) % config.micro_batches):
-        raise ValueError(f"widths={widths}: length groups need minibatches=1 and "
-                         f"{len(widths)} groups x micro_batches={config.micro_batches} "
-                         f"dividing the {b} rows")
+    if widths is not None and (
+        config.minibatches != 1 or b % len(widths) or (b // len(widths)) % config.micro_batches
+    ):
+        raise ValueError(
+            f"widths={widths}: length groups need minibatches=1 and "
+            f"{len(widths)} groups x micro_batches={config.micro_batches} "
+            f"dividing the {b} rows"
+        )
     size = b // config.minibatches
 
     def epoch(carry, key):
         st = carry
-        order = (jnp.arange(b) if config.minibatches == 1
-                 else jax.random.permutation(key, b))
+        order = jnp.arange(b) if config.minibatches == 1 else jax.random.permutation(key, b)
         shuffled = jax.tree.map(lambda x: x[order], batch)
         mbs = jax.tree.map(lambda x: x.reshape((config.minibatches, size) + x.shape[1:]), shuffled)
 
         def update(s, mb):
             return _update(s, mb, model_config, critic_config, config, tx, critic_tx, widths)
+
         st, metrics = jax.lax.scan(update, st, mbs)
         return st, metrics
 
     state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, config.ppo_epochs))
     # Averaged over the updates; a maximum stays a maximum.
-    metrics = {k: (jnp.max if k.endswith("_max") else jnp.mean)(v.astype(jnp.float32))
-               for k, v in metrics.items()}
+    metrics = {
+        k: (jnp.max if k.endswith("_max") else jnp.mean)(v.astype(jnp.float32))
+        for k, v in metrics.items()
+    }
     metrics.update(jax.tree.map(lambda x: x.astype(jnp.float32), batch_statistics(batch)))
     return state, metrics
 
 
-def jit_train_step(model_config: ModelConfig, config: TrainConfig, tx, critic_config=None,
-                   critic_tx=None, state_shardings=None, batch_shardings=None):
+def jit_train_step(
+    model_config: ModelConfig,
+    config: TrainConfig,
+    tx,
+    critic_config=None,
+    critic_tx=None,
+    state_shardings=None,
+    batch_shardings=None,
+):
     """`train_on_batch` jitted with donated state (and explicit shardings when given);
     call it as fn(state, batch, rng) or fn(state, batch, rng, widths) (static)."""
     fn = lambda state, batch, rng, widths=None: train_on_batch(  # noqa: E731
-        state, batch, rng, model_config=model_config, config=config, tx=tx,
-        critic_config=critic_config, critic_tx=critic_tx, widths=widths)
+        state,
+        batch,
+        rng,
+        model_config=model_config,
+        config=config,
+        tx=tx,
+        critic_config=critic_config,
+        critic_tx=critic_tx,
+        widths=widths,
+    )
     kwargs = {}
     if state_shardings is not None:
         replicated = jax.sharding.NamedSharding(
-            jax.tree.leaves(state_shardings)[0].mesh, jax.sharding.PartitionSpec())
-        kwargs = dict(in_shardings=(state_shardings, batch_shardings, replicated),
-                      out_shardings=(state_shardings, replicated))
+            jax.tree.leaves(state_shardings)[0].mesh, jax.sharding.PartitionSpec()
+        )
+        kwargs = dict(
+            in_shardings=(state_shardings, batch_shardings, replicated),
+            out_shardings=(state_shardings, replicated),
+        )
     return jax.jit(fn, donate_argnums=(0,), static_argnums=(3,), **kwargs)
 
 
@@ -427,7 +526,9 @@ def check_finite(metrics: dict, step: int) -> dict[str, float]:
     for name, value in metrics.items():
         value = float(value)
         if not math.isfinite(value):
-            raise NonFiniteError(f"step {step}: metric {name!r} is {value}; stopping before the "
-                                 "bad update is checkpointed")
+            raise NonFiniteError(
+                f"step {step}: metric {name!r} is {value}; stopping before the "
+                "bad update is checkpointed"
+            )
         out[name] = value
     return out

@@ -40,7 +40,6 @@ from start_jax.sampling.ops import (
     filter_logits,
     sampled_token_log_probs,
 )
-from start_jax.sampling.session import Sampler
 from start_jax.sampling.sampler import (
     DecodeState,
     Prefix,
@@ -52,8 +51,28 @@ from start_jax.sampling.sampler import (
     decode,
     prefill,
 )
+from start_jax.sampling.session import Sampler
 
-__all__ = ["Compaction", "DecodeState", "LOGPROBS_OF", "Prefix", "Rollout", "Sampler",
-           "SamplingConfig", "SpecialTokens", "assemble", "build_plain_prefix", "build_prefix",
-           "decode", "decode_segments", "filter_logits", "generate", "num_decode_steps",
-           "prefill", "respond", "sample", "sampled_token_log_probs", "thinking_of"]
+__all__ = [
+    "Compaction",
+    "DecodeState",
+    "LOGPROBS_OF",
+    "Prefix",
+    "Rollout",
+    "Sampler",
+    "SamplingConfig",
+    "SpecialTokens",
+    "assemble",
+    "build_plain_prefix",
+    "build_prefix",
+    "decode",
+    "decode_segments",
+    "filter_logits",
+    "generate",
+    "num_decode_steps",
+    "prefill",
+    "respond",
+    "sample",
+    "sampled_token_log_probs",
+    "thinking_of",
+]

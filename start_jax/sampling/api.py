@@ -33,8 +33,9 @@ from start_jax.sampling.ops import SamplingConfig
 
 def num_decode_steps(config: SamplingConfig, any_thinking: bool) -> int:
     """Decode columns a batch needs: thinking, a closing tag, then the response."""
-    return (config.think_budget + 1 + config.response_budget if any_thinking
-            else config.response_budget)
+    return (
+        config.think_budget + 1 + config.response_budget if any_thinking else config.response_budget
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,20 +54,32 @@ class Compaction:
 
     def __post_init__(self):
         if self.every < 1 or self.min_rows < 1:
-            raise ValueError(f"Compaction(every={self.every}, min_rows={self.min_rows}): both "
-                             "must be >= 1")
+            raise ValueError(
+                f"Compaction(every={self.every}, min_rows={self.min_rows}): both must be >= 1"
+            )
 
 
-def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
-           config: SamplingConfig, rng: jax.Array | int, special: core.SpecialTokens, *,
-           thinking: Sequence[Sequence[int] | None] | None = None,
-           thinking_truncated: Sequence[bool] | None = None,
-           no_thinking: bool = False, row_ids: Sequence[int] | None = None,
-           mesh: jax.sharding.Mesh | None = None, rules=None, pad_multiple: int = 8,
-           max_length: int | None = None,
-           logits_processor: core.LogitsProcessor | None = None,
-           width: int | None = None, group_size: int = 1,
-           compact: Compaction | None = None) -> core.Rollout:
+def sample(
+    model_config: ModelConfig,
+    params,
+    prompts: Sequence[Sequence[int]],
+    config: SamplingConfig,
+    rng: jax.Array | int,
+    special: core.SpecialTokens,
+    *,
+    thinking: Sequence[Sequence[int] | None] | None = None,
+    thinking_truncated: Sequence[bool] | None = None,
+    no_thinking: bool = False,
+    row_ids: Sequence[int] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules=None,
+    pad_multiple: int = 8,
+    max_length: int | None = None,
+    logits_processor: core.LogitsProcessor | None = None,
+    width: int | None = None,
+    group_size: int = 1,
+    compact: Compaction | None = None,
+) -> core.Rollout:
     """Samples segmented completions for a batch of token-id prompts.
 
     Modes:
@@ -111,13 +124,29 @@ def sample(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
         if thinking is not None:
             raise ValueError("pass either thinking= or no_thinking=True, not both")
         thinking = [[] for _ in prompts]
-    prefix = core.build_prefix(prompts, special, thinking, thinking_truncated,
-                               config.response_budget, pad_multiple)
+    prefix = core.build_prefix(
+        prompts, special, thinking, thinking_truncated, config.response_budget, pad_multiple
+    )
     _check_groups(prefix, group_size)
     any_thinking = bool(np.any(prefix.start_phase == segments.THINK))
-    return _from_prefix(model_config, params, prefix, num_decode_steps(config, any_thinking),
-                        config, rng, special, row_ids, mesh, rules, max_length,
-                        logits_processor, width, "prompt + thinking", group_size, compact)
+    return _from_prefix(
+        model_config,
+        params,
+        prefix,
+        num_decode_steps(config, any_thinking),
+        config,
+        rng,
+        special,
+        row_ids,
+        mesh,
+        rules,
+        max_length,
+        logits_processor,
+        width,
+        "prompt + thinking",
+        group_size,
+        compact,
+    )
 
 
 def _check_groups(prefix: core.Prefix, group: int) -> None:
@@ -127,25 +156,46 @@ def _check_groups(prefix: core.Prefix, group: int) -> None:
         raise ValueError(f"group_size={group} must be >= 1 and divide the {batch} rows")
     if group == 1:
         return
-    for name in ("tokens", "mask", "segment_ids", "forced", "start_phase", "think_count",
-                 "think_truncated"):
+    for name in (
+        "tokens",
+        "mask",
+        "segment_ids",
+        "forced",
+        "start_phase",
+        "think_count",
+        "think_truncated",
+    ):
         x = getattr(prefix, name)
         grouped = x.reshape(batch // group, group, -1)
         differs = np.flatnonzero(np.any(grouped != grouped[:, :1], axis=(1, 2)))
         if len(differs):
             g = int(differs[0])
-            raise ValueError(f"group_size={group}: rows {g * group}..{(g + 1) * group - 1} do "
-                             "not share one prompt (and thinking)")
+            raise ValueError(
+                f"group_size={group}: rows {g * group}..{(g + 1) * group - 1} do "
+                "not share one prompt (and thinking)"
+            )
 
 
-def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]],
-             config: SamplingConfig, rng: jax.Array | int, *, eos_id: int | Sequence[int], pad_id: int,
-             max_new_tokens: int | None = None, row_ids: Sequence[int] | None = None,
-             mesh: jax.sharding.Mesh | None = None, rules=None, pad_multiple: int = 8,
-             max_length: int | None = None,
-             logits_processor: core.LogitsProcessor | None = None,
-             width: int | None = None, group_size: int = 1,
-             compact: Compaction | None = None) -> core.Rollout:
+def generate(
+    model_config: ModelConfig,
+    params,
+    prompts: Sequence[Sequence[int]],
+    config: SamplingConfig,
+    rng: jax.Array | int,
+    *,
+    eos_id: int | Sequence[int],
+    pad_id: int,
+    max_new_tokens: int | None = None,
+    row_ids: Sequence[int] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules=None,
+    pad_multiple: int = 8,
+    max_length: int | None = None,
+    logits_processor: core.LogitsProcessor | None = None,
+    width: int | None = None,
+    group_size: int = 1,
+    compact: Compaction | None = None,
+) -> core.Rollout:
     """Plain generation: continues bare prompts, with no segment tags.
 
     Each row is ``[left padding] prompt | generated tokens``: the prompt
@@ -174,8 +224,9 @@ def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]]
     if max_new_tokens is not None:
         config = config.replace(response_budget=max_new_tokens)
     if config.response_budget < 1:
-        raise ValueError(f"max_new_tokens (response_budget) must be >= 1, got "
-                         f"{config.response_budget}")
+        raise ValueError(
+            f"max_new_tokens (response_budget) must be >= 1, got {config.response_budget}"
+        )
     vocab = model_config.vocab_size
     eos_ids = [int(eos_id)] if isinstance(eos_id, (int, np.integer)) else [int(t) for t in eos_id]
     if not eos_ids:
@@ -186,42 +237,105 @@ def generate(model_config: ModelConfig, params, prompts: Sequence[Sequence[int]]
     special = core.SpecialTokens(eos=eos_ids[0], pad=int(pad_id), stop=tuple(eos_ids[1:]))
     prefix = core.build_plain_prefix(prompts, special.pad, config.response_budget, pad_multiple)
     _check_groups(prefix, group_size)
-    return _from_prefix(model_config, params, prefix, config.response_budget, config, rng,
-                        special, row_ids, mesh, rules, max_length, logits_processor, width,
-                        "prompt", group_size, compact)
+    return _from_prefix(
+        model_config,
+        params,
+        prefix,
+        config.response_budget,
+        config,
+        rng,
+        special,
+        row_ids,
+        mesh,
+        rules,
+        max_length,
+        logits_processor,
+        width,
+        "prompt",
+        group_size,
+        compact,
+    )
 
 
-def _from_prefix(model_config, params, prefix: core.Prefix, steps: int, config: SamplingConfig,
-                 rng, special: core.SpecialTokens, row_ids, mesh, rules, max_length,
-                 logits_processor, width, what: str, group: int = 1,
-                 compact: Compaction | None = None) -> core.Rollout:
+def _from_prefix(
+    model_config,
+    params,
+    prefix: core.Prefix,
+    steps: int,
+    config: SamplingConfig,
+    rng,
+    special: core.SpecialTokens,
+    row_ids,
+    mesh,
+    rules,
+    max_length,
+    logits_processor,
+    width,
+    what: str,
+    group: int = 1,
+    compact: Compaction | None = None,
+) -> core.Rollout:
     """Checks a host prefix against the context, puts it on device and samples."""
     config.check_vocab(model_config.vocab_size, special.eos_ids)
     limit = model_config.max_position_embeddings if max_length is None else max_length
     longest = int(prefix.mask.sum(1).max())
     if longest + steps > limit:
-        raise ValueError(f"{what} ({longest} tokens) + {steps} decode steps exceed "
-                         f"the context of {limit} tokens")
+        raise ValueError(
+            f"{what} ({longest} tokens) + {steps} decode steps exceed the context of {limit} tokens"
+        )
     batch = prefix.tokens.shape[0]
     if isinstance(rng, int):
         rng = jax.random.key(rng)
     ids = np.arange(batch) if row_ids is None else np.asarray(row_ids)
-    arrays = dict(prefix=prefix.tokens, prefix_mask=prefix.mask,
-                  start_phase=prefix.start_phase, think_count=prefix.think_count,
-                  think_truncated=prefix.think_truncated,
-                  row_ids=ids.astype(np.uint32), segment_ids=prefix.segment_ids,
-                  forced=prefix.forced)
+    arrays = dict(
+        prefix=prefix.tokens,
+        prefix_mask=prefix.mask,
+        start_phase=prefix.start_phase,
+        think_count=prefix.think_count,
+        think_truncated=prefix.think_truncated,
+        row_ids=ids.astype(np.uint32),
+        segment_ids=prefix.segment_ids,
+        forced=prefix.forced,
+    )
     # Every host array goes to the device here, explicitly (each process puts its shards).
-    arrays = {k: sharding.host_to_global(v, None if mesh is None else sharding.batch_sharding(
-        mesh, v.ndim, rules, batch)) for k, v in arrays.items()}
-    return _generate(model_config, params, arrays, steps, config, rng, special, mesh, rules,
-                     logits_processor, width, group, compact)
+    arrays = {
+        k: sharding.host_to_global(
+            v, None if mesh is None else sharding.batch_sharding(mesh, v.ndim, rules, batch)
+        )
+        for k, v in arrays.items()
+    }
+    return _generate(
+        model_config,
+        params,
+        arrays,
+        steps,
+        config,
+        rng,
+        special,
+        mesh,
+        rules,
+        logits_processor,
+        width,
+        group,
+        compact,
+    )
 
 
-def respond(model_config: ModelConfig, params, thinking: core.Rollout, config: SamplingConfig,
-            rng: jax.Array, special: core.SpecialTokens, *, row_ids: Sequence[int],
-            mesh: jax.sharding.Mesh | None = None, rules=None, max_length: int | None = None,
-            width: int | None = None, compact: Compaction | None = None) -> core.Rollout:
+def respond(
+    model_config: ModelConfig,
+    params,
+    thinking: core.Rollout,
+    config: SamplingConfig,
+    rng: jax.Array,
+    special: core.SpecialTokens,
+    *,
+    row_ids: Sequence[int],
+    mesh: jax.sharding.Mesh | None = None,
+    rules=None,
+    max_length: int | None = None,
+    width: int | None = None,
+    compact: Compaction | None = None,
+) -> core.Rollout:
     """Responses of `params` after the thinking of a thinking-only rollout, on device.
 
     `thinking` is a rollout sampled with ``response_budget=0`` (each row ends
@@ -236,15 +350,31 @@ def respond(model_config: ModelConfig, params, thinking: core.Rollout, config: S
     config.check_vocab(model_config.vocab_size, special.eos_ids)
     limit = model_config.max_position_embeddings if max_length is None else max_length
     if thinking.tokens.shape[1] + steps > limit:
-        raise ValueError(f"thinking rollout of {thinking.tokens.shape[1]} columns + {steps} "
-                         f"response steps exceed the context of {limit} tokens")
+        raise ValueError(
+            f"thinking rollout of {thinking.tokens.shape[1]} columns + {steps} "
+            f"response steps exceed the context of {limit} tokens"
+        )
     batch = thinking.tokens.shape[0]
     ids = np.asarray(row_ids).astype(np.uint32)
     put = lambda x: sharding.host_to_global(  # noqa: E731
-        x, None if mesh is None else sharding.batch_sharding(mesh, x.ndim, rules, batch))
+        x, None if mesh is None else sharding.batch_sharding(mesh, x.ndim, rules, batch)
+    )
     arrays = dict(_continuation(thinking), row_ids=put(ids))
-    return _generate(model_config, params, arrays, steps, config, rng, special, mesh, rules,
-                     None, width, 1, compact)
+    return _generate(
+        model_config,
+        params,
+        arrays,
+        steps,
+        config,
+        rng,
+        special,
+        mesh,
+        rules,
+        None,
+        width,
+        1,
+        compact,
+    )
 
 
 @jax.jit
@@ -252,46 +382,93 @@ def _continuation(rollout: core.Rollout) -> dict:
     """A thinking rollout as a response prefix: rows shifted right to end in the last column."""
     filled = rollout.segment_ids != segments.PAD
     length = filled.shape[1]
-    shift = jnp.argmax(filled[:, ::-1], axis=1)            # Trailing PAD columns per row.
+    shift = jnp.argmax(filled[:, ::-1], axis=1)  # Trailing PAD columns per row.
     cols = (jnp.arange(length)[None, :] - shift[:, None]) % length
     take = lambda x: jnp.take_along_axis(x, cols, axis=1)  # noqa: E731
     segment_ids = take(rollout.segment_ids)
-    return dict(prefix=take(rollout.tokens), prefix_mask=segment_ids != segments.PAD,
-                segment_ids=segment_ids, forced=take(rollout.forced),
-                prefix_logprobs=take(rollout.logprobs), prefix_sampled=take(rollout.sampled),
-                start_phase=jnp.full(filled.shape[:1], segments.RESPONSE, jnp.int32),
-                think_count=rollout.think_length, think_truncated=rollout.think_truncated)
+    return dict(
+        prefix=take(rollout.tokens),
+        prefix_mask=segment_ids != segments.PAD,
+        segment_ids=segment_ids,
+        forced=take(rollout.forced),
+        prefix_logprobs=take(rollout.logprobs),
+        prefix_sampled=take(rollout.sampled),
+        start_phase=jnp.full(filled.shape[:1], segments.RESPONSE, jnp.int32),
+        think_count=rollout.think_length,
+        think_truncated=rollout.think_truncated,
+    )
 
 
-def _generate(model_config, params, arrays: dict, steps: int, config: SamplingConfig, rng,
-              special, mesh, rules, logits_processor, width, group: int = 1,
-              compact: Compaction | None = None):
+def _generate(
+    model_config,
+    params,
+    arrays: dict,
+    steps: int,
+    config: SamplingConfig,
+    rng,
+    special,
+    mesh,
+    rules,
+    logits_processor,
+    width,
+    group: int = 1,
+    compact: Compaction | None = None,
+):
     """Prefill + decode from device arrays of a prefix; the assembled rollout."""
     arrays = dict(arrays)
     batch, prefix_width = arrays["prefix"].shape
     cache_sharding = None
     ctx = contextlib.nullcontext()
     if mesh is not None:
-        cache_sharding = model_sharding.cache_shardings(model_config, mesh, batch,
-                                                        prefix_width + steps, rules)
+        cache_sharding = model_sharding.cache_shardings(
+            model_config, mesh, batch, prefix_width + steps, rules
+        )
         ctx = sharding.logical_constraint_context(mesh, rules)
     segment_ids, forced = arrays.pop("segment_ids"), arrays.pop("forced")
-    sampled_prefix = dict(prefix_logprobs=arrays.pop("prefix_logprobs", None),
-                          prefix_sampled=arrays.pop("prefix_sampled", None))
+    sampled_prefix = dict(
+        prefix_logprobs=arrays.pop("prefix_logprobs", None),
+        prefix_sampled=arrays.pop("prefix_sampled", None),
+    )
     with ctx:
-        state = core.prefill(model_config, params, rng=rng, sampling=config, tokens_=special,
-                             num_steps=steps, cache_sharding=cache_sharding, group=group,
-                             **arrays)
-        decode = functools.partial(core.decode, model_config, sampling=config, tokens_=special,
-                                   logits_processor=logits_processor)
+        state = core.prefill(
+            model_config,
+            params,
+            rng=rng,
+            sampling=config,
+            tokens_=special,
+            num_steps=steps,
+            cache_sharding=cache_sharding,
+            group=group,
+            **arrays,
+        )
+        decode = functools.partial(
+            core.decode,
+            model_config,
+            sampling=config,
+            tokens_=special,
+            logits_processor=logits_processor,
+        )
         if compact is None or batch <= compact.min_rows:
             state = decode(params, state)
         else:
-            state = _decode_compacting(decode, params, state, steps, compact, mesh, rules,
-                                       _cache_sharding_fn(model_config, mesh, rules,
-                                                          prefix_width + steps))
-    rollout = core.assemble(state, arrays["prefix"], segment_ids, forced,
-                            logprobs_of=config.logprobs_of, **sampled_prefix)
+            state = _decode_compacting(
+                decode,
+                params,
+                state,
+                steps,
+                compact,
+                mesh,
+                rules,
+                _cache_sharding_fn(model_config, mesh, rules, prefix_width + steps),
+            )
+    rollout = core.assemble(
+        state,
+        arrays["prefix"],
+        segment_ids,
+        forced,
+        logprobs_of=config.logprobs_of,
+        **sampled_prefix,
+    )
     if width is None:
         return rollout
     pad = width - rollout.tokens.shape[1]
@@ -307,15 +484,17 @@ def _cache_sharding_fn(model_config, mesh, rules, length: int):
     return lambda batch: model_sharding.cache_shardings(model_config, mesh, batch, length, rules)
 
 
-def _decode_compacting(decode, params, state, steps: int, compact: Compaction, mesh, rules,
-                       cache_sharding):
+def _decode_compacting(
+    decode, params, state, steps: int, compact: Compaction, mesh, rules, cache_sharding
+):
     """Decodes `compact.every` steps at a time, going on with the active rows alone in a
     smaller batch when they fit one (see `Compaction`); the outputs of every row."""
-    params = jax.jit(core.fused)(params)      # Stacked once for every chunk.
+    params = jax.jit(core.fused)(params)  # Stacked once for every chunk.
     mesh_rows = sharding.batch_shards(mesh, rules)
-    replicated = None if mesh is None else jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec())
-    levels = []                               # (outputs of the larger batch, rows kept).
+    replicated = (
+        None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    )
+    levels = []  # (outputs of the larger batch, rows kept).
     done = 0
     while done < steps:
         until = min(done + compact.every, steps)
@@ -323,13 +502,13 @@ def _decode_compacting(decode, params, state, steps: int, compact: Compaction, m
         step, phase = sharding.to_host((state.step, state.phase))
         active = np.flatnonzero(phase != segments.PAD)
         if int(step) < until or not len(active):
-            break                             # Every row has finished.
+            break  # Every row has finished.
         done = until
         rows = state.tokens.shape[0]
         size = _compact_size(len(active), rows, compact.min_rows, mesh_rows)
         if size == rows:
             continue
-        idle = np.flatnonzero(phase == segments.PAD)[:size - len(active)]
+        idle = np.flatnonzero(phase == segments.PAD)[: size - len(active)]
         keep = np.sort(np.concatenate([active, idle])).astype(np.int32)
         keep = sharding.host_to_global(keep, replicated)
         state, outputs = core.take_rows(state, keep, cache_sharding=cache_sharding(size))
@@ -343,8 +522,12 @@ def _compact_size(active: int, rows: int, min_rows: int, mesh_rows: int) -> int:
     """The smallest size 2^k or 3 * 2^k below `rows` that holds `active` rows, at least
     `min_rows` and a multiple of `mesh_rows`; `rows` when there is none."""
     need = max(active, min_rows)
-    sizes = [s for k in range(rows.bit_length()) for s in (1 << k, 3 << k)
-             if need <= s < rows and s % mesh_rows == 0]
+    sizes = [
+        s
+        for k in range(rows.bit_length())
+        for s in (1 << k, 3 << k)
+        if need <= s < rows and s % mesh_rows == 0
+    ]
     return min(sizes, default=rows)
 
 
@@ -352,10 +535,14 @@ def _compact_size(active: int, rows: int, min_rows: int, mesh_rows: int) -> int:
 def _left_pad(rollout: core.Rollout, pad: int) -> core.Rollout:
     """The rollout with `pad` PAD columns in front (token 0, segment PAD)."""
     cols = lambda x: jnp.pad(x, ((0, 0), (pad, 0)))  # noqa: E731
-    return rollout.replace(tokens=cols(rollout.tokens), segment_ids=cols(rollout.segment_ids),
-                           logprobs=cols(rollout.logprobs), forced=cols(rollout.forced),
-                           sampled=cols(rollout.sampled),
-                           prefix_length=rollout.prefix_length + pad)
+    return rollout.replace(
+        tokens=cols(rollout.tokens),
+        segment_ids=cols(rollout.segment_ids),
+        logprobs=cols(rollout.logprobs),
+        forced=cols(rollout.forced),
+        sampled=cols(rollout.sampled),
+        prefix_length=rollout.prefix_length + pad,
+    )
 
 
 def thinking_of(rollout: core.Rollout, end_think: int) -> tuple[list[list[int]], list[bool]]:
@@ -386,14 +573,20 @@ def decode_segments(tokenizer, rollout: core.Rollout) -> list[dict]:
     tags = {getattr(tokenizer, "think_id", None), getattr(tokenizer, "end_think_id", None)}
     rows = []
     for i, (row, seg) in enumerate(zip(tokens, segs)):
+
         def text(kind, skip=True, row=row, seg=seg):
             ids = [int(t) for t in row[seg == kind]]
             if kind == segments.THINK:
                 ids = [t for t in ids if t not in tags]
             return tokenizer.decode(ids, skip_special_tokens=skip)
-        rows.append(dict(
-            prompt=text(segments.PROMPT, skip=False), thinking=text(segments.THINK),
-            response=text(segments.RESPONSE),
-            think_truncated=bool(rollout.think_truncated[i]),
-            response_truncated=bool(rollout.response_truncated[i])))
+
+        rows.append(
+            dict(
+                prompt=text(segments.PROMPT, skip=False),
+                thinking=text(segments.THINK),
+                response=text(segments.RESPONSE),
+                think_truncated=bool(rollout.think_truncated[i]),
+                response_truncated=bool(rollout.response_truncated[i]),
+            )
+        )
     return rows

@@ -65,15 +65,15 @@ class SamplingConfig:
     the same number.
     """
 
-    temperature: float = 1.0    # Softmax temperature; 0 means greedy.
-    top_k: int = 0              # Keep the k most likely tokens; 0 keeps all.
-    top_p: float = 1.0          # Keep the smallest set with mass >= top_p.
-    think_budget: int = 64      # Thinking tokens allowed (tags excluded).
-    response_budget: int = 64   # Response tokens allowed (eos included).
+    temperature: float = 1.0  # Softmax temperature; 0 means greedy.
+    top_k: int = 0  # Keep the k most likely tokens; 0 keeps all.
+    top_p: float = 1.0  # Keep the smallest set with mass >= top_p.
+    think_budget: int = 64  # Thinking tokens allowed (tags excluded).
+    response_budget: int = 64  # Response tokens allowed (eos included).
     banned_tokens: tuple[int, ...] = ()  # Ids never drawn (stored sorted, unique).
-    min_response_tokens: int = 0         # Response tokens before eos may be drawn.
-    logprobs_of: str = "model"           # What Rollout.logprobs reports: see above.
-    ban_tags_in_response: bool = True    # No think tag drawn in a response.
+    min_response_tokens: int = 0  # Response tokens before eos may be drawn.
+    logprobs_of: str = "model"  # What Rollout.logprobs reports: see above.
+    ban_tags_in_response: bool = True  # No think tag drawn in a response.
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -83,25 +83,30 @@ class SamplingConfig:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.think_budget < 0 or self.response_budget < 0:
-            raise ValueError("segment budgets must be >= 0, got "
-                             f"think_budget={self.think_budget}, "
-                             f"response_budget={self.response_budget}")
+            raise ValueError(
+                "segment budgets must be >= 0, got "
+                f"think_budget={self.think_budget}, "
+                f"response_budget={self.response_budget}"
+            )
         object.__setattr__(self, "banned_tokens", _token_ids(self.banned_tokens))
         if not _is_int(self.min_response_tokens) or self.min_response_tokens < 0:
-            raise ValueError("min_response_tokens must be an integer >= 0, got "
-                             f"{self.min_response_tokens!r}")
+            raise ValueError(
+                f"min_response_tokens must be an integer >= 0, got {self.min_response_tokens!r}"
+            )
         # response_budget = 0 (thinking only) is how thinking-only runs are
         # derived from a full config, so a minimum is allowed to outlive it.
         if 0 < self.response_budget < self.min_response_tokens:
-            raise ValueError(f"min_response_tokens={self.min_response_tokens} exceeds "
-                             f"response_budget={self.response_budget}")
+            raise ValueError(
+                f"min_response_tokens={self.min_response_tokens} exceeds "
+                f"response_budget={self.response_budget}"
+            )
         if not isinstance(self.ban_tags_in_response, (bool, np.bool_)):
-            raise ValueError("ban_tags_in_response must be True or False, got "
-                             f"{self.ban_tags_in_response!r}")
+            raise ValueError(
+                f"ban_tags_in_response must be True or False, got {self.ban_tags_in_response!r}"
+            )
         object.__setattr__(self, "ban_tags_in_response", bool(self.ban_tags_in_response))
         if self.logprobs_of not in LOGPROBS_OF:
-            raise ValueError(f"logprobs_of must be one of {LOGPROBS_OF}, "
-                             f"got {self.logprobs_of!r}")
+            raise ValueError(f"logprobs_of must be one of {LOGPROBS_OF}, got {self.logprobs_of!r}")
 
     @property
     def greedy(self) -> bool:
@@ -116,8 +121,13 @@ class SamplingConfig:
         `ban_tags_in_response` is not counted: it is part of the model's
         distribution (see above).
         """
-        return (self.greedy or self.top_k > 0 or self.top_p < 1.0 or bool(self.banned_tokens)
-                or self.min_response_tokens > 0)
+        return (
+            self.greedy
+            or self.top_k > 0
+            or self.top_p < 1.0
+            or bool(self.banned_tokens)
+            or self.min_response_tokens > 0
+        )
 
     def replace(self, **kwargs) -> "SamplingConfig":
         return dataclasses.replace(self, **kwargs)
@@ -129,17 +139,19 @@ class SamplingConfig:
         """
         outside = [t for t in self.banned_tokens if t >= vocab_size]
         if outside:
-            raise ValueError(f"banned_tokens {outside} are outside the vocabulary of "
-                             f"{vocab_size} tokens")
+            raise ValueError(
+                f"banned_tokens {outside} are outside the vocabulary of {vocab_size} tokens"
+            )
         eos_ids = {int(t) for t in eos_ids}
         outside = sorted(t for t in eos_ids if not 0 <= t < vocab_size)
         if outside:
-            raise ValueError(f"eos ids {outside} are outside the vocabulary of "
-                             f"{vocab_size} tokens")
+            raise ValueError(f"eos ids {outside} are outside the vocabulary of {vocab_size} tokens")
         closed = set(self.banned_tokens) | (eos_ids if self.min_response_tokens else set())
         if len(closed) >= vocab_size:
-            raise ValueError(f"banned_tokens (with eos, when min_response_tokens > 0) cover all "
-                             f"{vocab_size} tokens of the vocabulary: nothing can be drawn")
+            raise ValueError(
+                f"banned_tokens (with eos, when min_response_tokens > 0) cover all "
+                f"{vocab_size} tokens of the vocabulary: nothing can be drawn"
+            )
 
 
 def _is_int(x) -> bool:
@@ -178,11 +190,11 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     if top_k == 0 and top_p >= 1.0:
         return logits
     k = vocab if top_k == 0 else min(top_k, vocab)
-    values, indices = jax.lax.top_k(logits, k)               # [B, k], descending.
+    values, indices = jax.lax.top_k(logits, k)  # [B, k], descending.
     keep = jnp.ones_like(values, bool)
     if top_p < 1.0:
         probs = jax.nn.softmax(values, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs     # Mass of better tokens.
+        mass_before = jnp.cumsum(probs, axis=-1) - probs  # Mass of better tokens.
         keep = mass_before < top_p
     kept = jnp.where(keep, values, NEG_INF)
     rows = jnp.arange(logits.shape[0])[:, None]
@@ -205,12 +217,12 @@ def inverse_cdf(probs: jax.Array, u: jax.Array, block: int = 128) -> jax.Array:
     b, v = probs.shape
     block = min(block, v)
     blocks = jnp.pad(probs, ((0, 0), (0, (-v) % block))).reshape(b, -1, block)
-    mass = blocks.sum(-1)                                          # [B, V/block]
+    mass = blocks.sum(-1)  # [B, V/block]
     cum = jnp.cumsum(mass, axis=-1)
     target = jnp.minimum(u * cum[:, -1], _below(cum[:, -1]))
-    i = jnp.sum(cum <= target[:, None], axis=-1)                   # First block past u.
+    i = jnp.sum(cum <= target[:, None], axis=-1)  # First block past u.
     rows = jnp.arange(b)
-    inner_cum = jnp.cumsum(blocks[rows, i], axis=-1)               # [B, block]
+    inner_cum = jnp.cumsum(blocks[rows, i], axis=-1)  # [B, block]
     rest = jnp.clip(target - (cum[rows, i] - mass[rows, i]), 0.0, _below(inner_cum[:, -1]))
     j = jnp.sum(inner_cum <= rest[:, None], axis=-1)
     return (i * block + j).astype(jnp.int32)
@@ -234,9 +246,14 @@ def ban_tags(logits: jax.Array, tags: Sequence[int], responding: jax.Array) -> j
     return logits.at[:, ids].set(jnp.where(responding[:, None], NEG_INF, logits[:, ids]))
 
 
-def constrain(logits: jax.Array, config: SamplingConfig, eos_ids: Sequence[int],
-              eos_blocked: jax.Array, tags: Sequence[int] = (),
-              responding: jax.Array | None = None) -> jax.Array:
+def constrain(
+    logits: jax.Array,
+    config: SamplingConfig,
+    eos_ids: Sequence[int],
+    eos_blocked: jax.Array,
+    tags: Sequence[int] = (),
+    responding: jax.Array | None = None,
+) -> jax.Array:
     """Applies the config's banned tokens, minimum length and tag ban to logits [B, V].
 
     `eos_ids` are the ids that end a row; `eos_blocked` [B] marks the
@@ -246,6 +263,7 @@ def constrain(logits: jax.Array, config: SamplingConfig, eos_ids: Sequence[int],
     `logits` itself when nothing is constrained (no extra pass over [B, V]
     in the decode loop).
     """
+
     def block(x, ids, rows):
         ids = jnp.asarray(ids, jnp.int32)
         return x.at[:, ids].set(jnp.where(rows[:, None], NEG_INF, x[:, ids]))
@@ -259,8 +277,9 @@ def constrain(logits: jax.Array, config: SamplingConfig, eos_ids: Sequence[int],
     return logits
 
 
-def draw(u: jax.Array, logits: jax.Array, config: SamplingConfig,
-         processed: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def draw(
+    u: jax.Array, logits: jax.Array, config: SamplingConfig, processed: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Draws one token per row from one uniform number per row.
 
     Sampling inverts the CDF of the filtered distribution with one uniform
@@ -288,14 +307,14 @@ def draw(u: jax.Array, logits: jax.Array, config: SamplingConfig,
     t = 1.0 if config.greedy else config.temperature
     scaled = logits.astype(jnp.float32) / t
     source = scaled if processed is None else processed.astype(jnp.float32) / t
-    lse = jax.nn.logsumexp(scaled, axis=-1)                      # [B]
+    lse = jax.nn.logsumexp(scaled, axis=-1)  # [B]
     if config.greedy:
         token = first_argmax(source)
-        drawn_logp = jnp.zeros(token.shape, jnp.float32)        # A point mass.
+        drawn_logp = jnp.zeros(token.shape, jnp.float32)  # A point mass.
     else:
         filtered = filter_logits(source, config.top_k, config.top_p)
         norm = lse if filtered is scaled else jax.nn.logsumexp(filtered, axis=-1)
-        probs = jnp.exp(filtered - norm[:, None])                # [B, V]; 0 if filtered.
+        probs = jnp.exp(filtered - norm[:, None])  # [B, V]; 0 if filtered.
         token = inverse_cdf(probs, u)
         drawn_logp = _take(filtered, token) - norm
     if config.logprobs_of == "sampled":
@@ -322,7 +341,10 @@ def step_uniforms(keys: jax.Array, num_steps: int) -> jax.Array:
     Drawn for all steps before the decode loop, so that no PRNG hashing runs
     inside it (on CPU each hash is a small loop of its own).
     """
+
     def row(key):
         return jax.vmap(lambda t: jax.random.uniform(jax.random.fold_in(key, t)))(
-            jnp.arange(num_steps))
+            jnp.arange(num_steps)
+        )
+
     return jax.vmap(row)(keys)

@@ -1,4 +1,4 @@
-"""The segmented sampler: prefill, then one `lax.while_loop` of decode steps.
+r"""The segmented sampler: prefill, then one `lax.while_loop` of decode steps.
 
 Each row is laid out as
 
@@ -86,10 +86,13 @@ class SpecialTokens:
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "SpecialTokens":
-        return cls(think=getattr(tokenizer, "think_id", None),
-                   end_think=getattr(tokenizer, "end_think_id", None),
-                   eos=tokenizer.eos_id, pad=tokenizer.pad_id,
-                   stop=tuple(getattr(tokenizer, "stop_ids", ())))
+        return cls(
+            think=getattr(tokenizer, "think_id", None),
+            end_think=getattr(tokenizer, "end_think_id", None),
+            eos=tokenizer.eos_id,
+            pad=tokenizer.pad_id,
+            stop=tuple(getattr(tokenizer, "stop_ids", ())),
+        )
 
 
 def is_eos(token: jax.Array, tok: SpecialTokens) -> jax.Array:
@@ -102,19 +105,19 @@ class DecodeState:
     """Carry of the decode loop (B rows, N decode columns)."""
 
     cache: transformer.KVCache
-    hidden: jax.Array          # [B, D] final-norm hidden state of each row's last token.
-    tokens: jax.Array          # [B, N] int32 decoded tokens; pad where none.
-    segment_ids: jax.Array     # [B, N] int32 segment of each decoded token.
-    logprobs: jax.Array        # [B, N] float32 log p_T(token); 0 if not sampled.
-    forced: jax.Array          # [B, N] bool: written by rule, not sampled.
-    phase: jax.Array           # [B] int32: THINK, RESPONSE or PAD (= done).
-    think_count: jax.Array     # [B] int32 thinking tokens so far (tags excluded).
+    hidden: jax.Array  # [B, D] final-norm hidden state of each row's last token.
+    tokens: jax.Array  # [B, N] int32 decoded tokens; pad where none.
+    segment_ids: jax.Array  # [B, N] int32 segment of each decoded token.
+    logprobs: jax.Array  # [B, N] float32 log p_T(token); 0 if not sampled.
+    forced: jax.Array  # [B, N] bool: written by rule, not sampled.
+    phase: jax.Array  # [B] int32: THINK, RESPONSE or PAD (= done).
+    think_count: jax.Array  # [B] int32 thinking tokens so far (tags excluded).
     response_count: jax.Array  # [B] int32 response tokens so far (eos included).
-    close_think: jax.Array     # [B] bool: next token is a forced </think> (eos seen).
-    think_truncated: jax.Array     # [B] bool: </think> was forced.
+    close_think: jax.Array  # [B] bool: next token is a forced </think> (eos seen).
+    think_truncated: jax.Array  # [B] bool: </think> was forced.
     response_truncated: jax.Array  # [B] bool: the response budget ran out.
-    uniforms: jax.Array        # [B, N] float32 in [0, 1): the draw of each row and step.
-    step: jax.Array            # [] int32 decode steps taken.
+    uniforms: jax.Array  # [B, N] float32 in [0, 1): the draw of each row and step.
+    step: jax.Array  # [] int32 decode steps taken.
 
 
 @flax.struct.dataclass
@@ -125,14 +128,14 @@ class Rollout:
     left-padded before the prompt and right-padded after their last token.
     """
 
-    tokens: jax.Array              # [B, L] int32.
-    segment_ids: jax.Array         # [B, L] int32 PAD/PROMPT/THINK/RESPONSE.
-    logprobs: jax.Array            # [B, L] float32 log-prob of sampled tokens (see logprobs_of).
-    forced: jax.Array              # [B, L] bool: tags and forced </think>.
-    sampled: jax.Array             # [B, L] bool: drawn from the policy here.
-    think_length: jax.Array        # [B] thinking tokens, tags excluded.
-    response_length: jax.Array     # [B] response tokens, eos included.
-    think_truncated: jax.Array     # [B] bool.
+    tokens: jax.Array  # [B, L] int32.
+    segment_ids: jax.Array  # [B, L] int32 PAD/PROMPT/THINK/RESPONSE.
+    logprobs: jax.Array  # [B, L] float32 log-prob of sampled tokens (see logprobs_of).
+    forced: jax.Array  # [B, L] bool: tags and forced </think>.
+    sampled: jax.Array  # [B, L] bool: drawn from the policy here.
+    think_length: jax.Array  # [B] thinking tokens, tags excluded.
+    response_length: jax.Array  # [B] response tokens, eos included.
+    think_truncated: jax.Array  # [B] bool.
     response_truncated: jax.Array  # [B] bool.
     prefix_length: int = flax.struct.field(pytree_node=False, default=0)
     # What `logprobs` holds (`SamplingConfig.logprobs_of`): "model" = log
@@ -149,24 +152,40 @@ class Rollout:
         return jnp.maximum(jnp.cumsum(self.attention_mask(), axis=-1) - 1, 0)
 
 
-def _prefill(model_config: ModelConfig, params, prefix, prefix_mask, cache_length,
-             cache_sharding):
+def _prefill(model_config: ModelConfig, params, prefix, prefix_mask, cache_length, cache_sharding):
     """Runs the prefix through the model; returns the cache and last hidden states."""
     batch = prefix.shape[0]
     cache = transformer.init_cache(model_config, batch, cache_length)
     if cache_sharding is not None:
         cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
-    out = transformer.apply(model_config, params, prefix, cache=cache,
-                            attention_mask=prefix_mask, heads=False)
+    out = transformer.apply(
+        model_config, params, prefix, cache=cache, attention_mask=prefix_mask, heads=False
+    )
     # Rows are left-padded, so the last column is every row's last token.
     return out.cache, out.hidden[:, -1]
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "model_config", "sampling", "tokens_", "num_steps", "cache_sharding", "group"))
-def prefill(model_config, params, prefix, prefix_mask, start_phase, think_count,
-            think_truncated, rng, row_ids, *, sampling: SamplingConfig, tokens_: SpecialTokens, num_steps: int,
-            cache_sharding=None, group: int = 1) -> DecodeState:
+@functools.partial(
+    jax.jit,
+    static_argnames=("model_config", "sampling", "tokens_", "num_steps", "cache_sharding", "group"),
+)
+def prefill(
+    model_config,
+    params,
+    prefix,
+    prefix_mask,
+    start_phase,
+    think_count,
+    think_truncated,
+    rng,
+    row_ids,
+    *,
+    sampling: SamplingConfig,
+    tokens_: SpecialTokens,
+    num_steps: int,
+    cache_sharding=None,
+    group: int = 1,
+) -> DecodeState:
     """Jitted prefill: builds the initial `DecodeState`.
 
     `group` > 1: rows come in consecutive groups of `group` identical prefixes
@@ -175,26 +194,39 @@ def prefill(model_config, params, prefix, prefix_mask, start_phase, think_count,
     """
     batch = prefix.shape[0]
     if group > 1:
-        cache, hidden = _prefill(model_config, params, prefix[::group], prefix_mask[::group],
-                                 prefix.shape[1] + num_steps, None)
+        cache, hidden = _prefill(
+            model_config,
+            params,
+            prefix[::group],
+            prefix_mask[::group],
+            prefix.shape[1] + num_steps,
+            None,
+        )
         cache, hidden = repeat_rows((cache, hidden), group)
         if cache_sharding is not None:
             cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
     else:
-        cache, hidden = _prefill(model_config, params, prefix, prefix_mask,
-                                 prefix.shape[1] + num_steps, cache_sharding)
+        cache, hidden = _prefill(
+            model_config, params, prefix, prefix_mask, prefix.shape[1] + num_steps, cache_sharding
+        )
     zeros = jnp.zeros((batch, num_steps), jnp.int32)
     false = jnp.zeros((batch,), bool)
     return DecodeState(
-        cache=cache, hidden=hidden,
+        cache=cache,
+        hidden=hidden,
         tokens=jnp.full((batch, num_steps), tokens_.pad, jnp.int32),
-        segment_ids=zeros, logprobs=jnp.zeros((batch, num_steps), jnp.float32),
+        segment_ids=zeros,
+        logprobs=jnp.zeros((batch, num_steps), jnp.float32),
         forced=jnp.zeros((batch, num_steps), bool),
-        phase=start_phase.astype(jnp.int32), think_count=think_count.astype(jnp.int32),
-        response_count=jnp.zeros((batch,), jnp.int32), close_think=false,
-        think_truncated=think_truncated.astype(bool), response_truncated=false,
+        phase=start_phase.astype(jnp.int32),
+        think_count=think_count.astype(jnp.int32),
+        response_count=jnp.zeros((batch,), jnp.int32),
+        close_think=false,
+        think_truncated=think_truncated.astype(bool),
+        response_truncated=false,
         uniforms=ops.step_uniforms(ops.row_keys(rng, row_ids), num_steps),
-        step=jnp.zeros((), jnp.int32))
+        step=jnp.zeros((), jnp.int32),
+    )
 
 
 def _advance(state: DecodeState, drawn, logp, sampling: SamplingConfig, tok: SpecialTokens):
@@ -228,21 +260,34 @@ def _advance(state: DecodeState, drawn, logp, sampling: SamplingConfig, tok: Spe
     phase = jnp.where(ends_think, after_think, state.phase)
     phase = jnp.where(eos | out_of_budget, segments.PAD, phase)
     fields = dict(
-        phase=phase, think_count=think_count, response_count=response_count,
+        phase=phase,
+        think_count=think_count,
+        response_count=response_count,
         close_think=close_think,
         think_truncated=state.think_truncated | force_close,
-        response_truncated=state.response_truncated | out_of_budget)
+        response_truncated=state.response_truncated | out_of_budget,
+    )
     return token, segment, logprob, force_close, active, fields
 
 
 LogitsProcessor = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "model_config", "sampling", "tokens_", "logits_processor"), donate_argnames=("state",))
-def decode(model_config, params, state: DecodeState, until=None, *, sampling: SamplingConfig,
-           tokens_: SpecialTokens, logits_processor: LogitsProcessor | None = None
-           ) -> DecodeState:
+@functools.partial(
+    jax.jit,
+    static_argnames=("model_config", "sampling", "tokens_", "logits_processor"),
+    donate_argnames=("state",),
+)
+def decode(
+    model_config,
+    params,
+    state: DecodeState,
+    until=None,
+    *,
+    sampling: SamplingConfig,
+    tokens_: SpecialTokens,
+    logits_processor: LogitsProcessor | None = None,
+) -> DecodeState:
     """Jitted decode loop; `state` (cache and buffers) is donated.
 
     The loop ends when every row is done, after the last column, or once
@@ -279,22 +324,39 @@ def decode(model_config, params, state: DecodeState, until=None, *, sampling: Sa
         processed = logits if logits_processor is None else logits_processor(logits, s.step)
         eos_blocked = responding & (s.response_count < sampling.min_response_tokens)
         # Banned again after a processor, which may have written the tags' logits.
-        processed = ops.constrain(processed, sampling, tokens_.eos_ids, eos_blocked,
-                                  tokens_.tags if logits_processor is not None else (),
-                                  responding)
-        drawn, logp = ops.draw(u, logits, sampling,
-                               None if processed is logits else processed)
+        processed = ops.constrain(
+            processed,
+            sampling,
+            tokens_.eos_ids,
+            eos_blocked,
+            tokens_.tags if logits_processor is not None else (),
+            responding,
+        )
+        drawn, logp = ops.draw(u, logits, sampling, None if processed is logits else processed)
         token, segment, logprob, forced, active, fields = _advance(
-            s, drawn, logp, sampling, tokens_)
+            s, drawn, logp, sampling, tokens_
+        )
         column = lambda buf, x: jax.lax.dynamic_update_slice(  # noqa: E731
-            buf, x[:, None].astype(buf.dtype), (0, s.step))
-        out = transformer.apply(model_config, params, token[:, None], cache=s.cache,
-                                attention_mask=active[:, None], heads=False)
+            buf, x[:, None].astype(buf.dtype), (0, s.step)
+        )
+        out = transformer.apply(
+            model_config,
+            params,
+            token[:, None],
+            cache=s.cache,
+            attention_mask=active[:, None],
+            heads=False,
+        )
         return s.replace(
-            cache=out.cache, hidden=out.hidden[:, 0],
-            tokens=column(s.tokens, token), segment_ids=column(s.segment_ids, segment),
-            logprobs=column(s.logprobs, logprob), forced=column(s.forced, forced),
-            step=s.step + 1, **fields)
+            cache=out.cache,
+            hidden=out.hidden[:, 0],
+            tokens=column(s.tokens, token),
+            segment_ids=column(s.segment_ids, segment),
+            logprobs=column(s.logprobs, logprob),
+            forced=column(s.forced, forced),
+            step=s.step + 1,
+            **fields,
+        )
 
     return jax.lax.while_loop(cond, body, state)
 
@@ -307,11 +369,16 @@ def fused(params):
 
 def repeat_rows(tree, group: int):
     """Each row of every array (batch axis 0; a `KVCache`'s own axes) repeated `group` times."""
+
     def rep(x):
         if isinstance(x, transformer.KVCache):
-            return x.replace(k=jnp.repeat(x.k, group, axis=1), v=jnp.repeat(x.v, group, axis=1),
-                             valid=jnp.repeat(x.valid, group, axis=0))
+            return x.replace(
+                k=jnp.repeat(x.k, group, axis=1),
+                v=jnp.repeat(x.v, group, axis=1),
+                valid=jnp.repeat(x.valid, group, axis=0),
+            )
         return jnp.repeat(x, group, axis=0)
+
     return jax.tree.map(rep, tree, is_leaf=lambda x: isinstance(x, transformer.KVCache))
 
 
@@ -334,20 +401,29 @@ class DecodeOutputs:
 
 
 @functools.partial(jax.jit, static_argnames=("cache_sharding",))
-def take_rows(state: DecodeState, rows: jax.Array, cache_sharding=None
-              ) -> tuple[DecodeState, DecodeOutputs]:
+def take_rows(
+    state: DecodeState, rows: jax.Array, cache_sharding=None
+) -> tuple[DecodeState, DecodeOutputs]:
     """The decode state of rows `rows` only (a smaller batch that goes on decoding,
     each row with its own cache, counters and draws), and the outputs of all rows."""
     outputs = DecodeOutputs.of(state)
     take = lambda x: jnp.take(x, rows, axis=0)  # noqa: E731
     cache = state.cache
-    cache = cache.replace(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1),
-                          valid=take(cache.valid))
+    cache = cache.replace(
+        k=jnp.take(cache.k, rows, axis=1),
+        v=jnp.take(cache.v, rows, axis=1),
+        valid=take(cache.valid),
+    )
     if cache_sharding is not None:
         cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
     small = state.replace(
-        cache=cache, **{f.name: take(getattr(state, f.name)) for f in dataclasses.fields(state)
-                        if f.name not in ("cache", "step")})
+        cache=cache,
+        **{
+            f.name: take(getattr(state, f.name))
+            for f in dataclasses.fields(state)
+            if f.name not in ("cache", "step")
+        },
+    )
     return small, outputs
 
 
@@ -359,8 +435,15 @@ def put_rows(outputs: DecodeOutputs, rows: jax.Array, part) -> DecodeOutputs:
 
 
 @functools.partial(jax.jit, static_argnames=("logprobs_of",))
-def assemble(state: DecodeState | DecodeOutputs, prefix, prefix_segments, prefix_forced,
-             logprobs_of: str = "model", prefix_logprobs=None, prefix_sampled=None) -> Rollout:
+def assemble(
+    state: DecodeState | DecodeOutputs,
+    prefix,
+    prefix_segments,
+    prefix_forced,
+    logprobs_of: str = "model",
+    prefix_logprobs=None,
+    prefix_sampled=None,
+) -> Rollout:
     """Joins the prefix and the decoded columns into a `Rollout`.
 
     A prefix that was itself sampled (the thinking a responder continues) may
@@ -377,30 +460,39 @@ def assemble(state: DecodeState | DecodeOutputs, prefix, prefix_segments, prefix
         logprobs=jnp.concatenate([prefix_logprobs, state.logprobs], axis=1),
         forced=jnp.concatenate([prefix_forced, state.forced], axis=1),
         sampled=jnp.concatenate(
-            [prefix_sampled, (state.segment_ids != segments.PAD) & ~state.forced], axis=1),
-        think_length=state.think_count, response_length=state.response_count,
-        think_truncated=state.think_truncated, response_truncated=state.response_truncated,
-        prefix_length=prefix.shape[1], logprobs_of=logprobs_of)
+            [prefix_sampled, (state.segment_ids != segments.PAD) & ~state.forced], axis=1
+        ),
+        think_length=state.think_count,
+        response_length=state.response_count,
+        think_truncated=state.think_truncated,
+        response_truncated=state.response_truncated,
+        prefix_length=prefix.shape[1],
+        logprobs_of=logprobs_of,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Prefix:
     """Host-built, left-padded prefixes of one batch."""
 
-    tokens: np.ndarray       # [B, P] int32.
-    mask: np.ndarray         # [B, P] bool.
+    tokens: np.ndarray  # [B, P] int32.
+    mask: np.ndarray  # [B, P] bool.
     segment_ids: np.ndarray  # [B, P] int32.
-    forced: np.ndarray       # [B, P] bool.
+    forced: np.ndarray  # [B, P] bool.
     start_phase: np.ndarray  # [B] int32 THINK or RESPONSE (or PAD: nothing to do).
     think_count: np.ndarray  # [B] int32 length of the given thinking.
     think_truncated: np.ndarray  # [B] bool: the given thinking was truncated.
 
 
-def build_prefix(prompts: Sequence[Sequence[int]], tok: SpecialTokens,
-                 thinking: Sequence[Sequence[int] | None] | None = None,
-                 thinking_truncated: Sequence[bool] | None = None,
-                 response_budget: int = 1, pad_multiple: int = 8,
-                 max_prefix: int | None = None) -> Prefix:
+def build_prefix(
+    prompts: Sequence[Sequence[int]],
+    tok: SpecialTokens,
+    thinking: Sequence[Sequence[int] | None] | None = None,
+    thinking_truncated: Sequence[bool] | None = None,
+    response_budget: int = 1,
+    pad_multiple: int = 8,
+    max_prefix: int | None = None,
+) -> Prefix:
     """Left-pads `prompt <think> [thinking </think>]` rows to a common width.
 
     `thinking[i]` is None for a row that thinks itself, else the thinking
@@ -409,15 +501,19 @@ def build_prefix(prompts: Sequence[Sequence[int]], tok: SpecialTokens,
     `thinking_truncated[i]`, so a trainer can leave it out of the loss.
     """
     if not tok.segmented:
-        raise ValueError("segmented sampling writes <think> tags: SpecialTokens needs think "
-                         "and end_think ids (sampling.generate continues bare prompts "
-                         "without them)")
+        raise ValueError(
+            "segmented sampling writes <think> tags: SpecialTokens needs think "
+            "and end_think ids (sampling.generate continues bare prompts "
+            "without them)"
+        )
     batch = len(prompts)
     thinking = [None] * batch if thinking is None else list(thinking)
     truncated = [False] * batch if thinking_truncated is None else list(thinking_truncated)
     if len(thinking) != batch or len(truncated) != batch:
-        raise ValueError(f"thinking/thinking_truncated have {len(thinking)}/{len(truncated)} "
-                         f"rows, prompts have {batch}")
+        raise ValueError(
+            f"thinking/thinking_truncated have {len(thinking)}/{len(truncated)} "
+            f"rows, prompts have {batch}"
+        )
     rows, segs, forced, phase, counts = [], [], [], [], []
     for i, prompt in enumerate(prompts):
         prompt = _prompt(i, prompt)
@@ -437,19 +533,42 @@ def build_prefix(prompts: Sequence[Sequence[int]], tok: SpecialTokens,
         rows.append(row)
         segs.append(seg)
         forced.append(frc)
-    return _pack(rows, segs, forced, phase, counts,
-                 [t is not None and bool(f) for t, f in zip(thinking, truncated)],
-                 tok.pad, pad_multiple, max_prefix, "prompt + thinking")
+    return _pack(
+        rows,
+        segs,
+        forced,
+        phase,
+        counts,
+        [t is not None and bool(f) for t, f in zip(thinking, truncated)],
+        tok.pad,
+        pad_multiple,
+        max_prefix,
+        "prompt + thinking",
+    )
 
 
-def build_plain_prefix(prompts: Sequence[Sequence[int]], pad: int, response_budget: int = 1,
-                       pad_multiple: int = 8, max_prefix: int | None = None) -> Prefix:
+def build_plain_prefix(
+    prompts: Sequence[Sequence[int]],
+    pad: int,
+    response_budget: int = 1,
+    pad_multiple: int = 8,
+    max_prefix: int | None = None,
+) -> Prefix:
     """Left-pads bare prompts (no tags): every row continues in RESPONSE."""
     rows = [_prompt(i, p) for i, p in enumerate(prompts)]
     start = segments.RESPONSE if response_budget > 0 else segments.PAD
-    return _pack(rows, [[segments.PROMPT] * len(r) for r in rows], [[False] * len(r) for r in rows],
-                 [start] * len(rows), [0] * len(rows), [False] * len(rows), pad, pad_multiple,
-                 max_prefix, "prompt")
+    return _pack(
+        rows,
+        [[segments.PROMPT] * len(r) for r in rows],
+        [[False] * len(r) for r in rows],
+        [start] * len(rows),
+        [0] * len(rows),
+        [False] * len(rows),
+        pad,
+        pad_multiple,
+        max_prefix,
+        "prompt",
+    )
 
 
 def _prompt(i: int, prompt: Sequence[int]) -> list[int]:
@@ -459,27 +578,41 @@ def _prompt(i: int, prompt: Sequence[int]) -> list[int]:
     return prompt
 
 
-def _pack(rows, segs, forced, phase, counts, truncated, pad: int, pad_multiple: int,
-          max_prefix: int | None, what: str) -> Prefix:
+def _pack(
+    rows,
+    segs,
+    forced,
+    phase,
+    counts,
+    truncated,
+    pad: int,
+    pad_multiple: int,
+    max_prefix: int | None,
+    what: str,
+) -> Prefix:
     """Left-pads host rows into a `Prefix` of a width that is a multiple of `pad_multiple`."""
     batch = len(rows)
     width = max(len(r) for r in rows)
     width = -(-width // pad_multiple) * pad_multiple
     if max_prefix is not None and width > max_prefix:
         longest = int(np.argmax([len(r) for r in rows]))
-        raise ValueError(f"row {longest}: {what} is {len(rows[longest])} tokens, "
-                         f"more than the context allows ({max_prefix})")
-    out = Prefix(tokens=np.full((batch, width), pad, np.int32),
-                 mask=np.zeros((batch, width), bool),
-                 segment_ids=np.zeros((batch, width), np.int32),
-                 forced=np.zeros((batch, width), bool),
-                 start_phase=np.asarray(phase, np.int32),
-                 think_count=np.asarray(counts, np.int32),
-                 think_truncated=np.asarray(truncated, bool))
+        raise ValueError(
+            f"row {longest}: {what} is {len(rows[longest])} tokens, "
+            f"more than the context allows ({max_prefix})"
+        )
+    out = Prefix(
+        tokens=np.full((batch, width), pad, np.int32),
+        mask=np.zeros((batch, width), bool),
+        segment_ids=np.zeros((batch, width), np.int32),
+        forced=np.zeros((batch, width), bool),
+        start_phase=np.asarray(phase, np.int32),
+        think_count=np.asarray(counts, np.int32),
+        think_truncated=np.asarray(truncated, bool),
+    )
     for i, (row, seg, frc) in enumerate(zip(rows, segs, forced)):
         n = len(row)
-        out.tokens[i, width - n:] = row
-        out.mask[i, width - n:] = True
-        out.segment_ids[i, width - n:] = seg
-        out.forced[i, width - n:] = frc
+        out.tokens[i, width - n :] = row
+        out.mask[i, width - n :] = True
+        out.segment_ids[i, width - n :] = seg
+        out.forced[i, width - n :] = frc
     return out

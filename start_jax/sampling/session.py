@@ -37,33 +37,70 @@ class Sampler:
     model_config: ModelConfig
     special: core.SpecialTokens
     mesh: jax.sharding.Mesh | None = None
-    rules: object = None                    # sharding.ShardingRules; None: the default table.
-    width: int | None = None                # Columns of every rollout (None: as needed).
-    max_length: int | None = None           # Context limit (None: the model's).
-    compact: api.Compaction | None = None   # Finished rows stop costing decode steps.
+    rules: object = None  # sharding.ShardingRules; None: the default table.
+    width: int | None = None  # Columns of every rollout (None: as needed).
+    max_length: int | None = None  # Context limit (None: the model's).
+    compact: api.Compaction | None = None  # Finished rows stop costing decode steps.
 
     def _placement(self, overrides: dict, width: bool = True) -> dict:
-        held = dict(mesh=self.mesh, rules=self.rules, max_length=self.max_length,
-                    compact=self.compact)
+        held = dict(
+            mesh=self.mesh, rules=self.rules, max_length=self.max_length, compact=self.compact
+        )
         if width:
             held["width"] = self.width
         return {**held, **overrides}
 
-    def sample(self, params, prompts: Sequence[Sequence[int]], config: SamplingConfig,
-               rng: jax.Array | int, **kwargs) -> core.Rollout:
+    def sample(
+        self,
+        params,
+        prompts: Sequence[Sequence[int]],
+        config: SamplingConfig,
+        rng: jax.Array | int,
+        **kwargs,
+    ) -> core.Rollout:
         """`sampling.sample` with this model, its special tokens and placement."""
-        return api.sample(self.model_config, params, prompts, config, rng, self.special,
-                          **self._placement(kwargs))
+        return api.sample(
+            self.model_config, params, prompts, config, rng, self.special, **self._placement(kwargs)
+        )
 
-    def respond(self, params, thinking: core.Rollout, config: SamplingConfig, rng: jax.Array,
-                *, row_ids: Sequence[int], **kwargs) -> core.Rollout:
+    def respond(
+        self,
+        params,
+        thinking: core.Rollout,
+        config: SamplingConfig,
+        rng: jax.Array,
+        *,
+        row_ids: Sequence[int],
+        **kwargs,
+    ) -> core.Rollout:
         """`sampling.respond`: `params` answer after a thinking-only rollout."""
-        return api.respond(self.model_config, params, thinking, config, rng, self.special,
-                           row_ids=row_ids, **self._placement(kwargs))
+        return api.respond(
+            self.model_config,
+            params,
+            thinking,
+            config,
+            rng,
+            self.special,
+            row_ids=row_ids,
+            **self._placement(kwargs),
+        )
 
-    def generate(self, params, prompts: Sequence[Sequence[int]], config: SamplingConfig,
-                 rng: jax.Array | int, **kwargs) -> core.Rollout:
+    def generate(
+        self,
+        params,
+        prompts: Sequence[Sequence[int]],
+        config: SamplingConfig,
+        rng: jax.Array | int,
+        **kwargs,
+    ) -> core.Rollout:
         """`sampling.generate` (no tags): stops at any of the special tokens' eos ids."""
-        return api.generate(self.model_config, params, prompts, config, rng,
-                            eos_id=self.special.eos_ids, pad_id=self.special.pad,
-                            **self._placement(kwargs))
+        return api.generate(
+            self.model_config,
+            params,
+            prompts,
+            config,
+            rng,
+            eos_id=self.special.eos_ids,
+            pad_id=self.special.pad,
+            **self._placement(kwargs),
+        )

@@ -42,7 +42,8 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_names=("state", "meta", "snapshot"))
+            item_names=("state", "meta", "snapshot"),
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -57,8 +58,9 @@ class Checkpointer:
         """The stage-start policy copy saved with checkpoint `step`, into `target`'s layout."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         try:
-            return self.manager.restore(step, args=ocp.args.Composite(
-                snapshot=ocp.args.StandardRestore(abstract)))["snapshot"]
+            return self.manager.restore(
+                step, args=ocp.args.Composite(snapshot=ocp.args.StandardRestore(abstract))
+            )["snapshot"]
         except (FileNotFoundError, KeyError, ValueError) as e:
             raise CheckpointMismatch(
                 f"checkpoint {self.directory}/{step} has no stage-start snapshot, which the "
@@ -87,30 +89,39 @@ class Checkpointer:
         """
         where = f"checkpoint {self.directory}/{step}"
         try:
-            meta = self.manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))["meta"]
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+                "meta"
+            ]
         except Exception as e:  # noqa: BLE001 - orbax and json raise many kinds.
-            raise DamagedCheckpoint(f"{where}: its metadata cannot be read "
-                                    f"({type(e).__name__}: {str(e)[:200]})") from None
+            raise DamagedCheckpoint(
+                f"{where}: its metadata cannot be read ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
         if not isinstance(meta, dict) or "data" not in meta:
             raise DamagedCheckpoint(f"{where}: its metadata has no data iterator position")
         saved = meta.get("model", {})
-        diffs = [f"{k}: checkpoint {saved.get(k)!r} != config {v!r}"
-                 for k, v in model_fields.items() if saved.get(k) != v]
+        diffs = [
+            f"{k}: checkpoint {saved.get(k)!r} != config {v!r}"
+            for k, v in model_fields.items()
+            if saved.get(k) != v
+        ]
         if diffs:
             raise CheckpointMismatch(
                 f"{where} was written for a different model ("
-                + "; ".join(diffs) + "); use another --workdir or the matching config")
+                + "; ".join(diffs)
+                + "); use another --workdir or the matching config"
+            )
         if critic is not None and meta.get("critic", critic) != critic:
             has = "has a critic" if meta["critic"] else "has no critic"
             raise CheckpointMismatch(
                 f"{where} {has} and this run's algo.advantage "
                 f"{'needs one' if critic else 'does not'}; resume with the algo.advantage that "
-                "wrote it, or train this one in another --workdir")
+                "wrote it, or train this one in another --workdir"
+            )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract)))["state"]
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )["state"]
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointMismatch(
                 f"{where}: its train state does not match this run's (another optimizer, a "
@@ -120,8 +131,7 @@ class Checkpointer:
             ) from None
         return restored, meta
 
-    def restore_latest(self, target_of, model_fields: dict, critic: bool | None,
-                       damaged_dir: str):
+    def restore_latest(self, target_of, model_fields: dict, critic: bool | None, damaged_dir: str):
         """(step, state, meta, target, set_aside) of the newest readable checkpoint.
 
         `target_of(step)` is the restore target of a step's checkpoint. A damaged
@@ -147,7 +157,8 @@ class Checkpointer:
         if damaged:
             raise DamagedCheckpoint(
                 "; ".join(m for _, m in damaged) + "; no readable checkpoint is left: move "
-                f"{self.directory} away to start again")
+                f"{self.directory} away to start again"
+            )
         return None, None, None, None, []
 
     def close(self) -> None:
@@ -157,7 +168,17 @@ class Checkpointer:
 
 def model_fields(model_config) -> dict:
     """The fields of a model config that fix parameter shapes, JSON-ready."""
-    keys = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_layers",
-            "num_heads", "num_kv_heads", "head_dim", "tie_embeddings", "param_dtype")
+    keys = (
+        "model_type",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "tie_embeddings",
+        "param_dtype",
+    )
     d = dataclasses.asdict(model_config)
     return {k: d[k] for k in keys}

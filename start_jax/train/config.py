@@ -17,7 +17,7 @@ from start_jax.models.config import ATTENTION_IMPLS, DTYPE_NAMES, SUPPORTED_MODE
 from start_jax.rl import losses, masks
 from start_jax.rl.advantages import ESTIMATORS, AdvantageConfig
 
-ADVANTAGES = tuple(sorted(ESTIMATORS))   # The built-in ones; validate reads the registry.
+ADVANTAGES = tuple(sorted(ESTIMATORS))  # The built-in ones; validate reads the registry.
 RESPONDERS = ("self", "frozen")
 THINKERS = ("self", "frozen")
 KL_REFERENCES = ("init", "stage_start")
@@ -25,173 +25,185 @@ KL_REFERENCES = ("init", "stage_start")
 _FREE_FORM = ("reward.kwargs", "stages", "prompt.template_kwargs")
 
 
-def stage(train_segments: str = "joint", responder: str = "self", steps: int = 10,
-          learning_rate: float = 1e-3, *, thinker: str = "self", kl_coef: float = -1.0,
-          kl_reference: str = "init", kl_scope: str = "", warmup_steps: int = -1,
-          carry_optimizer: bool = False) -> ml_collections.ConfigDict:
+def stage(
+    train_segments: str = "joint",
+    responder: str = "self",
+    steps: int = 10,
+    learning_rate: float = 1e-3,
+    *,
+    thinker: str = "self",
+    kl_coef: float = -1.0,
+    kl_reference: str = "init",
+    kl_scope: str = "",
+    warmup_steps: int = -1,
+    carry_optimizer: bool = False,
+) -> ml_collections.ConfigDict:
     """One stage of the schedule."""
-    return ml_collections.ConfigDict(dict(
+    return ml_collections.ConfigDict(
+        dict(
             train_segments=train_segments,  # joint | think | response.
-            responder=responder,            # self | frozen: who writes the response (frozen = the
-                                            # initial policy).
-            thinker=thinker,                # self | frozen: who writes the thinking (frozen = a
-                                            # snapshot of the policy at the stage's start; needs
-                                            # train_segments=response and responder=self).
-            steps=steps,                    # RL steps in this stage.
-            learning_rate=learning_rate,    # Peak learning rate of the stage.
-            warmup_steps=warmup_steps,      # Linear warmup of this stage; -1 = optim.warmup_steps.
+            responder=responder,  # self | frozen: who writes the response (frozen = the
+            # initial policy).
+            thinker=thinker,  # self | frozen: who writes the thinking (frozen = a
+            # snapshot of the policy at the stage's start; needs
+            # train_segments=response and responder=self).
+            steps=steps,  # RL steps in this stage.
+            learning_rate=learning_rate,  # Peak learning rate of the stage.
+            warmup_steps=warmup_steps,  # Linear warmup of this stage; -1 = optim.warmup_steps.
             carry_optimizer=carry_optimizer,  # Continue the previous stage's optimizer state
-                                            # (moments) instead of a fresh one.
-            kl_coef=kl_coef,                # KL to the reference in this stage; -1 = algo.kl_coef.
-            kl_reference=kl_reference,      # init | stage_start: the reference policy (the
-                                            # initial policy, or a snapshot at the stage's start).
-            kl_scope=kl_scope,              # '' = algo.kl_scope | mask | completion | think |
-                                            # response: the tokens that carry the KL.
-    ))
+            # (moments) instead of a fresh one.
+            kl_coef=kl_coef,  # KL to the reference in this stage; -1 = algo.kl_coef.
+            kl_reference=kl_reference,  # init | stage_start: the reference policy (the
+            # initial policy, or a snapshot at the stage's start).
+            kl_scope=kl_scope,  # '' = algo.kl_scope | mask | completion | think |
+            # response: the tokens that carry the KL.
+        )
+    )
 
 
 def default_config() -> ml_collections.ConfigDict:
     """Schema and defaults (the embedded START run)."""
     c = ml_collections.ConfigDict()
-    c.seed = 0                       # Seeds init, data order and sampling.
-    c.tokenizer = ""                 # "world" (the embedded world's), "char", or a tokenizer.json
-                                     # dir; '' = init_checkpoint's own tokenizer.json if it has
-                                     # one, else "world".
-    c.init_checkpoint = ""           # HF directory to start from; '' = random init + SFT.
+    c.seed = 0  # Seeds init, data order and sampling.
+    c.tokenizer = ""  # "world" (the embedded world's), "char", or a tokenizer.json
+    # dir; '' = init_checkpoint's own tokenizer.json if it has
+    # one, else "world".
+    c.init_checkpoint = ""  # HF directory to start from; '' = random init + SFT.
 
     # How task rows become prompt text (start_jax.data.prompts), and the thinking tags.
     c.prompt = ml_collections.ConfigDict()
-    c.prompt.chat_template = False   # Render rows with the tokenizer's chat template and its
-                                     # generation prompt (JSONL 'messages' rows need it).
-    c.prompt.system = ""             # System message for rows that have none ('' = none).
+    c.prompt.chat_template = False  # Render rows with the tokenizer's chat template and its
+    # generation prompt (JSONL 'messages' rows need it).
+    c.prompt.system = ""  # System message for rows that have none ('' = none).
     c.prompt.template_kwargs = ml_collections.ConfigDict(dict(enable_thinking=True))
-                                     # Chat template variables (free-form).
-    c.prompt.think_tag = "<think>"   # Opening thinking tag: a token of the tokenizer.
+    # Chat template variables (free-form).
+    c.prompt.think_tag = "<think>"  # Opening thinking tag: a token of the tokenizer.
     c.prompt.end_think_tag = "</think>"  # Closing thinking tag.
-    c.prompt.add_tags = False        # Add tags the tokenizer lacks as new tokens (the model
-                                     # needs embedding rows for them; cold-start SFT teaches them).
+    c.prompt.add_tags = False  # Add tags the tokenizer lacks as new tokens (the model
+    # needs embedding rows for them; cold-start SFT teaches them).
 
     c.model = ml_collections.ConfigDict()
-    c.model.model_type = "qwen3"     # llama, qwen2 or qwen3 (random init only).
-    c.model.hidden_size = 64         # Residual width.
+    c.model.model_type = "qwen3"  # llama, qwen2 or qwen3 (random init only).
+    c.model.hidden_size = 64  # Residual width.
     c.model.intermediate_size = 192  # SwiGLU width.
-    c.model.num_layers = 2           # Decoder blocks.
-    c.model.num_heads = 4            # Query heads.
-    c.model.num_kv_heads = 2         # Key/value heads.
-    c.model.head_dim = 16            # Head width.
+    c.model.num_layers = 2  # Decoder blocks.
+    c.model.num_heads = 4  # Query heads.
+    c.model.num_kv_heads = 2  # Key/value heads.
+    c.model.head_dim = 16  # Head width.
     c.model.max_position_embeddings = 128  # Context length.
-    c.model.dtype = "float32"        # Compute dtype.
+    c.model.dtype = "float32"  # Compute dtype.
     c.model.param_dtype = "float32"  # Parameter dtype.
-    c.model.remat = False            # Recompute blocks in the backward pass.
+    c.model.remat = False  # Recompute blocks in the backward pass.
     c.model.attention_impl = "auto"  # auto | xla | blockwise | cudnn | pallas (models.attention):
-                                     # auto = dense for short inputs, else by backend.
-    c.model.attention_block = 0      # Tile of 'blockwise' (queries and keys); 0 = by backend.
+    # auto = dense for short inputs, else by backend.
+    c.model.attention_block = 0  # Tile of 'blockwise' (queries and keys); 0 = by backend.
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = 1                  # Replicated data parallelism.
-    c.mesh.fsdp = -1                 # Sharded data parallelism; -1 = remaining devices.
-    c.mesh.tensor = 1                # Tensor parallelism.
+    c.mesh.data = 1  # Replicated data parallelism.
+    c.mesh.fsdp = -1  # Sharded data parallelism; -1 = remaining devices.
+    c.mesh.tensor = 1  # Tensor parallelism.
     c.mesh.replicate_uneven = False  # Replicate a dimension its mesh axes do not divide
-                                     # (False: that is an error naming the dimension).
+    # (False: that is an error naming the dimension).
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"      # 'synthetic' or 'jsonl'.
-    c.data.name = "facts"            # Synthetic config: arith | facts | mixed.
-    c.data.train_path = ""           # JSONL train file (source='jsonl').
-    c.data.test_path = ""            # JSONL test file (source='jsonl').
-    c.data.data_dir = ""             # tfds data_dir; '' = <workdir>/data.
-    c.data.prompts_per_step = 16     # Distinct prompts per RL step.
-    c.data.max_prompt_tokens = 32    # Longer prompts are an error (world prompts: <= 14).
+    c.data.source = "synthetic"  # 'synthetic' or 'jsonl'.
+    c.data.name = "facts"  # Synthetic config: arith | facts | mixed.
+    c.data.train_path = ""  # JSONL train file (source='jsonl').
+    c.data.test_path = ""  # JSONL test file (source='jsonl').
+    c.data.data_dir = ""  # tfds data_dir; '' = <workdir>/data.
+    c.data.prompts_per_step = 16  # Distinct prompts per RL step.
+    c.data.max_prompt_tokens = 32  # Longer prompts are an error (world prompts: <= 14).
 
     c.sft = ml_collections.ConfigDict()
-    c.sft.steps = 4000               # Cold-start SFT steps (random init, or from_checkpoint).
-    c.sft.from_checkpoint = False    # True: an init_checkpoint gets the cold-start SFT too, on
-                                     # the JSONL's thinking/response traces (set steps and a
-                                     # learning_rate fit for a trained model, e.g. 1e-5); tags
-                                     # added by prompt.add_tags get embedding rows (the mean
-                                     # row). Trained once, cached in <workdir>/init_policy.
-    c.sft.batch_size = 32            # Sequences per SFT step.
-    c.sft.learning_rate = 3e-3       # SFT peak learning rate.
+    c.sft.steps = 4000  # Cold-start SFT steps (random init, or from_checkpoint).
+    c.sft.from_checkpoint = False  # True: an init_checkpoint gets the cold-start SFT too, on
+    # the JSONL's thinking/response traces (set steps and a
+    # learning_rate fit for a trained model, e.g. 1e-5); tags
+    # added by prompt.add_tags get embedding rows (the mean
+    # row). Trained once, cached in <workdir>/init_policy.
+    c.sft.batch_size = 32  # Sequences per SFT step.
+    c.sft.learning_rate = 3e-3  # SFT peak learning rate.
     # Behaviour mixture of the synthetic SFT traces (start_jax.data.behaviours):
     # thinking complete : sloppy : guess (relative weights), and the styled rate.
-    c.sft.mixture = ml_collections.ConfigDict(dict(complete=0.5, sloppy=0.25, guess=0.25,
-                                                   styled=0.25))
-    c.sft.examples = 20000           # Train examples the traces are drawn from (at most).
-    c.sft.draws = 1                  # Traces drawn per example.
+    c.sft.mixture = ml_collections.ConfigDict(
+        dict(complete=0.5, sloppy=0.25, guess=0.25, styled=0.25)
+    )
+    c.sft.examples = 20000  # Train examples the traces are drawn from (at most).
+    c.sft.draws = 1  # Traces drawn per example.
 
     c.sampling = ml_collections.ConfigDict()
-    c.sampling.temperature = 1.0     # Rollout temperature.
-    c.sampling.top_k = 0             # 0 = off.
-    c.sampling.top_p = 1.0           # 1 = off.
-    c.sampling.think_budget = 16     # Thinking tokens before </think> is forced.
-    c.sampling.response_budget = 8   # Response tokens, eos included.
+    c.sampling.temperature = 1.0  # Rollout temperature.
+    c.sampling.top_k = 0  # 0 = off.
+    c.sampling.top_p = 1.0  # 1 = off.
+    c.sampling.think_budget = 16  # Thinking tokens before </think> is forced.
+    c.sampling.response_budget = 8  # Response tokens, eos included.
     c.sampling.ban_tags_in_response = True  # Never draw a think tag in the response; the
-                                     # update's log-probabilities apply the same ban.
-    c.sampling.dtype = ""            # Compute dtype of the sampler; '' = model.dtype
-                                     # ('bfloat16' samples in bf16 for a float32 trainer).
-    c.sampling.compact_every = 8     # Every N decode steps, rows that finished stop costing
-                                     # steps (sampling.Compaction); 0 = decode every row to the end.
+    # update's log-probabilities apply the same ban.
+    c.sampling.dtype = ""  # Compute dtype of the sampler; '' = model.dtype
+    # ('bfloat16' samples in bf16 for a float32 trainer).
+    c.sampling.compact_every = 8  # Every N decode steps, rows that finished stop costing
+    # steps (sampling.Compaction); 0 = decode every row to the end.
     c.sampling.compact_min_rows = 8  # Smallest batch compaction makes.
 
     c.reward = ml_collections.ConfigDict()
-    c.reward.name = "synthetic"      # A registered reward (start_jax.rewards).
+    c.reward.name = "synthetic"  # A registered reward (start_jax.rewards).
     c.reward.kwargs = ml_collections.ConfigDict()  # Passed to the reward factory.
 
     c.algo = ml_collections.ConfigDict()
-    c.algo.advantage = "grpo"        # A registered estimator (start_jax.rl.advantages).
-    c.algo.group_size = 8            # Completions per prompt.
+    c.algo.advantage = "grpo"  # A registered estimator (start_jax.rl.advantages).
+    c.algo.group_size = 8  # Completions per prompt.
     # The estimators' own options, each with its default and meaning in
     # AdvantageConfig (start_jax/rl/advantages.py): grpo_scale ('std', or 'none' for
     # Dr.GRPO), group_baseline (REINFORCE++), gamma and lam (GAE), ...
     for name, default in AdvantageConfig.options().items():
         c.algo[name] = default
-    c.algo.policy_loss = "ppo"       # ppo | dual_clip | gspo.
-    c.algo.clip_low = 0.2            # PPO lower clip.
-    c.algo.clip_high = 0.28          # PPO upper clip (DAPO clip-higher).
-    c.algo.dual_clip = 3.0           # Dual-clip constant.
+    c.algo.policy_loss = "ppo"  # ppo | dual_clip | gspo.
+    c.algo.clip_low = 0.2  # PPO lower clip.
+    c.algo.clip_high = 0.28  # PPO upper clip (DAPO clip-higher).
+    c.algo.dual_clip = 3.0  # Dual-clip constant.
     c.algo.aggregation = "token-mean"  # Loss aggregation mode.
-    c.algo.kl_coef = 0.0             # KL to the reference policy.
-    c.algo.kl_estimator = "k3"       # k1 | k2 | k3.
-    c.algo.kl_scope = "mask"         # mask | completion | think | response (masks.KL_SCOPES).
-    c.algo.entropy_coef = 0.0        # Entropy bonus.
-    c.algo.tis_cap = 0.0             # Truncated importance sampling of sampler/trainer
-                                     # mismatch: weight min(p_train/p_sampler, cap); 0 = off.
-    c.algo.ppo_epochs = 1            # mu: passes over each rollout batch.
-    c.algo.minibatches = 1           # Optimizer updates per pass.
-    c.algo.micro_batches = 1         # Gradient accumulation slices.
-    c.algo.length_groups = 2         # With one minibatch: rows sorted by length in this many
-                                     # groups, each trained on the columns it fills (1 = off).
-    c.algo.value_clip = 0.2          # Critic value clipping.
-    c.algo.value_coef = 0.5          # Critic loss weight.
+    c.algo.kl_coef = 0.0  # KL to the reference policy.
+    c.algo.kl_estimator = "k3"  # k1 | k2 | k3.
+    c.algo.kl_scope = "mask"  # mask | completion | think | response (masks.KL_SCOPES).
+    c.algo.entropy_coef = 0.0  # Entropy bonus.
+    c.algo.tis_cap = 0.0  # Truncated importance sampling of sampler/trainer
+    # mismatch: weight min(p_train/p_sampler, cap); 0 = off.
+    c.algo.ppo_epochs = 1  # mu: passes over each rollout batch.
+    c.algo.minibatches = 1  # Optimizer updates per pass.
+    c.algo.micro_batches = 1  # Gradient accumulation slices.
+    c.algo.length_groups = 2  # With one minibatch: rows sorted by length in this many
+    # groups, each trained on the columns it fills (1 = off).
+    c.algo.value_clip = 0.2  # Critic value clipping.
+    c.algo.value_coef = 0.5  # Critic loss weight.
     c.algo.critic_learning_rate = 1e-3  # Critic learning rate.
-    for name, default in losses.LossConfig.options().items():   # A loss option added in
-        if name not in c.algo:                                   # rl/losses.py, default there.
+    for name, default in losses.LossConfig.options().items():  # A loss option added in
+        if name not in c.algo:  # rl/losses.py, default there.
             c.algo[name] = default
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.warmup_steps = 0         # Linear warmup (optimizer updates) at the start of each
-                                     # stage (stages.*.warmup_steps overrides it per stage).
-    c.optim.weight_decay = 0.0       # AdamW weight decay.
-    c.optim.max_grad_norm = 1.0      # Global-norm clipping.
+    c.optim.warmup_steps = 0  # Linear warmup (optimizer updates) at the start of each
+    # stage (stages.*.warmup_steps overrides it per stage).
+    c.optim.weight_decay = 0.0  # AdamW weight decay.
+    c.optim.max_grad_norm = 1.0  # Global-norm clipping.
 
-    c.schedule = "start"             # Name of the stage schedule (for logs).
+    c.schedule = "start"  # Name of the stage schedule (for logs).
     c.stages = ml_collections.ConfigDict()  # Run in natural key order (s2 before s10).
     c.stages.s1 = stage("think", "self", steps=24, learning_rate=1e-3)
     c.stages.s2 = stage("response", "self", steps=12, learning_rate=1e-3)
 
     c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 5           # Save every N RL steps.
-    c.checkpoint.keep = 2            # Checkpoints kept.
-    c.checkpoint.export_hf = True    # Write the final policy as a HF directory.
+    c.checkpoint.every = 5  # Save every N RL steps.
+    c.checkpoint.keep = 2  # Checkpoints kept.
+    c.checkpoint.export_hf = True  # Write the final policy as a HF directory.
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.every = 10                # Evaluate every N RL steps (and at the end).
-    c.eval.prompts = 32              # Test prompts per evaluation.
+    c.eval.every = 10  # Evaluate every N RL steps (and at the end).
+    c.eval.prompts = 32  # Test prompts per evaluation.
 
     c.log = ml_collections.ConfigDict()
-    c.log.samples_every = 5          # Write decoded rollouts every N steps.
-    c.log.samples = 4                # Rollouts written each time.
-    c.log.progress = True            # Show a progress bar.
+    c.log.samples_every = 5  # Write decoded rollouts every N steps.
+    c.log.samples = 4  # Rollouts written each time.
+    c.log.progress = True  # Show a progress bar.
     return c
 
 
@@ -199,14 +211,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError (a ValueError) for unknown keys or values, naming the full key."""
     _check_keys(config, default_config(), "")
     for key, value, allowed in (
-            ("algo.advantage", config.algo.advantage, tuple(sorted(ESTIMATORS))),
-            ("algo.policy_loss", config.algo.policy_loss, losses.POLICY_LOSSES),
-            ("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS),
-            ("algo.kl_estimator", config.algo.kl_estimator, losses.KL_ESTIMATORS),
-            ("algo.kl_scope", config.algo.kl_scope, masks.KL_SCOPES),
-            ("data.source", config.data.source, ("synthetic", "jsonl")),
-            ("sampling.dtype", config.sampling.dtype, ("", "float32", "bfloat16")),
-            ("model.attention_impl", config.model.attention_impl, ATTENTION_IMPLS)):
+        ("algo.advantage", config.algo.advantage, tuple(sorted(ESTIMATORS))),
+        ("algo.policy_loss", config.algo.policy_loss, losses.POLICY_LOSSES),
+        ("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS),
+        ("algo.kl_estimator", config.algo.kl_estimator, losses.KL_ESTIMATORS),
+        ("algo.kl_scope", config.algo.kl_scope, masks.KL_SCOPES),
+        ("data.source", config.data.source, ("synthetic", "jsonl")),
+        ("sampling.dtype", config.sampling.dtype, ("", "float32", "bfloat16")),
+        ("model.attention_impl", config.model.attention_impl, ATTENTION_IMPLS),
+    ):
         if value not in allowed:
             raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")
     tis = config.algo.tis_cap
@@ -218,37 +231,47 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(g, int) or g < 1:
         raise ConfigError(f"config: algo.group_size={g!r} must be an integer >= 1")
     if AdvantageConfig.from_section(config.algo).needs_groups and g < 2:
-        raise ConfigError(f"config: algo.group_size=1 with algo.advantage={config.algo.advantage!r} "
-                         "makes every advantage 0 (a group baseline needs >= 2 completions); "
-                         "use group_size >= 2 or a batch baseline")
+        raise ConfigError(
+            f"config: algo.group_size=1 with algo.advantage={config.algo.advantage!r} "
+            "makes every advantage 0 (a group baseline needs >= 2 completions); "
+            "use group_size >= 2 or a batch baseline"
+        )
     if not isinstance(config.data.prompts_per_step, int) or config.data.prompts_per_step < 1:
-        raise ConfigError(f"config: data.prompts_per_step={config.data.prompts_per_step!r} must be "
-                         "an integer >= 1")
+        raise ConfigError(
+            f"config: data.prompts_per_step={config.data.prompts_per_step!r} must be "
+            "an integer >= 1"
+        )
     _check_numbers(config)
     for name in stage_names(config):
         st = config.stages[name]
         _check_keys(st, stage(), f"stages.{name}.")
         if st.train_segments not in masks.TRAIN_SEGMENTS:
-            raise ConfigError(f"config: stages.{name}.train_segments={st.train_segments!r} is not one "
-                                              f"of {sorted(masks.TRAIN_SEGMENTS)}")
+            raise ConfigError(
+                f"config: stages.{name}.train_segments={st.train_segments!r} is not one "
+                f"of {sorted(masks.TRAIN_SEGMENTS)}"
+            )
         if st.responder not in RESPONDERS:
-            raise ConfigError(f"config: stages.{name}.responder={st.responder!r} is not one of "
-                                              f"{list(RESPONDERS)}")
+            raise ConfigError(
+                f"config: stages.{name}.responder={st.responder!r} is not one of {list(RESPONDERS)}"
+            )
         if not isinstance(st.steps, int) or st.steps < 0:
             raise ConfigError(f"config: stages.{name}.steps={st.steps!r} must be an integer >= 0")
         lr = st.learning_rate
         if not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-            raise ConfigError(f"config: stages.{name}.learning_rate={lr!r} must be a finite "
-                             "number > 0")
+            raise ConfigError(
+                f"config: stages.{name}.learning_rate={lr!r} must be a finite number > 0"
+            )
         _check_stage_design(config, name, st, first=name == stage_names(config)[0])
         if config.sampling.think_budget == 0 and st.steps and st.train_segments == "think":
             raise ConfigError(
                 f"config: stages.{name}.train_segments='think' with sampling.think_budget=0: "
-                "the stage has no thinking tokens to train; raise sampling.think_budget")
+                "the stage has no thinking tokens to train; raise sampling.think_budget"
+            )
     if not any(config.stages[n].steps for n in stage_names(config)):
         raise ConfigError(
             "config: every stage has steps=0, so the run would train nothing after the cold "
-            f"start; give a stage steps >= 1 (--config.stages.{stage_names(config)[0]}.steps=N)")
+            f"start; give a stage steps >= 1 (--config.stages.{stage_names(config)[0]}.steps=N)"
+        )
 
 
 def _integer(value, low: int) -> bool:
@@ -258,32 +281,42 @@ def _integer(value, low: int) -> bool:
 def _check_numbers(config) -> None:
     """Counts, sizes and dtypes outside the stages, each against its range."""
     for key, low, what in (
-            ("checkpoint.every", 1, "(save every N RL steps)"),
-            ("checkpoint.keep", 1, "(checkpoints kept)"),
-            ("eval.every", 0, "(0 evaluates only at the end)"),
-            ("eval.prompts", 1, "(test prompts per evaluation)"),
-            ("log.samples_every", 0, "(0 writes no samples)"),
-            ("log.samples", 0, ""),
-            ("data.max_prompt_tokens", 1, ""),
-            ("sampling.think_budget", 0, ""),
-            ("sampling.response_budget", 1, "(eos included)"),
-            ("sft.steps", 0, ""),
-            ("model.hidden_size", 1, ""), ("model.intermediate_size", 1, ""),
-            ("model.num_layers", 1, ""), ("model.num_heads", 1, ""),
-            ("model.num_kv_heads", 1, ""), ("model.head_dim", 1, ""),
-            ("model.max_position_embeddings", 1, "")):
+        ("checkpoint.every", 1, "(save every N RL steps)"),
+        ("checkpoint.keep", 1, "(checkpoints kept)"),
+        ("eval.every", 0, "(0 evaluates only at the end)"),
+        ("eval.prompts", 1, "(test prompts per evaluation)"),
+        ("log.samples_every", 0, "(0 writes no samples)"),
+        ("log.samples", 0, ""),
+        ("data.max_prompt_tokens", 1, ""),
+        ("sampling.think_budget", 0, ""),
+        ("sampling.response_budget", 1, "(eos included)"),
+        ("sft.steps", 0, ""),
+        ("model.hidden_size", 1, ""),
+        ("model.intermediate_size", 1, ""),
+        ("model.num_layers", 1, ""),
+        ("model.num_heads", 1, ""),
+        ("model.num_kv_heads", 1, ""),
+        ("model.head_dim", 1, ""),
+        ("model.max_position_embeddings", 1, ""),
+    ):
         group, field = key.split(".")
         value = config[group][field]
         if not _integer(value, low):
-            raise ConfigError(f"config: {key}={value!r} must be an integer >= {low} {what}".rstrip())
+            raise ConfigError(
+                f"config: {key}={value!r} must be an integer >= {low} {what}".rstrip()
+            )
     m = config.model
     if m.num_heads % m.num_kv_heads:
-        raise ConfigError(f"config: model.num_heads={m.num_heads} must be a multiple of "
-                          f"model.num_kv_heads={m.num_kv_heads} (each key/value head serves a "
-                          "group of query heads)")
-    for key, value, allowed in (("model.model_type", m.model_type, SUPPORTED_MODEL_TYPES),
-                                ("model.dtype", m.dtype, DTYPE_NAMES),
-                                ("model.param_dtype", m.param_dtype, DTYPE_NAMES)):
+        raise ConfigError(
+            f"config: model.num_heads={m.num_heads} must be a multiple of "
+            f"model.num_kv_heads={m.num_kv_heads} (each key/value head serves a "
+            "group of query heads)"
+        )
+    for key, value, allowed in (
+        ("model.model_type", m.model_type, SUPPORTED_MODEL_TYPES),
+        ("model.dtype", m.dtype, DTYPE_NAMES),
+        ("model.param_dtype", m.param_dtype, DTYPE_NAMES),
+    ):
         if value not in allowed:
             raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")
 
@@ -291,38 +324,48 @@ def _check_numbers(config) -> None:
 def _check_stage_design(config, name: str, st, first: bool) -> None:
     """The stage's thinker, KL anchor, warmup and optimizer options, and their combinations."""
     key = f"config: stages.{name}."
-    for field, value, allowed in (("thinker", st.thinker, THINKERS),
-                                  ("kl_reference", st.kl_reference, KL_REFERENCES),
-                                  ("kl_scope", st.kl_scope, ("",) + masks.KL_SCOPES)):
+    for field, value, allowed in (
+        ("thinker", st.thinker, THINKERS),
+        ("kl_reference", st.kl_reference, KL_REFERENCES),
+        ("kl_scope", st.kl_scope, ("",) + masks.KL_SCOPES),
+    ):
         if value not in allowed:
             raise ConfigError(f"{key}{field}={value!r} is not one of {list(allowed)}")
     if st.thinker == "frozen" and (st.train_segments != "response" or st.responder != "self"):
         raise ConfigError(
             f"{key}thinker='frozen' samples the thinking from a snapshot, so the stage can train "
             f"only the response: set stages.{name}.train_segments='response' and "
-            f"stages.{name}.responder='self' (now {st.train_segments!r}, {st.responder!r})")
+            f"stages.{name}.responder='self' (now {st.train_segments!r}, {st.responder!r})"
+        )
     kl = st.kl_coef
     if not isinstance(kl, (int, float)) or not (kl == -1 or 0 <= kl < float("inf")):
         raise ConfigError(f"{key}kl_coef={kl!r} must be -1 (algo.kl_coef) or a finite number >= 0")
     coef = config.algo.kl_coef if kl == -1 else kl
     if st.kl_reference == "stage_start" and not coef:
-        raise ConfigError(f"{key}kl_reference='stage_start' needs a KL coefficient: set "
-                          f"stages.{name}.kl_coef (or algo.kl_coef) > 0")
+        raise ConfigError(
+            f"{key}kl_reference='stage_start' needs a KL coefficient: set "
+            f"stages.{name}.kl_coef (or algo.kl_coef) > 0"
+        )
     w = st.warmup_steps
     if not isinstance(w, int) or isinstance(w, bool) or w < -1:
-        raise ConfigError(f"{key}warmup_steps={w!r} must be -1 (optim.warmup_steps) or an "
-                          "integer >= 0")
+        raise ConfigError(
+            f"{key}warmup_steps={w!r} must be -1 (optim.warmup_steps) or an integer >= 0"
+        )
     if not isinstance(st.carry_optimizer, bool):
         raise ConfigError(f"{key}carry_optimizer={st.carry_optimizer!r} must be True or False")
     if st.carry_optimizer and first:
-        raise ConfigError(f"{key}carry_optimizer=True: the first stage has no previous "
-                          "optimizer state to carry; set it on a later stage")
+        raise ConfigError(
+            f"{key}carry_optimizer=True: the first stage has no previous "
+            "optimizer state to carry; set it on a later stage"
+        )
 
 
 def stage_names(config) -> list[str]:
     """Stage names in run order: natural order, so ``s2`` runs before ``s10``."""
-    return sorted(config.stages.keys(),
-                  key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
+    return sorted(
+        config.stages.keys(),
+        key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)],
+    )
 
 
 def _check_keys(config, schema, prefix: str) -> None:
@@ -335,5 +378,6 @@ def _check_keys(config, schema, prefix: str) -> None:
             where = f"under '{prefix[:-1]}'" if prefix else "at the top level"
             raise ConfigError(f"config: unknown key '{full}' (known keys {where}: {known})")
         if isinstance(config[key], ml_collections.ConfigDict) and isinstance(
-                schema[key], ml_collections.ConfigDict):
+            schema[key], ml_collections.ConfigDict
+        ):
             _check_keys(config[key], schema[key], full + ".")

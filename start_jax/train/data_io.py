@@ -12,8 +12,12 @@ from start_jax.errors import ConfigError, DataError
 from start_jax.train.spec import DataSpec
 
 
-def datasets(data: DataSpec, workdir: str, tokenizer=None,
-             fmt: PromptFormat = PromptFormat()):
+def datasets(
+    data: DataSpec,
+    workdir: str,
+    tokenizer=None,
+    fmt: PromptFormat = PromptFormat(),  # noqa: B008  (frozen: one shared default is safe)
+):
     """(train, test) sources of example dicts, prompts rendered by `fmt`
     (`start_jax.data.prompts`; with a chat template `tokenizer` renders them)."""
     data_dir = data.data_dir or os.path.join(workdir, "data")
@@ -23,9 +27,12 @@ def datasets(data: DataSpec, workdir: str, tokenizer=None,
         if not data.train_path:
             raise ConfigError("config: data.source='jsonl' needs data.train_path")
         load = lambda split: pipeline.load_jsonl(  # noqa: E731
-            data.train_path, data.test_path or data.train_path, data_dir, split)
-    return tuple(prompts.RenderedSource(pipeline.TaskSource(load(split)), tokenizer, fmt)
-                 for split in ("train", "test"))
+            data.train_path, data.test_path or data.train_path, data_dir, split
+        )
+    return tuple(
+        prompts.RenderedSource(pipeline.TaskSource(load(split)), tokenizer, fmt)
+        for split in ("train", "test")
+    )
 
 
 class PromptEncoder:
@@ -45,7 +52,8 @@ class PromptEncoder:
                 if len(ids) > self.max_tokens:
                     raise DataError(
                         f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
-                        f"{self.max_tokens}: {e['prompt'][:60]!r}")
+                        f"{self.max_tokens}: {e['prompt'][:60]!r}"
+                    )
                 self._ids[e["prompt"]] = ids
             out.append(ids)
         return out

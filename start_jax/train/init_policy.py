@@ -34,16 +34,26 @@ def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
     m = spec.model
     if not spec.cold_start:
         check_vocab(spec, tokenizer)
-        return load_pretrained(spec.init_checkpoint, dtype=m.param_dtype, compute_dtype=m.dtype,
-                               mesh=mesh, **m.runtime())
+        return load_pretrained(
+            spec.init_checkpoint,
+            dtype=m.param_dtype,
+            compute_dtype=m.dtype,
+            mesh=mesh,
+            **m.runtime(),
+        )
     path = os.path.join(workdir, "init_policy")
     # With several processes, all train the cold start together (its steps are global
     # programs on the mesh) when process 0 finds none; process 0 writes it.
     if not sharding.primary_value(np.bool_(os.path.isfile(os.path.join(path, "config.json")))):
         if spec.init_checkpoint:
             model_config, params = load_pretrained(
-                spec.init_checkpoint, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh,
-                vocab_size=tokenizer.vocab_size, **m.runtime())
+                spec.init_checkpoint,
+                dtype=m.param_dtype,
+                compute_dtype=m.dtype,
+                mesh=mesh,
+                vocab_size=tokenizer.vocab_size,
+                **m.runtime(),
+            )
         else:
             model_config = model_config_of(spec, tokenizer)
             params = models.init_sharded(model_config, jax.random.key(spec.seed), mesh)
@@ -51,9 +61,16 @@ def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
             n = min(len(train_data), spec.sft.examples)
             examples = [train_data[i] for i in range(n)]
             params, losses = sft.train_sft(
-                model_config, params, tokenizer, sft_traces(spec, examples), spec.sft.steps,
-                spec.sft.batch_size, spec.sft.learning_rate, seed=spec.seed,
-                progress=spec.log.progress and jax.process_index() == 0)
+                model_config,
+                params,
+                tokenizer,
+                sft_traces(spec, examples),
+                spec.sft.steps,
+                spec.sft.batch_size,
+                spec.sft.learning_rate,
+                seed=spec.seed,
+                progress=spec.log.progress and jax.process_index() == 0,
+            )
             logging.info("cold-start SFT: final losses %s", np.round(losses, 3))
         params = sharding.to_host(params)
         if jax.process_index() == 0:
@@ -62,9 +79,10 @@ def initial_policy(spec: RunSpec, workdir: str, tokenizer, mesh, train_data):
         if not os.path.isfile(os.path.join(path, "config.json")):
             _write(path, model_config, params, spec)  # A workdir process 0 does not share.
     _check_cached(path, spec, tokenizer)
-    model_config, params = load_pretrained(path, dtype=m.param_dtype, compute_dtype=m.dtype,
-                                           mesh=mesh, **m.runtime())
-    if spec.init_checkpoint:   # The context is the checkpoint's, as without SFT.
+    model_config, params = load_pretrained(
+        path, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh, **m.runtime()
+    )
+    if spec.init_checkpoint:  # The context is the checkpoint's, as without SFT.
         return model_config, params
     return model_config.replace(max_position_embeddings=m.max_position_embeddings), params
 
@@ -74,11 +92,13 @@ def check_vocab(spec: RunSpec, tokenizer) -> None:
     size = read_config(spec.init_checkpoint).vocab_size
     if size < tokenizer.vocab_size:
         added = " (with the think tags prompt.add_tags added)" if spec.tags[2] else ""
-        raise ConfigError(f"{spec.init_checkpoint}: vocab_size {size} is smaller than the "
-                          f"tokenizer's {tokenizer.vocab_size}{added}; set "
-                          "sft.from_checkpoint=True to add rows for the new tokens and teach "
-                          "them by cold-start SFT, or name tags the tokenizer has with "
-                          "prompt.think_tag and prompt.end_think_tag")
+        raise ConfigError(
+            f"{spec.init_checkpoint}: vocab_size {size} is smaller than the "
+            f"tokenizer's {tokenizer.vocab_size}{added}; set "
+            "sft.from_checkpoint=True to add rows for the new tokens and teach "
+            "them by cold-start SFT, or name tags the tokenizer has with "
+            "prompt.think_tag and prompt.end_think_tag"
+        )
 
 
 def _write(path: str, model_config, params, spec: RunSpec) -> None:
@@ -93,25 +113,44 @@ def _write(path: str, model_config, params, spec: RunSpec) -> None:
 
 def model_config_of(spec: RunSpec, tokenizer) -> models.ModelConfig:
     """The model a random-init run trains, from `spec.model` and the tokenizer."""
-    fields = {k: v for k, v in vars(spec.model).items()
-              if k not in ("remat", "attention_impl", "attention_block")}
-    return models.ModelConfig(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_id,
-                              pad_token_id=tokenizer.pad_id, **fields, **spec.model.runtime())
+    fields = {
+        k: v
+        for k, v in vars(spec.model).items()
+        if k not in ("remat", "attention_impl", "attention_block")
+    }
+    return models.ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+        **fields,
+        **spec.model.runtime(),
+    )
 
 
 def sft_traces(spec: RunSpec, examples) -> list[dict]:
     """Cold-start traces: the behaviour mixture on synthetic data, gold traces on JSONL."""
-    if spec.data.source != "synthetic":   # A JSONL 'response' field, else the reference.
-        return [{**e, "response": e["metadata"].get("response")
-                 or world.golden_response(world.Example.from_row(e))} for e in examples]
-    return behaviours.mixture_traces(examples, spec.sft.mixture, seed=spec.seed,
-                                     draws=spec.sft.draws)
+    if spec.data.source != "synthetic":  # A JSONL 'response' field, else the reference.
+        return [
+            {
+                **e,
+                "response": e["metadata"].get("response")
+                or world.golden_response(world.Example.from_row(e)),
+            }
+            for e in examples
+        ]
+    return behaviours.mixture_traces(
+        examples, spec.sft.mixture, seed=spec.seed, draws=spec.sft.draws
+    )
 
 
 def sft_fields(spec: RunSpec) -> dict:
     """What the cold start depends on beyond the model shape."""
-    fields = {"tokenizer": spec.tokenizer, "data": [spec.data.source, spec.data.name],
-              "seed": spec.seed, **spec.sft.record()}
+    fields = {
+        "tokenizer": spec.tokenizer,
+        "data": [spec.data.source, spec.data.name],
+        "seed": spec.seed,
+        **spec.sft.record(),
+    }
     if spec.init_checkpoint:
         fields["init_checkpoint"] = os.path.abspath(spec.init_checkpoint)
     return fields
@@ -126,19 +165,29 @@ def _check_cached(path: str, spec: RunSpec, tokenizer) -> None:
         want = json.loads(json.dumps(sft_fields(spec), sort_keys=True))
         diffs = [f"{k}: {made.get(k)!r} != {v!r}" for k, v in want.items() if made.get(k) != v]
         if diffs:
-            raise ConfigError(f"{path} was made by another cold start ({'; '.join(diffs)}); "
-                              "use another --workdir or the matching config")
+            raise ConfigError(
+                f"{path} was made by another cold start ({'; '.join(diffs)}); "
+                "use another --workdir or the matching config"
+            )
     cached = read_config(path)
     m = spec.model
     if spec.init_checkpoint:
         m = read_config(spec.init_checkpoint)
-    want = dict(model_type=m.model_type, hidden_size=m.hidden_size,
-                intermediate_size=m.intermediate_size, num_layers=m.num_layers,
-                num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
-                vocab_size=max(tokenizer.vocab_size,
-                               m.vocab_size if spec.init_checkpoint else 0))
-    diffs = [f"{k}: {getattr(cached, k)!r} != {v!r}" for k, v in want.items()
-             if getattr(cached, k) != v]
+    want = dict(
+        model_type=m.model_type,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        head_dim=m.head_dim,
+        vocab_size=max(tokenizer.vocab_size, m.vocab_size if spec.init_checkpoint else 0),
+    )
+    diffs = [
+        f"{k}: {getattr(cached, k)!r} != {v!r}" for k, v in want.items() if getattr(cached, k) != v
+    ]
     if diffs:
-        raise ConfigError(f"{path} was made for a different model ({'; '.join(diffs)}); "
-                          "use another --workdir or the matching config")
+        raise ConfigError(
+            f"{path} was made for a different model ({'; '.join(diffs)}); "
+            "use another --workdir or the matching config"
+        )

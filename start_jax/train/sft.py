@@ -21,16 +21,30 @@ from start_jax.models.config import ModelConfig
 from start_jax.rl import logprobs, masks
 
 
-def encode_traces(tokenizer, prompts: Sequence[str], thinking: Sequence[str],
-                  responses: Sequence[str], length: int | None = None):
+def encode_traces(
+    tokenizer,
+    prompts: Sequence[str],
+    thinking: Sequence[str],
+    responses: Sequence[str],
+    length: int | None = None,
+):
     """Right-padded token and segment arrays [N, L] for full traces, plus `forced`."""
     rows, segs = [], []
     for p, t, r in zip(prompts, thinking, responses):
         p_ids, t_ids, r_ids = tokenizer.encode(p), tokenizer.encode(t), tokenizer.encode(r)
-        rows.append(p_ids + [tokenizer.think_id] + t_ids + [tokenizer.end_think_id]
-                    + r_ids + [tokenizer.eos_id])
-        segs.append([segments.PROMPT] * len(p_ids) + [segments.THINK] * (len(t_ids) + 2)
-                    + [segments.RESPONSE] * (len(r_ids) + 1))
+        rows.append(
+            p_ids
+            + [tokenizer.think_id]
+            + t_ids
+            + [tokenizer.end_think_id]
+            + r_ids
+            + [tokenizer.eos_id]
+        )
+        segs.append(
+            [segments.PROMPT] * len(p_ids)
+            + [segments.THINK] * (len(t_ids) + 2)
+            + [segments.RESPONSE] * (len(r_ids) + 1)
+        )
     width = max(len(r) for r in rows) if length is None else length
     if max(len(r) for r in rows) > width:
         raise ValueError(f"a trace has {max(len(r) for r in rows)} tokens, more than {width}")
@@ -38,8 +52,8 @@ def encode_traces(tokenizer, prompts: Sequence[str], thinking: Sequence[str],
     seg = np.zeros((len(rows), width), np.int32)
     forced = np.zeros((len(rows), width), bool)
     for i, (row, s) in enumerate(zip(rows, segs)):
-        tokens[i, :len(row)] = row
-        seg[i, :len(s)] = s
+        tokens[i, : len(row)] = row
+        seg[i, : len(s)] = s
         forced[i, s.index(segments.THINK)] = True  # The <think> tag is given.
     return tokens, seg, forced
 
@@ -62,9 +76,19 @@ def _step(params, opt_state, tokens, seg, forced, *, config, tx, layout=None):
     return (*state, loss)
 
 
-def train_sft(config: ModelConfig, params, tokenizer, examples: Sequence[dict], steps: int,
-              batch_size: int, learning_rate: float, seed: int = 0, progress: bool = True,
-              response_fn=None, snapshots: Sequence[int] = ()):
+def train_sft(
+    config: ModelConfig,
+    params,
+    tokenizer,
+    examples: Sequence[dict],
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int = 0,
+    progress: bool = True,
+    response_fn=None,
+    snapshots: Sequence[int] = (),
+):
     """Runs `steps` SFT updates on thinking traces; returns (params, last losses).
 
     `examples` are dicts with 'prompt', 'thinking' and 'response' (the target
@@ -77,12 +101,18 @@ def train_sft(config: ModelConfig, params, tokenizer, examples: Sequence[dict], 
         raise ValueError(f"snapshots {snapshots} must lie in 1..steps={steps}")
     saved = {}
     responses = [response_fn(e) if response_fn else e["response"] for e in examples]
-    tokens, seg, forced = encode_traces(tokenizer, [e["prompt"] for e in examples],
-                                        [e["thinking"] for e in examples], responses)
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(optax.warmup_cosine_decay_schedule(
-                         0.0, learning_rate, max(steps // 10, 1), max(steps, 2)),
-                         weight_decay=0.0))
+    tokens, seg, forced = encode_traces(
+        tokenizer, [e["prompt"] for e in examples], [e["thinking"] for e in examples], responses
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(
+            optax.warmup_cosine_decay_schedule(
+                0.0, learning_rate, max(steps // 10, 1), max(steps, 2)
+            ),
+            weight_decay=0.0,
+        ),
+    )
     # Copied and initialised by jit with the parameters' shardings (the moments
     # take them too), as the step returns them: the step compiles once.
     # (The copy's shardings are in the form jit returns, which the step's outputs take.)
@@ -90,11 +120,12 @@ def train_sft(config: ModelConfig, params, tokenizer, examples: Sequence[dict], 
     param_sh = jax.tree.map(lambda x: x.sharding, params)
     first = jax.tree.leaves(param_sh)[0]
     layout = None
-    if isinstance(first, jax.sharding.NamedSharding):     # On a mesh.
-        opt_sh = sharding.like_trees(jax.eval_shape(tx.init, params),
-                                     [(jax.tree.structure(params), param_sh)],
-                                     jax.sharding.NamedSharding(first.mesh,
-                                                                jax.sharding.PartitionSpec()))
+    if isinstance(first, jax.sharding.NamedSharding):  # On a mesh.
+        opt_sh = sharding.like_trees(
+            jax.eval_shape(tx.init, params),
+            [(jax.tree.structure(params), param_sh)],
+            jax.sharding.NamedSharding(first.mesh, jax.sharding.PartitionSpec()),
+        )
         opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
         leaves, treedef = jax.tree.flatten((param_sh, opt_sh))
         layout = (tuple(leaves), treedef)
@@ -105,8 +136,16 @@ def train_sft(config: ModelConfig, params, tokenizer, examples: Sequence[dict], 
     bar = tqdm.trange(steps, desc="sft", disable=not progress, leave=False)
     for _ in bar:
         idx = rs.randint(0, len(tokens), size=batch_size)
-        params, opt_state, loss = _step(params, opt_state, tokens[idx], seg[idx], forced[idx],
-                                        config=config, tx=tx, layout=layout)
+        params, opt_state, loss = _step(
+            params,
+            opt_state,
+            tokens[idx],
+            seg[idx],
+            forced[idx],
+            config=config,
+            tx=tx,
+            layout=layout,
+        )
         losses.append(loss)
         if len(losses) in snapshots:
             saved[len(losses)] = jax.tree.map(jnp.copy, params)

@@ -33,17 +33,17 @@ from start_jax.train.config import stage_names, validate
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
     name: str
-    train_segments: str   # joint | think | response.
-    responder: str        # self | frozen (the initial policy).
+    train_segments: str  # joint | think | response.
+    responder: str  # self | frozen (the initial policy).
     steps: int
     learning_rate: float
-    start: int            # Global step at which the stage begins.
-    thinker: str = "self"           # self | frozen (a snapshot of the policy at `start`).
-    kl_coef: float = 0.0            # KL to the reference (resolved: algo.kl_coef when unset).
-    kl_reference: str = "init"      # init | stage_start.
-    kl_scope: str = "mask"          # Tokens that carry the KL (rl.masks.KL_SCOPES).
-    warmup_steps: int = 0           # Linear warmup of the stage (optimizer updates).
-    carry_optimizer: bool = False   # Continue the previous stage's optimizer state.
+    start: int  # Global step at which the stage begins.
+    thinker: str = "self"  # self | frozen (a snapshot of the policy at `start`).
+    kl_coef: float = 0.0  # KL to the reference (resolved: algo.kl_coef when unset).
+    kl_reference: str = "init"  # init | stage_start.
+    kl_scope: str = "mask"  # Tokens that carry the KL (rl.masks.KL_SCOPES).
+    warmup_steps: int = 0  # Linear warmup of the stage (optimizer updates).
+    carry_optimizer: bool = False  # Continue the previous stage's optimizer state.
 
     @property
     def end(self) -> int:
@@ -53,13 +53,16 @@ class StageSpec:
     def needs_snapshot(self) -> bool:
         """The stage reads a copy of the policy taken at its start (a frozen thinker or a
         stage-start KL reference); checkpoints inside the stage carry it."""
-        return self.thinker == "frozen" or (bool(self.kl_coef)
-                                            and self.kl_reference == "stage_start")
+        return self.thinker == "frozen" or (
+            bool(self.kl_coef) and self.kl_reference == "stage_start"
+        )
 
     def train_config(self, train: TrainConfig) -> TrainConfig:
         """The run's update settings with this stage's KL coefficient and scope."""
-        return dataclasses.replace(train, loss=dataclasses.replace(
-            train.loss, kl_coef=self.kl_coef, kl_scope=self.kl_scope))
+        return dataclasses.replace(
+            train,
+            loss=dataclasses.replace(train.loss, kl_coef=self.kl_coef, kl_scope=self.kl_scope),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,13 +86,17 @@ class ModelSpec:
     def runtime(self) -> dict:
         """`ModelConfig` fields that change how the model runs, not what it is."""
         block = self.attention_block or None
-        return dict(remat=self.remat, attention_impl=self.attention_impl,
-                    attention_block_q=block, attention_block_k=block)
+        return dict(
+            remat=self.remat,
+            attention_impl=self.attention_impl,
+            attention_block_q=block,
+            attention_block_k=block,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    source: str            # synthetic | jsonl.
+    source: str  # synthetic | jsonl.
     name: str
     train_path: str
     test_path: str
@@ -106,13 +113,18 @@ class SftSpec:
     mixture: Mixture
     examples: int
     draws: int
-    from_checkpoint: bool = False   # Cold-start SFT for an init_checkpoint too.
+    from_checkpoint: bool = False  # Cold-start SFT for an init_checkpoint too.
 
     def record(self) -> dict:
         """JSON-ready fields (the cold-start record of a cached initial policy)."""
-        return {"steps": self.steps, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "mixture": dataclasses.asdict(self.mixture),
-                "examples": self.examples, "draws": self.draws}
+        return {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "mixture": dataclasses.asdict(self.mixture),
+            "examples": self.examples,
+            "draws": self.draws,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +175,12 @@ class RunSpec:
     checkpoint: CheckpointSpec
     eval: EvalSpec
     log: LogSpec
-    prompt: PromptFormat = PromptFormat()   # How rows become prompt text.
+    prompt: PromptFormat = PromptFormat()  # How rows become prompt text.
     tags: tuple[str, str, bool] = ("<think>", "</think>", False)  # Think tags, add if missing.
-    replicate_uneven: bool = False   # Replicate dimensions the mesh does not divide.
-    sampling_dtype: str = ""         # Compute dtype of the sampler ('' = the model's).
-    compaction: Compaction | None = None   # Finished rows stop costing decode steps.
-    config_json: str = "{}"   # The ConfigDict the spec was built from (checkpoint metadata).
+    replicate_uneven: bool = False  # Replicate dimensions the mesh does not divide.
+    sampling_dtype: str = ""  # Compute dtype of the sampler ('' = the model's).
+    compaction: Compaction | None = None  # Finished rows stop costing decode steps.
+    config_json: str = "{}"  # The ConfigDict the spec was built from (checkpoint metadata).
 
     @property
     def total_steps(self) -> int:
@@ -203,14 +215,16 @@ class RunSpec:
         """The run's tokenizer, with its think tags (added when `tags` says so)."""
         think, end_think, add = self.tags
         try:
-            return world.load_tokenizer(self.tokenizer, think_token=think,
-                                        end_think_token=end_think, add_missing_tags=add)
+            return world.load_tokenizer(
+                self.tokenizer, think_token=think, end_think_token=end_think, add_missing_tags=add
+            )
         except MissingTag as e:
             field = "think_tag" if e.token == think else "end_think_tag"
             raise ConfigError(
                 f"tokenizer {e.file} has no token {e.token!r} (prompt.{field}); name a token "
                 f"it has with --config.prompt.{field}=..., or add the tags with "
-                "--config.prompt.add_tags=True (the added tags' embeddings start untrained)") from None
+                "--config.prompt.add_tags=True (the added tags' embeddings start untrained)"
+            ) from None
 
     def make_reward(self):
         return rewards.make(self.reward_name, **dict(self.reward_kwargs))
@@ -223,20 +237,31 @@ class RunSpec:
         stages, start = [], 0
         for name in stage_names(c):
             st = c.stages[name]
-            stages.append(StageSpec(
-                name, st.train_segments, st.responder, int(st.steps), float(st.learning_rate),
-                start, thinker=st.thinker,
-                kl_coef=float(c.algo.kl_coef if st.kl_coef == -1 else st.kl_coef),
-                kl_reference=st.kl_reference, kl_scope=st.kl_scope or c.algo.kl_scope,
-                warmup_steps=int(c.optim.warmup_steps if st.warmup_steps == -1
-                                 else st.warmup_steps),
-                carry_optimizer=bool(st.carry_optimizer)))
+            stages.append(
+                StageSpec(
+                    name,
+                    st.train_segments,
+                    st.responder,
+                    int(st.steps),
+                    float(st.learning_rate),
+                    start,
+                    thinker=st.thinker,
+                    kl_coef=float(c.algo.kl_coef if st.kl_coef == -1 else st.kl_coef),
+                    kl_reference=st.kl_reference,
+                    kl_scope=st.kl_scope or c.algo.kl_scope,
+                    warmup_steps=int(
+                        c.optim.warmup_steps if st.warmup_steps == -1 else st.warmup_steps
+                    ),
+                    carry_optimizer=bool(st.carry_optimizer),
+                )
+            )
             start += int(st.steps)
         if c.data.source != "synthetic" and c.reward.name in synthetic.JUDGES:
             others = sorted(set(rewards.registered()) - set(synthetic.JUDGES))
             raise ConfigError(
                 f"config: reward.name={c.reward.name!r} judges only the embedded world's tasks, "
-                f"but data.source={c.data.source!r}; set --config.reward.name to one of {others}")
+                f"but data.source={c.data.source!r}; set --config.reward.name to one of {others}"
+            )
         rewards.check(c.reward.name, **c.reward.kwargs.to_dict())
         try:
             mixture = Mixture(**c.sft.mixture.to_dict())
@@ -244,77 +269,124 @@ class RunSpec:
             raise ConfigError(f"config: sft.{e}") from None
         try:
             sampling = SamplingConfig(
-                temperature=c.sampling.temperature, top_k=c.sampling.top_k,
-                top_p=c.sampling.top_p, think_budget=c.sampling.think_budget,
+                temperature=c.sampling.temperature,
+                top_k=c.sampling.top_k,
+                top_p=c.sampling.top_p,
+                think_budget=c.sampling.think_budget,
                 response_budget=c.sampling.response_budget,
-                ban_tags_in_response=c.sampling.ban_tags_in_response)
+                ban_tags_in_response=c.sampling.ban_tags_in_response,
+            )
         except ValueError as e:
             raise ConfigError(f"config: sampling.{e}") from None
         compaction = None
         if c.sampling.compact_every:
             try:
-                compaction = Compaction(int(c.sampling.compact_every),
-                                        int(c.sampling.compact_min_rows))
+                compaction = Compaction(
+                    int(c.sampling.compact_every), int(c.sampling.compact_min_rows)
+                )
             except ValueError:
-                raise ConfigError(f"config: sampling.compact_every={c.sampling.compact_every!r} "
-                                  f"and sampling.compact_min_rows={c.sampling.compact_min_rows!r} "
-                                  "must be >= 1 (compact_every=0 turns compaction off)") from None
+                raise ConfigError(
+                    f"config: sampling.compact_every={c.sampling.compact_every!r} "
+                    f"and sampling.compact_min_rows={c.sampling.compact_min_rows!r} "
+                    "must be >= 1 (compact_every=0 turns compaction off)"
+                ) from None
         a = c.algo
         loss = LossConfig.from_section(
-            a, norm_length=sampling.think_budget + sampling.response_budget + 1,
-            temperature=sampling.temperature if sampling.temperature > 0 else 1.0,  # Greedy rollouts
-            tis_cap=float(a.tis_cap))                       # report log-probs at T = 1.
+            a,
+            norm_length=sampling.think_budget + sampling.response_budget + 1,
+            temperature=sampling.temperature
+            if sampling.temperature > 0
+            else 1.0,  # Greedy rollouts
+            tis_cap=float(a.tis_cap),
+        )  # report log-probs at T = 1.
         advantage = AdvantageConfig.from_section(a)
         # Rollouts are right-aligned in `width` columns and the decoded part is the last
         # think_budget + 1 + response_budget of them (a frozen responder's too), so the columns
         # before it hold only prompt and padding: the update's vocabulary head skips them.
         width = rollout_width(c.data.max_prompt_tokens, sampling)
         if not c.init_checkpoint:
-            check_context(width, c.data.max_prompt_tokens, sampling,
-                          c.model.max_position_embeddings, "model.max_position_embeddings")
+            check_context(
+                width,
+                c.data.max_prompt_tokens,
+                sampling,
+                c.model.max_position_embeddings,
+                "model.max_position_embeddings",
+            )
         if not isinstance(a.length_groups, int) or a.length_groups < 1:
-            raise ConfigError(f"config: algo.length_groups={a.length_groups!r} must be an "
-                              "integer >= 1 (1 trains every row on every column)")
-        train = TrainConfig(loss=loss, ppo_epochs=a.ppo_epochs, minibatches=a.minibatches,
-                            micro_batches=a.micro_batches, use_critic=advantage.needs_critic,
-                            logprob_start=width - num_decode_steps(sampling, True),
-                            length_groups=a.length_groups if a.minibatches == 1 else 1)
+            raise ConfigError(
+                f"config: algo.length_groups={a.length_groups!r} must be an "
+                "integer >= 1 (1 trains every row on every column)"
+            )
+        train = TrainConfig(
+            loss=loss,
+            ppo_epochs=a.ppo_epochs,
+            minibatches=a.minibatches,
+            micro_batches=a.micro_batches,
+            use_critic=advantage.needs_critic,
+            logprob_start=width - num_decode_steps(sampling, True),
+            length_groups=a.length_groups if a.minibatches == 1 else 1,
+        )
         rows = c.data.prompts_per_step * a.group_size
-        for key, n in (("algo.minibatches", a.minibatches), ("algo.micro_batches", a.micro_batches)):
+        for key, n in (
+            ("algo.minibatches", a.minibatches),
+            ("algo.micro_batches", a.micro_batches),
+        ):
             if not isinstance(n, int) or n < 1 or rows % n:
-                raise ConfigError(f"config: {key}={n!r} must divide the {rows} rollouts of a step "
-                                  "(data.prompts_per_step x algo.group_size)")
+                raise ConfigError(
+                    f"config: {key}={n!r} must divide the {rows} rollouts of a step "
+                    "(data.prompts_per_step x algo.group_size)"
+                )
         if a.micro_batches > 1 and (rows // a.minibatches) % a.micro_batches:
-            raise ConfigError(f"config: algo.micro_batches={a.micro_batches} must divide a "
-                              f"minibatch of {rows // a.minibatches} rollouts")
+            raise ConfigError(
+                f"config: algo.micro_batches={a.micro_batches} must divide a "
+                f"minibatch of {rows // a.minibatches} rollouts"
+            )
         return cls(
-            seed=int(c.seed), tokenizer=str(c.tokenizer or _checkpoint_tokenizer(c.init_checkpoint)),
+            seed=int(c.seed),
+            tokenizer=str(c.tokenizer or _checkpoint_tokenizer(c.init_checkpoint)),
             init_checkpoint=str(c.init_checkpoint),
-            prompt=PromptFormat.create(c.prompt.chat_template, c.prompt.system,
-                                       c.prompt.template_kwargs.to_dict()),
+            prompt=PromptFormat.create(
+                c.prompt.chat_template, c.prompt.system, c.prompt.template_kwargs.to_dict()
+            ),
             tags=(str(c.prompt.think_tag), str(c.prompt.end_think_tag), bool(c.prompt.add_tags)),
-            schedule=str(c.schedule), model=ModelSpec(**c.model.to_dict()),
+            schedule=str(c.schedule),
+            model=ModelSpec(**c.model.to_dict()),
             mesh=MeshConfig(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor),
-            replicate_uneven=bool(c.mesh.replicate_uneven), data=DataSpec(**c.data.to_dict()),
+            replicate_uneven=bool(c.mesh.replicate_uneven),
+            data=DataSpec(**c.data.to_dict()),
             sampling_dtype=str(c.sampling.dtype),
             compaction=compaction,
-            sft=SftSpec(steps=c.sft.steps, batch_size=c.sft.batch_size,
-                        learning_rate=c.sft.learning_rate, mixture=mixture,
-                        examples=c.sft.examples, draws=c.sft.draws,
-                        from_checkpoint=bool(c.sft.from_checkpoint)),
-            sampling=sampling, reward_name=c.reward.name,
+            sft=SftSpec(
+                steps=c.sft.steps,
+                batch_size=c.sft.batch_size,
+                learning_rate=c.sft.learning_rate,
+                mixture=mixture,
+                examples=c.sft.examples,
+                draws=c.sft.draws,
+                from_checkpoint=bool(c.sft.from_checkpoint),
+            ),
+            sampling=sampling,
+            reward_name=c.reward.name,
             reward_kwargs=tuple(sorted(c.reward.kwargs.to_dict().items())),
-            advantage=advantage, train=train,
-            optim=OptimSpec(warmup_steps=c.optim.warmup_steps, weight_decay=c.optim.weight_decay,
-                            max_grad_norm=c.optim.max_grad_norm,
-                            critic_learning_rate=a.critic_learning_rate),
-            stages=tuple(stages), checkpoint=CheckpointSpec(**c.checkpoint.to_dict()),
-            eval=EvalSpec(**c.eval.to_dict()), log=LogSpec(**c.log.to_dict()),
-            config_json=json.dumps(json.loads(c.to_json_best_effort()), sort_keys=True))
+            advantage=advantage,
+            train=train,
+            optim=OptimSpec(
+                warmup_steps=c.optim.warmup_steps,
+                weight_decay=c.optim.weight_decay,
+                max_grad_norm=c.optim.max_grad_norm,
+                critic_learning_rate=a.critic_learning_rate,
+            ),
+            stages=tuple(stages),
+            checkpoint=CheckpointSpec(**c.checkpoint.to_dict()),
+            eval=EvalSpec(**c.eval.to_dict()),
+            log=LogSpec(**c.log.to_dict()),
+            config_json=json.dumps(json.loads(c.to_json_best_effort()), sort_keys=True),
+        )
 
 
-def check_context(width: int, max_prompt_tokens: int, sampling: SamplingConfig,
-                  context: int, where: str) -> None:
+def check_context(
+    width: int, max_prompt_tokens: int, sampling: SamplingConfig, context: int, where: str
+) -> None:
     """Raises a ConfigError when a rollout of `width` positions exceeds `context` (named by
     `where`)."""
     if width > context:
@@ -322,7 +394,8 @@ def check_context(width: int, max_prompt_tokens: int, sampling: SamplingConfig,
             f"config: a rollout takes {width} positions (data.max_prompt_tokens="
             f"{max_prompt_tokens} + sampling.think_budget={sampling.think_budget} + "
             f"sampling.response_budget={sampling.response_budget} + the tags), more than the "
-            f"{where}={context}; lower the budgets or raise the context")
+            f"{where}={context}; lower the budgets or raise the context"
+        )
 
 
 def rollout_width(max_prompt_tokens: int, sampling: SamplingConfig) -> int:

@@ -58,8 +58,10 @@ class _SigtermFlag:
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
-            logging.warning("not on the main thread: SIGTERM will not save a checkpoint before "
-                            "the process ends (the last periodic checkpoint is kept)")
+            logging.warning(
+                "not on the main thread: SIGTERM will not save a checkpoint before "
+                "the process ends (the last periodic checkpoint is kept)"
+            )
             return self
         self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -80,16 +82,18 @@ def check_health(metrics: dict, step: int, stage: StageSpec) -> None:
     norm (a learning rate far too large). Collapsed: the gradient is exactly 0
     although advantages are not (the policy's probabilities saturated).
     """
-    where = (f"stages.{stage.name}.learning_rate (now {stage.learning_rate:g})")
+    where = f"stages.{stage.name}.learning_rate (now {stage.learning_rate:g})"
     ratio = metrics["l2_updates"] / max(metrics["l2_params"], 1e-30)
     if ratio >= EXPLODED_UPDATE_RATIO:
         raise TrainingError(
             f"step {step}: the update exploded (its norm {metrics['l2_updates']:.3g} is "
-            f"{ratio:.2f} of the parameter norm {metrics['l2_params']:.3g}); lower {where}")
+            f"{ratio:.2f} of the parameter norm {metrics['l2_params']:.3g}); lower {where}"
+        )
     if metrics["l2_grads"] == 0.0 and metrics["adv_nonzero_frac"] > 0:
         raise TrainingError(
             f"step {step}: the gradients collapsed to 0 although {metrics['adv_nonzero_frac']:.0%} "
-            f"of the advantages are not 0 (saturated probabilities); lower {where}")
+            f"of the advantages are not 0 (saturated probabilities); lower {where}"
+        )
 
 
 @jax.jit
@@ -116,14 +120,17 @@ class Trainer:
         # The update's settings; the think tags get no probability in its response tokens
         # when the sampler bans them there (the same policy on both sides).
         self.train_config = dataclasses.replace(
-            spec.train, response_banned=self.special.tags if spec.sampling.ban_tags_in_response
-            else ())
-        self.train_data, self.test_data = data_io.datasets(spec.data, self.workdir,
-                                                           self.tokenizer, spec.prompt)
+            spec.train,
+            response_banned=self.special.tags if spec.sampling.ban_tags_in_response else (),
+        )
+        self.train_data, self.test_data = data_io.datasets(
+            spec.data, self.workdir, self.tokenizer, spec.prompt
+        )
         self.encode = data_io.PromptEncoder(self.tokenizer, spec.data.max_prompt_tokens)
         self.model_config, init_params = initial_policy(
-            spec, self.workdir, self.tokenizer, self.mesh, self.train_data)
-        self.init_params = init_params             # Reference policy and frozen responder.
+            spec, self.workdir, self.tokenizer, self.mesh, self.train_data
+        )
+        self.init_params = init_params  # Reference policy and frozen responder.
         # The policy at the current stage's start, for a stage with a frozen thinker or a
         # stage-start KL reference (StageSpec.needs_snapshot); None otherwise.
         self.snapshot = None
@@ -133,15 +140,24 @@ class Trainer:
         self.width = spec.width
         self.critic_config = None
         if spec.advantage.needs_critic:
-            self.critic_config = self.model_config.replace(lm_head=False, value_head=True,
-                                                           tie_embeddings=False)
+            self.critic_config = self.model_config.replace(
+                lm_head=False, value_head=True, tie_embeddings=False
+            )
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         # The sampler may compute in another dtype than the trainer (bf16 sampling, fp32 update).
-        self.sampler_config = (self.model_config.replace(dtype=spec.sampling_dtype)
-                               if spec.sampling_dtype else self.model_config)
-        self.sampler = sampling.Sampler(self.sampler_config, self.special, mesh=self.mesh,
-                                        rules=self.rules, width=self.width,
-                                        max_length=self.model_config.max_position_embeddings)
+        self.sampler_config = (
+            self.model_config.replace(dtype=spec.sampling_dtype)
+            if spec.sampling_dtype
+            else self.model_config
+        )
+        self.sampler = sampling.Sampler(
+            self.sampler_config,
+            self.special,
+            mesh=self.mesh,
+            rules=self.rules,
+            width=self.width,
+            max_length=self.model_config.max_position_embeddings,
+        )
         self._jits: dict = {}
         # With several processes (jax.distributed) every process runs this same loop on
         # its shards; process 0 alone writes files and prints.
@@ -151,14 +167,18 @@ class Trainer:
 
     def _tx(self, stage: StageSpec):
         o = self.spec.optim
-        return rl.make_optimizer(learning_rate=stage.learning_rate,
-                                 warmup_steps=stage.warmup_steps,
-                                 weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm)
+        return rl.make_optimizer(
+            learning_rate=stage.learning_rate,
+            warmup_steps=stage.warmup_steps,
+            weight_decay=o.weight_decay,
+            max_grad_norm=o.max_grad_norm,
+        )
 
     def _critic_tx(self):
         o = self.spec.optim
-        return rl.make_optimizer(learning_rate=o.critic_learning_rate,
-                                 max_grad_norm=o.max_grad_norm)
+        return rl.make_optimizer(
+            learning_rate=o.critic_learning_rate, max_grad_norm=o.max_grad_norm
+        )
 
     def _init_state_fn(self, stage: StageSpec):
         critic_tx = self._critic_tx() if self.critic_config is not None else None
@@ -166,42 +186,63 @@ class Trainer:
 
     def _initial_critic(self):
         _, critic = models.value_model_from_policy(
-            self.model_config, self.init_params, jax.random.key(self.spec.seed + 1))
+            self.model_config, self.init_params, jax.random.key(self.spec.seed + 1)
+        )
         return models.shard_params(self.critic_config, critic, self.mesh, self.rules)
 
     def state_shardings(self, stage: StageSpec, abstract=None):
         """Shardings of the train state: parameters and their optimizer moments by
         the rules table, scalars replicated (from `jax.eval_shape`, nothing allocated)."""
         param_sh = models.param_shardings(self.model_config, self.mesh, self.rules)
-        critic_sh = (models.param_shardings(self.critic_config, self.mesh, self.rules)
-                     if self.critic_config is not None else None)
+        critic_sh = (
+            models.param_shardings(self.critic_config, self.mesh, self.rules)
+            if self.critic_config is not None
+            else None
+        )
         abstract = self.abstract_state(stage) if abstract is None else abstract
         # Optimizer moments have the structure of what they optimise, and take its shardings.
         known = [(jax.tree.structure(abstract.params), param_sh)]
         if critic_sh is not None:
             known.append((jax.tree.structure(abstract.critic_params), critic_sh))
         like = lambda tree: sharding.like_trees(tree, known, self.replicated)  # noqa: E731
-        return rl.TrainState(step=self.replicated, params=param_sh,
-                             opt_state=like(abstract.opt_state),
-                             critic_params=critic_sh,
-                             critic_opt_state=like(abstract.critic_opt_state))
+        return rl.TrainState(
+            step=self.replicated,
+            params=param_sh,
+            opt_state=like(abstract.opt_state),
+            critic_params=critic_sh,
+            critic_opt_state=like(abstract.critic_opt_state),
+        )
 
     def batch_shardings(self) -> rl.Batch:
         """Every array of a step's `Batch` split over its rows ('batch' rule)."""
         rows = self.spec.rows
         two = sharding.batch_sharding(self.mesh, 2, self.rules, rows)
         one = sharding.batch_sharding(self.mesh, 1, self.rules, rows)
-        return rl.Batch(tokens=two, segment_ids=two, loss_mask=two, kl_mask=two, advantages=two,
-                        old_logprobs=two, ref_logprobs=two, returns=two, old_values=two,
-                        rewards=one, sampler_logprobs=two, sampled=two)
+        return rl.Batch(
+            tokens=two,
+            segment_ids=two,
+            loss_mask=two,
+            kl_mask=two,
+            advantages=two,
+            old_logprobs=two,
+            ref_logprobs=two,
+            returns=two,
+            old_values=two,
+            rewards=one,
+            sampler_logprobs=two,
+            sampled=two,
+        )
 
     def abstract_state(self, stage: StageSpec):
         """The train state's shapes and dtypes, without computing it."""
         params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.init_params)
         critic = None
         if self.critic_config is not None:
-            critic = jax.eval_shape(lambda: models.value_model_from_policy(
-                self.model_config, self.init_params, jax.random.key(0))[1])
+            critic = jax.eval_shape(
+                lambda: models.value_model_from_policy(
+                    self.model_config, self.init_params, jax.random.key(0)
+                )[1]
+            )
         return jax.eval_shape(self._init_state_fn(stage), params, critic)
 
     def fresh_state(self, stage: StageSpec, params, critic=None) -> rl.TrainState:
@@ -209,8 +250,10 @@ class Trainer:
         directly in its sharded layout."""
         if self.critic_config is not None and critic is None:
             critic = self._initial_critic()
-        init = jax.jit(lambda p, c: self._init_state_fn(stage)(
-            jax.tree.map(jnp.copy, p), c), out_shardings=self.state_shardings(stage))
+        init = jax.jit(
+            lambda p, c: self._init_state_fn(stage)(jax.tree.map(jnp.copy, p), c),
+            out_shardings=self.state_shardings(stage),
+        )
         return init(params, critic)
 
     def stage_state(self, stage: StageSpec, previous: rl.TrainState | None) -> rl.TrainState:
@@ -225,16 +268,19 @@ class Trainer:
             if stage.carry_optimizer:
                 state = state.replace(
                     opt_state=rl.carry_optimizer_state(previous.opt_state, state.opt_state),
-                    critic_opt_state=previous.critic_opt_state)
-        self.snapshot = (jax.tree.map(jnp.copy, state.params) if stage.needs_snapshot
-                         else None)
+                    critic_opt_state=previous.critic_opt_state,
+                )
+        self.snapshot = jax.tree.map(jnp.copy, state.params) if stage.needs_snapshot else None
         return state
 
     def restore_target(self, stage: StageSpec):
         """The abstract state (shapes, dtypes and shardings) a checkpoint restores into."""
         abstract = self.abstract_state(stage)
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, self.state_shardings(stage, abstract))
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract,
+            self.state_shardings(stage, abstract),
+        )
 
     def stage_at(self, step: int) -> StageSpec:
         return self.spec.stage_at(step)
@@ -243,14 +289,17 @@ class Trainer:
 
     def _key(self, offset: int, step: int) -> jax.Array:
         """fold_in(key(seed + offset), step), from an explicit host-to-device copy."""
-        pair = sharding.host_to_global(np.asarray([self.spec.seed + offset, step], np.uint32),
-                                       self.replicated)
+        pair = sharding.host_to_global(
+            np.asarray([self.spec.seed + offset, step], np.uint32), self.replicated
+        )
         return _fold_key(pair)
 
     def _sample(self, params, prompts, sc, rng, row_ids, **kwargs):
         return self.sampler.sample(params, prompts, sc, rng, row_ids=row_ids, **kwargs)
 
-    def rollouts(self, params, examples, step: int, stage: StageSpec, group_size: int | None = None):
+    def rollouts(
+        self, params, examples, step: int, stage: StageSpec, group_size: int | None = None
+    ):
         """`group_size` rollouts per example (default: the run's), with the stage's thinker
         (`params`, or the stage-start snapshot) and responder (`params`, or the initial
         policy)."""
@@ -264,16 +313,30 @@ class Trainer:
         if stage.responder == "self" and stage.thinker == "self":
             return self._sample(params, prompts, sc, rng, row_ids, **shape)
         if stage.thinker == "frozen" and self.snapshot is None:
-            raise ValueError(f"stage {stage.name} has a frozen thinker but no snapshot was taken "
-                             "(Trainer.stage_state takes it)")
+            raise ValueError(
+                f"stage {stage.name} has a frozen thinker but no snapshot was taken "
+                "(Trainer.stage_state takes it)"
+            )
         thinker = self.snapshot if stage.thinker == "frozen" else params
         responder = self.init_params if stage.responder == "frozen" else params
         # One model thinks; the other responds from the device rollout.
-        thinking = self.sampler.sample(thinker, prompts, sc.replace(response_budget=0), rng,
-                                       row_ids=row_ids, width=self.width - sc.response_budget,
-                                       **shape)
-        return self.sampler.respond(responder, thinking, sc, self._key(3, step),
-                                    row_ids=row_ids, compact=self.spec.compaction)
+        thinking = self.sampler.sample(
+            thinker,
+            prompts,
+            sc.replace(response_budget=0),
+            rng,
+            row_ids=row_ids,
+            width=self.width - sc.response_budget,
+            **shape,
+        )
+        return self.sampler.respond(
+            responder,
+            thinking,
+            sc,
+            self._key(3, step),
+            row_ids=row_ids,
+            compact=self.spec.compaction,
+        )
 
     def score(self, rollout, examples, repeat: int) -> np.ndarray:
         """Response-only rewards of a host copy of the rollout."""
@@ -282,12 +345,16 @@ class Trainer:
         return rewards.score(rollout, self.tokenizer, self.reward_fn, refs, meta)
 
     def _batch_fn(self, stage: StageSpec):
-        cfg = rl.BatchConfig(train=stage.train_config(self.train_config),
-                             advantage=self.spec.advantage, train_segments=stage.train_segments)
-        key = ("batch", cfg)   # Frozen and hashable: stages with equal settings share a program.
+        cfg = rl.BatchConfig(
+            train=stage.train_config(self.train_config),
+            advantage=self.spec.advantage,
+            train_segments=stage.train_segments,
+        )
+        key = ("batch", cfg)  # Frozen and hashable: stages with equal settings share a program.
         if key not in self._jits:
-            self._jits[key] = rl.jit_build_batch(self.model_config, self.critic_config, cfg,
-                                                 out_shardings=self.batch_shardings())
+            self._jits[key] = rl.jit_build_batch(
+                self.model_config, self.critic_config, cfg, out_shardings=self.batch_shardings()
+            )
         return self._jits[key]
 
     def _step_fn(self, stage: StageSpec):
@@ -295,9 +362,14 @@ class Trainer:
         key = ("step", stage.learning_rate, stage.warmup_steps, train)
         if key not in self._jits:
             self._jits[key] = rl.jit_train_step(
-                self.model_config, train, self._tx(stage), self.critic_config,
+                self.model_config,
+                train,
+                self._tx(stage),
+                self.critic_config,
                 self._critic_tx() if self.critic_config is not None else None,
-                state_shardings=self.state_shardings(stage), batch_shardings=self.batch_shardings())
+                state_shardings=self.state_shardings(stage),
+                batch_shardings=self.batch_shardings(),
+            )
         return self._jits[key]
 
     def reference_params(self, stage: StageSpec):
@@ -307,19 +379,32 @@ class Trainer:
             return None
         return self.snapshot if stage.kl_reference == "stage_start" else self.init_params
 
-    def make_batch(self, state: rl.TrainState, rollout, reward: np.ndarray,
-                   stage: StageSpec) -> rl.Batch:
+    def make_batch(
+        self, state: rl.TrainState, rollout, reward: np.ndarray, stage: StageSpec
+    ) -> rl.Batch:
         """The update's batch, on device from the device rollout and host rewards."""
-        r = sharding.host_to_global(np.asarray(reward, np.float32),
-                                    sharding.batch_sharding(self.mesh, 1, self.rules, len(reward)))
+        r = sharding.host_to_global(
+            np.asarray(reward, np.float32),
+            sharding.batch_sharding(self.mesh, 1, self.rules, len(reward)),
+        )
         ref = self.reference_params(stage)
         fn = self._batch_fn(stage)
         with sharding.logical_constraint_context(self.mesh, self.rules):
-            return fn(state.params, ref, state.critic_params, rollout.tokens,
-                      rollout.segment_ids, rollout.forced, r, rollout.logprobs, rollout.sampled)
+            return fn(
+                state.params,
+                ref,
+                state.critic_params,
+                rollout.tokens,
+                rollout.segment_ids,
+                rollout.forced,
+                r,
+                rollout.logprobs,
+                rollout.sampled,
+            )
 
-    def rl_step(self, state: rl.TrainState, examples, step: int, stage: StageSpec,
-                clock: dict | None = None):
+    def rl_step(
+        self, state: rl.TrainState, examples, step: int, stage: StageSpec, clock: dict | None = None
+    ):
         """One RL step on `examples`: rollouts, rewards, the batch, the update, its checks.
 
         Returns (state, host rollout, rewards, batch, host metrics). The loop of `run`,
@@ -327,6 +412,7 @@ class Trainer:
         dict, each phase's device work is waited for and its seconds are added to
         ``clock[phase]`` ("rollout", "copy+score", "make_batch", "update", "other host").
         """
+
         def timed(phase, fn):
             if clock is None:
                 return fn()
@@ -338,17 +424,20 @@ class Trainer:
         rollout = timed("rollout", lambda: self.rollouts(state.params, examples, step, stage))
 
         def score():
-            host = sharding.to_host(rollout)                     # Host view 1: the rollout.
+            host = sharding.to_host(rollout)  # Host view 1: the rollout.
             return host, self.score(host, examples, self.spec.group_size)
+
         host, reward = timed("copy+score", score)
         batch = timed("make_batch", lambda: self.make_batch(state, rollout, reward, stage))
-        state, metrics = timed("update", lambda: self.update(state, batch, step, stage,
-                                                             self.widths_of(host)))
+        state, metrics = timed(
+            "update", lambda: self.update(state, batch, step, stage, self.widths_of(host))
+        )
 
         def check():
             out = rl.check_finite(sharding.to_host(metrics), step)  # Host view 2.
             check_health(out, step, stage)
             return out
+
         return state, host, reward, batch, timed("other host", check)
 
     def widths_of(self, host) -> tuple[int, ...] | None:
@@ -356,13 +445,20 @@ class Trainer:
         None when off, or when a group would not split evenly over the mesh's batch shards."""
         train = self.train_config
         rows = host.segment_ids.shape[0]
-        if (rows // train.length_groups) % (sharding.batch_shards(self.mesh, self.rules)
-                                            * train.micro_batches):
+        if (rows // train.length_groups) % (
+            sharding.batch_shards(self.mesh, self.rules) * train.micro_batches
+        ):
             return None
         return rl.length_widths(host.segment_ids, train.length_groups, train.logprob_start)
 
-    def update(self, state: rl.TrainState, batch: rl.Batch, step: int, stage: StageSpec,
-               widths: tuple[int, ...] | None = None):
+    def update(
+        self,
+        state: rl.TrainState,
+        batch: rl.Batch,
+        step: int,
+        stage: StageSpec,
+        widths: tuple[int, ...] | None = None,
+    ):
         """One update; `widths` from `widths_of` trains rows in length groups."""
         rng, fn = self._key(2, step), self._step_fn(stage)
         with sharding.logical_constraint_context(self.mesh, self.rules):
@@ -379,10 +475,12 @@ class Trainer:
         rollout = sharding.to_host(self.rollouts(params, examples, 10_000_000 + step, stage, 1))
         reward = self.score(rollout, examples, 1)
         rates = self.behaviour_metrics(self.decoded_rows(rollout, examples, 1))
-        return {"eval/reward": float(reward.mean()),
-                "eval/think_tokens": float(np.mean(rollout.think_length)),
-                "eval/response_tokens": float(np.mean(rollout.response_length)),
-                **{f"eval/{k}": v for k, v in rates.items()}}
+        return {
+            "eval/reward": float(reward.mean()),
+            "eval/think_tokens": float(np.mean(rollout.think_length)),
+            "eval/response_tokens": float(np.mean(rollout.response_length)),
+            **{f"eval/{k}": v for k, v in rates.items()},
+        }
 
     def decoded_rows(self, rollout, examples, repeat: int) -> list[dict]:
         """Each row's text per segment, with its example's reference and family."""
@@ -402,14 +500,15 @@ class Trainer:
 
     def run(self) -> dict:
         spec = self.spec
-        ckpt = checkpointing.Checkpointer(os.path.join(self.workdir, "checkpoints"),
-                                          spec.checkpoint.keep)
+        ckpt = checkpointing.Checkpointer(
+            os.path.join(self.workdir, "checkpoints"), spec.checkpoint.keep
+        )
         iterator = PromptIterator(self.train_data, spec.data.prompts_per_step, spec.seed)
         start, state = 0, None
         latest, state, meta, target = self._restore_latest(ckpt)
         if latest is not None:
             resumed = self.stage_at(latest)
-            if resumed.needs_snapshot and latest != resumed.start:   # Inside the stage.
+            if resumed.needs_snapshot and latest != resumed.start:  # Inside the stage.
                 self.snapshot = ckpt.restore_snapshot(latest, target.params)
             iterator.restore(meta["data"])
             start = latest
@@ -420,9 +519,18 @@ class Trainer:
         summary = {"first": None, "last": None, "eval": {}}
         began = time.perf_counter()
         stopped = False
-        with _SigtermFlag() as sigterm, tqdm.trange(
-                start, self.total_steps, initial=start, total=self.total_steps, desc="rl",
-                unit="step", disable=not (spec.log.progress and self.primary)) as bar:
+        with (
+            _SigtermFlag() as sigterm,
+            tqdm.trange(
+                start,
+                self.total_steps,
+                initial=start,
+                total=self.total_steps,
+                desc="rl",
+                unit="step",
+                disable=not (spec.log.progress and self.primary),
+            ) as bar,
+        ):
             for step in bar:
                 stage = self.stage_at(step)
                 if step in (stage.start, start) and self.primary:
@@ -435,7 +543,7 @@ class Trainer:
                 rows = self._rows_to_decode(host, examples, write)
                 metrics.update(self._rollout_metrics(host), stage=self.stages.index(stage))
                 metrics.update(self.behaviour_metrics(rows))
-                if write:   # Numbered as in metrics.jsonl: the step just taken, from 1.
+                if write:  # Numbered as in metrics.jsonl: the step just taken, from 1.
                     self._write_samples(step + 1, rows, reward)
                 done = step + 1
                 if spec.eval.every and (done % spec.eval.every == 0 or done == self.total_steps):
@@ -443,13 +551,21 @@ class Trainer:
                 writer.write(done, metrics)
                 summary["last"] = metrics
                 summary["first"] = summary["first"] or metrics
-                bar.set_postfix(stage=stage.name, mode=stage.train_segments,
-                                reward=f"{metrics['reward_mean']:.3f}")
+                bar.set_postfix(
+                    stage=stage.name,
+                    mode=stage.train_segments,
+                    reward=f"{metrics['reward_mean']:.3f}",
+                )
                 # Every process stops at the same step when any of them received SIGTERM.
                 term = sharding.any_process(sigterm.raised)
                 if done % spec.checkpoint.every == 0 or done == self.total_steps or term:
-                    ckpt.save(done, state, self._meta(done, iterator), force=True,
-                              snapshot=self.snapshot if done < stage.end else None)
+                    ckpt.save(
+                        done,
+                        state,
+                        self._meta(done, iterator),
+                        force=True,
+                        snapshot=self.snapshot if done < stage.end else None,
+                    )
                 if term:
                     stopped = True
                     break
@@ -472,7 +588,7 @@ class Trainer:
         return summary
 
     def _export(self, params, path: str) -> None:
-        params = sharding.to_host(params)   # Gathered by all, written by process 0.
+        params = sharding.to_host(params)  # Gathered by all, written by process 0.
         if self.primary:
             save_pretrained(self.model_config, params, path)
             if hasattr(self.tokenizer, "save_pretrained"):
@@ -485,21 +601,28 @@ class Trainer:
             return self.decoded_rows(host, examples, self.spec.group_size)
         if not write:
             return []
-        first = jax.tree.map(lambda x: x[:self.spec.log.samples], host)
+        first = jax.tree.map(lambda x: x[: self.spec.log.samples], host)
         return self.decoded_rows(first, examples, self.spec.group_size)
 
     def _stage_line(self, stage: StageSpec, resumed: bool) -> str:
         i = self.stages.index(stage)
-        extra = "".join((
-            ", thinker frozen at the stage start" if stage.thinker == "frozen" else "",
-            f", KL {stage.kl_coef:g} to the {stage.kl_reference.replace('_', '-')} policy on "
-            f"{stage.kl_scope}" if stage.kl_coef else "",
-            f", warmup {stage.warmup_steps}" if stage.warmup_steps else "",
-            ", optimizer carried" if stage.carry_optimizer else ""))
-        return (f"stage {stage.name} ({i + 1}/{len(self.stages)}"
-                f"{', resumed' if resumed else ''}): train {stage.train_segments}, "
-                f"{stage.responder} responder, steps {stage.start}-{stage.end - 1}, "
-                f"lr {stage.learning_rate:g}{extra}")
+        extra = "".join(
+            (
+                ", thinker frozen at the stage start" if stage.thinker == "frozen" else "",
+                f", KL {stage.kl_coef:g} to the {stage.kl_reference.replace('_', '-')} policy on "
+                f"{stage.kl_scope}"
+                if stage.kl_coef
+                else "",
+                f", warmup {stage.warmup_steps}" if stage.warmup_steps else "",
+                ", optimizer carried" if stage.carry_optimizer else "",
+            )
+        )
+        return (
+            f"stage {stage.name} ({i + 1}/{len(self.stages)}"
+            f"{', resumed' if resumed else ''}): train {stage.train_segments}, "
+            f"{stage.responder} responder, steps {stage.start}-{stage.end - 1}, "
+            f"lr {stage.learning_rate:g}{extra}"
+        )
 
     def _restore_latest(self, ckpt):
         """(step, state, meta, restore target) of the newest readable checkpoint, or Nones
@@ -508,29 +631,38 @@ class Trainer:
         step, state, meta, target, set_aside = ckpt.restore_latest(
             lambda s: self.restore_target(self.stage_at(s)),
             checkpointing.model_fields(self.model_config),
-            self.critic_config is not None, damaged_dir)
+            self.critic_config is not None,
+            damaged_dir,
+        )
         for message in set_aside:
-            logging.info("warning: %s; resuming from step %d", message, step)   # Printed below.
+            logging.info("warning: %s; resuming from step %d", message, step)  # Printed below.
             if self.primary:
                 print(f"warning: {message}; moved to {damaged_dir}; resuming from step {step}")
         return step, state, meta, target
 
     def _meta(self, step: int, iterator) -> dict:
-        return {"step": step, "data": iterator.state(), "seed": self.spec.seed,
-                "critic": self.critic_config is not None,
-                "model": checkpointing.model_fields(self.model_config),
-                "config": json.loads(self.spec.config_json)}
+        return {
+            "step": step,
+            "data": iterator.state(),
+            "seed": self.spec.seed,
+            "critic": self.critic_config is not None,
+            "model": checkpointing.model_fields(self.model_config),
+            "config": json.loads(self.spec.config_json),
+        }
 
     def _rollout_metrics(self, host) -> dict:
-        return {"think_tokens": float(np.mean(host.think_length)),
-                "response_tokens": float(np.mean(host.response_length)),
-                "think_truncated": float(np.mean(host.think_truncated)),
-                "response_truncated": float(np.mean(host.response_truncated)),
-                "rollout_think_tokens": float((host.segment_ids == segments.THINK).sum())}
+        return {
+            "think_tokens": float(np.mean(host.think_length)),
+            "response_tokens": float(np.mean(host.response_length)),
+            "think_truncated": float(np.mean(host.think_truncated)),
+            "response_truncated": float(np.mean(host.response_truncated)),
+            "rollout_think_tokens": float((host.segment_ids == segments.THINK).sum()),
+        }
 
     def _write_samples(self, step: int, rows: list[dict], reward) -> None:
-        rows = [{**row, "reward": float(r)} for row, r in
-                zip(rows[: self.spec.log.samples], reward)]
+        rows = [
+            {**row, "reward": float(r)} for row, r in zip(rows[: self.spec.log.samples], reward)
+        ]
         write_samples(self.workdir, step, rows)
 
 
@@ -539,21 +671,34 @@ def ignored_options(spec: RunSpec) -> list[str]:
     out = []
     defaults = default_config()
     if not spec.cold_start:
-        changed = [f"sft.{k}" for k in ("steps", "batch_size", "learning_rate", "examples",
-                                         "draws") if getattr(spec.sft, k) != defaults.sft[k]]
+        changed = [
+            f"sft.{k}"
+            for k in ("steps", "batch_size", "learning_rate", "examples", "draws")
+            if getattr(spec.sft, k) != defaults.sft[k]
+        ]
         if changed:
-            out.append(f"{', '.join(changed)} set, but a run from init_checkpoint trains no "
-                       "cold-start SFT unless sft.from_checkpoint=True: ignored")
+            out.append(
+                f"{', '.join(changed)} set, but a run from init_checkpoint trains no "
+                "cold-start SFT unless sft.from_checkpoint=True: ignored"
+            )
     if spec.sft.from_checkpoint and not spec.init_checkpoint:
-        out.append("sft.from_checkpoint set without init_checkpoint (a random init always "
-                   "trains its cold start): ignored")
+        out.append(
+            "sft.from_checkpoint set without init_checkpoint (a random init always "
+            "trains its cold start): ignored"
+        )
     if spec.sft.from_checkpoint and spec.init_checkpoint and not spec.sft.steps:
-        out.append("sft.from_checkpoint set with sft.steps=0: no SFT step runs (tags added "
-                   "to the tokenizer keep their untrained mean rows)")
-    if (not spec.advantage.needs_critic
-            and spec.optim.critic_learning_rate != defaults.algo.critic_learning_rate):
-        out.append(f"algo.critic_learning_rate set, but algo.advantage="
-                   f"{spec.advantage.estimator!r} trains no critic: ignored")
+        out.append(
+            "sft.from_checkpoint set with sft.steps=0: no SFT step runs (tags added "
+            "to the tokenizer keep their untrained mean rows)"
+        )
+    if (
+        not spec.advantage.needs_critic
+        and spec.optim.critic_learning_rate != defaults.algo.critic_learning_rate
+    ):
+        out.append(
+            f"algo.critic_learning_rate set, but algo.advantage="
+            f"{spec.advantage.estimator!r} trains no critic: ignored"
+        )
     return out
 
 
@@ -567,30 +712,43 @@ def preflight(spec: RunSpec, workdir: str):
     try:
         mesh = sharding.make_mesh(spec.mesh)
     except ValueError as e:
-        raise ConfigError(f"config: mesh.data={spec.mesh.data}, mesh.fsdp={spec.mesh.fsdp}, "
-                          f"mesh.tensor={spec.mesh.tensor} does not fit the "
-                          f"{jax.device_count()} devices ({e})") from None
+        raise ConfigError(
+            f"config: mesh.data={spec.mesh.data}, mesh.fsdp={spec.mesh.fsdp}, "
+            f"mesh.tensor={spec.mesh.tensor} does not fit the "
+            f"{jax.device_count()} devices ({e})"
+        ) from None
     tokenizer = spec.load_tokenizer()
     if spec.init_checkpoint:
-        check_context(spec.width, spec.data.max_prompt_tokens, spec.sampling,
-                      read_config(spec.init_checkpoint).max_position_embeddings,
-                      f"max_position_embeddings of {spec.init_checkpoint}/config.json")
+        check_context(
+            spec.width,
+            spec.data.max_prompt_tokens,
+            spec.sampling,
+            read_config(spec.init_checkpoint).max_position_embeddings,
+            f"max_position_embeddings of {spec.init_checkpoint}/config.json",
+        )
         if not spec.cold_start:
             check_vocab(spec, tokenizer)
     if spec.data.source == "jsonl":
         for path in (spec.data.train_path, spec.data.test_path):
             if path:
                 if not os.path.isfile(path):
-                    raise ConfigError(f"JSONL file {os.path.abspath(path)} not found "
-                                      "(data.train_path / data.test_path)")
+                    raise ConfigError(
+                        f"JSONL file {os.path.abspath(path)} not found "
+                        "(data.train_path / data.test_path)"
+                    )
                 rows = read_jsonl(path)
-                if (path == spec.data.train_path and spec.init_checkpoint
-                        and spec.sft.from_checkpoint and spec.sft.steps
-                        and not any(row["thinking"] for _, row in rows)):
+                if (
+                    path == spec.data.train_path
+                    and spec.init_checkpoint
+                    and spec.sft.from_checkpoint
+                    and spec.sft.steps
+                    and not any(row["thinking"] for _, row in rows)
+                ):
                     raise ConfigError(
                         f"{path}: no row has a 'thinking' trace, which sft.from_checkpoint="
                         "True trains on (with 'response'); add them, or set "
-                        "sft.from_checkpoint=False")
+                        "sft.from_checkpoint=False"
+                    )
     return mesh, tokenizer
 
 
@@ -603,10 +761,14 @@ def run(config, workdir: str) -> dict:
     return summary
 
 
-SUMMARY_WINDOW = 3   # Steps averaged at each end of the run in the final table.
-SUMMARY_RATES = (("think_complete", "complete thinking"), ("think_empty", "empty thinking"),
-                 ("response_correct", "correct response"),
-                 ("response_salient", "salient (shortcut)"), ("styled", "styled response"))
+SUMMARY_WINDOW = 3  # Steps averaged at each end of the run in the final table.
+SUMMARY_RATES = (
+    ("think_complete", "complete thinking"),
+    ("think_empty", "empty thinking"),
+    ("response_correct", "correct response"),
+    ("response_salient", "salient (shortcut)"),
+    ("styled", "styled response"),
+)
 
 
 def _window_mean(rows: list[dict], key: str) -> float:
@@ -627,24 +789,33 @@ def print_summary(trainer: Trainer, summary: dict) -> None:
         return f"{_window_mean(head, key):{fmt}} -> {_window_mean(tail, key):{fmt}}"
 
     last = summary["last"] or {}
-    rows = [("schedule", trainer.spec.schedule),
-            ("stages", ", ".join(f"{s.name}:{s.train_segments}/{s.responder}x{s.steps}"
-                                 for s in trainer.stages)),
-            ("steps", str(trainer.total_steps)),
-            (f"train reward (first {k} -> last {k} steps)", move("reward_mean"))]
-    families = sorted({key.split("/")[1] for r in history for key in r
-                       if key.startswith("behaviour/")})
+    rows = [
+        ("schedule", trainer.spec.schedule),
+        (
+            "stages",
+            ", ".join(
+                f"{s.name}:{s.train_segments}/{s.responder}x{s.steps}" for s in trainer.stages
+            ),
+        ),
+        ("steps", str(trainer.total_steps)),
+        (f"train reward (first {k} -> last {k} steps)", move("reward_mean")),
+    ]
+    families = sorted(
+        {key.split("/")[1] for r in history for key in r if key.startswith("behaviour/")}
+    )
     for fam in families:
         for key, label in SUMMARY_RATES:
             if any(f"behaviour/{fam}/{key}" in r for r in history):
                 rows.append((f"  {fam}: {label}", move(f"behaviour/{fam}/{key}")))
         if fam == "arith":
             rows.append(("  arith: thinking steps correct", move("behaviour/arith/steps_correct")))
-    rows += [("eval reward (last)", f"{last.get('eval/reward', float('nan')):.3f}"),
-             (f"thinking tokens (first {k} -> last {k})", move("think_tokens", ".1f")),
-             ("response tokens (last)", f"{last.get('response_tokens', float('nan')):.1f}"),
-             ("wall time", f"{summary['seconds']:.1f} s"),
-             ("workdir", trainer.workdir)]
+    rows += [
+        ("eval reward (last)", f"{last.get('eval/reward', float('nan')):.3f}"),
+        (f"thinking tokens (first {k} -> last {k})", move("think_tokens", ".1f")),
+        ("response tokens (last)", f"{last.get('response_tokens', float('nan')):.1f}"),
+        ("wall time", f"{summary['seconds']:.1f} s"),
+        ("workdir", trainer.workdir),
+    ]
     if summary.get("export"):
         rows.append(("exported policy", summary["export"]))
     if summary["stopped"]:
@@ -655,5 +826,7 @@ def print_summary(trainer: Trainer, summary: dict) -> None:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     print(line)
-    print(f"metrics: {trainer.workdir}/metrics.jsonl, tensorboard: {trainer.workdir}/tensorboard, "
-          f"samples: {trainer.workdir}/samples.jsonl")
+    print(
+        f"metrics: {trainer.workdir}/metrics.jsonl, tensorboard: {trainer.workdir}/tensorboard, "
+        f"samples: {trainer.workdir}/samples.jsonl"
+    )

@@ -28,13 +28,18 @@ class MetricWriter:
             return
         if os.path.exists(self.path):
             with open(self.path) as fh:
-                kept = [line for line in fh if line.strip()
-                        and json.loads(line).get("step", 0) <= resume_step]
+                kept = [
+                    line
+                    for line in fh
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step
+                ]
             with open(self.path, "w") as fh:
                 fh.writelines(kept)
         self._file = open(self.path, "a")
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1
-                                 if resume_step else None)
+        self._tb = SummaryWriter(
+            os.path.join(workdir, "tensorboard"),
+            purge_step=resume_step + 1 if resume_step else None,
+        )
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.active:

@@ -8,8 +8,8 @@ optionally ``"thinking"`` (a gold trace for cold-start SFT), ``"response"`` (the
 SFT response after it; default: the reference) and ``"family"`` (e.g. "arith" or
 "facts", used by the ``synthetic`` judge). All other keys, ``family`` and
 ``messages`` go into the ``metadata`` feature as a JSON object; a ``messages``
-row's ``prompt`` feature is its last user message. Lines are validated while the data set is generated; a
-bad line raises ``ValueError("<path> line <n>: <what is wrong>")`` with the
+row's ``prompt`` feature is its last user message. Lines are validated while the
+data set is generated; a bad line raises ``ValueError("<path> line <n>: <what is wrong>")`` with the
 1-based line number, e.g. ``/x/train.jsonl line 3: missing field 'reference'``.
 """
 
@@ -21,9 +21,9 @@ import os
 
 import tensorflow_datasets as tfds
 
-from start_jax.errors import DataError
 from start_jax.data.builders.synthetic_world import text_features
 from start_jax.data.prompts import check_messages
+from start_jax.errors import DataError
 
 
 @dataclasses.dataclass(eq=False)
@@ -59,24 +59,28 @@ def parse_line(path: str, lineno: int, line: str) -> dict[str, str]:
         obj["prompt"] = obj["messages"][-1]["content"]
     for field in ("prompt", "reference"):
         if field not in obj:
-            raise DataError(f"{where}: missing field {field!r}"
-                            + (" (or 'messages')" if field == "prompt" else ""))
+            raise DataError(
+                f"{where}: missing field {field!r}"
+                + (" (or 'messages')" if field == "prompt" else "")
+            )
     if not isinstance(obj["prompt"], str):
         raise DataError(f"{where}: field 'prompt' must be a string, got {_type(obj['prompt'])}")
     reference = obj["reference"]
     if isinstance(reference, bool) or not isinstance(reference, (str, int, float)):
-        raise DataError(f"{where}: field 'reference' must be a string or a number, "
-                         f"got {_type(reference)}")
+        raise DataError(
+            f"{where}: field 'reference' must be a string or a number, got {_type(reference)}"
+        )
     for field in ("thinking", "family", "response"):
         if field in obj and not isinstance(obj[field], str):
-            raise DataError(f"{where}: field {field!r} must be a string, "
-                             f"got {_type(obj[field])}")
+            raise DataError(f"{where}: field {field!r} must be a string, got {_type(obj[field])}")
     metadata = {k: v for k, v in obj.items() if k not in ("prompt", "reference", "thinking")}
-    return {"prompt": obj["prompt"],
-            "reference": reference if isinstance(reference, str) else json.dumps(reference),
-            "thinking": obj.get("thinking", ""),
-            "family": obj.get("family", ""),
-            "metadata": json.dumps(metadata, sort_keys=True)}
+    return {
+        "prompt": obj["prompt"],
+        "reference": reference if isinstance(reference, str) else json.dumps(reference),
+        "thinking": obj.get("thinking", ""),
+        "family": obj.get("family", ""),
+        "metadata": json.dumps(metadata, sort_keys=True),
+    }
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, str]]]:
@@ -93,8 +97,10 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, str]]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path} line {lineno}: not UTF-8 text ({e.reason} at byte "
-                                f"{e.start} of the line); save the file as UTF-8") from None
+                raise DataError(
+                    f"{path} line {lineno}: not UTF-8 text ({e.reason} at byte "
+                    f"{e.start} of the line); save the file as UTF-8"
+                ) from None
             if line.strip():
                 rows.append((lineno, parse_line(path, lineno, line)))
     if not rows:
@@ -109,14 +115,16 @@ class JsonlTasks(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                     features=text_features(), supervised_keys=None)
+        return tfds.core.DatasetInfo(
+            builder=self, description=__doc__, features=text_features(), supervised_keys=None
+        )
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
         if not isinstance(c, JsonlConfig) or not c.train_path:
-            raise ValueError("JsonlTasks needs config=JsonlConfig(name=..., train_path=..., "
-                             "test_path=...)")
+            raise ValueError(
+                "JsonlTasks needs config=JsonlConfig(name=..., train_path=..., test_path=...)"
+            )
         paths = {"train": c.train_path}
         if c.test_path:
             paths["test"] = c.test_path

@@ -50,8 +50,9 @@ def get(model_type: str, source: str = "") -> Family:
     """The family of `model_type`; ValueError naming the supported ones otherwise."""
     if model_type not in _FAMILIES:
         where = f"{source}: " if source else ""
-        raise ValueError(f"{where}unsupported model_type {model_type!r}; supported: "
-                         f"{', '.join(supported())}")
+        raise ValueError(
+            f"{where}unsupported model_type {model_type!r}; supported: {', '.join(supported())}"
+        )
     return _FAMILIES[model_type]
 
 

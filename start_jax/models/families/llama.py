@@ -27,8 +27,12 @@ def _to_hf(config):
     return {"attention_bias": config.qkv_bias, "mlp_bias": False}
 
 
-register(Family(
-    model_type="llama",
-    architectures={"lm": "LlamaForCausalLM", "score": "LlamaForSequenceClassification"},
-    fixed=dict(PLAIN, qkv_bias=None, qk_norm=False),
-    from_hf=_from_hf, to_hf=_to_hf))
+register(
+    Family(
+        model_type="llama",
+        architectures={"lm": "LlamaForCausalLM", "score": "LlamaForSequenceClassification"},
+        fixed=dict(PLAIN, qkv_bias=None, qk_norm=False),
+        from_hf=_from_hf,
+        to_hf=_to_hf,
+    )
+)

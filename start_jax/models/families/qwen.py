@@ -18,14 +18,21 @@ def _qwen3_from_hf(hf, source):
     return {"qkv_bias": bool(hf.get("attention_bias", False))}
 
 
-register(Family(
-    model_type="qwen2",
-    architectures={"lm": "Qwen2ForCausalLM", "score": "Qwen2ForSequenceClassification"},
-    fixed=dict(PLAIN, qkv_bias=True, qk_norm=False),
-    from_hf=_qwen2_from_hf))
+register(
+    Family(
+        model_type="qwen2",
+        architectures={"lm": "Qwen2ForCausalLM", "score": "Qwen2ForSequenceClassification"},
+        fixed=dict(PLAIN, qkv_bias=True, qk_norm=False),
+        from_hf=_qwen2_from_hf,
+    )
+)
 
-register(Family(
-    model_type="qwen3",
-    architectures={"lm": "Qwen3ForCausalLM", "score": "Qwen3ForSequenceClassification"},
-    fixed=dict(PLAIN, qkv_bias=None, qk_norm=True),
-    from_hf=_qwen3_from_hf, to_hf=lambda config: {"attention_bias": config.qkv_bias}))
+register(
+    Family(
+        model_type="qwen3",
+        architectures={"lm": "Qwen3ForCausalLM", "score": "Qwen3ForSequenceClassification"},
+        fixed=dict(PLAIN, qkv_bias=None, qk_norm=True),
+        from_hf=_qwen3_from_hf,
+        to_hf=lambda config: {"attention_bias": config.qkv_bias},
+    )
+)
