@@ -456,3 +456,33 @@ def make_tiny_llama3(directory, seed: int = 0, **overrides) -> pathlib.Path:
     fields.update(overrides)
     hf_fixtures.make_checkpoint("llama3", str(directory), seed=seed, **fields)
     return directory
+
+
+# A smaller tokenizer for the tokenizer tests: any special tokens, config files on request.
+SMALL_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "What is 12 + 7? Let me think step by step.",
+    "<think> 12 + 7 = 19 </think> The answer is 19.<|endoftext|>",
+    "user: hello\nassistant: hi there",
+]
+
+
+def write_bpe_dir(path, special_tokens, tokenizer_config=None, model_config=None):
+    """Trains a tiny byte-level BPE tokenizer and writes an HF-style directory."""
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(SMALL_CORPUS, trainer=trainer)
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    if tokenizer_config is not None:
+        (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    if model_config is not None:
+        (path / "config.json").write_text(json.dumps(model_config))
+    return path

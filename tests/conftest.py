@@ -20,12 +20,26 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "slow: a test that trains or runs for long; `pytest -m 'not slow'` is the fast tier",
-    )
+    for line in (
+        "unit: one function, class or module in process (every test not marked e2e)",
+        "e2e: a training run, a launch.py or other subprocess, or the notebook",
+        "slow: out of the fast tier (`pytest -m 'not slow'`): every e2e test, and unit tests "
+        "that take seconds",
+    ):
+        config.addinivalue_line("markers", line)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers: an e2e test is also slow; every other test is a unit test."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            if not item.get_closest_marker("slow"):
+                item.add_marker(pytest.mark.slow)
+        elif not item.get_closest_marker("unit"):
+            item.add_marker(pytest.mark.unit)

@@ -15,7 +15,9 @@ import pytest
 from start_jax import sharding, train
 from start_jax.errors import ConfigError, TrainingError, UserError
 from start_jax.train import trainer as trainer_module
-from tests.test_trainer import SMOKE, smoke_config
+from tests.fixtures import SMOKE, smoke_config
+
+pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

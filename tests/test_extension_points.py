@@ -12,7 +12,7 @@ import pytest
 from start_jax.rl import advantages, losses
 from start_jax.train import config as config_module
 from start_jax.train.spec import RunSpec
-from tests.test_trainer import smoke_config
+from tests.fixtures import smoke_config
 
 
 def test_every_estimator_and_loss_option_is_a_config_key_with_the_library_default():

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from start_jax import models
-from tests.test_trainer import SMOKE
+from tests.fixtures import SMOKE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,6 +27,8 @@ sys.argv = ["launch.py"]
 import hashlib
 import launch
 from absl import flags
+
+pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 
 def digest(path):

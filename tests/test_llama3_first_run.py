@@ -20,7 +20,9 @@ import pytest
 from start_jax.checkpoints import read_config
 from start_jax.tokenizer import HFTokenizer
 from tests import bpe_fixtures
-from tests.test_trainer import SMOKE
+from tests.fixtures import SMOKE
+
+pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THINK_BUDGET = 48

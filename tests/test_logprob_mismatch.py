@@ -8,11 +8,13 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from start_jax import rl, train
 from start_jax.rl import losses
-from tests.test_train_step import make_batch
-from tests.test_trainer import smoke_config
+from tests.fixtures import make_batch, smoke_config
+
+pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 TOL = 1e-6
 

@@ -6,7 +6,10 @@ import json
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,7 +18,9 @@ from start_jax.data.prompts import PromptFormat, messages_of
 from start_jax.tokenizer import HFTokenizer
 from start_jax.train import trainer as trainer_module
 from tests import bpe_fixtures
-from tests.test_trainer import SMOKE, smoke_config
+from tests.fixtures import SMOKE, smoke_config
+
+pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM = "Reason first, then answer."

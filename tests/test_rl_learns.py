@@ -22,7 +22,9 @@ import pytest
 from start_jax import rewards, train
 from start_jax.rewards import synthetic
 from start_jax.train.config import stage
-from tests.test_trainer import smoke_config
+from tests.fixtures import smoke_config
+
+pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 
 @rewards.register("test_styled_only")

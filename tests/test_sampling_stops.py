@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from start_jax import models, sampling, segments, tokenizer
-from tests.test_tokenizer import _write_bpe_dir
+from tests.bpe_fixtures import write_bpe_dir
 
 THINK, END, EOS, PAD, STOP = 3, 4, 1, 0, 11  # STOP: a second end-of-turn id.
 SPECIAL = sampling.SpecialTokens(think=THINK, end_think=END, eos=EOS, pad=PAD, stop=(STOP,))
@@ -182,7 +182,7 @@ def test_plain_generation_may_write_the_tag_ids(tiny):
 
 def test_hf_tokenizer_reads_every_eos_id_and_writes_them_back(tmp_path):
     specials = ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>", "<think>", "</think>"]
-    d = _write_bpe_dir(
+    d = write_bpe_dir(
         tmp_path / "llama", specials, {"eos_token": "<|eot_id|>"}, model_config={"eos_token_id": 0}
     )
     (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 1, 2, 10**6]}))

@@ -16,7 +16,9 @@ from start_jax import rl, sampling, segments, train
 from start_jax.errors import ConfigError
 from start_jax.train import checkpointing
 from start_jax.train.config import stage
-from tests.test_trainer import _assert_same_metrics, _metrics, smoke_config
+from tests.fixtures import assert_same_metrics, read_metrics, smoke_config
+
+pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 
 def designs_config():
@@ -79,7 +81,7 @@ def test_stage_options_reach_the_spec():
 
 def test_frozen_thinker_samples_the_snapshot_and_trains_the_response_only(designs_run):
     trainer, summary = designs_run
-    rows = _metrics(trainer.workdir)
+    rows = read_metrics(trainer.workdir)
     s3_rows = [r for r in rows if r["stage"] == 2]
     assert [r["step"] for r in s3_rows] == [5, 6]
     for r in s3_rows:
@@ -152,7 +154,7 @@ def test_frozen_thinker_samples_the_snapshot_and_trains_the_response_only(design
 
 def test_stage_start_kl_is_zero_at_the_first_step_and_anchors_the_thinking(designs_run):
     trainer, _ = designs_run
-    s2 = [r for r in _metrics(trainer.workdir) if r["stage"] == 1]
+    s2 = [r for r in read_metrics(trainer.workdir) if r["stage"] == 1]
     assert [r["step"] for r in s2] == [3, 4]
     assert abs(s2[0]["kl"]) < 1e-9, s2[0]["kl"]  # The reference is the policy itself.
     assert s2[1]["kl"] > 1e-7, s2[1]["kl"]  # One update later it is not.
@@ -215,7 +217,7 @@ def test_resume_inside_and_at_the_start_of_a_stage_is_exact(designs_run, tmp_pat
         shutil.rmtree(os.path.join(workdir, name))
     resumed = train.Trainer(designs_config(), workdir)
     resumed.run()
-    _assert_same_metrics(_metrics(workdir), _metrics(trainer.workdir))
+    assert_same_metrics(read_metrics(workdir), read_metrics(trainer.workdir))
 
 
 @pytest.mark.parametrize(

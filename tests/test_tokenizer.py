@@ -7,16 +7,9 @@ import jinja2
 import numpy as np
 import pytest
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from start_jax import tokenizer
-
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "What is 12 + 7? Let me think step by step.",
-    "<think> 12 + 7 = 19 </think> The answer is 19.<|endoftext|>",
-    "user: hello\nassistant: hi there",
-]
+from tests.bpe_fixtures import write_bpe_dir
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -40,30 +33,9 @@ TEXTS = [
 ]
 
 
-def _write_bpe_dir(path, special_tokens, tokenizer_config=None, model_config=None):
-    """Trains a tiny byte-level BPE tokenizer and writes an HF-style directory."""
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    path.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path / "tokenizer.json"))
-    if tokenizer_config is not None:
-        (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    if model_config is not None:
-        (path / "config.json").write_text(json.dumps(model_config))
-    return path
-
-
 @pytest.fixture
 def bpe_dir(tmp_path):
-    return _write_bpe_dir(
+    return write_bpe_dir(
         tmp_path / "bpe",
         ["<|endoftext|>", "<think>", "</think>"],
         tokenizer_config={
@@ -116,7 +88,7 @@ def test_hf_encode_batch(bpe):
 
 
 def test_hf_missing_think_token(tmp_path):
-    d = _write_bpe_dir(tmp_path / "nothink", ["<|endoftext|>"], {"eos_token": "<|endoftext|>"})
+    d = write_bpe_dir(tmp_path / "nothink", ["<|endoftext|>"], {"eos_token": "<|endoftext|>"})
     expected = (
         f"tokenizer {d / 'tokenizer.json'} has no token '<think>' (needed for the "
         "thinking segment); name a token it has with think_token=..., or pass "
@@ -127,7 +99,7 @@ def test_hf_missing_think_token(tmp_path):
 
 
 def test_hf_missing_tags_added_as_tokens(tmp_path):
-    d = _write_bpe_dir(tmp_path / "nothink", ["<|endoftext|>"], {"eos_token": "<|endoftext|>"})
+    d = write_bpe_dir(tmp_path / "nothink", ["<|endoftext|>"], {"eos_token": "<|endoftext|>"})
     plain = tokenizer.HFTokenizer.from_pretrained(
         d, think_token="<|endoftext|>", end_think_token="<|endoftext|>"
     )
@@ -153,7 +125,7 @@ def test_hf_missing_tags_added_as_tokens(tmp_path):
 
 
 def test_hf_custom_think_tokens(tmp_path):
-    d = _write_bpe_dir(
+    d = write_bpe_dir(
         tmp_path / "custom", ["<eos>", "<reason>", "</reason>"], {"eos_token": "<eos>"}
     )
     with pytest.raises(ValueError, match=re.escape("with end_think_token=...")):
@@ -172,7 +144,7 @@ def test_hf_missing_tokenizer_json(tmp_path):
 
 def test_hf_eos_from_model_config(tmp_path):
     specials = ["<|endoftext|>", "<think>", "</think>", "<|im_end|>"]
-    d = _write_bpe_dir(tmp_path / "cfg", specials, model_config={"eos_token_id": [0, 3]})
+    d = write_bpe_dir(tmp_path / "cfg", specials, model_config={"eos_token_id": [0, 3]})
     tok = tokenizer.HFTokenizer.from_pretrained(d)
     assert tok.eos_id == 0
     assert tok.pad_id == 0
@@ -184,13 +156,13 @@ def test_hf_eos_from_model_config(tmp_path):
 
 
 def test_hf_missing_eos(tmp_path):
-    d = _write_bpe_dir(tmp_path / "noeos", ["<think>", "</think>"])
+    d = write_bpe_dir(tmp_path / "noeos", ["<think>", "</think>"])
     with pytest.raises(ValueError, match=r"has no eos token.*pass eos_token="):
         tokenizer.HFTokenizer.from_pretrained(d)
 
 
 def test_hf_eos_not_in_vocab(tmp_path):
-    d = _write_bpe_dir(
+    d = write_bpe_dir(
         tmp_path / "badeos", ["<think>", "</think>"], {"eos_token": {"content": "<eos>"}}
     )
     with pytest.raises(ValueError, match=re.escape("has no token '<eos>' (needed for end of")):
@@ -199,7 +171,7 @@ def test_hf_eos_not_in_vocab(tmp_path):
 
 def test_hf_pad_token_and_overrides(tmp_path):
     specials = ["<|endoftext|>", "<think>", "</think>", "<pad>"]
-    d = _write_bpe_dir(
+    d = write_bpe_dir(
         tmp_path / "pad",
         specials,
         {"eos_token": "<|endoftext|>", "pad_token": {"content": "<pad>"}},
@@ -238,7 +210,7 @@ def test_hf_chat_template_matches_transformers(bpe, bpe_dir):
 
 
 def test_hf_no_chat_template(tmp_path):
-    d = _write_bpe_dir(
+    d = write_bpe_dir(
         tmp_path / "nochat",
         ["<|endoftext|>", "<think>", "</think>"],
         {"eos_token": "<|endoftext|>"},
@@ -252,9 +224,9 @@ def test_hf_chat_template_other_formats(tmp_path):
     specials = ["<|endoftext|>", "<think>", "</think>"]
     named = [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]
     config = {"eos_token": "<|endoftext|>", "chat_template": named}
-    d = _write_bpe_dir(tmp_path / "named", specials, config)
+    d = write_bpe_dir(tmp_path / "named", specials, config)
     assert tokenizer.HFTokenizer.from_pretrained(d).apply_chat_template([]) == "D"
-    d = _write_bpe_dir(tmp_path / "jinja", specials, {"eos_token": "<|endoftext|>"})
+    d = write_bpe_dir(tmp_path / "jinja", specials, {"eos_token": "<|endoftext|>"})
     (d / "chat_template.jinja").write_text("{{ messages[0]['content'] }}{{ eos_token }}")
     tok = tokenizer.HFTokenizer.from_pretrained(d)
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "hi<|endoftext|>"

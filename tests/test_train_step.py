@@ -10,55 +10,9 @@ import pytest
 
 from start_jax import models, rewards, rl, sampling, segments, sharding
 from start_jax.rl import losses
+from tests.fixtures import STEP_CONFIG, make_batch
 
-CONFIG = models.tiny_config(40, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
-
-
-def _segments(b=8, length=20, seed=0):
-    """Left-padded prompt, thinking (with a forced tag), response, right padding."""
-    rs = np.random.RandomState(seed)
-    seg = np.zeros((b, length), np.int32)
-    forced = np.zeros((b, length), bool)
-    for i in range(b):
-        pad = rs.randint(0, 3)
-        prompt = rs.randint(2, 5)
-        think = rs.randint(2, 7)
-        resp = rs.randint(1, length - pad - prompt - think - 1)
-        t = pad
-        seg[i, t : t + prompt] = segments.PROMPT
-        t += prompt
-        seg[i, t : t + think] = segments.THINK
-        forced[i, t] = True  # <think>
-        if i % 2:
-            forced[i, t + think - 1] = True  # A budget-forced </think>.
-        t += think
-        seg[i, t : t + resp] = segments.RESPONSE
-    return seg, forced
-
-
-def make_batch(mode="joint", b=8, length=20, seed=0, kl_scope="mask"):
-    rs = np.random.RandomState(seed)
-    seg, forced = _segments(b, length, seed)
-    tokens = rs.randint(1, CONFIG.vocab_size, size=(b, length)).astype(np.int32)
-    tokens[seg == segments.PAD] = 0
-    mask = rl.loss_mask(jnp.asarray(seg), jnp.asarray(forced), mode)
-    rewards_ = rs.randn(b).astype(np.float32)
-    adv = rl.advantages.broadcast(rl.advantages.grpo(jnp.asarray(rewards_), group_size=4), mask)
-    noise = lambda: jnp.asarray(rs.randn(b, length) * 0.1, jnp.float32)  # noqa: E731
-    params = models.init_params(CONFIG, jax.random.key(seed))
-    old = rl.rollout_log_probs(CONFIG, params, jnp.asarray(tokens), jnp.asarray(seg)) + noise()
-    return rl.Batch(
-        tokens=jnp.asarray(tokens),
-        segment_ids=jnp.asarray(seg),
-        loss_mask=mask,
-        kl_mask=rl.kl_mask(jnp.asarray(seg), jnp.asarray(forced), mode, kl_scope),
-        advantages=adv,
-        old_logprobs=old,
-        ref_logprobs=old + noise(),
-        returns=noise(),
-        old_values=noise(),
-        rewards=jnp.asarray(rewards_),
-    )
+CONFIG = STEP_CONFIG
 
 
 def test_chunked_log_probs_equal_naive_and_so_do_gradients():

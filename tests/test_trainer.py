@@ -18,18 +18,9 @@ import pytest
 from start_jax import checkpoints, rl, segments, train
 from start_jax.train import checkpointing
 from start_jax.train import trainer as trainer_module
+from tests.fixtures import ROOT, SMOKE, assert_same_metrics, read_metrics, smoke_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(ROOT, "experiments", "configs", "smoke.py")
-
-
-def smoke_config():
-    sys.path.insert(0, os.path.dirname(SMOKE))
-    try:
-        import smoke  # noqa: PLC0415
-    finally:
-        sys.path.pop(0)
-    return smoke.get_config()
+pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +33,9 @@ def finished_run(tmp_path_factory):
     return trainer, summary, init
 
 
-def _metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as fh:
-        return [json.loads(line) for line in fh]
-
-
 def test_each_stage_trains_only_its_segments(finished_run):
     trainer, _, _ = finished_run
-    rows = _metrics(trainer.workdir)
+    rows = read_metrics(trainer.workdir)
     assert [r["step"] for r in rows] == list(range(1, 7))
     for r in rows:
         if r["stage"] == 0:  # think
@@ -119,7 +105,7 @@ def test_outputs_are_written_and_readable(finished_run):
     assert "reward_mean" in acc.Tags()["scalars"]
     events = acc.Scalars("reward_mean")
     assert [e.step for e in events] == list(range(1, 7))
-    metrics = _metrics(trainer.workdir)
+    metrics = read_metrics(trainer.workdir)
     np.testing.assert_allclose(
         [e.value for e in events], [m["reward_mean"] for m in metrics], rtol=1e-6
     )
@@ -135,7 +121,7 @@ def test_outputs_are_written_and_readable(finished_run):
 
 def test_behaviour_rates_are_logged_every_step_and_shown(finished_run, capsys):
     trainer, summary, _ = finished_run
-    metrics = _metrics(trainer.workdir)
+    metrics = read_metrics(trainer.workdir)
     for m in metrics:
         families = {k.split("/")[1] for k in m if k.startswith("behaviour/")}
         assert families, m
@@ -217,15 +203,7 @@ def test_resume_after_sigkill_and_sigterm_reproduces_every_metric(tmp_path, fini
     assert f"resuming from step {saved}" in out
     # No library log line (absl's "W1202 16:16:24.372290 ...") in a run's output.
     assert not re.search(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", out, re.MULTILINE), out
-    _assert_same_metrics(_metrics(workdir), _metrics(reference))
-
-
-def _assert_same_metrics(got: list[dict], want: list[dict]) -> None:
-    """Equal metric rows; on a difference, names the first step and the keys that differ."""
-    assert [r["step"] for r in got] == [r["step"] for r in want]
-    for a, b in zip(got, want):
-        differ = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-        assert not differ, f"step {a['step']}: (resumed, uninterrupted) {differ}"
+    assert_same_metrics(read_metrics(workdir), read_metrics(reference))
 
 
 # ------------------------------------------------------------ bad inputs
@@ -293,7 +271,7 @@ def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path):
     config.checkpoint.every = 100
     trainer = train.Trainer(config, str(tmp_path))
     trainer.run()
-    rows = _metrics(trainer.workdir)
+    rows = read_metrics(trainer.workdir)
     assert [trainer.stages[int(r["stage"])].name for r in rows] == order
     # Each stage trained its own segments: think-only stages have no response tokens in the mask.
     for r, name in zip(rows, order):
