@@ -96,6 +96,12 @@ def check_health(metrics: dict, step: int, stage: StageSpec) -> None:
         )
 
 
+# A run's random streams, by name: stream `name` at step t is fold_in(key(seed + offset), t)
+# (the critic's initial head: key(seed + offset)). Each stream has its own offset, so a new
+# stream never shifts another's numbers.
+RNG_STREAMS = {"rollout": 0, "critic_init": 1, "update": 2, "response": 3}
+
+
 @jax.jit
 def _fold_key(seed_and_step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed_and_step[0]), seed_and_step[1])
@@ -186,7 +192,9 @@ class Trainer:
 
     def _initial_critic(self):
         _, critic = models.value_model_from_policy(
-            self.model_config, self.init_params, jax.random.key(self.spec.seed + 1)
+            self.model_config,
+            self.init_params,
+            jax.random.key(self.spec.seed + RNG_STREAMS["critic_init"]),
         )
         return models.shard_params(self.critic_config, critic, self.mesh, self.rules)
 
@@ -287,10 +295,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _key(self, offset: int, step: int) -> jax.Array:
-        """fold_in(key(seed + offset), step), from an explicit host-to-device copy."""
+    def _key(self, stream: str, step: int) -> jax.Array:
+        """The key of `stream` (`RNG_STREAMS`) at `step`: fold_in(key(seed + offset), step),
+        from an explicit host-to-device copy."""
         pair = sharding.host_to_global(
-            np.asarray([self.spec.seed + offset, step], np.uint32), self.replicated
+            np.asarray([self.spec.seed + RNG_STREAMS[stream], step], np.uint32), self.replicated
         )
         return _fold_key(pair)
 
@@ -307,7 +316,7 @@ class Trainer:
         g = self.spec.group_size if group_size is None else group_size
         prompts = [p for p in self.encode(examples) for _ in range(g)]
         row_ids = np.arange(len(prompts)) + step * len(prompts)
-        rng = self._key(0, step)
+        rng = self._key("rollout", step)
         # Each prompt is prefilled once for its group; finished rows stop costing steps.
         shape = dict(group_size=g, compact=self.spec.compaction)
         if stage.responder == "self" and stage.thinker == "self":
@@ -333,7 +342,7 @@ class Trainer:
             responder,
             thinking,
             sc,
-            self._key(3, step),
+            self._key("response", step),
             row_ids=row_ids,
             compact=self.spec.compaction,
         )
@@ -460,7 +469,7 @@ class Trainer:
         widths: tuple[int, ...] | None = None,
     ):
         """One update; `widths` from `widths_of` trains rows in length groups."""
-        rng, fn = self._key(2, step), self._step_fn(stage)
+        rng, fn = self._key("update", step), self._step_fn(stage)
         with sharding.logical_constraint_context(self.mesh, self.rules):
             return fn(state, batch, rng, widths)
 
