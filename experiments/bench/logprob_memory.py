@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python -m experiments.bench_logprob_memory [--batch 8 --length 1024 --vocab 151936 --chunk 256
+    python -m experiments.bench.logprob_memory [--batch 8 --length 1024 --vocab 151936 --chunk 256
         --sweep_chunks 64,128,512 --sweep_lengths 2048,4096 --max_run_gib 8
         --attention auto --attention_lengths 1024,2048,4096,8192,32768 --dense_max_length 32768]
 
@@ -71,7 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench_common import print_table
+from experiments.bench.common import print_table
 from start_jax import models, rl, segments
 from start_jax.models import attention
 

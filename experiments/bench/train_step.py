@@ -2,13 +2,13 @@
 
 Run from the repository root:
 
-    python -m experiments.bench_train_step [--model bench --batch 16 --length 256 \
+    python -m experiments.bench.train_step [--model bench --batch 16 --length 256 \
         --micro_batches 1 --chunk 0 --repeats 5]
 
 The GRPO step on the medium model (batch 16 x (32 prompt + 64 generated)
 tokens, no KL, as in the comparison with google-tunix):
 
-    python -m experiments.bench_train_step --model medium --length 96 --prompt 32 --kl_coef 0
+    python -m experiments.bench.train_step --model medium --length 96 --prompt 32 --kl_coef 0
 
 and the same with `--skip_prompt_head` (`TrainConfig.logprob_start` = the
 prompt width: the vocabulary head does not run on the prompt columns).
@@ -16,7 +16,7 @@ prompt width: the vocabulary head does not run on the prompt columns).
 `--model bench` (the default) builds a random ~10M-parameter Qwen3-shaped
 policy (vocab 16384, hidden 256, MLP 768, 8 layers, 8 query / 4 key-value
 heads of width 32, QK-norm, tied embeddings, float32); `--model small` and
-`--model medium` are the shapes of `experiments.bench_rollout` (4.2M
+`--model medium` are the shapes of `experiments.bench.rollout` (4.2M
 parameters with a tied 4,096 vocabulary; 57.9M with an untied 32,000
 vocabulary, hidden 512, MLP 1,536, 8 layers, 8 / 4 heads of width 64). The
 rollout batch has `batch` rows x `length` tokens laid out like a thinking
@@ -68,8 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench_common import print_table
-from experiments.bench_rollout import MODELS
+from experiments.bench.common import MODELS, print_table
 from start_jax import models, rl, segments
 from start_jax.rl import logprobs
 

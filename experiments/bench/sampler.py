@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python -m experiments.bench_sampler [--batch 16 --new_tokens 64 --prompt_len 32 --repeats 7]
+    python -m experiments.bench.sampler [--batch 16 --new_tokens 64 --prompt_len 32 --repeats 7]
 
 It builds a ~10M-parameter random Qwen3-shaped checkpoint in a temporary
 directory with `transformers`, loads it with `start_jax.checkpoints.load_pretrained`
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import transformers
 
-from experiments.bench_common import print_table
+from experiments.bench.common import print_table
 from start_jax import checkpoints, sampling
 
 SPECIAL = sampling.SpecialTokens(think=3, end_think=4, eos=1, pad=0)

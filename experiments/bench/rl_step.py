@@ -5,16 +5,16 @@ project's busy 2-core CPU: checkpoint and data set up in ~10 s, a warm-up step
 with 11-15 s of compilation, then 3 measured steps of 20-60 s each, three
 quarters of it the update):
 
-    python -m experiments.bench_rl_step [--model medium --prompts 4 --group 8 \\
+    python -m experiments.bench.rl_step [--model medium --prompts 4 --group 8 \\
         --think_budget 96 --response_budget 32 --steps 3 --warmup 1 --responder self]
 
 On a GPU, a bigger batch, bf16 compute and a known peak for the MFU column
 (H100 / H200 / A100 are in the table; otherwise pass --peak_tflops):
 
-    python -m experiments.bench_rl_step --prompts 64 --group 8 --think_budget 512 \\
+    python -m experiments.bench.rl_step --prompts 64 --group 8 --think_budget 512 \\
         --response_budget 128 --dtype bfloat16 --steps 5 --warmup 2
 
-What it builds, in a temporary directory (see `experiments.bench_rollout`,
+What it builds, in a temporary directory (see `experiments.bench.rollout`,
 whose helpers it shares): the random Qwen3 checkpoint (`--model medium`:
 57,943,552 parameters, vocab 32,000, untied; `--model small`: 4,197,120,
 vocab 4,096, tied) written with `checkpoints.save_pretrained`, with a byte-level
@@ -81,8 +81,7 @@ import time
 import jax
 import numpy as np
 
-from experiments.bench_common import print_table
-from experiments.bench_rollout import (
+from experiments.bench.common import (
     PROMPT_TOKENS,
     add_model_args,
     ending_summary,
@@ -92,6 +91,7 @@ from experiments.bench_rollout import (
     peak_flops,
     print_environment,
     print_model,
+    print_table,
     rl_config,
     rollout_stats,
     si,
