@@ -145,7 +145,8 @@ def test_unknown_model_type_lists_supported(tmp_path, qwen3_dir):
     with pytest.raises(
         ValueError,
         match=re.escape(
-            f"{cfg_file}: unsupported model_type 'gpt2'; supported: gemma3_text, llama, qwen2, qwen3"
+            f"{cfg_file}: unsupported model_type 'gpt2'; "
+            "supported: gemma3_text, llama, qwen2, qwen3"
         ),
     ):
         checkpoints.load_pretrained(d)

@@ -15,6 +15,7 @@ from start_jax.rl.masks import kl_mask, loss_mask
 from start_jax.rl.train_step import (
     Batch,
     NonFiniteError,
+    OptimizerConfig,
     TrainConfig,
     TrainState,
     carry_optimizer_state,

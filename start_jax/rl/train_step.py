@@ -88,6 +88,20 @@ class TrainConfig:
         return self.ppo_epochs * self.minibatches == 1
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """One stage's optimizer (`make_optimizer`'s arguments), frozen: a jit cache keyed on it
+    compiles one update per distinct optimizer, and a missing field cannot be forgotten."""
+
+    learning_rate: float = 1e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+    def make(self) -> optax.GradientTransformation:
+        return make_optimizer(**dataclasses.asdict(self))
+
+
 def make_optimizer(
     learning_rate: float = 1e-6,
     warmup_steps: int = 0,

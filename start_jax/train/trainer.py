@@ -171,20 +171,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def _tx(self, stage: StageSpec):
+    def _optimizer(self, stage: StageSpec) -> rl.OptimizerConfig:
         o = self.spec.optim
-        return rl.make_optimizer(
+        return rl.OptimizerConfig(
             learning_rate=stage.learning_rate,
             warmup_steps=stage.warmup_steps,
             weight_decay=o.weight_decay,
             max_grad_norm=o.max_grad_norm,
         )
 
-    def _critic_tx(self):
+    def _critic_optimizer(self) -> rl.OptimizerConfig | None:
+        if self.critic_config is None:
+            return None
         o = self.spec.optim
-        return rl.make_optimizer(
+        return rl.OptimizerConfig(
             learning_rate=o.critic_learning_rate, max_grad_norm=o.max_grad_norm
         )
+
+    def _tx(self, stage: StageSpec):
+        return self._optimizer(stage).make()
+
+    def _critic_tx(self):
+        return self._critic_optimizer().make()
 
     def _init_state_fn(self, stage: StageSpec):
         critic_tx = self._critic_tx() if self.critic_config is not None else None
@@ -368,7 +376,8 @@ class Trainer:
 
     def _step_fn(self, stage: StageSpec):
         train = stage.train_config(self.train_config)
-        key = ("step", stage.learning_rate, stage.warmup_steps, train)
+        # Keyed on the frozen configs themselves: stages with equal settings share a program.
+        key = ("step", self._optimizer(stage), self._critic_optimizer(), train)
         if key not in self._jits:
             self._jits[key] = rl.jit_train_step(
                 self.model_config,
