@@ -310,3 +310,23 @@ def test_exact_match_and_math_verifier():
     np.testing.assert_array_equal(got, [1, 1, 1, 0, 0])
     with pytest.raises(ValueError, match=r"unknown reward 'no_such_judge'; registered: \["):
         rewards.make("no_such_judge")
+
+
+def test_optimizer_config_is_a_cache_key_and_makes_make_optimizer_s_optimizer():
+    a = rl.OptimizerConfig(learning_rate=1e-2, warmup_steps=2, weight_decay=0.1, max_grad_norm=1.0)
+    same = rl.OptimizerConfig(1e-2, 2, 0.1, 1.0)
+    assert a == same and hash(a) == hash(same)
+    assert len({a, same, rl.OptimizerConfig(2e-2, 2, 0.1, 1.0)}) == 2
+    params = {"w": jnp.asarray([1.0, -1.0, 0.5])}
+    grads = {"w": jnp.asarray([3.0, -2.0, 1.0])}
+    updates = []
+    for tx in (a.make(), rl.make_optimizer(1e-2, 2, 0.1, 1.0)):
+        state, p, got = tx.init(params), params, []
+        for _ in range(3):
+            u, state = tx.update(grads, state, p)
+            p = optax.apply_updates(p, u)
+            got.append(np.asarray(p["w"]))
+        updates.append(got)
+    np.testing.assert_array_equal(np.asarray(updates[0]), np.asarray(updates[1]))
+    np.testing.assert_array_equal(updates[0][0], params["w"])  # The warmup starts at 0,
+    assert not np.allclose(updates[0][-1], params["w"])  # then the parameters move.
