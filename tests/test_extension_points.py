@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from start_jax.rl import advantages, losses
 from start_jax.train import config as config_module
+from start_jax.train import stages
 from start_jax.train.spec import RunSpec
 from tests.fixtures import smoke_config
 
@@ -80,3 +82,42 @@ def test_groups_are_asked_for_by_the_estimators_themselves():
     assert not advantages.AdvantageConfig("reinforce_pp", group_baseline=False).needs_groups
     assert advantages.CRITIC_ESTIMATORS == ("gae",)
     assert dataclasses.fields(advantages.AdvantageConfig)[0].name == "estimator"
+
+
+def test_every_stage_knob_is_declared_once_with_its_default_check_and_inheritance():
+    """A stage's knobs come from `StageSpec`'s fields: the config section has each one at
+    its declared default, a bad value is refused naming the key, and a knob left unset
+    takes the run-wide value it inherits."""
+    section = stages.stage()
+    declared = {f.name: f.default for f in stages.knobs()}
+    assert dict(section) == declared
+    assert set(declared) == {f.name for f in dataclasses.fields(stages.StageSpec)} - {
+        "name",
+        "start",
+    }
+    bad = dict(
+        train_segments="thinking",
+        responder="me",
+        steps=-1,
+        learning_rate=0.0,
+        thinker="both",
+        kl_coef=-0.5,
+        kl_reference="base",
+        kl_scope="all",
+        warmup_steps=-2,
+        carry_optimizer="yes",
+    )
+    assert set(bad) == set(declared)
+    for knob, value in bad.items():
+        c = smoke_config()
+        c.stages.s1 = ml_collections.ConfigDict({**c.stages.s1.to_dict(), knob: value})
+        with pytest.raises(ValueError, match=rf"stages\.s1\.{knob}="):
+            config_module.validate(c)
+    c = smoke_config()
+    c.algo.kl_coef, c.algo.kl_scope, c.optim.warmup_steps = 0.25, "think", 3
+    c.stages.s2.kl_coef, c.stages.s2.warmup_steps = 0.0, 0
+    first, second = RunSpec.from_config(c).stages[:2]
+    assert (first.kl_coef, first.kl_scope, first.warmup_steps) == (0.25, "think", 3)
+    assert (second.kl_coef, second.kl_scope, second.warmup_steps) == (0.0, "think", 0)
+    with pytest.raises(TypeError, match="unknown knobs"):
+        stages.stage(kl_coeff=0.1)

@@ -16,49 +16,11 @@ from start_jax.errors import ConfigError
 from start_jax.models.config import ATTENTION_IMPLS, DTYPE_NAMES, SUPPORTED_MODEL_TYPES
 from start_jax.rl import losses, masks
 from start_jax.rl.advantages import ESTIMATORS, AdvantageConfig
+from start_jax.train.stages import stage, validate_stage
 
 ADVANTAGES = tuple(sorted(ESTIMATORS))  # The built-in ones; validate reads the registry.
-RESPONDERS = ("self", "frozen")
-THINKERS = ("self", "frozen")
-KL_REFERENCES = ("init", "stage_start")
 # Sections whose keys are free-form (checked where they are used).
 _FREE_FORM = ("reward.kwargs", "stages", "prompt.template_kwargs")
-
-
-def stage(
-    train_segments: str = "joint",
-    responder: str = "self",
-    steps: int = 10,
-    learning_rate: float = 1e-3,
-    *,
-    thinker: str = "self",
-    kl_coef: float = -1.0,
-    kl_reference: str = "init",
-    kl_scope: str = "",
-    warmup_steps: int = -1,
-    carry_optimizer: bool = False,
-) -> ml_collections.ConfigDict:
-    """One stage of the schedule."""
-    return ml_collections.ConfigDict(
-        dict(
-            train_segments=train_segments,  # joint | think | response.
-            responder=responder,  # self | frozen: who writes the response (frozen = the
-            # initial policy).
-            thinker=thinker,  # self | frozen: who writes the thinking (frozen = a
-            # snapshot of the policy at the stage's start; needs
-            # train_segments=response and responder=self).
-            steps=steps,  # RL steps in this stage.
-            learning_rate=learning_rate,  # Peak learning rate of the stage.
-            warmup_steps=warmup_steps,  # Linear warmup of this stage; -1 = optim.warmup_steps.
-            carry_optimizer=carry_optimizer,  # Continue the previous stage's optimizer state
-            # (moments) instead of a fresh one.
-            kl_coef=kl_coef,  # KL to the reference in this stage; -1 = algo.kl_coef.
-            kl_reference=kl_reference,  # init | stage_start: the reference policy (the
-            # initial policy, or a snapshot at the stage's start).
-            kl_scope=kl_scope,  # '' = algo.kl_scope | mask | completion | think |
-            # response: the tokens that carry the KL.
-        )
-    )
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -243,30 +205,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     _check_numbers(config)
     for name in stage_names(config):
-        st = config.stages[name]
-        _check_keys(st, stage(), f"stages.{name}.")
-        if st.train_segments not in masks.TRAIN_SEGMENTS:
-            raise ConfigError(
-                f"config: stages.{name}.train_segments={st.train_segments!r} is not one "
-                f"of {sorted(masks.TRAIN_SEGMENTS)}"
-            )
-        if st.responder not in RESPONDERS:
-            raise ConfigError(
-                f"config: stages.{name}.responder={st.responder!r} is not one of {list(RESPONDERS)}"
-            )
-        if not isinstance(st.steps, int) or st.steps < 0:
-            raise ConfigError(f"config: stages.{name}.steps={st.steps!r} must be an integer >= 0")
-        lr = st.learning_rate
-        if not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-            raise ConfigError(
-                f"config: stages.{name}.learning_rate={lr!r} must be a finite number > 0"
-            )
-        _check_stage_design(config, name, st, first=name == stage_names(config)[0])
-        if config.sampling.think_budget == 0 and st.steps and st.train_segments == "think":
-            raise ConfigError(
-                f"config: stages.{name}.train_segments='think' with sampling.think_budget=0: "
-                "the stage has no thinking tokens to train; raise sampling.think_budget"
-            )
+        _check_keys(config.stages[name], stage(), f"stages.{name}.")
+        validate_stage(config, name, first=name == stage_names(config)[0])
     if not any(config.stages[n].steps for n in stage_names(config)):
         raise ConfigError(
             "config: every stage has steps=0, so the run would train nothing after the cold "
@@ -319,45 +259,6 @@ def _check_numbers(config) -> None:
     ):
         if value not in allowed:
             raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")
-
-
-def _check_stage_design(config, name: str, st, first: bool) -> None:
-    """The stage's thinker, KL anchor, warmup and optimizer options, and their combinations."""
-    key = f"config: stages.{name}."
-    for field, value, allowed in (
-        ("thinker", st.thinker, THINKERS),
-        ("kl_reference", st.kl_reference, KL_REFERENCES),
-        ("kl_scope", st.kl_scope, ("",) + masks.KL_SCOPES),
-    ):
-        if value not in allowed:
-            raise ConfigError(f"{key}{field}={value!r} is not one of {list(allowed)}")
-    if st.thinker == "frozen" and (st.train_segments != "response" or st.responder != "self"):
-        raise ConfigError(
-            f"{key}thinker='frozen' samples the thinking from a snapshot, so the stage can train "
-            f"only the response: set stages.{name}.train_segments='response' and "
-            f"stages.{name}.responder='self' (now {st.train_segments!r}, {st.responder!r})"
-        )
-    kl = st.kl_coef
-    if not isinstance(kl, (int, float)) or not (kl == -1 or 0 <= kl < float("inf")):
-        raise ConfigError(f"{key}kl_coef={kl!r} must be -1 (algo.kl_coef) or a finite number >= 0")
-    coef = config.algo.kl_coef if kl == -1 else kl
-    if st.kl_reference == "stage_start" and not coef:
-        raise ConfigError(
-            f"{key}kl_reference='stage_start' needs a KL coefficient: set "
-            f"stages.{name}.kl_coef (or algo.kl_coef) > 0"
-        )
-    w = st.warmup_steps
-    if not isinstance(w, int) or isinstance(w, bool) or w < -1:
-        raise ConfigError(
-            f"{key}warmup_steps={w!r} must be -1 (optim.warmup_steps) or an integer >= 0"
-        )
-    if not isinstance(st.carry_optimizer, bool):
-        raise ConfigError(f"{key}carry_optimizer={st.carry_optimizer!r} must be True or False")
-    if st.carry_optimizer and first:
-        raise ConfigError(
-            f"{key}carry_optimizer=True: the first stage has no previous "
-            "optimizer state to carry; set it on a later stage"
-        )
 
 
 def stage_names(config) -> list[str]:

@@ -28,41 +28,7 @@ from start_jax.sampling import Compaction, SamplingConfig, num_decode_steps
 from start_jax.sharding import MeshConfig
 from start_jax.tokenizer import MissingTag
 from start_jax.train.config import stage_names, validate
-
-
-@dataclasses.dataclass(frozen=True)
-class StageSpec:
-    name: str
-    train_segments: str  # joint | think | response.
-    responder: str  # self | frozen (the initial policy).
-    steps: int
-    learning_rate: float
-    start: int  # Global step at which the stage begins.
-    thinker: str = "self"  # self | frozen (a snapshot of the policy at `start`).
-    kl_coef: float = 0.0  # KL to the reference (resolved: algo.kl_coef when unset).
-    kl_reference: str = "init"  # init | stage_start.
-    kl_scope: str = "mask"  # Tokens that carry the KL (rl.masks.KL_SCOPES).
-    warmup_steps: int = 0  # Linear warmup of the stage (optimizer updates).
-    carry_optimizer: bool = False  # Continue the previous stage's optimizer state.
-
-    @property
-    def end(self) -> int:
-        return self.start + self.steps
-
-    @property
-    def needs_snapshot(self) -> bool:
-        """The stage reads a copy of the policy taken at its start (a frozen thinker or a
-        stage-start KL reference); checkpoints inside the stage carry it."""
-        return self.thinker == "frozen" or (
-            bool(self.kl_coef) and self.kl_reference == "stage_start"
-        )
-
-    def train_config(self, train: TrainConfig) -> TrainConfig:
-        """The run's update settings with this stage's KL coefficient and scope."""
-        return dataclasses.replace(
-            train,
-            loss=dataclasses.replace(train.loss, kl_coef=self.kl_coef, kl_scope=self.kl_scope),
-        )
+from start_jax.train.stages import StageSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,26 +202,8 @@ class RunSpec:
         c = config
         stages, start = [], 0
         for name in stage_names(c):
-            st = c.stages[name]
-            stages.append(
-                StageSpec(
-                    name,
-                    st.train_segments,
-                    st.responder,
-                    int(st.steps),
-                    float(st.learning_rate),
-                    start,
-                    thinker=st.thinker,
-                    kl_coef=float(c.algo.kl_coef if st.kl_coef == -1 else st.kl_coef),
-                    kl_reference=st.kl_reference,
-                    kl_scope=st.kl_scope or c.algo.kl_scope,
-                    warmup_steps=int(
-                        c.optim.warmup_steps if st.warmup_steps == -1 else st.warmup_steps
-                    ),
-                    carry_optimizer=bool(st.carry_optimizer),
-                )
-            )
-            start += int(st.steps)
+            stages.append(StageSpec.from_section(name, c.stages[name], start, c))
+            start += stages[-1].steps
         if c.data.source != "synthetic" and c.reward.name in synthetic.JUDGES:
             others = sorted(set(rewards.registered()) - set(synthetic.JUDGES))
             raise ConfigError(
