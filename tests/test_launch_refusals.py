@@ -16,6 +16,8 @@ import pytest
 from start_jax import models
 from tests.fixtures import SMOKE
 
+pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The child: runs every case as `launch.py` would (flags parsed from the default state,
@@ -27,9 +29,6 @@ sys.argv = ["launch.py"]
 import hashlib
 import launch
 from absl import flags
-
-pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
-
 
 def digest(path):
     files = {}
