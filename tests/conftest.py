@@ -1,6 +1,7 @@
 """Test setup: 8 simulated CPU devices, set before jax is first imported."""
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -43,3 +44,14 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.slow)
         elif not item.get_closest_marker("unit"):
             item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drops jax's compiled programs after each module. Every CPU executable holds memory
+    mappings of its own, and one process that compiles the whole suite's programs runs
+    past the kernel's limit on mappings (vm.max_map_count, 65530 by default), where XLA's
+    compiler crashes; the persistent compilation cache still serves repeats from disk."""
+    yield
+    jax.clear_caches()
+    gc.collect()
