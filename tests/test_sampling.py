@@ -86,7 +86,12 @@ def _teacher_forced_logprobs(config, params, rollout, temperature):
 def test_logprobs_equal_teacher_forced_forward(checkpoints):
     config, params = load_pretrained(checkpoints["qwen3"][0])
     cfg = sampling.SamplingConfig(
-        temperature=0.7, top_k=20, top_p=0.9, think_budget=10, response_budget=8
+        temperature=0.7,
+        top_k=20,
+        top_p=0.9,
+        think_budget=10,
+        response_budget=8,
+        ban_tags_in_response=False,
     )
     rollout = sampling.sample(config, params, _prompts([4, 11, 7]), cfg, 3, SPECIAL)
     ref = _teacher_forced_logprobs(config, params, rollout, 0.7)
