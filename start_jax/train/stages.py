@@ -196,7 +196,6 @@ def validate_stage(config, name: str, first: bool) -> None:
             raise ConfigError(f"{key}{f.name}={value!r} is not one of {list(meta['choices'])}")
         if meta["check"] is not None and not meta["check"](value):
             raise ConfigError(f"{key}{f.name}={value!r} must be {meta['rule']}")
-    st = {f.name: st.get(f.name, f.default) for f in knobs()}
     st = StageSpec.from_section(name, st, 0, config)
     if st.thinker == "frozen" and (st.train_segments != "response" or st.responder != "self"):
         raise ConfigError(
