@@ -109,7 +109,7 @@ def test_frozen_thinker_samples_the_snapshot_and_trains_the_response_only(design
             snap,
             prompts,
             trainer.spec.sampling.replace(response_budget=0),
-            trainer._key(0, step),
+            trainer._key("rollout", step),
             trainer.special,
             row_ids=row_ids,
             mesh=trainer.mesh,
