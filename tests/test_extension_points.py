@@ -121,3 +121,53 @@ def test_every_stage_knob_is_declared_once_with_its_default_check_and_inheritanc
     assert (second.kl_coef, second.kl_scope, second.warmup_steps) == (0.0, "think", 0)
     with pytest.raises(TypeError, match="unknown knobs"):
         stages.stage(kl_coeff=0.1)
+
+
+def test_a_new_task_is_one_registered_class(tmp_path):
+    """A data source is a `tasks.Task`: registered, it is a valid `data.source`, the run's
+    data sets and cold-start traces come from it, and its rewards are refused elsewhere."""
+    from start_jax import rewards, tasks
+    from start_jax.errors import ConfigError
+    from start_jax.train import data_io, init_policy
+
+    class Echo(tasks.Task):
+        name = "echo_test"
+        description = "echo prompts"
+        own_rewards = ("exact_match",)
+        decodes_every_row = True
+
+        def load(self, split, name, train_path, test_path, data_dir):
+            n = 5 if split == "train" else 2
+            return [
+                {"prompt": f"say {i}", "reference": str(i), "family": "echo", "metadata": "{}"}
+                for i in range(n)
+            ]
+
+        def sft_traces(self, examples, mixture, seed, draws):
+            return [{**e, "thinking": "echo", "response": e["reference"]} for e in examples]
+
+        def behaviour_metrics(self, rows):
+            return {"behaviour/echo/rows": float(len(rows))}
+
+    assert "echo_test" not in tasks.registered()
+    tasks.register(Echo())
+    try:
+        config = smoke_config()
+        config.data.source = "echo_test"
+        config.reward.name = "exact_match"
+        spec = RunSpec.from_config(config)
+        train_data, test_data = data_io.datasets(spec.data, str(tmp_path))
+        assert (len(train_data), len(test_data)) == (5, 2)
+        assert train_data[3]["reference"] == "3" and train_data[3]["family"] == "echo"
+        traces = init_policy.sft_traces(spec, [train_data[i] for i in range(2)])
+        assert [t["response"] for t in traces] == ["0", "1"]
+        # Its own reward judges only its examples.
+        config.data.source = "synthetic"
+        with pytest.raises(ConfigError, match="'exact_match' judges only echo prompts"):
+            RunSpec.from_config(config)
+        assert "exact_match" in rewards.registered()
+    finally:
+        tasks.base._TASKS.pop("echo_test")
+    config.data.source = "echo_test"
+    with pytest.raises(ConfigError, match=r"data.source='echo_test' is not one of \["):
+        RunSpec.from_config(config)

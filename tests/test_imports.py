@@ -9,6 +9,7 @@ packages of one layer must not import each other in a cycle):
     data                        (the world generates and solves tasks)
     rewards                     (judges, the world's included)
     eval
+    tasks                       (data sources: data sets, traces, metrics, own rewards)
     train
 """
 
@@ -20,6 +21,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "start_jax"
 LAYERS = (
@@ -29,6 +32,7 @@ LAYERS = (
     ("data",),
     ("rewards",),
     ("eval",),
+    ("tasks",),
     ("train",),
 )
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
@@ -143,6 +147,7 @@ sys.exit(1 if failed else 0)
 """
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_every_module_imports_first():
     """Each module as the first start_jax import (the package modules are reset between)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -157,6 +162,7 @@ def test_every_module_imports_first():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_first_import_in_a_fresh_process():
     """The lowest-level packages that once had a cycle, each in a process of its own."""
     for module in ("start_jax.checkpoints", "start_jax.rewards"):

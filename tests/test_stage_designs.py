@@ -3,6 +3,7 @@ state and per-stage warmup; each tested on one in-process run of the smoke model
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 
@@ -188,12 +189,12 @@ def test_carried_optimizer_state_continues_the_moments():
     assert int(adam.count) == 2 and float(jnp.abs(adam.mu["w"]).sum()) > 0
     schedule = [
         s
-        for s in jax.tree.leaves(
-            carried, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState)
-        )
-        if isinstance(s, optax.ScaleByScheduleState)
+        for s in jax.tree.leaves(carried, is_leaf=lambda x: isinstance(x, rl.LearningRateState))
+        if isinstance(s, rl.LearningRateState)
     ][0]
-    assert int(schedule.count) == 0  # The new stage's warmup starts at 0.
+    assert int(schedule.count) == 0  # The new stage's warmup starts at 0...
+    assert float(schedule.learning_rate) == np.float32(1e-2)  # ...at the new stage's rate.
+    assert int(schedule.warmup_steps) == 3
     # The first update of the new stage reads the carried moments: it differs from a fresh one.
     g = {"w": jnp.asarray([0.1, 0.1, 0.1])}
     tx2b = rl.make_optimizer(1e-2)
@@ -247,3 +248,10 @@ def test_carry_on_the_first_stage_is_an_error():
     c.stages.s1.carry_optimizer = True
     with pytest.raises(ConfigError, match="stages.s1.carry_optimizer=True"):
         train.RunSpec.from_config(c)
+
+
+def test_stages_that_differ_in_rate_share_one_compiled_update(designs_run):
+    trainer, _ = designs_run
+    s = trainer.stages[1]
+    other = dataclasses.replace(s, learning_rate=0.5, warmup_steps=7)
+    assert trainer._step_fn(other) is trainer._step_fn(s)

@@ -15,6 +15,7 @@ from tests.fixtures import STEP_CONFIG, make_batch
 CONFIG = STEP_CONFIG
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_chunked_log_probs_equal_naive_and_so_do_gradients():
     params = models.init_params(CONFIG, jax.random.key(0))
     batch = make_batch()
@@ -57,6 +58,7 @@ def test_chunked_log_probs_equal_naive_and_so_do_gradients():
         ("dual_clip", "response"),
     ],
 )
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_no_gradient_leaks_outside_the_loss_mask(mode, kind):
     batch = make_batch(mode)
     lc = losses.LossConfig(
@@ -87,6 +89,7 @@ def _delta(before, after):
     return jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), before, after)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("mode", losses.AGGREGATIONS)
 def test_micro_batches_give_the_same_update(mode):
     batch = make_batch("think", b=8)
@@ -127,6 +130,7 @@ def test_length_widths_round_each_group_up():
     assert rl.length_widths(seg, 1) is None and rl.length_widths(seg, 3) is None
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_length_groups_give_the_same_update(mode="seq-mean-token-sum-norm"):
     """Rows sorted by length, each group trained on the columns it fills: the same update,
     metrics and critic as every row on every column (two epochs, micro-batches, KL,
@@ -180,6 +184,7 @@ def test_length_groups_give_the_same_update(mode="seq-mean-token-sum-norm"):
         )
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_sharded_step_equals_unsharded():
     batch = make_batch("joint", b=8)
     params = models.init_params(CONFIG, jax.random.key(0))
@@ -209,6 +214,7 @@ def test_sharded_step_equals_unsharded():
     assert int(new.step) == 4
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_metrics_are_complete_and_count_mask_tokens_per_segment():
     batch = make_batch("think")
     tx = rl.make_optimizer(learning_rate=1e-3)
@@ -265,6 +271,7 @@ class _Recorder:
         return np.ones(len(inputs), np.float32)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_rewards_never_see_the_thinking():
     from start_jax.tokenizer import CharTokenizer
 
@@ -330,3 +337,68 @@ def test_optimizer_config_is_a_cache_key_and_makes_make_optimizer_s_optimizer():
     np.testing.assert_array_equal(np.asarray(updates[0]), np.asarray(updates[1]))
     np.testing.assert_array_equal(updates[0][0], params["w"])  # The warmup starts at 0,
     assert not np.allclose(updates[0][-1], params["w"])  # then the parameters move.
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_make_optimizer_equals_optax_adamw_with_a_warmup_schedule(warmup):
+    """The rate held as state gives optax's own AdamW with a linear warmup joined to a
+    constant rate: parameters equal to 1e-6 over 6 updates."""
+    lr, wd = 1e-2, 0.1
+    schedule = (
+        optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+        )
+        if warmup
+        else lr
+    )
+    want_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=wd))
+    got_tx = rl.make_optimizer(lr, warmup, wd, 1.0)
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=5), jnp.float32)}
+    got, want = params, params
+    gs, ws = got_tx.init(params), want_tx.init(params)
+    for _ in range(6):
+        g = {"w": jnp.asarray(rng.normal(size=5), jnp.float32)}
+        u, gs = got_tx.update(g, gs, got)
+        got = optax.apply_updates(got, u)
+        u, ws = want_tx.update(g, ws, want)
+        want = optax.apply_updates(want, u)
+        np.testing.assert_allclose(got["w"], want["w"], rtol=0, atol=1e-6)
+    assert not np.allclose(got["w"], params["w"])
+
+
+def test_a_new_learning_rate_reuses_the_compiled_update():
+    """The rate and warmup are state: one compiled update serves every rate, and
+    `with_learning_rate` sets them (the count kept) as a resumed run does."""
+    traces = []
+
+    @jax.jit
+    def step(opt_state, params, grads):
+        traces.append(1)
+        u, opt_state = rl.make_optimizer(0.0).update(grads, opt_state, params)
+        return optax.apply_updates(params, u), opt_state
+
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.asarray([1.0, -1.0, 2.0])}
+    moved = {}
+    for lr in (1e-3, 1e-1):
+        p, s = step(rl.make_optimizer(lr).init(params), params, grads)
+        moved[lr] = np.abs(np.asarray(p["w"]) - 1.0)
+    assert len(traces) == 1
+    # Adam's first step is lr * sign(g) (to its epsilon): the rate the state held.
+    np.testing.assert_allclose(moved[1e-3], 1e-3, rtol=1e-4)
+    np.testing.assert_allclose(moved[1e-1], 1e-1, rtol=1e-4)
+    s = rl.with_learning_rate(s, 5e-2, 4)
+    (rate,) = [
+        x
+        for x in jax.tree.leaves(s, is_leaf=lambda x: isinstance(x, rl.LearningRateState))
+        if isinstance(x, rl.LearningRateState)
+    ]
+    assert (float(rate.learning_rate), int(rate.warmup_steps), int(rate.count)) == (
+        np.float32(5e-2),
+        4,
+        1,
+    )
+    a = rl.OptimizerConfig(1e-2, 2, 0.1, 1.0)
+    assert a.program_key == rl.OptimizerConfig(3e-4, 0, 0.1, 1.0).program_key
+    assert a.program_key != rl.OptimizerConfig(1e-2, 2, 0.2, 1.0).program_key

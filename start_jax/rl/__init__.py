@@ -14,6 +14,7 @@ from start_jax.rl.losses import LossConfig
 from start_jax.rl.masks import kl_mask, loss_mask
 from start_jax.rl.train_step import (
     Batch,
+    LearningRateState,
     NonFiniteError,
     OptimizerConfig,
     TrainConfig,
@@ -28,4 +29,5 @@ from start_jax.rl.train_step import (
     policy_loss_terms,
     row_ends,
     train_on_batch,
+    with_learning_rate,
 )

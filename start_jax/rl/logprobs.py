@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from start_jax import segments
-from start_jax.models import transformer
+from start_jax.models import fast_paths, transformer
 from start_jax.models.config import ModelConfig
 
 
@@ -127,8 +127,10 @@ def _block_grads(h, kernel, y, z, lse, a, b, temperature, dtype):
     return d_h, d_kernel
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 7))
-def chunked_head(hidden, kernel, targets, temperature, chunk, dtype, ban=None, banned=()):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 7, 8))
+def chunked_head(
+    hidden, kernel, targets, temperature, chunk, dtype, ban=None, banned=(), barrier=False
+):
     """log p_T(targets) and entropies [B, T] through the head `kernel` [D, V].
 
     `ban` [B, T] bool (or None) marks the positions where the `banned` ids
@@ -142,16 +144,19 @@ def chunked_head(hidden, kernel, targets, temperature, chunk, dtype, ban=None, b
     so its peak memory is a few [B, chunk, V] arrays whatever the length.
     With chunk >= T the head is one matmul and the forward keeps the [B, T,
     V] float32 logits for the backward, which then recomputes nothing. A zero
-    entropy cotangent (the loss has no entropy term) is skipped.
+    entropy cotangent (the loss has no entropy term) is skipped. `barrier`: d kernel
+    behind `fast_paths.kernel_grad`'s optimization barrier (a CPU fast path).
     """
-    return _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype, ban, banned)[0]
+    args = (hidden, kernel, targets, temperature, chunk, dtype, ban, banned, barrier)
+    return _chunked_head_fwd(*args)[0]
 
 
 def _value(x):
     return x.value if isinstance(x, jax.custom_derivatives.CustomVJPPrimal) else x
 
 
-def _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype, ban, banned):
+def _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype, ban, banned, barrier):
+    del barrier  # The backward pass's.
     hidden, kernel, targets, ban = _value(hidden), _value(kernel), _value(targets), _value(ban)
     if not banned:
         ban = None
@@ -173,7 +178,7 @@ def _chunked_head_fwd(hidden, kernel, targets, temperature, chunk, dtype, ban, b
     return (_unchunk(logp, t), _unchunk(ent, t)), (hidden, kernel, targets, ban, None, None)
 
 
-def _chunked_head_bwd(temperature, chunk, dtype, banned, residuals, cotangents):
+def _chunked_head_bwd(temperature, chunk, dtype, banned, barrier, residuals, cotangents):
     hidden, kernel, targets, ban, z, lse = residuals
     g_logp, g_ent = cotangents
     zero = jax.custom_derivatives.SymbolicZero
@@ -186,7 +191,7 @@ def _chunked_head_bwd(temperature, chunk, dtype, banned, residuals, cotangents):
         d_hidden, d_kernel = _block_grads(
             hidden, kernel, targets, z, lse, g_logp, g_ent, temperature, dtype
         )
-        return d_hidden, _kernel_grad(d_kernel, kernel.dtype), None, None
+        return d_hidden, fast_paths.kernel_grad(d_kernel, kernel.dtype, barrier), None, None
 
     def body(d_kernel, xs):
         h, y, a, b, n = xs
@@ -205,19 +210,7 @@ def _chunked_head_bwd(temperature, chunk, dtype, banned, residuals, cotangents):
     d_kernel, d_h = jax.lax.scan(body, jnp.zeros(kernel.shape, jnp.float32), xs)
     n, b, c, d = d_h.shape
     d_hidden = jnp.moveaxis(d_h, 0, 1).reshape(b, n * c, d)[:, :t]
-    return d_hidden, _kernel_grad(d_kernel, kernel.dtype), None, None
-
-
-def _kernel_grad(d_kernel, dtype):
-    """d kernel [D, V] as computed, behind an optimization barrier.
-
-    With tied embeddings the kernel is the embedding table transposed, and
-    XLA would fold that transpose into the d kernel matmul, making its left
-    operand d logits [B * T, V] contracted over its rows, which XLA:CPU runs
-    as a slow generic dot (1.8x the time of the [D, V] matmul plus a
-    transpose of the [D, V] result, at B * T = 4080, D = 256, V = 16384).
-    """
-    return jax.lax.optimization_barrier(d_kernel).astype(dtype)
+    return d_hidden, fast_paths.kernel_grad(d_kernel, kernel.dtype, barrier), None, None
 
 
 chunked_head.defvjp(_chunked_head_fwd, _chunked_head_bwd, symbolic_zeros=True)
@@ -284,6 +277,7 @@ def head_log_probs(
         config.jnp_dtype,
         ban if banned else None,
         banned,
+        fast_paths.enabled(config),
     )
 
 

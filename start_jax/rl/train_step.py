@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -90,8 +90,9 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """One stage's optimizer (`make_optimizer`'s arguments), frozen: a jit cache keyed on it
-    compiles one update per distinct optimizer, and a missing field cannot be forgotten."""
+    """One stage's optimizer (`make_optimizer`'s arguments), frozen and hashable. The
+    learning rate and warmup live in the optimizer's state (`LearningRateState`), so one
+    compiled update serves every rate: `program_key` is what a jit cache keys on."""
 
     learning_rate: float = 1e-6
     warmup_steps: int = 0
@@ -101,6 +102,57 @@ class OptimizerConfig:
     def make(self) -> optax.GradientTransformation:
         return make_optimizer(**dataclasses.asdict(self))
 
+    @property
+    def program_key(self) -> OptimizerConfig:
+        """The fields the compiled update depends on: the rate and warmup set to 0."""
+        return dataclasses.replace(self, learning_rate=0.0, warmup_steps=0)
+
+
+class LearningRateState(NamedTuple):
+    """The step size as data: updates so far, the peak rate and the warmup length."""
+
+    count: jax.Array  # [] int32.
+    learning_rate: jax.Array  # [] float32.
+    warmup_steps: jax.Array  # [] int32.
+
+
+def scale_by_warmup_rate(learning_rate: float, warmup_steps: int) -> optax.GradientTransformation:
+    """Scales updates by -rate, the rate rising linearly from 0 over `warmup_steps` updates
+    (rate * count / warmup_steps) and then constant: optax's linear warmup joined to a
+    constant schedule, with the rate and warmup held in the state instead of the program."""
+
+    def init(params):
+        del params
+        return LearningRateState(
+            count=jnp.zeros([], jnp.int32),
+            learning_rate=jnp.asarray(learning_rate, jnp.float32),
+            warmup_steps=jnp.asarray(warmup_steps, jnp.int32),
+        )
+
+    def update(updates, state, params=None):
+        del params
+        warm = state.count.astype(jnp.float32) / jnp.maximum(state.warmup_steps, 1)
+        rate = state.learning_rate * jnp.where(state.warmup_steps > 0, jnp.minimum(warm, 1.0), 1.0)
+        updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype), updates)
+        return updates, state._replace(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def with_learning_rate(opt_state, learning_rate: float, warmup_steps: int):
+    """`opt_state` with its `LearningRateState` set to this rate and warmup (the count
+    kept): a restored state follows the configuration, not the checkpoint."""
+
+    def put(s):
+        if isinstance(s, LearningRateState):
+            return s._replace(
+                learning_rate=jnp.asarray(learning_rate, s.learning_rate.dtype),
+                warmup_steps=jnp.asarray(warmup_steps, s.warmup_steps.dtype),
+            )
+        return s
+
+    return jax.tree.map(put, opt_state, is_leaf=lambda s: isinstance(s, LearningRateState))
+
 
 def make_optimizer(
     learning_rate: float = 1e-6,
@@ -108,24 +160,18 @@ def make_optimizer(
     weight_decay: float = 0.0,
     max_grad_norm: float = 1.0,
 ) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping and a linear warmup to a constant rate.
+    """AdamW with global-norm clipping and a linear warmup to a constant rate; the rate
+    and warmup are state (`scale_by_warmup_rate`), so a new rate compiles nothing.
 
     Gradient accumulation is done by the train step (exact for every
     aggregation mode), not by `optax.MultiSteps`, which averages per step.
     """
-    lr = (
-        optax.join_schedules(
-            [
-                optax.linear_schedule(0.0, learning_rate, warmup_steps),
-                optax.constant_schedule(learning_rate),
-            ],
-            [warmup_steps],
-        )
-        if warmup_steps
-        else optax.constant_schedule(learning_rate)
-    )
     parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm > 0 else []
-    parts.append(optax.adamw(lr, weight_decay=weight_decay))
+    parts += [
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(weight_decay),
+        scale_by_warmup_rate(learning_rate, warmup_steps),
+    ]
     return optax.chain(*parts)
 
 

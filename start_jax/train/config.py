@@ -12,6 +12,7 @@ import re
 
 import ml_collections
 
+from start_jax import tasks
 from start_jax.errors import ConfigError
 from start_jax.models.config import ATTENTION_IMPLS, DTYPE_NAMES, SUPPORTED_MODEL_TYPES
 from start_jax.rl import losses, masks
@@ -59,6 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.attention_impl = "auto"  # auto | xla | blockwise | cudnn | pallas (models.attention):
     # auto = dense for short inputs, else by backend.
     c.model.attention_block = 0  # Tile of 'blockwise' (queries and keys); 0 = by backend.
+    c.model.cpu_fast_paths = "auto"  # auto | on | off: XLA:CPU layouts of the same maths
+    # (models.fast_paths); auto = on when jax's backend is the CPU.
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1  # Replicated data parallelism.
@@ -178,9 +181,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS),
         ("algo.kl_estimator", config.algo.kl_estimator, losses.KL_ESTIMATORS),
         ("algo.kl_scope", config.algo.kl_scope, masks.KL_SCOPES),
-        ("data.source", config.data.source, ("synthetic", "jsonl")),
+        ("data.source", config.data.source, tasks.registered()),
         ("sampling.dtype", config.sampling.dtype, ("", "float32", "bfloat16")),
         ("model.attention_impl", config.model.attention_impl, ATTENTION_IMPLS),
+        ("model.cpu_fast_paths", config.model.cpu_fast_paths, ("auto", "on", "off")),
     ):
         if value not in allowed:
             raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")

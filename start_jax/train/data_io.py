@@ -6,9 +6,10 @@ import os
 
 import numpy as np
 
+from start_jax import tasks
 from start_jax.data import pipeline, prompts
 from start_jax.data.prompts import PromptFormat
-from start_jax.errors import ConfigError, DataError
+from start_jax.errors import DataError
 from start_jax.train.spec import DataSpec
 
 
@@ -21,16 +22,15 @@ def datasets(
     """(train, test) sources of example dicts, prompts rendered by `fmt`
     (`start_jax.data.prompts`; with a chat template `tokenizer` renders them)."""
     data_dir = data.data_dir or os.path.join(workdir, "data")
-    if data.source == "synthetic":
-        load = lambda split: pipeline.load_synthetic(data.name, data_dir, split)  # noqa: E731
-    else:
-        if not data.train_path:
-            raise ConfigError("config: data.source='jsonl' needs data.train_path")
-        load = lambda split: pipeline.load_jsonl(  # noqa: E731
-            data.train_path, data.test_path or data.train_path, data_dir, split
-        )
+    task = tasks.get(data.source)
     return tuple(
-        prompts.RenderedSource(pipeline.TaskSource(load(split)), tokenizer, fmt)
+        prompts.RenderedSource(
+            pipeline.TaskSource(
+                task.load(split, data.name, data.train_path, data.test_path, data_dir)
+            ),
+            tokenizer,
+            fmt,
+        )
         for split in ("train", "test")
     )
 

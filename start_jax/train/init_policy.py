@@ -19,12 +19,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from start_jax import models, sharding
+from start_jax import models, sharding, tasks
 from start_jax.checkpoints import load_pretrained, read_config, save_pretrained
-from start_jax.data import behaviours, world
 from start_jax.errors import ConfigError
 from start_jax.train import sft
-from start_jax.train.spec import RunSpec
+from start_jax.train.spec import ModelSpec, RunSpec
 
 SFT_RECORD = "start_jax_sft.json"
 
@@ -113,11 +112,7 @@ def _write(path: str, model_config, params, spec: RunSpec) -> None:
 
 def model_config_of(spec: RunSpec, tokenizer) -> models.ModelConfig:
     """The model a random-init run trains, from `spec.model` and the tokenizer."""
-    fields = {
-        k: v
-        for k, v in vars(spec.model).items()
-        if k not in ("remat", "attention_impl", "attention_block")
-    }
+    fields = {k: v for k, v in vars(spec.model).items() if k not in ModelSpec.RUNTIME}
     return models.ModelConfig(
         vocab_size=tokenizer.vocab_size,
         eos_token_id=tokenizer.eos_id,
@@ -128,18 +123,9 @@ def model_config_of(spec: RunSpec, tokenizer) -> models.ModelConfig:
 
 
 def sft_traces(spec: RunSpec, examples) -> list[dict]:
-    """Cold-start traces: the behaviour mixture on synthetic data, gold traces on JSONL."""
-    if spec.data.source != "synthetic":  # A JSONL 'response' field, else the reference.
-        return [
-            {
-                **e,
-                "response": e["metadata"].get("response")
-                or world.golden_response(world.Example.from_row(e)),
-            }
-            for e in examples
-        ]
-    return behaviours.mixture_traces(
-        examples, spec.sft.mixture, seed=spec.seed, draws=spec.sft.draws
+    """Cold-start traces of the run's task (`tasks.Task.sft_traces`)."""
+    return tasks.get(spec.data.source).sft_traces(
+        examples, spec.sft.mixture, spec.seed, spec.sft.draws
     )
 
 

@@ -15,14 +15,14 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 
-from start_jax import rewards
+from start_jax import rewards, tasks
 from start_jax.data import world
 from start_jax.data.behaviours import Mixture
 from start_jax.data.prompts import PromptFormat
 from start_jax.errors import ConfigError
-from start_jax.rewards import synthetic
 from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig
 from start_jax.sampling import Compaction, SamplingConfig, num_decode_steps
 from start_jax.sharding import MeshConfig
@@ -48,15 +48,22 @@ class ModelSpec:
     remat: bool
     attention_impl: str = "auto"
     attention_block: int = 0
+    cpu_fast_paths: str = "auto"
+
+    # The fields above that change how the model runs, not what it is (`runtime`).
+    RUNTIME = ("remat", "attention_impl", "attention_block", "cpu_fast_paths")
 
     def runtime(self) -> dict:
-        """`ModelConfig` fields that change how the model runs, not what it is."""
+        """`ModelConfig` fields that change how the model runs, not what it is; "auto"
+        CPU fast paths are on when jax's default backend is the CPU."""
         block = self.attention_block or None
+        fast = self.cpu_fast_paths
         return dict(
             remat=self.remat,
             attention_impl=self.attention_impl,
             attention_block_q=block,
             attention_block_k=block,
+            cpu_fast_paths=jax.default_backend() == "cpu" if fast == "auto" else fast == "on",
         )
 
 
@@ -204,12 +211,7 @@ class RunSpec:
         for name in stage_names(c):
             stages.append(StageSpec.from_section(name, c.stages[name], start, c))
             start += stages[-1].steps
-        if c.data.source != "synthetic" and c.reward.name in synthetic.JUDGES:
-            others = sorted(set(rewards.registered()) - set(synthetic.JUDGES))
-            raise ConfigError(
-                f"config: reward.name={c.reward.name!r} judges only the embedded world's tasks, "
-                f"but data.source={c.data.source!r}; set --config.reward.name to one of {others}"
-            )
+        tasks.check_reward(c.data.source, c.reward.name, rewards.registered())
         rewards.check(c.reward.name, **c.reward.kwargs.to_dict())
         try:
             mixture = Mixture(**c.sft.mixture.to_dict())

@@ -33,12 +33,11 @@ import tqdm
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from start_jax import models, rewards, rl, sampling, segments, sharding
+from start_jax import models, rewards, rl, sampling, segments, sharding, tasks
 from start_jax.checkpoints import read_config, save_pretrained
 from start_jax.data.builders.jsonl_tasks import read_jsonl
 from start_jax.data.pipeline import PromptIterator
 from start_jax.errors import ConfigError, TrainingError
-from start_jax.eval import classify
 from start_jax.train import checkpointing, data_io
 from start_jax.train.config import default_config
 from start_jax.train.init_policy import check_vocab, initial_policy
@@ -129,6 +128,7 @@ class Trainer:
             spec.train,
             response_banned=self.special.tags if spec.sampling.ban_tags_in_response else (),
         )
+        self.task = tasks.get(spec.data.source)
         self.train_data, self.test_data = data_io.datasets(
             spec.data, self.workdir, self.tokenizer, spec.prompt
         )
@@ -289,6 +289,21 @@ class Trainer:
         self.snapshot = jax.tree.map(jnp.copy, state.params) if stage.needs_snapshot else None
         return state
 
+    def with_rates(self, state: rl.TrainState, stage: StageSpec) -> rl.TrainState:
+        """`state` with `stage`'s learning rate and warmup (and the critic's rate) in its
+        optimizer states, placed by the state's shardings."""
+        opt, critic = self._optimizer(stage), self._critic_optimizer()
+        state = state.replace(
+            opt_state=rl.with_learning_rate(state.opt_state, opt.learning_rate, opt.warmup_steps)
+        )
+        if critic is not None:
+            state = state.replace(
+                critic_opt_state=rl.with_learning_rate(
+                    state.critic_opt_state, critic.learning_rate, critic.warmup_steps
+                )
+            )
+        return jax.device_put(state, self.state_shardings(stage))
+
     def restore_target(self, stage: StageSpec):
         """The abstract state (shapes, dtypes and shardings) a checkpoint restores into."""
         abstract = self.abstract_state(stage)
@@ -377,7 +392,9 @@ class Trainer:
     def _step_fn(self, stage: StageSpec):
         train = stage.train_config(self.train_config)
         # Keyed on the frozen configs themselves: stages with equal settings share a program.
-        key = ("step", self._optimizer(stage), self._critic_optimizer(), train)
+        # The learning rates and warmups are optimizer state, not part of the program.
+        critic = self._critic_optimizer()
+        key = ("step", self._optimizer(stage).program_key, critic and critic.program_key, train)
         if key not in self._jits:
             self._jits[key] = rl.jit_train_step(
                 self.model_config,
@@ -509,10 +526,8 @@ class Trainer:
         return rows
 
     def behaviour_metrics(self, rows: list[dict]) -> dict:
-        """Thinking and response class rates (synthetic world only; see eval.classify)."""
-        if self.spec.data.source != "synthetic":
-            return {}
-        return classify.behaviour_rates(rows)
+        """The task's metrics of decoded rows (`tasks.Task.behaviour_metrics`)."""
+        return self.task.behaviour_metrics(rows)
 
     # ------------------------------------------------------------------ the loop
 
@@ -613,9 +628,9 @@ class Trainer:
                 self.tokenizer.save_pretrained(path)
 
     def _rows_to_decode(self, host, examples, write: bool) -> list[dict]:
-        """Decoded once, only for what reads the text: behaviour rates (every row of a
-        synthetic run) and written samples (the first `log.samples` rows)."""
-        if self.spec.data.source == "synthetic":
+        """Decoded once, only for what reads the text: the task's behaviour metrics (every
+        row, when it reads them) and written samples (the first `log.samples` rows)."""
+        if self.task.decodes_every_row:
             return self.decoded_rows(host, examples, self.spec.group_size)
         if not write:
             return []
@@ -652,6 +667,8 @@ class Trainer:
             self.critic_config is not None,
             damaged_dir,
         )
+        if state is not None:  # The rates of the configuration, not of the checkpoint.
+            state = self.with_rates(state, self.stage_at(step))
         for message in set_aside:
             logging.info("warning: %s; resuming from step %d", message, step)  # Printed below.
             if self.primary:
@@ -780,13 +797,6 @@ def run(config, workdir: str) -> dict:
 
 
 SUMMARY_WINDOW = 3  # Steps averaged at each end of the run in the final table.
-SUMMARY_RATES = (
-    ("think_complete", "complete thinking"),
-    ("think_empty", "empty thinking"),
-    ("response_correct", "correct response"),
-    ("response_salient", "salient (shortcut)"),
-    ("styled", "styled response"),
-)
 
 
 def _window_mean(rows: list[dict], key: str) -> float:
@@ -818,15 +828,7 @@ def print_summary(trainer: Trainer, summary: dict) -> None:
         ("steps", str(trainer.total_steps)),
         (f"train reward (first {k} -> last {k} steps)", move("reward_mean")),
     ]
-    families = sorted(
-        {key.split("/")[1] for r in history for key in r if key.startswith("behaviour/")}
-    )
-    for fam in families:
-        for key, label in SUMMARY_RATES:
-            if any(f"behaviour/{fam}/{key}" in r for r in history):
-                rows.append((f"  {fam}: {label}", move(f"behaviour/{fam}/{key}")))
-        if fam == "arith":
-            rows.append(("  arith: thinking steps correct", move("behaviour/arith/steps_correct")))
+    rows += trainer.task.summary_rows(history, move)
     rows += [
         ("eval reward (last)", f"{last.get('eval/reward', float('nan')):.3f}"),
         (f"thinking tokens (first {k} -> last {k})", move("think_tokens", ".1f")),
