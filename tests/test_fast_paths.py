@@ -5,9 +5,12 @@
   recomputing path, values and gradients, with and without an entropy term.
 * `TrainConfig.logprob_start` (the head skips the prompt columns) gives the
   same update as the whole head.
-* `layers.project` (the projections' matmul with its own backward pass)
-  equals the einsum it replaced, values and gradients, in float32 and
+* `fast_paths.project_cpu` (the projections' matmul with its own backward
+  pass) equals the einsum it replaced, values and gradients, in float32 and
   bfloat16.
+* The CPU fast paths switched on (`ModelConfig.cpu_fast_paths`) give the
+  train step of the plain paths; greedy decoding on each is checked against
+  transformers in test_sampling_plain.py and test_models.py.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 
 from start_jax import models, rl
-from start_jax.models import layers
+from start_jax.models import fast_paths
 from start_jax.rl import logprobs as lp
 
 CONFIG = models.tiny_config(48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
@@ -33,6 +36,7 @@ def _head_inputs(b=3, t=11, seed=0):
     return hidden, kernel, targets, w1, w2
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("entropy_weight", [True, False])
 def test_whole_head_equals_chunked_values_and_gradients(entropy_weight):
     hidden, kernel, targets, w1, w2 = _head_inputs()
@@ -88,6 +92,7 @@ def test_auto_chunk_whole_head_when_small_else_even_chunks():
     assert lp._even_chunk(64, 95) == 48 and lp._even_chunk(7, 7) == 7
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_token_log_probs_whole_and_chunked_agree_through_the_model():
     params = models.init_params(CONFIG, jax.random.key(0))
     rs = np.random.RandomState(2)
@@ -120,7 +125,7 @@ def test_project_equals_einsum(dtype, spec, x_shape, w_shape, k):
     w = jnp.asarray(rs.randn(*w_shape) * 0.3, dtype)
     out_shape = jax.eval_shape(lambda a, b: jnp.einsum(spec, a, b), x, w).shape
     g = jnp.asarray(rs.randn(*out_shape), dtype)
-    ours = lambda a, b: layers.project(a, b, k)  # noqa: E731
+    ours = lambda a, b: fast_paths.project_cpu(a, b, k)  # noqa: E731
     ref = lambda a, b: jnp.einsum(spec, a, b)  # noqa: E731
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
     y1, y2 = ours(x, w), ref(x, w)
@@ -133,6 +138,7 @@ def test_project_equals_einsum(dtype, spec, x_shape, w_shape, k):
         np.testing.assert_allclose(np.float32(a), np.float32(b), atol=tol, rtol=tol)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_train_step_runs_in_both_dtypes(dtype):
     config = CONFIG.replace(dtype=dtype)
@@ -197,6 +203,7 @@ def _prompt_batch(config, b=4, prompt=5, length=14, seed=5):
     )
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_logprob_start_skips_the_prompt_columns_only():
     params = models.init_params(CONFIG, jax.random.key(1))
     batch = _prompt_batch(CONFIG)
@@ -207,6 +214,7 @@ def test_logprob_start_skips_the_prompt_columns_only():
         assert not np.any(np.asarray(b[:, :5]))
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("kl_coef,entropy_coef", [(0.0, 0.0), (0.05, 0.01)])
 def test_train_step_with_logprob_start_equals_full_head(kl_coef, entropy_coef):
     params = models.init_params(CONFIG, jax.random.key(2))
@@ -226,6 +234,7 @@ def test_train_step_with_logprob_start_equals_full_head(kl_coef, entropy_coef):
     assert max(jax.tree.leaves(diffs)) <= 1e-6
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_logprob_start_past_a_mask_token_stops_the_run():
     params = models.init_params(CONFIG, jax.random.key(3))
     batch = _prompt_batch(CONFIG, seed=7)
@@ -234,3 +243,26 @@ def test_logprob_start_past_a_mask_token_stops_the_run():
     _, metrics = step(rl.init_state(params, tx), batch, jax.random.key(0))
     with pytest.raises(rl.NonFiniteError, match="'loss'"):
         rl.check_finite(metrics, 0)
+
+
+@pytest.mark.slow  # Seconds: out of the fast tier.
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_cpu_fast_paths_give_the_plain_paths_train_step(tie):
+    """One update with `cpu_fast_paths` on (the projections' own backward pass, the head's
+    d kernel behind its barrier) equals the plain paths': metrics to 1e-5 relative and the
+    updated parameters to 1e-6."""
+    plain = CONFIG.replace(tie_embeddings=tie, lm_head=True)
+    params = models.init_params(plain, jax.random.key(1))
+    batch = _prompt_batch(plain)
+    tx = rl.make_optimizer(1e-3)
+    out = {}
+    for fast in (False, True):
+        config = plain.replace(cpu_fast_paths=fast)
+        state = rl.init_state(jax.tree.map(jnp.copy, params), tx)
+        step = rl.jit_train_step(config, rl.TrainConfig(), tx)
+        out[fast] = step(state, batch, jax.random.key(0))
+    (s0, m0), (s1, m1) = out[False], out[True]
+    for key in ("loss", "l2_grads", "l2_updates"):
+        np.testing.assert_allclose(float(m1[key]), float(m0[key]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s0.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)

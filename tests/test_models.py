@@ -69,13 +69,17 @@ def test_left_padded_forward_matches_transformers(checkpoints, family):
     assert np.abs(ours - ref)[mask].max() <= TOL
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
+@pytest.mark.slow  # Seconds: out of the fast tier.
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "cpu_fast_paths"])
 @pytest.mark.parametrize("family", CAUSAL)
-def test_prefill_then_decode_matches_full_forward_and_transformers(checkpoints, family, fused):
-    """Decoding steps run on the separate or the fused (`fuse_projections`) layout."""
+def test_prefill_then_decode_matches_full_forward_and_transformers(checkpoints, family, fast):
+    """Decoding steps run on the plain paths or on the CPU fast paths (`models.fast_paths`:
+    the fused projection layout, values slots-last in the cache, `project`'s backward)."""
     directory, hf_model = checkpoints[family]
     config, params = load_pretrained(directory)
-    step_params = layers.fuse_projections(params) if fused else params
+    config = config.replace(cpu_fast_paths=fast)
+    step_params = models.fast_paths.decode_params(config, params)
+    assert ("qkv_proj" in step_params["layers"]["attn"]) == fast
     tokens = _tokens(2, 24, seed=2)
     prefill = 10
     ref = _torch_logits(hf_model, tokens)
@@ -97,7 +101,7 @@ def test_prefill_then_decode_matches_full_forward_and_transformers(checkpoints, 
 @pytest.mark.parametrize("family", CAUSAL)
 def test_fused_projections_stack_the_separate_weights(checkpoints, family):
     config, params = load_pretrained(checkpoints[family][0])
-    fused = layers.fuse_projections(params)
+    fused = models.fuse_projections(params)
     attn, mlp = params["layers"]["attn"], params["layers"]["mlp"]
     fattn, fmlp = fused["layers"]["attn"], fused["layers"]["mlp"]
     n, k = config.num_heads, config.num_kv_heads
@@ -129,6 +133,7 @@ def test_fused_projections_stack_the_separate_weights(checkpoints, family):
     )
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_gemma3_sliding_window_and_local_rope_are_applied(checkpoints):
     """The Gemma 3 parity above could not hold without its sliding-window layers, their
     RoPE base or the global layer's linear scaling: each changes the logits."""
@@ -227,6 +232,7 @@ def test_value_model_from_policy_is_a_separate_parameter_set(checkpoints):
     assert a is not b and a.unsafe_buffer_pointer() != b.unsafe_buffer_pointer()
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_policy_and_value_heads_on_one_trunk():
     config = models.ModelConfig(value_head=True)
     params = models.init_params(config, jax.random.key(0))
@@ -243,6 +249,7 @@ def test_policy_and_value_heads_on_one_trunk():
     assert trunk_only.logits is None and trunk_only.hidden.shape == (2, 5, config.hidden_size)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_param_and_compute_dtypes_are_separate(checkpoints):
     directory, _ = checkpoints["qwen3"]
     config32, params32 = load_pretrained(directory)
@@ -264,6 +271,7 @@ def test_param_and_compute_dtypes_are_separate(checkpoints):
     assert cache.k.dtype == jnp.bfloat16
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_remat_gives_same_gradients():
     config = models.ModelConfig()
     params = models.init_params(config, jax.random.key(0))

@@ -10,6 +10,7 @@ import pytest
 
 from start_jax import models, sampling, segments, sharding
 from start_jax.checkpoints import load_pretrained
+from start_jax.models import fast_paths
 from start_jax.sampling import sampler as core
 from tests import hf_fixtures
 
@@ -38,6 +39,7 @@ def _until(tokens, stops):
     return tokens
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("family", ["qwen3", "llama3", "gemma3"])
 def test_greedy_matches_transformers_generate(checkpoints, family):
     directory, hf_model = checkpoints[family]
@@ -83,6 +85,7 @@ def _teacher_forced_logprobs(config, params, rollout, temperature):
     return np.asarray(nxt)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_logprobs_equal_teacher_forced_forward(checkpoints):
     config, params = load_pretrained(checkpoints["qwen3"][0])
     cfg = sampling.SamplingConfig(
@@ -126,6 +129,7 @@ def _np_filtered_probs(logits, temperature, top_k, top_p):
 @pytest.mark.parametrize(
     "temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.8), (1.3, 8, 0.9)]
 )
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_first_token_frequencies_match_exact_filtered_distribution(temperature, top_k, top_p):
     config = models.tiny_config(24)
     params = models.init_params(config, jax.random.key(0))
@@ -153,6 +157,7 @@ def test_first_token_frequencies_match_exact_filtered_distribution(temperature, 
     assert chi2 < 3 * support.sum() + 30
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_filter_logits_matches_reference_on_random_rows():
     rs = np.random.RandomState(0)
     logits = rs.randn(6, 30).astype(np.float32) * 3
@@ -170,9 +175,10 @@ def test_first_argmax_equals_argmax_with_ties_and_infinities():
     x[0] = -np.inf
     x[1, 5] = x[1, 30] = np.inf
     x[2] = 7.0
-    ours = np.asarray(jax.jit(sampling.ops.first_argmax)(jnp.asarray(x)))
-    assert ours.dtype == np.int32
-    np.testing.assert_array_equal(ours, np.argmax(x, axis=-1))
+    for fast in (True, False):
+        ours = np.asarray(jax.jit(fast_paths.argmax, static_argnums=1)(jnp.asarray(x), fast))
+        assert ours.dtype == np.int32
+        np.testing.assert_array_equal(ours, np.argmax(x, axis=-1))
 
 
 # ---------------------------------------------------------------- segment rules
@@ -277,6 +283,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("name", list(CASES))
 def test_segment_rules_in_each_case(tiny, name):
     config, params = tiny
@@ -295,6 +302,7 @@ def test_segment_rules_in_each_case(tiny, name):
     assert np.all(lp[np.asarray(rollout.sampled)] < 0)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_given_thinking_and_no_thinking_modes(tiny):
     config, params = tiny
     cfg = sampling.SamplingConfig(temperature=1.0, think_budget=4, response_budget=3)
@@ -341,6 +349,7 @@ def test_given_thinking_and_no_thinking_modes(tiny):
     assert list(np.asarray(none.tokens)[0][segs == segments.RESPONSE]) == [6, E]
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_random_scripts_follow_the_segment_rules(tiny):
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
@@ -375,6 +384,7 @@ def test_random_scripts_follow_the_segment_rules(tiny):
 # ---------------------------------------------------------------- sharding, traces
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_sharded_sampling_equals_unsharded_and_rows_are_independent(checkpoints):
     directory = checkpoints["qwen3"][0]
     config, params = load_pretrained(directory)
@@ -401,6 +411,7 @@ def test_sharded_sampling_equals_unsharded_and_rows_are_independent(checkpoints)
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_one_compilation_per_shape(tiny):
     config, params = tiny
     other = jax.tree.map(lambda x: x * 1.01, params)

@@ -90,9 +90,14 @@ def _log_softmax_at(logits, tokens):
     return np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "cpu_fast_paths"])
 @pytest.mark.parametrize("family", ["qwen3", "llama3"])
-def test_plain_greedy_matches_transformers_generate(checkpoints, family):
+def test_plain_greedy_matches_transformers_generate(checkpoints, family, fast):
+    """On the plain paths and on the CPU fast paths (`models.fast_paths`: fused decode
+    projections, values slots-last in the cache, argmax as two reductions)."""
     config, params, hf_model = checkpoints[family]
+    config = config.replace(cpu_fast_paths=fast)
     prompts = _prompts([3, 9, 14, 6], hf_fixtures.VOCAB)
     max_new = 10
     # An eos that some rows reach and others do not: a token row 0 generates
@@ -118,8 +123,8 @@ def test_plain_greedy_matches_transformers_generate(checkpoints, family):
     np.testing.assert_array_equal(rollout.think_length, 0)
     np.testing.assert_array_equal(rollout.sampled, segs == segments.RESPONSE)
     assert not np.asarray(rollout.forced).any() and rollout.logprobs_of == "model"
-    if family != "qwen3":
-        return  # The constraints do not depend on the model family.
+    if family != "qwen3" or fast:
+        return  # The constraints do not depend on the model family or its fast paths.
 
     # Banned tokens and a minimum length equal transformers' suppress_tokens
     # and min_new_tokens: row 0 may not stop where it did, nor draw its most
@@ -141,6 +146,7 @@ def test_plain_greedy_matches_transformers_generate(checkpoints, family):
     assert all(banned[0] not in row and eos not in row[:6] for row in got)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_banned_eos_gives_exactly_n_tokens_without_retracing(tiny, monkeypatch):
     config, _, eager = tiny
     chex.clear_trace_counter()
@@ -200,6 +206,7 @@ def test_banned_eos_gives_exactly_n_tokens_without_retracing(tiny, monkeypatch):
         chex.clear_trace_counter()
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_min_response_tokens_delays_eos_in_plain_and_segmented_modes(tiny):
     config, _, eager = tiny
     prompts = _prompts([2, 5, 3, 7, 1, 4], 16, seed=3)
@@ -232,6 +239,7 @@ def test_min_response_tokens_delays_eos_in_plain_and_segmented_modes(tiny):
         assert len(row) == m + 1 and row[-1] == EOS and EOS not in row[:-1]
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_banned_tokens_never_appear_and_sampled_logprobs_are_of_the_banned_distribution(tiny):
     config, params, _ = tiny
     banned = (2, 6, 7, 9, 12)

@@ -28,6 +28,7 @@ def test_eight_simulated_devices():
 @pytest.mark.parametrize(
     "mesh_shape", MESHES, ids=lambda m: "-".join(f"{k}{v}" for k, v in m.items())
 )
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_sharded_forward_equals_unsharded(llama_dir, mesh_shape):
     config, params = checkpoints.load_pretrained(llama_dir)
     tokens = jnp.asarray(np.random.RandomState(0).randint(3, hf_fixtures.VOCAB, (8, 16)))
@@ -56,13 +57,15 @@ def test_sharded_forward_equals_unsharded(llama_dir, mesh_shape):
         out = models.forward(config_s, params_s, tokens_s)
     assert np.abs(np.asarray(out.logits) - ref).max() <= 1e-5
 
-    cache_sh = models.cache_shardings(config, mesh, 8, 20)
-    cache = jax.device_put(models.init_cache(config, 8, 20), cache_sh)
-    # Keys [L, B, K, S, H] and values [L, B, K, H, S]: heads over `tensor`.
-    k_shard = cache.k.addressable_shards[0].data.shape
-    v_shard = cache.v.addressable_shards[0].data.shape
-    assert k_shard[2] == config.num_kv_heads // tensor and k_shard[3] == 20
-    assert v_shard[2] == config.num_kv_heads // tensor and v_shard[4] == 20
+    # Keys [L, B, K, S, H]; values the same, or [L, B, K, H, S] with the CPU fast paths:
+    # heads over `tensor`. The plain layout (the model's) decodes below.
+    for fast in (True, False):
+        c = config.replace(cpu_fast_paths=fast)
+        cache = jax.device_put(models.init_cache(c, 8, 20), models.cache_shardings(c, mesh, 8, 20))
+        k_shard = cache.k.addressable_shards[0].data.shape
+        v_shard = cache.v.addressable_shards[0].data.shape
+        assert k_shard[2] == config.num_kv_heads // tensor and k_shard[3] == 20
+        assert v_shard[2] == config.num_kv_heads // tensor and v_shard[4 if fast else 3] == 20
     with sharding.logical_constraint_context(mesh):
         step = models.forward(config_s, params_s, tokens_s[:, :12], cache=cache)
         step = models.forward(config_s, params_s, tokens_s[:, 12:13], cache=step.cache)
@@ -75,6 +78,7 @@ def _get(tree, path):
     return tree
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_init_sharded_places_params_directly():
     config = models.ModelConfig(num_layers=2)
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)

@@ -96,6 +96,7 @@ def model_config(vocab: int, layers: int, attention_impl: str | None = None) -> 
         max_position_embeddings=1024,
         remat=REMAT,
         attention_impl=attention_impl or ATTENTION,
+        cpu_fast_paths=jax.default_backend() == "cpu",  # As `model.cpu_fast_paths='auto'`.
     )
 
 

@@ -115,7 +115,10 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_sampler_") as ckpt:
         hf_model, num_params = build_checkpoint(ckpt)
-        config, params = checkpoints.load_pretrained(ckpt)  # float32.
+        # float32; the CPU fast paths where a run's `model.cpu_fast_paths='auto'` takes them.
+        config, params = checkpoints.load_pretrained(
+            ckpt, cpu_fast_paths=jax.default_backend() == "cpu"
+        )
     params = jax.block_until_ready(params)
     num_jax_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 

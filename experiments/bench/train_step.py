@@ -89,7 +89,12 @@ BENCH_MODEL = dict(
 
 def model_config(name: str = "bench") -> models.ModelConfig:
     fields = BENCH_MODEL if name == "bench" else MODELS[name]
-    return models.ModelConfig(model_type="qwen3", max_position_embeddings=4096, **fields)
+    return models.ModelConfig(
+        model_type="qwen3",
+        max_position_embeddings=4096,
+        cpu_fast_paths=jax.default_backend() == "cpu",  # As `model.cpu_fast_paths='auto'`.
+        **fields,
+    )
 
 
 def regions(length: int, prompt: int | None = None) -> tuple[int, int, int]:

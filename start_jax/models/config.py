@@ -111,6 +111,9 @@ class ModelConfig:
     attention_impl: str = "auto"
     attention_block_q: int | None = None  # Query tile of 'blockwise'; None: by backend.
     attention_block_k: int | None = None  # Key tile of 'blockwise'; None: by backend.
+    # XLA:CPU fast paths (`models.fast_paths`): the same values, laid out for CPU. Not saved
+    # to config.json.
+    cpu_fast_paths: bool = False
     bos_token_id: int | None = None  # Carried through for export.
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None

@@ -23,74 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from start_jax.models import fast_paths
 from start_jax.models.attention import attend
 from start_jax.models.config import ModelConfig
 
-# Parameter names of the fused layout made by `fuse_projections`.
-FUSED_QKV, FUSED_QKV_BIAS, FUSED_GATE_UP = "qkv_proj", "qkv_bias", "gate_up_proj"
-
-
-def fuse_projections(params):
-    """The same weights with q/k/v and gate/up each stacked into one matrix.
-
-    Attention then runs one [D, N + 2K] matmul instead of three and the MLP
-    one [D, 2F] matmul instead of two: with few rows (decoding), XLA:CPU gets
-    markedly more from one wide matmul than from several narrow ones. The
-    modules accept either layout; checkpoints, sharding rules and training
-    use the separate one. Works on the full tree or on stacked layers.
-    """
-    if "layers" in params:
-        return {**params, "layers": fuse_projections(params["layers"])}
-    attn = dict(params["attn"])
-    qkv = [attn.pop(name) for name in ("q_proj", "k_proj", "v_proj")]
-    attn[FUSED_QKV] = jnp.concatenate(qkv, axis=-2)  # [.., D, N+2K, H]
-    if "q_bias" in attn:
-        bias = [attn.pop(name) for name in ("q_bias", "k_bias", "v_bias")]
-        attn[FUSED_QKV_BIAS] = jnp.concatenate(bias, axis=-2)  # [.., N+2K, H]
-    mlp = dict(params["mlp"])
-    mlp[FUSED_GATE_UP] = jnp.stack([mlp.pop("gate_proj"), mlp.pop("up_proj")], axis=-2)
-    return {**params, "attn": attn, "mlp": mlp}
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def project(x: jax.Array, w: jax.Array, k: int = 1) -> jax.Array:
-    """x [B, T, *in] times w [*in, *out] -> [B, T, *out], contracting the k `in` axes.
-
-    The same product as the einsum, with a backward pass laid out for
-    XLA:CPU, whose matmuls want the contracted (B, T) axes of d w's left
-    operand transposed first: d w is dot(x, d y), which comes out as [*in,
-    *out] directly, unless x is the wider of the two (then dot(d y, x),
-    transposed). Autodiff of the einsum always computes dot(d y, x), so
-    XLA:CPU wrote the wide gate and up activation gradients [B * T, F]
-    transposed: in a 58M-parameter model's train step (2 CPU cores) those
-    transposes took longer than the MLP's matmuls.
-    """
-    return jax.lax.dot_general(
-        x, w, ((tuple(range(x.ndim - k, x.ndim)), tuple(range(k))), ((), ()))
-    )
-
-
-def _project_fwd(x, w, k):
-    return project(x, w, k), (x, w)
-
-
-def _project_bwd(k, residuals, dy):
-    x, w = residuals
-    lead = x.ndim - k
-    dx = jax.lax.dot_general(
-        dy, w, ((tuple(range(lead, dy.ndim)), tuple(range(k, w.ndim))), ((), ()))
-    )
-    batch_axes = tuple(range(lead))
-    if np.prod(x.shape[lead:]) <= np.prod(dy.shape[lead:]):
-        dw = jax.lax.dot_general(x, dy, ((batch_axes, batch_axes), ((), ())))
-    else:  # A wide input (the MLP's down projection): transpose the narrower d y instead.
-        dw = jax.lax.dot_general(dy, x, ((batch_axes, batch_axes), ((), ())))
-        n_out = dy.ndim - lead
-        dw = dw.transpose(tuple(range(n_out, dw.ndim)) + tuple(range(n_out)))
-    return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-project.defvjp(_project_fwd, _project_bwd)
+FUSED_QKV, FUSED_QKV_BIAS, FUSED_GATE_UP = (
+    fast_paths.FUSED_QKV,
+    fast_paths.FUSED_QKV_BIAS,
+    fast_paths.FUSED_GATE_UP,
+)
 
 
 def _param(module: nn.Module, name: str, init, shape, axes, dtype):
@@ -256,9 +197,9 @@ class Attention(nn.Module):
             # Flax derives each parameter's init key from the declaration
             # order: q, k, v, o, then the biases, as always.
             wo = _param(self, "o_proj", init, (n, h, d), ("q_heads", "head_dim", "embed"), pdt)
-            q = project(x, wq.astype(dt))  # [B, T, N, H]
-            k = project(x, wk.astype(dt))  # [B, T, K, H]
-            v = project(x, wv.astype(dt))
+            q = fast_paths.project(cfg, x, wq.astype(dt))  # [B, T, N, H]
+            k = fast_paths.project(cfg, x, wk.astype(dt))  # [B, T, K, H]
+            v = fast_paths.project(cfg, x, wv.astype(dt))
             if cfg.qkv_bias:
                 zeros = nn.initializers.zeros
                 q = q + _param(self, "q_bias", zeros, (n, h), ("q_heads", "head_dim"), pdt).astype(
@@ -280,27 +221,22 @@ class Attention(nn.Module):
         g = n // k_heads
         scale = cfg.query_scale if cfg.query_scale is not None else 1.0 / math.sqrt(h)
         q = q.reshape(b, t, k_heads, g, h) * jnp.asarray(scale, dt)
-        # Keys as [B, K, S, H] and, in the cache, values as [B, K, H, S]: both
-        # attention dots then contract the last axis of each operand, which
-        # XLA:CPU runs as one fast batched matmul straight from the cache
-        # (values as [B, K, S, H] cost a slower generic dot, twice the time
-        # of the whole decode attention) The mask is described, not built: the
-        # attention implementation (`config.attention_impl`, see
-        # `attention.attend`) builds a dense [B, T, S] one only on its dense path.
+        # Keys as [B, K, S, H]; values the same, or in the cache [B, K, H, S] with the
+        # CPU fast paths (`fast_paths.v_slots_last`). The mask is described, not built: the
+        # attention implementation (`config.attention_impl`, see `attention.attend`)
+        # builds a dense [B, T, S] one only on its dense path.
         k = k.transpose(0, 2, 1, 3)
-        if kv is None:
-            v = v.transpose(0, 2, 1, 3)  # [B, K, S, H]
-        else:
-            v = v.transpose(0, 2, 3, 1)  # [B, K, H, T]
+        slots_last = kv is not None and fast_paths.v_slots_last(cfg)
+        v = v.transpose(0, 2, 3, 1) if slots_last else v.transpose(0, 2, 1, 3)
+        if kv is not None:
             cache_k = jax.lax.dynamic_update_slice(
                 kv[0], k[None].astype(kv[0].dtype), (layer, 0, 0, cache_index, 0)
             )
-            cache_v = jax.lax.dynamic_update_slice(
-                kv[1], v[None].astype(kv[1].dtype), (layer, 0, 0, 0, cache_index)
-            )
+            at = (layer, 0, 0, 0, cache_index) if slots_last else (layer, 0, 0, cache_index, 0)
+            cache_v = jax.lax.dynamic_update_slice(kv[1], v[None].astype(kv[1].dtype), at)
             kv = (cache_k, cache_v)
             k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)  # [B, K, S, H]
-            v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)  # [B, K, H, S]
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
 
         key_valid, q_slots = mask
         out = attend(
@@ -312,10 +248,10 @@ class Attention(nn.Module):
             impl=cfg.attention_impl,
             block_q=cfg.attention_block_q,
             block_k=cfg.attention_block_k,
-            v_slots_last=kv is not None,
+            v_slots_last=slots_last,
             window=window,
         ).reshape(b, t, n, h)
-        return project(out, wo.astype(dt), 2), kv
+        return fast_paths.project(cfg, out, wo.astype(dt), 2), kv
 
 
 def activation(config: ModelConfig):
@@ -343,12 +279,13 @@ class MLP(nn.Module):
         else:
             gate = _param(self, "gate_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
             up = _param(self, "up_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
-            hidden = activation(cfg)(project(x, gate.astype(dt))) * project(x, up.astype(dt))
+            hidden = activation(cfg)(fast_paths.project(cfg, x, gate.astype(dt)))
+            hidden = hidden * fast_paths.project(cfg, x, up.astype(dt))
         down = _param(
             self, "down_proj", dense_init(f), (f, d), ("mlp", "embed"), pdt
         )  # Last, as always.
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
-        return project(hidden, down.astype(dt))
+        return fast_paths.project(cfg, hidden, down.astype(dt))
 
 
 class DecoderBlock(nn.Module):

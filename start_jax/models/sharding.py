@@ -47,7 +47,7 @@ def cache_shardings(
     shapes = jax.eval_shape(lambda: transformer.init_cache(model_config, batch_size, max_length))
     return jax.tree.map(
         lambda axes, s: rules.sharding(mesh, axes, s.shape),
-        transformer.CACHE_LOGICAL_AXES,
+        transformer.cache_logical_axes(model_config),
         shapes,
         is_leaf=lambda x: isinstance(x, tuple),
     )

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from start_jax.models import fast_paths
 from start_jax.models.config import ModelConfig
 from start_jax.models.layers import DecoderBlock, _param, layer_ropes, norm
 
@@ -55,7 +56,9 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None
     """An empty cache with room for `max_length` slots per row."""
     dtype = config.jnp_dtype if dtype is None else dtype
     shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
-    v_shape = shape[:3] + (config.head_dim, max_length)
+    v_shape = (
+        shape[:3] + (config.head_dim, max_length) if fast_paths.v_slots_last(config) else shape
+    )
     return KVCache(
         k=jnp.zeros(shape, dtype),
         v=jnp.zeros(v_shape, dtype),
@@ -64,12 +67,11 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None
     )
 
 
-CACHE_LOGICAL_AXES = KVCache(
-    k=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
-    v=("layers", "batch", "kv_heads", "head_dim", "cache_length"),
-    valid=("batch", "cache_length"),
-    end=(),
-)
+def cache_logical_axes(config: ModelConfig) -> KVCache:
+    """The logical axis names of `init_cache(config, ...)`'s arrays."""
+    k = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
+    v = k[:3] + ("head_dim", "cache_length") if fast_paths.v_slots_last(config) else k
+    return KVCache(k=k, v=v, valid=("batch", "cache_length"), end=())
 
 
 class Transformer(nn.Module):

@@ -453,7 +453,7 @@ def _generate(
         else:
             state = _decode_compacting(
                 decode,
-                params,
+                core.fused(model_config, params),  # Stacked once for every chunk.
                 state,
                 steps,
                 compact,
@@ -489,7 +489,6 @@ def _decode_compacting(
 ):
     """Decodes `compact.every` steps at a time, going on with the active rows alone in a
     smaller batch when they fit one (see `Compaction`); the outputs of every row."""
-    params = jax.jit(core.fused)(params)  # Stacked once for every chunk.
     mesh_rows = sharding.batch_shards(mesh, rules)
     replicated = (
         None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

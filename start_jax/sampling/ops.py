@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from start_jax.models import fast_paths
+
 NEG_INF = -jnp.inf
 
 
@@ -228,18 +230,6 @@ def inverse_cdf(probs: jax.Array, u: jax.Array, block: int = 128) -> jax.Array:
     return (i * block + j).astype(jnp.int32)
 
 
-def first_argmax(x: jax.Array) -> jax.Array:
-    """Index of the first maximum of each row of x [B, V], as int32.
-
-    Equal to `jnp.argmax` for finite rows, as two plain reductions: XLA:CPU
-    runs argmax's paired (value, index) reduction several times slower.
-    """
-    v = x.shape[-1]
-    best = jnp.max(x, axis=-1, keepdims=True)
-    index = jnp.min(jnp.where(x == best, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
-    return jnp.minimum(index, v - 1)  # A row with NaN has no equal entry.
-
-
 def ban_tags(logits: jax.Array, tags: Sequence[int], responding: jax.Array) -> jax.Array:
     """logits [B, V] with the think tags' ids at -inf in the rows `responding` [B]."""
     ids = jnp.asarray(list(tags), jnp.int32)
@@ -278,7 +268,11 @@ def constrain(
 
 
 def draw(
-    u: jax.Array, logits: jax.Array, config: SamplingConfig, processed: jax.Array | None = None
+    u: jax.Array,
+    logits: jax.Array,
+    config: SamplingConfig,
+    processed: jax.Array | None = None,
+    fast_argmax: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Draws one token per row from one uniform number per row.
 
@@ -309,7 +303,7 @@ def draw(
     source = scaled if processed is None else processed.astype(jnp.float32) / t
     lse = jax.nn.logsumexp(scaled, axis=-1)  # [B]
     if config.greedy:
-        token = first_argmax(source)
+        token = fast_paths.argmax(source, fast_argmax)
         drawn_logp = jnp.zeros(token.shape, jnp.float32)  # A point mass.
     else:
         filtered = filter_logits(source, config.top_k, config.top_p)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from start_jax import segments
-from start_jax.models import layers, transformer
+from start_jax.models import fast_paths, transformer
 from start_jax.models.config import ModelConfig
 from start_jax.sampling import ops
 from start_jax.sampling.ops import SamplingConfig
@@ -304,7 +304,7 @@ def decode(
     num_steps = state.tokens.shape[1]
     # One wide matmul for q/k/v and one for gate/up: stacked once per call (unless
     # the caller passes them stacked, as `fused` does), then reused by every step.
-    params = fused(params)
+    params = fused(model_config, params)
 
     last = num_steps if until is None else jnp.minimum(until, num_steps)
 
@@ -332,7 +332,13 @@ def decode(
             tokens_.tags if logits_processor is not None else (),
             responding,
         )
-        drawn, logp = ops.draw(u, logits, sampling, None if processed is logits else processed)
+        drawn, logp = ops.draw(
+            u,
+            logits,
+            sampling,
+            None if processed is logits else processed,
+            fast_argmax=fast_paths.enabled(model_config),
+        )
         token, segment, logprob, forced, active, fields = _advance(
             s, drawn, logp, sampling, tokens_
         )
@@ -361,10 +367,9 @@ def decode(
     return jax.lax.while_loop(cond, body, state)
 
 
-def fused(params):
-    """`layers.fuse_projections(params)`, or `params` when they are already stacked."""
-    tree = params.get("layers", params)
-    return params if layers.FUSED_QKV in tree["attn"] else layers.fuse_projections(params)
+def fused(model_config: ModelConfig, params):
+    """The parameters the decode loop reads (`fast_paths.decode_params`)."""
+    return fast_paths.decode_params(model_config, params)
 
 
 def repeat_rows(tree, group: int):
