@@ -101,6 +101,7 @@ def test_initial_policy_as_answerer(answerer):
     np.testing.assert_array_equal(given(_inputs()), from_dir(_inputs()))
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_score_reads_the_thinking_of_a_rollout(answerer):
     directory, _ = answerer
     fn = rewards.make("answer_likelihood", checkpoint=directory)

@@ -102,6 +102,7 @@ HOLES = CONTIGUOUS.copy()
 HOLES[3, 12:17] = False
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("g", [1, 3])
 @pytest.mark.parametrize("valid", [CONTIGUOUS, HOLES], ids=["contiguous", "holes"])
 def test_self_attention_matches_dense_reference(g, valid):
@@ -122,6 +123,7 @@ def test_self_attention_matches_dense_reference(g, valid):
             assert _max_err(out, dense, rows) <= TOL, name
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("t", [13, 1])
 def test_cache_at_an_offset_matches_dense_reference(t):
     """Prefill of 13 tokens, or one decode step, into a cache of 64 slots at end = 20.
@@ -159,6 +161,7 @@ def test_cache_at_an_offset_matches_dense_reference(t):
 @pytest.mark.parametrize(
     "g, valid", [(1, CONTIGUOUS), (2, HOLES)], ids=["G1-contiguous", "G2-holes"]
 )
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_gradients_match_dense_reference(g, valid):
     """d/dq, d/dk, d/dv of sum(w * out), w zero on rows that see no key (as in
     training, where padding positions carry no loss)."""
@@ -178,6 +181,7 @@ def test_gradients_match_dense_reference(g, valid):
             assert float(jnp.abs(ours - ref).max()) <= TOL, name
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_blockwise_gradients_with_cache_layout():
     """Gradients through the cache layout (values [B, K, H, S]) at a query offset."""
     b, t, s = 2, 11, 30
@@ -220,6 +224,7 @@ def _model_batch(config, b=3, t=40, seed=0):
     return jnp.asarray(tokens), jnp.asarray(mask)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_model_blockwise_equals_dense_logits_and_gradients():
     base = models.tiny_config(50, num_layers=2, attention_block_q=8, attention_block_k=16)
     params = models.init_params(base, jax.random.key(0))
@@ -242,6 +247,7 @@ def test_model_blockwise_equals_dense_logits_and_gradients():
         assert float(jnp.abs(a - r).max()) <= TOL * max(1.0, float(jnp.abs(r).max()))
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_model_prefill_and_decode_with_blockwise_equal_dense():
     """A left-padded prompt prefilled into a cache, then a second chunk at an
     offset and one decode step: every impl gives the same logits."""
@@ -265,6 +271,7 @@ def test_model_prefill_and_decode_with_blockwise_equal_dense():
         assert _max_err(ours, ref, r) <= TOL
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_pallas_tpu_kernel_in_interpret_mode():
     """The "pallas" path's TPU kernel, run by Pallas's TPU interpreter on CPU."""
     b, t = 2, 256  # The kernel's tiles are 128 long; heads of width 128.
@@ -323,6 +330,7 @@ def _grad_temp_bytes(config, length, batch=2):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_blockwise_gradient_memory_grows_linearly():
     """Blockwise temporaries at L = 512, 1024, 2048: the step from 1024 to 2048
     is about twice the step from 512 to 1024 (linear growth; quadratic growth

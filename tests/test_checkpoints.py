@@ -216,6 +216,7 @@ def test_transformers4_style_config_is_read():
         models.ModelConfig(param_dtype="fp8")
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_family_fixes_qk_norm_and_qkv_bias(tmp_path):
     assert models.ModelConfig(model_type="qwen3").qk_norm
     assert models.ModelConfig(model_type="qwen2").qkv_bias

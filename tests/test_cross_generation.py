@@ -96,6 +96,7 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_data():
     assert large["high"] - large["low"] < small["high"] - small["low"]
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_model_policies_think_and_answer_through_the_sampler(tmp_path):
     tok = CharTokenizer()
     config = models.tiny_config(tok.vocab_size)
@@ -164,6 +165,7 @@ def test_several_responses_per_thinking_are_averaged():
         cg.run({"oracle": Oracle()}, {"c": counter}, qs, rewards.make("exact_match"), responses=0)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_model_policy_shares_the_prefill_of_repeated_rows(monkeypatch):
     """Several answers to one thinking: one prefill for the group, the same rows as
     sampling each repeated row on its own."""
@@ -194,6 +196,7 @@ def test_model_policy_shares_the_prefill_of_repeated_rows(monkeypatch):
     assert len({r["response"] for r in shared}) > 3  # Answers to one thinking differ.
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_command_line_entry(tmp_path):
     tok = CharTokenizer()
     config = models.tiny_config(tok.vocab_size, max_position_embeddings=256)

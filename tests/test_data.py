@@ -79,6 +79,7 @@ def test_load_synthetic(data_dir, monkeypatch):
     assert pipeline.synthetic_config("facts", seed=3).name == "facts_s3_n20000_200_p850"
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_load_named_mixed(data_dir):
     train = pipeline.load_synthetic("mixed", data_dir, "train")
     assert len(train) == 20000 and len(pipeline.load_synthetic("mixed", data_dir, "test")) == 200

@@ -174,6 +174,7 @@ def test_tables_and_matrix():
     np.testing.assert_allclose(m, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_figures(tmp_path):
     results = made_up_results()
     for name, draw in (
@@ -186,6 +187,7 @@ def test_figures(tmp_path):
         assert os.path.getsize(path) > 10_000, name
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_markdown_tables_and_stage1_check():
     results = made_up_results()
     results["scale"]["stage1_steps"] = 3

@@ -67,6 +67,7 @@ def test_evaluate_policy_on_scripted_rollouts(family):
     assert out[f"correct_after_empty_{family}"] == 0.25
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_evaluate_policy_matches_sampling_directly():
     """The numbers of a model equal those of sampling and judging by hand (same seeds)."""
     tok = world.tokenizer()

@@ -10,6 +10,7 @@ from start_jax import models, sampling, segments
 from start_jax.tokenizer import CharTokenizer
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_respond_matches_sampling_with_decoded_thinking(temperature):
     tok = CharTokenizer()

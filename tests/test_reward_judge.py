@@ -169,6 +169,7 @@ def test_parse_score_table():
     )
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_judge_runs_through_the_sampler_and_unparsable_rows(dirs):
     fn = rewards.make(
         "judge",
@@ -280,6 +281,7 @@ def _per_row_inputs(letters):
     ]
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_batched_equals_one_at_a_time_and_does_not_recompile(dirs):
     fn = rewards.make(
         "judge",

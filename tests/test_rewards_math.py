@@ -179,6 +179,7 @@ def test_missing_math_verify(monkeypatch):
     rewards.make("exact_match")  # Other rewards are unaffected.
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_start_jax_imports_without_math_verify():
     code = (
         "import sys; sys.modules['math_verify'] = None\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
 from start_jax import models, sampling, sharding
 
@@ -16,6 +17,7 @@ def _same(a, b):
     np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-6)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_sampler_methods_equal_the_functions_with_the_held_arguments():
     config = models.tiny_config(16)
     params = models.init_params(config, jax.random.key(1))

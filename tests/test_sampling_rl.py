@@ -42,6 +42,7 @@ def _same(a, b):
 CFG = sampling.SamplingConfig(temperature=1.0, think_budget=40, response_budget=12)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_group_prefill_equals_separate_prefills(tiny):
     config, params = tiny
     prompts = _prompts(4, 8)
@@ -54,6 +55,7 @@ def test_group_prefill_equals_separate_prefills(tiny):
         sampling.sample(config, params, prompts, CFG, 5, SPECIAL, group_size=3)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_compaction_equals_decoding_every_row_to_the_end(tiny, monkeypatch):
     config, params = tiny
     prompts = _prompts(4, 8)
@@ -89,6 +91,7 @@ def test_compaction_equals_decoding_every_row_to_the_end(tiny, monkeypatch):
     )
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_compaction_on_a_mesh_keeps_a_row_per_shard(tiny, monkeypatch):
     config, params = tiny
     mesh = sharding.make_mesh(fsdp=8)

@@ -47,6 +47,7 @@ def test_special_tokens_keep_stop_ids_sorted_and_without_eos():
     assert s == sampling.SpecialTokens(eos=5, pad=0, stop=[7, 9])  # Hashable, static.
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_a_stop_id_ends_the_response_and_closes_the_thinking_as_eos_does(tiny):
     config, params = tiny
     cfg = sampling.SamplingConfig(temperature=1.0, think_budget=5, response_budget=6)
@@ -80,6 +81,7 @@ def test_a_stop_id_ends_the_response_and_closes_the_thinking_as_eos_does(tiny):
     assert bool(rollout.response_truncated[0])
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_generate_stops_at_any_of_several_eos_ids_and_min_length_blocks_them_all(tiny):
     config, params = tiny
     cfg = sampling.SamplingConfig(temperature=1.0, response_budget=6)
@@ -115,6 +117,7 @@ def test_generate_stops_at_any_of_several_eos_ids_and_min_length_blocks_them_all
         sampling.generate(config, params, [[5]], cfg, 0, eos_id=[EOS, 99], pad_id=PAD)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_think_tags_are_banned_in_the_response(tiny):
     config, params = tiny
     assert sampling.SamplingConfig().ban_tags_in_response  # On by default.

@@ -35,6 +35,7 @@ def _rollout(params, cfg):
     return sampling.sample(CONFIG, params, prompts, cfg, 3, SPECIAL)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("logprobs_of", ["model", "sampled"])
 def test_update_log_probs_equal_the_sampler_s_under_the_ban(params, logprobs_of):
     cfg = sampling.SamplingConfig(
@@ -75,6 +76,7 @@ def _naive(hidden, kernel, targets, ban, temperature):
     return picked, entropy
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 @pytest.mark.parametrize("chunk", [1, 4, 11])
 def test_banned_head_equals_naive_masked_softmax_values_and_gradients(chunk):
     rs = np.random.RandomState(0)
@@ -107,6 +109,7 @@ def test_banned_head_equals_naive_masked_softmax_values_and_gradients(chunk):
     assert not np.allclose(ours(hidden, kernel)[0], unbanned(hidden, kernel)[0], atol=1e-3)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_on_policy_update_starts_at_ratio_one_under_the_ban(params):
     """The batch builder and the loss both apply the ban: old = current log-probs."""
     cfg = sampling.SamplingConfig(temperature=1.0, think_budget=5, response_budget=5)

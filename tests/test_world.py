@@ -226,6 +226,7 @@ def test_generate_splits_are_disjoint():
     assert splits["train"] == world.generate("arith", 400, seed=2000, held_out=False)
 
 
+@pytest.mark.slow  # Seconds: out of the fast tier.
 def test_test_prompts_are_in_no_train_split_of_any_config_or_seed():
     """Held-out questions exclude every training split: SFT, RL and answerers all read train
     splits of these configs (the mixed base and answerers, the arith and facts RL data)."""
