@@ -6,9 +6,10 @@ import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+from tests.xla_flags import device_flags
+
+# 8 devices, compiled fast (tests/xla_flags.py); launch.py subprocesses inherit them.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + device_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One persistent compilation cache for the session, new each time (nothing stale): tests and

@@ -35,6 +35,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.xla_flags import device_flags
+
 pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +69,7 @@ def _env(devices: int, cache: str | None = None) -> dict:
         os.environ,
         JAX_PLATFORMS="cpu",
         TOKENIZERS_PARALLELISM="false",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=device_flags(devices),
     )
     env.pop("JAX_NUM_CPU_DEVICES", None)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)

@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.xla_flags import FAST_COMPILE
+
 pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +20,8 @@ def test_reduced_ablation_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATION_SCALE", "reduced")
     monkeypatch.setenv("ABLATION_OUT", str(tmp_path / "ablation"))
     monkeypatch.setenv("ABLATION_REUSE", "0")
-    monkeypatch.delenv("XLA_FLAGS", raising=False)  # One CPU device in the kernel, as a user has.
+    # One CPU device in the kernel, as a user has (compiled as the rest of the suite).
+    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE)
     nb = nbformat.read(os.path.join(ROOT, "experiments", "ablation.ipynb"), as_version=4)
     NotebookClient(
         nb,

@@ -19,6 +19,7 @@ from start_jax import checkpoints, rl, segments, train
 from start_jax.train import checkpointing
 from start_jax.train import trainer as trainer_module
 from tests.fixtures import ROOT, SMOKE, assert_same_metrics, read_metrics, smoke_config
+from tests.xla_flags import device_flags
 
 pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
@@ -142,7 +143,9 @@ def test_behaviour_rates_are_logged_every_step_and_shown(finished_run, capsys):
 
 def _launch(workdir, *extra):
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+        os.environ,
+        XLA_FLAGS=device_flags(8),
+        JAX_PLATFORMS="cpu",
     )
     return subprocess.Popen(
         [
