@@ -183,6 +183,9 @@ def test_run_whose_batch_does_not_divide_the_mesh(tmp_path):
 def test_exploding_updates_stop_the_run_naming_the_learning_rate(tmp_path):
     config = smoke_config()
     config.stages.s1.learning_rate = 1e8
+    # A gradient to scale: the smoke run's first rewards are equal (no advantage) and its
+    # KL term is 0 at the reference, so the entropy bonus gives the update its direction.
+    config.algo.entropy_coef = 0.01
     config.checkpoint.every = 1
     trainer = train.Trainer(config, str(tmp_path))
     with pytest.raises(

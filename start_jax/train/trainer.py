@@ -41,6 +41,7 @@ from start_jax.errors import ConfigError, TrainingError
 from start_jax.train import checkpointing, data_io
 from start_jax.train.config import default_config
 from start_jax.train.init_policy import check_vocab, initial_policy
+from start_jax.train.report import print_summary
 from start_jax.train.spec import RunSpec, StageSpec, as_spec, check_context
 from start_jax.train.writers import MetricWriter, write_samples
 
@@ -794,59 +795,3 @@ def run(config, workdir: str) -> dict:
     if trainer.primary:
         print_summary(trainer, summary)
     return summary
-
-
-SUMMARY_WINDOW = 3  # Steps averaged at each end of the run in the final table.
-
-
-def _window_mean(rows: list[dict], key: str) -> float:
-    values = [r[key] for r in rows if key in r]
-    return float(np.mean(values)) if values else float("nan")
-
-
-def print_summary(trainer: Trainer, summary: dict) -> None:
-    history = []
-    path = os.path.join(trainer.workdir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as fh:
-            history = [json.loads(line) for line in fh if line.strip()]
-    k = SUMMARY_WINDOW
-    head, tail = history[:k], history[-k:]
-
-    def move(key: str, fmt: str = ".3f") -> str:
-        return f"{_window_mean(head, key):{fmt}} -> {_window_mean(tail, key):{fmt}}"
-
-    last = summary["last"] or {}
-    rows = [
-        ("schedule", trainer.spec.schedule),
-        (
-            "stages",
-            ", ".join(
-                f"{s.name}:{s.train_segments}/{s.responder}x{s.steps}" for s in trainer.stages
-            ),
-        ),
-        ("steps", str(trainer.total_steps)),
-        (f"train reward (first {k} -> last {k} steps)", move("reward_mean")),
-    ]
-    rows += trainer.task.summary_rows(history, move)
-    rows += [
-        ("eval reward (last)", f"{last.get('eval/reward', float('nan')):.3f}"),
-        (f"thinking tokens (first {k} -> last {k})", move("think_tokens", ".1f")),
-        ("response tokens (last)", f"{last.get('response_tokens', float('nan')):.1f}"),
-        ("wall time", f"{summary['seconds']:.1f} s"),
-        ("workdir", trainer.workdir),
-    ]
-    if summary.get("export"):
-        rows.append(("exported policy", summary["export"]))
-    if summary["stopped"]:
-        rows.append(("status", "stopped by SIGTERM; rerun the same command to resume"))
-    width = max(len(k) for k, _ in rows)
-    line = "-" * (width + 50)
-    print("\n" + line)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
-    print(line)
-    print(
-        f"metrics: {trainer.workdir}/metrics.jsonl, tensorboard: {trainer.workdir}/tensorboard, "
-        f"samples: {trainer.workdir}/samples.jsonl"
-    )
