@@ -8,8 +8,10 @@ import tempfile
 
 from tests.xla_flags import device_flags
 
-# 8 devices, compiled fast (tests/xla_flags.py); launch.py subprocesses inherit them.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + device_flags(8)).strip()
+# 8 devices, compiled fast (tests/xla_flags.py); once jax has read them, the launch.py
+# subprocesses the tests start inherit the 8 devices at the default optimisation level.
+_user_flags = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = (_user_flags + " " + device_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One persistent compilation cache for the session, new each time (nothing stale): tests and
@@ -25,6 +27,8 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.devices()  # XLA reads XLA_FLAGS here, once.
+os.environ["XLA_FLAGS"] = (_user_flags + " " + device_flags(8, fast_compile=False)).strip()
 
 
 def pytest_configure(config):

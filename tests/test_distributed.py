@@ -69,7 +69,7 @@ def _env(devices: int, cache: str | None = None) -> dict:
         os.environ,
         JAX_PLATFORMS="cpu",
         TOKENIZERS_PARALLELISM="false",
-        XLA_FLAGS=device_flags(devices),
+        XLA_FLAGS=device_flags(devices, fast_compile=False),
     )
     env.pop("JAX_NUM_CPU_DEVICES", None)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)

@@ -28,6 +28,7 @@ def designs_config():
     carried and a warmup."""
     c = smoke_config()
     c.algo.kl_coef = 0.0
+    c.algo.entropy_coef = 0.01  # A gradient from the first step (the first rewards are equal).
     c.stages = {
         "s1": stage("think", "frozen", steps=2),
         "s2": stage(

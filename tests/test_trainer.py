@@ -24,11 +24,18 @@ from tests.xla_flags import device_flags
 pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
 
+# The smoke run's first rewards are all equal, so its policy gradient is 0 there; an
+# entropy bonus gives every update a direction (the policy must move to be checked).
+ENTROPY = 0.01
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """One in-process smoke run: (trainer, summary, initial params copy)."""
+    """One in-process smoke run with an entropy bonus: (trainer, summary, initial params)."""
     workdir = str(tmp_path_factory.mktemp("run"))
-    trainer = train.Trainer(smoke_config(), workdir)
+    config = smoke_config()
+    config.algo.entropy_coef = ENTROPY
+    trainer = train.Trainer(config, workdir)
     init = jax.tree.map(np.array, trainer.init_params)
     summary = trainer.run()
     return trainer, summary, init
@@ -144,7 +151,7 @@ def test_behaviour_rates_are_logged_every_step_and_shown(finished_run, capsys):
 def _launch(workdir, *extra):
     env = dict(
         os.environ,
-        XLA_FLAGS=device_flags(8),
+        XLA_FLAGS=device_flags(8, fast_compile=False),
         JAX_PLATFORMS="cpu",
     )
     return subprocess.Popen(
@@ -153,6 +160,7 @@ def _launch(workdir, *extra):
             os.path.join(ROOT, "launch.py"),
             f"--config={SMOKE}",
             f"--workdir={workdir}",
+            f"--config.algo.entropy_coef={ENTROPY}",  # As `finished_run`.
             *extra,
         ],
         cwd=ROOT,
