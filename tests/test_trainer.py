@@ -151,7 +151,7 @@ def test_behaviour_rates_are_logged_every_step_and_shown(finished_run, capsys):
 def _launch(workdir, *extra):
     env = dict(
         os.environ,
-        XLA_FLAGS=device_flags(8, fast_compile=False),
+        XLA_FLAGS=device_flags(8),  # As the in-process reference: the same programs.
         JAX_PLATFORMS="cpu",
     )
     return subprocess.Popen(
