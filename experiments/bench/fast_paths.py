@@ -76,7 +76,8 @@ def main() -> None:
         [int(t) for t in rs.randint(5, plain.vocab_size, size=args.prompt_len)]
         for _ in range(args.batch)
     ]
-    greedy = sampling.SamplingConfig(temperature=0.0)
+    # Token 1 ends a row and is banned: every row decodes `new_tokens`.
+    greedy = sampling.SamplingConfig(temperature=0.0, banned_tokens=(1,))
     steps = {name: rl.jit_train_step(c, rl.TrainConfig(), tx) for name, c in configs.items()}
 
     def update(name):
@@ -90,7 +91,7 @@ def main() -> None:
             prompts,
             greedy,
             0,
-            eos_id=-1,  # No eos: every row decodes `new_tokens`.
+            eos_id=1,
             pad_id=0,
             max_new_tokens=args.new_tokens,
         )
