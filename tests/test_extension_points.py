@@ -149,6 +149,8 @@ def test_a_new_task_is_one_registered_class(tmp_path):
         def behaviour_metrics(self, rows):
             return {"behaviour/echo/rows": float(len(rows))}
 
+    with pytest.raises(TypeError, match="abstract"):  # `load` and `sft_traces` are required.
+        type("Bare", (tasks.Task,), {"name": "bare"})()
     assert "echo_test" not in tasks.registered()
     tasks.register(Echo())
     try:

@@ -8,14 +8,16 @@ task's own rows of the final table, and the rewards that only it can judge.
 
 from __future__ import annotations
 
+import abc
 from typing import Callable, Sequence
 
 from start_jax.errors import ConfigError
 
 
-class Task:
-    """One data source. Subclasses set `name` and override what they have; the defaults
-    are a task without behaviour metrics or rewards of its own."""
+class Task(abc.ABC):
+    """One data source. Subclasses set `name`, define `load` and `sft_traces`, and override
+    what else they have; the defaults are a task without behaviour metrics or rewards of
+    its own."""
 
     name: str = ""
     # In error messages: "judges only {description}".
@@ -26,14 +28,14 @@ class Task:
     # rollout row each step, not only the rows it writes out).
     decodes_every_row: bool = False
 
+    @abc.abstractmethod
     def load(self, split: str, name: str, train_path: str, test_path: str, data_dir: str):
         """The `split` ("train" or "test") as a random-access source of example dicts
         (prompt, reference, family, metadata)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sft_traces(self, examples: Sequence[dict], mixture, seed: int, draws: int) -> list[dict]:
         """Cold-start SFT traces: each example dict with its "thinking" and "response"."""
-        raise NotImplementedError
 
     def behaviour_metrics(self, rows: Sequence[dict]) -> dict[str, float]:
         """Metrics of one step's decoded rows (`sampling.decode_segments` rows with their
