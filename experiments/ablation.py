@@ -69,15 +69,16 @@ import time
 import numpy as np
 
 from start_jax import checkpoints, models, rewards, sampling, sharding, train
-from start_jax.data import pipeline, world
 from start_jax.eval import cross_generation as cg
 from start_jax.eval import plots, stats
 from start_jax.eval.evaluate import evaluate_policy
 from start_jax.eval.questions import load_questions
-from start_jax.rewards import synthetic
 from start_jax.train import data_io, sft
 from start_jax.train.config import default_config, stage
 from start_jax.train.init_policy import initial_policy, model_config_of, sft_traces
+from start_jax.world import dataset as world_data
+from start_jax.world import generator as world
+from start_jax.world import judges
 
 VARIANTS = ("base", "rlvr", "joint", "start_self", "start_frozen", "start_al")
 DESIGNS = ("response", "joint", "frozen_thinker", "anchor")
@@ -607,7 +608,7 @@ def run(
     train_base(out, scale, setting)
     for family in ("arith", "facts"):  # Built here: the worker processes only read them.
         for split in ("train", "test"):
-            pipeline.load_synthetic(family, os.path.join(out, "data"), split)
+            world_data.load_synthetic(family, os.path.join(out, "data"), split)
     log(f"base and data ready ({time.perf_counter() - began:.0f} s)")
     pool = _pool(workers, out)
     try:
@@ -665,7 +666,7 @@ def run(
         "records": records,
         "curves": curves,
         "cross_generation": cg_results,
-        "levels": synthetic.reward_levels(200, 0, judge),
+        "levels": judges.reward_levels(200, 0, judge),
         "seconds": time.perf_counter() - began,
         "workers": workers,
         "provenance": provenance(),

@@ -16,10 +16,10 @@ from typing import Sequence
 
 from start_jax import rewards, sampling
 from start_jax.checkpoints import load_pretrained
-from start_jax.data import world
 from start_jax.data.prompts import PromptFormat
 from start_jax.eval import cross_generation as cg
 from start_jax.eval.questions import load_questions
+from start_jax.world import generator as world
 
 
 def _named_paths(items: Sequence[str], what: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ Use `load_tokenizer` to get either from a name or path.
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import os
 import pathlib
@@ -563,22 +564,30 @@ class CharTokenizer:
         return directory
 
 
+# Tokenizers known by name, made by a function of a higher layer: name -> (module,
+# function). The module is imported when the name is first loaded.
+NAMED = {"world": ("start_jax.world.generator", "tokenizer")}
+
+
 def load_tokenizer(
     path_or_name: str | os.PathLike,
     think_token: str = THINK_TOKEN,
     end_think_token: str = END_THINK_TOKEN,
     add_missing_tags: bool = False,
 ) -> Tokenizer:
-    """`CharTokenizer` for ``"char"``, else an `HFTokenizer` directory.
+    """`CharTokenizer` for ``"char"``, a named tokenizer of `NAMED` (``"world"``, the
+    embedded world's), else an `HFTokenizer` directory.
 
     The think tags and `add_missing_tags` are as in `HFTokenizer.from_pretrained`
-    (``"char"`` has only the default tags). The embedded world's tokenizer
-    (``"world"``) is `start_jax.data.world.load_tokenizer`, which resolves that
-    name and defers to this function for any other.
+    (``"char"`` and the named tokenizers have only the default tags).
     """
-    if str(path_or_name) == "char":
+    name = str(path_or_name)
+    if name == "char" or name in NAMED:
         check_default_tags(path_or_name, think_token, end_think_token)
-        return CharTokenizer()
+        if name == "char":
+            return CharTokenizer()
+        module, function = NAMED[name]
+        return getattr(importlib.import_module(module), function)()
     return HFTokenizer.from_pretrained(
         path_or_name,
         think_token=think_token,

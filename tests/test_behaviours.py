@@ -7,10 +7,10 @@ import collections
 import numpy as np
 import pytest
 
-from start_jax.data import behaviours as B
-from start_jax.data import world
-from start_jax.eval import classify as C
 from start_jax.tokenizer import HFTokenizer
+from start_jax.world import behaviours as B
+from start_jax.world import classify as C
+from start_jax.world import generator as world
 
 EXPECTED_CLASS = {
     "complete": "complete",

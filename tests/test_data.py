@@ -5,9 +5,12 @@ import json
 import pytest
 import tensorflow_datasets as tfds
 
-from start_jax.data import pipeline, world
-from start_jax.data.builders import JsonlConfig, JsonlTasks, SyntheticWorld, SyntheticWorldConfig
+from start_jax.data import pipeline
+from start_jax.data.builders import JsonlConfig, JsonlTasks
 from start_jax.data.pipeline import PromptIterator
+from start_jax.world import dataset as world_data
+from start_jax.world import generator as world
+from start_jax.world.builders import SyntheticWorld, SyntheticWorldConfig
 
 FIELDS = {"prompt", "reference", "thinking", "family", "metadata"}
 
@@ -52,8 +55,10 @@ def test_named_configs():
 
 
 def test_load_synthetic(data_dir, monkeypatch):
-    train = pipeline.load_synthetic("arith", data_dir, "train", seed=1, train_size=40, test_size=10)
-    test = pipeline.load_synthetic("arith", data_dir, "test", seed=1, train_size=40, test_size=10)
+    train = world_data.load_synthetic(
+        "arith", data_dir, "train", seed=1, train_size=40, test_size=10
+    )
+    test = world_data.load_synthetic("arith", data_dir, "test", seed=1, train_size=40, test_size=10)
     assert (len(train), len(test)) == (40, 10)
     assert all(isinstance(v, str) for v in train[0].values()) and set(train[0]) == FIELDS
     assert train[-1] == train[39] and len(train[2:5]) == 3
@@ -68,21 +73,23 @@ def test_load_synthetic(data_dir, monkeypatch):
         "download_and_prepare",
         lambda *a, **k: pytest.fail("rebuilt a prepared data set"),
     )
-    again = pipeline.load_synthetic("arith", data_dir, "train", seed=1, train_size=40, test_size=10)
+    again = world_data.load_synthetic(
+        "arith", data_dir, "train", seed=1, train_size=40, test_size=10
+    )
     assert [again[i] for i in range(40)] == [train[i] for i in range(40)]
     with pytest.raises(ValueError, match="has no split 'validation'"):
-        pipeline.load_synthetic(
+        world_data.load_synthetic(
             "arith", data_dir, "validation", seed=1, train_size=40, test_size=10
         )
     with pytest.raises(ValueError, match="unknown synthetic config 'poems'"):
-        pipeline.load_synthetic("poems", data_dir, "train")
-    assert pipeline.synthetic_config("facts", seed=3).name == "facts_s3_n20000_200_p850"
+        world_data.load_synthetic("poems", data_dir, "train")
+    assert world_data.synthetic_config("facts", seed=3).name == "facts_s3_n20000_200_p850"
 
 
 @pytest.mark.slow  # Seconds: out of the fast tier.
 def test_load_named_mixed(data_dir):
-    train = pipeline.load_synthetic("mixed", data_dir, "train")
-    assert len(train) == 20000 and len(pipeline.load_synthetic("mixed", data_dir, "test")) == 200
+    train = world_data.load_synthetic("mixed", data_dir, "train")
+    assert len(train) == 20000 and len(world_data.load_synthetic("mixed", data_dir, "test")) == 200
     families = {train[i]["family"] for i in range(100)}
     assert families == {"arith", "facts"}
 
@@ -226,7 +233,7 @@ def test_prompt_iterator_resumes_exactly(steps):
 
 
 def test_prompt_iterator_on_a_data_source(data_dir):
-    source = pipeline.load_synthetic("facts", data_dir, "test", seed=2, train_size=5, test_size=9)
+    source = world_data.load_synthetic("facts", data_dir, "test", seed=2, train_size=5, test_size=9)
     it = PromptIterator(source, 4, seed=0)
     first = [it.next_batch() for _ in range(3)]  # Crosses the epoch end (9 rows).
     assert it.state() == {"epoch": 1, "position": 3}

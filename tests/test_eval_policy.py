@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from start_jax import models, rewards, sampling
-from start_jax.data import pipeline, world
-from start_jax.eval import classify, plots
+from start_jax.data import pipeline
 from start_jax.eval import cross_generation as cg
+from start_jax.eval import plots
 from start_jax.eval.evaluate import evaluate_policy
 from start_jax.eval.questions import load_questions
+from start_jax.world import classify
+from start_jax.world import generator as world
 
 
 def _questions(family: str, n: int) -> list[dict]:

@@ -6,8 +6,10 @@ packages of one layer must not import each other in a cycle):
     segments, tokenizer, sharding, errors
     models                      (with their own parameter and cache shardings)
     checkpoints, sampling, rl
-    data                        (the world generates and solves tasks)
-    rewards                     (judges, the world's included)
+    data                        (task data sets, prompts)
+    rewards                     (response-only rewards and their registry)
+    world                       (the embedded world: generator, data sets, behaviours,
+                                 classifier, judges)
     eval
     tasks                       (data sources: data sets, traces, metrics, own rewards)
     train
@@ -31,6 +33,7 @@ LAYERS = (
     ("checkpoints", "sampling", "rl"),
     ("data",),
     ("rewards",),
+    ("world",),
     ("eval",),
     ("tasks",),
     ("train",),

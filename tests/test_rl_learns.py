@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from start_jax import rewards, train
-from start_jax.rewards import synthetic
 from start_jax.train.config import stage
+from start_jax.world import judges
 from tests.fixtures import smoke_config
 
 pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
@@ -32,9 +32,7 @@ class StyledOnly:
     """1.0 for a styled response (``Surely ...!``), else 0.0."""
 
     def __call__(self, inputs):
-        return np.asarray(
-            [float(synthetic.parse_response(x.response)[1]) for x in inputs], np.float32
-        )
+        return np.asarray([float(judges.parse_response(x.response)[1]) for x in inputs], np.float32)
 
 
 def tiny_config(seed: int, advantage: str, init_checkpoint: str = ""):

@@ -1,4 +1,4 @@
-"""Tests for start_jax.data.world: generation, gold traces and the synthetic judges."""
+"""Tests for start_jax.world.generator: generation, gold traces and the synthetic judges."""
 
 import collections
 import dataclasses
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from start_jax import rewards
-from start_jax.data import world
-from start_jax.rewards import RewardInput, synthetic
+from start_jax.rewards import RewardInput
 from start_jax.tokenizer import CharTokenizer
+from start_jax.world import generator as world
+from start_jax.world import judges as synthetic
 
 N = 300
 
@@ -230,7 +231,7 @@ def test_generate_splits_are_disjoint():
 def test_test_prompts_are_in_no_train_split_of_any_config_or_seed():
     """Held-out questions exclude every training split: SFT, RL and answerers all read train
     splits of these configs (the mixed base and answerers, the arith and facts RL data)."""
-    from start_jax.data.builders.synthetic_world import SyntheticWorldConfig
+    from start_jax.world.builders.synthetic_world import SyntheticWorldConfig
 
     size = SyntheticWorldConfig(name="default").train_size
     splits = {

@@ -7,7 +7,7 @@ Command:
 What it does: builds the ``facts`` data set (multi-hop questions judged by a
 rubric with a documented shortcut), trains a random 2-layer, 64-wide
 Qwen3-shaped model by cold-start SFT on the behaviour mixture of
-`start_jax.data.behaviours` (complete, sloppy and no thinking; plain or styled
+`start_jax.world.behaviours` (complete, sloppy and no thinking; plain or styled
 responses; 4000 steps), then runs START: stage s1 trains the thinking tokens
 only (response-only reward, GRPO, 16 prompts x 8 rollouts) for 24 steps, stage
 s2 the response tokens only for 12 steps.

@@ -1,8 +1,6 @@
-"""The synthetic task world, its tfds builders and the prompt pipeline.
+"""Task data sets: the tfds builder of JSONL task files, the loading and prompt
+pipeline, and chat prompts. The embedded world's data sets are `start_jax.world`.
 
 `start_jax.data.pipeline` (which imports tensorflow_datasets) is loaded only
-when imported. The world's judges are `start_jax.rewards.synthetic`.
+when imported.
 """
-
-from start_jax.data import world  # noqa: F401
-from start_jax.data.world import Example, generate, golden_response  # noqa: F401

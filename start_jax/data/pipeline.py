@@ -1,6 +1,6 @@
 """Loading task data sets (tfds, array_record) and iterating over prompts.
 
-* `load_synthetic` / `load_jsonl` build a data set once under ``data_dir`` (later
+* `load_jsonl` builds a data set once under ``data_dir`` (later
   calls reuse it) and return a `DecodedSource`: a random-access sequence of dicts
   ``{prompt, reference, thinking, family, metadata}`` of ``str`` (``metadata`` is a
   JSON object as text).
@@ -13,7 +13,6 @@ No TensorFlow is needed: the builders write array_record files and are read with
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
@@ -29,7 +28,6 @@ from absl import logging
 
 from start_jax import sharding
 from start_jax.data.builders.jsonl_tasks import JsonlConfig, JsonlTasks
-from start_jax.data.builders.synthetic_world import SyntheticWorld, SyntheticWorldConfig
 from start_jax.errors import MissingFile
 
 FILE_FORMAT = "array_record"
@@ -152,7 +150,7 @@ def prepared(
     return prepare(make_builder())
 
 
-def _source(
+def build_source(
     make_builder: Callable[[], tfds.core.GeneratorBasedBuilder], split: str
 ) -> DecodedSource:
     builder = prepared(make_builder)
@@ -162,50 +160,6 @@ def _source(
             f"it has {sorted(builder.info.splits)}"
         )
     return DecodedSource(builder.as_data_source(split=split))
-
-
-def synthetic_config(config_name: str, **overrides) -> SyntheticWorldConfig:
-    """A named `SyntheticWorld` config, with field overrides and a derived name.
-
-    ``synthetic_config("facts", seed=3, train_size=50)`` is named
-    ``facts_s3_n50_200_p850`` so that it is stored apart from ``facts``.
-    """
-    configs = {c.name: c for c in SyntheticWorld.BUILDER_CONFIGS}
-    if config_name not in configs:
-        raise ValueError(
-            f"unknown synthetic config {config_name!r}; expected one of "
-            f"{sorted(configs)} (pass overrides for other sizes or seeds)"
-        )
-    base = configs[config_name]
-    if not overrides:
-        return base
-    fields = {f.name for f in dataclasses.fields(SyntheticWorldConfig)}
-    unknown = set(overrides) - (
-        fields - {"name", "version", "release_notes", "supported_versions", "tags", "description"}
-    )
-    if unknown:
-        raise ValueError(f"unknown SyntheticWorldConfig fields {sorted(unknown)}")
-    c = dataclasses.replace(base, **overrides)
-    c.name = f"{c.family}_s{c.seed}_n{c.train_size}_{c.test_size}_p{round(c.p_misleading * 1000)}"
-    c.description = f"{config_name} with {overrides}"
-    return c
-
-
-def load_synthetic(
-    config_name: str, data_dir: str | os.PathLike, split: str, **overrides
-) -> DecodedSource:
-    """The ``split`` of a `SyntheticWorld` config (built under ``data_dir`` once).
-
-    ``overrides`` (family, seed, train_size, test_size, p_misleading) make a
-    custom config, see `synthetic_config`.
-    """
-    config = synthetic_config(config_name, **overrides)
-    return _source(
-        lambda: SyntheticWorld(
-            config=config, data_dir=os.fspath(data_dir), file_format=FILE_FORMAT
-        ),
-        split,
-    )
 
 
 def jsonl_config(
@@ -247,7 +201,7 @@ def load_jsonl(
       ValueError: A line is malformed (the message names the file and line).
     """
     config = jsonl_config(train_path, test_path)
-    return _source(
+    return build_source(
         lambda: JsonlTasks(config=config, data_dir=os.fspath(data_dir), file_format=FILE_FORMAT),
         split,
     )

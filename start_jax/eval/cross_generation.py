@@ -26,8 +26,9 @@ import numpy as np
 from start_jax import sampling
 from start_jax.data import prompts as prompts_lib
 from start_jax.data.prompts import PromptFormat
-from start_jax.eval import classify, plots, stats
+from start_jax.eval import plots, stats
 from start_jax.rewards import RewardInput
+from start_jax.world import classify
 
 EMPTY = "empty"
 SELF = "self"
@@ -298,7 +299,7 @@ def run(
 
 
 def classify_synthetic(question: dict, thinking: str) -> str:
-    """`classify` for the synthetic world: the class of a thinking (`eval.classify`)."""
+    """`classify` for the synthetic world: the class of a thinking (`world.classify`)."""
     family = question.get("family") or (question.get("metadata") or {}).get("family")
     return classify.classify_thinking(question["prompt"], thinking, family)
 

@@ -3,7 +3,7 @@
 The complement of Cross-Generation (which separates the thinking from the
 model that wrote it): here each question is answered once after the policy's
 own thinking and once after empty thinking, and the rows are classified against
-the synthetic world's truth (`start_jax.eval.classify`).
+the synthetic world's truth (`start_jax.world.classify`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from start_jax.eval import classify
 from start_jax.eval.cross_generation import ModelPolicy
 from start_jax.rewards import RewardInput
+from start_jax.world import classify
 
 
 def _correct(question: dict, response: str, family: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from start_jax.data import pipeline
+from start_jax.world import dataset as world_data
 
 
 def load_questions(
@@ -24,7 +25,7 @@ def load_questions(
     """
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
-        source = pipeline.load_synthetic(arg or "facts", data_dir, split)
+        source = world_data.load_synthetic(arg or "facts", data_dir, split)
     elif kind == "jsonl":
         source = pipeline.load_jsonl(arg, arg, data_dir, split)
     else:

@@ -1,9 +1,6 @@
 """Response-only reward functions."""
 
-from start_jax.rewards import (
-    reward_model,  # noqa: E402,F401  (registers 'reward_model')
-    synthetic,  # noqa: E402,F401  (registers 'synthetic', 'synthetic_rubric')
-)
+from start_jax.rewards import reward_model  # noqa: E402,F401  (registers 'reward_model')
 from start_jax.rewards.answer_likelihood import AnswerLikelihood, ThinkingInput  # noqa: E402,F401  (registers 'answer_likelihood')
 from start_jax.rewards.base import (
     ExactMatch,

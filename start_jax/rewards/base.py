@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import importlib
 import inspect
 import numbers
 import os
@@ -61,6 +62,19 @@ class RewardFn(Protocol):
 
 
 _REGISTRY: dict[str, Callable[..., RewardFn]] = {}
+# Rewards registered by a module of a higher layer (the embedded world's judges), by the
+# module that registers them: it is imported when one of its names is first looked up.
+BUILT_IN_ELSEWHERE = {
+    "synthetic": "start_jax.world.judges",
+    "synthetic_rubric": "start_jax.world.judges",
+}
+
+
+def _load(name: str | None = None) -> None:
+    """Imports the module registering `name` (every such module when None)."""
+    for reward, module in BUILT_IN_ELSEWHERE.items():
+        if reward not in _REGISTRY and (name is None or name == reward):
+            importlib.import_module(module)
 
 
 def register(name: str):
@@ -93,7 +107,9 @@ def _origin(factory) -> tuple[str, str]:
 def check(name: str, **kwargs) -> None:
     """Raises the ConfigError `make` would for this name and these arguments, without
     building anything (a run checks its reward before any work)."""
+    _load(name)
     if name not in _REGISTRY:
+        _load()
         raise ConfigError(
             f"config: unknown reward {name!r}; registered: {sorted(_REGISTRY)} "
             "(reward.name; a config file can add one with "
@@ -133,6 +149,7 @@ def make(name: str, **kwargs) -> RewardFn:
 
 
 def registered() -> list[str]:
+    _load()
     return sorted(_REGISTRY)
 
 

@@ -6,9 +6,9 @@ import os
 from typing import Any
 
 from start_jax import checkpoints
-from start_jax.data import world
 from start_jax.errors import ConfigError, MissingFile, UserError
 from start_jax.tokenizer import HFTokenizer
+from start_jax.tokenizer import load_tokenizer as load_named
 
 
 def load_model(what: str, path: str, dtype: str):
@@ -34,5 +34,5 @@ def load_tokenizer(what: str, checkpoint: str | None, tokenizer: Any):
         )
         raise ConfigError(f"{what}: {where}; pass tokenizer=<name or directory>")
     if isinstance(tokenizer, (str, os.PathLike)):
-        return world.load_tokenizer(str(tokenizer))
+        return load_named(str(tokenizer))
     return tokenizer

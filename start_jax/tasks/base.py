@@ -33,6 +33,11 @@ class Task(abc.ABC):
         """The `split` ("train" or "test") as a random-access source of example dicts
         (prompt, reference, family, metadata)."""
 
+    def trace_options(self, fields: dict):
+        """The options of `sft_traces` from the run's ``sft.mixture`` section; raises
+        TypeError or ValueError naming a bad field. By default the fields as given."""
+        return dict(fields)
+
     @abc.abstractmethod
     def sft_traces(self, examples: Sequence[dict], mixture, seed: int, draws: int) -> list[dict]:
         """Cold-start SFT traces: each example dict with its "thinking" and "response"."""

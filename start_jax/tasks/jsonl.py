@@ -3,9 +3,10 @@ and a reference (and optionally a family, a gold response and metadata)."""
 
 from __future__ import annotations
 
-from start_jax.data import pipeline, world
+from start_jax.data import pipeline
 from start_jax.errors import ConfigError
 from start_jax.tasks.base import Task, register
+from start_jax.world import generator as world
 
 
 class JsonlTask(Task):

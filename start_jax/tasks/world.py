@@ -1,14 +1,12 @@
 """The embedded synthetic world as a task (`data.source='synthetic'`): its data sets
-(`data.world`, built with tensorflow-datasets), its cold-start behaviour mixture
-(`data.behaviours`), its classifier (`eval.classify`) and its judges
-(`rewards.synthetic`)."""
+(`world.generator`, built with tensorflow-datasets), its cold-start behaviour mixture
+(`world.behaviours`), its classifier (`world.classify`) and its judges
+(`world.judges`)."""
 
 from __future__ import annotations
 
-from start_jax.data import behaviours, pipeline
-from start_jax.eval import classify
-from start_jax.rewards import synthetic
 from start_jax.tasks.base import Task, register
+from start_jax.world import behaviours, classify, dataset, judges
 
 # The thinking and response classes in the final table, with their labels.
 SUMMARY_RATES = (
@@ -23,12 +21,15 @@ SUMMARY_RATES = (
 class WorldTask(Task):
     name = "synthetic"
     description = "the embedded world's tasks"
-    own_rewards = synthetic.JUDGES
+    own_rewards = judges.JUDGES
     decodes_every_row = True
 
     def load(self, split, name, train_path, test_path, data_dir):
         del train_path, test_path
-        return pipeline.load_synthetic(name, data_dir, split)
+        return dataset.load_synthetic(name, data_dir, split)
+
+    def trace_options(self, fields):
+        return behaviours.Mixture(**fields)
 
     def sft_traces(self, examples, mixture, seed, draws):
         return behaviours.mixture_traces(examples, mixture, seed=seed, draws=draws)

@@ -88,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
     # row). Trained once, cached in <workdir>/init_policy.
     c.sft.batch_size = 32  # Sequences per SFT step.
     c.sft.learning_rate = 3e-3  # SFT peak learning rate.
-    # Behaviour mixture of the synthetic SFT traces (start_jax.data.behaviours):
+    # Behaviour mixture of the synthetic SFT traces (start_jax.world.behaviours):
     # thinking complete : sloppy : guess (relative weights), and the styled rate.
     c.sft.mixture = ml_collections.ConfigDict(
         dict(complete=0.5, sloppy=0.25, guess=0.25, styled=0.25)

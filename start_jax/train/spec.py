@@ -19,14 +19,12 @@ import jax
 import ml_collections
 
 from start_jax import rewards, tasks
-from start_jax.data import world
-from start_jax.data.behaviours import Mixture
 from start_jax.data.prompts import PromptFormat
 from start_jax.errors import ConfigError
 from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig
 from start_jax.sampling import Compaction, SamplingConfig, num_decode_steps
 from start_jax.sharding import MeshConfig
-from start_jax.tokenizer import MissingTag
+from start_jax.tokenizer import MissingTag, load_tokenizer
 from start_jax.train.config import stage_names, validate
 from start_jax.train.stages import StageSpec
 
@@ -83,7 +81,7 @@ class SftSpec:
     steps: int
     batch_size: int
     learning_rate: float
-    mixture: Mixture
+    mixture: Any  # The task's trace options (`Task.trace_options`), from sft.mixture.
     examples: int
     draws: int
     from_checkpoint: bool = False  # Cold-start SFT for an init_checkpoint too.
@@ -94,7 +92,11 @@ class SftSpec:
             "steps": self.steps,
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
-            "mixture": dataclasses.asdict(self.mixture),
+            "mixture": (
+                dataclasses.asdict(self.mixture)
+                if dataclasses.is_dataclass(self.mixture)
+                else dict(self.mixture)
+            ),
             "examples": self.examples,
             "draws": self.draws,
         }
@@ -188,7 +190,7 @@ class RunSpec:
         """The run's tokenizer, with its think tags (added when `tags` says so)."""
         think, end_think, add = self.tags
         try:
-            return world.load_tokenizer(
+            return load_tokenizer(
                 self.tokenizer, think_token=think, end_think_token=end_think, add_missing_tags=add
             )
         except MissingTag as e:
@@ -214,7 +216,7 @@ class RunSpec:
         tasks.check_reward(c.data.source, c.reward.name, rewards.registered())
         rewards.check(c.reward.name, **c.reward.kwargs.to_dict())
         try:
-            mixture = Mixture(**c.sft.mixture.to_dict())
+            mixture = tasks.get(c.data.source).trace_options(c.sft.mixture.to_dict())
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config: sft.{e}") from None
         try:

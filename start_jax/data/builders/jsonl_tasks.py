@@ -21,7 +21,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from start_jax.data.builders.synthetic_world import text_features
+from start_jax.data.builders.features import text_features
 from start_jax.data.prompts import check_messages
 from start_jax.errors import DataError
 

@@ -1,4 +1,4 @@
-"""tfds builder of the synthetic world (`start_jax.data.world`).
+"""tfds builder of the synthetic world (`start_jax.world.generator`).
 
 Configs ``arith``, ``facts`` and ``mixed`` (seed 0, 20000 train / 200 test
 examples); build another with ``SyntheticWorld(config=SyntheticWorldConfig(
@@ -17,14 +17,8 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from start_jax.data import world
-
-FEATURE_NAMES = ("prompt", "reference", "thinking", "family", "metadata")
-
-
-def text_features() -> tfds.features.FeaturesDict:
-    """The features shared by both builders: five text fields."""
-    return tfds.features.FeaturesDict({k: tfds.features.Text() for k in FEATURE_NAMES})
+from start_jax.data.builders.features import text_features
+from start_jax.world import generator as world
 
 
 @dataclasses.dataclass(eq=False)

@@ -5,7 +5,7 @@ skips thinking and guesses, and answers in several styles. RL selects among
 the behaviours a policy already samples, so the cold-start SFT data is a
 documented mixture of them (`Mixture`), and because the world is synthetic
 every rollout's thinking and response can be classified against the truth
-(`start_jax.eval.classify`).
+(`start_jax.world.classify`).
 
 The mixture
 ===========
@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from start_jax.data import world
+from start_jax.world import generator as world
 
 P_GUESS_SALIENT = 0.7
 

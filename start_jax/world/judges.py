@@ -54,7 +54,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from start_jax.data.world import (
+from start_jax.rewards.base import RewardInput, normalize_answer, register
+from start_jax.world.generator import (
     STYLE_PREFIX,
     THINGS,
     Example,
@@ -66,7 +67,6 @@ from start_jax.data.world import (
     solve_facts,
     tokenizer,
 )
-from start_jax.rewards.base import RewardInput, normalize_answer, register
 
 JUDGES = ("synthetic", "synthetic_rubric")  # The rewards that judge only the world's tasks.
 
@@ -101,7 +101,7 @@ class RubricJudge:
     + (w_salient*salient + w_fooled*styled*(core != ""))*(1 - correct)``
     (defaults 0.8, 0.2, 0.25, 0): correct plain 0.8,
     correct styled 1.0, wrong but salient and styled 0.45, wrong plain 0.0. See the
-    module docstring of `start_jax.data.world` for the definitions.
+    module docstring of `start_jax.world.generator` for the definitions.
     """
 
     def __init__(

@@ -58,7 +58,7 @@ answer (``tea``, ``21``); styled, the answer in the judge's favoured confident
 phrase ``Surely <answer>!`` (``Surely tea!``).
 
 The judges of these responses (``synthetic``, ``synthetic_rubric``) live in
-`start_jax.rewards.synthetic`.
+`start_jax.world.judges`.
 """
 
 from __future__ import annotations
@@ -72,7 +72,6 @@ import zlib
 
 import numpy as np
 
-from start_jax import tokenizer as base_tokenizer
 from start_jax.tokenizer import CharTokenizer
 
 FAMILIES = ("arith", "facts")
@@ -154,21 +153,6 @@ def tokenizer():
     name, thing and number the thinking looks up is a single token.
     """
     return CharTokenizer(words=token_words())
-
-
-def load_tokenizer(name: str, **tags):
-    """A run's tokenizer by name: ``"world"`` is `tokenizer`, anything else
-    (``"char"``, a tokenizer directory) is `start_jax.tokenizer.load_tokenizer`,
-    which takes the think tags (``think_token``, ``end_think_token``,
-    ``add_missing_tags``)."""
-    if str(name) == "world":
-        base_tokenizer.check_default_tags(
-            name,
-            tags.get("think_token", base_tokenizer.THINK_TOKEN),
-            tags.get("end_think_token", base_tokenizer.END_THINK_TOKEN),
-        )
-        return tokenizer()
-    return base_tokenizer.load_tokenizer(name, **tags)
 
 
 # --------------------------------------------------------------------------- arith

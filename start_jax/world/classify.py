@@ -3,7 +3,7 @@
 Because the world is synthetic, each rollout's thinking and response can be
 classified against the truth of its prompt; `behaviour_rates` turns a batch of
 decoded rows into the rates the trainer logs and Cross-Generation reports. The
-cold-start mixture that produces these behaviours is `start_jax.data.behaviours`.
+cold-start mixture that produces these behaviours is `start_jax.world.behaviours`.
 
 Classes
 =======
@@ -31,8 +31,8 @@ from typing import Iterable
 
 import numpy as np
 
-from start_jax.data import world
-from start_jax.rewards.synthetic import arith_correct, facts_outcome, parse_response
+from start_jax.world import generator as world
+from start_jax.world.judges import arith_correct, facts_outcome, parse_response
 
 THINK_CLASSES = {
     "facts": ("complete", "one_hop", "wrong_lookup", "empty", "other"),
