@@ -14,6 +14,8 @@ import pytest
 
 from start_jax import sharding, train
 from start_jax.errors import ConfigError, TrainingError, UserError
+from start_jax.train import loop as loop_module
+from start_jax.train import preflight as preflight_module
 from start_jax.train import trainer as trainer_module
 from tests.fixtures import SMOKE, smoke_config
 
@@ -217,7 +219,7 @@ def test_sigterm_handler_off_the_main_thread_says_so(caplog):
     seen = []
 
     def worker():
-        with trainer_module._SigtermFlag() as flag:
+        with loop_module._SigtermFlag() as flag:
             seen.append(flag)
 
     t = threading.Thread(target=worker)
@@ -233,7 +235,7 @@ def test_rl_step_makes_no_implicit_transfer(tmp_path):
     trainer = train.Trainer(config, str(tmp_path))
     stage = trainer.stages[0]
     examples = [trainer.train_data[i] for i in range(config.data.prompts_per_step)]
-    state = trainer.fresh_state(stage, trainer.init_params)
+    state = trainer.states.fresh(stage, trainer.init_params)
     for step in range(3):  # The first step builds and compiles; the next two run guarded.
         with jax.transfer_guard("disallow" if step else "allow"):
             state, host, _, _, metrics = trainer.rl_step(state, examples, step, stage)
@@ -243,26 +245,26 @@ def test_rl_step_makes_no_implicit_transfer(tmp_path):
 
 def test_options_the_run_does_not_read_are_named():
     config = smoke_config()
-    assert trainer_module.ignored_options(train.RunSpec.from_config(config)) == []
+    assert preflight_module.ignored_options(train.RunSpec.from_config(config)) == []
     config.init_checkpoint = "/some/checkpoint"
     config.tokenizer = "world"
     config.sft.steps = 50
     config.algo.critic_learning_rate = 5e-4
-    assert trainer_module.ignored_options(train.RunSpec.from_config(config)) == [
+    assert preflight_module.ignored_options(train.RunSpec.from_config(config)) == [
         "sft.steps, sft.batch_size set, but a run from init_checkpoint trains no cold-start "
         "SFT unless sft.from_checkpoint=True: ignored",
         "algo.critic_learning_rate set, but algo.advantage='grpo' trains no critic: ignored",
     ]
     config.sft.from_checkpoint = True  # Now the SFT settings are read.
-    assert trainer_module.ignored_options(train.RunSpec.from_config(config)) == [
+    assert preflight_module.ignored_options(train.RunSpec.from_config(config)) == [
         "algo.critic_learning_rate set, but algo.advantage='grpo' trains no critic: ignored"
     ]
     config.sft.steps = 0
     assert "sft.from_checkpoint set with sft.steps=0: no SFT step runs" in " ".join(
-        trainer_module.ignored_options(train.RunSpec.from_config(config))
+        preflight_module.ignored_options(train.RunSpec.from_config(config))
     )
     config.init_checkpoint = ""
     assert (
         "sft.from_checkpoint set without init_checkpoint (a random init always trains "
         "its cold start): ignored"
-    ) in trainer_module.ignored_options(train.RunSpec.from_config(config))
+    ) in preflight_module.ignored_options(train.RunSpec.from_config(config))

@@ -54,7 +54,7 @@ def designs_run(tmp_path_factory):
 
 def _params_at(trainer, step):
     ckpt = checkpointing.Checkpointer(os.path.join(trainer.workdir, "checkpoints"), 10)
-    target = trainer.restore_target(trainer.stage_at(step))
+    target = trainer.states.restore_target(trainer.stage_at(step))
     state, _ = ckpt.restore(step, target, checkpointing.model_fields(trainer.model_config))
     ckpt.close()
     return state
@@ -130,7 +130,7 @@ def test_frozen_thinker_samples_the_snapshot_and_trains_the_response_only(design
         np.testing.assert_array_equal(got.tokens[i][think[i]], want.tokens[i][want_think[i]])
     # The gradient of that stage's loss reaches the response tokens only.
     reward = np.linspace(0.0, 1.0, len(prompts)).astype(np.float32)
-    state = trainer.fresh_state(s3, final)
+    state = trainer.states.fresh(s3, final)
     batch = jax.device_get(trainer.make_batch(state, jax.device_put(got), reward, s3))
     batch = jax.tree.map(jnp.asarray, batch)
     counts = rl.loss_counts(batch, s3.train_config(trainer.spec.train).loss)
@@ -165,7 +165,7 @@ def test_stage_start_kl_is_zero_at_the_first_step_and_anchors_the_thinking(desig
     # The reference of s2 is the policy at s2's start (the step-2 checkpoint), not the
     # initial policy (a resumed run restores it: test_resume_... at step 3).
     ckpt = checkpointing.Checkpointer(os.path.join(trainer.workdir, "checkpoints"), 10)
-    snapshot = ckpt.restore_snapshot(3, trainer.restore_target(trainer.stages[1]).params)
+    snapshot = ckpt.restore_snapshot(3, trainer.states.restore_target(trainer.stages[1]).params)
     ckpt.close()
     same = jax.tree.map(
         lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)),

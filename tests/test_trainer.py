@@ -336,7 +336,7 @@ def test_checkpoint_from_a_different_model(tmp_path, finished_run):
     trainer, _, _ = finished_run
     ckpt = checkpointing.Checkpointer(os.path.join(trainer.workdir, "checkpoints"))
     fields = dict(checkpointing.model_fields(trainer.model_config), hidden_size=48)
-    target = trainer.fresh_state(trainer.stages[0], trainer.init_params)
+    target = trainer.states.fresh(trainer.stages[0], trainer.init_params)
     with pytest.raises(
         checkpointing.CheckpointMismatch,
         match=re.escape(

@@ -40,7 +40,7 @@ methods, and a `jax.block_until_ready` at each phase boundary (the run itself
 overlaps dispatch of the batch builder and the update a little; on one device
 the phases run in this order anyway):
 
-  other host  `fresh_state` at the stage start, `PromptIterator.next_batch`
+  other host  `Trainer.states.fresh` at the stage start, `PromptIterator.next_batch`
   rollout     `trainer.rollouts` (prompt encoding, prefill + decode; frozen
               responder: thinking, then `sampling.respond`), until ready
   copy+score  `jax.device_get` of the rollout (`sharding.to_host` in `run`, the
@@ -136,7 +136,7 @@ def run_step(trainer: Trainer, iterator: PromptIterator, state, step: int):
     start = clock()
     stage = trainer.stage_at(step)
     if state is None or step == stage.start:  # Each stage starts its optimizer afresh.
-        state = trainer.fresh_state(
+        state = trainer.states.fresh(
             stage,
             trainer.init_params if state is None else state.params,
             None if state is None else state.critic_params,
