@@ -1,7 +1,7 @@
 """Bad inputs through launch.py: each refused before any work with one line (exit 2).
 
 The cases run through launch.py's own flag parsing and `main` in one child process (one
-jax import for all of them); `tests/test_bad_input.py` runs a few as separate commands.
+jax import for all of them); `tests/test_bad_input.py` runs one as a separate command.
 """
 
 from __future__ import annotations
@@ -125,10 +125,23 @@ def _cases(f, tmp):
     c = "--config."
     # (name, args, what the one line must mention)
     return [
-        ("unknown_field", [c + "x=1"], "unknown config field 'x'"),
-        ("unknown_nested", [c + "algo.foo=1"], "'algo.foo'"),
+        (
+            "unknown_field",
+            [c + "x.y=1"],
+            "--config.x.y: unknown config field 'x' (known keys at the top level: algo, ",
+        ),
+        (
+            "unknown_nested",
+            [c + "algo.foo=1"],
+            "--config.algo.foo: unknown config field 'algo.foo' (known keys under 'algo': "
+            "advantage, ",
+        ),
         ("bad_value_type", [c + "algo.group_size=two"], "--config.algo.group_size"),
-        ("group_size_0", [c + "algo.group_size=0"], "algo.group_size=0"),
+        (
+            "group_size_0",
+            [c + "algo.group_size=0"],
+            "config: algo.group_size=0 must be an integer >= 1",
+        ),
         ("group_size_1_grpo", [c + "algo.group_size=1"], "algo.group_size=1"),
         ("advantage", [c + "algo.advantage=ppo2"], "algo.advantage='ppo2'"),
         ("policy_loss", [c + "algo.policy_loss=x"], "algo.policy_loss='x'"),
@@ -211,13 +224,14 @@ def _cases(f, tmp):
         (
             "jsonl_synthetic_judge",
             ["--config.data.source=jsonl", f"--config.data.train_path={f['good']}"],
-            "reward.name",
+            "config: reward.name='synthetic' judges only the embedded world's tasks, "
+            "but data.source='jsonl'; set --config.reward.name to one of",
         ),
         ("jsonl_missing_file", jsonl + [f"{c}data.train_path={tmp}/none.jsonl"], "none.jsonl"),
         (
             "jsonl_missing_field",
             jsonl + [f"{c}data.train_path={f['no_reference']}"],
-            f"{f['no_reference']} line 1",
+            f"{f['no_reference']} line 1: missing field 'reference'",
         ),
         (
             "jsonl_bad_line",
@@ -227,7 +241,11 @@ def _cases(f, tmp):
         ("jsonl_not_utf8", jsonl + [f"{c}data.train_path={f['latin1']}"], f"{f['latin1']}"),
         ("jsonl_empty", jsonl + [f"{c}data.train_path={f['empty']}"], f"{f['empty']}"),
         ("unknown_reward", [c + "reward.name=nope"], "'nope'"),
-        ("tokenizer_missing", [f"{c}tokenizer={tmp}/none"], "tokenizer.json"),
+        (
+            "tokenizer_missing",
+            [f"{c}tokenizer={tmp}/none"],
+            f"tokenizer file {tmp}/none/tokenizer.json not found",
+        ),
         ("tokenizer_cut", [f"{c}tokenizer={f['tok_cut']}"], f"{f['tok_cut']}"),
         ("checkpoint_missing", [f"{c}init_checkpoint={tmp}/none"], f"{tmp}/none"),
         ("checkpoint_config_cut", [f"{c}init_checkpoint={f['ckpt_cut']}"], "config.json"),
