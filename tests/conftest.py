@@ -8,8 +8,8 @@ import tempfile
 
 from tests.xla_flags import device_flags
 
-# 8 devices, compiled fast (tests/xla_flags.py); once jax has read them, the launch.py
-# subprocesses the tests start inherit the 8 devices at the default optimisation level.
+# 8 devices, compiled fast (tests/xla_flags.py); the launch.py subprocesses the tests start
+# inherit them.
 _user_flags = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = (_user_flags + " " + device_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -28,7 +28,6 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.devices()  # XLA reads XLA_FLAGS here, once.
-os.environ["XLA_FLAGS"] = (_user_flags + " " + device_flags(8, fast_compile=False)).strip()
 
 
 def pytest_configure(config):

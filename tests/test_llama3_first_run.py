@@ -21,6 +21,7 @@ from start_jax.checkpoints import read_config
 from start_jax.tokenizer import HFTokenizer
 from tests import bpe_fixtures
 from tests.fixtures import SMOKE
+from tests.xla_flags import device_flags
 
 pytestmark = pytest.mark.e2e  # Runs of the trainer or launch.py (so also slow).
 
@@ -71,7 +72,9 @@ def _launch(files, workdir, **fields):
         capture_output=True,
         text=True,
         timeout=900,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        # The default optimisation level: 300 SFT steps run longer than they compile
+        # (tests/xla_flags.py).
+        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=device_flags(8, fast_compile=False)),
     )
 
 
