@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from start_jax import segments, sharding
+from start_jax.models import fast_paths
 from start_jax.models import sharding as model_sharding
 from start_jax.models.config import ModelConfig
 from start_jax.sampling import sampler as core
@@ -453,7 +454,7 @@ def _generate(
         else:
             state = _decode_compacting(
                 decode,
-                core.fused(model_config, params),  # Stacked once for every chunk.
+                fast_paths.decode_params(model_config, params),  # Stacked once for every chunk.
                 state,
                 steps,
                 compact,

@@ -304,7 +304,7 @@ def decode(
     num_steps = state.tokens.shape[1]
     # One wide matmul for q/k/v and one for gate/up: stacked once per call (unless
     # the caller passes them stacked, as `fused` does), then reused by every step.
-    params = fused(model_config, params)
+    params = fast_paths.decode_params(model_config, params)
 
     last = num_steps if until is None else jnp.minimum(until, num_steps)
 
@@ -365,11 +365,6 @@ def decode(
         )
 
     return jax.lax.while_loop(cond, body, state)
-
-
-def fused(model_config: ModelConfig, params):
-    """The parameters the decode loop reads (`fast_paths.decode_params`)."""
-    return fast_paths.decode_params(model_config, params)
 
 
 def repeat_rows(tree, group: int):
