@@ -73,6 +73,7 @@ from start_jax.eval import cross_generation as cg
 from start_jax.eval import plots, stats
 from start_jax.eval.evaluate import evaluate_policy
 from start_jax.eval.questions import load_questions
+from start_jax.tokenizer import load_tokenizer
 from start_jax.train import data_io, sft
 from start_jax.train.config import default_config, stage
 from start_jax.train.init_policy import initial_policy, model_config_of, sft_traces
@@ -256,7 +257,7 @@ def train_base(out: str, scale: Scale, setting: str = "standard") -> str:
     initial_policy(
         spec,
         workdir,
-        world.load_tokenizer(spec.tokenizer),
+        load_tokenizer(spec.tokenizer),
         sharding.make_mesh(spec.mesh),
         train_data,
     )
@@ -280,7 +281,7 @@ def train_answerers(out: str, scale: Scale) -> None:
     c.data.data_dir = os.path.join(out, "data")
     workdir = os.path.join(out, "answerers")
     spec = train.RunSpec.from_config(c)
-    tok = world.load_tokenizer(spec.tokenizer)
+    tok = load_tokenizer(spec.tokenizer)
     train_data, _ = data_io.datasets(spec.data, workdir)
     examples = [train_data[i] for i in range(min(len(train_data), c.sft.examples))]
     config = model_config_of(spec, tok)

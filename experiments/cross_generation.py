@@ -19,7 +19,7 @@ from start_jax.checkpoints import load_pretrained
 from start_jax.data.prompts import PromptFormat
 from start_jax.eval import cross_generation as cg
 from start_jax.eval.questions import load_questions
-from start_jax.world import generator as world
+from start_jax.tokenizer import load_tokenizer
 
 
 def _named_paths(items: Sequence[str], what: str) -> dict[str, str]:
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> cg.CrossGenResult:
     def load(path):
         tok_dir = path if os.path.isfile(os.path.join(path, "tokenizer.json")) else args.tokenizer
         config, params = load_pretrained(path)
-        return config, params, world.load_tokenizer(tok_dir)
+        return config, params, load_tokenizer(tok_dir)
 
     fmt = PromptFormat.create(args.chat_template, args.system)
     policies: dict[str, cg.ModelPolicy] = {}  # One model per directory, thinker or answerer.

@@ -178,3 +178,26 @@ def test_first_import_in_a_fresh_process():
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.slow  # Seconds: out of the fast tier.
+def test_rewards_of_a_higher_layer_are_found_by_name():
+    """The world's judges register in `start_jax.world` (above rewards); `rewards` finds
+    them by name in a process that imported nothing else."""
+    code = (
+        "import sys\n"
+        "from start_jax import rewards\n"
+        "assert 'start_jax.world' not in sys.modules\n"
+        "assert {'synthetic', 'synthetic_rubric'} <= set(rewards.registered())\n"
+        "print(type(rewards.make('synthetic_rubric')).__module__)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "start_jax.world.judges"

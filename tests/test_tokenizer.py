@@ -9,6 +9,8 @@ import pytest
 import tokenizers
 
 from start_jax import tokenizer
+from start_jax.errors import UserError
+from start_jax.world import generator
 from tests.bpe_fixtures import write_bpe_dir
 
 CHAT_TEMPLATE = (
@@ -297,3 +299,13 @@ def test_load_tokenizer(bpe_dir):
     tok = tokenizer.load_tokenizer(bpe_dir)
     assert isinstance(tok, tokenizer.HFTokenizer)
     assert tok.encode("<think>") == [tok.think_id]
+
+
+def test_named_tokenizers_load_from_their_own_package():
+    """``"world"`` is the embedded world's tokenizer, made by `start_jax.world` (a higher
+    layer) when the name is first loaded; it has only the default tags."""
+    tok = tokenizer.load_tokenizer("world")
+    assert tok is generator.tokenizer()
+    assert len(tok.encode("Al likes tea.")) == 1  # One of the world's word tokens.
+    with pytest.raises(UserError, match="fixed tags"):
+        tokenizer.load_tokenizer("world", think_token="<t>")
