@@ -39,7 +39,6 @@ FILE_SECONDS = {
     "test_rl_learns.py": 113,
     "test_llama3_first_run.py": 94,
     "test_train_step.py": 92,
-    "test_bad_input.py": 80,
     "test_fast_paths.py": 79,
     "test_real_path.py": 71,
     "test_sampling.py": 68,

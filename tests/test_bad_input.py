@@ -60,30 +60,6 @@ def test_launch_ends_with_one_line_naming_the_problem(tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
-def test_launch_output_is_bar_stages_and_table(tmp_path):
-    """A plain run prints its progress bar, stage lines and final table, no library INFO lines."""
-    proc = _launch(
-        f"--workdir={tmp_path / 'run'}",
-        "--config.log.progress=True",
-        "--config.stages.s1.steps=2",
-        "--config.stages.s2.steps=1",
-        "--config.checkpoint.export_hf=False",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout + proc.stderr
-    assert re.search(r"rl: 100%.*3/3", out), out[-3000:]
-    assert "stage s1 (1/2): train think, frozen responder, steps 0-1, lr 0.001" in out
-    assert "stage s2 (2/2): train response, self responder, steps 2-2, lr 0.001" in out
-    assert re.search(r"train reward \(first 3 -> last 3 steps\)\s+\d", out)
-    assert "wall time" in out
-    noisy = [
-        line
-        for line in out.splitlines()
-        if re.match(r"^[IW]\d{4} ", line) or "INFO" in line or "Downloading" in line
-    ]
-    assert not noisy, noisy
-
-
 def test_jsonl_run_whose_reward_cannot_judge_it(tmp_path):
     config = smoke_config()
     config.data.source = "jsonl"

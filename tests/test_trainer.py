@@ -153,6 +153,7 @@ def _launch(workdir, *extra):
         os.environ,
         XLA_FLAGS=device_flags(8),  # As the in-process reference: the same programs.
         JAX_PLATFORMS="cpu",
+        PYTHONUNBUFFERED="1",  # A killed run's output up to the kill can be read.
     )
     return subprocess.Popen(
         [
@@ -161,6 +162,7 @@ def _launch(workdir, *extra):
             f"--config={SMOKE}",
             f"--workdir={workdir}",
             f"--config.algo.entropy_coef={ENTROPY}",  # As `finished_run`.
+            "--config.log.progress=True",  # As a plain run (the smoke config turns it off).
             *extra,
         ],
         cwd=ROOT,
@@ -192,15 +194,32 @@ def _finish(proc, timeout=300):
     return out
 
 
+def _quiet(out: str) -> None:
+    """A run's output is its progress bar, stage lines and table: no library log lines
+    (absl's "W1202 16:16:24.372290 ..."), INFO lines or tfds download messages."""
+    noisy = [
+        line
+        for line in out.splitlines()
+        if re.match(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", line) or "INFO" in line or "Downloading" in line
+    ]
+    assert not noisy, noisy
+
+
 def test_resume_after_sigkill_and_sigterm_reproduces_every_metric(tmp_path, finished_run):
+    """Three launch.py runs of one workdir: killed (SIGKILL) between checkpoints, stopped
+    by SIGTERM, then resumed to the end. The metrics equal the uninterrupted run's, and
+    each run prints only its progress bar, stage lines and table."""
     reference = finished_run[0].workdir  # The same config, uninterrupted (in-process).
 
     workdir = str(tmp_path / "interrupted")
     proc = _launch(workdir)
     seen = _wait_for_step(proc, workdir, 3)  # Checkpoints are at steps 2, 4 and 6.
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    out = proc.communicate()[0]
     assert seen in (3,), f"killed after step {seen}, not between checkpoints"
+    assert "stage s1 (1/2): train think, frozen responder, steps 0-3, lr 0.001" in out, out
+    assert re.search(r"rl: +\d+%.*\| *[0-3]/6", out), out[-3000:]  # The progress bar.
+    _quiet(out)
 
     proc = _launch(workdir)
     _wait_for_step(proc, workdir, 4)
@@ -212,8 +231,14 @@ def test_resume_after_sigkill_and_sigterm_reproduces_every_metric(tmp_path, fini
 
     out = _finish(_launch(workdir))
     assert f"resuming from step {saved}" in out
-    # No library log line (absl's "W1202 16:16:24.372290 ...") in a run's output.
-    assert not re.search(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", out, re.MULTILINE), out
+    resumed = ", resumed" if saved > 4 else ""  # Stage s2 starts at step 4.
+    assert f"stage s2 (2/2{resumed}): train response, self responder, steps 4-5, lr 0.001" in out, (
+        out
+    )
+    assert re.search(r"rl: 100%.*6/6", out), out[-3000:]
+    assert re.search(r"train reward \(first 3 -> last 3 steps\)\s+\d", out), out
+    assert "wall time" in out
+    _quiet(out)
     assert_same_metrics(read_metrics(workdir), read_metrics(reference))
 
 
