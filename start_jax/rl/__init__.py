@@ -26,6 +26,7 @@ from start_jax.rl.train_step import (
     length_widths,
     loss_counts,
     make_optimizer,
+    off_policy_weights,
     policy_loss_terms,
     row_ends,
     train_on_batch,

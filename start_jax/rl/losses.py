@@ -50,6 +50,15 @@ class LossConfig:
     value_coef: float = 0.5  # Weight of the value loss.
     temperature: float = 1.0  # Sampling temperature of the rollouts.
     tis_cap: float = 0.0  # Truncated importance sampling cap; 0 = off.
+    # Off-policy masking on the sampler/trainer ratio w = p_trainer / p_sampler of each
+    # sampled loss token (0 = that bound off): a token with w outside [token_mask_low,
+    # token_mask_high] gets no policy gradient (ICEPOP-style token masking); a row whose
+    # geometric-mean w over its sampled loss tokens is outside [seq_mask_low,
+    # seq_mask_high] gets none at all (sequence-level masking, MIS).
+    token_mask_low: float = 0.0
+    token_mask_high: float = 0.0
+    seq_mask_low: float = 0.0
+    seq_mask_high: float = 0.0
 
     # Set by the run from the sampling config, not options of the config's algo section.
     DERIVED = ("norm_length", "temperature")
@@ -76,6 +85,28 @@ class LossConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {list(allowed)}")
+        bounds = ("tis_cap", "token_mask_low", "token_mask_high", "seq_mask_low", "seq_mask_high")
+        for name in bounds:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be a number (0 = off)")
+            if not 0 <= value < float("inf"):
+                raise ValueError(f"{name}={value!r} must be 0 (off) or a finite number > 0")
+        for kind in ("token", "seq"):
+            low, high = f"{kind}_mask_low", f"{kind}_mask_high"
+            lo, hi = getattr(self, low), getattr(self, high)
+            if hi and not lo < 1.0 < hi:
+                raise ValueError(f"{low}={lo!r} and {high}={hi!r} must hold 1: {low} < 1 < {high}")
+            if not hi and lo >= 1.0:
+                raise ValueError(f"{low}={lo!r} must be < 1 (a ratio of 1 is never masked)")
+
+    @property
+    def masks_tokens(self) -> bool:
+        return bool(self.token_mask_low or self.token_mask_high)
+
+    @property
+    def masks_rows(self) -> bool:
+        return bool(self.seq_mask_low or self.seq_mask_high)
 
 
 def aggregate(

@@ -217,8 +217,58 @@ def loss_counts(batch: Batch, loss_config: losses.LossConfig) -> dict[str, jax.A
         value=jnp.maximum(batch.loss_mask.sum().astype(jnp.float32), 0.0),
     )
     if batch.sampled is not None:
-        counts["sampled"] = (batch.loss_mask & batch.sampled).sum().astype(jnp.float32)
+        sampled = batch.loss_mask & batch.sampled
+        counts["sampled"] = sampled.sum().astype(jnp.float32)
+        counts["sampled_rows"] = sampled.any(-1).sum().astype(jnp.float32)
+    for name, seg in SEGMENT_METRICS:
+        in_seg = batch.segment_ids == seg
+        counts[f"{name}/loss"] = (batch.loss_mask & in_seg).sum().astype(jnp.float32)
+        counts[f"{name}/kl"] = (batch.kl_mask & in_seg).sum().astype(jnp.float32)
+        if batch.sampled is not None:
+            counts[f"{name}/sampled"] = (
+                (batch.loss_mask & batch.sampled & in_seg).sum().astype(jnp.float32)
+            )
     return counts
+
+
+# The segments whose metrics are logged apart, under "<name>/<metric>".
+SEGMENT_METRICS = (("think", segments.THINK), ("response", segments.RESPONSE))
+
+
+def off_policy_weights(
+    log_w: jax.Array, sampled: jax.Array, loss_config: losses.LossConfig
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The weight of each token's policy loss for a sampler whose numerics differ from
+    the trainer's, from log_w = log p_trainer - log p_sampler [B, L] on the `sampled`
+    loss tokens (1 elsewhere): min(w, tis_cap) with `tis_cap`; 0 where w is outside
+    [token_mask_low, token_mask_high]; 0 on a whole row whose geometric mean of w over
+    its sampled tokens is outside [seq_mask_low, seq_mask_high] (a bound of 0 is off).
+    Returns (weights, the tokens masked by the token band, the rows masked) — the
+    masks only count sampled tokens and rows with sampled tokens."""
+    lc = loss_config
+    weight = jnp.ones(log_w.shape, jnp.float32)
+    if lc.tis_cap:
+        weight = jnp.where(sampled, jnp.minimum(jnp.exp(log_w), lc.tis_cap), weight)
+    token_out = jnp.zeros(log_w.shape, bool)
+    if lc.masks_tokens:
+        w = jnp.exp(log_w)
+        if lc.token_mask_low:
+            token_out |= w < lc.token_mask_low
+        if lc.token_mask_high:
+            token_out |= w > lc.token_mask_high
+        token_out &= sampled
+        weight = jnp.where(token_out, 0.0, weight)
+    row_out = jnp.zeros(log_w.shape[:1], bool)
+    if lc.masks_rows:
+        n = sampled.sum(-1)
+        mean_log_w = jnp.where(sampled, log_w, 0.0).sum(-1) / jnp.maximum(n, 1)
+        if lc.seq_mask_low:
+            row_out |= mean_log_w < jnp.log(lc.seq_mask_low)
+        if lc.seq_mask_high:
+            row_out |= mean_log_w > jnp.log(lc.seq_mask_high)
+        row_out &= n > 0
+        weight = jnp.where(row_out[:, None], 0.0, weight)
+    return weight, token_out, row_out
 
 
 def policy_loss_terms(
@@ -244,7 +294,7 @@ def policy_loss_terms(
     old = jax.lax.stop_gradient(logp) if on_policy else batch.old_logprobs
     ref = old if not lc.kl_coef else batch.ref_logprobs
     parts = losses.policy_token_losses(logp, old, batch.advantages, batch.loss_mask, lc)
-    extra = {}
+    extra, diff, token_out = {}, None, None
     if batch.sampler_logprobs is not None:
         sampled = batch.loss_mask & batch.sampled
         log_w = old - batch.sampler_logprobs
@@ -253,14 +303,17 @@ def policy_loss_terms(
             logprob_mismatch_mean=diff.sum() / jnp.maximum(counts["sampled"], 1.0),
             logprob_mismatch_max=diff.max(),
         )
-        if lc.tis_cap:
-            weight = jnp.where(sampled, jnp.minimum(jnp.exp(log_w), lc.tis_cap), 1.0)
+        if lc.tis_cap or lc.masks_tokens or lc.masks_rows:
+            weight, token_out, row_out = off_policy_weights(log_w, sampled, lc)
             parts = dict(parts, loss=parts["loss"] * jax.lax.stop_gradient(weight))
+            extra.update(
+                token_masked_frac=token_out.sum() / jnp.maximum(counts["sampled"], 1.0),
+                seq_masked_frac=row_out.sum() / jnp.maximum(counts["sampled_rows"], 1.0),
+            )
     agg = lambda x, m: losses.aggregate(x, m, lc.aggregation, lc.norm_length)[0]  # noqa: E731
     pg = agg(parts["loss"], batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
-    kl = agg(losses.kl_penalty(logp, ref, lc.kl_estimator), batch.kl_mask) / jnp.maximum(
-        counts["kl"], 1e-8
-    )
+    kl_tokens = losses.kl_penalty(logp, ref, lc.kl_estimator)
+    kl = agg(kl_tokens, batch.kl_mask) / jnp.maximum(counts["kl"], 1e-8)
     ent = agg(entropy, batch.loss_mask) / jnp.maximum(counts["policy"], 1e-8)
     total = pg  # A zero coefficient leaves its term out: no cotangent flows back through it.
     if lc.kl_coef:
@@ -278,6 +331,31 @@ def policy_loss_terms(
         approx_kl=jnp.sum(parts["approx_kl"]) / tokens,
         **extra,
     )
+    # The same diagnostics per segment: token means over the segment's loss tokens (its KL
+    # over its KL-mask tokens, its mismatch over its sampled loss tokens); 0 for a segment
+    # without such tokens (one the stage does not train).
+    for name, seg in SEGMENT_METRICS:
+        in_seg = batch.segment_ids == seg
+        loss_tokens = batch.loss_mask & in_seg
+        n = jnp.maximum(counts[f"{name}/loss"], 1.0)
+        seg_sum = lambda x, m=loss_tokens: jnp.sum(jnp.where(m, x, 0.0))  # noqa: E731
+        aux[f"{name}/entropy"] = seg_sum(entropy) / n
+        aux[f"{name}/clip_frac_low"] = seg_sum(parts["clip_low"]) / n
+        aux[f"{name}/clip_frac_high"] = seg_sum(parts["clip_high"]) / n
+        aux[f"{name}/approx_kl"] = seg_sum(parts["approx_kl"]) / n
+        aux[f"{name}/kl"] = seg_sum(kl_tokens, batch.kl_mask & in_seg) / jnp.maximum(
+            counts[f"{name}/kl"], 1.0
+        )
+        if diff is not None:
+            m = batch.sampled & loss_tokens
+            aux[f"{name}/logprob_mismatch_mean"] = seg_sum(diff, m) / jnp.maximum(
+                counts[f"{name}/sampled"], 1.0
+            )
+            aux[f"{name}/logprob_mismatch_max"] = jnp.max(jnp.where(m, diff, 0.0))
+        if token_out is not None:
+            aux[f"{name}/token_masked_frac"] = jnp.sum(token_out & in_seg) / jnp.maximum(
+                counts[f"{name}/sampled"], 1.0
+            )
     return total, aux
 
 

@@ -133,6 +133,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.algo.entropy_coef = 0.0  # Entropy bonus.
     c.algo.tis_cap = 0.0  # Truncated importance sampling of sampler/trainer
     # mismatch: weight min(p_train/p_sampler, cap); 0 = off.
+    # Off-policy masking on the same ratio w (each bound 0 = off): a sampled loss token
+    # with w outside [token_mask_low, token_mask_high] gets no policy gradient; a row
+    # whose geometric mean of w is outside [seq_mask_low, seq_mask_high] gets none.
+    c.algo.token_mask_low = 0.0
+    c.algo.token_mask_high = 0.0
+    c.algo.seq_mask_low = 0.0
+    c.algo.seq_mask_high = 0.0
     c.algo.ppo_epochs = 1  # mu: passes over each rollout batch.
     c.algo.minibatches = 1  # Optimizer updates per pass.
     c.algo.micro_batches = 1  # Gradient accumulation slices.
@@ -188,9 +195,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ):
         if value not in allowed:
             raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")
-    tis = config.algo.tis_cap
-    if not isinstance(tis, (int, float)) or not 0 <= tis < float("inf"):
-        raise ConfigError(f"config: algo.tis_cap={tis!r} must be 0 (off) or a finite cap > 0")
     if not len(config.stages):
         raise ConfigError("config: stages is empty; give at least one stage")
     g = config.algo.group_size

@@ -243,14 +243,15 @@ class RunSpec:
                     "must be >= 1 (compact_every=0 turns compaction off)"
                 ) from None
         a = c.algo
-        loss = LossConfig.from_section(
-            a,
-            norm_length=sampling.think_budget + sampling.response_budget + 1,
-            temperature=sampling.temperature
-            if sampling.temperature > 0
-            else 1.0,  # Greedy rollouts
-            tis_cap=float(a.tis_cap),
-        )  # report log-probs at T = 1.
+        try:
+            loss = LossConfig.from_section(
+                a,
+                norm_length=sampling.think_budget + sampling.response_budget + 1,
+                # Greedy rollouts report log-probabilities at T = 1.
+                temperature=sampling.temperature if sampling.temperature > 0 else 1.0,
+            )
+        except ValueError as e:  # The loss's own checks; the message names the field.
+            raise ConfigError(f"config: algo.{e}") from None
         advantage = AdvantageConfig.from_section(a)
         # Rollouts are right-aligned in `width` columns and the decoded part is the last
         # think_budget + 1 + response_budget of them (a frozen responder's too), so the columns
