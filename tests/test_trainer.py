@@ -293,8 +293,13 @@ def test_stages_run_in_natural_order():
 
 
 def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path):
-    """Stages s1..s10, declared out of order, run in natural order (s2 before s10)."""
+    """Stages s1..s10, declared out of order, run in natural order (s2 before s10); with
+    length shaping, each step's reward is the task's plus the logged length terms, and
+    the per-segment metrics read 0 for a segment the stage does not train."""
     config = smoke_config()
+    config.shaping.think_overlong_buffer = 4  # Of the smoke run's thinking budget of 8.
+    config.shaping.response_overlong_buffer = 2  # Of its response budget of 4.
+    config.shaping.think_target, config.shaping.think_target_coef = 3, 0.1
     order = [f"s{i}" for i in range(1, 11)]
     modes = ["think", "response", "joint"]
     config.stages = {
@@ -314,6 +319,12 @@ def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path):
         mode = modes[order.index(name) % 3]
         assert (r["mask_response_tokens"] == 0) == (mode == "think"), (name, r)
         assert (r["mask_think_tokens"] == 0) == (mode == "response"), (name, r)
+        terms = ("think_overlong", "response_overlong", "think_target")
+        assert all(-1.0 <= r[f"reward/{t}"] <= 0.0 for t in terms), r
+        shaped = r["reward/task"] + sum(r[f"reward/{t}"] for t in terms)
+        assert r["reward_mean"] == pytest.approx(shaped, abs=1e-5), r
+        assert (r["response/entropy"] == 0) == (mode == "think"), (name, r)
+        assert (r["think/entropy"] == 0) == (mode == "response"), (name, r)
 
 
 def test_unknown_algorithm_and_reward_names(tmp_path):

@@ -15,6 +15,7 @@ import ml_collections
 from start_jax import tasks
 from start_jax.errors import ConfigError
 from start_jax.models.config import ATTENTION_IMPLS, DTYPE_NAMES, SUPPORTED_MODEL_TYPES
+from start_jax.rewards.shaping import LengthShaping
 from start_jax.rl import losses, masks
 from start_jax.rl.advantages import ESTIMATORS, AdvantageConfig
 from start_jax.train.stages import stage, validate_stage
@@ -113,6 +114,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.reward = ml_collections.ConfigDict()
     c.reward.name = "synthetic"  # A registered reward (start_jax.rewards).
     c.reward.kwargs = ml_collections.ConfigDict()  # Passed to the reward factory.
+
+    # Length shaping per segment, added to the reward of each row (LengthShaping in
+    # start_jax/rewards/shaping.py; every term 0 = off): DAPO's soft overlong penalty
+    # for the thinking and for the response (a ramp to -1 over the last *_buffer tokens
+    # of the segment's budget, times overlong_coef), and a thinking-length target
+    # (-think_target_coef * |L - think_target| / think_target).
+    c.shaping = ml_collections.ConfigDict()
+    for name, default in LengthShaping.options().items():
+        c.shaping[name] = default
 
     c.algo = ml_collections.ConfigDict()
     c.algo.advantage = "grpo"  # A registered estimator (start_jax.rl.advantages).

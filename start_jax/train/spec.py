@@ -21,6 +21,7 @@ import ml_collections
 from start_jax import rewards, tasks
 from start_jax.data.prompts import PromptFormat
 from start_jax.errors import ConfigError
+from start_jax.rewards.shaping import LengthShaping
 from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig
 from start_jax.sampling import Compaction, SamplingConfig, num_decode_steps
 from start_jax.sharding import MeshConfig
@@ -143,6 +144,7 @@ class RunSpec:
     sampling: SamplingConfig
     reward_name: str
     reward_kwargs: tuple[tuple[str, Any], ...]
+    shaping: LengthShaping
     advantage: AdvantageConfig
     train: TrainConfig
     optim: OptimSpec
@@ -253,6 +255,11 @@ class RunSpec:
         except ValueError as e:  # The loss's own checks; the message names the field.
             raise ConfigError(f"config: algo.{e}") from None
         advantage = AdvantageConfig.from_section(a)
+        try:
+            shaping = LengthShaping(**c.shaping.to_dict())
+            shaping.check_budgets(sampling.think_budget, sampling.response_budget)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config: shaping.{e}") from None
         # Rollouts are right-aligned in `width` columns and the decoded part is the last
         # think_budget + 1 + response_budget of them (a frozen responder's too), so the columns
         # before it hold only prompt and padding: the update's vocabulary head skips them.
@@ -321,6 +328,7 @@ class RunSpec:
             sampling=sampling,
             reward_name=c.reward.name,
             reward_kwargs=tuple(sorted(c.reward.kwargs.to_dict().items())),
+            shaping=shaping,
             advantage=advantage,
             train=train,
             optim=OptimSpec(

@@ -326,6 +326,16 @@ class Trainer:
             return host, self.score(host, examples, self.spec.group_size)
 
         host, reward = timed("copy+score", score)
+        shaped = {}
+        if self.spec.shaping.active:  # Length terms on top of the task's reward.
+            sc = self.spec.sampling
+            reward, shaped = self.spec.shaping.shape(
+                reward,
+                host.think_length,
+                host.response_length,
+                sc.think_budget,
+                sc.response_budget,
+            )
         batch = timed("make_batch", lambda: self.make_batch(state, rollout, reward, stage))
         state, metrics = timed(
             "update", lambda: self.update(state, batch, step, stage, self.widths_of(host))
@@ -334,7 +344,7 @@ class Trainer:
         def check():
             out = rl.check_finite(sharding.to_host(metrics), step)  # Host view 2.
             check_health(out, step, stage)
-            return out
+            return {**out, **shaped}
 
         return state, host, reward, batch, timed("other host", check)
 
