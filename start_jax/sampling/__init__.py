@@ -32,6 +32,7 @@ from start_jax.sampling.api import (
     num_decode_steps,
     respond,
     sample,
+    stopped_at_budget,
     thinking_of,
 )
 from start_jax.sampling.ops import (
@@ -74,5 +75,6 @@ __all__ = [
     "respond",
     "sample",
     "sampled_token_log_probs",
+    "stopped_at_budget",
     "thinking_of",
 ]

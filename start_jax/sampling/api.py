@@ -340,7 +340,9 @@ def respond(
     """Responses of `params` after the thinking of a thinking-only rollout, on device.
 
     `thinking` is a rollout sampled with ``response_budget=0`` (each row ends
-    with its closing tag, forced when the thinking was truncated). Its rows are
+    with its closing tag, forced when the thinking was truncated; a row without
+    one, stopped at its budget by ``think_budget_mode="truncate"``, gets no
+    response and stays as it is). Its rows are
     right-aligned on device and continued with ``config.response_budget``
     response tokens: the same rows `sample(thinking=...)` would build from the
     decoded thinking, without a copy to the host. The thinking keeps its
@@ -360,7 +362,8 @@ def respond(
     put = lambda x: sharding.host_to_global(  # noqa: E731
         x, None if mesh is None else sharding.batch_sharding(mesh, x.ndim, rules, batch)
     )
-    arrays = dict(_continuation(thinking), row_ids=put(ids))
+    end_think = -1 if special.end_think is None else special.end_think
+    arrays = dict(_continuation(thinking, end_think), row_ids=put(ids))
     return _generate(
         model_config,
         params,
@@ -379,14 +382,16 @@ def respond(
 
 
 @jax.jit
-def _continuation(rollout: core.Rollout) -> dict:
-    """A thinking rollout as a response prefix: rows shifted right to end in the last column."""
+def _continuation(rollout: core.Rollout, end_think) -> dict:
+    """A thinking rollout as a response prefix: rows shifted right to end in the last column.
+    A row that does not end in `end_think` (stopped at its thinking budget) starts done."""
     filled = rollout.segment_ids != segments.PAD
     length = filled.shape[1]
     shift = jnp.argmax(filled[:, ::-1], axis=1)  # Trailing PAD columns per row.
     cols = (jnp.arange(length)[None, :] - shift[:, None]) % length
     take = lambda x: jnp.take_along_axis(x, cols, axis=1)  # noqa: E731
     segment_ids = take(rollout.segment_ids)
+    closed = take(rollout.tokens)[:, -1] == end_think
     return dict(
         prefix=take(rollout.tokens),
         prefix_mask=segment_ids != segments.PAD,
@@ -394,7 +399,7 @@ def _continuation(rollout: core.Rollout) -> dict:
         forced=take(rollout.forced),
         prefix_logprobs=take(rollout.logprobs),
         prefix_sampled=take(rollout.sampled),
-        start_phase=jnp.full(filled.shape[:1], segments.RESPONSE, jnp.int32),
+        start_phase=jnp.where(closed, segments.RESPONSE, segments.PAD).astype(jnp.int32),
         think_count=rollout.think_length,
         think_truncated=rollout.think_truncated,
     )
@@ -560,6 +565,13 @@ def thinking_of(rollout: core.Rollout, end_think: int) -> tuple[list[list[int]],
             think = think[:-1]  # A natural closing tag.
         out.append([int(t) for t in think])
     return out, [bool(x) for x in np.asarray(rollout.think_truncated)]
+
+
+def stopped_at_budget(rollout: core.Rollout) -> np.ndarray:
+    """[B] bool: the rows that ended at their thinking budget with no response
+    (``think_budget_mode="truncate"``; never with "force_end", where a truncated thinking
+    is closed and a response of at least one token follows)."""
+    return np.asarray(rollout.think_truncated) & (np.asarray(rollout.response_length) == 0)
 
 
 def decode_segments(tokenizer, rollout: core.Rollout) -> list[dict]:

@@ -18,6 +18,7 @@ NEG_INF = -jnp.inf
 
 
 LOGPROBS_OF = ("model", "sampled")
+THINK_BUDGET_MODES = ("force_end", "truncate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,9 @@ class SamplingConfig:
     min_response_tokens: int = 0  # Response tokens before eos may be drawn.
     logprobs_of: str = "model"  # What Rollout.logprobs reports: see above.
     ban_tags_in_response: bool = True  # No think tag drawn in a response.
+    # At the thinking budget: "force_end" writes </think> (marked forced) and the response
+    # follows; "truncate" ends the row there, with no </think> and no response.
+    think_budget_mode: str = "force_end"
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -107,6 +111,11 @@ class SamplingConfig:
                 f"ban_tags_in_response must be True or False, got {self.ban_tags_in_response!r}"
             )
         object.__setattr__(self, "ban_tags_in_response", bool(self.ban_tags_in_response))
+        if self.think_budget_mode not in THINK_BUDGET_MODES:
+            raise ValueError(
+                f"think_budget_mode={self.think_budget_mode!r} is not one of "
+                f"{list(THINK_BUDGET_MODES)}"
+            )
         if self.logprobs_of not in LOGPROBS_OF:
             raise ValueError(f"logprobs_of must be one of {LOGPROBS_OF}, got {self.logprobs_of!r}")
 

@@ -11,7 +11,9 @@ phases THINK -> RESPONSE -> DONE:
 * THINK: sampled tokens are thinking. `</think>` ends it. When the thinking
   budget is spent, or right after an eos sampled inside the thinking, the
   sampler writes `</think>` itself (budget forcing), marks that token
-  `forced` and sets `think_truncated`.
+  `forced` and sets `think_truncated`. With
+  `SamplingConfig.think_budget_mode="truncate"` a row whose budget is spent
+  ends there instead (DONE, no `</think>`, no response; `think_truncated`).
 * RESPONSE: sampled tokens are the response; eos or the response budget ends
   it (`response_truncated` when the budget did).
 * DONE: PAD is written and the row no longer enters the cache.
@@ -242,8 +244,14 @@ def _advance(state: DecodeState, drawn, logp, sampling: SamplingConfig, tok: Spe
     else:
         thinking = state.phase == segments.THINK
         end_think = tok.end_think
+    spent = thinking & (state.think_count >= sampling.think_budget)
+    if sampling.think_budget_mode == "truncate":  # The row ends at the budget: no tag.
+        stop, thinking = spent, thinking & ~spent
+        force_close = thinking & state.close_think
+    else:
+        stop = jnp.zeros_like(spent)
+        force_close = thinking & (state.close_think | spent)
     active = thinking | responding
-    force_close = thinking & (state.close_think | (state.think_count >= sampling.think_budget))
     token = jnp.where(force_close, end_think, drawn)
     token = jnp.where(active, token, tok.pad)
     segment = jnp.where(active, state.phase, segments.PAD)
@@ -258,13 +266,13 @@ def _advance(state: DecodeState, drawn, logp, sampling: SamplingConfig, tok: Spe
     out_of_budget = responding & ~eos & (response_count >= sampling.response_budget)
     after_think = segments.RESPONSE if sampling.response_budget > 0 else segments.PAD
     phase = jnp.where(ends_think, after_think, state.phase)
-    phase = jnp.where(eos | out_of_budget, segments.PAD, phase)
+    phase = jnp.where(eos | out_of_budget | stop, segments.PAD, phase)
     fields = dict(
         phase=phase,
         think_count=think_count,
         response_count=response_count,
         close_think=close_think,
-        think_truncated=state.think_truncated | force_close,
+        think_truncated=state.think_truncated | force_close | stop,
         response_truncated=state.response_truncated | out_of_budget,
     )
     return token, segment, logprob, force_close, active, fields

@@ -103,6 +103,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.top_p = 1.0  # 1 = off.
     c.sampling.think_budget = 16  # Thinking tokens before </think> is forced.
     c.sampling.response_budget = 8  # Response tokens, eos included.
+    # At the thinking budget: "force_end" writes </think> (no gradient) and the response
+    # follows; "truncate" ends the row there, and its reward is truncated_reward.
+    c.sampling.think_budget_mode = "force_end"
+    c.sampling.truncated_reward = 0.0
     c.sampling.ban_tags_in_response = True  # Never draw a think tag in the response; the
     # update's log-probabilities apply the same ban.
     c.sampling.dtype = ""  # Compute dtype of the sampler; '' = model.dtype

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -145,6 +146,7 @@ class RunSpec:
     reward_name: str
     reward_kwargs: tuple[tuple[str, Any], ...]
     shaping: LengthShaping
+    truncated_reward: float  # The reward of a row stopped at its thinking budget.
     advantage: AdvantageConfig
     train: TrainConfig
     optim: OptimSpec
@@ -229,9 +231,15 @@ class RunSpec:
                 think_budget=c.sampling.think_budget,
                 response_budget=c.sampling.response_budget,
                 ban_tags_in_response=c.sampling.ban_tags_in_response,
+                think_budget_mode=c.sampling.think_budget_mode,
             )
         except ValueError as e:
             raise ConfigError(f"config: sampling.{e}") from None
+        truncated_reward = c.sampling.truncated_reward
+        if not isinstance(truncated_reward, (int, float)) or not math.isfinite(truncated_reward):
+            raise ConfigError(
+                f"config: sampling.truncated_reward={truncated_reward!r} must be a finite number"
+            )
         compaction = None
         if c.sampling.compact_every:
             try:
@@ -329,6 +337,7 @@ class RunSpec:
             reward_name=c.reward.name,
             reward_kwargs=tuple(sorted(c.reward.kwargs.to_dict().items())),
             shaping=shaping,
+            truncated_reward=float(truncated_reward),
             advantage=advantage,
             train=train,
             optim=OptimSpec(

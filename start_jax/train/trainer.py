@@ -226,10 +226,16 @@ class Trainer:
         )
 
     def score(self, rollout, examples, repeat: int) -> np.ndarray:
-        """Response-only rewards of a host copy of the rollout."""
+        """Response-only rewards of a host copy of the rollout; a row stopped at its
+        thinking budget (``sampling.think_budget_mode="truncate"``) gets
+        ``sampling.truncated_reward`` instead (it has no response to judge)."""
         refs = [e["reference"] for e in examples for _ in range(repeat)]
         meta = [e["metadata"] for e in examples for _ in range(repeat)]
-        return rewards.score(rollout, self.tokenizer, self.reward_fn, refs, meta)
+        reward = rewards.score(rollout, self.tokenizer, self.reward_fn, refs, meta)
+        if self.spec.sampling.think_budget_mode == "truncate":  # No response to judge.
+            cut = sampling.stopped_at_budget(rollout)
+            reward = np.where(cut, np.float32(self.spec.truncated_reward), reward)
+        return reward
 
     def _batch_fn(self, stage: StageSpec):
         cfg = rl.BatchConfig(
