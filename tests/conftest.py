@@ -26,6 +26,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from start_jax import models  # noqa: E402
+
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.devices()  # XLA reads XLA_FLAGS here, once.
 
@@ -84,3 +86,10 @@ def _free_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """(config, params) of a 16-token tiny model, for the scripted sampling tests."""
+    config = models.tiny_config(16)
+    return config, models.init_params(config, jax.random.key(1))

@@ -92,3 +92,25 @@ def make_batch(mode="joint", b=8, length=20, seed=0, kl_scope="mask"):
         old_values=noise(),
         rewards=jnp.asarray(rewards_),
     )
+
+
+# ------------------------------------------------------------ scripted sampling
+
+
+def scripted(script):
+    """A logits processor under which row i draws script[i, step]: every other id at -40,
+    1e-17 of it each (small enough in float32 that no other id is drawn, large enough that
+    a log-normaliser over the others alone stays exact)."""
+    script = jnp.asarray(script, jnp.int32)
+
+    def processor(logits, step):
+        want = jax.lax.dynamic_index_in_dim(script, step, axis=1, keepdims=False)
+        return jnp.where(jnp.arange(logits.shape[-1])[None] == want[:, None], 0.0, -40.0)
+
+    return processor
+
+
+def segment_tokens(rollout, row: int, kind: int) -> list[int]:
+    """Row `row`'s tokens in segment `kind`, in order."""
+    tokens, segs = np.asarray(rollout.tokens)[row], np.asarray(rollout.segment_ids)[row]
+    return [int(t) for t in tokens[segs == kind]]

@@ -8,41 +8,18 @@ import re
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from start_jax import models, sampling, segments, train
+from start_jax import sampling, segments, train
 from start_jax.errors import ConfigError
 from start_jax.train.trainer import Trainer
-from tests.fixtures import smoke_config
+from tests.fixtures import scripted, segment_tokens, smoke_config
 
 THINK, END, EOS, PAD = 3, 4, 1, 0
 SPECIAL = sampling.SpecialTokens(think=THINK, end_think=END, eos=EOS, pad=PAD)
 BUDGET = 4
 Z = 9  # Filler after a row's script.
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    config = models.tiny_config(16)
-    return config, models.init_params(config, jax.random.key(1))
-
-
-def _scripted(script):
-    """Row i draws script[i, step] (all other ids at -40)."""
-    script = jnp.asarray(script, jnp.int32)
-
-    def processor(logits, step):
-        want = jax.lax.dynamic_index_in_dim(script, step, axis=1, keepdims=False)
-        return jnp.where(jnp.arange(logits.shape[-1])[None] == want[:, None], 0.0, -40.0)
-
-    return processor
-
-
-def _segment(rollout, row, kind):
-    tokens, segs = np.asarray(rollout.tokens)[row], np.asarray(rollout.segment_ids)[row]
-    return [int(t) for t in tokens[segs == kind]]
 
 
 def _script(steps):
@@ -55,29 +32,29 @@ def _script(steps):
 
 
 @pytest.mark.parametrize("mode", ["force_end", "truncate"])
-def test_the_row_at_its_budget_by_mode_and_the_others_alike(tiny, mode):
-    config, params = tiny
+def test_the_row_at_its_budget_by_mode_and_the_others_alike(tiny_model, mode):
+    config, params = tiny_model
     cfg = sampling.SamplingConfig(
         temperature=1.0, think_budget=BUDGET, response_budget=3, think_budget_mode=mode
     )
     script = _script(sampling.num_decode_steps(cfg, True))
     rollout = jax.device_get(
         sampling.sample(
-            config, params, [[5, 6]] * 3, cfg, 0, SPECIAL, logits_processor=_scripted(script)
+            config, params, [[5, 6]] * 3, cfg, 0, SPECIAL, logits_processor=scripted(script)
         )
     )
     forced = np.asarray(rollout.forced)
     if mode == "force_end":
         # The fifth thinking token (a scripted 6) is replaced by a forced </think>; the
         # response follows.
-        assert _segment(rollout, 0, segments.THINK) == [THINK, 7, 8, 7, 8, END]
-        assert _segment(rollout, 0, segments.RESPONSE) == [6, EOS]
+        assert segment_tokens(rollout, 0, segments.THINK) == [THINK, 7, 8, 7, 8, END]
+        assert segment_tokens(rollout, 0, segments.RESPONSE) == [6, EOS]
         assert forced[0][np.asarray(rollout.tokens)[0] == END].all()
     else:
         # The row ends after its fourth thinking token: no tag, no response, nothing forced
         # but the opening tag.
-        assert _segment(rollout, 0, segments.THINK) == [THINK, 7, 8, 7, 8]
-        assert _segment(rollout, 0, segments.RESPONSE) == []
+        assert segment_tokens(rollout, 0, segments.THINK) == [THINK, 7, 8, 7, 8]
+        assert segment_tokens(rollout, 0, segments.RESPONSE) == []
         assert END not in np.asarray(rollout.tokens)[0]
         assert forced[0].sum() == 1
     assert int(rollout.think_length[0]) == BUDGET and bool(rollout.think_truncated[0])
@@ -85,16 +62,16 @@ def test_the_row_at_its_budget_by_mode_and_the_others_alike(tiny, mode):
         sampling.stopped_at_budget(rollout), [mode == "truncate", False, False]
     )
     # Rows that end their thinking before the budget are the same in both modes.
-    assert _segment(rollout, 1, segments.THINK) == [THINK, 7, END]
-    assert _segment(rollout, 1, segments.RESPONSE) == [6, EOS]
-    assert _segment(rollout, 2, segments.THINK) == [THINK, 7, 8, EOS, END]  # END forced.
-    assert _segment(rollout, 2, segments.RESPONSE) == [6, EOS]
+    assert segment_tokens(rollout, 1, segments.THINK) == [THINK, 7, END]
+    assert segment_tokens(rollout, 1, segments.RESPONSE) == [6, EOS]
+    assert segment_tokens(rollout, 2, segments.THINK) == [THINK, 7, 8, EOS, END]  # END forced.
+    assert segment_tokens(rollout, 2, segments.RESPONSE) == [6, EOS]
     np.testing.assert_array_equal(rollout.think_truncated[1:], [False, True])
 
 
 @pytest.mark.slow  # Seconds: out of the fast tier.
-def test_a_frozen_responder_answers_only_the_rows_that_closed_their_thinking(tiny):
-    config, params = tiny
+def test_a_frozen_responder_answers_only_the_rows_that_closed_their_thinking(tiny_model):
+    config, params = tiny_model
     cfg = sampling.SamplingConfig(
         temperature=1.0, think_budget=BUDGET, response_budget=3, think_budget_mode="truncate"
     )
@@ -110,13 +87,13 @@ def test_a_frozen_responder_answers_only_the_rows_that_closed_their_thinking(tin
         SPECIAL,
         row_ids=rows,
         width=24,
-        logits_processor=_scripted(script),
+        logits_processor=scripted(script),
     )
     got = jax.device_get(
         sampling.respond(config, params, thinking, cfg, jax.random.key(3), SPECIAL, row_ids=rows)
     )
-    assert _segment(got, 0, segments.THINK) == [THINK, 7, 8, 7, 8]
-    assert _segment(got, 0, segments.RESPONSE) == []
+    assert segment_tokens(got, 0, segments.THINK) == [THINK, 7, 8, 7, 8]
+    assert segment_tokens(got, 0, segments.RESPONSE) == []
     assert int(got.response_length[0]) == 0
     assert all(int(n) >= 1 for n in got.response_length[1:])
     np.testing.assert_array_equal(sampling.stopped_at_budget(got), [True, False, False])

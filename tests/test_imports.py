@@ -169,15 +169,21 @@ def test_every_module_imports_first():
 def test_first_import_in_a_fresh_process():
     """The lowest-level packages that once had a cycle, each in a process of its own."""
     for module in ("start_jax.checkpoints", "start_jax.rewards"):
-        proc = subprocess.run(
-            [sys.executable, "-c", f"import {module}"],
-            cwd=ROOT,
-            env=dict(os.environ, JAX_PLATFORMS="cpu"),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        _python(f"import {module}")
+
+
+def _python(code: str) -> str:
+    """Runs `code` in a fresh Python process; its stdout (it must exit 0)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
 
 
 @pytest.mark.slow  # Seconds: out of the fast tier.
@@ -191,13 +197,4 @@ def test_rewards_of_a_higher_layer_are_found_by_name():
         "assert {'synthetic', 'synthetic_rubric'} <= set(rewards.registered())\n"
         "print(type(rewards.make('synthetic_rubric')).__module__)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "start_jax.world.judges"
+    assert _python(code).strip() == "start_jax.world.judges"

@@ -4,40 +4,15 @@ from __future__ import annotations
 
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from start_jax import models, sampling, segments, tokenizer
+from start_jax import sampling, segments, tokenizer
 from tests.bpe_fixtures import write_bpe_dir
+from tests.fixtures import scripted, segment_tokens
 
 THINK, END, EOS, PAD, STOP = 3, 4, 1, 0, 11  # STOP: a second end-of-turn id.
 SPECIAL = sampling.SpecialTokens(think=THINK, end_think=END, eos=EOS, pad=PAD, stop=(STOP,))
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    config = models.tiny_config(16)
-    return config, models.init_params(config, jax.random.key(1))
-
-
-def _scripted(script):
-    """Row i puts its mass on script[i, step]: the others at -40, 1e-17 of it each
-    (small enough in float32 that no other id is drawn, large enough that a
-    log-normaliser over the others alone stays exact)."""
-    script = jnp.asarray(script, jnp.int32)
-
-    def processor(logits, step):
-        want = jax.lax.dynamic_index_in_dim(script, step, axis=1, keepdims=False)
-        return jnp.where(jnp.arange(logits.shape[-1])[None] == want[:, None], 0.0, -40.0)
-
-    return processor
-
-
-def _segment(rollout, row, kind):
-    tokens, segs = np.asarray(rollout.tokens)[row], np.asarray(rollout.segment_ids)[row]
-    return [int(t) for t in tokens[segs == kind]]
 
 
 def test_special_tokens_keep_stop_ids_sorted_and_without_eos():
@@ -48,8 +23,8 @@ def test_special_tokens_keep_stop_ids_sorted_and_without_eos():
 
 
 @pytest.mark.slow  # Seconds: out of the fast tier.
-def test_a_stop_id_ends_the_response_and_closes_the_thinking_as_eos_does(tiny):
-    config, params = tiny
+def test_a_stop_id_ends_the_response_and_closes_the_thinking_as_eos_does(tiny_model):
+    config, params = tiny_model
     cfg = sampling.SamplingConfig(temperature=1.0, think_budget=5, response_budget=6)
     steps = sampling.num_decode_steps(cfg, True)
     z = 9
@@ -61,29 +36,29 @@ def test_a_stop_id_ends_the_response_and_closes_the_thinking_as_eos_does(tiny):
         ]
     )
     rollout = sampling.sample(
-        config, params, [[5, 6]] * 3, cfg, 0, SPECIAL, logits_processor=_scripted(script)
+        config, params, [[5, 6]] * 3, cfg, 0, SPECIAL, logits_processor=scripted(script)
     )
-    assert _segment(rollout, 0, segments.RESPONSE) == [6, STOP]
-    assert _segment(rollout, 0, segments.THINK) == [THINK, 7, END]
+    assert segment_tokens(rollout, 0, segments.RESPONSE) == [6, STOP]
+    assert segment_tokens(rollout, 0, segments.THINK) == [THINK, 7, END]
     # After the stop id in the thinking, </think> is forced in place of the scripted 8.
-    assert _segment(rollout, 1, segments.THINK) == [THINK, 7, STOP, END]
-    assert _segment(rollout, 1, segments.RESPONSE) == [6, EOS]
-    assert _segment(rollout, 2, segments.RESPONSE) == [6, EOS]
+    assert segment_tokens(rollout, 1, segments.THINK) == [THINK, 7, STOP, END]
+    assert segment_tokens(rollout, 1, segments.RESPONSE) == [6, EOS]
+    assert segment_tokens(rollout, 2, segments.RESPONSE) == [6, EOS]
     np.testing.assert_array_equal(rollout.response_length, [2, 2, 2])
     np.testing.assert_array_equal(rollout.response_truncated, [False, False, False])
     np.testing.assert_array_equal(rollout.think_truncated, [False, True, False])
     # Without the stop id the first row runs to its response budget.
     plain = sampling.SpecialTokens(think=THINK, end_think=END, eos=EOS, pad=PAD)
     rollout = sampling.sample(
-        config, params, [[5, 6]], cfg, 0, plain, logits_processor=_scripted(script[:1])
+        config, params, [[5, 6]], cfg, 0, plain, logits_processor=scripted(script[:1])
     )
-    assert len(_segment(rollout, 0, segments.RESPONSE)) == cfg.response_budget
+    assert len(segment_tokens(rollout, 0, segments.RESPONSE)) == cfg.response_budget
     assert bool(rollout.response_truncated[0])
 
 
 @pytest.mark.slow  # Seconds: out of the fast tier.
-def test_generate_stops_at_any_of_several_eos_ids_and_min_length_blocks_them_all(tiny):
-    config, params = tiny
+def test_generate_stops_at_any_of_several_eos_ids_and_min_length_blocks_them_all(tiny_model):
+    config, params = tiny_model
     cfg = sampling.SamplingConfig(temperature=1.0, response_budget=6)
     script = np.asarray([[6, STOP, 7, 7, 7, 7], [6, 6, EOS, 7, 7, 7]])
     out = sampling.generate(
@@ -94,10 +69,10 @@ def test_generate_stops_at_any_of_several_eos_ids_and_min_length_blocks_them_all
         0,
         eos_id=[EOS, STOP],
         pad_id=PAD,
-        logits_processor=_scripted(script),
+        logits_processor=scripted(script),
     )
-    assert _segment(out, 0, segments.RESPONSE) == [6, STOP]
-    assert _segment(out, 1, segments.RESPONSE) == [6, 6, EOS]
+    assert segment_tokens(out, 0, segments.RESPONSE) == [6, STOP]
+    assert segment_tokens(out, 1, segments.RESPONSE) == [6, 6, EOS]
     # A minimum length bans every eos id until it is reached: the scripted
     # stop and eos become ordinary draws from the rest of the vocabulary.
     blocked = sampling.generate(
@@ -108,18 +83,18 @@ def test_generate_stops_at_any_of_several_eos_ids_and_min_length_blocks_them_all
         0,
         eos_id=[EOS, STOP],
         pad_id=PAD,
-        logits_processor=_scripted(script),
+        logits_processor=scripted(script),
     )
     for row in range(2):
-        first = _segment(blocked, row, segments.RESPONSE)[:3]
+        first = segment_tokens(blocked, row, segments.RESPONSE)[:3]
         assert EOS not in first and STOP not in first
     with pytest.raises(ValueError, match="eos_id=99 is outside the vocabulary"):
         sampling.generate(config, params, [[5]], cfg, 0, eos_id=[EOS, 99], pad_id=PAD)
 
 
 @pytest.mark.slow  # Seconds: out of the fast tier.
-def test_think_tags_are_banned_in_the_response(tiny):
-    config, params = tiny
+def test_think_tags_are_banned_in_the_response(tiny_model):
+    config, params = tiny_model
     assert sampling.SamplingConfig().ban_tags_in_response  # On by default.
     cfg = sampling.SamplingConfig(temperature=1.0, think_budget=3, response_budget=5)
     steps = sampling.num_decode_steps(cfg, True)
@@ -127,12 +102,12 @@ def test_think_tags_are_banned_in_the_response(tiny):
     # allowed inside the thinking (</think> closes it) and banned after it.
     script = np.asarray([[THINK] * steps, [7, END] + [END] * (steps - 2)])
     banned = sampling.sample(
-        config, params, [[5, 6]] * 2, cfg, 0, SPECIAL, logits_processor=_scripted(script)
+        config, params, [[5, 6]] * 2, cfg, 0, SPECIAL, logits_processor=scripted(script)
     )
-    assert _segment(banned, 0, segments.THINK) == [THINK, THINK, THINK, THINK, END]
-    assert _segment(banned, 1, segments.THINK) == [THINK, 7, END]
+    assert segment_tokens(banned, 0, segments.THINK) == [THINK, THINK, THINK, THINK, END]
+    assert segment_tokens(banned, 1, segments.THINK) == [THINK, 7, END]
     for row in range(2):
-        response = _segment(banned, row, segments.RESPONSE)
+        response = segment_tokens(banned, row, segments.RESPONSE)
         assert response and not {THINK, END} & set(response)
     # Each drawn response token is a draw from the distribution without the
     # tags: the scripted row puts -40 on every other id, so after the ban the
@@ -144,7 +119,7 @@ def test_think_tags_are_banned_in_the_response(tiny):
         cfg.replace(logprobs_of="sampled"),
         0,
         SPECIAL,
-        logits_processor=_scripted(script),
+        logits_processor=scripted(script),
     )
     lp, segs = np.asarray(sampled.logprobs), np.asarray(sampled.segment_ids)
     sampled_mask = np.asarray(sampled.sampled)
@@ -158,17 +133,17 @@ def test_think_tags_are_banned_in_the_response(tiny):
         cfg.replace(ban_tags_in_response=False),
         0,
         SPECIAL,
-        logits_processor=_scripted(script),
+        logits_processor=scripted(script),
     )
-    assert _segment(allowed, 0, segments.RESPONSE) == [THINK] * cfg.response_budget
-    assert _segment(allowed, 1, segments.RESPONSE) == [END] * cfg.response_budget
+    assert segment_tokens(allowed, 0, segments.RESPONSE) == [THINK] * cfg.response_budget
+    assert segment_tokens(allowed, 1, segments.RESPONSE) == [END] * cfg.response_budget
     with pytest.raises(ValueError, match="ban_tags_in_response must be True or False"):
         sampling.SamplingConfig(ban_tags_in_response="yes")
 
 
-def test_plain_generation_may_write_the_tag_ids(tiny):
+def test_plain_generation_may_write_the_tag_ids(tiny_model):
     """Without think tags in `SpecialTokens` nothing is banned."""
-    config, params = tiny
+    config, params = tiny_model
     cfg = sampling.SamplingConfig(temperature=1.0, response_budget=4)
     out = sampling.generate(
         config,
@@ -178,9 +153,9 @@ def test_plain_generation_may_write_the_tag_ids(tiny):
         0,
         eos_id=EOS,
         pad_id=PAD,
-        logits_processor=_scripted(np.full((1, 4), THINK)),
+        logits_processor=scripted(np.full((1, 4), THINK)),
     )
-    assert _segment(out, 0, segments.RESPONSE) == [THINK] * 4
+    assert segment_tokens(out, 0, segments.RESPONSE) == [THINK] * 4
 
 
 def test_hf_tokenizer_reads_every_eos_id_and_writes_them_back(tmp_path):
