@@ -128,6 +128,11 @@ def _rows(workdir: str, name: str) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def _mismatch(key: str) -> bool:
+    """A sampler/trainer mismatch metric (whole completion, or one segment's)."""
+    return key.rsplit("/", 1)[-1].startswith("logprob_mismatch")
+
+
 def _differences(ref: list[dict], got: list[dict]) -> list[str]:
     """Rows that differ: other keys, other text, or floats beyond the tolerance."""
     bad = []
@@ -137,9 +142,7 @@ def _differences(ref: list[dict], got: list[dict]) -> list[str]:
             continue
         for k, v in r.items():
             if isinstance(v, float) or isinstance(g[k], float):
-                rtol, atol = (
-                    (0.0, MISMATCH_ATOL) if k.startswith("logprob_mismatch") else (RTOL, ATOL)
-                )
+                rtol, atol = (0.0, MISMATCH_ATOL) if _mismatch(k) else (RTOL, ATOL)
                 if not np.isclose(g[k], v, rtol=rtol, atol=atol):
                     bad.append(f"step {r['step']} {k}: {g[k]!r} != {v!r}")
             elif g[k] != v:
@@ -183,7 +186,7 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
         for k in r
         if isinstance(r[k], float)
     ]
-    noise = [d for d in diff if not d[2].startswith("logprob_mismatch")]  # ~1e-7 of rounding.
+    noise = [d for d in diff if not _mismatch(d[2])]  # ~1e-7 of rounding.
     print(
         "largest difference: %.2g absolute (%s); %.2g relative (%s) beside the "
         "logprob_mismatch metrics" % (*max(diff)[::2], *max(d[1:] for d in noise))

@@ -381,8 +381,8 @@ def respond(
     )
 
 
-@jax.jit
-def _continuation(rollout: core.Rollout, end_think) -> dict:
+@functools.partial(jax.jit, static_argnames=("end_think",))
+def _continuation(rollout: core.Rollout, end_think: int) -> dict:
     """A thinking rollout as a response prefix: rows shifted right to end in the last column.
     A row that does not end in `end_think` (stopped at its thinking budget) starts done."""
     filled = rollout.segment_ids != segments.PAD
