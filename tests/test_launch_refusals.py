@@ -267,8 +267,10 @@ def _reruns(tmp):
         f"--workdir={tmp}/finished",
         "--config.checkpoint.every=1",
         "--config.checkpoint.export_hf=False",
+        "--config.stages.s1.steps=1",  # Two steps: checkpoints 1 and 2.
+        "--config.stages.s2.steps=1",
     ]
-    more = "--config.stages.s2.steps=3"
+    more = "--config.stages.s2.steps=2"
     return {
         "train": run,
         "rerun_critic_added": run + ["--config.algo.advantage=gae"],
@@ -281,7 +283,7 @@ def _reruns(tmp):
             "--config.reward.name=exact_match",
             f"--config.data.train_path={tmp}/none.jsonl",
         ],
-        f"cut:{tmp}/finished/checkpoints/6/meta/metadata": f"{tmp}/finished/checkpoints/6/meta/metadata",
+        f"cut:{tmp}/finished/checkpoints/2/meta/metadata": f"{tmp}/finished/checkpoints/2/meta/metadata",
         "resume_past_damage": run + [more],
     }
 
@@ -352,7 +354,7 @@ def test_refused_reruns_leave_the_workdir_byte_identical(reruns):
     results, _ = reruns
     assert results["train"]["code"] == 0, results["train"]["traceback"][-2000:]
     finished = results["train"]["digest"]
-    assert any(p.startswith("checkpoints/6/") for p in finished)
+    assert any(p.startswith("checkpoints/2/") for p in finished)
     for name, expect in (
         ("rerun_critic_added", "has no critic and this run's algo.advantage needs one"),
         ("rerun_other_model", "hidden_size"),
@@ -370,10 +372,10 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(reruns):
     results, tmp = reruns
     r = results["resume_past_damage"]
     assert r["code"] == 0, (r["stderr"][-2000:], r["traceback"][-3000:])
-    assert "checkpoints/6: its metadata cannot be read" in r["stdout"]
-    assert "resuming from step 5" in r["stdout"]
-    assert os.path.isdir(os.path.join(tmp, "finished", "checkpoints_damaged", "6"))
-    assert any(p.startswith("checkpoints/7/") for p in r["digest"])
+    assert "checkpoints/2: its metadata cannot be read" in r["stdout"]
+    assert "resuming from step 1" in r["stdout"]
+    assert os.path.isdir(os.path.join(tmp, "finished", "checkpoints_damaged", "2"))
+    assert any(p.startswith("checkpoints/3/") for p in r["digest"])
 
 
 def test_bad_override_without_a_config_flag_is_one_line(tmp_path):

@@ -52,6 +52,8 @@ def _fields(files) -> dict:
         "sampling.response_budget": OVERRIDES["response_budget"],
         "log.samples_every": 1,
         "log.samples": 4,
+        "stages.s1.steps": 2,  # s1 (think, frozen responder), then s2 (response).
+        "stages.s2.steps": 1,
     }
 
 
@@ -98,8 +100,8 @@ def test_launch_runs_start_on_a_chat_checkpoint_and_logs_rendered_samples(files,
     train_rows = [json.loads(line) for line in open(files["train"])]
     with open(workdir / "metrics.jsonl") as fh:
         metrics = [json.loads(line) for line in fh]
-    assert [m["step"] for m in metrics] == list(range(1, 7))
-    assert [m["stage"] for m in metrics] == [0, 0, 0, 0, 1, 1]  # s1 think/frozen, s2 response.
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert [m["stage"] for m in metrics] == [0, 0, 1]  # s1 think/frozen, s2 response.
     assert all(np.isfinite(m["logprob_mismatch_max"]) for m in metrics)
     with open(workdir / "samples.jsonl") as fh:
         samples = [json.loads(line) for line in fh]
