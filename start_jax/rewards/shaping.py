@@ -48,9 +48,8 @@ class LengthShaping:
                 raise ValueError(f"{name}={value!r} must be an integer >= 0 (0 = off)")
         for name in ("overlong_coef", "think_target_coef"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ValueError(f"{name}={value!r} must be a number >= 0")
-            if not (math.isfinite(value) and value >= 0):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={value!r} must be a number >= 0")
         if self.think_target_coef and not self.think_target:
             raise ValueError(

@@ -225,9 +225,7 @@ def loss_counts(batch: Batch, loss_config: losses.LossConfig) -> dict[str, jax.A
         counts[f"{name}/loss"] = (batch.loss_mask & in_seg).sum().astype(jnp.float32)
         counts[f"{name}/kl"] = (batch.kl_mask & in_seg).sum().astype(jnp.float32)
         if batch.sampled is not None:
-            counts[f"{name}/sampled"] = (
-                (batch.loss_mask & batch.sampled & in_seg).sum().astype(jnp.float32)
-            )
+            counts[f"{name}/sampled"] = (sampled & in_seg).sum().astype(jnp.float32)
     return counts
 
 
@@ -246,12 +244,12 @@ def off_policy_weights(
     Returns (weights, the tokens masked by the token band, the rows masked) — the
     masks only count sampled tokens and rows with sampled tokens."""
     lc = loss_config
+    w = jnp.exp(log_w)
     weight = jnp.ones(log_w.shape, jnp.float32)
     if lc.tis_cap:
-        weight = jnp.where(sampled, jnp.minimum(jnp.exp(log_w), lc.tis_cap), weight)
+        weight = jnp.where(sampled, jnp.minimum(w, lc.tis_cap), weight)
     token_out = jnp.zeros(log_w.shape, bool)
     if lc.masks_tokens:
-        w = jnp.exp(log_w)
         if lc.token_mask_low:
             token_out |= w < lc.token_mask_low
         if lc.token_mask_high:
