@@ -178,7 +178,7 @@ def test_rl_step_makes_no_implicit_transfer(tmp_path):
     state = trainer.states.fresh(stage, trainer.init_params)
     for step in range(3):  # The first step builds and compiles; the next two run guarded.
         with jax.transfer_guard("disallow" if step else "allow"):
-            state, host, _, _, metrics = trainer.rl_step(state, examples, step, stage)
+            state, host, _, _, metrics, _ = trainer.rl_step(state, examples, step, stage)
         assert np.isfinite(metrics["loss"])
     assert host.tokens.shape == (4, trainer.width)
 

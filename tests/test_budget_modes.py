@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from start_jax import sampling, segments, train
+from start_jax import rl, sampling, segments, train
 from start_jax.errors import ConfigError
 from start_jax.train.trainer import Trainer
 from tests.fixtures import scripted, segment_tokens, smoke_config
@@ -61,6 +61,16 @@ def test_the_row_at_its_budget_by_mode_and_the_others_alike(tiny_model, mode):
     np.testing.assert_array_equal(
         sampling.stopped_at_budget(rollout), [mode == "truncate", False, False]
     )
+    # What each mask mode trains of the row at its budget: its four sampled thinking
+    # tokens, and with force_end its two response tokens; never a tag.
+    thinking, response = 4, 2 if mode == "force_end" else 0
+    for train_segments, want in (
+        ("think", thinking),
+        ("response", response),
+        ("joint", thinking + response),
+    ):
+        mask = np.asarray(rl.loss_mask(rollout.segment_ids, rollout.forced, train_segments))
+        assert mask[0].sum() == want, train_segments
     # Rows that end their thinking before the budget are the same in both modes.
     assert segment_tokens(rollout, 1, segments.THINK) == [THINK, 7, END]
     assert segment_tokens(rollout, 1, segments.RESPONSE) == [6, EOS]

@@ -106,6 +106,7 @@ def test_every_stage_knob_is_declared_once_with_its_default_check_and_inheritanc
         kl_scope="all",
         warmup_steps=-2,
         carry_optimizer="yes",
+        dynamic_rounds=-2,
     )
     assert set(bad) == set(declared)
     for knob, value in bad.items():

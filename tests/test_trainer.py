@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,25 +293,34 @@ def test_stages_run_in_natural_order():
     assert [s.start for s in spec.stages] == [0, 2]
 
 
-def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path):
-    """Stages s1..s10, declared out of order, run in natural order (s2 before s10); with
-    length shaping, each step's reward is the task's plus the logged length terms, and
-    the per-segment metrics read 0 for a segment the stage does not train."""
+def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path, finished_run):
+    """Stages s1..s10, declared out of order, run in natural order (s2 before s10), each
+    mask mode with each responder, with dynamic sampling, length shaping and off-policy
+    masking on (`test_budget_modes` has the rows stopped at their thinking budget). Each
+    step's reward is the task's plus the logged length terms, the per-segment metrics
+    read 0 for a segment the stage does not train, and a run resumed from its middle
+    checkpoint reproduces every metric."""
     config = smoke_config()
+    config.sampling.dynamic_rounds = 1
     config.shaping.think_overlong_buffer = 4  # Of the smoke run's thinking budget of 8.
     config.shaping.response_overlong_buffer = 2  # Of its response budget of 4.
     config.shaping.think_target, config.shaping.think_target_coef = 3, 0.1
+    config.algo.token_mask_low, config.algo.token_mask_high = 0.5, 2.0
+    config.algo.seq_mask_low, config.algo.seq_mask_high = 0.5, 2.0
     order = [f"s{i}" for i in range(1, 11)]
     modes = ["think", "response", "joint"]
+    # Stage i: mode i % 3, frozen responder on odd i: all six pairs.
     config.stages = {
-        name: train.stage(modes[i % 3], "self", steps=1, learning_rate=1e-3)
+        name: train.stage(modes[i % 3], ("self", "frozen")[i % 2], steps=1, learning_rate=1e-3)
         for i, name in sorted(enumerate(order), key=lambda x: x[1])
     }
     assert list(config.stages.keys())[:3] == ["s1", "s10", "s2"]  # Declared in string order.
     config.eval.every = 0
     config.log.samples_every = 0
-    config.checkpoint.every = 100
-    trainer = train.Trainer(config, str(tmp_path))
+    config.checkpoint.every, config.checkpoint.keep = 5, 2
+    for part in ("data", "init_policy"):  # The smoke run's data and cold start, reused.
+        shutil.copytree(os.path.join(finished_run[0].workdir, part), tmp_path / "run" / part)
+    trainer = train.Trainer(config, str(tmp_path / "run"))
     trainer.run()
     rows = read_metrics(trainer.workdir)
     assert [trainer.stages[int(r["stage"])].name for r in rows] == order
@@ -325,6 +335,16 @@ def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path):
         assert r["reward_mean"] == pytest.approx(shaped, abs=1e-5), r
         assert (r["response/entropy"] == 0) == (mode == "think"), (name, r)
         assert (r["think/entropy"] == 0) == (mode == "response"), (name, r)
+        assert r["dynamic/rounds"] in (0, 1) and 0 <= r["dynamic/uninformative_frac"] <= 1, r
+        assert r["dynamic/extra_rollouts"] == 4 * r["dynamic/rounds"], r
+        assert 0 <= r["token_masked_frac"] <= 1 and 0 <= r["seq_masked_frac"] <= 1, r
+    assert any(r["dynamic/rounds"] for r in rows), rows  # Some step sampled again.
+    # Resumed from step 5 (its checkpoint and data position), the same ten steps.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(trainer.workdir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "10")
+    train.Trainer(config, str(resumed)).run()
+    assert_same_metrics(read_metrics(str(resumed)), rows)
 
 
 def test_unknown_algorithm_and_reward_names(tmp_path):

@@ -144,7 +144,9 @@ def run_step(trainer: Trainer, iterator: PromptIterator, state, step: int):
     examples = iterator.next_batch()
     t["other host"] += clock() - start
     if hasattr(trainer, "rl_step"):  # The trainer's own step, timed phase by phase.
-        state, host, reward, batch, metrics = trainer.rl_step(state, examples, step, stage, clock=t)
+        state, host, reward, batch, metrics, _ = trainer.rl_step(
+            state, examples, step, stage, clock=t
+        )
         return state, t, host, reward, batch, metrics
 
     # A library from before `Trainer.rl_step` (this script run against an older checkout).

@@ -107,6 +107,9 @@ def default_config() -> ml_collections.ConfigDict:
     # follows; "truncate" ends the row there, and its reward is truncated_reward.
     c.sampling.think_budget_mode = "force_end"
     c.sampling.truncated_reward = 0.0
+    c.sampling.dynamic_rounds = 0  # Dynamic sampling (DAPO): groups whose rewards on the
+    # trained segment are all equal are replaced by groups of at most this many further
+    # rollout rounds; 0 = off (stages.*.dynamic_rounds overrides it per stage).
     c.sampling.ban_tags_in_response = True  # Never draw a think tag in the response; the
     # update's log-probabilities apply the same ban.
     c.sampling.dtype = ""  # Compute dtype of the sampler; '' = model.dtype
@@ -252,6 +255,7 @@ def _check_numbers(config) -> None:
         ("data.max_prompt_tokens", 1, ""),
         ("sampling.think_budget", 0, ""),
         ("sampling.response_budget", 1, "(eos included)"),
+        ("sampling.dynamic_rounds", 0, "(0 = off)"),
         ("sft.steps", 0, ""),
         ("model.hidden_size", 1, ""),
         ("model.intermediate_size", 1, ""),

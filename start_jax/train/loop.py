@@ -92,7 +92,9 @@ def run(trainer) -> dict:
             if step == stage.start:  # A fresh (or carried) optimizer, a snapshot.
                 state = trainer.stage_state(stage, state)
             examples = iterator.next_batch()
-            state, host, reward, _, metrics = trainer.rl_step(state, examples, step, stage)
+            state, host, reward, _, metrics, examples = trainer.rl_step(
+                state, examples, step, stage, more=iterator.next_batch
+            )
             write = bool(spec.log.samples_every) and step % spec.log.samples_every == 0
             rows = _rows_to_decode(trainer, host, examples, write)
             metrics.update(_rollout_metrics(trainer, host), stage=trainer.stages.index(stage))

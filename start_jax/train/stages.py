@@ -121,6 +121,15 @@ class StageSpec:
         check=lambda v: isinstance(v, bool),
         rule="True or False",
     )
+    dynamic_rounds: int = knob(
+        -1,
+        "Dynamic sampling: at most this many further rollout rounds replace groups whose "
+        "rewards on the trained segment are all equal; 0 = off, -1 = sampling.dynamic_rounds.",
+        check=_int(-1),
+        rule="-1 (sampling.dynamic_rounds) or an integer >= 0",
+        inherit="sampling.dynamic_rounds",
+        unset=-1,
+    )
 
     @property
     def end(self) -> int:
@@ -212,6 +221,11 @@ def validate_stage(config, name: str, first: bool) -> None:
         raise ConfigError(
             f"{key}carry_optimizer=True: the first stage has no previous "
             "optimizer state to carry; set it on a later stage"
+        )
+    if st.dynamic_rounds and config.algo.group_size < 2:
+        raise ConfigError(
+            f"{key}dynamic_rounds={st.dynamic_rounds} (or sampling.dynamic_rounds) needs "
+            f"algo.group_size >= 2: a group of one rollout never has rewards that differ"
         )
     if config.sampling.think_budget == 0 and st.steps and st.train_segments == "think":
         raise ConfigError(

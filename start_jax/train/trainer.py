@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,8 +76,22 @@ RNG_STREAMS = {"rollout": 0, "critic_init": 1, "update": 2, "response": 3}
 
 
 @jax.jit
-def _fold_key(seed_and_step: jax.Array) -> jax.Array:
-    return jax.random.fold_in(jax.random.key(seed_and_step[0]), seed_and_step[1])
+def _fold_key(seed_step_round: jax.Array) -> jax.Array:
+    key = jax.random.fold_in(jax.random.key(seed_step_round[0]), seed_step_round[1])
+    if seed_step_round.shape[0] == 3:  # A further sampling round of the step.
+        key = jax.random.fold_in(key, seed_step_round[2])
+    return key
+
+
+class StepResult(NamedTuple):
+    """What `Trainer.rl_step` returns."""
+
+    state: rl.TrainState
+    host: sampling.Rollout  # A host copy of the rollout the update trained on.
+    reward: np.ndarray  # [B] its rewards, length terms included.
+    batch: rl.Batch
+    metrics: dict  # Host metrics of the step.
+    examples: list  # The examples of its groups (others than the step's with dynamic sampling).
 
 
 class Trainer:
@@ -173,28 +188,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _key(self, stream: str, step: int) -> jax.Array:
+    def _key(self, stream: str, step: int, draw: int = 0) -> jax.Array:
         """The key of `stream` (`RNG_STREAMS`) at `step`: fold_in(key(seed + offset), step),
-        from an explicit host-to-device copy."""
-        pair = sharding.host_to_global(
-            np.asarray([self.spec.seed + RNG_STREAMS[stream], step], np.uint32), self.replicated
-        )
-        return _fold_key(pair)
+        folded once more with `draw` for a further sampling round of the step (dynamic
+        sampling), from an explicit host-to-device copy."""
+        values = [self.spec.seed + RNG_STREAMS[stream], step] + ([draw] if draw else [])
+        return _fold_key(sharding.host_to_global(np.asarray(values, np.uint32), self.replicated))
 
     def _sample(self, params, prompts, sc, rng, row_ids, **kwargs):
         return self.sampler.sample(params, prompts, sc, rng, row_ids=row_ids, **kwargs)
 
     def rollouts(
-        self, params, examples, step: int, stage: StageSpec, group_size: int | None = None
+        self,
+        params,
+        examples,
+        step: int,
+        stage: StageSpec,
+        group_size: int | None = None,
+        draw: int = 0,
     ):
         """`group_size` rollouts per example (default: the run's), with the stage's thinker
         (`params`, or the stage-start snapshot) and responder (`params`, or the initial
-        policy)."""
+        policy); `draw` > 0 for a further round of the step (its own random keys)."""
         sc = self.spec.sampling
         g = self.spec.group_size if group_size is None else group_size
         prompts = [p for p in self.encode(examples) for _ in range(g)]
         row_ids = np.arange(len(prompts)) + step * len(prompts)
-        rng = self._key("rollout", step)
+        rng = self._key("rollout", step, draw)
         # Each prompt is prefilled once for its group; finished rows stop costing steps.
         shape = dict(group_size=g, compact=self.spec.compaction)
         if stage.responder == "self" and stage.thinker == "self":
@@ -220,7 +240,7 @@ class Trainer:
             responder,
             thinking,
             sc,
-            self._key("response", step),
+            self._key("response", step, draw),
             row_ids=row_ids,
             compact=self.spec.compaction,
         )
@@ -307,14 +327,23 @@ class Trainer:
             )
 
     def rl_step(
-        self, state: rl.TrainState, examples, step: int, stage: StageSpec, clock: dict | None = None
-    ):
+        self,
+        state: rl.TrainState,
+        examples,
+        step: int,
+        stage: StageSpec,
+        clock: dict | None = None,
+        more: Callable[[], list] | None = None,
+    ) -> StepResult:
         """One RL step on `examples`: rollouts, rewards, the batch, the update, its checks.
 
-        Returns (state, host rollout, rewards, batch, host metrics). The loop of `run`,
-        the step benchmark and the tests all take their step from here. With `clock`, a
-        dict, each phase's device work is waited for and its seconds are added to
-        ``clock[phase]`` ("rollout", "copy+score", "make_batch", "update", "other host").
+        The loop of `run`, the step benchmark and the tests all take their step from here.
+        With dynamic sampling (`stage.dynamic_rounds` > 0), groups whose rewards on the
+        trained segment are all equal (`rl.dynamic`) are replaced by groups of further
+        rounds, each on the prompts `more()` returns (the loop passes its data iterator, so
+        a resumed run draws the same ones). With `clock`, a dict, each phase's device work
+        is waited for and its seconds are added to ``clock[phase]`` ("rollout",
+        "copy+score", "make_batch", "update", "other host").
         """
 
         def timed(phase, fn):
@@ -325,23 +354,25 @@ class Trainer:
             clock[phase] = clock.get(phase, 0.0) + time.perf_counter() - began
             return out
 
-        rollout = timed("rollout", lambda: self.rollouts(state.params, examples, step, stage))
-
-        def score():
-            host = sharding.to_host(rollout)  # Host view 1: the rollout.
-            return host, self.score(host, examples, self.spec.group_size)
-
-        host, reward = timed("copy+score", score)
-        shaped = {}
-        if self.spec.shaping.active:  # Length terms on top of the task's reward.
-            sc = self.spec.sampling
-            reward, shaped = self.spec.shaping.shape(
-                reward,
-                host.think_length,
-                host.response_length,
-                sc.think_budget,
-                sc.response_budget,
+        def sampled(batch_examples, draw: int):
+            rollout = timed(
+                "rollout",
+                lambda: self.rollouts(state.params, batch_examples, step, stage, draw=draw),
             )
+
+            def score():
+                host = sharding.to_host(rollout)  # Host view 1: the rollout.
+                return host, self.score(host, batch_examples, self.spec.group_size)
+
+            return (rollout, *timed("copy+score", score))
+
+        rollout, host, task_reward = sampled(examples, 0)
+        dynamic = {}
+        if stage.dynamic_rounds:
+            rollout, host, task_reward, examples, dynamic = self._dynamic(
+                stage, rollout, host, task_reward, examples, more, sampled
+            )
+        reward, shaped = self.shaped(task_reward, host)
         batch = timed("make_batch", lambda: self.make_batch(state, rollout, reward, stage))
         state, metrics = timed(
             "update", lambda: self.update(state, batch, step, stage, self.widths_of(host))
@@ -350,9 +381,71 @@ class Trainer:
         def check():
             out = rl.check_finite(sharding.to_host(metrics), step)  # Host view 2.
             check_health(out, step, stage)
-            return {**out, **shaped}
+            return {**out, **shaped, **dynamic}
 
-        return state, host, reward, batch, timed("other host", check)
+        return StepResult(state, host, reward, batch, timed("other host", check), examples)
+
+    def shaped(self, task_reward: np.ndarray, host) -> tuple[np.ndarray, dict]:
+        """(the reward with the length terms of `spec.shaping`, their logged means); the
+        task's reward and no metrics when shaping is off."""
+        if not self.spec.shaping.active:
+            return task_reward, {}
+        sc = self.spec.sampling
+        return self.spec.shaping.shape(
+            task_reward,
+            host.think_length,
+            host.response_length,
+            sc.think_budget,
+            sc.response_budget,
+        )
+
+    def _dynamic(self, stage, rollout, host, task_reward, examples, more, sampled):
+        """Dynamic sampling: further rounds while fewer groups than the step's are
+        informative on the stage's trained segment (at most `stage.dynamic_rounds`), then
+        the update's rollout, its host copy, task rewards and examples (`rl.dynamic.select`),
+        and the ``dynamic/*`` metrics."""
+        g = self.spec.group_size
+        wanted = len(examples)
+
+        def flags(h, r):
+            trained = rl.dynamic.trained_rows(h.segment_ids, h.forced, stage.train_segments)
+            return rl.dynamic.informative(self.shaped(r, h)[0], trained, g)
+
+        rounds = [(rollout, host, task_reward, list(examples))]
+        found = [flags(host, task_reward)]
+        while sum(int(f.sum()) for f in found) < wanted and len(rounds) <= stage.dynamic_rounds:
+            if more is None:
+                raise ValueError(
+                    f"stage {stage.name} samples dynamically (dynamic_rounds="
+                    f"{stage.dynamic_rounds}): rl_step needs `more`, a source of prompts"
+                )
+            batch_examples = list(more())
+            rounds.append((*sampled(batch_examples, len(rounds)), batch_examples))
+            found.append(flags(rounds[-1][1], rounds[-1][2]))
+        chosen = rl.dynamic.select(found, wanted)
+        metrics = {
+            "dynamic/filtered_frac": float(1.0 - found[0].mean()),
+            "dynamic/rounds": float(len(rounds) - 1),
+            "dynamic/extra_rollouts": float((len(rounds) - 1) * wanted * g),
+            "dynamic/uninformative_frac": float(np.mean([not found[k][i] for k, i in chosen])),
+        }
+        if chosen == [(0, i) for i in range(wanted)]:  # Round 0 as sampled.
+            return rollout, host, task_reward, examples, metrics
+        rows = rl.dynamic.row_index(chosen, wanted, g)
+        hosts = [r[1] for r in rounds]
+        prefix = min(h.prefix_length for h in hosts)
+        host = jax.tree.map(
+            lambda *xs: np.concatenate(xs)[rows], *[h.replace(prefix_length=prefix) for h in hosts]
+        )
+        # The device rollout of the chosen rows, in the sampled rollout's shardings.
+        rollout = jax.tree.map(
+            lambda h, d: sharding.host_to_global(h, d.sharding),
+            host,
+            rollout.replace(prefix_length=prefix),
+        )
+        task_reward = np.concatenate([r[2] for r in rounds])[rows]
+        examples = [rounds[k][3][i] for k, i in chosen]
+        return rollout, host, task_reward, examples, metrics
 
     def widths_of(self, host) -> tuple[int, ...] | None:
         """The update's length groups for a host copy of the rollout (`rl.length_widths`):
