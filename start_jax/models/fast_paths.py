@@ -120,11 +120,13 @@ def fuse_projections(params):
 
 def decode_params(config, params):
     """The parameters the decode loop reads: fused (`fuse_projections`, unless they
-    already are) when `config` opts in, else as given."""
+    already are or carry LoRA adapters) when `config` opts in, else as given."""
     if not enabled(config):
         return params
     tree = params.get("layers", params)
-    return params if FUSED_QKV in tree["attn"] else fuse_projections(params)
+    if FUSED_QKV in tree["attn"] or any(k.endswith("_lora_a") for k in tree["attn"]):
+        return params  # Fused already, or adapters (`models.lora`) that read each kernel.
+    return fuse_projections(params)
 
 
 def kernel_grad(d_kernel: jax.Array, dtype, barrier: bool) -> jax.Array:

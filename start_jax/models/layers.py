@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from start_jax.models import fast_paths
+from start_jax.models import fast_paths, lora
 from start_jax.models.attention import attend
 from start_jax.models.config import ModelConfig
 
@@ -36,6 +36,18 @@ FUSED_QKV, FUSED_QKV_BIAS, FUSED_GATE_UP = (
 
 def _param(module: nn.Module, name: str, init, shape, axes, dtype):
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def project(module: nn.Module, cfg: ModelConfig, name: str, x, w, k: int = 1):
+    """x W for the kernel `name` (`fast_paths.project`), plus its adapter path (x A) B
+    when the parameters carry one (`models.lora.combine`)."""
+    dt = cfg.jnp_dtype
+    y = fast_paths.project(cfg, x, w.astype(dt), k)
+    if module.has_variable("params", name + lora.A):
+        a = module.get_variable("params", name + lora.A).astype(dt)
+        b = module.get_variable("params", name + lora.B).astype(dt)
+        y = y + fast_paths.project(cfg, fast_paths.project(cfg, x, a, k), b)
+    return y
 
 
 def dense_init(fan_in: int):
@@ -197,9 +209,9 @@ class Attention(nn.Module):
             # Flax derives each parameter's init key from the declaration
             # order: q, k, v, o, then the biases, as always.
             wo = _param(self, "o_proj", init, (n, h, d), ("q_heads", "head_dim", "embed"), pdt)
-            q = fast_paths.project(cfg, x, wq.astype(dt))  # [B, T, N, H]
-            k = fast_paths.project(cfg, x, wk.astype(dt))  # [B, T, K, H]
-            v = fast_paths.project(cfg, x, wv.astype(dt))
+            q = project(self, cfg, "q_proj", x, wq)  # [B, T, N, H]
+            k = project(self, cfg, "k_proj", x, wk)  # [B, T, K, H]
+            v = project(self, cfg, "v_proj", x, wv)
             if cfg.qkv_bias:
                 zeros = nn.initializers.zeros
                 q = q + _param(self, "q_bias", zeros, (n, h), ("q_heads", "head_dim"), pdt).astype(
@@ -251,7 +263,7 @@ class Attention(nn.Module):
             v_slots_last=slots_last,
             window=window,
         ).reshape(b, t, n, h)
-        return fast_paths.project(cfg, out, wo.astype(dt), 2), kv
+        return project(self, cfg, "o_proj", out, wo, 2), kv
 
 
 def activation(config: ModelConfig):
@@ -279,13 +291,13 @@ class MLP(nn.Module):
         else:
             gate = _param(self, "gate_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
             up = _param(self, "up_proj", dense_init(d), (d, f), ("embed", "mlp"), pdt)
-            hidden = activation(cfg)(fast_paths.project(cfg, x, gate.astype(dt)))
-            hidden = hidden * fast_paths.project(cfg, x, up.astype(dt))
+            hidden = activation(cfg)(project(self, cfg, "gate_proj", x, gate))
+            hidden = hidden * project(self, cfg, "up_proj", x, up)
         down = _param(
             self, "down_proj", dense_init(f), (f, d), ("mlp", "embed"), pdt
         )  # Last, as always.
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
-        return fast_paths.project(cfg, hidden, down.astype(dt))
+        return project(self, cfg, "down_proj", hidden, down)
 
 
 class DecoderBlock(nn.Module):

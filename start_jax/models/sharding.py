@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh
 
+from start_jax.models import lora as lora_lib
 from start_jax.models import transformer
 from start_jax.sharding import ShardingRules
 
@@ -18,6 +19,19 @@ def param_shardings(model_config, mesh: Mesh, rules: ShardingRules | None = None
     rules = rules or ShardingRules()
     return rules.tree_shardings(
         mesh, transformer.param_logical_axes(model_config), transformer.param_shapes(model_config)
+    )
+
+
+def adapter_shardings(
+    model_config, lora: lora_lib.LoraConfig, mesh: Mesh, rules: ShardingRules | None = None
+):
+    """NamedSharding for every LoRA adapter of a model (`models.lora.logical_axes`: like
+    the kernels they adapt, the rank axis replicated)."""
+    rules = rules or ShardingRules()
+    return rules.tree_shardings(
+        mesh,
+        lora_lib.logical_axes(transformer.param_logical_axes(model_config), lora),
+        lora_lib.adapter_shapes(transformer.param_shapes(model_config), lora),
     )
 
 
