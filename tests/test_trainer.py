@@ -295,10 +295,12 @@ def test_stages_run_in_natural_order():
 
 def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path, finished_run):
     """Stages s1..s10, declared out of order, run in natural order (s2 before s10), each
-    mask mode with each responder, with dynamic sampling, length shaping and off-policy
-    masking on (`test_budget_modes` has the rows stopped at their thinking budget). Each
-    step's reward is the task's plus the logged length terms, the per-segment metrics
-    read 0 for a segment the stage does not train, and a run resumed from its middle
+    mask mode with each responder, with LoRA, dynamic sampling, length shaping and
+    off-policy masking on (`test_budget_modes` has the rows stopped at their thinking
+    budget). Each step's reward is the task's plus the logged length terms, the
+    per-segment metrics read 0 for a segment the stage does not train; the base (the
+    reference and frozen responder) never changes, checkpoints hold the adapters, the
+    export is the base with the adapters merged, and a run resumed from its middle
     checkpoint reproduces every metric."""
     config = smoke_config()
     config.sampling.dynamic_rounds = 1
@@ -307,6 +309,8 @@ def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path, finished_run):
     config.shaping.think_target, config.shaping.think_target_coef = 3, 0.1
     config.algo.token_mask_low, config.algo.token_mask_high = 0.5, 2.0
     config.algo.seq_mask_low, config.algo.seq_mask_high = 0.5, 2.0
+    config.lora.rank, config.lora.alpha = 4, 8.0
+    config.algo.entropy_coef = ENTROPY  # Every update moves the adapters.
     order = [f"s{i}" for i in range(1, 11)]
     modes = ["think", "response", "joint"]
     # Stage i: mode i % 3, frozen responder on odd i: all six pairs.
@@ -339,6 +343,27 @@ def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path, finished_run):
         assert r["dynamic/extra_rollouts"] == 4 * r["dynamic/rounds"], r
         assert 0 <= r["token_masked_frac"] <= 1 and 0 <= r["seq_masked_frac"] <= 1, r
     assert any(r["dynamic/rounds"] for r in rows), rows  # Some step sampled again.
+    # LoRA: the base is unchanged, the checkpoint holds the adapters (A and B of each of
+    # the 7 kernels), and the export is the base with them merged.
+    base = finished_run[2]
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.init_params), base)
+    assert all(r["l2_updates"] > 0 for r in rows), rows
+    state = checkpointing.Checkpointer(os.path.join(trainer.workdir, "checkpoints")).restore(
+        10,
+        trainer.states.restore_target(trainer.stages[-1]),
+        checkpointing.model_fields(trainer.model_config),
+    )[0]
+    names = sorted(k for m in state.params["layers"].values() for k in m)
+    assert len(names) == 14 and all("_lora_" in n for n in names), names
+    exported = jax.device_get(
+        checkpoints.load_pretrained(os.path.join(trainer.workdir, "export"))[1]
+    )
+    merged = jax.device_get(trainer.full_params(state.params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), exported, merged)
+    kernels = ("q_proj", "k_proj", "v_proj", "o_proj")
+    attn = base["layers"]["attn"]
+    assert not any(np.array_equal(exported["layers"]["attn"][k], attn[k]) for k in kernels)
+    np.testing.assert_array_equal(exported["embed"]["embedding"], base["embed"]["embedding"])
     # Resumed from step 5 (its checkpoint and data position), the same ten steps.
     resumed = tmp_path / "resumed"
     shutil.copytree(trainer.workdir, resumed)

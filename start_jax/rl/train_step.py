@@ -21,7 +21,9 @@ import optax
 
 from start_jax import segments
 from start_jax.errors import TrainingError
+from start_jax.models import lora as lora_lib
 from start_jax.models.config import ModelConfig
+from start_jax.models.lora import LoraConfig
 from start_jax.rl import logprobs as lp
 from start_jax.rl import losses
 
@@ -77,6 +79,9 @@ class TrainConfig:
     # (current, old, reference): the think tags when the sampler bans them there
     # (`SamplingConfig.ban_tags_in_response`), so that the update sees the policy that sampled.
     response_banned: tuple[int, ...] = ()
+    # LoRA (`models.lora`): the state's params are adapters on a frozen base, which the
+    # step takes as its own argument (never donated, never updated); None = full training.
+    lora: LoraConfig | None = None
 
     @property
     def on_policy(self) -> bool:
@@ -500,10 +505,15 @@ def _update(
     tx,
     critic_tx,
     widths: tuple[int, ...] | None = None,
+    frozen=None,
 ):
     counts = loss_counts(batch, config.loss)
+
+    def policy(p):  # The model the loss reads: the params, or the base with adapters p.
+        return p if config.lora is None else lora_lib.combine(frozen, p, config.lora)
+
     grads, loss, aux = _accumulate_groups(
-        lambda p, mb, c: policy_loss(p, mb, c, model_config, config),
+        lambda p, mb, c: policy_loss(policy(p), mb, c, model_config, config),
         state.params,
         batch,
         counts,
@@ -569,8 +579,11 @@ def train_on_batch(
     critic_config: ModelConfig | None = None,
     critic_tx: optax.GradientTransformation | None = None,
     widths: tuple[int, ...] | None = None,
+    frozen=None,
 ):
     """All updates of one rollout batch: `ppo_epochs` x `minibatches`.
+
+    With `config.lora`, `state.params` are the adapters and `frozen` the base they adapt.
 
     Rows are shuffled with `rng` in every epoch (not when there is a single
     minibatch). Metrics are averaged over the updates.
@@ -603,7 +616,9 @@ def train_on_batch(
         mbs = jax.tree.map(lambda x: x.reshape((config.minibatches, size) + x.shape[1:]), shuffled)
 
         def update(s, mb):
-            return _update(s, mb, model_config, critic_config, config, tx, critic_tx, widths)
+            return _update(
+                s, mb, model_config, critic_config, config, tx, critic_tx, widths, frozen
+            )
 
         st, metrics = jax.lax.scan(update, st, mbs)
         return st, metrics
@@ -626,30 +641,44 @@ def jit_train_step(
     critic_tx=None,
     state_shardings=None,
     batch_shardings=None,
+    frozen_shardings=None,
 ):
     """`train_on_batch` jitted with donated state (and explicit shardings when given);
-    call it as fn(state, batch, rng) or fn(state, batch, rng, widths) (static)."""
-    fn = lambda state, batch, rng, widths=None: train_on_batch(  # noqa: E731
-        state,
-        batch,
-        rng,
-        model_config=model_config,
-        config=config,
-        tx=tx,
-        critic_config=critic_config,
-        critic_tx=critic_tx,
-        widths=widths,
-    )
+    call it as fn(state, batch, rng) or fn(state, batch, rng, widths) (static), and with
+    `config.lora` as fn(state, batch, rng, base, widths) (`frozen_shardings`: the base's)."""
+
+    def fn(state, batch, rng, frozen=None, widths=None):
+        return train_on_batch(
+            state,
+            batch,
+            rng,
+            model_config=model_config,
+            config=config,
+            tx=tx,
+            critic_config=critic_config,
+            critic_tx=critic_tx,
+            widths=widths,
+            frozen=frozen,
+        )
+
+    lora = config.lora is not None
+    step = fn
+    if not lora:
+
+        def step(state, batch, rng, widths=None):
+            return fn(state, batch, rng, None, widths)
+
     kwargs = {}
     if state_shardings is not None:
         replicated = jax.sharding.NamedSharding(
             jax.tree.leaves(state_shardings)[0].mesh, jax.sharding.PartitionSpec()
         )
+        ins = (state_shardings, batch_shardings, replicated)
         kwargs = dict(
-            in_shardings=(state_shardings, batch_shardings, replicated),
+            in_shardings=ins + ((frozen_shardings,) if lora else ()),
             out_shardings=(state_shardings, replicated),
         )
-    return jax.jit(fn, donate_argnums=(0,), static_argnums=(3,), **kwargs)
+    return jax.jit(step, donate_argnums=(0,), static_argnums=(4 if lora else 3,), **kwargs)
 
 
 class NonFiniteError(TrainingError, FloatingPointError):

@@ -169,6 +169,15 @@ def default_config() -> ml_collections.ConfigDict:
         if name not in c.algo:  # rl/losses.py, default there.
             c.algo[name] = default
 
+    # LoRA (start_jax/models/lora.py): the policy trains adapters of this rank on the
+    # attention and MLP projections; the base stays frozen (the KL reference and a frozen
+    # responder are the base with its adapters off) and the export is merged. 0 = off.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # Adapter rank r; 0 trains every parameter.
+    c.lora.alpha = 16.0  # The adapters' update is scaled by alpha / r.
+    c.lora.targets = "all"  # "all", or kernels by name: q_proj,k_proj,v_proj,o_proj,
+    # gate_proj,up_proj,down_proj (comma-separated).
+
     c.optim = ml_collections.ConfigDict()
     c.optim.warmup_steps = 0  # Linear warmup (optimizer updates) at the start of each
     # stage (stages.*.warmup_steps overrides it per stage).
@@ -256,6 +265,7 @@ def _check_numbers(config) -> None:
         ("sampling.think_budget", 0, ""),
         ("sampling.response_budget", 1, "(eos included)"),
         ("sampling.dynamic_rounds", 0, "(0 = off)"),
+        ("lora.rank", 0, "(0 = off)"),
         ("sft.steps", 0, ""),
         ("model.hidden_size", 1, ""),
         ("model.intermediate_size", 1, ""),

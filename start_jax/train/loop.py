@@ -129,18 +129,20 @@ def run(trainer) -> dict:
     writer.close()
     summary["seconds"] = time.perf_counter() - began
     summary["stopped"] = stopped
-    summary["params"] = state.params
+    summary["params"] = trainer.full_params(state.params)  # With LoRA: merged.
     # After a stage with a frozen thinker the trained system is two models: the
     # snapshot thinks, the policy responds.
     thinks_apart = trainer.stages[-1].thinker == "frozen"
-    summary["thinker_params"] = trainer.snapshot if thinks_apart else state.params
+    summary["thinker_params"] = (
+        trainer.full_params(trainer.snapshot) if thinks_apart else summary["params"]
+    )
     if not stopped and spec.checkpoint.export_hf:
         export = os.path.join(trainer.workdir, "export")
-        _export(trainer, state.params, export)
+        _export(trainer, summary["params"], export)
         summary["export"] = export
         if thinks_apart:
             summary["export_thinker"] = os.path.join(trainer.workdir, "export_thinker")
-            _export(trainer, trainer.snapshot, summary["export_thinker"])
+            _export(trainer, summary["thinker_params"], summary["export_thinker"])
     return summary
 
 

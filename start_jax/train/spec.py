@@ -22,6 +22,7 @@ import ml_collections
 from start_jax import rewards, tasks
 from start_jax.data.prompts import PromptFormat
 from start_jax.errors import ConfigError
+from start_jax.models.lora import ALL_TARGETS, LoraConfig
 from start_jax.rewards.shaping import LengthShaping
 from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig
 from start_jax.sampling import Compaction, SamplingConfig, num_decode_steps
@@ -285,7 +286,16 @@ class RunSpec:
                 f"config: algo.length_groups={a.length_groups!r} must be an "
                 "integer >= 1 (1 trains every row on every column)"
             )
+        lora = None
+        if c.lora.rank:
+            t = c.lora.targets
+            names = ALL_TARGETS if t == "all" else tuple(n.strip() for n in t.split(","))
+            try:
+                lora = LoraConfig(rank=c.lora.rank, alpha=c.lora.alpha, targets=names)
+            except ValueError as e:
+                raise ConfigError(f"config: lora.{e}") from None
         train = TrainConfig(
+            lora=lora,
             loss=loss,
             ppo_epochs=a.ppo_epochs,
             minibatches=a.minibatches,

@@ -37,6 +37,25 @@ class StateBuilder:
         self.rules = rules
         self.critic_seed = critic_seed  # The key of the critic's initial value head.
         self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.lora = spec.train.lora  # With LoRA the state's params are adapters.
+
+    def initial_trainable(self, seed: int):
+        """What the first stage trains: the initial policy's parameters, or with LoRA fresh
+        adapters (their A from `seed`, B = 0), created in their sharded layout."""
+        if self.lora is None:
+            return self.init_params
+        shapes = models.param_shapes(self.model_config)
+        init = jax.jit(
+            lambda key: models.lora.init(shapes, self.lora, key),
+            out_shardings=self.param_shardings(),
+        )
+        return init(jax.random.key(seed))
+
+    def param_shardings(self):
+        """Shardings of what the policy trains: its parameters, or its adapters."""
+        if self.lora is None:
+            return models.param_shardings(self.model_config, self.mesh, self.rules)
+        return models.adapter_shardings(self.model_config, self.lora, self.mesh, self.rules)
 
     def optimizer(self, stage: StageSpec) -> rl.OptimizerConfig:
         o = self.spec.optim
@@ -76,7 +95,7 @@ class StateBuilder:
     def shardings(self, stage: StageSpec, abstract=None):
         """Shardings of the train state: parameters and their optimizer moments by
         the rules table, scalars replicated (from `jax.eval_shape`, nothing allocated)."""
-        param_sh = models.param_shardings(self.model_config, self.mesh, self.rules)
+        param_sh = self.param_shardings()
         critic_sh = (
             models.param_shardings(self.critic_config, self.mesh, self.rules)
             if self.critic_config is not None
@@ -118,7 +137,12 @@ class StateBuilder:
 
     def abstract(self, stage: StageSpec):
         """The train state's shapes and dtypes, without computing it."""
-        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.init_params)
+        if self.lora is None:
+            params = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.init_params
+            )
+        else:
+            params = models.lora.adapter_shapes(models.param_shapes(self.model_config), self.lora)
         critic = None
         if self.critic_config is not None:
             critic = jax.eval_shape(

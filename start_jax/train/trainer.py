@@ -35,7 +35,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from start_jax import rewards, rl, sampling, sharding, tasks
+from start_jax import models, rewards, rl, sampling, sharding, tasks
 from start_jax.errors import TrainingError
 from start_jax.train import data_io, loop
 from start_jax.train.init_policy import initial_policy
@@ -72,7 +72,7 @@ def check_health(metrics: dict, step: int, stage: StageSpec) -> None:
 # A run's random streams, by name: stream `name` at step t is fold_in(key(seed + offset), t)
 # (the critic's initial head: key(seed + offset)). Each stream has its own offset, so a new
 # stream never shifts another's numbers.
-RNG_STREAMS = {"rollout": 0, "critic_init": 1, "update": 2, "response": 3}
+RNG_STREAMS = {"rollout": 0, "critic_init": 1, "update": 2, "response": 3, "lora_init": 4}
 
 
 @jax.jit
@@ -172,7 +172,8 @@ class Trainer:
         `stage.carry_optimizer`, the previous stage's optimizer moments (the new stage's
         learning rate and warmup). Takes the stage-start snapshot when the stage needs one."""
         if previous is None:
-            state = self.states.fresh(stage, self.init_params)
+            first = self.states.initial_trainable(self.spec.seed + RNG_STREAMS["lora_init"])
+            state = self.states.fresh(stage, first)
         else:
             state = self.states.fresh(stage, previous.params, previous.critic_params)
             if stage.carry_optimizer:
@@ -182,6 +183,18 @@ class Trainer:
                 )
         self.snapshot = jax.tree.map(jnp.copy, state.params) if stage.needs_snapshot else None
         return state
+
+    def policy(self, params):
+        """The model that `params` (what the state trains) stand for: themselves, or with
+        LoRA the frozen base with these adapters (`models.lora.combine`, nothing copied)."""
+        lora = self.train_config.lora
+        return params if lora is None else models.lora.combine(self.init_params, params, lora)
+
+    def full_params(self, params):
+        """A plain parameter tree of the model `params` stand for: with LoRA the base with
+        the adapters merged into its kernels (for export and the run's summary)."""
+        lora = self.train_config.lora
+        return params if lora is None else models.lora.merge(self.init_params, params, lora)
 
     def stage_at(self, step: int) -> StageSpec:
         return self.spec.stage_at(step)
@@ -218,14 +231,14 @@ class Trainer:
         # Each prompt is prefilled once for its group; finished rows stop costing steps.
         shape = dict(group_size=g, compact=self.spec.compaction)
         if stage.responder == "self" and stage.thinker == "self":
-            return self._sample(params, prompts, sc, rng, row_ids, **shape)
+            return self._sample(self.policy(params), prompts, sc, rng, row_ids, **shape)
         if stage.thinker == "frozen" and self.snapshot is None:
             raise ValueError(
                 f"stage {stage.name} has a frozen thinker but no snapshot was taken "
                 "(Trainer.stage_state takes it)"
             )
-        thinker = self.snapshot if stage.thinker == "frozen" else params
-        responder = self.init_params if stage.responder == "frozen" else params
+        thinker = self.policy(self.snapshot if stage.thinker == "frozen" else params)
+        responder = self.init_params if stage.responder == "frozen" else self.policy(params)
         # One model thinks; the other responds from the device rollout.
         thinking = self.sampler.sample(
             thinker,
@@ -293,6 +306,7 @@ class Trainer:
                 self.states.critic_tx() if self.critic_config is not None else None,
                 state_shardings=self.states.shardings(stage),
                 batch_shardings=self.states.batch_shardings(),
+                frozen_shardings=models.param_shardings(self.model_config, self.mesh, self.rules),
             )
         return self._jits[key]
 
@@ -301,7 +315,9 @@ class Trainer:
         without a KL coefficient)."""
         if not stage.kl_coef:
             return None
-        return self.snapshot if stage.kl_reference == "stage_start" else self.init_params
+        if stage.kl_reference == "stage_start":
+            return self.policy(self.snapshot)
+        return self.init_params  # With LoRA: the base, its adapters off.
 
     def make_batch(
         self, state: rl.TrainState, rollout, reward: np.ndarray, stage: StageSpec
@@ -315,7 +331,7 @@ class Trainer:
         fn = self._batch_fn(stage)
         with sharding.logical_constraint_context(self.mesh, self.rules):
             return fn(
-                state.params,
+                self.policy(state.params),
                 ref,
                 state.critic_params,
                 rollout.tokens,
@@ -468,8 +484,9 @@ class Trainer:
     ):
         """One update; `widths` from `widths_of` trains rows in length groups."""
         rng, fn = self._key("update", step), self._step_fn(stage)
+        base = () if self.train_config.lora is None else (self.init_params,)
         with sharding.logical_constraint_context(self.mesh, self.rules):
-            return fn(state, batch, rng, widths)
+            return fn(state, batch, rng, *base, widths)
 
     def evaluate(self, params, step: int, stage: StageSpec | None = None) -> dict:
         """Mean response-only reward on test prompts (one rollout each): the policy thinks
