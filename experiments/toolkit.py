@@ -32,6 +32,20 @@ Predictions, written before the first run (2026-12-03):
 * ``think_target``: the mean thinking length ends closer to 4 than ``default``'s (at least
   2 tokens shorter), and the final reward is lower (the two-hop facts need their lookups).
 
+Round 2, written after round 1's results and before its runs (2026-12-03). Round 1
+showed that the default run's thinking is about 2 tokens (two lookups), so a budget of
+16 never binds (``truncate`` ran bitwise as ``default``) and a target of 4 asks for
+nothing the policy can add. Round 2 makes each bind:
+
+* ``budget2_force_end`` and ``budget2_truncate``: a thinking budget of 2, where most
+  rows spend their whole budget (compared with each other). Prediction: with
+  ``truncate`` the budget-hit rate falls below 0.3 by the end of stage 1 while with
+  ``force_end`` it stays above 0.6; the thinking ends shorter with ``truncate`` (under
+  1.5 tokens against 1.8 or more) and its final reward (protocol above) is lower by at
+  least 0.05.
+* ``think_target1``: a target of 1 token, coefficient 0.5. Prediction: the thinking ends
+  under 1.5 tokens (``default``: 2.0) and the final reward is lower by at least 0.05.
+
 Command (resumable: finished runs and evaluations are found and kept):
   python -m experiments.toolkit --out=experiments/results/toolkit --seeds=0,1,2,3
 
@@ -67,6 +81,23 @@ VARIANTS = {
     "dynamic": {"sampling.dynamic_rounds": 2},
     "truncate": {"sampling.think_budget_mode": "truncate", "sampling.truncated_reward": 0.0},
     "think_target": {"shaping.think_target": 4, "shaping.think_target_coef": 0.2},
+    # Round 2.
+    "budget2_force_end": {"sampling.think_budget": 2},
+    "budget2_truncate": {
+        "sampling.think_budget": 2,
+        "sampling.think_budget_mode": "truncate",
+        "sampling.truncated_reward": 0.0,
+    },
+    "think_target1": {"shaping.think_target": 1, "shaping.think_target_coef": 0.5},
+}
+# Each variant's contrast: (variant, against).
+BASELINES = {
+    "dynamic": "default",
+    "truncate": "default",
+    "think_target": "default",
+    "budget2_force_end": "default",
+    "budget2_truncate": "budget2_force_end",
+    "think_target1": "default",
 }
 CURVE_KEYS = (
     "reward_mean",
@@ -194,6 +225,15 @@ def analyse(runs: list[dict], stage1_steps: int, rollouts_per_step: int) -> dict
             "final_reward": stats.hierarchical_bootstrap([r["scores"] for r in rows]),
             "think_tokens_end_s1": float(np.mean([[c["think_tokens"] for c in x] for x in s1])),
             "think_tokens_end": float(np.mean([[c["think_tokens"] for c in x] for x in last])),
+            "think_tokens_start": float(
+                np.mean([[c["think_tokens"] for c in r["curves"][:4]] for r in rows])
+            ),
+            "think_truncated_start": float(
+                np.mean([[c["think_truncated"] for c in r["curves"][:4]] for r in rows])
+            ),
+            "think_truncated_end": float(
+                np.mean([[c["think_truncated"] for c in x] for x in last])
+            ),
             "think_truncated_end_s1": float(
                 np.mean([[c["think_truncated"] for c in x] for x in s1])
             ),
@@ -229,13 +269,14 @@ def analyse(runs: list[dict], stage1_steps: int, rollouts_per_step: int) -> dict
             ),
             "train_seconds": float(np.mean([r["train_seconds"] for r in rows])),
         }
-        if variant != "default":
-            paired = [s for s in seeds if s in per_seed]
+        against = BASELINES.get(variant)
+        if against in by:
+            paired = [s for s in seeds if s in per_seed and s in by[against]]
             diff = [
-                np.asarray(per_seed[s]["scores"]) - np.asarray(by["default"][s]["scores"])
+                np.asarray(per_seed[s]["scores"]) - np.asarray(by[against][s]["scores"])
                 for s in paired
             ]
-            contrasts.append({"a": variant, "b": "default", "what": "final reward", **_boot(diff)})
+            contrasts.append({"a": variant, "b": against, "what": "final reward", **_boot(diff)})
     for c, p in zip(contrasts, stats.holm([c["p"] for c in contrasts])):
         c["p_holm"] = p
     return {"level": level, "table": table, "contrasts": contrasts}
