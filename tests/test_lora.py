@@ -3,6 +3,8 @@ kernels', the adapters shard like the base, and only they train."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,3 +118,26 @@ def test_bad_settings_are_refused():
         lora.LoraConfig(rank=2, alpha=0)
     with pytest.raises(ValueError, match=r"targets=\['wq'\]: each must be one of"):
         lora.LoraConfig(rank=2, targets=("wq",))
+
+
+def test_the_run_config_reads_lora_and_names_bad_fields():
+    from start_jax import train
+    from start_jax.errors import ConfigError
+    from tests.fixtures import smoke_config
+
+    c = smoke_config()
+    assert train.RunSpec.from_config(c).train.lora is None  # Off by default.
+    c.lora.rank, c.lora.alpha, c.lora.targets = 8, 4.0, "q_proj, v_proj"
+    got = train.RunSpec.from_config(c).train.lora
+    assert got == lora.LoraConfig(rank=8, alpha=4.0, targets=("q_proj", "v_proj"))
+    assert got.scale == 0.5
+    for field, value, message in (
+        ("targets", "q,v", "config: lora.targets=['q', 'v']: each must be one of"),
+        ("alpha", 0.0, "config: lora.alpha=0.0 must be > 0"),
+        ("rank", -2, "config: lora.rank=-2 must be an integer >= 0"),
+    ):
+        c = smoke_config()
+        c.lora.rank = 4
+        c.lora[field] = value
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            train.RunSpec.from_config(c)

@@ -295,8 +295,8 @@ def test_stages_run_in_natural_order():
 
 def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path, finished_run):
     """Stages s1..s10, declared out of order, run in natural order (s2 before s10), each
-    mask mode with each responder, with LoRA, dynamic sampling, length shaping and
-    off-policy masking on (`test_budget_modes` has the rows stopped at their thinking
+    mask mode with each responder, with LoRA, dynamic sampling, length shaping, truncated
+    importance sampling and off-policy masking on (`test_budget_modes` has the rows stopped at their thinking
     budget). Each step's reward is the task's plus the logged length terms, the
     per-segment metrics read 0 for a segment the stage does not train; the base (the
     reference and frozen responder) never changes, checkpoints hold the adapters, the
@@ -309,6 +309,7 @@ def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path, finished_run):
     config.shaping.think_target, config.shaping.think_target_coef = 3, 0.1
     config.algo.token_mask_low, config.algo.token_mask_high = 0.5, 2.0
     config.algo.seq_mask_low, config.algo.seq_mask_high = 0.5, 2.0
+    config.algo.tis_cap = 2.0
     config.lora.rank, config.lora.alpha = 4, 8.0
     config.algo.entropy_coef = ENTROPY  # Every update moves the adapters.
     order = [f"s{i}" for i in range(1, 11)]
