@@ -282,6 +282,43 @@ def analyse(runs: list[dict], stage1_steps: int, rollouts_per_step: int) -> dict
     return {"level": level, "table": table, "contrasts": contrasts}
 
 
+def markdown(analysis: dict) -> str:
+    """The analysis as two markdown tables: per variant, and the contrasts."""
+    lines = [
+        "| variant | seeds | final reward [95% CI] | thinking tokens, first 4 steps -> "
+        "end of stage 1 -> end | budget-hit rate, first 4 steps -> end of stage 1 -> end "
+        "| task reward, end of stage 1 | steps to level (per seed) | rollouts per run | "
+        "filtered groups, stage 1 / 2 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, t in analysis["table"].items():
+        f = t["final_reward"]
+        steps = ", ".join("-" if x["step"] is None else str(x["step"]) for x in t["to_level"])
+        filtered = (
+            f"{t['filtered_frac_s1']:.3f} / {t['filtered_frac_s2']:.3f}"
+            if t["filtered_frac_s1"] == t["filtered_frac_s1"]
+            else "-"
+        )
+        lines.append(
+            f"| {variant} | {t['seeds']} | {f['mean']:.3f} [{f['low']:.3f}, {f['high']:.3f}] "
+            f"| {t['think_tokens_start']:.2f} -> {t['think_tokens_end_s1']:.2f} -> "
+            f"{t['think_tokens_end']:.2f} | {t['think_truncated_start']:.2f} -> "
+            f"{t['think_truncated_end_s1']:.2f} -> {t['think_truncated_end']:.2f} "
+            f"| {t['task_reward_end_s1']:.3f} | {steps} | {t['rollouts']} | {filtered} |"
+        )
+    lines += [
+        "",
+        "| contrast (final reward) | difference [95% CI] | p | p (Holm) |",
+        "|---|---|---|---|",
+    ]
+    for c in analysis["contrasts"]:
+        lines.append(
+            f"| {c['a']} - {c['b']} | {c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] "
+            f"| {c['p']:.3f} | {c['p_holm']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def _boot(diff) -> dict:
     return stats.hierarchical_bootstrap(diff, samples=2000)
 
@@ -321,7 +358,12 @@ def main(argv=None) -> None:
     }
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)
-    print(json.dumps(results["analysis"], indent=1))
+    table = markdown(results["analysis"])
+    with open(os.path.join(args.out, "table.md"), "w") as fh:
+        fh.write(table + "\n")
+    level = results["analysis"]["level"]
+    print(f"level (default's task reward, last 4 stage-1 steps): {level:.3f}")
+    print(table)
 
 
 if __name__ == "__main__":
