@@ -296,12 +296,12 @@ def test_stages_run_in_natural_order():
 def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path, finished_run):
     """Stages s1..s10, declared out of order, run in natural order (s2 before s10), each
     mask mode with each responder, with LoRA, dynamic sampling, length shaping, truncated
-    importance sampling and off-policy masking on (`test_budget_modes` has the rows stopped at their thinking
-    budget). Each step's reward is the task's plus the logged length terms, the
-    per-segment metrics read 0 for a segment the stage does not train; the base (the
-    reference and frozen responder) never changes, checkpoints hold the adapters, the
-    export is the base with the adapters merged, and a run resumed from its middle
-    checkpoint reproduces every metric."""
+    importance sampling and off-policy masking on (`test_budget_modes` has the rows
+    stopped at their thinking budget). Each step's reward is the task's plus the logged
+    length terms, the per-segment metrics read 0 for a segment the stage does not train;
+    the base (the reference and frozen responder) never changes, checkpoints hold the
+    adapters, the export is the base with the adapters merged, and a run resumed from its
+    middle checkpoint reproduces every metric."""
     config = smoke_config()
     config.sampling.dynamic_rounds = 1
     config.shaping.think_overlong_buffer = 4  # Of the smoke run's thinking budget of 8.
