@@ -46,6 +46,15 @@ nothing the policy can add. Round 2 makes each bind:
 * ``think_target1``: a target of 1 token, coefficient 0.5. Prediction: the thinking ends
   under 1.5 tokens (``default``: 2.0) and the final reward is lower by at least 0.05.
 
+Round 3, written before its runs (2026-12-03): the off-policy corrections, which act only
+where sampler and trainer disagree, so the sampler computes in bfloat16 for the float32
+trainer in all three: ``bf16`` (no correction), ``bf16_tis`` (`algo.tis_cap=2`) and
+``bf16_mask`` (token and sequence masking outside [0.5, 2]). Prediction: the mean
+|log-probability mismatch| is between 1e-3 and 1e-1 in all three; masking drops under 2%
+of the tokens and under 10% of the rows; the final rewards of ``bf16_tis`` and
+``bf16_mask`` are within 0.03 of ``bf16``'s (no clear difference), and ``bf16``'s within
+0.03 of ``default``'s.
+
 Command (resumable: finished runs and evaluations are found and kept):
   python -m experiments.toolkit --out=experiments/results/toolkit --seeds=0,1,2,3
 
@@ -89,6 +98,16 @@ VARIANTS = {
         "sampling.truncated_reward": 0.0,
     },
     "think_target1": {"shaping.think_target": 1, "shaping.think_target_coef": 0.5},
+    # Round 3.
+    "bf16": {"sampling.dtype": "bfloat16"},
+    "bf16_tis": {"sampling.dtype": "bfloat16", "algo.tis_cap": 2.0},
+    "bf16_mask": {
+        "sampling.dtype": "bfloat16",
+        "algo.token_mask_low": 0.5,
+        "algo.token_mask_high": 2.0,
+        "algo.seq_mask_low": 0.5,
+        "algo.seq_mask_high": 2.0,
+    },
 }
 # Each variant's contrast: (variant, against).
 BASELINES = {
@@ -98,6 +117,9 @@ BASELINES = {
     "budget2_force_end": "default",
     "budget2_truncate": "budget2_force_end",
     "think_target1": "default",
+    "bf16": "default",
+    "bf16_tis": "bf16",
+    "bf16_mask": "bf16",
 }
 CURVE_KEYS = (
     "reward_mean",
@@ -109,6 +131,9 @@ CURVE_KEYS = (
     "dynamic/rounds",
     "dynamic/extra_rollouts",
     "dynamic/uninformative_frac",
+    "logprob_mismatch_mean",
+    "token_masked_frac",
+    "seq_masked_frac",
 )
 QUESTIONS = 128
 WINDOW = 4  # Running-mean window of the steps-to-level criterion.
@@ -268,6 +293,12 @@ def analyse(runs: list[dict], stage1_steps: int, rollouts_per_step: int) -> dict
                 / max(len(rows), 1)
             ),
             "train_seconds": float(np.mean([r["train_seconds"] for r in rows])),
+            **{
+                f"{key}_mean": float(
+                    np.mean([c.get(key, np.nan) for r in rows for c in r["curves"]])
+                )
+                for key in ("logprob_mismatch_mean", "token_masked_frac", "seq_masked_frac")
+            },
         }
         against = BASELINES.get(variant)
         if against in by:
