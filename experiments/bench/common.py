@@ -21,7 +21,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, pre_tokenizers
 
-from start_jax import models, segments
+from start_jax import models, rl, segments
 from start_jax.checkpoints import save_pretrained
 from start_jax.train import config as config_lib
 
@@ -479,3 +479,23 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def abstract_batch(b: int, length: int) -> rl.Batch:
+    """A train step's `rl.Batch` of b rows x `length` columns as `jax.ShapeDtypeStruct`s
+    (for compiling without data)."""
+    i32 = jax.ShapeDtypeStruct((b, length), jnp.int32)
+    f32 = jax.ShapeDtypeStruct((b, length), jnp.float32)
+    boolean = jax.ShapeDtypeStruct((b, length), jnp.bool_)
+    return rl.Batch(
+        tokens=i32,
+        segment_ids=i32,
+        loss_mask=boolean,
+        kl_mask=boolean,
+        advantages=f32,
+        old_logprobs=f32,
+        ref_logprobs=f32,
+        returns=f32,
+        old_values=f32,
+        rewards=jax.ShapeDtypeStruct((b,), jnp.float32),
+    )

@@ -71,7 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench.common import print_table
+from experiments.bench.common import abstract_batch, print_table
 from start_jax import models, rl, segments
 from start_jax.models import attention
 
@@ -166,20 +166,7 @@ def compile_train_step(config: models.ModelConfig, b: int, l: int, chunk: int):
         loss=rl.LossConfig(kl_coef=0.01), micro_batches=1, logprob_chunk=chunk
     )
     state = jax.eval_shape(lambda p: rl.init_state(p, tx), models.param_shapes(config))
-    i32, f32 = jax.ShapeDtypeStruct((b, l), jnp.int32), jax.ShapeDtypeStruct((b, l), jnp.float32)
-    boolean = jax.ShapeDtypeStruct((b, l), jnp.bool_)
-    batch = rl.Batch(
-        tokens=i32,
-        segment_ids=i32,
-        loss_mask=boolean,
-        kl_mask=boolean,
-        advantages=f32,
-        old_logprobs=f32,
-        ref_logprobs=f32,
-        returns=f32,
-        old_values=f32,
-        rewards=jax.ShapeDtypeStruct((b,), jnp.float32),
-    )
+    batch = abstract_batch(b, l)
     return rl.jit_train_step(config, train_cfg, tx).lower(state, batch, jax.random.key(0)).compile()
 
 

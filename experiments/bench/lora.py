@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench.common import MODELS, print_environment, print_table
+from experiments.bench.common import MODELS, abstract_batch, print_environment, print_table
 from experiments.bench.fast_paths import make_batch
 from start_jax import models, rl
 from start_jax.models import lora
@@ -53,24 +53,6 @@ def _bytes(tree) -> int:
 
 def _count(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def _abstract_batch(b: int, length: int) -> rl.Batch:
-    i32 = jax.ShapeDtypeStruct((b, length), jnp.int32)
-    f32 = jax.ShapeDtypeStruct((b, length), jnp.float32)
-    boolean = jax.ShapeDtypeStruct((b, length), jnp.bool_)
-    return rl.Batch(
-        tokens=i32,
-        segment_ids=i32,
-        loss_mask=boolean,
-        kl_mask=boolean,
-        advantages=f32,
-        old_logprobs=f32,
-        ref_logprobs=f32,
-        returns=f32,
-        old_values=f32,
-        rewards=jax.ShapeDtypeStruct((b,), jnp.float32),
-    )
 
 
 def sides(config: models.ModelConfig, rank: int):
@@ -106,7 +88,7 @@ def memory(config: models.ModelConfig, rank: int, b: int, length: int) -> list[t
         (remat, side) for remat in (False, True) for side in sides(config, rank).items()
     ):
         state = jax.eval_shape(lambda p: rl.init_state(p, tx), trainable)
-        args = (state, _abstract_batch(b, length), jax.random.key(0))
+        args = (state, abstract_batch(b, length), jax.random.key(0))
         args += (frozen,) if frozen is not None else ()
         began = time.perf_counter()
         step = rl.jit_train_step(config.replace(remat=remat), train_cfg, tx)
