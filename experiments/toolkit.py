@@ -56,10 +56,12 @@ of the tokens and under 10% of the rows; the final rewards of ``bf16_tis`` and
 0.03 of ``default``'s.
 
 Command (resumable: finished runs and evaluations are found and kept):
-  python -m experiments.toolkit --out=experiments/results/toolkit --seeds=0,1,2,3
+  python -m experiments.toolkit --out=/tmp/toolkit --seeds=0,1,2,3
 
-Writes ``<out>/results.json``: every run's curves and per-question final scores, the
-contrasts, the provenance (commit, versions, command) and the wall time.
+Writes ``<out>/results.json`` (every run's curves and per-question final scores, the
+contrasts, the provenance: commit, versions, command, wall time) and ``<out>/table.md``;
+the runs' workdirs stay under ``<out>/runs``. The committed copies are in
+``experiments/results/toolkit/``.
 """
 
 from __future__ import annotations
