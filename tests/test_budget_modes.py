@@ -124,9 +124,8 @@ def test_the_reward_of_a_row_stopped_at_its_budget_is_the_configured_one():
             tokenizer=None,
             reward_fn=None,
         )
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("start_jax.rewards.score", lambda *args: scored)
-            got = Trainer.score(fake, rollout, [{"reference": "", "metadata": {}}] * 3, 1)
+        fake.judge = lambda *args: scored  # The reward function's own scores.
+        got = Trainer.score(fake, rollout, [{"reference": "", "metadata": {}}] * 3, 1)
         np.testing.assert_array_equal(got, want)
 
 

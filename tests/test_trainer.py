@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from start_jax import checkpoints, rl, segments, train
+from start_jax import checkpoints, rewards, rl, segments, train
 from start_jax.train import checkpointing
 from start_jax.train import trainer as trainer_module
 from tests.fixtures import ROOT, SMOKE, assert_same_metrics, read_metrics, smoke_config
@@ -291,6 +291,27 @@ def test_stages_run_in_natural_order():
     spec = train.RunSpec.from_config(config)
     assert [s.name for s in spec.stages] == ["s2", "s10"]
     assert [s.start for s in spec.stages] == [0, 2]
+
+
+def test_the_gold_reward_judges_the_evaluations_own_rollouts(finished_run, monkeypatch):
+    """`eval.gold_reward`: scored on exactly the rows the training reward scored, logged
+    beside it with the gap."""
+    trainer, summary, _ = finished_run
+    seen = {}
+
+    def recording(name, fn):
+        def call(inputs):
+            seen[name] = [(x.prompt, x.response, x.reference) for x in inputs]
+            return fn(inputs)
+
+        return call
+
+    monkeypatch.setattr(trainer, "reward_fn", recording("train", trainer.reward_fn))
+    monkeypatch.setattr(trainer, "gold_fn", recording("gold", rewards.make("synthetic_correct")))
+    out = trainer.evaluate(summary["params"], 6)
+    assert seen["gold"] == seen["train"] and len(seen["gold"]) == trainer.spec.eval.prompts
+    assert 0.0 <= out["eval/gold_reward"] <= 1.0
+    assert out["eval/gold_gap"] == pytest.approx(out["eval/reward"] - out["eval/gold_reward"])
 
 
 def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path, finished_run):

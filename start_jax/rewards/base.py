@@ -67,6 +67,7 @@ _REGISTRY: dict[str, Callable[..., RewardFn]] = {}
 BUILT_IN_ELSEWHERE = {
     "synthetic": "start_jax.world.judges",
     "synthetic_rubric": "start_jax.world.judges",
+    "synthetic_correct": "start_jax.world.judges",
 }
 
 
@@ -104,15 +105,17 @@ def _origin(factory) -> tuple[str, str]:
     return os.path.abspath(path) if path != "?" else path, getattr(factory, "__qualname__", "?")
 
 
-def check(name: str, **kwargs) -> None:
+def check(name: str, /, _keys: tuple[str, str] = ("reward.name", "reward.kwargs"), **kwargs):
     """Raises the ConfigError `make` would for this name and these arguments, without
-    building anything (a run checks its reward before any work)."""
+    building anything (a run checks its rewards before any work). `_keys`: the config
+    keys of the name and the arguments, which the messages name."""
+    name_key, kwargs_key = _keys
     _load(name)
     if name not in _REGISTRY:
         _load()
         raise ConfigError(
             f"config: unknown reward {name!r}; registered: {sorted(_REGISTRY)} "
-            "(reward.name; a config file can add one with "
+            f"({name_key}; a config file can add one with "
             "@start_jax.rewards.register)"
         )
     factory = _REGISTRY[name]
@@ -128,9 +131,9 @@ def check(name: str, **kwargs) -> None:
         ]
         unknown = sorted(set(kwargs) - set(params))
         what = (
-            f"needs reward.kwargs.{missing[0]}"
+            f"needs {kwargs_key}.{missing[0]}"
             if missing
-            else f"takes no reward.kwargs.{unknown[0]} (it takes {sorted(params)})"
+            else f"takes no {kwargs_key}.{unknown[0]} (it takes {sorted(params)})"
             if unknown
             else str(e)
         )

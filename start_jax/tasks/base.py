@@ -82,14 +82,16 @@ def get(name: str) -> Task:
         ) from None
 
 
-def check_reward(source: str, reward: str, rewards: Sequence[str]) -> None:
+def check_reward(
+    source: str, reward: str, rewards: Sequence[str], key: str = "reward.name"
+) -> None:
     """Refuses a reward that judges only another task's examples; `rewards` are the
-    registered reward names offered instead."""
+    registered reward names offered instead, `key` the config key named."""
     for other in _TASKS.values():
         if other.name != source and reward in other.own_rewards:
             mine = get(source).own_rewards
             offer = sorted(set(rewards) - set(other.own_rewards) | set(mine))
             raise ConfigError(
-                f"config: reward.name={reward!r} judges only {other.description}, "
-                f"but data.source={source!r}; set --config.reward.name to one of {offer}"
+                f"config: {key}={reward!r} judges only {other.description}, "
+                f"but data.source={source!r}; set --config.{key} to one of {offer}"
             )

@@ -22,7 +22,7 @@ from start_jax.train.stages import stage, validate_stage
 
 ADVANTAGES = tuple(sorted(ESTIMATORS))  # The built-in ones; validate reads the registry.
 # Sections whose keys are free-form (checked where they are used).
-_FREE_FORM = ("reward.kwargs", "stages", "prompt.template_kwargs")
+_FREE_FORM = ("reward.kwargs", "eval.gold_kwargs", "stages", "prompt.template_kwargs")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -197,6 +197,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 10  # Evaluate every N RL steps (and at the end).
     c.eval.prompts = 32  # Test prompts per evaluation.
+    c.eval.gold_reward = ""  # A registered reward scored on the evaluation's rollouts beside
+    # the training reward (eval/gold_reward, eval/gold_gap); '' = none. The world's
+    # correctness-only judge is "synthetic_correct".
+    c.eval.gold_kwargs = ml_collections.ConfigDict()  # Passed to the gold reward's factory.
 
     c.log = ml_collections.ConfigDict()
     c.log.samples_every = 5  # Write decoded rollouts every N steps.

@@ -124,6 +124,14 @@ class CheckpointSpec:
 class EvalSpec:
     every: int
     prompts: int
+    gold_reward: str = ""  # '' = none.
+    gold_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def make_gold(self):
+        """The gold reward function, or None."""
+        return (
+            rewards.make(self.gold_reward, **dict(self.gold_kwargs)) if self.gold_reward else None
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +228,15 @@ class RunSpec:
             start += stages[-1].steps
         tasks.check_reward(c.data.source, c.reward.name, rewards.registered())
         rewards.check(c.reward.name, **c.reward.kwargs.to_dict())
+        if c.eval.gold_reward:
+            tasks.check_reward(
+                c.data.source, c.eval.gold_reward, rewards.registered(), "eval.gold_reward"
+            )
+            rewards.check(
+                c.eval.gold_reward,
+                ("eval.gold_reward", "eval.gold_kwargs"),
+                **c.eval.gold_kwargs.to_dict(),
+            )
         try:
             mixture = tasks.get(c.data.source).trace_options(c.sft.mixture.to_dict())
         except (TypeError, ValueError) as e:
@@ -358,7 +375,12 @@ class RunSpec:
             ),
             stages=tuple(stages),
             checkpoint=CheckpointSpec(**c.checkpoint.to_dict()),
-            eval=EvalSpec(**c.eval.to_dict()),
+            eval=EvalSpec(
+                every=c.eval.every,
+                prompts=c.eval.prompts,
+                gold_reward=c.eval.gold_reward,
+                gold_kwargs=tuple(sorted(c.eval.gold_kwargs.to_dict().items())),
+            ),
             log=LogSpec(**c.log.to_dict()),
             config_json=json.dumps(json.loads(c.to_json_best_effort()), sort_keys=True),
         )

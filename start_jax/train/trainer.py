@@ -129,6 +129,7 @@ class Trainer:
         # stage-start KL reference (StageSpec.needs_snapshot); None otherwise.
         self.snapshot = None
         self.reward_fn = spec.make_reward()
+        self.gold_fn = spec.eval.make_gold()  # None without eval.gold_reward.
         self.stages = spec.stages
         self.total_steps = spec.total_steps
         self.width = spec.width
@@ -262,13 +263,17 @@ class Trainer:
         """Response-only rewards of a host copy of the rollout; a row stopped at its
         thinking budget (``sampling.think_budget_mode="truncate"``) gets
         ``sampling.truncated_reward`` instead (it has no response to judge)."""
-        refs = [e["reference"] for e in examples for _ in range(repeat)]
-        meta = [e["metadata"] for e in examples for _ in range(repeat)]
-        reward = rewards.score(rollout, self.tokenizer, self.reward_fn, refs, meta)
+        reward = self.judge(self.reward_fn, rollout, examples, repeat)
         if self.spec.sampling.think_budget_mode == "truncate":  # No response to judge.
             cut = sampling.stopped_at_budget(rollout)
             reward = np.where(cut, np.float32(self.spec.truncated_reward), reward)
         return reward
+
+    def judge(self, fn, rollout, examples, repeat: int) -> np.ndarray:
+        """Reward `fn` of each row of a host rollout (`repeat` rows per example)."""
+        refs = [e["reference"] for e in examples for _ in range(repeat)]
+        meta = [e["metadata"] for e in examples for _ in range(repeat)]
+        return rewards.score(rollout, self.tokenizer, fn, refs, meta)
 
     def _batch_fn(self, stage: StageSpec):
         cfg = rl.BatchConfig(
@@ -491,7 +496,9 @@ class Trainer:
     def evaluate(self, params, step: int, stage: StageSpec | None = None) -> dict:
         """Mean response-only reward on test prompts (one rollout each): the policy thinks
         and responds, or, in a stage with a frozen thinker, the stage-start snapshot
-        thinks and the policy responds (the system that stage trains)."""
+        thinks and the policy responds (the system that stage trains). With
+        `eval.gold_reward`, the gold reward of the same rollouts and the gap (training
+        reward minus gold)."""
         n = min(self.spec.eval.prompts, len(self.test_data))
         examples = [self.test_data[i] for i in range(n)]
         thinker = stage.thinker if stage is not None else "self"
@@ -499,12 +506,16 @@ class Trainer:
         rollout = sharding.to_host(self.rollouts(params, examples, 10_000_000 + step, stage, 1))
         reward = self.score(rollout, examples, 1)
         rates = self.behaviour_metrics(self.decoded_rows(rollout, examples, 1))
-        return {
+        out = {
             "eval/reward": float(reward.mean()),
             "eval/think_tokens": float(np.mean(rollout.think_length)),
             "eval/response_tokens": float(np.mean(rollout.response_length)),
             **{f"eval/{k}": v for k, v in rates.items()},
         }
+        if self.gold_fn is not None:  # The same rollouts, judged by the gold reward.
+            gold = float(self.judge(self.gold_fn, rollout, examples, 1).mean())
+            out.update({"eval/gold_reward": gold, "eval/gold_gap": out["eval/reward"] - gold})
+        return out
 
     def run(self) -> dict:
         """Runs (or resumes) the whole schedule in the workdir (`loop.run`); returns the

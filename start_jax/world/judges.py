@@ -68,7 +68,11 @@ from start_jax.world.generator import (
     tokenizer,
 )
 
-JUDGES = ("synthetic", "synthetic_rubric")  # The rewards that judge only the world's tasks.
+JUDGES = (
+    "synthetic",
+    "synthetic_rubric",
+    "synthetic_correct",
+)  # The rewards that judge only the world's tasks.
 
 _STYLE = re.compile(r"^surely\b", re.IGNORECASE)
 _INT = re.compile(r"-?\d+")
@@ -168,6 +172,24 @@ class SyntheticJudge:
         for x in inputs:
             family = (x.metadata or {}).get("family") or infer_family(x.prompt)
             out.append(arith_score(x) if family == "arith" else self.rubric.score_one(x))
+        return np.asarray(out, np.float32)
+
+
+@register("synthetic_correct")
+class CorrectnessJudge:
+    """1.0 for a correct answer and 0.0 otherwise, in both families: a gold judge beside
+    the rubric (`eval.gold_reward`), which no style or salient entity moves."""
+
+    def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
+        out = []
+        for x in inputs:
+            family = (x.metadata or {}).get("family") or infer_family(x.prompt)
+            if family == "arith":
+                out.append(arith_score(x))
+            else:
+                out.append(
+                    float(facts_outcome(x.prompt, x.response, _reference(x, solve_facts))[2])
+                )
         return np.asarray(out, np.float32)
 
 
