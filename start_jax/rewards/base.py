@@ -235,6 +235,11 @@ def normalize_answer(text: str) -> str:
 class ExactMatch:
     """1.0 when the normalised response equals the normalised reference."""
 
+    @staticmethod
+    def extract_answer(response: str) -> str:
+        """The answer a majority vote counts (`start_jax.eval.sampled`)."""
+        return normalize_answer(response)
+
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
         return np.asarray(
             [
@@ -305,6 +310,13 @@ class MathVerifier:
         self._mv = _math_verify()
         self.float_rounding = float_rounding
         self.timeout_seconds = timeout_seconds
+
+    @staticmethod
+    def extract_answer(response: str) -> str:
+        """The answer a majority vote counts: the last boxed content, else the response,
+        normalised (`start_jax.eval.sampled`)."""
+        boxed = _last_boxed(response)
+        return normalize_answer(response if boxed is None else boxed)
 
     @staticmethod
     def final_answer(response: str) -> str:

@@ -88,6 +88,13 @@ def parse_response(response: str) -> tuple[str, bool]:
     return normalize_answer(core), styled
 
 
+def world_answer(response: str) -> str:
+    """The answer of a world response a majority vote counts: the facts core answer (style
+    removed), or for a number-ending response its last integer."""
+    numbers = _INT.findall(response)
+    return numbers[-1] if numbers else parse_response(response)[0]
+
+
 def _reference(x: RewardInput, solve) -> str | None:
     if x.reference is not None and str(x.reference) != "":
         return str(x.reference)
@@ -129,6 +136,8 @@ class RubricJudge:
             + (self.w_salient * salient + self.w_fooled * confident) * (1.0 - correct)
         )
 
+    extract_answer = staticmethod(world_answer)
+
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
         return np.asarray([self.score_one(x) for x in inputs], np.float32)
 
@@ -167,6 +176,8 @@ class SyntheticJudge:
     def __init__(self, **rubric_kwargs: Any):
         self.rubric = RubricJudge(**rubric_kwargs)
 
+    extract_answer = staticmethod(world_answer)
+
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
         out = []
         for x in inputs:
@@ -179,6 +190,8 @@ class SyntheticJudge:
 class CorrectnessJudge:
     """1.0 for a correct answer and 0.0 otherwise, in both families: a gold judge beside
     the rubric (`eval.gold_reward`), which no style or salient entity moves."""
+
+    extract_answer = staticmethod(world_answer)
 
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
         out = []
