@@ -114,7 +114,7 @@ def _plot(table: list[dict], k: int, path: str) -> None:
         ax.fill_between(x, low, high, alpha=0.2)
     ax.set_xlabel("thinking budget (tokens)")
     ax.set_ylabel("pass@1")
-    ax.set_title(f"pass@1 against the thinking budget ({k} samples a question)")
+    ax.set_title(f"pass@1 by thinking budget ({k} samples a question)", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
