@@ -293,6 +293,49 @@ def test_stages_run_in_natural_order():
     assert [s.start for s in spec.stages] == [0, 2]
 
 
+def test_the_run_report_is_one_well_formed_page_with_its_figures(finished_run, tmp_path):
+    """`python -m experiments.report`: the curves as embedded PNGs, the table, and the
+    written samples with prompt, thinking and response apart."""
+    import base64
+    import html.parser
+
+    from experiments import report
+
+    trainer = finished_run[0]
+    path = report.main([f"--workdir={trainer.workdir}", f"--out={tmp_path / 'r.html'}"])
+    page = open(path).read()
+
+    class Check(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.open, self.images, self.classes = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "img":
+                self.images.append(attrs["src"])
+            elif tag not in ("meta", "br"):
+                self.open.append(tag)
+                self.classes.append(attrs.get("class"))
+
+        def handle_endtag(self, tag):
+            assert self.open and self.open.pop() == tag, (tag, self.open)
+
+    check = Check()
+    check.feed(page)
+    assert not check.open  # Every element closed, in order.
+    assert len(check.images) == 4  # Rewards, lengths, budget hits, behaviour rates.
+    for src in check.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    samples = [json.loads(line) for line in open(os.path.join(trainer.workdir, "samples.jsonl"))]
+    assert check.classes.count("sample") == 6 and check.classes.count("thinking") == 6
+    assert html.escape(samples[-1]["prompt"]) in page
+    assert "<td>reward_mean</td>" in page and "<td>eval/reward</td>" in page
+    with pytest.raises(SystemExit):
+        report.main([f"--workdir={tmp_path}"])
+
+
 def test_the_gold_reward_judges_the_evaluations_own_rollouts(finished_run, monkeypatch):
     """`eval.gold_reward`: scored on exactly the rows the training reward scored, logged
     beside it with the gap."""
