@@ -67,7 +67,8 @@ class ModelPolicy:
         """The text this model reads for a question (`start_jax.data.prompts`)."""
         return prompts_lib.render({"prompt": prompt}, self.tokenizer, self.prompt_format)
 
-    def _sample(self, prompts, seed, sampling_config=None, thinking=None, **kwargs):
+    def sample(self, prompts, seed, sampling_config=None, thinking=None, **kwargs):
+        """(rollout, special tokens) of `prompts` (rows repeating a prompt share a prefill)."""
         special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
         sc = self.sampling_config if sampling_config is None else sampling_config
         ids = [self.tokenizer.encode(self.render(p)) for p in prompts]
@@ -101,11 +102,11 @@ class ModelPolicy:
         ``no_thinking``: empty thinking (``<think></think>``) for every prompt.
         """
         given = None if thinking is None else [self.tokenizer.encode(t) for t in thinking]
-        rollout, _ = self._sample(prompts, seed, thinking=given, no_thinking=no_thinking)
+        rollout, _ = self.sample(prompts, seed, thinking=given, no_thinking=no_thinking)
         return sampling.decode_segments(self.tokenizer, rollout)
 
     def think(self, prompts, seed):
-        rollout, special = self._sample(
+        rollout, special = self.sample(
             prompts, seed, self.sampling_config.replace(response_budget=0)
         )
         thinking, _ = sampling.thinking_of(rollout, special.end_think)

@@ -47,7 +47,7 @@ def evaluate_budget(
         policy, sampling_config=policy.sampling_config.replace(think_budget=think_budget)
     )
     prompts = [q["prompt"] for q in questions for _ in range(k)]
-    rollout, _ = policy._sample(prompts, seed)
+    rollout, _ = policy.sample(prompts, seed)
     rows = sampling.decode_segments(policy.tokenizer, rollout)
     think = np.asarray(rollout.think_length)
     hit = np.asarray(rollout.think_truncated) & (think >= think_budget)

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from start_jax.models import lora
+
 # Parameter names of the fused layout made by `fuse_projections`.
 FUSED_QKV, FUSED_QKV_BIAS, FUSED_GATE_UP = "qkv_proj", "qkv_bias", "gate_up_proj"
 
@@ -124,7 +126,7 @@ def decode_params(config, params):
     if not enabled(config):
         return params
     tree = params.get("layers", params)
-    if FUSED_QKV in tree["attn"] or any(k.endswith("_lora_a") for k in tree["attn"]):
+    if FUSED_QKV in tree["attn"] or lora.has_adapters(params):
         return params  # Fused already, or adapters (`models.lora`) that read each kernel.
     return fuse_projections(params)
 
