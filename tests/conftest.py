@@ -22,6 +22,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+# Likewise one tfds data_dir for every run that names none (each world data set is generated
+# once per session, under a lock); the tests of data_dir handling name their own.
+if "START_JAX_DATA_DIR" not in os.environ:
+    _data = tempfile.mkdtemp(prefix="start_jax_tests_data_")
+    atexit.register(shutil.rmtree, _data, ignore_errors=True)
+    os.environ["START_JAX_DATA_DIR"] = _data
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

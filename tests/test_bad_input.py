@@ -191,8 +191,8 @@ def test_options_the_run_does_not_read_are_named():
     config.sft.steps = 50
     config.algo.critic_learning_rate = 5e-4
     assert preflight_module.ignored_options(train.RunSpec.from_config(config)) == [
-        "sft.steps, sft.batch_size set, but a run from init_checkpoint trains no cold-start "
-        "SFT unless sft.from_checkpoint=True: ignored",
+        "sft.steps, sft.batch_size, sft.examples set, but a run from init_checkpoint trains no "
+        "cold-start SFT unless sft.from_checkpoint=True: ignored",
         "algo.critic_learning_rate set, but algo.advantage='grpo' trains no critic: ignored",
     ]
     config.sft.from_checkpoint = True  # Now the SFT settings are read.

@@ -1,13 +1,19 @@
 """Tests for the tfds builders (array_record, no TensorFlow) and start_jax.data.pipeline."""
 
+import dataclasses
+import fcntl
 import json
+import threading
 
 import pytest
 import tensorflow_datasets as tfds
 
+from start_jax import train
 from start_jax.data import pipeline
 from start_jax.data.builders import JsonlConfig, JsonlTasks
 from start_jax.data.pipeline import PromptIterator
+from start_jax.train import data_io
+from start_jax.train.config import default_config
 from start_jax.world import dataset as world_data
 from start_jax.world import generator as world
 from start_jax.world.builders import SyntheticWorld, SyntheticWorldConfig
@@ -243,3 +249,50 @@ def test_prompt_iterator_on_a_data_source(data_dir):
     assert all(set(r) == FIELDS and isinstance(r["prompt"], str) for b in first for r in b)
     with pytest.raises(ValueError, match="bad state"):
         resumed.restore({"epoch": 0, "position": 9})
+
+
+def test_runs_sharing_a_data_dir_generate_each_data_set_once(tmp_path, monkeypatch):
+    """A run that finds another generating the same data set waits for it under the lock
+    (in <data_dir>/.locks), then reads what that one wrote instead of generating again."""
+    config = world_data.synthetic_config("facts", seed=5, train_size=40, test_size=8)
+    make = lambda: SyntheticWorld(  # noqa: E731
+        config=config, data_dir=str(tmp_path), file_format=pipeline.FILE_FORMAT
+    )
+    generated = []
+    info = pipeline.logging.info
+    monkeypatch.setattr(
+        pipeline.logging,
+        "info",
+        lambda msg, *a: (
+            generated.append(threading.current_thread().name)
+            if msg.startswith("generated")
+            else info(msg, *a)
+        ),
+    )
+    b = make()
+    lock = tmp_path / ".locks" / f"{b.name}-{b.builder_config.name}-{b.version}.lock"
+    got = {}
+    waiter = threading.Thread(
+        target=lambda: got.update(n=len(pipeline.build_source(make, "train"))), name="waiter"
+    )
+    lock.parent.mkdir()
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # Another run holds the lock ...
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive()  # ... so this one waits,
+        pipeline.prepare(make())  # while the other generates the data set.
+    waiter.join(60)
+    assert got == {"n": 40} and generated == ["MainThread"]
+    # Prepared already: no lock is taken.
+    assert len(pipeline.build_source(make, "test")) == 8 and generated == ["MainThread"]
+
+
+def test_the_data_dir_comes_from_the_config_then_the_environment_then_the_workdir(monkeypatch):
+    spec = train.RunSpec.from_config(default_config()).data
+    monkeypatch.delenv(data_io.DATA_DIR_ENV, raising=False)
+    assert data_io.data_dir_of(spec, "/w") == "/w/data"
+    monkeypatch.setenv(data_io.DATA_DIR_ENV, "/shared")
+    assert data_io.data_dir_of(spec, "/w") == "/shared"
+    named = dataclasses.replace(spec, data_dir="/mine")
+    assert data_io.data_dir_of(named, "/w") == "/mine"

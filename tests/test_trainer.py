@@ -387,8 +387,10 @@ def test_ten_stage_schedule_runs_its_stages_in_order(tmp_path, finished_run):
     config.eval.every = 0
     config.log.samples_every = 0
     config.checkpoint.every, config.checkpoint.keep = 5, 2
-    for part in ("data", "init_policy"):  # The smoke run's data and cold start, reused.
-        shutil.copytree(os.path.join(finished_run[0].workdir, part), tmp_path / "run" / part)
+    # The smoke run's cold start, reused (the session shares the data sets: tests/conftest.py).
+    shutil.copytree(
+        os.path.join(finished_run[0].workdir, "init_policy"), tmp_path / "run" / "init_policy"
+    )
     trainer = train.Trainer(config, str(tmp_path / "run"))
     trainer.run()
     rows = read_metrics(trainer.workdir)

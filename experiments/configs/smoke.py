@@ -24,6 +24,7 @@ def get_config():
     c.mesh.replicate_uneven = True  # 4 rollouts a step on any number of devices.
     c.sft.steps = 10
     c.sft.batch_size = 8
+    c.sft.examples = 256  # The 80 traces 10 steps draw come from these (not all 20,000).
     c.sampling.think_budget = 8
     c.sampling.response_budget = 4
     c.algo.group_size = 2

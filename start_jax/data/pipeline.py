@@ -13,6 +13,7 @@ No TensorFlow is needed: the builders write array_record files and are read with
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -134,7 +135,8 @@ def prepare(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.GeneratorBase
 def prepared(
     make_builder: Callable[[], tfds.core.GeneratorBasedBuilder],
 ) -> tfds.core.GeneratorBasedBuilder:
-    """`prepare(make_builder())`, without a race between JAX processes.
+    """`prepare(make_builder())`, without a race between JAX processes or between runs
+    that share a `data_dir`.
 
     With several processes (`jax.distributed`), process 0 generates the data set
     while the others wait at a barrier; then every process makes its builder,
@@ -143,11 +145,26 @@ def prepared(
     0 wrote to (a host-local workdir) generates its own copy.
     """
     if jax.process_count() == 1:
-        return prepare(make_builder())
+        return _prepared_once(make_builder)
     if jax.process_index() == 0:
-        prepare(make_builder())
+        _prepared_once(make_builder)
     sharding.barrier("start_jax.data.pipeline.prepared")
-    return prepare(make_builder())
+    return _prepared_once(make_builder)
+
+
+def _prepared_once(make_builder):
+    """`prepare(make_builder())` under a lock on the data set's folder, so that runs
+    sharing a `data_dir` generate each data set once (the others wait for it)."""
+    builder = make_builder()
+    if builder.is_prepared() or "://" in os.fspath(builder.data_dir):  # Done; or not a disk.
+        return prepare(builder)
+    locks = os.path.join(os.fspath(builder.data_dir_root), ".locks")
+    os.makedirs(locks, exist_ok=True)
+    name = f"{builder.name}-{builder.builder_config.name}-{builder.version}.lock"
+    with open(os.path.join(locks, name), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # Released when the file closes.
+        # Made again: another run may have generated the data set while this one waited.
+        return prepare(make_builder())
 
 
 def build_source(

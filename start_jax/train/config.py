@@ -76,7 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.name = "facts"  # Synthetic config: arith | facts | mixed.
     c.data.train_path = ""  # JSONL train file (source='jsonl').
     c.data.test_path = ""  # JSONL test file (source='jsonl').
-    c.data.data_dir = ""  # tfds data_dir; '' = <workdir>/data.
+    c.data.data_dir = ""  # tfds data_dir; '' = $START_JAX_DATA_DIR if set, else <workdir>/data.
     c.data.prompts_per_step = 16  # Distinct prompts per RL step.
     c.data.max_prompt_tokens = 32  # Longer prompts are an error (world prompts: <= 14).
 

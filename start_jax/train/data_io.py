@@ -12,6 +12,8 @@ from start_jax.data.prompts import PromptFormat
 from start_jax.errors import DataError
 from start_jax.train.spec import DataSpec
 
+DATA_DIR_ENV = "START_JAX_DATA_DIR"
+
 
 def datasets(
     data: DataSpec,
@@ -21,7 +23,7 @@ def datasets(
 ):
     """(train, test) sources of example dicts, prompts rendered by `fmt`
     (`start_jax.data.prompts`; with a chat template `tokenizer` renders them)."""
-    data_dir = data.data_dir or os.path.join(workdir, "data")
+    data_dir = data_dir_of(data, workdir)
     task = tasks.get(data.source)
     return tuple(
         prompts.RenderedSource(
@@ -33,6 +35,13 @@ def datasets(
         )
         for split in ("train", "test")
     )
+
+
+def data_dir_of(data: DataSpec, workdir: str) -> str:
+    """Where a run's tfds data sets are built and read: ``data.data_dir``, else the
+    environment's ``START_JAX_DATA_DIR`` (shared by runs that set it), else
+    ``<workdir>/data``."""
+    return data.data_dir or os.environ.get(DATA_DIR_ENV) or os.path.join(workdir, "data")
 
 
 class PromptEncoder:
