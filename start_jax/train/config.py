@@ -206,6 +206,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.log.samples_every = 5  # Write decoded rollouts every N steps.
     c.log.samples = 4  # Rollouts written each time.
     c.log.progress = True  # Show a progress bar.
+    c.log.wandb = ml_collections.ConfigDict()  # Weights & Biases (pip install wandb).
+    c.log.wandb.project = ""  # W&B project: '' = no W&B run.
+    c.log.wandb.entity = ""  # W&B team or user; '' = the account's default.
+    c.log.wandb.name = ""  # Run name; '' = the workdir's name.
+    c.log.wandb.mode = "online"  # online | offline (files under <workdir>/wandb) | disabled.
+    c.log.wandb.init_timeout = 60.0  # Seconds to wait for W&B to start (then: a warning).
     return c
 
 
@@ -222,6 +228,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ("sampling.dtype", config.sampling.dtype, ("", "float32", "bfloat16")),
         ("model.attention_impl", config.model.attention_impl, ATTENTION_IMPLS),
         ("model.cpu_fast_paths", config.model.cpu_fast_paths, ("auto", "on", "off")),
+        ("log.wandb.mode", config.log.wandb.mode, ("online", "offline", "disabled")),
     ):
         if value not in allowed:
             raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")

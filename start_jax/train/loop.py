@@ -23,7 +23,7 @@ from start_jax.checkpoints import save_pretrained
 from start_jax.data.pipeline import PromptIterator
 from start_jax.train import checkpointing
 from start_jax.train.spec import StageSpec
-from start_jax.train.writers import MetricWriter, write_samples
+from start_jax.train.writers import MetricWriter
 
 
 class _SigtermFlag:
@@ -69,7 +69,12 @@ def run(trainer) -> dict:
         logging.info("resumed from %s/checkpoints at step %d", trainer.workdir, latest)
         if trainer.primary:
             print(f"resuming from step {latest} ({trainer.workdir}/checkpoints)")
-    writer = MetricWriter(trainer.workdir, resume_step=start)
+    writer = MetricWriter(
+        trainer.workdir,
+        resume_step=start,
+        wandb=spec.log.wandb,
+        config=json.loads(spec.config_json),
+    )
     summary = {"first": None, "last": None, "eval": {}}
     began = time.perf_counter()
     stopped = False
@@ -100,7 +105,7 @@ def run(trainer) -> dict:
             metrics.update(_rollout_metrics(trainer, host), stage=trainer.stages.index(stage))
             metrics.update(trainer.behaviour_metrics(rows))
             if write:  # Numbered as in metrics.jsonl: the step just taken, from 1.
-                _write_samples(trainer, step + 1, rows, reward)
+                _write_samples(trainer, writer, step + 1, rows, reward)
             done = step + 1
             if spec.eval.every and (done % spec.eval.every == 0 or done == trainer.total_steps):
                 metrics.update(trainer.evaluate(state.params, done, stage))
@@ -226,6 +231,6 @@ def _rollout_metrics(trainer, host) -> dict:
     }
 
 
-def _write_samples(trainer, step: int, rows: list[dict], reward) -> None:
+def _write_samples(trainer, writer, step: int, rows: list[dict], reward) -> None:
     rows = [{**row, "reward": float(r)} for row, r in zip(rows[: trainer.spec.log.samples], reward)]
-    write_samples(trainer.workdir, step, rows)
+    writer.samples(step, rows)

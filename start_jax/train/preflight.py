@@ -15,6 +15,7 @@ from start_jax.errors import ConfigError
 from start_jax.train.config import default_config
 from start_jax.train.init_policy import check_vocab
 from start_jax.train.spec import RunSpec, check_context
+from start_jax.train.writers import import_wandb
 
 
 def ignored_options(spec: RunSpec) -> list[str]:
@@ -60,6 +61,12 @@ def preflight(spec: RunSpec, workdir: str):
     flag, file or line."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"workdir {workdir} is an existing file, not a directory")
+    if spec.log.wandb.project:
+        import_wandb()
+        if not spec.log.wandb.init_timeout > 0:
+            raise ConfigError(
+                f"config: log.wandb.init_timeout={spec.log.wandb.init_timeout!r} must be > 0"
+            )
     try:
         mesh = sharding.make_mesh(spec.mesh)
     except ValueError as e:

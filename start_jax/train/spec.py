@@ -135,10 +135,22 @@ class EvalSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class WandbSpec:
+    """`log.wandb`: Weights & Biases beside metrics.jsonl (off while `project` is '')."""
+
+    project: str = ""
+    entity: str = ""
+    name: str = ""
+    mode: str = "online"
+    init_timeout: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
 class LogSpec:
     samples_every: int
     samples: int
     progress: bool
+    wandb: WandbSpec = WandbSpec()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,7 +393,10 @@ class RunSpec:
                 gold_reward=c.eval.gold_reward,
                 gold_kwargs=tuple(sorted(c.eval.gold_kwargs.to_dict().items())),
             ),
-            log=LogSpec(**c.log.to_dict()),
+            log=LogSpec(
+                **{k: v for k, v in c.log.to_dict().items() if k != "wandb"},
+                wandb=WandbSpec(**c.log.wandb.to_dict()),
+            ),
             config_json=json.dumps(json.loads(c.to_json_best_effort()), sort_keys=True),
         )
 
