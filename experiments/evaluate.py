@@ -5,8 +5,11 @@ k samples per question, at one or several thinking budgets.
       --questions=jsonl:/data/test.jsonl --reward=math --k=8 --budgets=256,1024,4096 \\
       --out=/tmp/eval [--n=500 --response_budget=512 --chat_template --tokenizer=DIR]
 
-`--questions` is ``jsonl:PATH`` (rows with 'prompt' and 'reference') or
-``synthetic:facts`` / ``synthetic:arith`` (the embedded world's test split). Each question
+`--questions` is ``jsonl:PATH`` (rows with 'prompt' or 'messages', and 'reference', as in
+training) or ``synthetic:facts`` / ``synthetic:arith`` (the embedded world's test split).
+With `--chat_template` each question is rendered as training renders it: a row's own
+``messages``, else the prompt as the user's turn after `--system`, with
+`--template_kwargs` (default ``{"enable_thinking": true}``). Each question
 is sampled k times (one prefill per question), `</think>` forced at each budget; each
 response is scored by `--reward` (any registered reward, `--reward_kwargs` as JSON), and a
 sample counts as correct when its reward is at least `--correct_at`. Per checkpoint and
@@ -48,6 +51,10 @@ def _args(argv):
     p.add_argument("--correct_at", type=float, default=1.0)
     p.add_argument("--tokenizer", default="", help="'' = each checkpoint's own, else 'world'")
     p.add_argument("--chat_template", action="store_true", help="render with the chat template")
+    p.add_argument("--system", default="", help="system message of rows without one")
+    p.add_argument(
+        "--template_kwargs", default='{"enable_thinking": true}', help="JSON: chat template args"
+    )
     p.add_argument("--batch", type=int, default=32, help="questions sampled together")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data_dir", default="", help="tfds data_dir of synthetic questions")
@@ -58,10 +65,14 @@ def _args(argv):
     try:
         args.budgets = [int(b) for b in args.budgets.split(",")]
         args.reward_kwargs = json.loads(args.reward_kwargs)
+        args.template_kwargs = json.loads(args.template_kwargs)
     except ValueError as e:
-        p.error(f"--budgets must be integers and --reward_kwargs a JSON object ({e})")
-    if not isinstance(args.reward_kwargs, dict):
-        p.error(f"--reward_kwargs must be a JSON object (got {args.reward_kwargs!r})")
+        p.error(
+            f"--budgets must be integers, --reward_kwargs and --template_kwargs JSON objects ({e})"
+        )
+    for name in ("reward_kwargs", "template_kwargs"):
+        if not isinstance(getattr(args, name), dict):
+            p.error(f"--{name} must be a JSON object (got {getattr(args, name)!r})")
     if any(b < 0 for b in args.budgets):
         p.error(f"--budgets must be >= 0 (got {args.budgets})")
     args.checkpoints = [c for c in args.checkpoints.split(",") if c]
@@ -127,6 +138,8 @@ def main(argv=None) -> list[dict]:
     reward_fn = rewards.make(args.reward, **args.reward_kwargs)
     data_dir = args.data_dir or os.path.join(args.out, "data")
     questions = load_questions(args.questions, data_dir, args.n)
+    if not args.chat_template and any("messages" in (q["metadata"] or {}) for q in questions):
+        sys.exit(f"evaluate: {args.questions} has rows with 'messages': add --chat_template")
     table = []
     for path in args.checkpoints:
         config, params = checkpoints.load_pretrained(path)
@@ -134,7 +147,7 @@ def main(argv=None) -> list[dict]:
         sc = sampling.SamplingConfig(
             temperature=args.temperature, response_budget=args.response_budget
         )
-        fmt = PromptFormat(chat_template=args.chat_template)
+        fmt = PromptFormat.create(args.chat_template, args.system, args.template_kwargs)
         policy = ModelPolicy(config, params, tok, sc, prompt_format=fmt)
         name = _name(path)
         os.makedirs(os.path.join(args.out, name), exist_ok=True)

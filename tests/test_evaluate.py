@@ -13,7 +13,9 @@ import pytest
 from experiments import evaluate
 from start_jax import checkpoints, models
 from start_jax.eval import sampled
+from start_jax.tokenizer import HFTokenizer
 from start_jax.world import generator as world
+from tests import bpe_fixtures
 
 pytestmark = pytest.mark.e2e  # A command end to end (so also slow).
 
@@ -83,3 +85,44 @@ def test_bad_arguments_are_refused_with_one_line(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate.main([f"--checkpoints={tmp_path}", "--questions=q", "--reward=x", "--out=o"])
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_messages_rows_are_rendered_through_the_chat_template_as_in_training(tmp_path, capsys):
+    """JSONL rows with their own conversation (system + user) read as training renders them;
+    a plain row gets `--system`; without `--chat_template` such rows are refused."""
+    ckpt = bpe_fixtures.make_tiny_qwen3(tmp_path / "qwen3")
+    rows = bpe_fixtures.gsm8k_rows(2, seed=3, messages=True) + bpe_fixtures.gsm8k_rows(1, seed=4)
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = [
+        f"--checkpoints={ckpt}",
+        f"--questions=jsonl:{path}",
+        "--reward=math",
+        "--k=2",
+        "--budgets=3",
+        "--response_budget=4",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--out={tmp_path / 'eval'}",
+    ]
+    with pytest.raises(SystemExit, match="has rows with 'messages': add --chat_template"):
+        evaluate.main(argv)
+    evaluate.main([*argv, "--chat_template", "--system=Be brief."])
+    records = [json.loads(line) for line in open(tmp_path / "eval" / "qwen3" / "budget3.jsonl")]
+    tok = HFTokenizer.from_pretrained(ckpt)
+    want = [
+        tok.apply_chat_template(r["messages"], add_generation_prompt=True, enable_thinking=True)
+        for r in rows[:2]
+    ] + [
+        tok.apply_chat_template(
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": rows[2]["prompt"]},
+            ],
+            add_generation_prompt=True,
+            enable_thinking=True,
+        )
+    ]
+    assert sorted(r["prompt"] for r in records) == sorted(want)  # The data set's order.
+    assert want[0].startswith(f"<|im_start|>system\n{bpe_fixtures.SYSTEM_PROMPT}<|im_end|>")
+    think = np.asarray([r["think_tokens"] for r in records])
+    assert think.shape == (3, 2) and think.max() <= 3

@@ -63,12 +63,15 @@ class ModelPolicy:
     mesh: object = None
     prompt_format: PromptFormat = PromptFormat()  # Questions through its own chat template.
 
-    def render(self, prompt: str) -> str:
-        """The text this model reads for a question (`start_jax.data.prompts`)."""
-        return prompts_lib.render({"prompt": prompt}, self.tokenizer, self.prompt_format)
+    def render(self, prompt: str | dict) -> str:
+        """The text this model reads for a question: a prompt, or a task row (its own
+        ``messages`` in its metadata: `start_jax.data.prompts.render`)."""
+        row = prompt if isinstance(prompt, dict) else {"prompt": prompt}
+        return prompts_lib.render(row, self.tokenizer, self.prompt_format)
 
     def sample(self, prompts, seed, sampling_config=None, thinking=None, **kwargs):
-        """(rollout, special tokens) of `prompts` (rows repeating a prompt share a prefill)."""
+        """(rollout, special tokens) of `prompts` (texts or task rows, see `render`; rows
+        repeating a prompt share a prefill)."""
         special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
         sc = self.sampling_config if sampling_config is None else sampling_config
         ids = [self.tokenizer.encode(self.render(p)) for p in prompts]

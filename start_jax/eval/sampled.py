@@ -41,13 +41,15 @@ def evaluate_budget(
     think_budget: int,
     seed: int,
 ) -> list[dict]:
-    """One record per question (k samples at `think_budget`): 'rewards', 'answers',
-    'think_tokens' and 'hit_budget' (lists of k)."""
+    """One record per question (k samples at `think_budget`): 'prompt' (the text the
+    model read: a row's own ``messages`` through the chat template), 'rewards',
+    'answers', 'think_tokens' and 'hit_budget' (lists of k)."""
     policy = dataclasses.replace(
         policy, sampling_config=policy.sampling_config.replace(think_budget=think_budget)
     )
-    prompts = [q["prompt"] for q in questions for _ in range(k)]
-    rollout, _ = policy.sample(prompts, seed)
+    rows_in = [dict(q) for q in questions]
+    texts = [policy.render(q) for q in rows_in]
+    rollout, _ = policy.sample([q for q in rows_in for _ in range(k)], seed)
     rows = sampling.decode_segments(policy.tokenizer, rollout)
     think = np.asarray(rollout.think_length)
     hit = np.asarray(rollout.think_truncated) & (think >= think_budget)
@@ -63,6 +65,7 @@ def evaluate_budget(
         part = slice(j * k, (j + 1) * k)
         out.append(
             {
+                "prompt": texts[j],
                 "rewards": scores[part].round(6).tolist(),
                 "answers": [extract_answer(reward_fn, r["response"]) for r in rows[part]],
                 "think_tokens": think[part].astype(int).tolist(),
