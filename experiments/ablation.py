@@ -1025,6 +1025,101 @@ def plot_curves(results: dict, path: str, smooth: int = 5, algo: str | None = No
     plt.close(fig)
 
 
+GOLD_WINDOW = 5  # Steps averaged at each end of a run for the training-vs-gold table.
+
+
+def gold_key(thinker: str) -> str:
+    """The per-step rate of correct responses of a run's family (rlvr trains on arith).
+    It is the correctness-only judge `synthetic_correct` (the gold reward) scored on the
+    step's own rollouts: the world's classifier and that judge share `arith_correct` and
+    `facts_outcome`."""
+    family = "arith" if thinker.startswith("rlvr") else "facts"
+    return f"behaviour/{family}/response_correct"
+
+
+def gold_rows(results: dict) -> list[dict]:
+    """Per run: the training reward (the setting's judge), the gold reward (correctness
+    only) and their gap, over the first and the last `GOLD_WINDOW` steps; each the mean
+    over seeds with the standard deviation over seeds (the seed is the unit)."""
+    out = []
+    for name in sorted({c["thinker"] for c in results["curves"]}):
+        key, w = gold_key(name), GOLD_WINDOW
+        runs = [c["rows"] for c in results["curves"] if c["thinker"] == name and c["rows"]]
+        runs = [run for run in runs if all(key in r for r in run)]
+        if not runs:
+            continue
+        row = {"run": name, "gold": key, "seeds": len(runs)}
+        for end, part in (("first", slice(None, w)), ("last", slice(-w, None))):
+            train = np.array([np.mean([r["reward_mean"] for r in run[part]]) for run in runs])
+            gold = np.array([np.mean([r[key] for r in run[part]]) for run in runs])
+            for what, v in (("reward", train), ("gold", gold), ("gap", train - gold)):
+                row[f"{end}_{what}"] = [float(v.mean()), float(v.std())]
+        out.append(row)
+    return out
+
+
+def gold_table(results: dict) -> str:
+    lines = [
+        f"| run | seeds | training reward, last {GOLD_WINDOW} | gold, last {GOLD_WINDOW} | "
+        f"gap, first {GOLD_WINDOW} steps | gap, last {GOLD_WINDOW} steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    cell = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}"  # noqa: E731
+    for r in gold_rows(results):
+        lines.append(
+            f"| {r['run']} | {r['seeds']} | {cell(r['last_reward'])} | {cell(r['last_gold'])} | "
+            f"{r['first_gap'][0]:+.3f} ± {r['first_gap'][1]:.3f} | "
+            f"{r['last_gap'][0]:+.3f} ± {r['last_gap'][1]:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_gold(results: dict, path: str, smooth: int = 5) -> None:
+    """One panel per variant: the training reward (solid) and the gold reward (dashed)
+    against the RL step, GRPO and PPO, mean over seeds; the gap between them shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = sorted({c["thinker"].rsplit("/", 1)[0] for c in results["curves"]})
+    cols = min(3, len(variants))
+    rows = -(-len(variants) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    colours = {"grpo": "tab:blue", "ppo": "tab:red"}
+    for ax, variant in zip(axes.ravel(), variants):
+        for algo, colour in colours.items():
+            name = f"{variant}/{algo}"
+            key = gold_key(name)
+            runs = [c["rows"] for c in results["curves"] if c["thinker"] == name and c["rows"]]
+            runs = [run for run in runs if all(key in r for r in run)]
+            if not runs:
+                continue
+            n = min(len(run) for run in runs)
+            steps = [r["step"] for r in runs[0][:n]]
+            train, gold = (
+                np.mean([_smooth(np.array([r[k] for r in run[:n]]), smooth) for run in runs], 0)
+                for k in ("reward_mean", key)
+            )
+            ax.plot(steps, train, "-", color=colour, lw=1.4, label=f"{algo}: training reward")
+            ax.plot(steps, gold, "--", color=colour, lw=1.4, label=f"{algo}: gold (correct)")
+            ax.fill_between(steps, gold, train, color=colour, alpha=0.1)
+        ax.set_title(variant, fontsize=10)
+        ax.set_xlabel("RL step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(variants) :]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(
+        f"{results.get('setting', 'standard')} setting: training reward vs gold reward "
+        f"(correctness only) on the training rollouts, mean over seeds, {smooth}-step average"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def plot(results: dict, path: str) -> None:
     """Bar charts with 95% intervals: final reward, efficacy and complete thinking per family."""
     import matplotlib
@@ -1173,6 +1268,13 @@ def markdown(results: dict) -> str:
             + " | ".join(fmt(row.get(label)) for _, label in CONTROL_KEYS)
             + " |"
         )
+    lines += [
+        "",
+        "Training reward (the setting's judge) against the gold reward (correctness only) on "
+        "the same training rollouts; mean ± sd over seeds:",
+        "",
+        gold_table(results),
+    ]
     clipped = clip_fractions(results)
     if clipped:
         lines += [
@@ -1189,11 +1291,13 @@ def report(results: dict, out: str) -> None:
     print(table(results))
     print(contrast_table(results))
     print(control_table(results))
+    print(gold_table(results))
     for name, frac in clip_fractions(results).items():
         print(f"clipped fraction {name}: {frac:.4f}")
     with open(os.path.join(out, "tables.md"), "w") as fh:
         fh.write(markdown(results) + "\n")
     plot_curves(results, os.path.join(out, "curves.png"))
+    plot_gold(results, os.path.join(out, "gold.png"))
     plot(results, os.path.join(out, "ablation.png"))
     plot_matrices(results, os.path.join(out, "cross_generation.png"))
 

@@ -28,7 +28,9 @@ import argparse
 import json
 import os
 import sys
+import time
 
+from experiments.ablation import provenance
 from start_jax import checkpoints, rewards, sampling
 from start_jax.data.prompts import PromptFormat
 from start_jax.eval import sampled
@@ -133,6 +135,7 @@ def _plot(table: list[dict], k: int, path: str) -> None:
 
 
 def main(argv=None) -> list[dict]:
+    began = time.time()
     args = _args(sys.argv[1:] if argv is None else argv)
     os.makedirs(args.out, exist_ok=True)
     reward_fn = rewards.make(args.reward, **args.reward_kwargs)
@@ -159,7 +162,15 @@ def main(argv=None) -> list[dict]:
             table.append(row)
             print(_line(row, args.k), flush=True)
     with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump({"args": {k: v for k, v in vars(args).items()}, "table": table}, fh, indent=1)
+        json.dump(
+            {
+                "args": {k: v for k, v in vars(args).items()},
+                "table": table,
+                "provenance": {**provenance(), "argv": sys.argv, "seconds": time.time() - began},
+            },
+            fh,
+            indent=1,
+        )
     if len(args.budgets) > 1:
         _plot(table, args.k, os.path.join(args.out, "budgets.png"))
     return table

@@ -202,3 +202,34 @@ def test_markdown_tables_and_stage1_check():
     b = {c["seed"]: c["rows"] for c in results["curves"] if c["thinker"] == "joint/grpo"}
     at = lambda rows: np.mean([r["reward_mean"] for r in rows if r["step"] <= 3])  # noqa: E731
     assert row["reward"][0] == pytest.approx(np.mean([at(a[s]) - at(b[s]) for s in SEEDS]))
+
+
+def test_training_against_gold_rows_by_hand(tmp_path):
+    """First and last `GOLD_WINDOW` steps of each run: the training reward, the gold (the
+    family's correct rate) and the gap, mean and sd over seeds; arith for rlvr."""
+    rs = np.random.RandomState(1)
+    keys = ("reward_mean", "behaviour/facts/response_correct", "behaviour/arith/response_correct")
+    curves = [
+        {
+            "seed": seed,
+            "thinker": name,
+            "rows": [{"step": s, **{k: float(rs.rand()) for k in keys}} for s in range(1, 9)],
+        }
+        for name in ("joint/grpo", "rlvr/ppo")
+        for seed in (0, 1, 2)
+    ]
+    results = {"curves": curves}
+    rows = {r["run"]: r for r in ablation.gold_rows(results)}
+    assert list(rows) == ["joint/grpo", "rlvr/ppo"]
+    for name, key in (("joint/grpo", keys[1]), ("rlvr/ppo", keys[2])):
+        runs = [c["rows"] for c in curves if c["thinker"] == name]
+        gap = [np.mean([r["reward_mean"] - r[key] for r in run[-5:]]) for run in runs]
+        first = [np.mean([r["reward_mean"] - r[key] for r in run[:5]]) for run in runs]
+        gold = [np.mean([r[key] for r in run[-5:]]) for run in runs]
+        assert rows[name]["gold"] == key and rows[name]["seeds"] == 3
+        np.testing.assert_allclose(rows[name]["last_gap"], [np.mean(gap), np.std(gap)], 1e-12)
+        np.testing.assert_allclose(rows[name]["first_gap"], [np.mean(first), np.std(first)], 1e-12)
+        np.testing.assert_allclose(rows[name]["last_gold"], [np.mean(gold), np.std(gold)], 1e-12)
+    assert "| joint/grpo | 3 |" in ablation.gold_table(results)
+    ablation.plot_gold(results, str(tmp_path / "gold.png"))
+    assert os.path.getsize(tmp_path / "gold.png") > 10_000

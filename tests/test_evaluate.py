@@ -63,6 +63,7 @@ def test_the_command_samples_k_per_question_at_each_budget_and_resumes(
         assert row["pass@1"][0] <= row["pass@3"][0]
     saved = json.load(open(os.path.join(out, "results.json")))
     assert saved["table"] == json.loads(json.dumps(table))
+    assert saved["provenance"]["seconds"] > 0 and "jax" in saved["provenance"]["versions"]
     assert os.path.isfile(os.path.join(out, "budgets.png"))
     # Rerun: every question is found, nothing is sampled again.
     monkeypatch.setattr(sampled, "evaluate_budget", lambda *a: pytest.fail("sampled again"))

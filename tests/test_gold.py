@@ -10,8 +10,8 @@ import pytest
 
 from start_jax import rewards, train
 from start_jax.errors import ConfigError
+from start_jax.world import classify, judges
 from start_jax.world import generator as world
-from start_jax.world import judges
 from tests.fixtures import smoke_config
 
 
@@ -34,6 +34,35 @@ def test_the_correctness_judge_pays_right_answers_only():
     arith = world.generate("arith", 1, seed=1)[0]
     answers = [f"it is {arith.reference}", "it is -1"]
     np.testing.assert_array_equal(gold([judges.reward_input(arith, a) for a in answers]), [1, 0])
+
+
+def test_the_gold_mean_is_the_classifiers_correct_rate_on_the_same_rows():
+    """The ablation's training-vs-gold curves read the gold reward from the per-step
+    `behaviour/<family>/response_correct`: the two agree on every mix of responses."""
+    rs = np.random.RandomState(0)
+    gold = rewards.make("synthetic_correct")
+    for family in ("facts", "arith"):
+        examples = world.generate(family, 60, seed=2)
+        others = [x.reference for x in examples]
+        rows = []
+        for e in examples:
+            answer = e.reference if rs.rand() < 0.5 else others[rs.randint(len(others))]
+            salient = world.salient_entity(e.prompt) if family == "facts" else None
+            if salient and rs.rand() < 0.2:
+                answer = salient
+            response = world.style_answer(answer, bool(rs.rand() < 0.5))
+            rows.append(
+                {
+                    "prompt": e.prompt,
+                    "thinking": e.thinking,
+                    "response": response,
+                    "reference": e.reference,
+                    "family": family,
+                }
+            )
+        scores = gold([judges.reward_input(e, r["response"]) for e, r in zip(examples, rows)])
+        rate = classify.behaviour_rates(rows)[f"behaviour/{family}/response_correct"]
+        assert 0.3 < rate < 0.8 and float(scores.mean()) == pytest.approx(rate, abs=1e-6)
 
 
 def test_the_gold_reward_is_checked_and_named_by_its_own_keys():
