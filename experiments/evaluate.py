@@ -18,7 +18,8 @@ reward's extracted answers), the mean reward, the mean thinking length and the f
 rows that spent the budget, each with a 95% bootstrap interval over questions. Written
 to ``<out>``: ``results.json`` (the table and its intervals), ``<checkpoint>/budget<B>.jsonl``
 (per-question samples: rewards, answers, thinking lengths) and, with several budgets,
-``budgets.png`` (pass@1 against the budget, one line per checkpoint). Resumable: the
+``budgets.png`` (pass@1, thinking length and budget-hit rate against the budget, one
+line per checkpoint). Resumable: the
 questions already in a ``budget<B>.jsonl`` are kept, in batches of `--batch` questions.
 """
 
@@ -112,25 +113,34 @@ def _records(path: str, policy, questions, reward_fn, args, budget: int) -> list
     return done
 
 
-def _plot(table: list[dict], k: int, path: str) -> None:
+def plot_budgets(table: list[dict], k: int, path: str) -> None:
+    """pass@1, the mean thinking length and the budget-hit rate against the thinking
+    budget, one line per checkpoint, with the 95% intervals."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name in dict.fromkeys(r["checkpoint"] for r in table):
-        rows = sorted((r for r in table if r["checkpoint"] == name), key=lambda r: r["budget"])
-        x = [r["budget"] for r in rows]
-        mean, low, high = zip(*(r["pass@1"] for r in rows))
-        ax.plot(x, mean, marker="o", label=name)
-        ax.fill_between(x, low, high, alpha=0.2)
-    ax.set_xlabel("thinking budget (tokens)")
-    ax.set_ylabel("pass@1")
-    ax.set_title(f"pass@1 by thinking budget ({k} samples a question)", fontsize=10)
-    ax.legend()
+    panels = (
+        ("pass@1", "pass@1"),
+        ("think_tokens", "thinking tokens (mean)"),
+        ("hit_budget", "rows that hit the budget"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (key, label) in zip(axes, panels):
+        for name in dict.fromkeys(r["checkpoint"] for r in table):
+            rows = sorted((r for r in table if r["checkpoint"] == name), key=lambda r: r["budget"])
+            x = [r["budget"] for r in rows]
+            mean, low, high = zip(*(r[key] for r in rows))
+            ax.plot(x, mean, marker="o", label=name)
+            ax.fill_between(x, low, high, alpha=0.2)
+        ax.set_xlabel("thinking budget (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"Against the thinking budget ({k} samples a question, 95% intervals)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -172,7 +182,7 @@ def main(argv=None) -> list[dict]:
             indent=1,
         )
     if len(args.budgets) > 1:
-        _plot(table, args.k, os.path.join(args.out, "budgets.png"))
+        plot_budgets(table, args.k, os.path.join(args.out, "budgets.png"))
     return table
 
 
