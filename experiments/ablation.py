@@ -1028,13 +1028,24 @@ def plot_curves(results: dict, path: str, smooth: int = 5, algo: str | None = No
 GOLD_WINDOW = 5  # Steps averaged at each end of a run for the training-vs-gold table.
 
 
+def _variant(thinker: str) -> str:
+    return thinker.split("/")[0].split(".")[0]
+
+
 def gold_key(thinker: str) -> str:
-    """The per-step rate of correct responses of a run's family (rlvr trains on arith).
-    It is the correctness-only judge `synthetic_correct` (the gold reward) scored on the
-    step's own rollouts: the world's classifier and that judge share `arith_correct` and
+    """The per-step rate of correct responses of a run's family (`FAMILY_OF`). It is the
+    correctness-only judge `synthetic_correct` (the gold reward) scored on the step's own
+    rollouts: the world's classifier and that judge share `arith_correct` and
     `facts_outcome`."""
-    family = "arith" if thinker.startswith("rlvr") else "facts"
-    return f"behaviour/{family}/response_correct"
+    return f"behaviour/{FAMILY_OF[_variant(thinker)]}/response_correct"
+
+
+def judged_rows(thinker: str, rows: list[dict]) -> list[dict]:
+    """The steps whose training reward is the setting's judge: `start_al`'s stage 1 is
+    trained on the answer likelihood (a log-probability), so its rows are left out."""
+    if _variant(thinker) == "start_al":
+        return [r for r in rows if r.get("stage", 0) != 0]
+    return rows
 
 
 def gold_rows(results: dict) -> list[dict]:
@@ -1044,11 +1055,11 @@ def gold_rows(results: dict) -> list[dict]:
     out = []
     for name in sorted({c["thinker"] for c in results["curves"]}):
         key, w = gold_key(name), GOLD_WINDOW
-        runs = [c["rows"] for c in results["curves"] if c["thinker"] == name and c["rows"]]
-        runs = [run for run in runs if all(key in r for r in run)]
+        runs = [judged_rows(name, c["rows"]) for c in results["curves"] if c["thinker"] == name]
+        runs = [run for run in runs if run and all(key in r for r in run)]
         if not runs:
             continue
-        row = {"run": name, "gold": key, "seeds": len(runs)}
+        row = {"run": name, "gold": key, "seeds": len(runs), "from_step": runs[0][0]["step"]}
         for end, part in (("first", slice(None, w)), ("last", slice(-w, None))):
             train = np.array([np.mean([r["reward_mean"] for r in run[part]]) for run in runs])
             gold = np.array([np.mean([r[key] for r in run[part]]) for run in runs])
@@ -1060,14 +1071,16 @@ def gold_rows(results: dict) -> list[dict]:
 
 def gold_table(results: dict) -> str:
     lines = [
-        f"| run | seeds | training reward, last {GOLD_WINDOW} | gold, last {GOLD_WINDOW} | "
-        f"gap, first {GOLD_WINDOW} steps | gap, last {GOLD_WINDOW} steps |",
-        "|---|---|---|---|---|---|",
+        f"| run | seeds | from step | training reward, last {GOLD_WINDOW} | "
+        f"gold, last {GOLD_WINDOW} | gap, first {GOLD_WINDOW} steps | gap, last {GOLD_WINDOW} "
+        "steps |",
+        "|---|---|---|---|---|---|---|",
     ]
     cell = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}"  # noqa: E731
     for r in gold_rows(results):
         lines.append(
-            f"| {r['run']} | {r['seeds']} | {cell(r['last_reward'])} | {cell(r['last_gold'])} | "
+            f"| {r['run']} | {r['seeds']} | {r['from_step']} | {cell(r['last_reward'])} | "
+            f"{cell(r['last_gold'])} | "
             f"{r['first_gap'][0]:+.3f} ± {r['first_gap'][1]:.3f} | "
             f"{r['last_gap'][0]:+.3f} ± {r['last_gap'][1]:.3f} |"
         )
@@ -1091,8 +1104,8 @@ def plot_gold(results: dict, path: str, smooth: int = 5) -> None:
         for algo, colour in colours.items():
             name = f"{variant}/{algo}"
             key = gold_key(name)
-            runs = [c["rows"] for c in results["curves"] if c["thinker"] == name and c["rows"]]
-            runs = [run for run in runs if all(key in r for r in run)]
+            runs = [judged_rows(name, c["rows"]) for c in results["curves"] if c["thinker"] == name]
+            runs = [run for run in runs if run and all(key in r for r in run)]
             if not runs:
                 continue
             n = min(len(run) for run in runs)
@@ -1271,7 +1284,8 @@ def markdown(results: dict) -> str:
     lines += [
         "",
         "Training reward (the setting's judge) against the gold reward (correctness only) on "
-        "the same training rollouts; mean ± sd over seeds:",
+        "the same training rollouts; mean ± sd over seeds (start_al from its stage 2: its "
+        "stage 1 is trained on the answer likelihood):",
         "",
         gold_table(results),
     ]

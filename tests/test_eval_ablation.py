@@ -230,6 +230,13 @@ def test_training_against_gold_rows_by_hand(tmp_path):
         np.testing.assert_allclose(rows[name]["last_gap"], [np.mean(gap), np.std(gap)], 1e-12)
         np.testing.assert_allclose(rows[name]["first_gap"], [np.mean(first), np.std(first)], 1e-12)
         np.testing.assert_allclose(rows[name]["last_gold"], [np.mean(gold), np.std(gold)], 1e-12)
-    assert "| joint/grpo | 3 |" in ablation.gold_table(results)
+    assert "| joint/grpo | 3 | 1 |" in ablation.gold_table(results)
+    # start_al's stage 1 is trained on the answer likelihood: compared from its stage 2.
+    al = [dict(r, stage=int(r["step"] > 4), reward_mean=-3.0) for r in curves[0]["rows"]]
+    for r in al[4:]:
+        r["reward_mean"] = 0.5
+    row = ablation.gold_rows({"curves": [{"seed": 0, "thinker": "start_al/grpo", "rows": al}]})
+    gold = np.mean([r[keys[1]] for r in al[4:]])
+    assert row[0]["from_step"] == 5 and row[0]["first_gap"][0] == pytest.approx(0.5 - gold)
     ablation.plot_gold(results, str(tmp_path / "gold.png"))
     assert os.path.getsize(tmp_path / "gold.png") > 10_000
