@@ -334,6 +334,16 @@ def test_the_run_report_is_one_well_formed_page_with_its_figures(finished_run, t
     assert "<td>reward_mean</td>" in page and "<td>eval/reward</td>" in page
     with pytest.raises(SystemExit):
         report.main([f"--workdir={tmp_path}"])
+    # A run with a gold reward: its gap gets a figure of its own.
+    gold = tmp_path / "gold"
+    gold.mkdir()
+    with open(gold / "metrics.jsonl", "w") as fh:
+        for step in (1, 2):
+            row = {"step": step, "stage": 0, "reward_mean": 0.5, "eval/gold_reward": 0.3}
+            fh.write(json.dumps({**row, "eval/gold_gap": 0.2 * step}) + "\n")
+    page = open(report.main([f"--workdir={gold}"])).read()
+    assert '<img alt="Training minus gold reward (evaluations)"' in page
+    assert "<td>eval/gold_gap</td>" in page
 
 
 def test_the_gold_reward_judges_the_evaluations_own_rollouts(finished_run, monkeypatch):

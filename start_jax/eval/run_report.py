@@ -19,6 +19,7 @@ import os
 
 CURVES = (
     ("Rewards", ("reward_mean", "reward/task", "eval/reward", "eval/gold_reward")),
+    ("Training minus gold reward (evaluations)", ("eval/gold_gap",)),
     ("Lengths (tokens)", ("think_tokens", "response_tokens", "eval/think_tokens")),
     (
         "Budget hits and sampling",
