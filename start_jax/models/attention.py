@@ -12,6 +12,11 @@ cache, S == T), and, for a sliding-window layer (`window` given),
 right-padded responses, unwritten cache slots) and the query slots give
 causality, also for a chunk of queries appended to a KV cache at an offset.
 
+With `documents` (int32 [B, T], self-attention only: several sequences packed into one
+row), key s is visible to query t only if also documents[b, s] == documents[b, t]:
+every implementation applies it ("cudnn" takes "blockwise" for it, "pallas" reads it
+as its segment ids).
+
 Implementations (`impl`):
 
 * "xla": the dense reference, scores [B, K, G, T, S] in float32 from a dense
@@ -141,6 +146,7 @@ def attend(
     block_k: int | None = None,
     v_slots_last: bool = False,
     window: jax.Array | int | None = None,
+    documents: jax.Array | None = None,
 ) -> jax.Array:
     """Attention of q [B, T, K, G, H] (pre-scaled) to k, v; returns [B, T, K, G, H].
 
@@ -157,23 +163,34 @@ def attend(
         v_slots_last: v is [B, K, H, S].
         window: None, or an int32 scalar (traced or not): key slot s is
             visible only if s > q_slots[t] - window (a sliding-window layer).
+        documents: None, or int32 [B, T] document ids of packed rows (self-attention,
+            `q_slots` None): a query sees only keys of its own document.
     """
     b, t, kh, g, h = q.shape
     s = k.shape[2]
     if q_slots is None and s != t:
         raise ValueError(f"q_slots=None needs as many keys as queries; got T={t}, S={s}")
+    if documents is not None and (q_slots is not None or documents.shape != (b, t)):
+        raise ValueError(
+            f"documents need self-attention (q_slots None) and shape {(b, t)}; got "
+            f"{documents.shape} with q_slots {'given' if q_slots is not None else 'None'}"
+        )
     impl = choose_impl(impl, t, q.dtype, q_slots is not None)
     if window is not None and impl in ("cudnn", "pallas"):
         impl = "blockwise"
+    if documents is not None and impl == "cudnn":
+        impl = "blockwise"  # cuDNN's masks (causal + key lengths) cannot express documents.
     block_q = block_q or default_block()
     block_k = block_k or default_block()
     if impl == "xla":
-        return _attend_dense(q, k, v, key_valid, q_slots, v_slots_last, window)
+        return _attend_dense(q, k, v, key_valid, q_slots, v_slots_last, window, documents)
     if impl == "pallas":
-        return _attend_pallas(q, k, v, key_valid, v_slots_last)
+        return _attend_pallas(q, k, v, key_valid, v_slots_last, documents)
     slots = jnp.arange(t, dtype=jnp.int32) if q_slots is None else q_slots.astype(jnp.int32)
     if impl == "blockwise":
-        return blockwise(q, k, v, slots, key_valid, block_q, block_k, v_slots_last, window)
+        return blockwise(
+            q, k, v, slots, key_valid, block_q, block_k, v_slots_last, window, documents
+        )
     if impl == "cudnn":
         return attend_rolled(
             q,
@@ -189,23 +206,31 @@ def attend(
 
 
 def dense_mask(
-    key_valid: jax.Array, q_slots: jax.Array | None, t: int, window: jax.Array | int | None = None
+    key_valid: jax.Array,
+    q_slots: jax.Array | None,
+    t: int,
+    window: jax.Array | int | None = None,
+    documents: jax.Array | None = None,
 ) -> jax.Array:
-    """The [B, T, S] bool mask that `key_valid`, `q_slots` and `window` describe."""
+    """The [B, T, S] bool mask that `key_valid`, `q_slots`, `window` and `documents`
+    describe."""
     s = key_valid.shape[1]
     if q_slots is None:
         q_slots = jnp.arange(t)
     causal = jnp.arange(s)[None, :] <= q_slots[:, None]  # [T, S]
     if window is not None:
         causal &= jnp.arange(s)[None, :] > q_slots[:, None] - window
-    return causal[None] & key_valid.astype(bool)[:, None, :]  # [B, T, S]
+    mask = causal[None] & key_valid.astype(bool)[:, None, :]  # [B, T, S]
+    if documents is not None:
+        mask &= documents[:, :, None] == documents[:, None, :]
+    return mask
 
 
-def _attend_dense(q, k, v, key_valid, q_slots, v_slots_last, window=None):
+def _attend_dense(q, k, v, key_valid, q_slots, v_slots_last, window=None, documents=None):
     """The dense reference (the model's attention before this module)."""
     b, t, kh, g, h = q.shape
     dt = q.dtype
-    mask = dense_mask(key_valid, q_slots, t, window)
+    mask = dense_mask(key_valid, q_slots, t, window, documents)
     scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k.astype(dt), preferred_element_type=jnp.float32)
     scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
@@ -235,6 +260,7 @@ def blockwise(
     block_k: int = 128,
     v_slots_last: bool = False,
     window=None,
+    documents=None,
 ):
     """Online-softmax attention over tiles; see the module docstring."""
     b, t, kh, g, h = q.shape
@@ -254,18 +280,28 @@ def blockwise(
     valid = _pad_axis(key_valid.astype(bool), 1, sp, False)
     windowed = window is not None
     w = jnp.asarray(window if windowed else 0, jnp.int32)
-    out = _flash(bq, bk, v_slots_last, windowed)(qt, kp, vp, slots, valid, w)  # [B, K, G, Tp, H]
+    if documents is None:
+        docs = jnp.zeros((b, 1), jnp.int32)  # Unread (`packed` False).
+    else:  # Query documents padded to Tp and key documents to Sp (their keys are invalid).
+        docs = _pad_axis(documents.astype(jnp.int32), 1, max(tp, sp))
+    flash = _flash(bq, bk, v_slots_last, windowed, documents is not None)
+    out = flash(qt, kp, vp, slots, valid, w, docs)  # [B, K, G, Tp, H]
     return out[:, :, :, :t].transpose(0, 3, 1, 2, 4)
 
 
-def _tile_mask(q_slots_blk, valid, j, bk, window=None):
-    """[B, 1, 1, bq, bk] bool mask of key block j for queries at q_slots_blk [bq]."""
+def _tile_mask(q_slots_blk, valid, j, bk, window=None, docs=None, q_docs=None):
+    """[B, 1, 1, bq, bk] bool mask of key block j for queries at q_slots_blk [bq];
+    with `docs` ([B, Sp] key documents) and `q_docs` ([B, bq]), within documents."""
     key_slots = j * bk + jnp.arange(bk)
     causal = key_slots[None, :] <= q_slots_blk[:, None]  # [bq, bk]
     if window is not None:
         causal &= key_slots[None, :] > q_slots_blk[:, None] - window
     vb = jax.lax.dynamic_slice_in_dim(valid, j * bk, bk, axis=1)  # [B, bk]
-    return (causal[None] & vb[:, None, :])[:, None, None]
+    mask = causal[None] & vb[:, None, :]  # [B, bq, bk]
+    if docs is not None:
+        kd = jax.lax.dynamic_slice_in_dim(docs, j * bk, bk, axis=1)  # [B, bk]
+        mask &= q_docs[:, :, None] == kd[:, None, :]
+    return mask[:, None, None]
 
 
 def _key_blocks(q_slots_blk, bk, nk):
@@ -287,7 +323,11 @@ def _pv(p, vb, v_slots_last):
     return jnp.einsum(spec, p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
 
 
-def _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, window=None):
+def _q_docs(docs, i, bq):
+    return None if docs is None else jax.lax.dynamic_slice_in_dim(docs, i * bq, bq, axis=1)
+
+
+def _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, window=None, docs=None):
     """(out [B, K, G, Tp, H] in q.dtype, lse [B, K, G, Tp] float32)."""
     b, kh, g, tp, h = q.shape
     nq, nk = tp // bq, k.shape[2] // bk
@@ -296,11 +336,13 @@ def _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, window=None):
         out, lse = carry
         qb = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3)  # [B, K, G, bq, H]
         sl = jax.lax.dynamic_slice_in_dim(q_slots, i * bq, bq)
+        qd = _q_docs(docs, i, bq)
 
         def k_block(j, c):
             m, l, acc = c
             kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
-            sc = jnp.where(_tile_mask(sl, valid, j, bk, window), _scores(qb, kb), MASK_VALUE)
+            mask = _tile_mask(sl, valid, j, bk, window, docs, qd)
+            sc = jnp.where(mask, _scores(qb, kb), MASK_VALUE)
             m_new = jnp.maximum(m, jnp.max(sc, axis=-1))
             alpha = jnp.exp(m - m_new)
             p = jnp.exp(sc - m_new[..., None])
@@ -324,7 +366,7 @@ def _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, window=None):
     return jax.lax.fori_loop(0, nq, q_block, init)
 
 
-def _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do, window=None):
+def _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do, window=None, docs=None):
     """Gradients w.r.t. q, k, v, recomputing each tile's probabilities from lse."""
     b, kh, g, tp, h = q.shape
     nq, nk = tp // bq, k.shape[2] // bk
@@ -338,12 +380,13 @@ def _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do, windo
         sl = jax.lax.dynamic_slice_in_dim(q_slots, i * bq, bq)
         lse_b = jax.lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=3)
         delta_b = jax.lax.dynamic_slice_in_dim(delta, i * bq, bq, axis=3)
+        qd = _q_docs(docs, i, bq)
 
         def k_block(j, c):
             dqb, dk, dv = c
             kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
             vb = _slice_v(v, j, bk, v_slots_last)
-            mask = _tile_mask(sl, valid, j, bk, window)
+            mask = _tile_mask(sl, valid, j, bk, window, docs, qd)
             p = jnp.exp(jnp.where(mask, _scores(qb, kb), MASK_VALUE) - lse_b[..., None])
             if v_slots_last:
                 dv_j = jnp.einsum(
@@ -385,27 +428,32 @@ def _backward(bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do, windo
 
 
 @functools.lru_cache(maxsize=None)
-def _flash(bq: int, bk: int, v_slots_last: bool, windowed: bool = False):
+def _flash(bq: int, bk: int, v_slots_last: bool, windowed: bool = False, packed: bool = False):
     """The differentiable tiled kernel for one tile shape and value layout; `windowed`:
-    its last argument is a sliding window (else it is ignored)."""
+    its `window` argument is a sliding window, `packed`: its `docs` argument holds
+    document ids (else each is ignored)."""
 
     def w_of(window):
         return window if windowed else None
 
-    @jax.custom_vjp
-    def flash(q, k, v, q_slots, valid, window):
-        return _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, w_of(window))[0]
+    def d_of(docs):
+        return docs if packed else None
 
-    def fwd(q, k, v, q_slots, valid, window):
-        out, lse = _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, w_of(window))
-        return out, (q, k, v, q_slots, valid, window, out, lse)
+    @jax.custom_vjp
+    def flash(q, k, v, q_slots, valid, window, docs):
+        args = (q, k, v, q_slots, valid, w_of(window), d_of(docs))
+        return _forward(bq, bk, v_slots_last, *args)[0]
+
+    def fwd(q, k, v, q_slots, valid, window, docs):
+        out, lse = _forward(bq, bk, v_slots_last, q, k, v, q_slots, valid, w_of(window), d_of(docs))
+        return out, (q, k, v, q_slots, valid, window, docs, out, lse)
 
     def bwd(res, do):
-        q, k, v, q_slots, valid, window, out, lse = res
+        q, k, v, q_slots, valid, window, docs, out, lse = res
         dq, dk, dv = _backward(
-            bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do, w_of(window)
+            bq, bk, v_slots_last, q, k, v, q_slots, valid, out, lse, do, w_of(window), d_of(docs)
         )
-        return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None, None
 
     flash.defvjp(fwd, bwd)
     return flash
@@ -478,7 +526,7 @@ def attend_rolled(
 # ---------------------------------------------------------------- TPU Pallas
 
 
-def _attend_pallas(q, k, v, key_valid, v_slots_last):
+def _attend_pallas(q, k, v, key_valid, v_slots_last, documents=None):
     """TPU flash-attention kernel, self-attention (S == T); see the module docstring."""
     from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
 
@@ -488,8 +536,10 @@ def _attend_pallas(q, k, v, key_valid, v_slots_last):
     kh_ = jnp.repeat(k.astype(q.dtype), g, axis=1)  # [B, N, S, H]
     vh = jnp.repeat(vs.astype(q.dtype), g, axis=1)
     # Segment ids: every query 1, valid keys 1 and padding keys 0, so each
-    # query sees the valid keys up to its own slot, as in the dense path.
-    segments = tpu_flash.SegmentIds(q=jnp.ones((b, t), jnp.int32), kv=key_valid.astype(jnp.int32))
+    # query sees the valid keys up to its own slot, as in the dense path; with
+    # documents, document d is d + 1 (padding keys stay 0).
+    ids = jnp.ones((b, t), jnp.int32) if documents is None else documents.astype(jnp.int32) + 1
+    segments = tpu_flash.SegmentIds(q=ids, kv=jnp.where(key_valid.astype(bool), ids, 0))
     o = tpu_flash.flash_attention(qh, kh_, vh, segment_ids=segments, causal=True, sm_scale=1.0)
     return o.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4)
 

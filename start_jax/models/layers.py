@@ -168,11 +168,12 @@ class Attention(nn.Module):
         Args:
             x: [B, T, D] normalised hidden states.
             rope: `rope_tables` of the token positions.
-            mask: (key_valid, q_slots), the mask described, not built (see
-                `attention.attend`): key_valid bool [B, S] is False for padding
+            mask: (key_valid, q_slots, documents), the mask described, not built
+                (see `attention.attend`): key_valid bool [B, S] is False for padding
                 and unwritten cache slots; q_slots int32 [T] is the cache slot
                 of each query (key slot s is visible iff s <= q_slots[t] and
-                key_valid[b, s]), or None without a cache (arange(T), S == T).
+                key_valid[b, s]), or None without a cache (arange(T), S == T);
+                documents int32 [B, T] (packed rows, no cache) or None.
             kv: None (no cache: S == T) or the whole cache (k [L, B, K, S, H],
                 v [L, B, K, H, S]); this layer's T new keys and values are
                 written at slots cache_index:cache_index + T of `layer`. The
@@ -250,13 +251,14 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)  # [B, K, S, H]
             v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
 
-        key_valid, q_slots = mask
+        key_valid, q_slots, documents = mask
         out = attend(
             q,
             k,
             v,
             key_valid=key_valid,
             q_slots=q_slots,
+            documents=documents,
             impl=cfg.attention_impl,
             block_q=cfg.attention_block_q,
             block_k=cfg.attention_block_k,

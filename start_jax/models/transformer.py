@@ -125,7 +125,8 @@ class Transformer(nn.Module):
     def trunk(self, tokens, positions, mask, cache_index, kv):
         """tokens [B, T] -> final-norm hidden [B, T, D] and the new per-layer kv.
 
-        `mask` is (key_valid [B, S], q_slots [T] or None): see `Attention`.
+        `mask` is (key_valid [B, S], q_slots [T] or None, documents [B, T] or None): see
+        `Attention`.
         """
         x = self.embed(tokens)
         if self.config.embed_scale:  # Gemma: the scale rounded to the parameters' dtype.
@@ -164,28 +165,50 @@ class Transformer(nn.Module):
         return hidden, logits, values, kv
 
 
-def _masks_and_positions(tokens, positions, attention_mask, cache):
+def document_positions(attention_mask: jax.Array, documents: jax.Array) -> jax.Array:
+    """int32 [B, T]: each token's index among the real tokens of its own document (the
+    RoPE positions of sequences packed into rows; each document one contiguous run)."""
+    valid = attention_mask.astype(jnp.int32)
+    before = jnp.cumsum(valid, axis=-1, dtype=jnp.int32) - valid  # Real tokens before t.
+    starts = jnp.concatenate(
+        [jnp.ones_like(documents[:, :1], bool), documents[:, 1:] != documents[:, :-1]], axis=1
+    )
+    # `before` never decreases along a row, so the running max over document starts is
+    # the count at the start of t's document.
+    base = jax.lax.cummax(jnp.where(starts, before, -1), axis=1)
+    return before - base
+
+
+def _masks_and_positions(tokens, positions, attention_mask, cache, documents=None):
     """The attention mask, described, and default positions.
 
-    Returns ((key_valid [B, S], q_slots [T] or None), positions, new cache
-    `valid`). Key slot s is visible to query t iff s <= q_slots[t] and
-    key_valid[b, s]; without a cache q_slots is None (arange(T), S == T). No
-    [B, T, S] array is built here (see `attention.attend`).
+    Returns ((key_valid [B, S], q_slots [T] or None, documents [B, T] or None),
+    positions, new cache `valid`). Key slot s is visible to query t iff s <= q_slots[t]
+    and key_valid[b, s] (and, for packed rows, documents[b, s] == documents[b, t]);
+    without a cache q_slots is None (arange(T), S == T). No [B, T, S] array is built
+    here (see `attention.attend`).
     """
     b, t = tokens.shape
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), bool)
     attention_mask = attention_mask.astype(bool)
     counted = jnp.cumsum(attention_mask, axis=-1, dtype=jnp.int32) - 1  # [B, T]
+    if documents is not None:
+        if cache is not None:
+            raise ValueError("documents (packed rows) are for forwards without a KV cache")
+        documents = jnp.asarray(documents, jnp.int32)
+        if positions is None:
+            positions = document_positions(attention_mask, documents)
+        return (attention_mask, None, documents), positions, None
     if cache is None:
         if positions is None:
             positions = jnp.maximum(counted, 0)
-        return (attention_mask, None), positions, None
+        return (attention_mask, None, None), positions, None
     if positions is None:
         positions = jnp.maximum(cache.next_positions()[:, None] + counted, 0)
     valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.end))
     query_slot = cache.end + jnp.arange(t, dtype=jnp.int32)  # [T]
-    return (valid, query_slot), positions, valid
+    return (valid, query_slot, None), positions, valid
 
 
 def apply(
@@ -198,6 +221,7 @@ def apply(
     *,
     return_hidden: bool = False,
     heads: bool = True,
+    documents: jax.Array | None = None,
 ) -> ForwardOutput:
     """Runs the model (not jitted; see `forward` for the jitted entry point).
 
@@ -214,12 +238,18 @@ def apply(
         return_hidden: also return the final-norm hidden states.
         heads: compute the heads; False returns only hidden states (used to
             compute log-probabilities in chunks without [B, T, V] logits).
+        documents: int32 [B, T] (>= 0), no cache: several sequences packed into each
+            row, one contiguous run of tokens each. A token attends only to its own
+            document, and the default positions count from 0 in each document, so every
+            document gets the outputs it would get alone in a row.
 
     Returns:
         A `ForwardOutput`.
     """
     tokens = jnp.asarray(tokens, jnp.int32)
-    mask, positions, valid = _masks_and_positions(tokens, positions, attention_mask, cache)
+    mask, positions, valid = _masks_and_positions(
+        tokens, positions, attention_mask, cache, documents
+    )
     kv = None if cache is None else (cache.k, cache.v)
     cache_index = jnp.zeros((), jnp.int32) if cache is None else cache.end
     model = Transformer(config)

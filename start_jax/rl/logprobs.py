@@ -25,14 +25,28 @@ from start_jax.models import fast_paths, transformer
 from start_jax.models.config import ModelConfig
 
 
-def _shifted_hidden(config: ModelConfig, params, tokens, segment_ids):
+def _shifted_hidden(config: ModelConfig, params, tokens, segment_ids, documents=None):
     """Hidden states that predict each token: [B, L - 1, D] for tokens[:, 1:]."""
     mask = segment_ids != segments.PAD
-    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    if documents is None:
+        positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    else:
+        positions = transformer.document_positions(mask, documents)
     out = transformer.apply(
-        config, params, tokens, positions=positions, attention_mask=mask, heads=False
+        config,
+        params,
+        tokens,
+        positions=positions,
+        attention_mask=mask,
+        heads=False,
+        documents=documents,
     )
     return out.hidden[:, :-1]
+
+
+def _first_of_document(documents, start: int) -> jax.Array:
+    """bool [B, L - start]: columns start.. that open a document (nothing predicts them)."""
+    return (documents[:, start:] != documents[:, start - 1 : -1]) if documents is not None else None
 
 
 def _pad_front(x: jax.Array) -> jax.Array:
@@ -290,8 +304,13 @@ def token_log_probs(
     chunk: int = 0,
     start: int = 0,
     response_banned: tuple[int, ...] = (),
+    documents: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(logp, entropy), each [B, L] aligned with `tokens`; 0 at t = 0.
+
+    `documents` (int32 [B, L], see `transformer.apply`): rows that pack several
+    sequences, each one contiguous run; every sequence gets the values it would get
+    alone, and 0 at its first token (as at t = 0).
 
     `response_banned` ids (the think tags when `sampling.ban_tags_in_response`
     is set) get no probability at the RESPONSE tokens, as in the sampler.
@@ -302,11 +321,14 @@ def token_log_probs(
     log-probability, this skips the head's work on the prompt.
     """
     start = max(1, min(start, tokens.shape[1]))
-    hidden = _shifted_hidden(config, params, tokens, segment_ids)[:, start - 1 :]
+    hidden = _shifted_hidden(config, params, tokens, segment_ids, documents)[:, start - 1 :]
     ban = segment_ids[:, start:] == segments.RESPONSE if response_banned else None
     logp, entropy = head_log_probs(
         config, params, hidden, tokens[:, start:], temperature, chunk, ban, response_banned
     )
+    first = _first_of_document(documents, start)
+    if first is not None:
+        logp, entropy = jnp.where(first, 0.0, logp), jnp.where(first, 0.0, entropy)
     pad = lambda x: jnp.pad(x, ((0, 0), (start, 0)))  # noqa: E731
     return pad(logp), pad(entropy)
 
