@@ -130,6 +130,7 @@ class Scale:
     variants: tuple[str, ...] = VARIANTS
     designs: tuple[str, ...] = DESIGNS
     sft_steps: int = 4000  # Base policy SFT steps (the trainer's default).
+    sft_examples: int = 20000  # Train examples the SFT traces come from (the default).
     answerer_steps: tuple[int, ...] = (600, 900, 1800)  # One SFT run's snapshots.
     rl_steps: int = 60  # RL steps of every variant.
     stage1_steps: int = 40  # START: think steps (then rl_steps - stage1_steps of stage 2).
@@ -150,6 +151,7 @@ REDUCED = Scale(
     variants=("base", "joint", "start_frozen"),
     designs=("response", "frozen_thinker"),  # `anchor`: tests/test_stage_designs.py.
     sft_steps=60,
+    sft_examples=1024,  # 60 steps of 32 draw 1,920 traces.
     answerer_steps=(10, 20, 40),
     rl_steps=3,
     stage1_steps=2,
@@ -173,6 +175,7 @@ def run_config(scale: Scale, seed: int, setting: str = "standard"):
     # on by default since, came later; the world's judges score such responses as written).
     c.sampling.ban_tags_in_response = False
     c.sft.steps = scale.sft_steps
+    c.sft.examples = scale.sft_examples
     for key, value in SETTINGS[setting]["mixture"].items():
         c.sft.mixture[key] = value
     c.data.prompts_per_step = scale.prompts_per_step

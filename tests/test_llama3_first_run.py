@@ -74,7 +74,7 @@ def _launch(files, workdir, **fields):
         timeout=900,
         # The default optimisation level: 300 SFT steps run longer than they compile
         # (tests/xla_flags.py).
-        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=device_flags(8, fast_compile=False)),
+        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=device_flags(1, fast_compile=False)),
     )
 
 

@@ -151,11 +151,17 @@ def test_documents_need_self_attention():
     "overrides",
     [
         dict(attention_impl="xla"),
-        dict(attention_impl="blockwise", attention_block_q=8, attention_block_k=8),
         # A sliding layer and a global one, as Gemma-style models alternate them.
-        dict(attention_impl="xla", num_layers=2, sliding_window=5, sliding_layers=(True, False)),
+        dict(
+            attention_impl="blockwise",
+            attention_block_q=8,
+            attention_block_k=8,
+            num_layers=2,
+            sliding_window=5,
+            sliding_layers=(True, False),
+        ),
     ],
-    ids=["xla", "blockwise", "sliding"],
+    ids=["xla", "blockwise-sliding"],
 )
 def test_packed_rows_give_each_rollout_its_own_log_probs_and_gradients(overrides):
     config = models.tiny_config(40, **overrides)

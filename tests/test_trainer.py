@@ -213,6 +213,8 @@ def test_resume_after_sigkill_and_sigterm_reproduces_every_metric(tmp_path, fini
     reference = finished_run[0].workdir  # The same config, uninterrupted (in-process).
 
     workdir = str(tmp_path / "interrupted")
+    # The same cold start as the reference's, reused (the runs train from it).
+    shutil.copytree(os.path.join(reference, "init_policy"), os.path.join(workdir, "init_policy"))
     proc = _launch(workdir)
     seen = _wait_for_step(proc, workdir, 3)  # Checkpoints are at steps 2, 4 and 6.
     proc.send_signal(signal.SIGKILL)
