@@ -66,6 +66,17 @@ MODELS = {
         tie_embeddings=False,
     ),
 }
+# Real Qwen3 shapes (each checkpoint's config.json; tied embeddings), random weights: for
+# the memory plans (`real_shapes`, `lora`) and for accelerator runs of the benchmarks.
+REAL_SHAPES = {
+    name: dict(vocab_size=151936, tie_embeddings=True, num_kv_heads=8, head_dim=128, **shape)
+    for name, shape in {
+        "qwen3_0_6b": dict(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16),
+        "qwen3_1_7b": dict(hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16),
+        "qwen3_4b": dict(hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32),
+    }.items()
+}
+MODELS.update(REAL_SHAPES)
 PAD_TOKEN, EOS_TOKEN, THINK_TOKEN, END_THINK_TOKEN = (
     "<|endoftext|>",
     "<|im_end|>",
@@ -235,7 +246,8 @@ def write_checkpoint(
     )
     config = models.ModelConfig(
         model_type="qwen3",
-        max_position_embeddings=MAX_POSITIONS,
+        # Real shapes keep Qwen3's context (budgets of 8k thinking tokens fit).
+        max_position_embeddings=40960 if shape in REAL_SHAPES else MAX_POSITIONS,
         eos_token_id=eos,
         pad_token_id=pad,
         **fields,

@@ -27,23 +27,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench.common import MODELS, abstract_batch, print_environment, print_table
+from experiments.bench.common import (
+    MODELS,
+    REAL_SHAPES,
+    abstract_batch,
+    print_environment,
+    print_table,
+)
 from experiments.bench.fast_paths import make_batch
 from start_jax import models, rl
 from start_jax.models import lora
 
-SHAPES = {
-    "qwen3_1_7b": dict(
-        vocab_size=151936,
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_layers=28,
-        num_heads=16,
-        num_kv_heads=8,
-        head_dim=128,
-        tie_embeddings=True,
-    ),
-}
+SHAPES = {"qwen3_1_7b": REAL_SHAPES["qwen3_1_7b"]}
 GIB = 2**30
 
 

@@ -415,6 +415,15 @@ def main(argv=None) -> None:
             "a random model: about 0 (advantages 0; costs unchanged)",
         ),
     ]
+    stats = jax.devices()[0].memory_stats() or {}  # None on CPU.
+    if "peak_bytes_in_use" in stats:
+        summary.append(
+            (
+                "peak device memory",
+                f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB",
+                f"of {stats.get('bytes_limit', 0) / 2**30:.1f} GiB on device 0 (the whole run)",
+            )
+        )
     print_table(summary)
 
 
