@@ -14,8 +14,9 @@ with the reference log-probabilities, in micro-batches of `micro_rows` rows, blo
 rematerialised.
 
 Per shape and budget, in GiB: the policy's parameters, AdamW's moments, the frozen base
-(responder and reference), the two KV caches of the rollout (policy and responder, each
-[layers, rows, kv heads, prompt + budget + response + 2, head dim] in bfloat16), and the
+(responder and reference), the rollout's KV cache ([layers, rows, kv heads, prompt +
+budget + response + 2, head dim] in bfloat16; the policy's lives inside its sampling call
+and the responder's inside the next, so one at a time), and the
 update's temporaries as XLA compiles one micro-batch's train step (on this machine's
 backend: a CPU compile's fusion differs from a GPU's, so read it as an estimate); the
 peak is the resident state plus the larger of the rollout's caches and the update's
@@ -88,7 +89,9 @@ def plan(shape: str, budget: int, args) -> dict:
     state = jax.eval_shape(lambda p: rl.init_state(p, tx), shapes)
     opt = _bytes(state.opt_state)
     base = params  # The frozen responder and the KL reference: the initial policy, one copy.
-    caches = 2 * kv_bytes(config, rows, length)  # Policy and responder.
+    # One cache at a time: the policy's lives inside its sampling call, the responder's
+    # (prompt and thinking prefilled, then the response) inside the next one.
+    caches = kv_bytes(config, rows, length)
     micro = min(args.micro_rows, rows)
     train_cfg = rl.TrainConfig(loss=rl.LossConfig(kl_coef=0.01))
     began = time.perf_counter()
@@ -156,7 +159,7 @@ def main(argv=None) -> list[dict]:
         "policy",
         "AdamW",
         "base",
-        "KV caches",
+        "KV cache",
         f"update temp ({args.micro_rows} rows)",
         "peak",
         "fits",
