@@ -7,12 +7,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.experimental.pallas import tpu as pltpu  # Its TPU interpret mode runs on CPU.
 
-from start_jax import models, segments
+from start_jax import models, rl, segments
 from start_jax.models import attention, transformer
 from start_jax.rl import logprobs, packing
+from tests import fixtures
 
 TOL = 2e-5  # float32, "highest" matmul precision (tests/conftest.py).
 
@@ -205,3 +207,30 @@ def test_document_positions_restart_at_each_document():
     np.testing.assert_array_equal(
         transformer.document_positions(mask, docs), [[0, 1, 0, 1, 2, 0, 0, 0]]
     )
+
+
+@pytest.mark.slow  # Seconds: out of the fast tier.
+def test_a_packed_batch_gives_the_padded_batch_update():
+    """`pack_batch`: 8 rollouts in fewer rows; one step with KL and entropy terms changes
+    the parameters as on the padded rows (plain SGD: the change is the gradient)."""
+    batch = fixtures.make_batch("joint", b=8, length=20, seed=0)
+    p = packing.plan(np.asarray(batch.segment_ids) != segments.PAD, width=40)
+    packed = packing.pack_batch(batch, p)
+    assert p.rows < 8 and packed.tokens.shape == (p.rows, 40)
+    np.testing.assert_array_equal(packed.rewards, batch.rewards)
+    assert int(packed.loss_mask.sum()) == int(batch.loss_mask.sum())
+    config = fixtures.STEP_CONFIG
+    params = models.init_params(config, jax.random.key(0))
+    tx = optax.sgd(1.0)  # The parameter change is the gradient itself (Adam would rescale).
+    train = rl.TrainConfig(loss=rl.LossConfig(kl_coef=0.05, entropy_coef=0.01))
+    step = rl.jit_train_step(config, train, tx)
+    fresh = lambda: rl.init_state(jax.tree.map(jnp.copy, params), tx)  # noqa: E731
+    want, m_want = step(fresh(), batch, jax.random.key(1))
+    got, m_got = step(fresh(), packed, jax.random.key(1))
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    for key in ("loss", "pg_loss", "kl", "entropy", "reward_mean", "mask_think_tokens"):
+        np.testing.assert_allclose(float(m_got[key]), float(m_want[key]), rtol=1e-5, err_msg=key)
+    with pytest.raises(ValueError, match="packed rows .* need algo.aggregation='token-mean'"):
+        seq = rl.TrainConfig(loss=rl.LossConfig(aggregation="seq-mean-token-mean"))
+        rl.jit_train_step(config, seq, tx)(fresh(), packed, jax.random.key(1))

@@ -334,11 +334,20 @@ def token_log_probs(
 
 
 def token_values(
-    config: ModelConfig, params, tokens: jax.Array, segment_ids: jax.Array
+    config: ModelConfig,
+    params,
+    tokens: jax.Array,
+    segment_ids: jax.Array,
+    documents: jax.Array | None = None,
 ) -> jax.Array:
-    """Value of the state before each token [B, L] (0 at t = 0)."""
-    hidden = _shifted_hidden(config, params, tokens, segment_ids)
-    return _pad_front(transformer.head_values(config, params, hidden))
+    """Value of the state before each token [B, L] (0 at t = 0 and, in packed rows, at
+    each document's first token)."""
+    hidden = _shifted_hidden(config, params, tokens, segment_ids, documents)
+    values = transformer.head_values(config, params, hidden)
+    first = _first_of_document(documents, 1)
+    if first is not None:
+        values = jnp.where(first, 0.0, values)
+    return _pad_front(values)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "temperature", "chunk", "response_banned"))

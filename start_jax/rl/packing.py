@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
+
+from start_jax import segments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,3 +93,17 @@ def unpack(y: np.ndarray, p: Packing, length: int, fill=0) -> np.ndarray:
         n = p.length[i]
         out[i, p.first[i] : p.first[i] + n] = y[p.row[i], p.start[i] : p.start[i] + n]
     return out
+
+
+def pack_batch(batch, p: Packing):
+    """An `rl.Batch` of B padded rollouts as R packed rows (host copies, then placed like
+    the input): every [B, L] field packed, `documents` set, `rewards` kept per rollout.
+    The update on it equals the padded batch's with `algo.aggregation='token-mean'`."""
+    fills = dict(segment_ids=segments.PAD)
+    fields = {}
+    for f in dataclasses.fields(batch):
+        x = getattr(batch, f.name)
+        if x is None or f.name in ("rewards", "documents"):
+            continue
+        fields[f.name] = jax.numpy.asarray(pack(jax.device_get(x), p, fills.get(f.name, 0)))
+    return batch.replace(documents=jax.numpy.asarray(p.documents), **fields)

@@ -56,6 +56,9 @@ class Batch:
     # importance-sampling weights.
     sampler_logprobs: jax.Array | None = None  # float32.
     sampled: jax.Array | None = None  # bool.
+    # int32 document ids of packed rows (`rl.packing.pack_batch`: several rollouts a row,
+    # each attending only to itself); None: one rollout a row. `rewards` stays per rollout.
+    documents: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,6 +377,7 @@ def policy_loss(params, batch: Batch, counts, model_config: ModelConfig, config:
         config.logprob_chunk,
         start,
         config.response_banned,
+        documents=batch.documents,
     )
     loss, aux = policy_loss_terms(logp, entropy, batch, counts, config.loss, config.on_policy)
     if start:  # A mask token without a log-probability: stop the run (check_finite).
@@ -385,7 +389,9 @@ def policy_loss(params, batch: Batch, counts, model_config: ModelConfig, config:
 def critic_loss(
     critic_params, batch: Batch, counts, critic_config: ModelConfig, config: TrainConfig
 ):
-    values = lp.token_values(critic_config, critic_params, batch.tokens, batch.segment_ids)
+    values = lp.token_values(
+        critic_config, critic_params, batch.tokens, batch.segment_ids, batch.documents
+    )
     per_token = losses.value_token_losses(
         values, batch.old_values, batch.returns, config.loss.value_clip
     )
@@ -607,12 +613,21 @@ def train_on_batch(
             f"{len(widths)} groups x micro_batches={config.micro_batches} "
             f"dividing the {b} rows"
         )
+    if batch.documents is not None and (
+        config.loss.aggregation != "token-mean" or widths is not None or config.logprob_start
+    ):
+        raise ValueError(
+            "packed rows (batch.documents) need algo.aggregation='token-mean' (the other "
+            "modes count rows), no length groups and logprob_start=0; got "
+            f"{config.loss.aggregation!r}, widths={widths}, logprob_start={config.logprob_start}"
+        )
     size = b // config.minibatches
+    rows = batch.replace(rewards=None)  # Per rollout, read only by `batch_statistics`.
 
     def epoch(carry, key):
         st = carry
         order = jnp.arange(b) if config.minibatches == 1 else jax.random.permutation(key, b)
-        shuffled = jax.tree.map(lambda x: x[order], batch)
+        shuffled = jax.tree.map(lambda x: x[order], rows)
         mbs = jax.tree.map(lambda x: x.reshape((config.minibatches, size) + x.shape[1:]), shuffled)
 
         def update(s, mb):
