@@ -1051,6 +1051,13 @@ def judged_rows(thinker: str, rows: list[dict]) -> list[dict]:
     return rows
 
 
+def gold_runs(results: dict, name: str) -> list[list[dict]]:
+    """Each seed's judged rows (`judged_rows`) of run `name` that log its gold key."""
+    key = gold_key(name)
+    runs = [judged_rows(name, c["rows"]) for c in results["curves"] if c["thinker"] == name]
+    return [run for run in runs if run and all(key in r for r in run)]
+
+
 def gold_rows(results: dict) -> list[dict]:
     """Per run: the training reward (the setting's judge), the gold reward (correctness
     only) and their gap, over the first and the last `GOLD_WINDOW` steps; each the mean
@@ -1058,8 +1065,7 @@ def gold_rows(results: dict) -> list[dict]:
     out = []
     for name in sorted({c["thinker"] for c in results["curves"]}):
         key, w = gold_key(name), GOLD_WINDOW
-        runs = [judged_rows(name, c["rows"]) for c in results["curves"] if c["thinker"] == name]
-        runs = [run for run in runs if run and all(key in r for r in run)]
+        runs = gold_runs(results, name)
         if not runs:
             continue
         row = {"run": name, "gold": key, "seeds": len(runs), "from_step": runs[0][0]["step"]}
@@ -1107,8 +1113,7 @@ def plot_gold(results: dict, path: str, smooth: int = 5) -> None:
         for algo, colour in colours.items():
             name = f"{variant}/{algo}"
             key = gold_key(name)
-            runs = [judged_rows(name, c["rows"]) for c in results["curves"] if c["thinker"] == name]
-            runs = [run for run in runs if run and all(key in r for r in run)]
+            runs = gold_runs(results, name)
             if not runs:
                 continue
             n = min(len(run) for run in runs)

@@ -110,6 +110,10 @@ def test_config_errors_name_the_key():
     config.log.wandb.mode = "cloud"
     with pytest.raises(ConfigError, match=r"log\.wandb\.mode='cloud' is not one of"):
         train.RunSpec.from_config(config)
+    config.log.wandb.mode = "offline"
+    config.log.wandb.init_timeout = 0
+    with pytest.raises(ConfigError, match=r"log\.wandb\.init_timeout=0\.0 must be a number > 0"):
+        train.RunSpec.from_config(config)
 
 
 class _Broken:

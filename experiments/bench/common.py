@@ -493,6 +493,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- main
 
 
+GIB = 2**30
+
+
+def tree_bytes(tree) -> int:
+    """Bytes of a pytree of arrays or `jax.ShapeDtypeStruct`s."""
+    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def tree_count(tree) -> int:
+    """Elements of a pytree of arrays or `jax.ShapeDtypeStruct`s (parameters)."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
 def abstract_batch(b: int, length: int) -> rl.Batch:
     """A train step's `rl.Batch` of b rows x `length` columns as `jax.ShapeDtypeStruct`s
     (for compiling without data)."""

@@ -25,29 +25,22 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments.bench.common import (
+    GIB,
     MODELS,
     REAL_SHAPES,
     abstract_batch,
     print_environment,
     print_table,
+    tree_bytes,
+    tree_count,
 )
 from experiments.bench.fast_paths import make_batch
 from start_jax import models, rl
 from start_jax.models import lora
 
 SHAPES = {"qwen3_1_7b": REAL_SHAPES["qwen3_1_7b"]}
-GIB = 2**30
-
-
-def _bytes(tree) -> int:
-    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def _count(tree) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 def sides(config: models.ModelConfig, rank: int):
@@ -90,15 +83,15 @@ def memory(config: models.ModelConfig, rank: int, b: int, length: int) -> list[t
         compiled = step.lower(*args).compile()
         seconds = time.perf_counter() - began
         temp = float(compiled.memory_analysis().temp_size_in_bytes)
-        params = _bytes(trainable) + (_bytes(frozen) if frozen is not None else 0)
-        opt = _bytes(state.opt_state)
+        params = tree_bytes(trainable) + (tree_bytes(frozen) if frozen is not None else 0)
+        opt = tree_bytes(state.opt_state)
         rows.append(
             (
                 name,
                 "on" if remat else "off",
-                f"{_count(trainable) / 1e6:.1f}M",
-                f"{params / GIB:.2f} ({_bytes(trainable) / GIB:.3f} + "
-                f"{(params - _bytes(trainable)) / GIB:.2f})",
+                f"{tree_count(trainable) / 1e6:.1f}M",
+                f"{params / GIB:.2f} ({tree_bytes(trainable) / GIB:.3f} + "
+                f"{(params - tree_bytes(trainable)) / GIB:.2f})",
                 f"{opt / GIB:.3f}",
                 f"{temp / GIB:.2f}",
                 f"{(params + opt + temp) / GIB:.2f}",
@@ -161,7 +154,7 @@ def main() -> None:
             **SHAPES[args.shape],
         )
         print(
-            f"== memory: {args.shape} ({_count(models.param_shapes(config)) / 1e9:.2f}B "
+            f"== memory: {args.shape} ({tree_count(models.param_shapes(config)) / 1e9:.2f}B "
             f"parameters), train step on {args.batch} x {args.length} tokens, compile only"
         )
         print_table(memory(config, args.rank, args.batch, args.length))
@@ -170,7 +163,7 @@ def main() -> None:
     config = models.ModelConfig(
         model_type="qwen3", max_position_embeddings=4096, **MODELS[args.model]
     )
-    n = _count(models.param_shapes(config))
+    n = tree_count(models.param_shapes(config))
     print(
         f"== step time: {args.model} ({n / 1e6:.1f}M parameters, float32), "
         f"{args.time_batch} x {args.time_length} tokens, {args.rounds} alternating rounds"

@@ -35,14 +35,17 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from experiments.bench.common import REAL_SHAPES, abstract_batch, print_environment, print_table
+from experiments.bench.common import (
+    GIB,
+    REAL_SHAPES,
+    abstract_batch,
+    print_environment,
+    print_table,
+    tree_bytes,
+    tree_count,
+)
 from start_jax import models, rl
-
-SHAPES = REAL_SHAPES
-GIB = 2**30
 
 
 def model_config(shape: str, length: int) -> models.ModelConfig:
@@ -52,16 +55,8 @@ def model_config(shape: str, length: int) -> models.ModelConfig:
         dtype="bfloat16",
         param_dtype="float32",
         remat=True,
-        **SHAPES[shape],
+        **REAL_SHAPES[shape],
     )
-
-
-def _bytes(tree) -> int:
-    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def _count(tree) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 def kv_bytes(config: models.ModelConfig, rows: int, slots: int, itemsize: int = 2) -> int:
@@ -69,13 +64,11 @@ def kv_bytes(config: models.ModelConfig, rows: int, slots: int, itemsize: int = 
 
 
 def update_flops_per_token(config: models.ModelConfig, length: int) -> float:
-    """Forward + backward model FLOPs per trained token: 6 x (non-embedding parameters +
-    the head) + causal attention (12 x layers x query heads x head dim x mean context)."""
-    n = _count(models.param_shapes(config))
-    body = n - config.vocab_size * config.hidden_size  # The tied table counts once, as the head.
-    head = config.vocab_size * config.hidden_size
+    """Forward + backward model FLOPs per trained token: 6 x parameters (the shapes tie
+    their embeddings, so the table counts once, as the head) + causal attention (12 x
+    layers x query heads x head dim x mean context)."""
     attention = 12 * config.num_layers * config.num_heads * config.head_dim * (length / 2)
-    return 6.0 * (body + head) + attention
+    return 6.0 * tree_count(models.param_shapes(config)) + attention
 
 
 def plan(shape: str, budget: int, args) -> dict:
@@ -83,11 +76,11 @@ def plan(shape: str, budget: int, args) -> dict:
     length = -(-(args.prompt_tokens + budget + args.response_tokens + 2) // 128) * 128
     config = model_config(shape, length)
     shapes = models.param_shapes(config)
-    n = _count(shapes)
-    params = _bytes(shapes)  # float32
+    n = tree_count(shapes)
+    params = tree_bytes(shapes)  # float32
     tx = rl.make_optimizer(learning_rate=1e-6, max_grad_norm=1.0)
     state = jax.eval_shape(lambda p: rl.init_state(p, tx), shapes)
-    opt = _bytes(state.opt_state)
+    opt = tree_bytes(state.opt_state)
     base = params  # The frozen responder and the KL reference: the initial policy, one copy.
     # One cache at a time: the policy's lives inside its sampling call, the responder's
     # (prompt and thinking prefilled, then the response) inside the next one.
@@ -131,7 +124,7 @@ def plan(shape: str, budget: int, args) -> dict:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--shapes", default=",".join(REAL_SHAPES))
     p.add_argument("--budgets", default="1024,4096,8192")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group", type=int, default=8)
@@ -143,9 +136,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 (H200: 989)")
     args = p.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
-    unknown = sorted(set(shapes) - set(SHAPES))
+    unknown = sorted(set(shapes) - set(REAL_SHAPES))
     if unknown:
-        p.error(f"--shapes: unknown {unknown}; known: {sorted(SHAPES)}")
+        p.error(f"--shapes: unknown {unknown}; known: {sorted(REAL_SHAPES)}")
     try:
         budgets = [int(b) for b in args.budgets.split(",")]
     except ValueError:

@@ -69,12 +69,15 @@ class ModelPolicy:
         row = prompt if isinstance(prompt, dict) else {"prompt": prompt}
         return prompts_lib.render(row, self.tokenizer, self.prompt_format)
 
-    def sample(self, prompts, seed, sampling_config=None, thinking=None, **kwargs):
-        """(rollout, special tokens) of `prompts` (texts or task rows, see `render`; rows
-        repeating a prompt share a prefill)."""
+    def sample(self, prompts, seed, sampling_config=None, thinking=None, rendered=False, **kwargs):
+        """(rollout, special tokens) of `prompts` (texts or task rows, see `render`; with
+        `rendered`, texts `render` already made; rows repeating a prompt share a prefill,
+        and each distinct text is encoded once)."""
         special = sampling.SpecialTokens.from_tokenizer(self.tokenizer)
         sc = self.sampling_config if sampling_config is None else sampling_config
-        ids = [self.tokenizer.encode(self.render(p)) for p in prompts]
+        texts = list(prompts) if rendered else [self.render(p) for p in prompts]
+        encoded = {t: self.tokenizer.encode(t) for t in dict.fromkeys(texts)}
+        ids = [encoded[t] for t in texts]
         # Repeated rows (several responses to one prompt and thinking, as `run` asks with
         # `responses` > 1) share one prefill.
         group = repeat_group(ids, thinking)

@@ -47,9 +47,8 @@ def evaluate_budget(
     policy = dataclasses.replace(
         policy, sampling_config=policy.sampling_config.replace(think_budget=think_budget)
     )
-    rows_in = [dict(q) for q in questions]
-    texts = [policy.render(q) for q in rows_in]
-    rollout, _ = policy.sample([q for q in rows_in for _ in range(k)], seed)
+    texts = [policy.render(dict(q)) for q in questions]  # Once a question.
+    rollout, _ = policy.sample([t for t in texts for _ in range(k)], seed, rendered=True)
     rows = sampling.decode_segments(policy.tokenizer, rollout)
     think = np.asarray(rollout.think_length)
     hit = np.asarray(rollout.think_truncated) & (think >= think_budget)

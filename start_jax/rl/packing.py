@@ -53,7 +53,7 @@ def plan(valid: np.ndarray, width: int, rows: int | None = None) -> Packing:
     fit needs; a number: exactly that many (padding rows added), or a ValueError when
     the rollouts do not fit."""
     valid = np.asarray(valid, bool)
-    b, l_ = valid.shape
+    b = valid.shape[0]
     length = valid.sum(1)
     first = np.where(length > 0, valid.argmax(1), 0)
     holes = [i for i in range(b) if not valid[i, first[i] : first[i] + length[i]].all()]

@@ -306,6 +306,9 @@ def _check_numbers(config) -> None:
     ):
         if value not in allowed:
             raise ConfigError(f"config: {key}={value!r} is not one of {list(allowed)}")
+    timeout = config.log.wandb.init_timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigError(f"config: log.wandb.init_timeout={timeout!r} must be a number > 0")
 
 
 def stage_names(config) -> list[str]:

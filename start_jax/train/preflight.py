@@ -63,10 +63,6 @@ def preflight(spec: RunSpec, workdir: str):
         raise ConfigError(f"workdir {workdir} is an existing file, not a directory")
     if spec.log.wandb.project:
         import_wandb()
-        if not spec.log.wandb.init_timeout > 0:
-            raise ConfigError(
-                f"config: log.wandb.init_timeout={spec.log.wandb.init_timeout!r} must be > 0"
-            )
     try:
         mesh = sharding.make_mesh(spec.mesh)
     except ValueError as e:

@@ -68,11 +68,8 @@ from start_jax.world.generator import (
     tokenizer,
 )
 
-JUDGES = (
-    "synthetic",
-    "synthetic_rubric",
-    "synthetic_correct",
-)  # The rewards that judge only the world's tasks.
+# The rewards that judge only the world's tasks.
+JUDGES = ("synthetic", "synthetic_rubric", "synthetic_correct")
 
 _STYLE = re.compile(r"^surely\b", re.IGNORECASE)
 _INT = re.compile(r"-?\d+")
@@ -166,6 +163,20 @@ def arith_score(x: RewardInput) -> float:
     return float(arith_correct(x.response, _reference(x, solve_arith)))
 
 
+def _by_family(inputs: Sequence[RewardInput], facts) -> np.ndarray:
+    """Each row's score: arith rows by the exact number (`arith_score`), facts rows by
+    `facts(x)`; the family from the row's metadata, else from its prompt."""
+    return np.asarray(
+        [
+            arith_score(x)
+            if ((x.metadata or {}).get("family") or infer_family(x.prompt)) == "arith"
+            else facts(x)
+            for x in inputs
+        ],
+        np.float32,
+    )
+
+
 @register("synthetic")
 class SyntheticJudge:
     """Dispatches on ``metadata["family"]``: arith -> exact number, facts -> rubric.
@@ -179,11 +190,7 @@ class SyntheticJudge:
     extract_answer = staticmethod(world_answer)
 
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
-        out = []
-        for x in inputs:
-            family = (x.metadata or {}).get("family") or infer_family(x.prompt)
-            out.append(arith_score(x) if family == "arith" else self.rubric.score_one(x))
-        return np.asarray(out, np.float32)
+        return _by_family(inputs, self.rubric.score_one)
 
 
 @register("synthetic_correct")
@@ -194,16 +201,10 @@ class CorrectnessJudge:
     extract_answer = staticmethod(world_answer)
 
     def __call__(self, inputs: Sequence[RewardInput]) -> np.ndarray:
-        out = []
-        for x in inputs:
-            family = (x.metadata or {}).get("family") or infer_family(x.prompt)
-            if family == "arith":
-                out.append(arith_score(x))
-            else:
-                out.append(
-                    float(facts_outcome(x.prompt, x.response, _reference(x, solve_facts))[2])
-                )
-        return np.asarray(out, np.float32)
+        return _by_family(
+            inputs,
+            lambda x: float(facts_outcome(x.prompt, x.response, _reference(x, solve_facts))[2]),
+        )
 
 
 # --------------------------------------------------------------------------- measured levels
