@@ -151,6 +151,17 @@ def _cases(f, tmp):
         ("minibatches", [c + "algo.minibatches=7"], "algo.minibatches=7"),
         ("micro_batches", [c + "algo.micro_batches=0"], "algo.micro_batches=0"),
         ("length_groups", [c + "algo.length_groups=0"], "algo.length_groups=0"),
+        (
+            "pack_rows_seq_mean",
+            [c + "algo.pack_rows=True", c + "algo.aggregation=seq-mean-token-mean"],
+            "config: algo.pack_rows=True: packed rows (batch.documents) count tokens, not rows:"
+            " aggregation='seq-mean-token-mean' (needs 'token-mean')",
+        ),
+        (
+            "pack_rows_gspo",
+            [c + "algo.pack_rows=True", c + "algo.policy_loss=gspo"],
+            "policy_loss='gspo' (a sequence ratio)",
+        ),
         ("prompts_per_step", [c + "data.prompts_per_step=0"], "data.prompts_per_step=0"),
         ("data_source", [c + "data.source=csv"], "data.source='csv'"),
         ("top_p", [c + "sampling.top_p=0.0"], "sampling.top_p"),

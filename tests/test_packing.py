@@ -51,6 +51,22 @@ def test_plan_pack_and_unpack():
     np.testing.assert_array_equal(packing.unpack(packed, p, 20), tokens)
     assert packing.pack(seg, p)[docs < 9].min() > segments.PAD
     assert 0.5 < p.fill <= 1.0
+    # Packed-row counts come in few sizes: 2^k or 3 * 2^k, a multiple, at most the total.
+    assert [packing.bucket_rows(n, 64) for n in (1, 2, 3, 5, 7, 13, 33, 49, 64)] == [
+        1,
+        2,
+        3,
+        6,
+        8,
+        16,
+        48,
+        64,
+        64,
+    ]
+    assert [packing.bucket_rows(n, 64, 8) for n in (1, 9, 17, 25, 33)] == [8, 16, 24, 32, 48]
+    assert packing.bucket_rows(5, 12, 4) == 8 and packing.bucket_rows(9, 12, 4) == 12
+    with pytest.raises(ValueError, match="12 rows are not a multiple of 8"):
+        packing.bucket_rows(3, 12, 8)
     with pytest.raises(ValueError, match="need .* packed rows of width 32; got 1"):
         packing.plan(valid, width=32, rows=1)
     with pytest.raises(ValueError, match="does not fit a packed width 4"):
@@ -219,6 +235,11 @@ def test_a_packed_batch_gives_the_padded_batch_update():
     assert p.rows < 8 and packed.tokens.shape == (p.rows, 40)
     np.testing.assert_array_equal(packed.rewards, batch.rewards)
     assert int(packed.loss_mask.sum()) == int(batch.loss_mask.sum())
+    for name in ("tokens", "segment_ids", "loss_mask", "advantages", "ref_logprobs"):
+        fill = segments.PAD if name == "segment_ids" else 0  # The device gather is `pack`.
+        want = packing.pack(np.asarray(getattr(batch, name)), p, fill)
+        np.testing.assert_array_equal(np.asarray(getattr(packed, name)), want, err_msg=name)
+    np.testing.assert_array_equal(packed.documents, p.documents)
     config = fixtures.STEP_CONFIG
     params = models.init_params(config, jax.random.key(0))
     tx = optax.sgd(1.0)  # The parameter change is the gradient itself (Adam would rescale).
@@ -231,6 +252,8 @@ def test_a_packed_batch_gives_the_padded_batch_update():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     for key in ("loss", "pg_loss", "kl", "entropy", "reward_mean", "mask_think_tokens"):
         np.testing.assert_allclose(float(m_got[key]), float(m_want[key]), rtol=1e-5, err_msg=key)
-    with pytest.raises(ValueError, match="packed rows .* need algo.aggregation='token-mean'"):
+    with pytest.raises(
+        ValueError, match="packed rows .* aggregation='seq-mean-token-mean' \\(needs"
+    ):
         seq = rl.TrainConfig(loss=rl.LossConfig(aggregation="seq-mean-token-mean"))
         rl.jit_train_step(config, seq, tx)(fresh(), packed, jax.random.key(1))

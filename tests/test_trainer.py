@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import types
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from start_jax import checkpoints, rewards, rl, segments, train
@@ -551,3 +553,52 @@ def test_tokenizer_without_think_tags(tmp_path):
         ValueError, match=re.escape(f"tokenizer {d / 'tokenizer.json'} has no token '<think>'")
     ):
         train.Trainer(config, str(tmp_path / "run"))
+
+
+def test_packed_rows_give_the_padded_update(finished_run, tmp_path):
+    """`algo.pack_rows`: the trainer packs a step's rollouts into fewer rows; its update
+    equals the plain update of the same padded batch (token-mean, KL and entropy terms)."""
+    config = smoke_config()
+    config.algo.entropy_coef = ENTROPY
+    config.algo.pack_rows = True
+    shutil.copytree(
+        os.path.join(finished_run[0].workdir, "init_policy"), tmp_path / "run" / "init_policy"
+    )
+    trainer = train.Trainer(config, str(tmp_path / "run"))
+    stage = trainer.stages[0]
+    examples = [trainer.train_data[i] for i in range(config.data.prompts_per_step)]
+    fresh = lambda: trainer.states.fresh(stage, trainer.init_params, None)  # noqa: E731
+    got = trainer.rl_step(fresh(), examples, 0, stage)
+    rows = trainer.spec.rows
+    assert got.batch.documents is not None and got.batch.tokens.shape[0] < rows
+    assert got.metrics["packing/rows"] == got.batch.tokens.shape[0]
+    real = int((got.host.segment_ids != segments.PAD).sum())
+    assert got.metrics["packing/fill"] == pytest.approx(real / got.batch.documents.size)
+    # The reference: the plain update on the padded batch of the same rollouts. The loss
+    # terms must agree; so must the gradients, compared through plain SGD at a rate of 1e4
+    # (the change is the gradient, large enough to stand above the parameters' float32
+    # spacing; Adam's first step, g / (|g| + eps), magnifies rounding where g is near 0).
+    padded = trainer.make_batch(fresh(), got.host, got.reward, stage)
+    train_config = stage.train_config(trainer.train_config)
+    plain = dataclasses.replace(train_config, pack_rows=False)
+    want, m_want = rl.jit_train_step(trainer.model_config, plain, trainer.states.tx(stage))(
+        fresh(), padded, trainer._key("update", 0)
+    )
+    for key in ("loss", "pg_loss", "kl", "entropy", "reward_mean", "mask_think_tokens"):
+        assert got.metrics[key] == pytest.approx(float(m_want[key]), rel=1e-5, abs=1e-7), key
+    sgd = optax.sgd(1e4)
+    gradients = []
+    unmasked = got.batch.replace(documents=None)  # Packed rows seen as plain rows.
+    for config, batch in ((plain, padded), (train_config, got.batch), (plain, unmasked)):
+        state = rl.init_state(jax.tree.map(np.array, trainer.init_params), sgd)
+        new, _ = rl.jit_train_step(trainer.model_config, config, sgd)(
+            state, batch, jax.random.key(0)
+        )
+        gradients.append(jax.tree.map(lambda a, b: np.asarray(a) - b, new.params, state.params))
+    scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(gradients[0]))
+    assert scale > 1e-2  # The entropy bonus moves the policy (its rewards may all be equal).
+    for a, b in zip(*(jax.tree.leaves(g) for g in gradients[:2])):
+        np.testing.assert_allclose(a, b, atol=1e-4 * scale)  # Float rounding of the largest.
+    # Without the documents' masks and positions the same rows give another gradient.
+    wrong = max(float(np.abs(a - b).max()) for a, b in zip(*map(jax.tree.leaves, gradients[::2])))
+    assert wrong > 1e-2 * scale, wrong / scale

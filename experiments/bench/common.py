@@ -340,6 +340,8 @@ def rl_config(
     c.algo.micro_batches = getattr(args, "micro_batches", 1)
     if "length_groups" in c.algo:  # Trees before length groups have no such field.
         c.algo.length_groups = getattr(args, "length_groups", 2)
+    if getattr(args, "pack_rows", False):
+        c.algo.pack_rows = True
     c.stages = ml_collections.ConfigDict()
     c.stages.s1 = config_lib.stage(
         getattr(args, "train_segments", "think"),

@@ -102,7 +102,7 @@ from start_jax.data.pipeline import PromptIterator
 from start_jax.tokenizer import load_tokenizer
 from start_jax.train.trainer import Trainer, check_health
 
-PHASES = ("rollout", "copy+score", "make_batch", "update", "other host")
+PHASES = ("rollout", "copy+score", "make_batch", "pack", "update", "other host")
 
 
 class CompileClock:
@@ -199,6 +199,11 @@ def main(argv=None) -> None:
         default=2,
         help="algo.length_groups (1 = every row on every column)",
     )
+    parser.add_argument(
+        "--pack_rows",
+        action="store_true",
+        help="algo.pack_rows: rollouts packed into fewer rows for the update",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1 (the first step compiles)")
@@ -250,7 +255,8 @@ def main(argv=None) -> None:
         f"{spec.train.minibatches}, micro_batches {spec.train.micro_batches}, remat "
         f"{trainer.model_config.remat}, length_groups "
         f"{getattr(spec.train, 'length_groups', 1)}, logprob_start "
-        f"{getattr(spec.train, 'logprob_start', 0)}; reward {spec.reward_name}"
+        f"{getattr(spec.train, 'logprob_start', 0)}, pack_rows "
+        f"{getattr(spec.train, 'pack_rows', False)}; reward {spec.reward_name}"
     )
     print(
         f"make_batch runs {forwards} forward(s) (old log-probs: "

@@ -1,6 +1,6 @@
 """RL core: segment masks, advantages, losses and the train step."""
 
-from start_jax.rl import advantages, dynamic, losses, masks
+from start_jax.rl import advantages, dynamic, losses, masks, packing
 from start_jax.rl.advantages import AdvantageConfig
 from start_jax.rl.batch import BatchConfig, build_batch, jit_build_batch
 from start_jax.rl.logprobs import (
@@ -21,6 +21,7 @@ from start_jax.rl.train_step import (
     TrainState,
     carry_optimizer_state,
     check_finite,
+    check_packable,
     init_state,
     jit_train_step,
     length_widths,

@@ -1,4 +1,4 @@
-"""Several rollouts packed into one row of the update (host side).
+"""Several rollouts packed into one row of the update.
 
 A batch of rollouts is [B, L] with padding around each row's real tokens (left-padded
 prompts, right-padded completions); short rollouts waste most of it. `plan` places each
@@ -13,6 +13,7 @@ each rollout gets exactly the values it gets alone in a padded row.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -95,15 +96,50 @@ def unpack(y: np.ndarray, p: Packing, length: int, fill=0) -> np.ndarray:
     return out
 
 
-def pack_batch(batch, p: Packing):
-    """An `rl.Batch` of B padded rollouts as R packed rows (host copies, then placed like
-    the input): every [B, L] field packed, `documents` set, `rewards` kept per rollout.
-    The update on it equals the padded batch's with `algo.aggregation='token-mean'`."""
-    fills = dict(segment_ids=segments.PAD)
-    fields = {}
-    for f in dataclasses.fields(batch):
-        x = getattr(batch, f.name)
-        if x is None or f.name in ("rewards", "documents"):
-            continue
-        fields[f.name] = jax.numpy.asarray(pack(jax.device_get(x), p, fills.get(f.name, 0)))
-    return batch.replace(documents=jax.numpy.asarray(p.documents), **fields)
+def bucket_rows(need: int, total: int, multiple: int = 1) -> int:
+    """A packed-row count for `need` rows out of `total` padded ones: the smallest 2^k or
+    3 * 2^k that is >= need and a multiple of `multiple` (the mesh's batch shards times
+    minibatches and micro-batches), capped at `total`, so that a run compiles its update
+    for a few row counts only (two per halving). `total` must be a multiple itself."""
+    if total % multiple:
+        raise ValueError(f"{total} rows are not a multiple of {multiple}")
+    sizes = sorted({m << k for m in (1, 3) for k in range(total.bit_length() + 1)})
+    return next((s for s in sizes if need <= s < total and s % multiple == 0), total)
+
+
+def gather_index(p: Packing, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 [R, W] index of each packed slot into the flattened [B * length] padded
+    rows, bool [R, W] whether the slot holds a token): `pack` as a gather."""
+    index = np.zeros((p.rows, p.width), np.int32)
+    for i in range(len(p.length)):
+        n, s = p.length[i], p.start[i]
+        index[p.row[i], s : s + n] = i * length + p.first[i] + np.arange(n)
+    return index, p.documents < len(p.length)
+
+
+@functools.partial(jax.jit, static_argnames=("shardings",))
+def _gather(batch, index, valid, documents, shardings=None):
+    def move(name, x):
+        if name == "documents":
+            x = documents
+        elif x is None or name == "rewards":
+            return x
+        else:
+            fill = jax.numpy.asarray(segments.PAD if name == "segment_ids" else 0, x.dtype)
+            x = jax.numpy.where(valid, x.reshape((-1,) + x.shape[2:])[index], fill)
+        if shardings is not None:
+            x = jax.lax.with_sharding_constraint(x, getattr(shardings, name))
+        return x
+
+    return batch.replace(
+        **{f.name: move(f.name, getattr(batch, f.name)) for f in dataclasses.fields(batch)}
+    )
+
+
+def pack_batch(batch, p: Packing, shardings=None):
+    """An `rl.Batch` of B padded rollouts as R packed rows, gathered on device (placed as
+    `shardings`, an `rl.Batch` of shardings with `documents`, when given): every [B, L]
+    field packed, `documents` set, `rewards` kept per rollout. The update on it equals the
+    padded batch's with `algo.aggregation='token-mean'`."""
+    index, valid = gather_index(p, batch.tokens.shape[1])
+    return _gather(batch.replace(documents=None), index, valid, p.documents, shardings)

@@ -85,6 +85,10 @@ class TrainConfig:
     # LoRA (`models.lora`): the state's params are adapters on a frozen base, which the
     # step takes as its own argument (never donated, never updated); None = full training.
     lora: LoraConfig | None = None
+    # The trainer packs each batch's rollouts into as few rows as hold them (`rl.packing`;
+    # each rollout attends only to itself) before the update: less work on padding. Needs
+    # the token-level losses `check_packable` names, logprob_start=0 and no length groups.
+    pack_rows: bool = False
 
     @property
     def on_policy(self) -> bool:
@@ -554,6 +558,26 @@ def _update(
     return new_state, metrics
 
 
+def check_packable(config: TrainConfig, widths: tuple[int, ...] | None = None) -> None:
+    """ValueError unless an update with `config` can train packed rows (`Batch.documents`):
+    every loss term must be a sum over tokens, not over rows, and every column scored."""
+    lc = config.loss
+    bad = [
+        f"{name}={value!r} ({why})"
+        for name, value, why, ok in (
+            ("aggregation", lc.aggregation, "needs 'token-mean'", lc.aggregation == "token-mean"),
+            ("policy_loss", lc.policy_loss, "a sequence ratio", lc.policy_loss != "gspo"),
+            ("seq_mask_low", lc.seq_mask_low, "masks rows", not lc.seq_mask_low),
+            ("seq_mask_high", lc.seq_mask_high, "masks rows", not lc.seq_mask_high),
+            ("length_groups", widths, "length groups", widths is None),
+            ("logprob_start", config.logprob_start, "skips columns", not config.logprob_start),
+        )
+        if not ok
+    ]
+    if bad:
+        raise ValueError("packed rows (batch.documents) count tokens, not rows: " + "; ".join(bad))
+
+
 def batch_statistics(batch: Batch) -> dict[str, jax.Array]:
     """Rollout-level metrics: rewards, advantages and mask token counts."""
     mask = batch.loss_mask
@@ -613,14 +637,8 @@ def train_on_batch(
             f"{len(widths)} groups x micro_batches={config.micro_batches} "
             f"dividing the {b} rows"
         )
-    if batch.documents is not None and (
-        config.loss.aggregation != "token-mean" or widths is not None or config.logprob_start
-    ):
-        raise ValueError(
-            "packed rows (batch.documents) need algo.aggregation='token-mean' (the other "
-            "modes count rows), no length groups and logprob_start=0; got "
-            f"{config.loss.aggregation!r}, widths={widths}, logprob_start={config.logprob_start}"
-        )
+    if batch.documents is not None:
+        check_packable(config, widths)
     size = b // config.minibatches
     rows = batch.replace(rewards=None)  # Per rollout, read only by `batch_statistics`.
 

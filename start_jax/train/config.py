@@ -162,6 +162,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.algo.micro_batches = 1  # Gradient accumulation slices.
     c.algo.length_groups = 2  # With one minibatch: rows sorted by length in this many
     # groups, each trained on the columns it fills (1 = off).
+    c.algo.pack_rows = False  # Pack each batch's rollouts into as few rows as hold them
+    # before the update (each attends only to itself): less work on padding. Needs
+    # aggregation token-mean, policy_loss ppo or dual_clip and no seq masks; replaces
+    # length groups.
     c.algo.value_clip = 0.2  # Critic value clipping.
     c.algo.value_coef = 0.5  # Critic loss weight.
     c.algo.critic_learning_rate = 1e-3  # Critic learning rate.

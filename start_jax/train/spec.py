@@ -24,7 +24,7 @@ from start_jax.data.prompts import PromptFormat
 from start_jax.errors import ConfigError
 from start_jax.models.lora import ALL_TARGETS, LoraConfig
 from start_jax.rewards.shaping import LengthShaping
-from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig
+from start_jax.rl import AdvantageConfig, LossConfig, TrainConfig, check_packable
 from start_jax.sampling import Compaction, SamplingConfig, num_decode_steps
 from start_jax.sharding import MeshConfig
 from start_jax.tokenizer import MissingTag, load_tokenizer
@@ -315,6 +315,8 @@ class RunSpec:
                 f"config: algo.length_groups={a.length_groups!r} must be an "
                 "integer >= 1 (1 trains every row on every column)"
             )
+        if not isinstance(a.pack_rows, bool):
+            raise ConfigError(f"config: algo.pack_rows={a.pack_rows!r} must be True or False")
         lora = None
         if c.lora.rank:
             t = c.lora.targets
@@ -330,9 +332,16 @@ class RunSpec:
             minibatches=a.minibatches,
             micro_batches=a.micro_batches,
             use_critic=advantage.needs_critic,
-            logprob_start=width - num_decode_steps(sampling, True),
-            length_groups=a.length_groups if a.minibatches == 1 else 1,
+            # Packed rows hold prompts in any column, and are full: no groups to cut.
+            logprob_start=0 if a.pack_rows else width - num_decode_steps(sampling, True),
+            length_groups=a.length_groups if a.minibatches == 1 and not a.pack_rows else 1,
+            pack_rows=a.pack_rows,
         )
+        if train.pack_rows:
+            try:
+                check_packable(train)
+            except ValueError as e:
+                raise ConfigError(f"config: algo.pack_rows=True: {e}") from None
         rows = c.data.prompts_per_step * a.group_size
         for key, n in (
             ("algo.minibatches", a.minibatches),

@@ -115,8 +115,9 @@ class StateBuilder:
             critic_opt_state=like(abstract.critic_opt_state),
         )
 
-    def batch_shardings(self) -> rl.Batch:
-        """Every array of a step's `Batch` split over its rows ('batch' rule)."""
+    def batch_shardings(self, packed: bool = False) -> rl.Batch:
+        """Every array of a step's `Batch` split over its rows ('batch' rule); `packed`:
+        with the `documents` of packed rows."""
         rows = self.spec.rows
         two = sharding.batch_sharding(self.mesh, 2, self.rules, rows)
         one = sharding.batch_sharding(self.mesh, 1, self.rules, rows)
@@ -133,6 +134,7 @@ class StateBuilder:
             rewards=one,
             sampler_logprobs=two,
             sampled=two,
+            documents=two if packed else None,
         )
 
     def abstract(self, stage: StageSpec):

@@ -35,7 +35,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from start_jax import models, rewards, rl, sampling, sharding, tasks
+from start_jax import models, rewards, rl, sampling, segments, sharding, tasks
 from start_jax.errors import TrainingError
 from start_jax.train import data_io, loop
 from start_jax.train.init_policy import initial_policy
@@ -310,7 +310,7 @@ class Trainer:
                 self.critic_config,
                 self.states.critic_tx() if self.critic_config is not None else None,
                 state_shardings=self.states.shardings(stage),
-                batch_shardings=self.states.batch_shardings(),
+                batch_shardings=self.states.batch_shardings(packed=train.pack_rows),
                 frozen_shardings=models.param_shardings(self.model_config, self.mesh, self.rules),
             )
         return self._jits[key]
@@ -364,7 +364,7 @@ class Trainer:
         rounds, each on the prompts `more()` returns (the loop passes its data iterator, so
         a resumed run draws the same ones). With `clock`, a dict, each phase's device work
         is waited for and its seconds are added to ``clock[phase]`` ("rollout",
-        "copy+score", "make_batch", "update", "other host").
+        "copy+score", "make_batch", "pack" with `algo.pack_rows`, "update", "other host").
         """
 
         def timed(phase, fn):
@@ -395,14 +395,16 @@ class Trainer:
             )
         reward, shaped = self.shaped(task_reward, host)
         batch = timed("make_batch", lambda: self.make_batch(state, rollout, reward, stage))
-        state, metrics = timed(
-            "update", lambda: self.update(state, batch, step, stage, self.widths_of(host))
-        )
+        packed = {}
+        if self.train_config.pack_rows:
+            batch, packed = timed("pack", lambda: self.pack(batch, host))
+        widths = None if packed else self.widths_of(host)
+        state, metrics = timed("update", lambda: self.update(state, batch, step, stage, widths))
 
         def check():
             out = rl.check_finite(sharding.to_host(metrics), step)  # Host view 2.
             check_health(out, step, stage)
-            return {**out, **shaped, **dynamic}
+            return {**out, **shaped, **dynamic, **packed}
 
         return StepResult(state, host, reward, batch, timed("other host", check), examples)
 
@@ -478,6 +480,21 @@ class Trainer:
         ):
             return None
         return rl.length_widths(host.segment_ids, train.length_groups, train.logprob_start)
+
+    def pack(self, batch: rl.Batch, host) -> tuple[rl.Batch, dict]:
+        """`batch` packed into as few rows of its width as hold its rollouts (`rl.packing`),
+        bucketed (`packing.bucket_rows`) so that the update compiles for a few row counts;
+        and the ``packing/*`` metrics (rows, and the fraction of slots that hold tokens)."""
+        rows, width = batch.tokens.shape
+        train = self.train_config
+        plan = rl.packing.plan(host.segment_ids != segments.PAD, width)
+        shards = sharding.batch_shards(self.mesh, self.rules)
+        shards = shards if rows % shards == 0 else 1  # Else replicated (mesh.replicate_uneven).
+        multiple = shards * train.minibatches * train.micro_batches
+        size = rl.packing.bucket_rows(plan.rows, rows, multiple)
+        plan = dataclasses.replace(plan, rows=size)
+        packed = rl.packing.pack_batch(batch, plan, self.states.batch_shardings(packed=True))
+        return packed, {"packing/rows": float(size), "packing/fill": plan.fill}
 
     def update(
         self,
