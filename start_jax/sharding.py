@@ -64,6 +64,7 @@ class MeshConfig:
     data: int = 1  # Replicated-parameter data parallelism.
     fsdp: int = -1  # Sharded-parameter data parallelism.
     tensor: int = 1  # Tensor parallelism.
+    devices: int = 0  # The first this many devices (one process only); 0 = every device.
 
 
 def make_mesh(
@@ -81,7 +82,16 @@ def make_mesh(
         if not sizes:
             fields["fsdp"] = -1
         config = MeshConfig(**fields)
-    devices = list(jax.devices() if devices is None else devices)
+    if devices is None:
+        devices = jax.devices()
+        if config.devices:
+            if jax.process_count() > 1 or not 0 < config.devices <= len(devices):
+                raise ValueError(
+                    f"mesh {config}: devices={config.devices} must be 1 to the "
+                    f"{len(devices)} devices of a single process (0: every device)"
+                )
+            devices = devices[: config.devices]
+    devices = list(devices)
     shape = [config.data, config.fsdp, config.tensor]
     if sum(s == -1 for s in shape) > 1:
         raise ValueError(f"mesh {config}: at most one axis may be -1")

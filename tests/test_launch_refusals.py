@@ -268,6 +268,7 @@ def _cases(f, tmp):
             f"max_position_embeddings of {f['ckpt_short']}/config.json=16",
         ),
         ("mesh_too_large", [c + "mesh.data=64"], "mesh"),
+        ("mesh_devices", [c + "mesh.devices=16"], "mesh.devices=16 does not fit the 8 devices"),
     ]
 
 

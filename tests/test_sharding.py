@@ -122,6 +122,13 @@ def test_mesh_errors_name_the_problem():
         sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=-1))
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=-1, tensor=2))
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    # `devices`: the first N devices only.
+    mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=-1, devices=2))
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 1}
+    assert list(mesh.devices.flat) == jax.devices()[:2]
+    for n in (-1, 9):
+        with pytest.raises(ValueError, match=f"devices={n} must be 1 to the 8 devices"):
+            sharding.make_mesh(sharding.MeshConfig(devices=n))
 
 
 def test_batch_shards_follow_the_batch_rule():

@@ -279,6 +279,7 @@ def main(argv=None) -> None:
             reward=float(np.mean(reward)),
             loss_tokens=int(np.asarray(jax.device_get(batch.loss_mask)).sum()),
             loss=float(metrics["loss"]),
+            packed_rows=metrics.get("packing/rows", 0.0),
             warmup=step < args.warmup,
         )
         records.append(s)
@@ -406,7 +407,12 @@ def main(argv=None) -> None:
             "trained tokens / step",
             f"{trained:,.0f}",
             f"real tokens, prompt incl.; padded positions {rows} x {spec.width} = "
-            f"{rows * spec.width:,}",
+            f"{rows * spec.width:,}"
+            + (
+                f"; packed into {mean('packed_rows'):.1f} rows (mean)"
+                if mean("packed_rows")
+                else ""
+            ),
         ),
         (
             "loss-mask tokens / step",

@@ -68,6 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh.data = 1  # Replicated data parallelism.
     c.mesh.fsdp = -1  # Sharded data parallelism; -1 = remaining devices.
     c.mesh.tensor = 1  # Tensor parallelism.
+    c.mesh.devices = 0  # Use the first N devices of a single process; 0 = every device.
     c.mesh.replicate_uneven = False  # Replicate a dimension its mesh axes do not divide
     # (False: that is an error naming the dimension).
 

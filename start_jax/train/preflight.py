@@ -68,8 +68,8 @@ def preflight(spec: RunSpec, workdir: str):
     except ValueError as e:
         raise ConfigError(
             f"config: mesh.data={spec.mesh.data}, mesh.fsdp={spec.mesh.fsdp}, "
-            f"mesh.tensor={spec.mesh.tensor} does not fit the "
-            f"{jax.device_count()} devices ({e})"
+            f"mesh.tensor={spec.mesh.tensor}, mesh.devices={spec.mesh.devices} does not fit "
+            f"the {jax.device_count()} devices ({e})"
         ) from None
     tokenizer = spec.load_tokenizer()
     if spec.init_checkpoint:

@@ -367,7 +367,9 @@ class RunSpec:
             tags=(str(c.prompt.think_tag), str(c.prompt.end_think_tag), bool(c.prompt.add_tags)),
             schedule=str(c.schedule),
             model=ModelSpec(**c.model.to_dict()),
-            mesh=MeshConfig(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor),
+            mesh=MeshConfig(
+                data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor, devices=c.mesh.devices
+            ),
             replicate_uneven=bool(c.mesh.replicate_uneven),
             data=DataSpec(**c.data.to_dict()),
             sampling_dtype=str(c.sampling.dtype),
