@@ -257,3 +257,48 @@ def test_a_packed_batch_gives_the_padded_batch_update():
     ):
         seq = rl.TrainConfig(loss=rl.LossConfig(aggregation="seq-mean-token-mean"))
         rl.jit_train_step(config, seq, tx)(fresh(), packed, jax.random.key(1))
+
+
+@pytest.mark.slow  # Seconds: out of the fast tier.
+def test_the_batch_forwards_on_packed_rows_give_the_padded_batch():
+    """`build_batch` with a layout: the old and reference policies' log-probabilities and
+    the critic's values come from the packed rows, back on the padded ones, and equal
+    those of the padded forwards on every token a loss reads; the gathers equal `pack`
+    and `unpack`."""
+    config = fixtures.STEP_CONFIG
+    source = fixtures.make_batch("joint", b=8, length=20, seed=1)
+    p = packing.plan(np.asarray(source.segment_ids) != segments.PAD, width=40)
+    lay = packing.layout(p, 20)
+    assert p.rows < 8
+    x = np.arange(8 * 20, dtype=np.float32).reshape(8, 20) + 1
+    np.testing.assert_array_equal(packing.to_packed(jnp.asarray(x), lay), packing.pack(x, p))
+    back = packing.to_padded(packing.to_packed(jnp.asarray(x), lay), lay)
+    np.testing.assert_array_equal(back, packing.unpack(packing.pack(x, p), p, 20))
+    params = models.init_params(config, jax.random.key(0))
+    ref = models.init_params(config, jax.random.key(5))
+    value_config, critic = models.value_model_from_policy(config, params, jax.random.key(2))
+    cfg = rl.BatchConfig(
+        train=rl.TrainConfig(loss=rl.LossConfig(kl_coef=0.05), ppo_epochs=2),
+        advantage=rl.AdvantageConfig(estimator="gae"),
+    )
+    forced = np.zeros((8, 20), bool)
+    fn = rl.jit_build_batch(config, value_config, cfg)
+    args = (params, ref, critic, source.tokens, source.segment_ids, forced, source.rewards)
+    want, got = fn(*args), fn(*args, None, None, lay)
+    read = np.asarray(want.loss_mask | want.kl_mask)
+    assert read.sum() > 40
+    for name in ("old_logprobs", "ref_logprobs", "old_values", "advantages", "returns"):
+        a, b = np.asarray(getattr(got, name)), np.asarray(getattr(want, name))
+        assert np.abs(a[read]).max() > 1e-3, name
+        np.testing.assert_allclose(a[read], b[read], atol=2e-5, err_msg=name)
+    with pytest.raises(ValueError, match="a packed layout needs logprob_start=0, not 3"):
+        train = rl.TrainConfig(logprob_start=3)
+        rl.build_batch(
+            *args,
+            None,
+            None,
+            lay,
+            model_config=config,
+            critic_config=value_config,
+            config=rl.BatchConfig(train=train, advantage=rl.AdvantageConfig()),
+        )

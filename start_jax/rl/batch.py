@@ -17,10 +17,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from start_jax import segments
 from start_jax.models.config import ModelConfig
 from start_jax.rl import advantages as adv_lib
 from start_jax.rl import logprobs as lp
-from start_jax.rl import masks
+from start_jax.rl import masks, packing
 from start_jax.rl.train_step import Batch, TrainConfig
 
 
@@ -43,6 +44,7 @@ def build_batch(
     rewards: jax.Array,
     sampler_logprobs: jax.Array | None = None,
     sampled: jax.Array | None = None,
+    layout: packing.Layout | None = None,
     *,
     model_config: ModelConfig,
     critic_config: ModelConfig | None,
@@ -54,29 +56,48 @@ def build_batch(
     estimator with a critic; either may be None otherwise. `sampler_logprobs`
     and `sampled` (the rollout's own log-probabilities and which tokens it
     drew) give the sampler/trainer mismatch metrics and truncated importance
-    sampling.
+    sampling. With a `layout` (`packing.layout`, needs `logprob_start=0`), the forwards
+    run on the packed rows and their results come back to the padded ones; the batch is
+    the padded one either way.
     """
     train, loss = config.train, config.train.loss
+    if layout is not None and train.logprob_start:
+        raise ValueError(f"a packed layout needs logprob_start=0, not {train.logprob_start}")
     mask = masks.loss_mask(segment_ids, forced, config.train_segments)
     kl_mask = masks.kl_mask(segment_ids, forced, config.train_segments, loss.kl_scope)
     zeros = jnp.zeros(tokens.shape, jnp.float32)
 
+    def forward(fn):
+        """fn(tokens, segment_ids, documents) [rows, columns], on the packed rows when
+        there is a layout, as [B, L]."""
+        if layout is None:
+            return fn(tokens, segment_ids, None)
+        packed = fn(
+            packing.to_packed(tokens, layout),
+            packing.to_packed(segment_ids, layout, segments.PAD),
+            layout.documents,
+        )
+        return packing.to_padded(packed, layout)
+
     def log_probs(p):
-        return lp.token_log_probs(
-            model_config,
-            p,
-            tokens,
-            segment_ids,
-            loss.temperature,
-            train.logprob_chunk,
-            train.logprob_start,
-            train.response_banned,
-        )[0]
+        return forward(
+            lambda t, s, d: lp.token_log_probs(
+                model_config,
+                p,
+                t,
+                s,
+                loss.temperature,
+                train.logprob_chunk,
+                train.logprob_start,
+                train.response_banned,
+                documents=d,
+            )[0]
+        )
 
     old = zeros if train.on_policy else log_probs(params)
     ref = log_probs(ref_params) if loss.kl_coef else zeros
     values = (
-        lp.token_values(critic_config, critic_params, tokens, segment_ids)
+        forward(lambda t, s, d: lp.token_values(critic_config, critic_params, t, s, d))
         if config.advantage.needs_critic
         else zeros
     )
@@ -105,7 +126,7 @@ def jit_build_batch(
     out_shardings=None,
 ):
     """`build_batch` jitted for one model and stage: f(params, ref, critic, tokens,
-    segment_ids, forced, rewards, sampler_logprobs, sampled) -> Batch."""
+    segment_ids, forced, rewards, sampler_logprobs, sampled, layout=None) -> Batch."""
     fn = functools.partial(
         build_batch, model_config=model_config, critic_config=critic_config, config=config
     )

@@ -4,7 +4,8 @@ A batch of rollouts is [B, L] with padding around each row's real tokens (left-p
 prompts, right-padded completions); short rollouts waste most of it. `plan` places each
 row's real tokens, one contiguous run per row, into R rows of width W (first fit, longest
 first); `pack` moves any [B, L, ...] array there and `unpack` moves [R, W, ...] results
-back. The packed rows carry `documents` (int32 [R, W]: the index of the rollout each slot
+back (`layout`, `to_packed` and `to_padded` do the same on device, by gathers). The packed
+rows carry `documents` (int32 [R, W]: the index of the rollout each slot
 holds; empty slots `B`), which `transformer.apply` and `logprobs.token_log_probs` read:
 every token attends only to its own rollout, and positions restart at each rollout, so
 each rollout gets exactly the values it gets alone in a padded row.
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from start_jax import segments
@@ -107,26 +110,59 @@ def bucket_rows(need: int, total: int, multiple: int = 1) -> int:
     return next((s for s in sizes if need <= s < total and s % multiple == 0), total)
 
 
-def gather_index(p: Packing, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int32 [R, W] index of each packed slot into the flattened [B * length] padded
-    rows, bool [R, W] whether the slot holds a token): `pack` as a gather."""
+class Layout(NamedTuple):
+    """A `Packing` as gather indices for device code (`layout`): `index` (int32 [R, W]) of
+    each packed slot in the flattened [B * L] padded rows and `valid` (bool [R, W]) whether
+    it holds a token; `back` (int32 [B, L]) of each padded slot in the flattened [R * W]
+    packed rows and `filled` (bool [B, L]) whether it holds a token; and `documents`."""
+
+    index: Any
+    valid: Any
+    back: Any
+    filled: Any
+    documents: Any
+
+
+def layout(p: Packing, length: int) -> Layout:
+    """The gather indices (numpy) of `p` for padded rows of `length` columns."""
+    b = len(p.length)
     index = np.zeros((p.rows, p.width), np.int32)
-    for i in range(len(p.length)):
-        n, s = p.length[i], p.start[i]
-        index[p.row[i], s : s + n] = i * length + p.first[i] + np.arange(n)
-    return index, p.documents < len(p.length)
+    back = np.zeros((b, length), np.int32)
+    filled = np.zeros((b, length), bool)
+    for i in range(b):
+        n, s, f = p.length[i], p.start[i], p.first[i]
+        index[p.row[i], s : s + n] = i * length + f + np.arange(n)
+        back[i, f : f + n] = p.row[i] * p.width + s + np.arange(n)
+        filled[i, f : f + n] = True
+    documents = p.documents
+    return Layout(index, documents < b, back, filled, documents)
+
+
+def _take(x, index, where, fill):
+    flat = x.reshape((-1,) + x.shape[2:])[index]
+    where = where.reshape(where.shape + (1,) * (flat.ndim - where.ndim))
+    return jnp.where(where, flat, jnp.asarray(fill, x.dtype))
+
+
+def to_packed(x: jax.Array, lay: Layout, fill=0) -> jax.Array:
+    """[B, L, ...] -> [R, W, ...] on device (`pack`): empty slots `fill`."""
+    return _take(x, lay.index, lay.valid, fill)
+
+
+def to_padded(y: jax.Array, lay: Layout, fill=0) -> jax.Array:
+    """[R, W, ...] -> [B, L, ...] on device (`unpack`): padding slots `fill`."""
+    return _take(y, lay.back, lay.filled, fill)
 
 
 @functools.partial(jax.jit, static_argnames=("shardings",))
-def _gather(batch, index, valid, documents, shardings=None):
+def _pack_batch(batch, lay: Layout, shardings=None):
     def move(name, x):
         if name == "documents":
-            x = documents
+            x = lay.documents
         elif x is None or name == "rewards":
             return x
         else:
-            fill = jax.numpy.asarray(segments.PAD if name == "segment_ids" else 0, x.dtype)
-            x = jax.numpy.where(valid, x.reshape((-1,) + x.shape[2:])[index], fill)
+            x = to_packed(x, lay, segments.PAD if name == "segment_ids" else 0)
         if shardings is not None:
             x = jax.lax.with_sharding_constraint(x, getattr(shardings, name))
         return x
@@ -136,10 +172,10 @@ def _gather(batch, index, valid, documents, shardings=None):
     )
 
 
-def pack_batch(batch, p: Packing, shardings=None):
+def pack_batch(batch, p: Packing | Layout, shardings=None):
     """An `rl.Batch` of B padded rollouts as R packed rows, gathered on device (placed as
     `shardings`, an `rl.Batch` of shardings with `documents`, when given): every [B, L]
     field packed, `documents` set, `rewards` kept per rollout. The update on it equals the
-    padded batch's with `algo.aggregation='token-mean'`."""
-    index, valid = gather_index(p, batch.tokens.shape[1])
-    return _gather(batch.replace(documents=None), index, valid, p.documents, shardings)
+    padded batch's with `algo.aggregation='token-mean'`. `p`: a plan, or its `layout`."""
+    lay = layout(p, batch.tokens.shape[1]) if isinstance(p, Packing) else p
+    return _pack_batch(batch.replace(documents=None), lay, shardings)

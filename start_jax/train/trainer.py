@@ -325,9 +325,10 @@ class Trainer:
         return self.init_params  # With LoRA: the base, its adapters off.
 
     def make_batch(
-        self, state: rl.TrainState, rollout, reward: np.ndarray, stage: StageSpec
+        self, state: rl.TrainState, rollout, reward: np.ndarray, stage: StageSpec, layout=None
     ) -> rl.Batch:
-        """The update's batch, on device from the device rollout and host rewards."""
+        """The update's batch, on device from the device rollout and host rewards; with a
+        `layout` (`packing`), its forwards run on the packed rows."""
         r = sharding.host_to_global(
             np.asarray(reward, np.float32),
             sharding.batch_sharding(self.mesh, 1, self.rules, len(reward)),
@@ -345,6 +346,7 @@ class Trainer:
                 r,
                 rollout.logprobs,
                 rollout.sampled,
+                layout,
             )
 
     def rl_step(
@@ -394,10 +396,11 @@ class Trainer:
                 stage, rollout, host, task_reward, examples, more, sampled
             )
         reward, shaped = self.shaped(task_reward, host)
-        batch = timed("make_batch", lambda: self.make_batch(state, rollout, reward, stage))
-        packed = {}
-        if self.train_config.pack_rows:
-            batch, packed = timed("pack", lambda: self.pack(batch, host))
+        layout, packed = self.packing(host) if self.train_config.pack_rows else (None, {})
+        batch = timed("make_batch", lambda: self.make_batch(state, rollout, reward, stage, layout))
+        if layout is not None:
+            shardings = self.states.batch_shardings(packed=True)
+            batch = timed("pack", lambda: rl.packing.pack_batch(batch, layout, shardings))
         widths = None if packed else self.widths_of(host)
         state, metrics = timed("update", lambda: self.update(state, batch, step, stage, widths))
 
@@ -481,20 +484,23 @@ class Trainer:
             return None
         return rl.length_widths(host.segment_ids, train.length_groups, train.logprob_start)
 
-    def pack(self, batch: rl.Batch, host) -> tuple[rl.Batch, dict]:
-        """`batch` packed into as few rows of its width as hold its rollouts (`rl.packing`),
-        bucketed (`packing.bucket_rows`) so that the update compiles for a few row counts;
-        and the ``packing/*`` metrics (rows, and the fraction of slots that hold tokens)."""
-        rows, width = batch.tokens.shape
+    def packing(self, host) -> tuple[rl.packing.Layout, dict]:
+        """The packing of a host rollout's rows into as few rows of its width as hold them
+        (`rl.packing`), its row count bucketed (`packing.bucket_rows`) so that the update
+        compiles for a few counts: its layout on device, and the ``packing/*`` metrics
+        (rows, and the fraction of packed slots that hold tokens)."""
+        rows, width = host.segment_ids.shape
         train = self.train_config
         plan = rl.packing.plan(host.segment_ids != segments.PAD, width)
         shards = sharding.batch_shards(self.mesh, self.rules)
         shards = shards if rows % shards == 0 else 1  # Else replicated (mesh.replicate_uneven).
         multiple = shards * train.minibatches * train.micro_batches
-        size = rl.packing.bucket_rows(plan.rows, rows, multiple)
-        plan = dataclasses.replace(plan, rows=size)
-        packed = rl.packing.pack_batch(batch, plan, self.states.batch_shardings(packed=True))
-        return packed, {"packing/rows": float(size), "packing/fill": plan.fill}
+        plan = dataclasses.replace(plan, rows=rl.packing.bucket_rows(plan.rows, rows, multiple))
+        layout = rl.packing.layout(plan, width)
+        on_device = rl.packing.Layout(
+            *(sharding.host_to_global(x, self.replicated) for x in layout)
+        )
+        return on_device, {"packing/rows": float(plan.rows), "packing/fill": plan.fill}
 
     def update(
         self,
