@@ -97,6 +97,45 @@ KNOWN_PEAKS = (
 )
 
 
+# HBM bandwidth of one device, bytes/s, by device kind (SXM parts; the first match wins).
+KNOWN_BANDWIDTH = (
+    (("H100", "PCIe"), 2.0e12),
+    (("H100",), 3.35e12),
+    (("H200",), 4.8e12),
+    (("A100",), 2.0e12),
+)
+
+
+def hbm_bandwidth(override_tbps: float | None) -> tuple[float | None, str]:
+    """(HBM bytes/s of one device, where it came from), or (None, why not)."""
+    if override_tbps:
+        return override_tbps * 1e12, "--hbm_tbps"
+    kind = jax.devices()[0].device_kind
+    for needles, bandwidth in KNOWN_BANDWIDTH:
+        if all(n in kind for n in needles):
+            return bandwidth, f"{kind} HBM bandwidth (table)"
+    return None, f"unknown for {kind!r}; pass --hbm_tbps"
+
+
+def kv_bytes(config, rows: int, slots: int, itemsize: int = 2) -> int:
+    """Bytes of the keys and values of `rows` x `slots` positions over every layer."""
+    return 2 * config.num_layers * rows * config.num_kv_heads * slots * config.head_dim * itemsize
+
+
+def decode_bytes(host, config, n_params: int, itemsize: int) -> float:
+    """HBM bytes the decode loops of a host rollout read at the least: the weights once a
+    decode step (the longest row's steps) and, for each generated token, the cache of
+    its row so far (prompt included). Prefill, activations and the responder's own
+    weights in a separate loop are not counted, so bytes / seconds is a lower bound."""
+    seg = np.asarray(host.segment_ids)
+    prompt = (seg == segments.PROMPT).sum(1)
+    generated = ((seg == segments.THINK) | (seg == segments.RESPONSE)).sum(1) - 1
+    positions = float(np.sum(generated * prompt + generated * (generated + 1) / 2))
+    return float(generated.max()) * n_params * itemsize + positions * kv_bytes(
+        config, 1, 1, itemsize
+    )
+
+
 # --------------------------------------------------------------------------- tokenizer
 
 

@@ -40,6 +40,7 @@ from experiments.bench.common import (
     GIB,
     REAL_SHAPES,
     abstract_batch,
+    kv_bytes,
     print_environment,
     print_table,
     tree_bytes,
@@ -57,10 +58,6 @@ def model_config(shape: str, length: int) -> models.ModelConfig:
         remat=True,
         **REAL_SHAPES[shape],
     )
-
-
-def kv_bytes(config: models.ModelConfig, rows: int, slots: int, itemsize: int = 2) -> int:
-    return 2 * config.num_layers * rows * config.num_kv_heads * slots * config.head_dim * itemsize
 
 
 def update_flops_per_token(config: models.ModelConfig, length: int) -> float:

@@ -84,7 +84,9 @@ import numpy as np
 from experiments.bench.common import (
     PROMPT_TOKENS,
     add_model_args,
+    decode_bytes,
     ending_summary,
+    hbm_bandwidth,
     length_summary,
     make_tasks,
     mfu,
@@ -200,6 +202,12 @@ def main(argv=None) -> None:
         help="algo.length_groups (1 = every row on every column)",
     )
     parser.add_argument(
+        "--hbm_tbps",
+        type=float,
+        default=None,
+        help="HBM bandwidth of one device, TB/s, for the decode roofline (default: a table)",
+    )
+    parser.add_argument(
         "--pack_rows",
         action="store_true",
         help="algo.pack_rows: rollouts packed into fewer rows for the update",
@@ -233,6 +241,7 @@ def main(argv=None) -> None:
     stage = spec.stages[0]
     forwards = (0 if spec.train.on_policy else 1) + (1 if spec.train.loss.kl_coef else 0)
 
+    decode_itemsize = jax.numpy.dtype(trainer.sampler_config.dtype).itemsize
     print("== configuration")
     print_model(info, args)
     print(
@@ -280,6 +289,7 @@ def main(argv=None) -> None:
             loss_tokens=int(np.asarray(jax.device_get(batch.loss_mask)).sum()),
             loss=float(metrics["loss"]),
             packed_rows=metrics.get("packing/rows", 0.0),
+            decode_bytes=decode_bytes(host, info["config"], n_params, decode_itemsize),
             warmup=step < args.warmup,
         )
         records.append(s)
@@ -337,6 +347,7 @@ def main(argv=None) -> None:
         "update": 6.0 * n_params * trained * spec.train.ppo_epochs,
     }
     peak, peak_src = peak_flops(args.dtype, args.peak_tflops)
+    bandwidth, bandwidth_src = hbm_bandwidth(args.hbm_tbps)
 
     print(f"== phases: means over {len(measured)} measured steps")
     table = [("phase", "seconds", "% of step", "min", "max", "model FLOPs", "FLOP/s", "MFU")]
@@ -390,6 +401,14 @@ def main(argv=None) -> None:
             "rollout tokens/s",
             f"{generated / phase['rollout']:,.1f}",
             "generated tokens / rollout seconds",
+        ),
+        (
+            "decode HBM bandwidth fraction",
+            "n/a"
+            if bandwidth is None
+            else f"{100 * mean('decode_bytes') / phase['rollout'] / bandwidth:.1f} %",
+            f"at least {si(mean('decode_bytes'), 'B')} read / rollout seconds / {bandwidth_src} "
+            "(weights once a decode step, each token's cache so far)",
         ),
         (
             "trained tokens/s",

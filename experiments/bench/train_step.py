@@ -232,6 +232,9 @@ def main(argv=None) -> None:
         choices=["float32", "bfloat16"],
         help="compute dtype (parameters stay float32)",
     )
+    parser.add_argument(
+        "--remat", action="store_true", help="model.remat: blocks recomputed in the backward"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak_size", type=int, default=2048)
     parser.add_argument("--peak_repeats", type=int, default=10)
@@ -248,7 +251,7 @@ def main(argv=None) -> None:
             "prompt/think/response regions"
         )
 
-    config = model_config(args.model).replace(dtype=args.dtype)
+    config = model_config(args.model).replace(dtype=args.dtype, remat=args.remat)
     params = models.init_params(config, jax.random.key(args.seed))
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     start = prompt if args.skip_prompt_head else 0
@@ -284,7 +287,7 @@ def main(argv=None) -> None:
         f"hidden={config.hidden_size} mlp={config.intermediate_size} "
         f"layers={config.num_layers} heads={config.num_heads} kv_heads={config.num_kv_heads} "
         f"head_dim={config.head_dim} qk_norm {tied} embeddings, float32 parameters, "
-        f"{args.dtype} compute"
+        f"{args.dtype} compute{', remat' if args.remat else ''}"
     )
     print(
         f"parameters: {num_params:,} total; matmul weights: {fl['n_trunk']:,} trunk "
