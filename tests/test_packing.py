@@ -227,8 +227,9 @@ def test_document_positions_restart_at_each_document():
 
 @pytest.mark.slow  # Seconds: out of the fast tier.
 def test_a_packed_batch_gives_the_padded_batch_update():
-    """`pack_batch`: 8 rollouts in fewer rows; one step with KL and entropy terms changes
-    the parameters as on the padded rows (plain SGD: the change is the gradient)."""
+    """`pack_batch`: 8 rollouts in fewer rows; one step with KL and entropy terms and a
+    critic changes the policy's and the critic's parameters as on the padded rows (plain
+    SGD: the change is the gradient)."""
     batch = fixtures.make_batch("joint", b=8, length=20, seed=0)
     p = packing.plan(np.asarray(batch.segment_ids) != segments.PAD, width=40)
     packed = packing.pack_batch(batch, p)
@@ -243,14 +244,29 @@ def test_a_packed_batch_gives_the_padded_batch_update():
     config = fixtures.STEP_CONFIG
     params = models.init_params(config, jax.random.key(0))
     tx = optax.sgd(1.0)  # The parameter change is the gradient itself (Adam would rescale).
-    train = rl.TrainConfig(loss=rl.LossConfig(kl_coef=0.05, entropy_coef=0.01))
-    step = rl.jit_train_step(config, train, tx)
-    fresh = lambda: rl.init_state(jax.tree.map(jnp.copy, params), tx)  # noqa: E731
+    value_config, critic = models.value_model_from_policy(config, params, jax.random.key(2))
+    train = rl.TrainConfig(loss=rl.LossConfig(kl_coef=0.05, entropy_coef=0.01), use_critic=True)
+    step = rl.jit_train_step(config, train, tx, value_config, tx)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
+    fresh = lambda: rl.init_state(copy(params), tx, copy(critic), tx)  # noqa: E731
     want, m_want = step(fresh(), batch, jax.random.key(1))
     got, m_got = step(fresh(), packed, jax.random.key(1))
-    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+    moved = jax.tree.leaves(
+        jax.tree.map(lambda a, b: np.abs(a - b).max(), want.critic_params, critic)
+    )
+    assert max(moved) > 1e-4  # The critic learned, by far more than the tolerance.
+    leaves = lambda s: jax.tree.leaves((s.params, s.critic_params))  # noqa: E731
+    for a, b in zip(leaves(got), leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
-    for key in ("loss", "pg_loss", "kl", "entropy", "reward_mean", "mask_think_tokens"):
+    for key in (
+        "loss",
+        "pg_loss",
+        "kl",
+        "entropy",
+        "value_loss",
+        "reward_mean",
+        "mask_think_tokens",
+    ):
         np.testing.assert_allclose(float(m_got[key]), float(m_want[key]), rtol=1e-5, err_msg=key)
     with pytest.raises(
         ValueError, match="packed rows .* aggregation='seq-mean-token-mean' \\(needs"
