@@ -356,7 +356,7 @@ def test_random_scripts_follow_the_segment_rules(tiny):
     config, params = tiny
     alphabet = st.sampled_from([E, T, 6, 7, 8])
 
-    @hypothesis.settings(max_examples=8, deadline=None, derandomize=True)
+    @hypothesis.settings(max_examples=6, deadline=None, derandomize=True)
     @hypothesis.given(
         budgets=st.sampled_from([(0, 2), (2, 3), (4, 1), (3, 0)]),
         rows=st.lists(st.lists(alphabet, min_size=8, max_size=8), min_size=3, max_size=3),
