@@ -136,6 +136,27 @@ def decode_bytes(host, config, n_params: int, itemsize: int) -> float:
     )
 
 
+class CompileClock:
+    """Seconds jax spends tracing, lowering and compiling (from `jax.monitoring`)."""
+
+    EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.compiles = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration: float, **kwargs) -> None:
+        del kwargs
+        if event in self.EVENTS:
+            self.seconds += duration
+            self.compiles += event == self.EVENTS[-1]
+
+
 # --------------------------------------------------------------------------- tokenizer
 
 

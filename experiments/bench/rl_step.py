@@ -83,6 +83,7 @@ import numpy as np
 
 from experiments.bench.common import (
     PROMPT_TOKENS,
+    CompileClock,
     add_model_args,
     decode_bytes,
     ending_summary,
@@ -105,27 +106,6 @@ from start_jax.tokenizer import load_tokenizer
 from start_jax.train.trainer import Trainer, check_health
 
 PHASES = ("rollout", "copy+score", "make_batch", "pack", "update", "other host")
-
-
-class CompileClock:
-    """Seconds jax spends tracing, lowering and compiling (from `jax.monitoring`)."""
-
-    EVENTS = (
-        "/jax/core/compile/jaxpr_trace_duration",
-        "/jax/core/compile/jaxpr_to_mlir_module_duration",
-        "/jax/core/compile/backend_compile_duration",
-    )
-
-    def __init__(self):
-        self.seconds = 0.0
-        self.compiles = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event: str, duration: float, **kwargs) -> None:
-        del kwargs
-        if event in self.EVENTS:
-            self.seconds += duration
-            self.compiles += event == self.EVENTS[-1]
 
 
 def run_step(trainer: Trainer, iterator: PromptIterator, state, step: int):

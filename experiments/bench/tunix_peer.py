@@ -141,7 +141,14 @@ from tunix.rl import trainer as rl_trainer
 from tunix.rl.grpo import grpo_learner
 from tunix.sft import peft_trainer
 
-from experiments.bench.common import MODELS, hbm_bandwidth, peak_flops, print_table, si
+from experiments.bench.common import (
+    MODELS,
+    CompileClock,
+    hbm_bandwidth,
+    peak_flops,
+    print_table,
+    si,
+)
 
 PAD_ID, EOS_ID = 0, 1  # Random tokens are drawn from FIRST_ID.. so neither occurs in a prompt.
 FIRST_ID = 2
@@ -167,23 +174,6 @@ class IdTokenizer:
 
     def pad_id(self) -> int:
         return PAD_ID
-
-
-class CompileClock:
-    """Seconds and count of XLA backend compilations (from `jax.monitoring`)."""
-
-    EVENT = "/jax/core/compile/backend_compile_duration"
-
-    def __init__(self):
-        self.seconds = 0.0
-        self.compiles = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event: str, duration: float, **kwargs) -> None:
-        del kwargs
-        if event == self.EVENT:
-            self.seconds += duration
-            self.compiles += 1
 
 
 def version(dist: str) -> str:
