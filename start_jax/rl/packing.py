@@ -112,12 +112,11 @@ def bucket_rows(need: int, total: int, multiple: int = 1) -> int:
 
 class Layout(NamedTuple):
     """A `Packing` as gather indices for device code (`layout`): `index` (int32 [R, W]) of
-    each packed slot in the flattened [B * L] padded rows and `valid` (bool [R, W]) whether
-    it holds a token; `back` (int32 [B, L]) of each padded slot in the flattened [R * W]
-    packed rows and `filled` (bool [B, L]) whether it holds a token; and `documents`."""
+    each packed slot in the flattened [B * L] padded rows; `back` (int32 [B, L]) of each
+    padded slot in the flattened [R * W] packed rows and `filled` (bool [B, L]) whether it
+    holds a token; and `documents` (a packed slot holds a token where it is < B)."""
 
     index: Any
-    valid: Any
     back: Any
     filled: Any
     documents: Any
@@ -134,8 +133,7 @@ def layout(p: Packing, length: int) -> Layout:
         index[p.row[i], s : s + n] = i * length + f + np.arange(n)
         back[i, f : f + n] = p.row[i] * p.width + s + np.arange(n)
         filled[i, f : f + n] = True
-    documents = p.documents
-    return Layout(index, documents < b, back, filled, documents)
+    return Layout(index, back, filled, p.documents)
 
 
 def _take(x, index, where, fill):
@@ -146,7 +144,7 @@ def _take(x, index, where, fill):
 
 def to_packed(x: jax.Array, lay: Layout, fill=0) -> jax.Array:
     """[B, L, ...] -> [R, W, ...] on device (`pack`): empty slots `fill`."""
-    return _take(x, lay.index, lay.valid, fill)
+    return _take(x, lay.index, lay.documents < lay.back.shape[0], fill)
 
 
 def to_padded(y: jax.Array, lay: Layout, fill=0) -> jax.Array:

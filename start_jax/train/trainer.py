@@ -401,7 +401,7 @@ class Trainer:
         if layout is not None:
             shardings = self.states.batch_shardings(packed=True)
             batch = timed("pack", lambda: rl.packing.pack_batch(batch, layout, shardings))
-        widths = None if packed else self.widths_of(host)
+        widths = None if layout is not None else self.widths_of(host)
         state, metrics = timed("update", lambda: self.update(state, batch, step, stage, widths))
 
         def check():
